@@ -1,0 +1,57 @@
+# The project's gates, the same locally and in CI. `make run` and `make test` are the README's quick start.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.yaml
+MODEL_DIR := data/models/tiny-sd
+# Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
+ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: install install-dev model run test check format bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Stamp files make `make install` idempotent: it reinstalls only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	# torch first and exactly pinned: an unpinned resolve would pull a newer build with GBs of CUDA packages.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[$(ONNX_EXTRA)]"
+	# Static Swagger UI and ReDoc bundles for /docs and /redoc with no CDN. --no-deps: we read its files only,
+	# its nominal Django dependency is never used.
+	$(BIN)/pip install --quiet --no-deps drf-spectacular-sidecar==2026.10.1
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[$(ONNX_EXTRA),dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+# The embedded default model: tiny, random, built offline in seconds when missing.
+$(MODEL_DIR)/model_index.json: | $(VENV)/.installed
+	$(BIN)/sdapi make-tiny-model $(MODEL_DIR)
+
+model: $(MODEL_DIR)/model_index.json
+
+run: install model
+	$(BIN)/sdapi serve --config $(CONFIG)
+
+check: install-dev
+	$(BIN)/ruff format --check sdapi export tests bench
+	$(BIN)/ruff check sdapi export tests bench
+	$(BIN)/mypy
+
+format: install-dev
+	$(BIN)/ruff format sdapi export tests bench
+	$(BIN)/ruff check --fix sdapi export tests bench
+
+test: check
+	$(BIN)/python -m pytest
+
+bench: install-dev model
+	$(BIN)/python -m bench.service

@@ -1,0 +1,5 @@
+import sys
+
+from sdapi.cli import main
+
+sys.exit(main())

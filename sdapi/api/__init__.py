@@ -1,0 +1,1 @@
+"""The HTTP layer: it only translates between HTTP and the service."""

@@ -1,0 +1,68 @@
+"""The one table from errors to HTTP responses. Bodies are the seed's: {"detail": ...}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from sdapi.errors import (
+    AuthenticationFailed,
+    InvalidParameter,
+    QueueFull,
+    RequestValidationFailed,
+    SdapiError,
+    TaskNotFound,
+)
+
+logger = logging.getLogger(__name__)
+
+INTERNAL_ERROR_DETAIL = "服务器内部错误"
+
+# Looked up along the exception's class tree (most specific first); anything else is a 500.
+STATUS_BY_ERROR: dict[type[SdapiError], int] = {
+    InvalidParameter: 400,
+    AuthenticationFailed: 401,
+    TaskNotFound: 404,
+    RequestValidationFailed: 422,
+    QueueFull: 429,
+}
+
+
+def status_for(error: SdapiError) -> int:
+    for cls in type(error).__mro__:
+        if issubclass(cls, SdapiError) and cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def handle_sdapi_error(request: Request[Any, Any, Any], error: SdapiError) -> Response[object]:
+    status = status_for(error)
+    headers: dict[str, str] = {}
+    content: object = {"detail": error.message}
+    if isinstance(error, RequestValidationFailed):
+        content = {"detail": error.errors}
+    elif isinstance(error, QueueFull):
+        headers["Retry-After"] = str(error.retry_after)
+    elif isinstance(error, AuthenticationFailed):
+        headers["WWW-Authenticate"] = "APIKey"
+    if status == 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, error.message)
+        content = {"detail": INTERNAL_ERROR_DETAIL}
+    return Response(content, status_code=status, headers=headers)
+
+
+def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException) -> Response[object]:
+    """Litestar's own errors (unknown route, wrong method) in the seed's shape."""
+    if error.status_code >= 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, error.detail)
+        return Response({"detail": INTERNAL_ERROR_DETAIL}, status_code=error.status_code)
+    return Response({"detail": error.detail}, status_code=error.status_code, headers=error.headers or {})
+
+
+def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[object]:
+    """A real fault: logged with its traceback, answered without one."""
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    return Response({"detail": INTERNAL_ERROR_DETAIL}, status_code=500)

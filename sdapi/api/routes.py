@@ -1,0 +1,108 @@
+"""Route handlers: decode, call one function, encode. Nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response import File
+
+from sdapi.api.schemas import (
+    TASK_CREATED_MESSAGE,
+    ErrorResponse,
+    GenerateResponse,
+    HealthResponse,
+    TaskResponse,
+    ValidationErrorResponse,
+    task_response,
+)
+from sdapi.api.validation import strict_body
+from sdapi.images import CONTENT_TYPES
+from sdapi.params import GenerationRequest
+from sdapi.runtime import Runtime
+from sdapi.storage.local import IMAGE_ROUTE, LocalImageStorage
+from sdapi.tasks import TaskStatus
+
+_ERRORS = {
+    401: ResponseSpec(ErrorResponse, description="认证失败（API Key无效或缺失）"),
+    500: ResponseSpec(ErrorResponse, description="服务器内部错误"),
+}
+
+
+def _runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+def _base_url(request: Request[Any, Any, Any]) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def health_response(runtime: Runtime) -> HealthResponse:
+    engine = runtime.engine
+    details = engine.describe()
+    return HealthResponse(
+        status="ok",
+        model_loaded=engine.loaded,
+        engine=engine.name,
+        device=details.get("device", ""),
+        dtype=details.get("dtype", ""),
+        storage=runtime.storage.check(),
+        queue_pending=runtime.store.count(TaskStatus.PENDING),
+        model_error=runtime.worker.model_error,
+    )
+
+
+@get(["/health", "/api/health"], summary="健康检查", description="检查服务状态和模型加载情况。无需 API Key。")
+async def health(state: State) -> HealthResponse:
+    return health_response(_runtime(state))
+
+
+class TaskController(Controller):
+    """The authenticated API; mounted under /api/v1 behind the API key guard (see create_app)."""
+
+    path = "/"
+    tags = ("tasks",)  # noqa: RUF012 - read by Litestar
+    security = ({"APIKeyHeader": []},)
+
+    @post(
+        "/generate",
+        summary="图片生成",
+        description="提交文生图（不提供 init_image）或图生图（提供 init_image）任务，立即返回任务ID。",
+        status_code=200,
+        before_request=strict_body(GenerationRequest),
+        responses={
+            400: ResponseSpec(ErrorResponse, description="请求参数错误"),
+            422: ResponseSpec(ValidationErrorResponse, description="参数验证失败"),
+            429: ResponseSpec(ErrorResponse, description="任务队列已满，稍后重试（见 Retry-After）"),
+            **_ERRORS,
+        },
+    )
+    async def generate(self, data: GenerationRequest, request: Request[Any, Any, Any]) -> GenerateResponse:
+        task = _runtime(request.app.state).service.submit(data, _base_url(request))
+        return GenerateResponse(task_id=task.id, status=task.status.value, message=TASK_CREATED_MESSAGE)
+
+    @get(
+        "/tasks/{task_id:str}",
+        summary="查询任务状态",
+        description="查询图片生成任务的状态和结果。",
+        responses={404: ResponseSpec(ErrorResponse, description="任务不存在"), **_ERRORS},
+    )
+    async def get_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
+        runtime = _runtime(request.app.state)
+        task = runtime.service.get(task_id)
+        base_url = runtime.config.server.public_base_url or _base_url(request)
+        return task_response(task, runtime.storage, base_url)
+
+
+@get(f"{IMAGE_ROUTE}/{{key:str}}", include_in_schema=False)
+async def image_file(key: str, state: State) -> File:
+    """Images from local storage. Public by design (the seed: image URLs are public); keys are unguessable."""
+    storage = _runtime(state).storage
+    path = storage.path_for(key) if isinstance(storage, LocalImageStorage) else None
+    if path is None:
+        raise NotFoundException("图片不存在")
+    return File(path, content_disposition_type="inline", media_type=CONTENT_TYPES[path.suffix.lstrip(".")])

@@ -1,0 +1,90 @@
+"""Response bodies, exactly as the API document shows them (plus added fields, never removed ones)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from sdapi.storage import ImageStorage
+from sdapi.tasks import Task, TaskStatus
+
+TASK_CREATED_MESSAGE = "任务已创建，正在处理中"
+
+
+class GenerateResponse(msgspec.Struct):
+    task_id: Annotated[str, msgspec.Meta(description="任务ID，用于查询任务状态")]
+    status: Annotated[str, msgspec.Meta(description="任务状态：pending、processing、completed、failed")]
+    message: Annotated[str, msgspec.Meta(description="响应消息")]
+
+
+class TaskResponse(msgspec.Struct):
+    task_id: Annotated[str, msgspec.Meta(description="任务ID")]
+    status: Annotated[str, msgspec.Meta(description="任务状态：pending、processing、completed、failed")]
+    result_url: Annotated[str | None, msgspec.Meta(description="单张图片URL（num_images=1 时有效）")]
+    result_urls: Annotated[list[str] | None, msgspec.Meta(description="多张图片URL列表（num_images>1 时有效）")]
+    error_message: Annotated[str | None, msgspec.Meta(description="错误信息（失败时）")]
+    created_at: Annotated[str, msgspec.Meta(description="任务创建时间（ISO 8601，UTC）")]
+    updated_at: Annotated[str, msgspec.Meta(description="任务更新时间（ISO 8601，UTC）")]
+    seed: Annotated[int, msgspec.Meta(description="使用的随机种子（未指定时为随机选取的值）；第k张图片使用 seed+k")]
+    num_images: Annotated[int, msgspec.Meta(description="请求的图片张数")]
+    engine: Annotated[str | None, msgspec.Meta(description="生成图片的引擎（torch 或 onnx），完成后有值")] = None
+
+
+class HealthResponse(msgspec.Struct):
+    status: Annotated[str, msgspec.Meta(description='服务状态，正常为 "ok"')]
+    model_loaded: Annotated[bool, msgspec.Meta(description="模型是否已加载完成")]
+    engine: Annotated[str, msgspec.Meta(description="推理引擎")]
+    device: Annotated[str, msgspec.Meta(description="推理设备")]
+    dtype: Annotated[str, msgspec.Meta(description="推理精度")]
+    storage: Annotated[str, msgspec.Meta(description='图片存储状态，正常为 "ok"')]
+    queue_pending: Annotated[int, msgspec.Meta(description="排队中的任务数")]
+    model_error: Annotated[str | None, msgspec.Meta(description="模型加载失败时的原因")] = None
+
+
+class ErrorResponse(msgspec.Struct):
+    detail: str
+
+
+class ValidationErrorItem(msgspec.Struct):
+    loc: list[str]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(msgspec.Struct):
+    detail: list[ValidationErrorItem]
+
+
+def iso(task_time: object) -> str:
+    from datetime import datetime
+
+    assert isinstance(task_time, datetime)
+    return task_time.isoformat(timespec="milliseconds")
+
+
+def task_response(task: Task, storage: ImageStorage, request_base_url: str | None) -> TaskResponse:
+    """The seed's rule: one image -> result_url and result_urls null; several -> the reverse."""
+    result_url: str | None = None
+    result_urls: list[str] | None = None
+    if task.status is TaskStatus.COMPLETED:
+        urls = [
+            storage.url(key, task.base_url if request_base_url is None else request_base_url)
+            for key in task.result_keys
+        ]
+        if task.params.num_images == 1:
+            result_url = urls[0]
+        else:
+            result_urls = urls
+    return TaskResponse(
+        task_id=task.id,
+        status=task.status.value,
+        result_url=result_url,
+        result_urls=result_urls,
+        error_message=task.error_message,
+        created_at=iso(task.created_at),
+        updated_at=iso(task.updated_at),
+        seed=task.params.seed,
+        num_images=task.params.num_images,
+        engine=task.engine,
+    )

@@ -1,0 +1,55 @@
+"""Loading a Stable Diffusion pipeline from whatever `model.path` names: folder, hub id or single file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdapi.errors import ModelLoadFailed
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def describe_source(path: str) -> str:
+    """ "folder", "single-file" or "hub" for a model.path value."""
+    local = Path(path)
+    if local.is_dir():
+        return "folder"
+    if local.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return "single-file"
+    return "hub"
+
+
+def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None = None) -> Any:
+    """A StableDiffusionPipeline in `dtype` on the CPU; raise ModelLoadFailed with what is wrong."""
+    from diffusers import StableDiffusionPipeline
+
+    kind = describe_source(path)
+    options: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    try:
+        if kind == "single-file":
+            if not Path(path).is_file():
+                raise ModelLoadFailed(f"模型文件不存在：{path}")
+            if single_file_config:
+                options["config"] = single_file_config
+            pipeline = StableDiffusionPipeline.from_single_file(path, **options)
+        elif kind == "folder":
+            if not (Path(path) / "model_index.json").is_file():
+                raise ModelLoadFailed(f"模型目录缺少 model_index.json，不是 diffusers 格式：{path}")
+            pipeline = StableDiffusionPipeline.from_pretrained(path, **options)
+        else:
+            if path.startswith((".", "/", "~")):
+                raise ModelLoadFailed(f"模型路径不存在：{path}")
+            pipeline = StableDiffusionPipeline.from_pretrained(path, **options)
+    except ModelLoadFailed:
+        raise
+    except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, hub errors...
+        logger.exception("loading model %s failed", path)
+        raise ModelLoadFailed(f"模型加载失败（{kind}：{path}）：{type(error).__name__}: {error}") from None
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

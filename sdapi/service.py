@@ -1,0 +1,51 @@
+"""Submitting and reading tasks: what the HTTP routes call. No HTTP here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sdapi.config import Config
+from sdapi.errors import QueueFull
+from sdapi.images import decode_init_image
+from sdapi.params import GenerationRequest, InitImageInfo, resolve_params
+from sdapi.store import TaskStore
+from sdapi.tasks import Task, TaskStatus, create
+
+logger = logging.getLogger(__name__)
+
+
+class TaskService:
+    """Admits generation requests as tasks and reads tasks back."""
+
+    def __init__(self, config: Config, store: TaskStore, wake_worker: Callable[[], None]) -> None:
+        self._config = config
+        self._store = store
+        self._wake_worker = wake_worker
+
+    def submit(self, request: GenerationRequest, base_url: str | None) -> Task:
+        """Validate `request`, store it as a pending task and wake the worker; raise InvalidParameter or QueueFull."""
+        if self._store.count(TaskStatus.PENDING) >= self._config.queue.max_pending:
+            raise QueueFull("任务队列已满，请稍后重试", retry_after=self._config.queue.retry_after_seconds)
+        init_bytes: bytes | None = None
+        init_info: InitImageInfo | None = None
+        if request.init_image is not None:
+            init_bytes, init_info = decode_init_image(request.init_image, self._config.limits.max_init_image_pixels)
+        params = resolve_params(request, self._config.defaults, self._config.limits, init_info)
+        task = create(params, base_url=base_url)
+        self._store.add(task, init_bytes)
+        logger.info(
+            "task %s created: %s %dx%d x%d, %d steps",
+            task.id,
+            "img2img" if init_info else "txt2img",
+            params.width,
+            params.height,
+            params.num_images,
+            params.num_inference_steps,
+        )
+        self._wake_worker()
+        return task
+
+    def get(self, task_id: str) -> Task:
+        """The task with this id; raise TaskNotFound."""
+        return self._store.get(task_id)

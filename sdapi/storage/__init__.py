@@ -1,0 +1,26 @@
+"""ImageStorage: where generated images go, and how clients reach them."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Protocol
+
+
+class ImageStorage(Protocol):
+    """Stores encoded images under unguessable keys and turns keys into absolute URLs."""
+
+    name: str
+
+    def save(self, data: bytes, extension: str, content_type: str) -> str:
+        """Store one image; return its key. Raise StorageError."""
+
+    def url(self, key: str, request_base_url: str | None) -> str:
+        """The absolute URL a client fetches the image from."""
+
+    def check(self) -> str:
+        """Probe the storage; return "ok" or a short description of what is wrong."""
+
+
+def new_image_key(extension: str) -> str:
+    """An unguessable object name: the seed warns image URLs are public, so they must not be enumerable."""
+    return f"{secrets.token_urlsafe(24)}.{extension}"

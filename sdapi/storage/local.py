@@ -1,0 +1,54 @@
+"""Local image storage: files under data_dir/images, served by the service itself at /images/{key}."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from sdapi.errors import StorageError
+from sdapi.storage import new_image_key
+
+IMAGE_ROUTE = "/images"
+_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}\.(png|jpg|jpeg)$")
+
+
+class LocalImageStorage:
+    """ImageStorage on the local disk."""
+
+    name = "local"
+
+    def __init__(self, directory: Path, public_base_url: str | None) -> None:
+        self.directory = directory
+        self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot create image folder {directory}: {error.strerror}") from None
+
+    def save(self, data: bytes, extension: str, content_type: str) -> str:
+        key = new_image_key(extension)
+        try:
+            # Write to a temporary name and rename, so a reader never sees half an image.
+            handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".incoming-")
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.replace(temporary, self.directory / key)
+        except OSError as error:
+            raise StorageError(f"本地图片存储写入失败：{error.strerror}") from None
+        return key
+
+    def url(self, key: str, request_base_url: str | None) -> str:
+        base = self._public_base_url or (request_base_url or "").rstrip("/")
+        return f"{base}{IMAGE_ROUTE}/{key}"
+
+    def path_for(self, key: str) -> Path | None:
+        """The file behind a key, or None when the key is malformed or unknown (never a path outside the folder)."""
+        if not _KEY_PATTERN.match(key):
+            return None
+        path = self.directory / key
+        return path if path.is_file() else None
+
+    def check(self) -> str:
+        return "ok" if os.access(self.directory, os.W_OK) else f"image folder {self.directory} is not writable"

@@ -1,0 +1,187 @@
+"""The in-process worker: takes pending tasks one at a time, runs the engine off the event loop,
+stores the images and records the result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sdapi import tasks
+from sdapi.config import Config
+from sdapi.engines import Engine
+from sdapi.errors import GenerationFailed, ModelLoadFailed, SdapiError, StorageError
+from sdapi.images import CONTENT_TYPES, encode_image, open_init_image
+from sdapi.storage import ImageStorage
+from sdapi.store import TaskStore
+from sdapi.tasks import Task, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GENERIC_FAILURE = "生成过程中发生错误"
+# How often the idle worker looks at the store even without a wake-up (tasks added by another process).
+IDLE_POLL_SECONDS = 1.0
+
+
+def run_in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:
+    """Run `function` on a new daemon thread and return a future for its result.
+
+    A daemon thread, not an executor: when a shutdown's grace period runs out the process must be able to exit
+    with a generation still running (the task is left pending and re-run after the restart).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(setter: Callable[[], None]) -> None:
+        if not future.done():
+            setter()
+
+    def target() -> None:
+        outcome: Callable[[], None]
+        try:
+            result = function()
+        except BaseException as error:  # handed to the awaiting coroutine, which decides
+            outcome = functools.partial(future.set_exception, error)
+        else:
+            outcome = functools.partial(future.set_result, result)
+        # The loop may have closed during shutdown; then nobody waits for this result any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(deliver, outcome)
+
+    threading.Thread(target=target, name="sdapi-generation", daemon=True).start()
+    return future
+
+
+class Worker:
+    """Runs tasks from the store through the engine, one at a time."""
+
+    def __init__(self, config: Config, store: TaskStore, engine: Engine, storage: ImageStorage) -> None:
+        self._config = config
+        self._store = store
+        self._engine = engine
+        self._storage = storage
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: asyncio.Future[list[str]] | None = None
+        self._current: Task | None = None
+        self.model_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """At start-up: tasks left `processing` by a crash run again, or fail when out of attempts."""
+        for task in self._store.with_status(TaskStatus.PROCESSING):
+            recovered = tasks.recover_interrupted(task, self._config.queue.max_attempts)
+            self._store.update(recovered, TaskStatus.PROCESSING)
+            logger.warning("task %s was interrupted (attempt %d): now %s", task.id, task.attempts, recovered.status)
+
+    def start(self) -> None:
+        """Start loading the model and taking tasks (in the background: /health answers at once)."""
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="sdapi-worker")
+
+    def wake(self) -> None:
+        """A task was added: look at the queue now instead of at the next poll."""
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Take no new task; let the running one finish within `grace_seconds`, else leave it to be re-run."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is None:
+            return
+        try:
+            # The loop exits by itself once the running task (if any) is recorded.
+            await asyncio.wait_for(asyncio.shield(self._loop_task), timeout=grace_seconds)
+            return
+        except TimeoutError:
+            pass
+        interrupted = self._current
+        self._loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._loop_task
+        if interrupted is not None:
+            logger.warning(
+                "shutdown: task %s did not finish in %.0fs; it will run again", interrupted.id, grace_seconds
+            )
+            # A clean shutdown is not the task's fault: give back the attempt it was using.
+            self._store.update(tasks.retry(interrupted, count_attempt=False), TaskStatus.PROCESSING)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await self._load_model()
+        while not self._stopping:
+            try:
+                task = self._store.next_pending()
+                if task is not None:
+                    await self._process(task)
+                    continue
+            except SdapiError as error:  # the task database failed: log, wait, try again
+                logger.error("worker: %s", error.message)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL_SECONDS)
+
+    async def _load_model(self) -> None:
+        try:
+            await run_in_daemon_thread(self._engine.load)
+        except ModelLoadFailed as error:
+            self.model_error = error.message
+            logger.error("model not loaded: %s", error.message)
+        except Exception as error:
+            self.model_error = f"模型加载失败：{type(error).__name__}: {error}"
+            logger.exception("model not loaded")
+
+    async def _process(self, task: Task) -> None:
+        if self.model_error is not None:
+            self._store.update(tasks.fail(task, self.model_error), TaskStatus.PENDING)
+            return
+        started = tasks.start(task)
+        if not self._store.update(started, TaskStatus.PENDING):
+            return  # someone else changed it meanwhile
+        self._current = started
+        began = time.perf_counter()
+        self._running = run_in_daemon_thread(lambda: self._make_images(started))
+        try:
+            keys = await self._running
+            finished = tasks.complete(started, keys, self._engine.name)
+        except asyncio.CancelledError:
+            raise
+        except (GenerationFailed, StorageError) as error:
+            logger.warning("task %s failed: %s", started.id, error.message)
+            finished = tasks.fail(started, error.message)
+        except SdapiError as error:
+            logger.warning("task %s failed: %s", started.id, error.message)
+            finished = tasks.fail(started, error.message)
+        except Exception:
+            logger.exception("task %s failed with an unexpected error", started.id)
+            finished = tasks.fail(started, GENERIC_FAILURE)
+        finally:
+            self._running = None
+            self._current = None
+        if self._store.update(finished, TaskStatus.PROCESSING):
+            logger.info("task %s %s in %.2fs", started.id, finished.status, time.perf_counter() - began)
+
+    def _make_images(self, task: Task) -> list[str]:
+        """On the generation thread: run the engine, encode and store every image; return the storage keys."""
+        params = task.params
+        init_image = None
+        if params.init_image is not None:
+            raw = self._store.init_image(task.id)
+            if raw is None:
+                raise GenerationFailed("生成失败：找不到任务的初始图片")
+            init_image = open_init_image(raw, params.width, params.height)
+        images = self._engine.generate(params, init_image)
+        extension = params.output_format
+        return [
+            self._storage.save(encode_image(image, params.output_format), extension, CONTENT_TYPES[extension])
+            for image in images
+        ]
