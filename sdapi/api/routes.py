@@ -65,7 +65,7 @@ class TaskController(Controller):
     """The authenticated API; mounted under /api/v1 behind the API key guard (see create_app)."""
 
     path = "/"
-    tags = ("tasks",)  # noqa: RUF012 - read by Litestar
+    tags = ("tasks",)
     security = ({"APIKeyHeader": []},)
 
     @post(
