@@ -163,9 +163,9 @@ def _check_consistency(config: Config) -> None:
 def _describe_validation_error(error: msgspec.ValidationError) -> str:
     """Turn msgspec's `... - at `$.api.keys`` into a message that names the config key."""
     text = str(error)
-    message, _, location = text.rpartition(" - at ")
-    if not message:
-        return f"invalid config: {text}"
+    message, separator, location = text.rpartition(" - at ")
+    if not separator:
+        message, location = text, ""
     key = location.strip("`").removeprefix("$").lstrip(".")
     if "unknown field" in message:
         unknown = message.split("`")[1]

@@ -14,6 +14,7 @@ from sdapi.api.auth import api_key_guard
 from sdapi.api.docs import assets_router, openapi_config
 from sdapi.api.errors import handle_http_exception, handle_sdapi_error, handle_unexpected
 from sdapi.config import Config
+from sdapi.engines import Engine
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.errors import SdapiError
 from sdapi.runtime import Runtime
@@ -25,18 +26,21 @@ from sdapi.worker import Worker
 logger = logging.getLogger(__name__)
 
 
-def build_runtime(config: Config) -> Runtime:
+def build_runtime(config: Config, engine: Engine | None = None) -> Runtime:
     """Open the store and storage and create the engine and worker (the model loads later, in the background)."""
     store = SqliteTaskStore(config.database_path)
     storage = LocalImageStorage(config.images_path, config.server.public_base_url)
-    engine = TorchEngine(config.model)
+    engine = engine or TorchEngine(config.model)
     worker = Worker(config, store, engine, storage)
     service = TaskService(config, store, worker.wake)
     return Runtime(config=config, store=store, storage=storage, engine=engine, worker=worker, service=service)
 
 
-def create_app(config: Config) -> Litestar:
-    """The Litestar app for `config`. Nothing is opened until the app starts."""
+def create_app(config: Config, engine: Engine | None = None) -> Litestar:
+    """The Litestar app for `config`. Nothing is opened until the app starts.
+
+    `engine` replaces the configured one (tests use it to drive failure paths through the real service).
+    """
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -45,7 +49,7 @@ def create_app(config: Config) -> Litestar:
                 "api.keys holds the shipped placeholder key: fine for a local try-out, "
                 "replace it (or set SDAPI_API_KEYS) before anyone else can reach this service"
             )
-        runtime = build_runtime(config)
+        runtime = build_runtime(config, engine)
         app.state.runtime = runtime
         runtime.worker.recover()
         runtime.worker.start()

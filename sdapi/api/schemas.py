@@ -28,6 +28,7 @@ class TaskResponse(msgspec.Struct):
     updated_at: Annotated[str, msgspec.Meta(description="任务更新时间（ISO 8601，UTC）")]
     seed: Annotated[int, msgspec.Meta(description="使用的随机种子（未指定时为随机选取的值）；第k张图片使用 seed+k")]
     num_images: Annotated[int, msgspec.Meta(description="请求的图片张数")]
+    attempts: Annotated[int, msgspec.Meta(description="已开始运行的次数（服务中断后会重新运行）")]
     engine: Annotated[str | None, msgspec.Meta(description="生成图片的引擎（torch 或 onnx），完成后有值")] = None
 
 
@@ -86,5 +87,6 @@ def task_response(task: Task, storage: ImageStorage, request_base_url: str | Non
         updated_at=iso(task.updated_at),
         seed=task.params.seed,
         num_images=task.params.num_images,
+        attempts=task.attempts,
         engine=task.engine,
     )

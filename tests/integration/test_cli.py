@@ -1,0 +1,83 @@
+"""The command line: config errors stop the service naming the key; the placeholder key warns; the tiny model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.support import REPO_ROOT, ServiceProcess, generate, write_config
+
+
+def _serve(config_path):
+    return subprocess.run(
+        [sys.executable, "-m", "sdapi", "serve", "--config", str(config_path), "--port", "1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"api": {"keys": ["k"], "keyz": 1}}, "api.keyz"),
+        ({"modle": {}}, "modle"),
+        ({"defaults": {"width": "big"}}, "defaults.width"),
+        ({"queue": {"max_pending": 0}}, "queue.max_pending"),
+        ({"model": {"device": "tpu"}}, "model.device"),
+        ({"defaults": {"scheduler": "Nope"}}, "defaults.scheduler"),
+        ({"api": {"keys": []}}, "api.keys"),
+    ],
+)
+def test_a_bad_config_stops_the_service_naming_the_key(tmp_path, changes, named):
+    raw = {"api": {"keys": ["k"]}}
+    for section, values in changes.items():
+        raw[section] = values
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = _serve(path)
+    assert result.returncode == 2
+    assert named in result.stderr
+
+
+def test_the_shipped_config_loads_and_its_placeholder_key_is_marked():
+    from sdapi.config import load_config
+
+    config = load_config(REPO_ROOT / "config.yaml", environ={})
+    assert config.placeholder_keys() == config.api.keys
+    assert config.model.path.endswith("data/models/tiny-sd")
+    assert (config.defaults.width, config.defaults.height, config.defaults.num_inference_steps) == (512, 512, 30)
+
+
+def test_a_placeholder_key_logs_a_warning_without_the_key(tmp_path, tiny_model):
+    placeholder = "change-me-please-123"
+    config = write_config(tmp_path, tiny_model, api={"keys": [placeholder]})
+    with ServiceProcess(config) as process:
+        process.wait_ready()
+        with process.client(key=placeholder) as client:
+            assert generate(client, prompt="a cat")["status"] == "completed"
+        log = process.log()
+    assert "placeholder" in log
+    assert placeholder not in log
+
+
+def test_make_tiny_model_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        subprocess.run(
+            [sys.executable, "-m", "sdapi", "make-tiny-model", str(tmp_path / name)],
+            check=True,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            timeout=300,
+        )
+    for weights in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ]:
+        assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
+    assert (tmp_path / "a" / "model_index.json").is_file()

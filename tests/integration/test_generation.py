@@ -1,0 +1,147 @@
+"""Generation on the torch engine through the API: seeds, batches, image-to-image, schedulers, formats."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdapi.schedulers import SCHEDULER_NAMES
+from tests.support import data_url, fetch_image, fetch_pixels, generate, gradient_image, mean_abs_diff
+
+
+def _pixels(body, index=None):
+    url = body["result_url"] if index is None else body["result_urls"][index]
+    return fetch_pixels(url)
+
+
+def test_same_seed_and_parameters_give_identical_pixels(client):
+    first = generate(client, prompt="a lighthouse", seed=1234, num_inference_steps=5)
+    second = generate(client, prompt="a lighthouse", seed=1234, num_inference_steps=5)
+    assert np.array_equal(_pixels(first), _pixels(second))
+
+
+def test_different_seeds_give_different_pictures(client):
+    first = generate(client, prompt="a lighthouse", seed=1)
+    second = generate(client, prompt="a lighthouse", seed=2)
+    assert mean_abs_diff(_pixels(first), _pixels(second)) > 1.0
+
+
+def test_image_k_of_a_batch_matches_a_single_request_with_seed_plus_k(client):
+    # 6 images with batch_size 4: two batches, so the rule also holds across the batch boundary.
+    batch = generate(client, prompt="a lighthouse", seed=500, num_images=6)
+    assert batch["status"] == "completed"
+    for k in range(6):
+        single = generate(client, prompt="a lighthouse", seed=500 + k)
+        assert mean_abs_diff(_pixels(batch, k), _pixels(single)) <= 1.0, k
+    assert mean_abs_diff(_pixels(batch, 0), _pixels(batch, 1)) > 1.0
+
+
+def test_without_a_seed_one_is_drawn_stored_and_reproducible(client):
+    drawn = generate(client, prompt="a lighthouse")
+    other = generate(client, prompt="a lighthouse")
+    assert isinstance(drawn["seed"], int) and 0 <= drawn["seed"] < 2**32
+    assert drawn["seed"] != other["seed"]
+    replay = generate(client, prompt="a lighthouse", seed=drawn["seed"])
+    assert np.array_equal(_pixels(drawn), _pixels(replay))
+
+
+def test_prompt_negative_prompt_and_guidance_change_the_picture(client):
+    base = _pixels(generate(client, prompt="a lighthouse", seed=77))
+    for change in [
+        {"prompt": "a red bicycle"},
+        {"negative_prompt": "blurry, dark"},
+        {"guidance_scale": 12.0},
+        {"num_inference_steps": 6},
+    ]:
+        changed = _pixels(generate(client, **{"prompt": "a lighthouse", "seed": 77, **change}))
+        assert mean_abs_diff(base, changed) > 0.1, change
+
+
+def test_width_and_height_set_the_text_to_image_size(client):
+    body = generate(client, prompt="a lighthouse", seed=3, width=200, height=64)
+    assert fetch_image(body["result_url"]).size == (200, 64)
+
+
+@pytest.mark.parametrize(
+    ("output_format", "pil_format", "content_type"),
+    [
+        ("png", "PNG", "image/png"),
+        ("jpg", "JPEG", "image/jpeg"),
+        ("jpeg", "JPEG", "image/jpeg"),
+        ("JPG", "JPEG", "image/jpeg"),
+    ],
+)
+def test_output_formats(client, output_format, pil_format, content_type):
+    body = generate(client, prompt="a lighthouse", seed=3, output_format=output_format, num_images=2)
+    for url in body["result_urls"]:
+        assert url.endswith("." + output_format.lower())
+        response = httpx.get(url)
+        assert response.headers["content-type"] == content_type
+        image = Image.open(io.BytesIO(response.content))
+        assert image.format == pil_format
+        assert image.size == (128, 96)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_every_scheduler_generates_and_is_deterministic(client, scheduler):
+    first = generate(client, prompt="a lighthouse", seed=11, scheduler=scheduler, num_images=2)
+    assert first["status"] == "completed", first
+    second = generate(client, prompt="a lighthouse", seed=11, scheduler=scheduler, num_images=2)
+    for k in range(2):
+        assert np.array_equal(_pixels(first, k), _pixels(second, k))
+
+
+def test_schedulers_differ_and_do_not_leak_into_the_next_request(client):
+    default_before = _pixels(generate(client, prompt="a lighthouse", seed=21))
+    euler_a = _pixels(generate(client, prompt="a lighthouse", seed=21, scheduler="EulerAncestralDiscreteScheduler"))
+    ddim = _pixels(generate(client, prompt="a lighthouse", seed=21, scheduler="DDIMScheduler"))
+    default_after = _pixels(generate(client, prompt="a lighthouse", seed=21))
+    assert mean_abs_diff(default_before, euler_a) > 0.1
+    assert mean_abs_diff(euler_a, ddim) > 0.1
+    assert np.array_equal(default_before, default_after)
+
+
+# -- image-to-image -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_image_to_image_takes_the_input_size_rounded_down_to_8(client, image_format):
+    init = data_url(gradient_image(130, 101), image_format)
+    body = generate(client, prompt="anime style", init_image=init, width=512, height=512, seed=4, strength=0.6)
+    assert body["status"] == "completed", body
+    assert fetch_image(body["result_url"]).size == (128, 96)  # width/height ignored, as the seed says
+
+
+def test_image_to_image_is_deterministic_and_depends_on_strength(client):
+    init = data_url(gradient_image(128, 128))
+    weak = generate(client, prompt="anime style", init_image=init, seed=4, strength=0.3, num_inference_steps=10)
+    again = generate(client, prompt="anime style", init_image=init, seed=4, strength=0.3, num_inference_steps=10)
+    strong = generate(client, prompt="anime style", init_image=init, seed=4, strength=0.9, num_inference_steps=10)
+    assert np.array_equal(_pixels(weak), _pixels(again))
+    assert mean_abs_diff(_pixels(weak), _pixels(strong)) > 0.1
+
+
+def test_image_to_image_batch_follows_the_seed_rule(client):
+    init = data_url(gradient_image(96, 96))
+    batch = generate(client, prompt="anime style", init_image=init, seed=900, num_images=3, strength=0.7)
+    for k in range(3):
+        single = generate(client, prompt="anime style", init_image=init, seed=900 + k, strength=0.7)
+        assert mean_abs_diff(_pixels(batch, k), _pixels(single)) <= 1.0
+
+
+def test_strength_zero_returns_the_input_unchanged(client):
+    source = gradient_image(136, 72)
+    body = generate(client, prompt="anime style", init_image=data_url(source), strength=0.0, seed=1)
+    assert body["status"] == "completed"
+    assert np.array_equal(_pixels(body), np.asarray(source, dtype=np.float64))
+
+
+def test_image_to_image_uses_the_configured_default_strength(client):
+    init = data_url(gradient_image(96, 96))
+    implicit = generate(client, prompt="anime style", init_image=init, seed=5)
+    explicit = generate(client, prompt="anime style", init_image=init, seed=5, strength=0.75)
+    assert np.array_equal(_pixels(implicit), _pixels(explicit))

@@ -1,0 +1,61 @@
+"""Config decoding: defaults, path resolution, environment overrides, errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdapi.config import config_from_mapping, load_config
+from sdapi.errors import ConfigError
+
+
+def test_defaults_and_relative_paths_resolve_against_the_config_folder(tmp_path):
+    path = tmp_path / "conf" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text("api:\n  keys: [k]\nmodel:\n  path: ./models/x\n")
+    config = load_config(path, environ={})
+    assert config.data_dir == str(tmp_path / "conf" / "data")
+    assert config.model.path == str(tmp_path / "conf" / "models" / "x")
+    assert config.api.key_header == "X-API-Key"
+    assert (config.defaults.width, config.defaults.height, config.defaults.strength) == (512, 512, 0.75)
+    assert config.database_path.parent == config.images_path.parent
+
+
+def test_hub_ids_are_left_alone():
+    config = config_from_mapping(
+        {"api": {"keys": ["k"]}, "model": {"path": "runwayml/stable-diffusion-v1-5"}}, environ={}
+    )
+    assert config.model.path == "runwayml/stable-diffusion-v1-5"
+
+
+def test_environment_keys_replace_the_file():
+    config = config_from_mapping({"api": {"keys": ["file"]}}, environ={"SDAPI_API_KEYS": " a ,b,, "})
+    assert config.api.keys == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"api": {"keys": ["k"]}, "extra": 1}, "'extra'"),
+        ({"api": {"keys": ["k"], "header": "x"}}, "'api.header'"),
+        ({"api": {"keys": "k"}}, "'api.keys'"),
+        ({"api": {"keys": ["k"]}, "defaults": {"width": 500}}, "'defaults.width'"),
+        ({"api": {"keys": ["k"]}, "defaults": {"width": 4096}}, "'defaults.width'"),
+        ({"api": {"keys": ["k"]}, "model": {"dtype": "int8"}}, "'model.dtype'"),
+        ({"api": {"keys": [""]}}, "'api.keys'"),
+    ],
+)
+def test_bad_values_name_the_key(raw, named):
+    with pytest.raises(ConfigError) as raised:
+        config_from_mapping(raw, environ={})
+    assert named in raised.value.message
+
+
+def test_unreadable_or_non_mapping_files(tmp_path):
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("api: [\n")
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "bad.yaml")

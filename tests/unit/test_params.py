@@ -1,0 +1,86 @@
+"""Defaults and rules that turn a request into GenerationParams."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sdapi.config import DefaultsConfig, LimitsConfig
+from sdapi.errors import InvalidParameter
+from sdapi.params import GenerationRequest, InitImageInfo, output_side, resolve_params
+
+DEFAULTS = DefaultsConfig(
+    width=512, height=384, num_inference_steps=30, guidance_scale=7.5, strength=0.75, scheduler="EulerDiscreteScheduler"
+)
+LIMITS = LimitsConfig(max_width=1024, max_height=1024, max_inference_steps=100)
+
+
+def resolve(init=None, **fields):
+    return resolve_params(GenerationRequest(prompt="p", **fields), DEFAULTS, LIMITS, init, rng=random.Random(1))
+
+
+def test_nulls_take_the_config_defaults():
+    params = resolve()
+    assert (params.width, params.height, params.num_inference_steps) == (512, 384, 30)
+    assert params.guidance_scale == 7.5 and params.scheduler == "EulerDiscreteScheduler"
+    assert params.strength is None and params.output_format == "png" and params.num_images == 1
+
+
+def test_given_values_win_and_output_format_is_case_insensitive():
+    params = resolve(
+        width=64,
+        height=1024,
+        num_inference_steps=100,
+        guidance_scale=0.0,
+        scheduler="DDIMScheduler",
+        output_format="JPEG",
+        seed=0,
+    )
+    assert (params.width, params.height, params.num_inference_steps, params.guidance_scale) == (64, 1024, 100, 0.0)
+    assert params.scheduler == "DDIMScheduler" and params.output_format == "jpeg" and params.seed == 0
+
+
+def test_a_random_seed_is_drawn_when_none_is_given():
+    assert resolve().seed == random.Random(1).randint(0, 2**32 - 1)
+
+
+def test_image_seeds_follow_seed_plus_k():
+    assert resolve(seed=10, num_images=4).image_seeds() == [10, 11, 12, 13]
+
+
+@pytest.mark.parametrize(("field", "value"), [("width", 72 + 4), ("width", 56), ("height", 1032), ("width", 2048)])
+def test_sides_must_be_multiples_of_8_within_limits(field, value):
+    with pytest.raises(InvalidParameter) as raised:
+        resolve(**{field: value})
+    assert raised.value.field == field
+
+
+def test_image_to_image_takes_the_input_size_and_default_strength():
+    params = resolve(InitImageInfo(width=517, height=300, format="png"), width=64, height=64)
+    assert (params.width, params.height) == (512, 296)
+    assert params.strength == 0.75 and params.is_image_to_image
+
+
+def test_image_to_image_out_of_range_inputs_are_refused():
+    for size in [(63, 200), (200, 60), (1100, 200)]:
+        with pytest.raises(InvalidParameter) as raised:
+            resolve(InitImageInfo(width=size[0], height=size[1], format="png"))
+        assert raised.value.field == "init_image"
+
+
+def test_strength_is_ignored_for_text_to_image():
+    assert resolve(strength=0.3).strength is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("scheduler", "Euler a"), ("output_format", "webp"), ("num_inference_steps", 101)]
+)
+def test_unservable_values_name_their_field(field, value):
+    with pytest.raises(InvalidParameter) as raised:
+        resolve(**{field: value})
+    assert raised.value.field == field and field in raised.value.message
+
+
+def test_output_side_rounds_down_to_8():
+    assert [output_side(n) for n in (64, 71, 72, 1023)] == [64, 64, 72, 1016]
