@@ -1,0 +1,1 @@
+"""Benchmarks behind make targets; figures are recorded in docs/benchmarks.md."""

@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sdapi import tasks
 from sdapi.config import Config
@@ -30,33 +31,50 @@ GENERIC_FAILURE = "生成过程中发生错误"
 IDLE_POLL_SECONDS = 1.0
 
 
-def run_in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:
-    """Run `function` on a new daemon thread and return a future for its result.
+class GenerationThread:
+    """One long-lived daemon thread that runs the engine's work, one job at a time.
 
-    A daemon thread, not an executor: when a shutdown's grace period runs out the process must be able to exit
-    with a generation still running (the task is left pending and re-run after the restart).
+    Long-lived, because torch's OpenMP thread team belongs to the thread that starts it: a new thread per task
+    would build (and warm) a new team every time. A daemon, because when a shutdown's grace period runs out the
+    process must be able to exit with a generation still running (the task is then re-run after the restart).
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
 
-    def deliver(setter: Callable[[], None]) -> None:
-        if not future.done():
-            setter()
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._serve, name="sdapi-generation", daemon=True)
+        self._thread.start()
 
-    def target() -> None:
-        outcome: Callable[[], None]
-        try:
-            result = function()
-        except BaseException as error:  # handed to the awaiting coroutine, which decides
-            outcome = functools.partial(future.set_exception, error)
-        else:
-            outcome = functools.partial(future.set_result, result)
-        # The loop may have closed during shutdown; then nobody waits for this result any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(deliver, outcome)
+    def submit(self, function: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue `function`; the returned future (of the running loop) gets its result or exception."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((function, future, loop))
+        return future
 
-    threading.Thread(target=target, name="sdapi-generation", daemon=True).start()
-    return future
+    def _serve(self) -> None:
+        while True:
+            function, future, loop = self._jobs.get()
+            outcome: Callable[[], None]
+            try:
+                result = function()
+            except BaseException as error:  # handed to the awaiting coroutine, which decides
+                outcome = functools.partial(_settle, future, None, error)
+            else:
+                outcome = functools.partial(_settle, future, result, None)
+            # The loop may have closed during shutdown; then nobody waits for this result any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(outcome)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class Worker:
@@ -70,7 +88,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
-        self._running: asyncio.Future[list[str]] | None = None
+        self._generation = GenerationThread()
         self._current: Task | None = None
         self.model_error: str | None = None
 
@@ -132,7 +150,7 @@ class Worker:
 
     async def _load_model(self) -> None:
         try:
-            await run_in_daemon_thread(self._engine.load)
+            await self._generation.submit(self._engine.load)
         except ModelLoadFailed as error:
             self.model_error = error.message
             logger.error("model not loaded: %s", error.message)
@@ -149,9 +167,8 @@ class Worker:
             return  # someone else changed it meanwhile
         self._current = started
         began = time.perf_counter()
-        self._running = run_in_daemon_thread(lambda: self._make_images(started))
         try:
-            keys = await self._running
+            keys = await self._generation.submit(lambda: self._make_images(started))
             finished = tasks.complete(started, keys, self._engine.name)
         except asyncio.CancelledError:
             raise
@@ -165,7 +182,6 @@ class Worker:
             logger.exception("task %s failed with an unexpected error", started.id)
             finished = tasks.fail(started, GENERIC_FAILURE)
         finally:
-            self._running = None
             self._current = None
         if self._store.update(finished, TaskStatus.PROCESSING):
             logger.info("task %s %s in %.2fs", started.id, finished.status, time.perf_counter() - began)
