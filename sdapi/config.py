@@ -7,6 +7,7 @@ nothing else looks at the file or at os.environ.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,6 +23,9 @@ PLACEHOLDER_KEY_PREFIX = "change-me"
 
 # Environment variables that override secrets from the file (documented in the README).
 ENV_API_KEYS = "SDAPI_API_KEYS"  # comma-separated; replaces api.keys
+ENV_MINIO_ACCESS_KEY = "SDAPI_MINIO_ACCESS_KEY"
+ENV_MINIO_SECRET_KEY = "SDAPI_MINIO_SECRET_KEY"
+ENV_CALLBACK_SECRET = "SDAPI_CALLBACK_SECRET"
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Side = Annotated[int, msgspec.Meta(ge=64, le=16384, multiple_of=8)]
@@ -84,8 +88,53 @@ class QueueConfig(_Section, frozen=True):
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0.0)] = 30.0
 
 
+class MinioConfig(_Section, frozen=True):
+    # host:port of the S3 API, as the service reaches it.
+    endpoint: str = "localhost:9000"
+    access_key: str = ""  # or SDAPI_MINIO_ACCESS_KEY
+    secret_key: str = ""  # or SDAPI_MINIO_SECRET_KEY
+    secure: bool = False
+    # Set, so presigning never needs a network call to look the bucket's region up.
+    region: str = "us-east-1"
+    bucket: str = "sd-images"
+    # Object keys start with this (e.g. "sdapi/"); the rest is random.
+    prefix: str = ""
+    # public: http(s)://endpoint/bucket/key (the seed's style; the bucket must allow anonymous reads).
+    # presigned: a GET URL valid for presign_ttl seconds, signed anew on every read of the task.
+    url_mode: Literal["public", "presigned"] = "public"
+    # How clients reach MinIO when that differs from `endpoint`, e.g. https://cdn.example.com.
+    public_base_url: str | None = None
+    presign_ttl: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 3600
+    # Connect/read timeout of one S3 call.
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
+
 class StorageConfig(_Section, frozen=True):
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "minio"] = "local"
+    # Tries per image upload before the task fails; waits between tries double from retry_backoff_seconds.
+    upload_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 4
+    retry_backoff_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    minio: MinioConfig = MinioConfig()
+
+
+class CallbacksConfig(_Section, frozen=True):
+    # Seconds for one POST (connect + send + answer).
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # Tries per delivery. With backoff_base 30 the waits are 30, 60, 120, 240, 480 s (each +-25% jitter):
+    # 6 attempts over about 15.5 minutes.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 6
+    backoff_base: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # Standard Webhooks signing secret ("whsec_<base64>" or any string); or SDAPI_CALLBACK_SECRET.
+    secret: str | None = None
+    # Private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) become allowed; loopback, link-local,
+    # multicast and unspecified addresses stay refused unless listed in allowed_hosts.
+    allow_private_networks: bool = False
+    # Host names or CIDRs always allowed, e.g. ["receiver.lan", "192.168.31.0/24", "127.0.0.1/32"].
+    allowed_hosts: list[str] = []
+    # Seconds to resolve a callback host when checking it at submit time.
+    resolve_timeout: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    # Deliveries sent at the same time.
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
 
 
 class Config(_Section, frozen=True):
@@ -98,6 +147,7 @@ class Config(_Section, frozen=True):
     limits: LimitsConfig = LimitsConfig()
     queue: QueueConfig = QueueConfig()
     storage: StorageConfig = StorageConfig()
+    callbacks: CallbacksConfig = CallbacksConfig()
 
     @property
     def data_path(self) -> Path:
@@ -132,13 +182,27 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
             model["path"] = str((base / Path(path).expanduser()).resolve())
 
 
+def _section(raw: dict[str, object], *path: str) -> dict[str, object]:
+    """The nested mapping at `path`, created when missing."""
+    node = raw
+    for depth, name in enumerate(path):
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{'.'.join(path[: depth + 1])}' must be a mapping")
+        node = child
+    return node
+
+
 def _apply_environment(raw: dict[str, object], environ: dict[str, str]) -> None:
     """Let secrets come from the environment instead of the file."""
     if keys := environ.get(ENV_API_KEYS):
-        api = raw.setdefault("api", {})
-        if not isinstance(api, dict):
-            raise ConfigError("config key 'api' must be a mapping")
-        api["keys"] = [key.strip() for key in keys.split(",") if key.strip()]
+        _section(raw, "api")["keys"] = [key.strip() for key in keys.split(",") if key.strip()]
+    if access_key := environ.get(ENV_MINIO_ACCESS_KEY):
+        _section(raw, "storage", "minio")["access_key"] = access_key
+    if secret_key := environ.get(ENV_MINIO_SECRET_KEY):
+        _section(raw, "storage", "minio")["secret_key"] = secret_key
+    if secret := environ.get(ENV_CALLBACK_SECRET):
+        _section(raw, "callbacks")["secret"] = secret
 
 
 def _check_consistency(config: Config) -> None:
@@ -152,12 +216,28 @@ def _check_consistency(config: Config) -> None:
             f"config key 'defaults.scheduler': unknown scheduler {config.defaults.scheduler!r}; "
             f"choose one of {', '.join(SCHEDULER_NAMES)}"
         )
+    for entry in config.callbacks.allowed_hosts:
+        if not entry or any(character.isspace() for character in entry) or ("/" in entry and not _is_network(entry)):
+            raise ConfigError(f"config key 'callbacks.allowed_hosts': {entry!r} is neither a host name nor a CIDR")
+    if config.storage.backend == "minio" and not (config.storage.minio.access_key and config.storage.minio.secret_key):
+        raise ConfigError(
+            "config keys 'storage.minio.access_key' and 'storage.minio.secret_key' are required for the minio "
+            f"backend (or set {ENV_MINIO_ACCESS_KEY} and {ENV_MINIO_SECRET_KEY})"
+        )
     if config.defaults.width > config.limits.max_width:
         raise ConfigError("config key 'defaults.width' is larger than 'limits.max_width'")
     if config.defaults.height > config.limits.max_height:
         raise ConfigError("config key 'defaults.height' is larger than 'limits.max_height'")
     if config.defaults.num_inference_steps > config.limits.max_inference_steps:
         raise ConfigError("config key 'defaults.num_inference_steps' is larger than 'limits.max_inference_steps'")
+
+
+def _is_network(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe_validation_error(error: msgspec.ValidationError) -> str:

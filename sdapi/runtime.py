@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdapi.callbacks.sender import CallbackSender
 from sdapi.config import Config
 from sdapi.engines import Engine
 from sdapi.service import TaskService
@@ -20,3 +21,4 @@ class Runtime:
     engine: Engine
     worker: Worker
     service: TaskService
+    callbacks: CallbackSender

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target, system_resolver
 from sdapi.config import Config
+from sdapi.deliveries import Delivery
 from sdapi.errors import QueueFull
 from sdapi.images import decode_init_image
 from sdapi.params import GenerationRequest, InitImageInfo, resolve_params
@@ -18,12 +20,21 @@ logger = logging.getLogger(__name__)
 class TaskService:
     """Admits generation requests as tasks and reads tasks back."""
 
-    def __init__(self, config: Config, store: TaskStore, wake_worker: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: TaskStore,
+        wake_worker: Callable[[], None],
+        callback_policy: CallbackPolicy,
+        resolver: Resolver = system_resolver,
+    ) -> None:
         self._config = config
         self._store = store
         self._wake_worker = wake_worker
+        self._callback_policy = callback_policy
+        self._resolver = resolver
 
-    def submit(self, request: GenerationRequest, base_url: str | None) -> Task:
+    async def submit(self, request: GenerationRequest, base_url: str | None) -> Task:
         """Validate `request`, store it as a pending task and wake the worker; raise InvalidParameter or QueueFull."""
         if self._store.count(TaskStatus.PENDING) >= self._config.queue.max_pending:
             raise QueueFull("任务队列已满，请稍后重试", retry_after=self._config.queue.retry_after_seconds)
@@ -32,6 +43,11 @@ class TaskService:
         if request.init_image is not None:
             init_bytes, init_info = decode_init_image(request.init_image, self._config.limits.max_init_image_pixels)
         params = resolve_params(request, self._config.defaults, self._config.limits, init_info)
+        if params.callback_url is not None:
+            # Refused here, with a 400, rather than silently dropped when the task ends.
+            await resolve_target(
+                params.callback_url, self._callback_policy, self._resolver, self._config.callbacks.resolve_timeout
+            )
         task = create(params, base_url=base_url)
         self._store.add(task, init_bytes)
         logger.info(
@@ -46,6 +62,6 @@ class TaskService:
         self._wake_worker()
         return task
 
-    def get(self, task_id: str) -> Task:
-        """The task with this id; raise TaskNotFound."""
-        return self._store.get(task_id)
+    def get(self, task_id: str) -> tuple[Task, Delivery | None]:
+        """The task with this id and its callback delivery; raise TaskNotFound."""
+        return self._store.get(task_id), self._store.delivery_for(task_id)

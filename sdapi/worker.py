@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from sdapi import tasks
 from sdapi.config import Config
+from sdapi.deliveries import new_delivery
 from sdapi.engines import Engine
 from sdapi.errors import GenerationFailed, ModelLoadFailed, SdapiError, StorageError
 from sdapi.images import CONTENT_TYPES, encode_image, open_init_image
@@ -80,8 +81,16 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 class Worker:
     """Runs tasks from the store through the engine, one at a time."""
 
-    def __init__(self, config: Config, store: TaskStore, engine: Engine, storage: ImageStorage) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: TaskStore,
+        engine: Engine,
+        storage: ImageStorage,
+        on_delivery: Callable[[], None] = lambda: None,
+    ) -> None:
         self._config = config
+        self._on_delivery = on_delivery
         self._store = store
         self._engine = engine
         self._storage = storage
@@ -98,7 +107,7 @@ class Worker:
         """At start-up: tasks left `processing` by a crash run again, or fail when out of attempts."""
         for task in self._store.with_status(TaskStatus.PROCESSING):
             recovered = tasks.recover_interrupted(task, self._config.queue.max_attempts)
-            self._store.update(recovered, TaskStatus.PROCESSING)
+            self._record(recovered, TaskStatus.PROCESSING)
             logger.warning("task %s was interrupted (attempt %d): now %s", task.id, task.attempts, recovered.status)
 
     def start(self) -> None:
@@ -130,7 +139,7 @@ class Worker:
                 "shutdown: task %s did not finish in %.0fs; it will run again", interrupted.id, grace_seconds
             )
             # A clean shutdown is not the task's fault: give back the attempt it was using.
-            self._store.update(tasks.retry(interrupted, count_attempt=False), TaskStatus.PROCESSING)
+            self._record(tasks.retry(interrupted, count_attempt=False), TaskStatus.PROCESSING)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -160,10 +169,10 @@ class Worker:
 
     async def _process(self, task: Task) -> None:
         if self.model_error is not None:
-            self._store.update(tasks.fail(task, self.model_error), TaskStatus.PENDING)
+            self._record(tasks.fail(task, self.model_error), TaskStatus.PENDING)
             return
         started = tasks.start(task)
-        if not self._store.update(started, TaskStatus.PENDING):
+        if not self._record(started, TaskStatus.PENDING):
             return  # someone else changed it meanwhile
         self._current = started
         began = time.perf_counter()
@@ -183,8 +192,18 @@ class Worker:
             finished = tasks.fail(started, GENERIC_FAILURE)
         finally:
             self._current = None
-        if self._store.update(finished, TaskStatus.PROCESSING):
+        if self._record(finished, TaskStatus.PROCESSING):
             logger.info("task %s %s in %.2fs", started.id, finished.status, time.perf_counter() - began)
+
+    def _record(self, task: Task, expected: TaskStatus) -> bool:
+        """Store the task's new state; a finished task with a callback_url gets its delivery in the same write."""
+        delivery = None
+        if task.status.is_terminal and task.params.callback_url:
+            delivery = new_delivery(task.id, task.params.callback_url, time.time())
+        written = self._store.update(task, expected, delivery)
+        if written and delivery is not None:
+            self._on_delivery()
+        return written
 
     def _make_images(self, task: Task) -> list[str]:
         """On the generation thread: run the engine, encode and store every image; return the storage keys."""
@@ -197,7 +216,21 @@ class Worker:
             init_image = open_init_image(raw, params.width, params.height)
         images = self._engine.generate(params, init_image)
         extension = params.output_format
-        return [
-            self._storage.save(encode_image(image, params.output_format), extension, CONTENT_TYPES[extension])
-            for image in images
-        ]
+        return [self._save(encode_image(image, extension), extension) for image in images]
+
+    def _save(self, data: bytes, extension: str) -> str:
+        """Store one image, retrying storage failures with doubling waits.
+
+        Budget with the defaults (4 tries from 0.5 s): 0.5 + 1 + 2 = 3.5 s of waiting, plus each try's timeout.
+        The task is reported completed only once every image is stored.
+        """
+        settings = self._config.storage
+        for attempt in range(1, settings.upload_attempts + 1):
+            try:
+                return self._storage.save(data, extension, CONTENT_TYPES[extension])
+            except StorageError as error:
+                if attempt == settings.upload_attempts:
+                    raise
+                logger.warning("upload try %d failed: %s", attempt, error.message)
+                time.sleep(settings.retry_backoff_seconds * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")

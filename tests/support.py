@@ -23,6 +23,7 @@ import yaml
 from PIL import Image
 
 from sdapi.api.app import create_app
+from sdapi.callbacks.ssrf import Resolver
 from sdapi.config import Config, load_config
 from sdapi.engines import Engine
 
@@ -88,11 +89,11 @@ class Service:
 class InProcessService(Service):
     """The real app from create_app, served by uvicorn on a loopback port from a background thread."""
 
-    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+    def __init__(self, config: Config, engine: Engine | None = None, resolver: Resolver | None = None) -> None:
         self.config = config
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(config, engine=engine)
+        self.app = create_app(config, engine=engine, resolver=resolver)
         self._server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         )

@@ -13,33 +13,48 @@ from sdapi.api import routes
 from sdapi.api.auth import api_key_guard
 from sdapi.api.docs import assets_router, openapi_config
 from sdapi.api.errors import handle_http_exception, handle_sdapi_error, handle_unexpected
+from sdapi.callbacks.sender import CallbackSender
+from sdapi.callbacks.ssrf import Resolver, system_resolver
 from sdapi.config import Config
 from sdapi.engines import Engine
 from sdapi.engines.torch_engine import TorchEngine
-from sdapi.errors import SdapiError
+from sdapi.errors import SdapiError, StorageError
 from sdapi.runtime import Runtime
 from sdapi.service import TaskService
+from sdapi.storage import ImageStorage
 from sdapi.storage.local import LocalImageStorage
+from sdapi.storage.minio import MinioImageStorage
 from sdapi.store.sqlite import SqliteTaskStore
 from sdapi.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 
-def build_runtime(config: Config, engine: Engine | None = None) -> Runtime:
-    """Open the store and storage and create the engine and worker (the model loads later, in the background)."""
+def build_storage(config: Config) -> ImageStorage:
+    if config.storage.backend == "minio":
+        return MinioImageStorage(config.storage.minio)
+    return LocalImageStorage(config.images_path, config.server.public_base_url)
+
+
+def build_runtime(config: Config, engine: Engine | None = None, resolver: Resolver | None = None) -> Runtime:
+    """Open the store and create storage, engine, worker and callback sender (nothing connects yet)."""
     store = SqliteTaskStore(config.database_path)
-    storage = LocalImageStorage(config.images_path, config.server.public_base_url)
+    storage = build_storage(config)
     engine = engine or TorchEngine(config.model)
-    worker = Worker(config, store, engine, storage)
-    service = TaskService(config, store, worker.wake)
-    return Runtime(config=config, store=store, storage=storage, engine=engine, worker=worker, service=service)
+    resolver = resolver or system_resolver
+    callbacks = CallbackSender(config.callbacks, store, storage, config.server.public_base_url, resolver)
+    worker = Worker(config, store, engine, storage, on_delivery=callbacks.wake)
+    service = TaskService(config, store, worker.wake, callbacks.policy, resolver)
+    return Runtime(
+        config=config, store=store, storage=storage, engine=engine, worker=worker, service=service, callbacks=callbacks
+    )
 
 
-def create_app(config: Config, engine: Engine | None = None) -> Litestar:
+def create_app(config: Config, engine: Engine | None = None, resolver: Resolver | None = None) -> Litestar:
     """The Litestar app for `config`. Nothing is opened until the app starts.
 
-    `engine` replaces the configured one (tests use it to drive failure paths through the real service).
+    `engine` and `resolver` replace the configured engine and the system DNS resolver (tests use them to drive
+    failure paths and SSRF checks through the real service).
     """
 
     @asynccontextmanager
@@ -49,14 +64,21 @@ def create_app(config: Config, engine: Engine | None = None) -> Litestar:
                 "api.keys holds the shipped placeholder key: fine for a local try-out, "
                 "replace it (or set SDAPI_API_KEYS) before anyone else can reach this service"
             )
-        runtime = build_runtime(config, engine)
+        runtime = build_runtime(config, engine, resolver)
         app.state.runtime = runtime
+        try:
+            runtime.storage.prepare()
+        except StorageError as error:
+            # Keep serving: tasks retry their uploads, and /health shows the storage state meanwhile.
+            logger.error("image storage not ready: %s", error.message)
         runtime.worker.recover()
         runtime.worker.start()
+        runtime.callbacks.start()
         try:
             yield
         finally:
             await runtime.worker.stop(config.queue.shutdown_grace_seconds)
+            await runtime.callbacks.stop()
             runtime.store.close()
 
     api_v1 = Router(

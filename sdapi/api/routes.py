@@ -82,7 +82,7 @@ class TaskController(Controller):
         },
     )
     async def generate(self, data: GenerationRequest, request: Request[Any, Any, Any]) -> GenerateResponse:
-        task = _runtime(request.app.state).service.submit(data, _base_url(request))
+        task = await _runtime(request.app.state).service.submit(data, _base_url(request))
         return GenerateResponse(task_id=task.id, status=task.status.value, message=TASK_CREATED_MESSAGE)
 
     @get(
@@ -93,9 +93,9 @@ class TaskController(Controller):
     )
     async def get_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
         runtime = _runtime(request.app.state)
-        task = runtime.service.get(task_id)
+        task, delivery = runtime.service.get(task_id)
         base_url = runtime.config.server.public_base_url or _base_url(request)
-        return task_response(task, runtime.storage, base_url)
+        return task_response(task, runtime.storage, base_url, delivery)
 
 
 @get(f"{IMAGE_ROUTE}/{{key:str}}", include_in_schema=False)

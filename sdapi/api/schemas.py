@@ -6,8 +6,10 @@ from typing import Annotated
 
 import msgspec
 
+from sdapi.deliveries import Delivery
+from sdapi.results import iso, result_urls
 from sdapi.storage import ImageStorage
-from sdapi.tasks import Task, TaskStatus
+from sdapi.tasks import Task
 
 TASK_CREATED_MESSAGE = "任务已创建，正在处理中"
 
@@ -30,6 +32,12 @@ class TaskResponse(msgspec.Struct):
     num_images: Annotated[int, msgspec.Meta(description="请求的图片张数")]
     attempts: Annotated[int, msgspec.Meta(description="已开始运行的次数（服务中断后会重新运行）")]
     engine: Annotated[str | None, msgspec.Meta(description="生成图片的引擎（torch 或 onnx），完成后有值")] = None
+    callback_status: Annotated[
+        str | None, msgspec.Meta(description="回调投递状态：pending、delivered、failed；无 callback_url 时为 null")
+    ] = None
+    callback_attempts: Annotated[
+        int | None, msgspec.Meta(description="回调已尝试投递的次数；无 callback_url 时为 null")
+    ] = None
 
 
 class HealthResponse(msgspec.Struct):
@@ -57,31 +65,14 @@ class ValidationErrorResponse(msgspec.Struct):
     detail: list[ValidationErrorItem]
 
 
-def iso(task_time: object) -> str:
-    from datetime import datetime
-
-    assert isinstance(task_time, datetime)
-    return task_time.isoformat(timespec="milliseconds")
-
-
-def task_response(task: Task, storage: ImageStorage, request_base_url: str | None) -> TaskResponse:
-    """The seed's rule: one image -> result_url and result_urls null; several -> the reverse."""
-    result_url: str | None = None
-    result_urls: list[str] | None = None
-    if task.status is TaskStatus.COMPLETED:
-        urls = [
-            storage.url(key, task.base_url if request_base_url is None else request_base_url)
-            for key in task.result_keys
-        ]
-        if task.params.num_images == 1:
-            result_url = urls[0]
-        else:
-            result_urls = urls
+def task_response(task: Task, storage: ImageStorage, base_url: str | None, delivery: Delivery | None) -> TaskResponse:
+    """The task body: the contract's seven fields (with its result URL rule) and our additions."""
+    result_url, urls = result_urls(task, storage, base_url)
     return TaskResponse(
         task_id=task.id,
         status=task.status.value,
         result_url=result_url,
-        result_urls=result_urls,
+        result_urls=urls,
         error_message=task.error_message,
         created_at=iso(task.created_at),
         updated_at=iso(task.updated_at),
@@ -89,4 +80,6 @@ def task_response(task: Task, storage: ImageStorage, request_base_url: str | Non
         num_images=task.params.num_images,
         attempts=task.attempts,
         engine=task.engine,
+        callback_status=None if delivery is None else delivery.status.value,
+        callback_attempts=None if delivery is None else delivery.attempts,
     )

@@ -11,6 +11,9 @@ class ImageStorage(Protocol):
 
     name: str
 
+    def prepare(self) -> None:
+        """At start-up: check the storage and create what is missing (a bucket). Raise StorageError."""
+
     def save(self, data: bytes, extension: str, content_type: str) -> str:
         """Store one image; return its key. Raise StorageError."""
 

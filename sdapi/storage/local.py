@@ -22,10 +22,12 @@ class LocalImageStorage:
     def __init__(self, directory: Path, public_base_url: str | None) -> None:
         self.directory = directory
         self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
+
+    def prepare(self) -> None:
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise StorageError(f"cannot create image folder {directory}: {error.strerror}") from None
+            raise StorageError(f"cannot create image folder {self.directory}: {error.strerror}") from None
 
     def save(self, data: bytes, extension: str, content_type: str) -> str:
         key = new_image_key(extension)
@@ -51,4 +53,6 @@ class LocalImageStorage:
         return path if path.is_file() else None
 
     def check(self) -> str:
-        return "ok" if os.access(self.directory, os.W_OK) else f"image folder {self.directory} is not writable"
+        if os.access(self.directory, os.W_OK):
+            return "ok"
+        return f"image folder {self.directory} is not writable"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from sdapi.deliveries import Delivery, DeliveryStatus
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.tasks import Task, TaskStatus
 
@@ -20,10 +21,19 @@ CREATE TABLE IF NOT EXISTS tasks (
     init_image BLOB
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
 """
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Task)
+_delivery_decoder = msgspec.json.Decoder(Delivery)
 
 
 class SqliteTaskStore:
@@ -61,20 +71,64 @@ class SqliteTaskStore:
             raise TaskNotFound("任务不存在")
         return _decoder.decode(row[0])
 
-    def update(self, task: Task, expected_status: TaskStatus) -> bool:
+    def update(self, task: Task, expected_status: TaskStatus, delivery: Delivery | None = None) -> bool:
         # A finished task never runs again, so its init image is dropped to keep the database small.
-        cursor = self._execute(
-            "UPDATE tasks SET status = ?, body = ?, init_image = CASE WHEN ? THEN NULL ELSE init_image END "
-            "WHERE id = ? AND status = ?",
-            (
-                task.status.value,
-                _encoder.encode(task),
-                task.status.is_terminal,
-                task.id,
-                expected_status.value,
-            ),
+        # The task's new state and its callback delivery are written in one transaction: the outbox.
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = self._db.execute(
+                        "UPDATE tasks SET status = ?, body = ?, "
+                        "init_image = CASE WHEN ? THEN NULL ELSE init_image END WHERE id = ? AND status = ?",
+                        (
+                            task.status.value,
+                            _encoder.encode(task),
+                            task.status.is_terminal,
+                            task.id,
+                            expected_status.value,
+                        ),
+                    )
+                    written = cursor.rowcount == 1
+                    if written and delivery is not None:
+                        self._write_delivery(delivery)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as error:
+            raise TaskStoreError(f"task database error: {error}") from None
+        return written
+
+    def _write_delivery(self, delivery: Delivery) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO deliveries (id, task_id, status, next_attempt_at, body) VALUES (?, ?, ?, ?, ?)",
+            (delivery.id, delivery.task_id, delivery.status.value, delivery.next_attempt_at, _encoder.encode(delivery)),
         )
-        return cursor.rowcount == 1
+
+    def save_delivery(self, delivery: Delivery) -> None:
+        try:
+            with self._lock:
+                self._write_delivery(delivery)
+        except sqlite3.Error as error:
+            raise TaskStoreError(f"task database error: {error}") from None
+
+    def delivery_for(self, task_id: str) -> Delivery | None:
+        row = self._execute("SELECT body FROM deliveries WHERE task_id = ?", (task_id,)).fetchone()
+        return None if row is None else _delivery_decoder.decode(row[0])
+
+    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        rows = self._execute(
+            "SELECT body FROM deliveries WHERE status = ? AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+            (DeliveryStatus.PENDING.value, now, limit),
+        ).fetchall()
+        return [_delivery_decoder.decode(row[0]) for row in rows]
+
+    def next_delivery_at(self) -> float | None:
+        row = self._execute(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = ?", (DeliveryStatus.PENDING.value,)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
 
     def next_pending(self) -> Task | None:
         row = self._execute(

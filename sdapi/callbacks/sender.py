@@ -1,0 +1,188 @@
+"""The callback sender: delivers recorded deliveries from the outbox with retries, signing and the SSRF policy.
+
+It runs on the event loop beside the worker and never holds up generation. Deliveries live in the task store,
+so a restart resumes them with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import msgspec
+
+from sdapi import __version__
+from sdapi.callbacks.signing import signature_headers
+from sdapi.callbacks.ssrf import CallbackPolicy, CallbackRefused, Resolver, resolve_target, system_resolver
+from sdapi.config import CallbacksConfig
+from sdapi.deliveries import Delivery, after_attempt
+from sdapi.results import iso, result_urls
+from sdapi.storage import ImageStorage
+from sdapi.store import TaskStore
+from sdapi.tasks import Task, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+# How long the idle sender sleeps at most before looking at the outbox again.
+IDLE_POLL_SECONDS = 1.0
+
+
+def callback_body(task: Task, storage: ImageStorage, base_url: str | None) -> dict[str, Any]:
+    """What the contract's receiver example reads (task_id, status, image_url | image_urls, error_message),
+    with the rest of the task body riding along."""
+    result_url, urls = result_urls(task, storage, base_url)
+    body: dict[str, Any] = {"task_id": task.id, "status": task.status.value}
+    if task.status is TaskStatus.COMPLETED:
+        if result_url is not None:
+            body["image_url"] = result_url
+        else:
+            body["image_urls"] = urls
+    body.update(
+        error_message=task.error_message,
+        result_url=result_url,
+        result_urls=urls,
+        created_at=iso(task.created_at),
+        updated_at=iso(task.updated_at),
+        seed=task.params.seed,
+        num_images=task.params.num_images,
+        engine=task.engine,
+    )
+    return body
+
+
+class CallbackSender:
+    """Sends due deliveries, at most `max_concurrent` at a time, and records each outcome."""
+
+    def __init__(
+        self,
+        config: CallbacksConfig,
+        store: TaskStore,
+        storage: ImageStorage,
+        public_base_url: str | None,
+        resolver: Resolver = system_resolver,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._storage = storage
+        self._public_base_url = public_base_url
+        self._resolver = resolver
+        self._clock = clock
+        self.policy = CallbackPolicy(config.allow_private_networks, tuple(config.allowed_hosts))
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def start(self) -> None:
+        # No redirects: a 3xx could point anywhere, past the address check.
+        self._client = httpx.AsyncClient(timeout=self._config.timeout, follow_redirects=False, trust_env=False)
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="sdapi-callbacks")
+
+    def wake(self) -> None:
+        """A delivery was recorded: look at the outbox now."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop sending. Deliveries cut short stay pending and are sent again after the restart, same id."""
+        tasks = [task for task in (self._loop_task, *self._in_flight.values()) if task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._start_due()
+                next_at = self._store.next_delivery_at()
+            except Exception:
+                logger.exception("callback sender: reading the outbox failed")
+                next_at = None
+            wait = IDLE_POLL_SECONDS if next_at is None else min(IDLE_POLL_SECONDS, max(0.0, next_at - self._clock()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))
+
+    def _start_due(self) -> None:
+        room = self._config.max_concurrent - len(self._in_flight)
+        if room <= 0:
+            return
+        for delivery in self._store.due_deliveries(self._clock(), limit=room + len(self._in_flight)):
+            if delivery.id in self._in_flight or len(self._in_flight) >= self._config.max_concurrent:
+                continue
+            task = asyncio.get_running_loop().create_task(self._attempt(delivery))
+            self._in_flight[delivery.id] = task
+            task.add_done_callback(functools.partial(self._finished, delivery.id))
+
+    def _finished(self, delivery_id: str, _: asyncio.Task[None]) -> None:
+        self._in_flight.pop(delivery_id, None)
+        self._wake.set()
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        delivered, retryable, error = await self._post(delivery)
+        updated = after_attempt(
+            delivery,
+            delivered=delivered,
+            retryable=retryable,
+            error=error,
+            now=self._clock(),
+            max_attempts=self._config.max_attempts,
+            backoff_base=self._config.backoff_base,
+        )
+        self._store.save_delivery(updated)
+        if updated.status != delivery.status:
+            logger.info(
+                "callback %s for task %s: %s after %d attempt(s)%s",
+                delivery.id,
+                delivery.task_id,
+                updated.status,
+                updated.attempts,
+                f" ({error})" if error else "",
+            )
+
+    async def _post(self, delivery: Delivery) -> tuple[bool, bool, str | None]:
+        """One POST. Returns (delivered, worth retrying, error)."""
+        assert self._client is not None
+        try:
+            task = self._store.get(delivery.task_id)
+            base_url = self._public_base_url or task.base_url
+            body = msgspec.json.encode(callback_body(task, self._storage, base_url))
+            target = await resolve_target(delivery.url, self.policy, self._resolver, self._config.resolve_timeout)
+        except CallbackRefused as refused:
+            return False, False, refused.message
+        url = httpx.URL(delivery.url)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"sdapi/{__version__}",
+            # Connect to the checked address, but speak to the host the user named.
+            "Host": url.netloc.decode("ascii"),
+        }
+        timestamp = int(self._clock())
+        if self._config.secret:
+            headers.update(signature_headers(self._config.secret, delivery.id, timestamp, body))
+        else:
+            # Unsigned, but the id still lets a receiver drop a retry it already processed.
+            headers.update({"webhook-id": delivery.id, "webhook-timestamp": str(timestamp)})
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        try:
+            response = await self._client.post(
+                url.copy_with(host=target.address), content=body, headers=headers, extensions=extensions
+            )
+        except httpx.TimeoutException:
+            return False, True, f"timed out after {self._config.timeout:g}s"
+        except httpx.HTTPError as error:
+            return False, True, f"{type(error).__name__}: {error}"
+        if 200 <= response.status_code < 300:
+            return True, False, None
+        retryable = response.status_code == 429 or response.status_code >= 500
+        return False, retryable, f"HTTP {response.status_code}"

@@ -1,0 +1,62 @@
+"""A callback delivery as the outbox keeps it, and its retry schedule. Pure: no I/O."""
+
+from __future__ import annotations
+
+import enum
+import random
+import uuid
+
+import msgspec
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One callback POST for one finished task, retried under one id until delivered or given up."""
+
+    id: str  # the Standard Webhooks message id, the same on every retry
+    task_id: str
+    url: str
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    next_attempt_at: float = 0.0  # unix time
+    last_error: str | None = None
+
+
+def new_delivery(task_id: str, url: str, now: float) -> Delivery:
+    return Delivery(id=f"msg_{uuid.uuid4().hex}", task_id=task_id, url=url, next_attempt_at=now)
+
+
+def backoff_seconds(attempts_made: int, base: float, rng: random.Random | None = None) -> float:
+    """Wait before the next try: base * 2^(n-1), +-25% jitter so receivers are not hit in lockstep."""
+    jitter: float = (rng or random).uniform(0.75, 1.25)
+    return float(base * 2 ** (attempts_made - 1) * jitter)
+
+
+def after_attempt(
+    delivery: Delivery,
+    *,
+    delivered: bool,
+    retryable: bool,
+    error: str | None,
+    now: float,
+    max_attempts: int,
+    backoff_base: float,
+    rng: random.Random | None = None,
+) -> Delivery:
+    """The delivery after one more try: delivered, rescheduled, or failed for good."""
+    attempts = delivery.attempts + 1
+    if delivered:
+        return msgspec.structs.replace(delivery, status=DeliveryStatus.DELIVERED, attempts=attempts, last_error=None)
+    if retryable and attempts < max_attempts:
+        return msgspec.structs.replace(
+            delivery,
+            attempts=attempts,
+            last_error=error,
+            next_attempt_at=now + backoff_seconds(attempts, backoff_base, rng),
+        )
+    return msgspec.structs.replace(delivery, status=DeliveryStatus.FAILED, attempts=attempts, last_error=error)

@@ -1,0 +1,23 @@
+"""The contract's result URL rule, shared by the task body and the callback body."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sdapi.storage import ImageStorage
+from sdapi.tasks import Task, TaskStatus
+
+
+def result_urls(task: Task, storage: ImageStorage, base_url: str | None) -> tuple[str | None, list[str] | None]:
+    """(result_url, result_urls): one image -> (url, None); several -> (None, urls); unfinished -> (None, None)."""
+    if task.status is not TaskStatus.COMPLETED:
+        return None, None
+    urls = [storage.url(key, base_url) for key in task.result_keys]
+    if task.params.num_images == 1:
+        return urls[0], None
+    return None, urls
+
+
+def iso(moment: datetime) -> str:
+    """Timestamps as the API shows them: ISO 8601 with milliseconds and the UTC offset."""
+    return moment.isoformat(timespec="milliseconds")
