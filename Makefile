@@ -8,7 +8,7 @@ MODEL_DIR := data/models/tiny-sd
 # Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev model run test check format bench
+.PHONY: install install-dev model run test check format bench bench-loras
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +55,6 @@ test: check
 
 bench: install-dev model
 	$(BIN)/python -m bench.service
+
+bench-loras: install-dev
+	$(BIN)/python -m bench.loras

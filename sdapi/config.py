@@ -137,6 +137,23 @@ class CallbacksConfig(_Section, frozen=True):
     max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
 
 
+class LoraWeightConfig(_Section, frozen=True):
+    name: str
+    weight: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] = 1.0
+
+
+class LorasConfig(_Section, frozen=True):
+    # Folder of .safetensors LoRA/LoHa/LoKr files; null: data_dir/loras.
+    dir: str | None = None
+    # Applied to every request (a house style); a request naming the same LoRA overrides its weight.
+    defaults: list[LoraWeightConfig] = []
+    max_per_request: Annotated[int, msgspec.Meta(ge=0, le=32)] = 5
+    # Files whose prepared ΔW stay in memory (least recently used first out).
+    cache_size: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
+    # Larger files are listed with an error and refused on use.
+    max_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 1024.0
+
+
 class Config(_Section, frozen=True):
     data_dir: str = "./data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -148,6 +165,7 @@ class Config(_Section, frozen=True):
     queue: QueueConfig = QueueConfig()
     storage: StorageConfig = StorageConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
+    loras: LorasConfig = LorasConfig()
 
     @property
     def data_path(self) -> Path:
@@ -160,6 +178,10 @@ class Config(_Section, frozen=True):
     @property
     def images_path(self) -> Path:
         return self.data_path / "images"
+
+    @property
+    def loras_path(self) -> Path:
+        return Path(self.loras.dir) if self.loras.dir else self.data_path / "loras"
 
     def placeholder_keys(self) -> list[str]:
         """The configured API keys that are the shipped placeholder (for the start-up warning)."""
@@ -175,6 +197,9 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
     data_dir = raw.get("data_dir", "./data")
     if isinstance(data_dir, str):
         raw["data_dir"] = str((base / Path(data_dir).expanduser()).resolve())
+    loras = raw.get("loras")
+    if isinstance(loras, dict) and isinstance(loras.get("dir"), str):
+        loras["dir"] = str((base / Path(loras["dir"]).expanduser()).resolve())
     model = raw.get("model")
     if isinstance(model, dict):
         path = model.get("path")

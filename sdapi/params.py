@@ -9,6 +9,7 @@ import msgspec
 
 from sdapi.config import DefaultsConfig, LimitsConfig
 from sdapi.errors import InvalidParameter
+from sdapi.loras import LoraRequest, LoraSpec
 from sdapi.schedulers import SCHEDULER_NAMES
 
 OUTPUT_FORMATS = ("png", "jpg", "jpeg")
@@ -81,6 +82,13 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     callback_url: Annotated[
         str | None, msgspec.Meta(description="回调URL。生成完成后将结果通过POST请求推送到该URL")
     ] = None
+    loras: Annotated[
+        list[LoraRequest] | None,
+        msgspec.Meta(
+            description="本次请求使用的 LoRA/LoHa/LoKr 列表：[{name, weight}]，weight 范围 -2 到 2（默认 1.0）。"
+            "配置 loras.defaults 中的 LoRA 总会加上；同名时以请求的权重为准"
+        ),
+    ] = None
 
 
 class InitImageInfo(msgspec.Struct, frozen=True):
@@ -107,6 +115,7 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     output_format: str
     init_image: InitImageInfo | None = None
     callback_url: str | None = None
+    loras: tuple[LoraSpec, ...] = ()
 
     @property
     def is_image_to_image(self) -> bool:
@@ -136,6 +145,7 @@ def resolve_params(
     limits: LimitsConfig,
     init_image: InitImageInfo | None = None,
     rng: random.Random | None = None,
+    loras: tuple[LoraSpec, ...] = (),
 ) -> GenerationParams:
     """Apply config defaults to a decoded request and check the rules the schema cannot; raise InvalidParameter."""
     output_format = request.output_format.lower()
@@ -186,4 +196,5 @@ def resolve_params(
         output_format=output_format,
         init_image=init_image,
         callback_url=request.callback_url,
+        loras=loras,
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sdapi.callbacks.sender import CallbackSender
 from sdapi.config import Config
 from sdapi.engines import Engine
+from sdapi.loras import LoraLibrary
 from sdapi.service import TaskService
 from sdapi.storage import ImageStorage
 from sdapi.store import TaskStore
@@ -22,3 +23,4 @@ class Runtime:
     worker: Worker
     service: TaskService
     callbacks: CallbackSender
+    library: LoraLibrary

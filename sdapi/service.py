@@ -10,6 +10,7 @@ from sdapi.config import Config
 from sdapi.deliveries import Delivery
 from sdapi.errors import QueueFull
 from sdapi.images import decode_init_image
+from sdapi.loras import LoraLibrary
 from sdapi.params import GenerationRequest, InitImageInfo, resolve_params
 from sdapi.store import TaskStore
 from sdapi.tasks import Task, TaskStatus, create
@@ -26,9 +27,11 @@ class TaskService:
         store: TaskStore,
         wake_worker: Callable[[], None],
         callback_policy: CallbackPolicy,
+        library: LoraLibrary,
         resolver: Resolver = system_resolver,
     ) -> None:
         self._config = config
+        self._library = library
         self._store = store
         self._wake_worker = wake_worker
         self._callback_policy = callback_policy
@@ -42,7 +45,8 @@ class TaskService:
         init_info: InitImageInfo | None = None
         if request.init_image is not None:
             init_bytes, init_info = decode_init_image(request.init_image, self._config.limits.max_init_image_pixels)
-        params = resolve_params(request, self._config.defaults, self._config.limits, init_info)
+        loras = self._library.resolve(request.loras or [])
+        params = resolve_params(request, self._config.defaults, self._config.limits, init_info, loras=loras)
         if params.callback_url is not None:
             # Refused here, with a 400, rather than silently dropped when the task ends.
             await resolve_target(

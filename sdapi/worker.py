@@ -88,9 +88,11 @@ class Worker:
         engine: Engine,
         storage: ImageStorage,
         on_delivery: Callable[[], None] = lambda: None,
+        on_model_loaded: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
         self._on_delivery = on_delivery
+        self._on_model_loaded = on_model_loaded
         self._store = store
         self._engine = engine
         self._storage = storage
@@ -160,6 +162,7 @@ class Worker:
     async def _load_model(self) -> None:
         try:
             await self._generation.submit(self._engine.load)
+            self._on_model_loaded()
         except ModelLoadFailed as error:
             self.model_error = error.message
             logger.error("model not loaded: %s", error.message)

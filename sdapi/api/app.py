@@ -19,6 +19,7 @@ from sdapi.config import Config
 from sdapi.engines import Engine
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.errors import SdapiError, StorageError
+from sdapi.loras import LoraLibrary
 from sdapi.runtime import Runtime
 from sdapi.service import TaskService
 from sdapi.storage import ImageStorage
@@ -40,13 +41,28 @@ def build_runtime(config: Config, engine: Engine | None = None, resolver: Resolv
     """Open the store and create storage, engine, worker and callback sender (nothing connects yet)."""
     store = SqliteTaskStore(config.database_path)
     storage = build_storage(config)
-    engine = engine or TorchEngine(config.model)
+    library = LoraLibrary(config.loras, config.loras_path)
+    engine = engine or TorchEngine(config.model, library.path_for, config.loras.cache_size)
     resolver = resolver or system_resolver
     callbacks = CallbackSender(config.callbacks, store, storage, config.server.public_base_url, resolver)
-    worker = Worker(config, store, engine, storage, on_delivery=callbacks.wake)
-    service = TaskService(config, store, worker.wake, callbacks.policy, resolver)
+    worker = Worker(
+        config,
+        store,
+        engine,
+        storage,
+        on_delivery=callbacks.wake,
+        on_model_loaded=lambda: library.set_model(engine.adapter_shapes()),
+    )
+    service = TaskService(config, store, worker.wake, callbacks.policy, library, resolver)
     return Runtime(
-        config=config, store=store, storage=storage, engine=engine, worker=worker, service=service, callbacks=callbacks
+        config=config,
+        store=store,
+        storage=storage,
+        engine=engine,
+        worker=worker,
+        service=service,
+        callbacks=callbacks,
+        library=library,
     )
 
 
@@ -71,6 +87,15 @@ def create_app(config: Config, engine: Engine | None = None, resolver: Resolver 
         except StorageError as error:
             # Keep serving: tasks retry their uploads, and /health shows the storage state meanwhile.
             logger.error("image storage not ready: %s", error.message)
+        runtime.library.scan()
+        known = {entry.name for entry in runtime.library.entries()}
+        for default in config.loras.defaults:
+            if default.name not in known:
+                logger.error(
+                    "loras.defaults names %r, which is not in %s: every request will be refused",
+                    default.name,
+                    runtime.library.directory,
+                )
         runtime.worker.recover()
         runtime.worker.start()
         runtime.callbacks.start()
@@ -83,7 +108,7 @@ def create_app(config: Config, engine: Engine | None = None, resolver: Resolver 
 
     api_v1 = Router(
         path="/api/v1",
-        route_handlers=[routes.TaskController],
+        route_handlers=[routes.TaskController, routes.LoraController],
         guards=[api_key_guard(config.api.keys, config.api.key_header)],
     )
     route_handlers: list[object] = [routes.health, api_v1, routes.image_file]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from litestar import Controller, Request, get, post
@@ -15,6 +16,7 @@ from sdapi.api.schemas import (
     ErrorResponse,
     GenerateResponse,
     HealthResponse,
+    LoraListResponse,
     TaskResponse,
     ValidationErrorResponse,
     task_response,
@@ -96,6 +98,34 @@ class TaskController(Controller):
         task, delivery = runtime.service.get(task_id)
         base_url = runtime.config.server.public_base_url or _base_url(request)
         return task_response(task, runtime.storage, base_url, delivery)
+
+
+class LoraController(Controller):
+    """The LoRA library; mounted under /api/v1 behind the API key guard."""
+
+    path = "/loras"
+    tags = ("loras",)
+    security = ({"APIKeyHeader": []},)
+
+    @get(
+        "/",
+        summary="LoRA 列表",
+        description="loras.dir 中的文件：类型、作用部分、大小、sha256、是否适配当前模型。",
+        responses=_ERRORS,
+    )
+    async def list_loras(self, state: State) -> LoraListResponse:
+        return LoraListResponse(loras=_runtime(state).library.entries())
+
+    @post(
+        "/refresh",
+        summary="重新扫描 LoRA",
+        description="重新扫描 loras.dir 并返回新的列表。",
+        status_code=200,
+        responses=_ERRORS,
+    )
+    async def refresh(self, state: State) -> LoraListResponse:
+        library = _runtime(state).library
+        return LoraListResponse(loras=await asyncio.to_thread(library.scan))
 
 
 @get(f"{IMAGE_ROUTE}/{{key:str}}", include_in_schema=False)

@@ -7,6 +7,7 @@ from typing import Annotated
 import msgspec
 
 from sdapi.deliveries import Delivery
+from sdapi.loras import LoraEntry
 from sdapi.results import iso, result_urls
 from sdapi.storage import ImageStorage
 from sdapi.tasks import Task
@@ -18,6 +19,11 @@ class GenerateResponse(msgspec.Struct):
     task_id: Annotated[str, msgspec.Meta(description="任务ID，用于查询任务状态")]
     status: Annotated[str, msgspec.Meta(description="任务状态：pending、processing、completed、failed")]
     message: Annotated[str, msgspec.Meta(description="响应消息")]
+
+
+class LoraUsed(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(description="LoRA 名称")]
+    weight: Annotated[float, msgspec.Meta(description="权重")]
 
 
 class TaskResponse(msgspec.Struct):
@@ -32,12 +38,17 @@ class TaskResponse(msgspec.Struct):
     num_images: Annotated[int, msgspec.Meta(description="请求的图片张数")]
     attempts: Annotated[int, msgspec.Meta(description="已开始运行的次数（服务中断后会重新运行）")]
     engine: Annotated[str | None, msgspec.Meta(description="生成图片的引擎（torch 或 onnx），完成后有值")] = None
+    loras: Annotated[list[LoraUsed], msgspec.Meta(description="本任务使用的 LoRA（含配置的默认 LoRA）及其权重")] = []
     callback_status: Annotated[
         str | None, msgspec.Meta(description="回调投递状态：pending、delivered、failed；无 callback_url 时为 null")
     ] = None
     callback_attempts: Annotated[
         int | None, msgspec.Meta(description="回调已尝试投递的次数；无 callback_url 时为 null")
     ] = None
+
+
+class LoraListResponse(msgspec.Struct):
+    loras: Annotated[list[LoraEntry], msgspec.Meta(description="loras.dir 中的 LoRA 文件")]
 
 
 class HealthResponse(msgspec.Struct):
@@ -80,6 +91,7 @@ def task_response(task: Task, storage: ImageStorage, base_url: str | None, deliv
         num_images=task.params.num_images,
         attempts=task.attempts,
         engine=task.engine,
+        loras=[LoraUsed(name=spec.name, weight=spec.weight) for spec in task.params.loras],
         callback_status=None if delivery is None else delivery.status.value,
         callback_attempts=None if delivery is None else delivery.attempts,
     )

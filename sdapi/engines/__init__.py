@@ -21,6 +21,9 @@ class Engine(Protocol):
     def load(self) -> None:
         """Load the model; raise ModelLoadFailed."""
 
+    def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Modules LoRA files may target (kohya name -> weight shape); empty before load()."""
+
     def describe(self) -> dict[str, str]:
         """Device, dtype and the like, for /health."""
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
 from sdapi.config import ModelConfig
+from sdapi.engines.adapters import AdapterManager, adapter_targets, target_shapes
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.loading import load_pipeline
 from sdapi.engines.schedulers import make_scheduler
 from sdapi.errors import GenerationFailed
+from sdapi.loras import LoraSpec
 from sdapi.params import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -33,8 +37,13 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model: ModelConfig) -> None:
+    def __init__(
+        self, model: ModelConfig, lora_files: Callable[[LoraSpec], Path] | None = None, lora_cache_size: int = 8
+    ) -> None:
         self._model = model
+        self._lora_files = lora_files
+        self._lora_cache_size = lora_cache_size
+        self.adapters: AdapterManager | None = None
         self.device = choose_device(model.device)
         self.dtype = choose_dtype(model.dtype, self.device)
         self._text_to_image: Any = None
@@ -62,11 +71,19 @@ class TorchEngine:
         self._text_to_image = pipeline
         # Kept pristine: every request builds its scheduler from this, so none leaks into the next.
         self._scheduler_config = pipeline.scheduler.config
+        if self._lora_files is not None:
+            targets = adapter_targets(pipeline.unet, pipeline.text_encoder)
+            self.adapters = AdapterManager(targets, self._lora_files, self._lora_cache_size)
         self._loaded.set()
         logger.info("torch engine ready: %s on %s in %s", self._model.path, self.device, dtype_name(self.dtype))
 
     def describe(self) -> dict[str, str]:
         return {"device": self.device, "dtype": dtype_name(self.dtype)}
+
+    def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
+        if self._text_to_image is None:
+            return {}
+        return target_shapes(adapter_targets(self._text_to_image.unet, self._text_to_image.text_encoder))
 
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
         # CPU generators on every device: the same seed gives the same starting noise on CPU and CUDA.
@@ -92,6 +109,10 @@ class TorchEngine:
 
     def _generate(self, params: GenerationParams, init_image: Image.Image | None) -> list[Image.Image]:
         pipeline = self._image_to_image if init_image is not None else self._text_to_image
+        if self.adapters is not None:
+            self.adapters.activate(params.loras)
+        elif params.loras:
+            raise GenerationFailed("此引擎未配置 LoRA")
         scheduler_name = params.scheduler or self._scheduler_config["_class_name"]
         pipeline.scheduler = make_scheduler(scheduler_name, self._scheduler_config)
         if init_image is not None and params.strength is not None:

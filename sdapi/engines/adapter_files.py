@@ -1,0 +1,173 @@
+"""Reading LoRA / LoHa / LoKr files (kohya / LyCORIS key layout, or diffusers/PEFT) and computing their ΔW.
+
+A file holds, per target module, factor tensors under a suffix: `lora_down.weight`/`lora_up.weight`/`alpha` (LoRA),
+`hada_w1_a`/`hada_w1_b`/`hada_w2_a`/`hada_w2_b` (+ `hada_t1`/`hada_t2` Tucker) (LoHa), `lokr_w1` | `lokr_w1_a`/`_b`,
+`lokr_w2` | `lokr_w2_a`/`_b` (+ `lokr_t2`) (LoKr). Module names are kohya's: `lora_unet_` / `lora_te_` followed by the
+diffusers module path with dots turned into underscores. The ΔW formulas are the ones A1111, ComfyUI and InvokeAI
+use, so a file means the same here as there.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+KOHYA_UNET_PREFIX = "lora_unet_"
+KOHYA_TEXT_ENCODER_PREFIX = "lora_te_"
+# Names that mark a file made for SDXL (original SGM block names, two text encoders).
+_SDXL_MARKERS = (
+    "lora_unet_input_blocks_",
+    "lora_unet_output_blocks_",
+    "lora_unet_middle_block_",
+    "lora_te1_",
+    "lora_te2_",
+)
+
+_KOHYA_SUFFIXES = {
+    "lora_down.weight": "lora",
+    "lora_up.weight": "lora",
+    "alpha": None,
+    "hada_w1_a": "loha",
+    "hada_w1_b": "loha",
+    "hada_w2_a": "loha",
+    "hada_w2_b": "loha",
+    "hada_t1": "loha",
+    "hada_t2": "loha",
+    "lokr_w1": "lokr",
+    "lokr_w1_a": "lokr",
+    "lokr_w1_b": "lokr",
+    "lokr_w2": "lokr",
+    "lokr_w2_a": "lokr",
+    "lokr_w2_b": "lokr",
+    "lokr_t2": "lokr",
+}
+# diffusers/PEFT layout: unet.<module path>.lora_A.weight / lora_B.weight (optionally .alpha).
+_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(unet|text_encoder)\.(.+)\.(lora_A\.weight|lora_B\.weight|alpha)$")
+
+
+class AdapterFileError(ValueError):
+    """The file cannot be used: unknown keys, missing factors, non-finite values..."""
+
+
+@dataclass
+class ModuleFactors:
+    """The tensors of one target module, by suffix."""
+
+    kind: str  # lora | loha | lokr
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def kohya_module_key(part: str, module_path: str) -> str:
+    """kohya's name for a diffusers module: ("unet", "down_blocks.0.attentions.0.proj_in") -> "lora_unet_down_..."."""
+    prefix = KOHYA_UNET_PREFIX if part == "unet" else KOHYA_TEXT_ENCODER_PREFIX
+    return prefix + module_path.replace(".", "_")
+
+
+def part_of(module_key: str) -> str:
+    return "unet" if module_key.startswith(KOHYA_UNET_PREFIX) else "text_encoder"
+
+
+def looks_like_sdxl(keys: Iterable[str]) -> bool:
+    return any(key.startswith(_SDXL_MARKERS) for key in keys)
+
+
+def group_factors(tensors: Mapping[str, torch.Tensor]) -> dict[str, ModuleFactors]:
+    """Group a file's tensors by target module (in kohya naming); raise AdapterFileError on unknown keys."""
+    modules: dict[str, ModuleFactors] = {}
+    unknown: list[str] = []
+    for key, tensor in tensors.items():
+        peft = _PEFT_KEY.match(key)
+        if peft is not None:
+            module_key = kohya_module_key(peft[1], peft[2])
+            suffix = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}.get(peft[3], peft[3])
+            kind: str | None = "lora" if suffix != "alpha" else None
+        else:
+            module_key, _, suffix = key.partition(".")
+            if suffix not in _KOHYA_SUFFIXES or not module_key.startswith(("lora_unet_", "lora_te")):
+                unknown.append(key)
+                continue
+            kind = _KOHYA_SUFFIXES[suffix]
+        entry = modules.setdefault(module_key, ModuleFactors(kind=kind or ""))
+        if kind is not None:
+            if entry.kind and entry.kind != kind:
+                raise AdapterFileError(f"module {module_key} mixes {entry.kind} and {kind} factors")
+            entry.kind = kind
+        entry.tensors[suffix] = tensor
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:3])
+        raise AdapterFileError(f"unknown keys ({len(unknown)}): {shown}{' …' if len(unknown) > 3 else ''}")
+    for module_key, entry in modules.items():
+        if not entry.kind:
+            raise AdapterFileError(f"module {module_key} has an alpha but no factors")
+    return modules
+
+
+def _needed(module_key: str, factors: ModuleFactors, *names: str) -> list[torch.Tensor]:
+    missing = [name for name in names if name not in factors.tensors]
+    if missing:
+        raise AdapterFileError(f"module {module_key} is missing {', '.join(missing)}")
+    return [factors.tensors[name].float() for name in names]
+
+
+def _alpha(factors: ModuleFactors) -> float | None:
+    alpha = factors.tensors.get("alpha")
+    return None if alpha is None else float(alpha.float().reshape(-1)[0])
+
+
+def compute_delta(module_key: str, factors: ModuleFactors, weight_shape: torch.Size) -> torch.Tensor:
+    """ΔW (fp32, shaped like the module's weight) at adapter weight 1.0; raise AdapterFileError."""
+    if factors.kind == "lora":
+        down, up = _needed(module_key, factors, "lora_down.weight", "lora_up.weight")
+        alpha = _alpha(factors)
+        scale = 1.0 if alpha is None else alpha / down.shape[0]
+        delta = up.flatten(1) @ down.flatten(1)
+    elif factors.kind == "loha":
+        w1a, w1b, w2a, w2b = _needed(module_key, factors, "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+        alpha = _alpha(factors)
+        scale = 1.0 if alpha is None else alpha / w1b.shape[0]
+        if "hada_t1" in factors.tensors and "hada_t2" in factors.tensors:
+            # Tucker-decomposed convolution (LyCORIS "cp"): the factors rebuild each half with its core tensor.
+            t1, t2 = _needed(module_key, factors, "hada_t1", "hada_t2")
+            delta = torch.einsum("i j k l, j r, i p -> p r k l", t1, w1b, w1a) * torch.einsum(
+                "i j k l, j r, i p -> p r k l", t2, w2b, w2a
+            )
+        else:
+            delta = (w1a @ w1b) * (w2a @ w2b)
+    elif factors.kind == "lokr":
+        tensors = factors.tensors
+        rank: int | None = None
+        if "lokr_w1" in tensors:
+            (w1,) = _needed(module_key, factors, "lokr_w1")
+        else:
+            w1a, w1b = _needed(module_key, factors, "lokr_w1_a", "lokr_w1_b")
+            rank, w1 = w1b.shape[0], w1a @ w1b
+        if "lokr_w2" in tensors:
+            (w2,) = _needed(module_key, factors, "lokr_w2")
+        elif "lokr_t2" in tensors:
+            t2, w2a, w2b = _needed(module_key, factors, "lokr_t2", "lokr_w2_a", "lokr_w2_b")
+            rank, w2 = w2b.shape[0], torch.einsum("i j k l, j r, i p -> p r k l", t2, w2b, w2a)
+        else:
+            w2a, w2b = _needed(module_key, factors, "lokr_w2_a", "lokr_w2_b")
+            rank, w2 = w2b.shape[0], w2a @ w2b
+        if w2.dim() == 4:
+            w1 = w1[:, :, None, None]
+        alpha = _alpha(factors)
+        # As LyCORIS: alpha/rank applies only when a factor is low-rank; full Kronecker factors are used as is.
+        scale = alpha / rank if alpha is not None and rank is not None else 1.0
+        delta = torch.kron(w1, w2)
+    else:
+        raise AdapterFileError(f"module {module_key}: unknown adapter kind {factors.kind!r}")
+    if delta.numel() != weight_shape.numel():
+        raise AdapterFileError(
+            f"module {module_key}: ΔW has shape {tuple(delta.shape)}, the model's weight {tuple(weight_shape)}"
+        )
+    return (delta * scale).reshape(weight_shape)
+
+
+def file_kind(modules: Mapping[str, ModuleFactors]) -> str:
+    """lora | loha | lokr: the kind most of the file's modules use."""
+    kinds = [factors.kind for factors in modules.values()]
+    return max(set(kinds), key=kinds.count) if kinds else "lora"

@@ -1,0 +1,103 @@
+"""Applying a set of LoRA/LoHa/LoKr files to the loaded torch modules: merge ΔW in, restore exactly.
+
+Merging (rather than injecting adapter layers) keeps generation at the base model's speed and is the same code the
+ONNX export uses to bake LoRAs in. The original tensors of every touched module are kept, so restoring is a copy:
+bit-identical to a fresh load. Prepared ΔW per file are kept in a bounded LRU, so repeating a set is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from sdapi.engines.adapter_files import AdapterFileError, compute_delta, group_factors, kohya_module_key
+from sdapi.errors import GenerationFailed
+from sdapi.loras import LoraSpec, read_adapter_file
+
+logger = logging.getLogger(__name__)
+
+ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)
+
+
+def adapter_targets(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Every module a kohya-layout file can name, by its kohya key."""
+    targets: dict[str, torch.nn.Module] = {}
+    for part, root in (("unet", unet), ("text_encoder", text_encoder)):
+        for path, module in root.named_modules():
+            if isinstance(module, ADAPTABLE):
+                targets[kohya_module_key(part, path)] = module
+    return targets
+
+
+def target_shapes(targets: Mapping[str, torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(module.weight.shape) for key, module in targets.items()}
+
+
+class AdapterManager:
+    """Keeps the modules merged with exactly one set of adapters (possibly none) at a time."""
+
+    def __init__(
+        self, targets: Mapping[str, torch.nn.Module], path_for: Callable[[LoraSpec], Path], cache_size: int
+    ) -> None:
+        self._targets = targets
+        self._path_for = path_for
+        self._cache_size = cache_size
+        self._deltas: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()  # by file sha256
+        self._originals: dict[str, torch.Tensor] = {}
+        self._active: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def active(self) -> tuple[tuple[str, float], ...]:
+        """(sha256, weight) of the merged set."""
+        return self._active
+
+    def activate(self, specs: Sequence[LoraSpec]) -> None:
+        """Make the modules carry exactly `specs` (restoring the base first when the set changes)."""
+        wanted = tuple((spec.sha256, spec.weight) for spec in specs)
+        if wanted == self._active:
+            return
+        with torch.no_grad():
+            self.restore()
+            totals: dict[str, torch.Tensor] = {}
+            for spec in specs:
+                for key, delta in self._prepared(spec).items():
+                    scaled = delta.float() * spec.weight
+                    totals[key] = totals[key] + scaled if key in totals else scaled
+            for key, total in totals.items():
+                weight = self._targets[key].weight
+                self._originals[key] = weight.detach().clone()
+                weight.copy_((weight.float() + total.to(weight.device)).to(weight.dtype))
+        self._active = wanted
+
+    def restore(self) -> None:
+        """Put back the original tensors of every touched module."""
+        with torch.no_grad():
+            for key, original in self._originals.items():
+                self._targets[key].weight.copy_(original)
+        self._originals.clear()
+        self._active = ()
+
+    def _prepared(self, spec: LoraSpec) -> dict[str, torch.Tensor]:
+        """ΔW per module at weight 1.0, from the LRU cache or computed from the file."""
+        cached = self._deltas.get(spec.sha256)
+        if cached is not None:
+            self._deltas.move_to_end(spec.sha256)
+            return cached
+        try:
+            modules = group_factors(read_adapter_file(self._path_for(spec)))
+            deltas = {}
+            for key, factors in modules.items():
+                if key not in self._targets:
+                    raise AdapterFileError(f"module {key} is not in the model")
+                weight = self._targets[key].weight
+                deltas[key] = compute_delta(key, factors, weight.shape).to(weight.device, weight.dtype)
+        except AdapterFileError as error:
+            raise GenerationFailed(f"LoRA {spec.name} 无法应用：{error}") from None
+        self._deltas[spec.sha256] = deltas
+        while len(self._deltas) > self._cache_size:
+            self._deltas.popitem(last=False)
+        return deltas
