@@ -50,6 +50,11 @@ class ServerConfig(_Section, frozen=True):
 class ModelConfig(_Section, frozen=True):
     # A local diffusers folder, a hub id, or a single-file .safetensors/.ckpt checkpoint.
     path: str = "./data/models/tiny-sd"
+    # auto: ONNX for requests whose LoRA set equals the export's merged set, unless the torch engine runs in bf16
+    # on a CPU (measured faster there); torch otherwise. onnx: only the export. torch: never ONNX.
+    engine: Literal["auto", "onnx", "torch"] = "auto"
+    # Folder written by `python -m export`; null: no ONNX engine.
+    onnx_path: str | None = None
     # For a single-file checkpoint: a local diffusers folder (or hub id) whose component configs describe its
     # architecture. Without it diffusers infers the architecture and fetches configs from the hub.
     single_file_config: str | None = None
@@ -86,6 +91,15 @@ class QueueConfig(_Section, frozen=True):
     retry_after_seconds: PositiveInt = 10
     # On SIGTERM, how long the running generation may take to finish before it is left to be re-run.
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0.0)] = 30.0
+
+
+class OnnxConfig(_Section, frozen=True):
+    # Tried in order, keeping those the installed ONNX Runtime offers.
+    providers: list[str] = msgspec.field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    # Re-run a task on torch when an ONNX run fails (the task then says engine "torch").
+    fallback_to_torch: bool = False
 
 
 class MinioConfig(_Section, frozen=True):
@@ -163,6 +177,7 @@ class Config(_Section, frozen=True):
     defaults: DefaultsConfig = DefaultsConfig()
     limits: LimitsConfig = LimitsConfig()
     queue: QueueConfig = QueueConfig()
+    onnx: OnnxConfig = OnnxConfig()
     storage: StorageConfig = StorageConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
     loras: LorasConfig = LorasConfig()
@@ -178,6 +193,10 @@ class Config(_Section, frozen=True):
     @property
     def images_path(self) -> Path:
         return self.data_path / "images"
+
+    @property
+    def tensorrt_cache_path(self) -> Path:
+        return self.data_path / "tensorrt-cache"
 
     @property
     def loras_path(self) -> Path:
@@ -205,6 +224,8 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         path = model.get("path")
         if isinstance(path, str) and _looks_like_local_path(path):
             model["path"] = str((base / Path(path).expanduser()).resolve())
+        if isinstance(model.get("onnx_path"), str):
+            model["onnx_path"] = str((base / Path(model["onnx_path"]).expanduser()).resolve())
 
 
 def _section(raw: dict[str, object], *path: str) -> dict[str, object]:
@@ -241,6 +262,8 @@ def _check_consistency(config: Config) -> None:
             f"config key 'defaults.scheduler': unknown scheduler {config.defaults.scheduler!r}; "
             f"choose one of {', '.join(SCHEDULER_NAMES)}"
         )
+    if config.model.engine == "onnx" and not config.model.onnx_path:
+        raise ConfigError("config key 'model.onnx_path' is required when 'model.engine' is onnx")
     for entry in config.callbacks.allowed_hosts:
         if not entry or any(character.isspace() for character in entry) or ("/" in entry and not _is_network(entry)):
             raise ConfigError(f"config key 'callbacks.allowed_hosts': {entry!r} is neither a host name nor a CIDR")

@@ -11,7 +11,7 @@ from sdapi.deliveries import Delivery
 from sdapi.errors import QueueFull
 from sdapi.images import decode_init_image
 from sdapi.loras import LoraLibrary
-from sdapi.params import GenerationRequest, InitImageInfo, resolve_params
+from sdapi.params import GenerationParams, GenerationRequest, InitImageInfo, resolve_params
 from sdapi.store import TaskStore
 from sdapi.tasks import Task, TaskStatus, create
 
@@ -28,10 +28,12 @@ class TaskService:
         wake_worker: Callable[[], None],
         callback_policy: CallbackPolicy,
         library: LoraLibrary,
+        check_engine: Callable[[GenerationParams], None],
         resolver: Resolver = system_resolver,
     ) -> None:
         self._config = config
         self._library = library
+        self._check_engine = check_engine
         self._store = store
         self._wake_worker = wake_worker
         self._callback_policy = callback_policy
@@ -47,6 +49,7 @@ class TaskService:
             init_bytes, init_info = decode_init_image(request.init_image, self._config.limits.max_init_image_pixels)
         loras = self._library.resolve(request.loras or [])
         params = resolve_params(request, self._config.defaults, self._config.limits, init_info, loras=loras)
+        self._check_engine(params)
         if params.callback_url is not None:
             # Refused here, with a 400, rather than silently dropped when the task ends.
             await resolve_target(

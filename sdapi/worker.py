@@ -180,8 +180,8 @@ class Worker:
         self._current = started
         began = time.perf_counter()
         try:
-            keys = await self._generation.submit(lambda: self._make_images(started))
-            finished = tasks.complete(started, keys, self._engine.name)
+            keys, engine = await self._generation.submit(lambda: self._make_images(started))
+            finished = tasks.complete(started, keys, engine)
         except asyncio.CancelledError:
             raise
         except (GenerationFailed, StorageError) as error:
@@ -208,8 +208,8 @@ class Worker:
             self._on_delivery()
         return written
 
-    def _make_images(self, task: Task) -> list[str]:
-        """On the generation thread: run the engine, encode and store every image; return the storage keys."""
+    def _make_images(self, task: Task) -> tuple[list[str], str]:
+        """On the generation thread: run the engine, encode and store every image; return the keys and engine."""
         params = task.params
         init_image = None
         if params.init_image is not None:
@@ -217,9 +217,9 @@ class Worker:
             if raw is None:
                 raise GenerationFailed("生成失败：找不到任务的初始图片")
             init_image = open_init_image(raw, params.width, params.height)
-        images = self._engine.generate(params, init_image)
+        generated = self._engine.generate(params, init_image)
         extension = params.output_format
-        return [self._save(encode_image(image, extension), extension) for image in images]
+        return [self._save(encode_image(image, extension), extension) for image in generated.images], generated.engine
 
     def _save(self, data: bytes, extension: str) -> str:
         """Store one image, retrying storage failures with doubling waits.

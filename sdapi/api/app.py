@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import torch
 from litestar import Litestar, Router
 from litestar.exceptions import HTTPException
 
@@ -17,6 +18,9 @@ from sdapi.callbacks.sender import CallbackSender
 from sdapi.callbacks.ssrf import Resolver, system_resolver
 from sdapi.config import Config
 from sdapi.engines import Engine
+from sdapi.engines.devices import choose_device, choose_dtype
+from sdapi.engines.onnx_engine import OnnxEngine
+from sdapi.engines.router import EngineRouter
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.errors import SdapiError, StorageError
 from sdapi.loras import LoraLibrary
@@ -37,12 +41,33 @@ def build_storage(config: Config) -> ImageStorage:
     return LocalImageStorage(config.images_path, config.server.public_base_url)
 
 
+def build_engine(config: Config, library: LoraLibrary) -> Engine:
+    """torch alone, or the ONNX export with torch behind it, as model.engine and model.onnx_path say."""
+
+    def make_torch() -> TorchEngine:
+        return TorchEngine(config.model, library.path_for, config.loras.cache_size)
+
+    if config.model.engine == "torch" or config.model.onnx_path is None:
+        return make_torch()
+    device = choose_device(config.model.device)
+    # Measured (docs/benchmarks.md): on a CPU with native bf16 the torch engine in bf16 beats ONNX Runtime's fp32
+    # UNet about 3x; everywhere else ONNX Runtime is the faster path.
+    prefer_onnx = not (device == "cpu" and choose_dtype(config.model.dtype, device) == torch.bfloat16)
+    return EngineRouter(
+        OnnxEngine(config.model, config.onnx, config.tensorrt_cache_path),
+        make_torch,
+        only_onnx=config.model.engine == "onnx",
+        prefer_onnx=prefer_onnx,
+        fallback_to_torch=config.onnx.fallback_to_torch,
+    )
+
+
 def build_runtime(config: Config, engine: Engine | None = None, resolver: Resolver | None = None) -> Runtime:
     """Open the store and create storage, engine, worker and callback sender (nothing connects yet)."""
     store = SqliteTaskStore(config.database_path)
     storage = build_storage(config)
     library = LoraLibrary(config.loras, config.loras_path)
-    engine = engine or TorchEngine(config.model, library.path_for, config.loras.cache_size)
+    engine = engine or build_engine(config, library)
     resolver = resolver or system_resolver
     callbacks = CallbackSender(config.callbacks, store, storage, config.server.public_base_url, resolver)
     worker = Worker(
@@ -53,7 +78,7 @@ def build_runtime(config: Config, engine: Engine | None = None, resolver: Resolv
         on_delivery=callbacks.wake,
         on_model_loaded=lambda: library.set_model(engine.adapter_shapes()),
     )
-    service = TaskService(config, store, worker.wake, callbacks.policy, library, resolver)
+    service = TaskService(config, store, worker.wake, callbacks.policy, library, engine.check, resolver)
     return Runtime(
         config=config,
         store=store,

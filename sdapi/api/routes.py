@@ -52,6 +52,7 @@ def health_response(runtime: Runtime) -> HealthResponse:
         engine=engine.name,
         device=details.get("device", ""),
         dtype=details.get("dtype", ""),
+        providers=[name for name in details.get("providers", "").split(",") if name],
         storage=runtime.storage.check(),
         queue_pending=runtime.store.count(TaskStatus.PENDING),
         model_error=runtime.worker.model_error,

@@ -54,9 +54,10 @@ class LoraListResponse(msgspec.Struct):
 class HealthResponse(msgspec.Struct):
     status: Annotated[str, msgspec.Meta(description='服务状态，正常为 "ok"')]
     model_loaded: Annotated[bool, msgspec.Meta(description="模型是否已加载完成")]
-    engine: Annotated[str, msgspec.Meta(description="推理引擎")]
-    device: Annotated[str, msgspec.Meta(description="推理设备")]
+    engine: Annotated[str, msgspec.Meta(description="推理引擎：torch，或 auto/onnx（ONNX 导出，torch 兜底）")]
+    device: Annotated[str, msgspec.Meta(description="推理设备：cpu 或 cuda")]
     dtype: Annotated[str, msgspec.Meta(description="推理精度")]
+    providers: Annotated[list[str], msgspec.Meta(description="ONNX Runtime 使用中的 execution providers（仅 ONNX）")]
     storage: Annotated[str, msgspec.Meta(description='图片存储状态，正常为 "ok"')]
     queue_pending: Annotated[int, msgspec.Meta(description="排队中的任务数")]
     model_error: Annotated[str | None, msgspec.Meta(description="模型加载失败时的原因")] = None

@@ -1,7 +1,9 @@
-"""Engine: turns GenerationParams into images. torch_engine.py (diffusers) is the reference engine."""
+"""Engine: turns GenerationParams into images. torch_engine.py (diffusers) is the reference engine; onnx_engine.py
+runs an export through ONNX Runtime; router.py picks between them per request."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
@@ -9,8 +11,16 @@ from PIL import Image
 from sdapi.params import GenerationParams
 
 
+@dataclass(frozen=True)
+class Generated:
+    """The images of one task and the engine that made them ("torch" or "onnx")."""
+
+    images: list[Image.Image]
+    engine: str
+
+
 class Engine(Protocol):
-    """Makes images. `generate` runs on a worker thread, one call at a time per engine."""
+    """Makes images. `generate` runs on the generation thread, one call at a time."""
 
     name: str
 
@@ -25,7 +35,10 @@ class Engine(Protocol):
         """Modules LoRA files may target (kohya name -> weight shape); empty before load()."""
 
     def describe(self) -> dict[str, str]:
-        """Device, dtype and the like, for /health."""
+        """Device, dtype, providers and the like, for /health."""
 
-    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> list[Image.Image]:
+    def check(self, params: GenerationParams) -> None:
+        """At submit time: raise InvalidParameter if this engine cannot serve `params` (e.g. a LoRA set)."""
+
+    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
         """The `params.num_images` images for one task; raise GenerationFailed."""

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from sdapi.config import ModelConfig
+from sdapi.engines import Generated
 from sdapi.engines.adapters import AdapterManager, adapter_targets, target_shapes
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.loading import load_pipeline
-from sdapi.engines.schedulers import make_scheduler
+from sdapi.engines.pipeline_runs import out_of_memory_message, run_request
 from sdapi.errors import GenerationFailed
 from sdapi.loras import LoraSpec
 from sdapi.params import GenerationParams
@@ -25,11 +26,6 @@ logger = logging.getLogger(__name__)
 
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def chunk(seeds: list[int], size: int) -> list[list[int]]:
-    """Split the per-image seeds into batches of at most `size`."""
-    return [seeds[start : start + size] for start in range(0, len(seeds), size)]
 
 
 class TorchEngine:
@@ -85,57 +81,28 @@ class TorchEngine:
             return {}
         return target_shapes(adapter_targets(self._text_to_image.unet, self._text_to_image.text_encoder))
 
-    def _generators(self, seeds: list[int]) -> list[torch.Generator]:
-        # CPU generators on every device: the same seed gives the same starting noise on CPU and CUDA.
-        return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    def check(self, params: GenerationParams) -> None:
+        """Any LoRA set and any request the params allow can run on torch."""
 
-    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> list[Image.Image]:
+    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
         if not self.loaded:
             raise GenerationFailed("模型尚未加载完成")
         try:
             with torch.inference_mode():
-                return self._generate(params, init_image)
+                return Generated(self._generate(params, init_image), self.name)
         except GenerationFailed:
             raise
         except Exception as error:
             if _is_out_of_memory(error):
                 if self.device == "cuda":
                     torch.cuda.empty_cache()
-                raise GenerationFailed(
-                    f"生成失败：显存/内存不足（{params.width}x{params.height}，{params.num_images} 张）。"
-                    "请减小图片尺寸或张数后重试"
-                ) from error
+                raise GenerationFailed(out_of_memory_message(params)) from error
             raise
 
     def _generate(self, params: GenerationParams, init_image: Image.Image | None) -> list[Image.Image]:
-        pipeline = self._image_to_image if init_image is not None else self._text_to_image
         if self.adapters is not None:
             self.adapters.activate(params.loras)
         elif params.loras:
             raise GenerationFailed("此引擎未配置 LoRA")
-        scheduler_name = params.scheduler or self._scheduler_config["_class_name"]
-        pipeline.scheduler = make_scheduler(scheduler_name, self._scheduler_config)
-        if init_image is not None and params.strength is not None:
-            denoising_steps = int(params.num_inference_steps * params.strength)
-            if denoising_steps < 1:
-                # No denoising step at this strength: the seed's "0.0 几乎不修改" — the input comes back unchanged.
-                return [init_image.copy() for _ in range(params.num_images)]
-        images: list[Image.Image] = []
-        for seeds in chunk(params.image_seeds(), self._model.batch_size):
-            arguments: dict[str, Any] = {
-                "prompt": params.prompt,
-                "negative_prompt": params.negative_prompt,
-                "num_inference_steps": params.num_inference_steps,
-                "guidance_scale": params.guidance_scale,
-                "num_images_per_prompt": len(seeds),
-                "generator": self._generators(seeds),
-                "output_type": "pil",
-            }
-            if init_image is not None:
-                arguments["image"] = init_image
-                arguments["strength"] = params.strength
-            else:
-                arguments["width"] = params.width
-                arguments["height"] = params.height
-            images.extend(pipeline(**arguments).images)
-        return images
+        pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
+        return run_request(*pipelines, params, init_image, self._model.batch_size)

@@ -154,7 +154,7 @@ def test_a_request_without_loras_after_one_with_matches_a_fresh_process(lora_cli
             output_format="png",
         ),
         None,
-    )[0]
+    ).images[0]
     assert np.array_equal(np.asarray(image, dtype=np.float64), base_after_lora)
     assert mean_abs_diff(served, base_after_lora) > 1.0
 

@@ -15,7 +15,7 @@ from sdapi.api.auth import key_is_valid
 from sdapi.api.errors import status_for
 from sdapi.api.validation import describe
 from sdapi.engines.devices import choose_dtype, cpu_has_native_bf16
-from sdapi.engines.torch_engine import chunk
+from sdapi.engines.pipeline_runs import chunk
 from sdapi.errors import GenerationFailed, InvalidParameter, QueueFull, RequestValidationFailed, TaskNotFound
 from sdapi.images import decode_init_image, encode_image
 from sdapi.params import GenerationRequest

@@ -1,0 +1,267 @@
+"""Converting a Stable Diffusion checkpoint, with LoRAs merged, to an ONNX export folder.
+
+The LoRAs go through sdapi's own adapter code (the torch engine's), so a LoRA baked in here means exactly what it
+means when applied at run time. The folder is written under a temporary name beside the target and renamed at the
+end: a failed export never leaves a half-written folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdapi import __version__
+from sdapi.engines.adapter_files import AdapterFileError, compute_delta, group_factors
+from sdapi.engines.adapters import AdapterManager, adapter_targets
+from sdapi.engines.loading import describe_source, load_pipeline
+from sdapi.errors import ModelLoadFailed
+from sdapi.exports import ONNX_PARTS, ExportManifest, MergedLora, write_manifest
+from sdapi.loras import LoraSpec, read_adapter_file
+
+DEFAULT_OPSET = 17
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+
+
+class ExportError(Exception):
+    """The export cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoraArgument:
+    """One `--lora FILE_OR_NAME[:WEIGHT]`."""
+
+    path: Path
+    weight: float
+
+
+def parse_lora_argument(text: str, loras_dir: Path | None) -> LoraArgument:
+    """FILE_OR_NAME[:WEIGHT]: a .safetensors path, or a name looked up in the LoRA folder."""
+    reference, weight = text, 1.0
+    if ":" in text:
+        head, _, tail = text.rpartition(":")
+        try:
+            weight = float(tail)
+            reference = head
+        except ValueError:
+            pass  # a path with a colon in it and no weight
+    if not -2.0 <= weight <= 2.0:
+        raise ExportError(f"--lora {text}: weight {weight} is outside [-2, 2]")
+    candidates = [Path(reference)]
+    if loras_dir is not None:
+        candidates.append(loras_dir / f"{reference}.safetensors")
+    for candidate in candidates:
+        if candidate.is_file():
+            return LoraArgument(candidate, weight)
+    where = f" or in {loras_dir}" if loras_dir else ""
+    raise ExportError(f"--lora {text}: no file {reference!r}{where}")
+
+
+def _sha256_file(path: Path, digest: hashlib._Hash | None = None) -> str:
+    digest = digest or hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_sha256(source: str) -> str:
+    """A hash of the source's weights: the file itself, or a folder's weight files in name order."""
+    path = Path(source)
+    if path.is_file():
+        return _sha256_file(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for weights in sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
+            digest.update(str(weights.relative_to(path)).encode())
+            _sha256_file(weights, digest)
+        return digest.hexdigest()
+    return "hub:" + source
+
+
+def _source_size(source: str) -> int:
+    path = Path(source)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return 0
+
+
+def _versions() -> dict[str, str]:
+    names = ["torch", "diffusers", "transformers", "optimum", "optimum-onnx", "onnx"]
+    versions = {"sdapi": __version__}
+    for name in [*names, "onnxruntime", "onnxruntime-gpu"]:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _check_fit(lora: LoraArgument, targets: dict[str, torch.nn.Module]) -> None:
+    try:
+        modules = group_factors(read_adapter_file(lora.path))
+        for key, factors in modules.items():
+            if key not in targets:
+                raise AdapterFileError(f"module {key} is not in the model")
+            compute_delta(key, factors, targets[key].weight.shape)
+    except AdapterFileError as error:
+        raise ExportError(f"LoRA {lora.path.name} does not fit the model: {error}") from None
+
+
+def _fusion_options(for_gpu: bool, attention: bool) -> Any:
+    """onnxruntime's UNet fusions; NhwcConv, GroupNorm, SkipGroupNorm, BiasSplitGelu and BiasAdd exist only as CUDA
+    kernels, so a CPU export keeps the fusions every provider implements."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("unet")
+    if not for_gpu:
+        options.enable_nhwc_conv = False
+        options.enable_group_norm = False
+        options.enable_skip_group_norm = False
+        options.enable_bias_splitgelu = False
+        options.enable_bias_add = False
+    if not attention:
+        options.enable_attention = False
+        options.enable_packed_qkv = False
+        options.enable_packed_kv = False
+    return options
+
+
+def _optimize_unet(unet_path: Path, fp16: bool, progress: Callable[[str], None]) -> str:
+    """onnxruntime's transformer optimizer for the UNet (fused attention and, for CUDA, GroupNorm/NHWC/bias ops).
+
+    The export is for CUDA exactly when it is fp16. The attention fusion pattern-matches the graph torch wrote and
+    fails on some exports; then the other fusions still run. Returns what was applied, for export.json.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    target = "cuda" if fp16 else "cpu"
+    try:
+        optimized = optimize_model(
+            str(unet_path),
+            model_type="unet",
+            opt_level=0,
+            use_gpu=fp16,
+            optimization_options=_fusion_options(fp16, attention=True),
+        )
+        applied = f"{target} fusions"
+    except Exception as error:  # the fusion passes raise TypeError/ValueError/AssertionError on unexpected graphs
+        progress(f"    attention fusion does not apply to this graph ({type(error).__name__}); other fusions only")
+        try:
+            optimized = optimize_model(
+                str(unet_path),
+                model_type="unet",
+                opt_level=0,
+                use_gpu=fp16,
+                optimization_options=_fusion_options(fp16, attention=False),
+            )
+        except Exception as second:
+            raise ExportError(f"UNet optimization failed: {type(second).__name__}: {second}") from None
+        applied = f"{target} fusions without attention"
+    if fp16:
+        optimized.convert_float_to_float16(keep_io_types=False)
+    optimized.save_model_to_file(str(unet_path), use_external_data_format=unet_path.stat().st_size > 1_900_000_000)
+    return applied
+
+
+def export_model(
+    source: str,
+    out: Path,
+    loras: list[LoraArgument],
+    *,
+    fp16: bool = False,
+    optimize: bool = False,
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> ExportManifest:
+    """Export `source` with `loras` merged into `out`; raise ExportError saying what is wrong."""
+    steps = 5 + bool(optimize)
+    step = iter(range(1, steps + 1))
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists (use --force to replace it)")
+    looks_local = source.startswith((".", "/", "~")) or describe_source(source) != "hub"
+    if looks_local and not Path(source).expanduser().exists():
+        raise ExportError(f"model not found: {source}")
+    device = "cuda" if fp16 else "cpu"
+    if fp16 and not torch.cuda.is_available():
+        raise ExportError("--fp16 exports on a CUDA device, and none is available here")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    needed = 2 * _source_size(source)  # the ONNX files, plus room for the exporter's intermediate files
+    free = shutil.disk_usage(out.parent).free
+    if needed and free < needed:
+        raise ExportError(
+            f"no room on disk: the export needs about {needed / 2**30:.1f} GiB in {out.parent}, "
+            f"{free / 2**30:.1f} GiB free"
+        )
+
+    progress(f"[{next(step)}/{steps}] loading {source}")
+    try:
+        pipeline = load_pipeline(source, torch.float16 if fp16 else torch.float32)
+    except ModelLoadFailed as error:
+        raise ExportError(error.message) from None
+    pipeline.to(device)
+
+    progress(f"[{next(step)}/{steps}] merging {len(loras)} LoRA(s)")
+    targets = adapter_targets(pipeline.unet, pipeline.text_encoder)
+    merged: list[MergedLora] = []
+    specs: list[LoraSpec] = []
+    for lora in loras:
+        _check_fit(lora, targets)
+        sha = _sha256_file(lora.path)
+        specs.append(LoraSpec(name=lora.path.stem, weight=lora.weight, sha256=sha))
+        merged.append(MergedLora(name=lora.path.stem, file=lora.path.name, weight=lora.weight, sha256=sha))
+        progress(f"    {lora.path.name} at weight {lora.weight:g}")
+    paths = {spec.sha256: lora.path for spec, lora in zip(specs, loras, strict=True)}
+    AdapterManager(targets, lambda spec: paths[spec.sha256], cache_size=max(1, len(specs))).activate(specs)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        from optimum.exporters.onnx import onnx_export_from_model
+
+        progress(
+            f"[{next(step)}/{steps}] exporting {', '.join(ONNX_PARTS)} to ONNX (opset {opset}, "
+            f"{'fp16' if fp16 else 'fp32'}); this is the long step"
+        )
+        onnx_export_from_model(pipeline, output=staging, opset=opset, device=device, do_validation=False)
+        optimization = "none"
+        if optimize:
+            progress(f"[{next(step)}/{steps}] optimizing the UNet graph")
+            optimization = _optimize_unet(staging / "unet" / "model.onnx", fp16, progress)
+        progress(f"[{next(step)}/{steps}] writing export.json")
+        manifest = ExportManifest(
+            source=source,
+            source_sha256=source_sha256(source),
+            loras=merged,
+            precision="fp16" if fp16 else "fp32",
+            opset=opset,
+            optimization=optimization,
+            versions=_versions(),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_manifest(staging, manifest)
+        missing = [part for part in ONNX_PARTS if not (staging / part / "model.onnx").is_file()]
+        if missing:
+            raise ExportError(f"the exporter wrote no {', '.join(missing)}")
+        progress(f"[{next(step)}/{steps}] moving the export into place: {out}")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except OSError as error:
+        if error.errno == 28:  # ENOSPC
+            raise ExportError(f"no room on disk while writing the export in {out.parent}") from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

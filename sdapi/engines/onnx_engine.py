@@ -1,0 +1,187 @@
+"""The ONNX engine: an export from `python -m export`, run through ONNX Runtime via optimum's ORT pipelines.
+
+Providers come from `onnx.providers`, filtered to what the installed runtime offers (TensorRT with an engine cache
+under data_dir, CUDA with IO binding, CPU). The scheduler math and seed rules are diffusers' own, shared with the
+torch engine (pipeline_runs.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from sdapi.config import ModelConfig, OnnxConfig
+from sdapi.engines import Generated
+from sdapi.engines.adapter_files import kohya_module_key
+from sdapi.engines.pipeline_runs import out_of_memory_message, run_request
+from sdapi.errors import GenerationFailed, ModelLoadFailed
+from sdapi.exports import ExportManifest, read_manifest
+from sdapi.params import GenerationParams
+
+logger = logging.getLogger(__name__)
+
+
+def available_providers(wanted: list[str]) -> list[str]:
+    """The configured providers this ONNX Runtime build offers, in the configured order."""
+    import onnxruntime
+
+    offered = set(onnxruntime.get_available_providers())
+    chosen = [provider for provider in wanted if provider in offered]
+    return chosen or ["CPUExecutionProvider"]
+
+
+def provider_options(providers: list[str], tensorrt_cache: Path, fp16: bool) -> list[dict[str, Any]]:
+    """Per-provider options: TensorRT keeps its built engines on disk, so a restart does not rebuild them."""
+    options: list[dict[str, Any]] = []
+    for provider in providers:
+        if provider == "TensorrtExecutionProvider":
+            options.append(
+                {
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(tensorrt_cache),
+                    "trt_timing_cache_enable": True,
+                    "trt_fp16_enable": fp16,
+                }
+            )
+        else:
+            options.append({})
+    return options
+
+
+def shapes_from_configs(folder: Path) -> dict[str, tuple[int, ...]]:
+    """LoRA target shapes of the exported model, from its configs alone (no weights are allocated)."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdapi.engines.adapters import ADAPTABLE
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for part, root in (("unet", unet), ("text_encoder", text_encoder)):
+        for path, module in root.named_modules():
+            if isinstance(module, ADAPTABLE):
+                shapes[kohya_module_key(part, path)] = tuple(module.weight.shape)
+    return shapes
+
+
+class OnnxEngine:
+    """Engine on an ONNX export. Serves only the LoRA set merged into the export."""
+
+    name = "onnx"
+
+    def __init__(self, model: ModelConfig, onnx: OnnxConfig, tensorrt_cache: Path) -> None:
+        if model.onnx_path is None:
+            raise ModelLoadFailed("model.onnx_path is not set")
+        self.folder = Path(model.onnx_path)
+        self._model = model
+        self._onnx = onnx
+        self._tensorrt_cache = tensorrt_cache
+        self.providers: list[str] = []
+        self.manifest: ExportManifest | None = None
+        self._text_to_image: Any = None
+        self._image_to_image: Any = None
+        self._scheduler_config: Any = None
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        # Image sides the exported UNet can take: its upsamplers double fixed sizes, so the latent must divide by
+        # 2 per downsampling block (torch's UNet adapts to odd sizes; the traced graph cannot).
+        self.side_multiple = 64
+        self._loaded = threading.Event()
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
+    def load(self) -> None:
+        import onnxruntime
+        from optimum.onnxruntime import ORTStableDiffusionImg2ImgPipeline, ORTStableDiffusionPipeline
+
+        manifest = read_manifest(self.folder)
+        self.providers = available_providers(self._onnx.providers)
+        fp16 = manifest.precision == "fp16"
+        self._tensorrt_cache.mkdir(parents=True, exist_ok=True)
+        session_options = onnxruntime.SessionOptions()
+        session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        on_gpu = self.providers[0] != "CPUExecutionProvider"
+        try:
+            pipeline = ORTStableDiffusionPipeline.from_pretrained(
+                self.folder,
+                providers=self.providers,
+                provider_options=provider_options(self.providers, self._tensorrt_cache, fp16),
+                session_options=session_options,
+                # IO binding keeps tensors on the GPU between the ORT session and torch's scheduler math.
+                use_io_binding=on_gpu,
+            )
+            # The same sessions serve image-to-image: no second load.
+            self._image_to_image = ORTStableDiffusionImg2ImgPipeline(
+                unet_session=pipeline.unet.session,
+                vae_decoder_session=pipeline.vae_decoder.session,
+                vae_encoder_session=pipeline.vae_encoder.session,
+                text_encoder_session=pipeline.text_encoder.session,
+                scheduler=pipeline.scheduler,
+                tokenizer=pipeline.tokenizer,
+                use_io_binding=on_gpu,
+            )
+        except Exception as error:  # onnxruntime and optimum raise many types for a bad or mismatched export
+            logger.exception("loading ONNX export %s failed", self.folder)
+            raise ModelLoadFailed(f"ONNX 模型加载失败（{self.folder}）：{type(error).__name__}: {error}") from None
+        for part in (pipeline, self._image_to_image):
+            part.set_progress_bar_config(disable=True)
+        self._text_to_image = pipeline
+        self._scheduler_config = pipeline.scheduler.config
+        self._shapes = shapes_from_configs(self.folder)
+        blocks = len(pipeline.unet.config["block_out_channels"])
+        self.side_multiple = pipeline.vae_scale_factor * 2 ** (blocks - 1)
+        self.manifest = manifest
+        self._loaded.set()
+        logger.info("ONNX engine ready: %s (%s) on %s", self.folder, manifest.precision, ", ".join(self.providers))
+
+    def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self._shapes
+
+    def describe(self) -> dict[str, str]:
+        precision = self.manifest.precision if self.manifest else ""
+        on_cpu = not self.providers or self.providers[0] == "CPUExecutionProvider"
+        return {
+            "device": "cpu" if on_cpu else "cuda",
+            "dtype": {"fp16": "float16", "fp32": "float32"}.get(precision, ""),
+            "providers": ",".join(self.providers),
+        }
+
+    def serves_loras(self, params: GenerationParams) -> bool:
+        """Whether the request's LoRA set is exactly the export's merged set (none = none)."""
+        merged = self.manifest.lora_set() if self.manifest else frozenset()
+        return frozenset((spec.sha256, spec.weight) for spec in params.loras) == merged
+
+    def serves_size(self, params: GenerationParams) -> bool:
+        return params.width % self.side_multiple == 0 and params.height % self.side_multiple == 0
+
+    def serves(self, params: GenerationParams) -> bool:
+        return self.serves_loras(params) and self.serves_size(params)
+
+    def check(self, params: GenerationParams) -> None:
+        """Nothing to refuse at submit: the router decides what this engine gets."""
+
+    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
+        if not self.loaded:
+            raise GenerationFailed("ONNX 模型尚未加载完成")
+        if not self.serves_loras(params):
+            raise GenerationFailed("ONNX 导出合并的 LoRA 与请求不一致")
+        if not self.serves_size(params):
+            raise GenerationFailed(f"ONNX 引擎要求宽高为 {self.side_multiple} 的倍数")
+        pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
+        try:
+            images = run_request(*pipelines, params, init_image, self._model.batch_size)
+        except Exception as error:
+            text = str(error).lower()
+            if "out of memory" in text or "failed to allocate" in text:
+                raise GenerationFailed(out_of_memory_message(params)) from error
+            logger.exception("ONNX run failed")
+            raise GenerationFailed(f"ONNX 推理失败：{type(error).__name__}") from error
+        return Generated(images, self.name)

@@ -1,0 +1,291 @@
+"""The ONNX path: export (with LoRAs merged), the ONNX engine through the API, routing, and pixel parity with torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from datetime import datetime
+
+import httpx
+import pytest
+
+import export.exporter as exporter
+from export.exporter import ExportError, LoraArgument, export_model, parse_lora_argument
+from sdapi.config import ModelConfig, OnnxConfig, load_config
+from sdapi.engines.onnx_engine import OnnxEngine
+from sdapi.engines.router import EngineRouter
+from sdapi.engines.torch_engine import TorchEngine
+from sdapi.errors import GenerationFailed
+from sdapi.schedulers import SCHEDULER_NAMES
+from tests.adapter_fixtures import model_modules, write_adapter, write_sdxl_style, write_wrong_shapes
+from tests.support import (
+    REPO_ROOT,
+    InProcessService,
+    data_url,
+    fetch_image,
+    fetch_pixels,
+    generate,
+    gradient_image,
+    in_process,
+    mean_abs_diff,
+    write_config,
+)
+
+PARITY = 1.0  # mean absolute pixel difference on 0-255, the issue's bound
+FP32 = {"dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def lora_folder(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("onnx-loras")
+    modules = model_modules(tiny_model)
+    write_adapter(folder / "style_lora.safetensors", modules, "lora", seed=1)
+    write_adapter(folder / "style_loha.safetensors", modules, "loha", seed=2)
+    write_adapter(folder / "style_lokr.safetensors", modules, "lokr", seed=3)
+    write_wrong_shapes(folder / "wrong_shapes.safetensors", modules)
+    write_sdxl_style(folder / "sdxl_style.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plain_export(tmp_path_factory, tiny_model):
+    out = tmp_path_factory.mktemp("exports") / "tiny-onnx"
+    export_model(str(tiny_model), out, [], progress=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def merged_export(tmp_path_factory, tiny_model, lora_folder):
+    out = tmp_path_factory.mktemp("exports") / "tiny-onnx-loras"
+    loras = [
+        LoraArgument(lora_folder / "style_loha.safetensors", 0.8),
+        LoraArgument(lora_folder / "style_lokr.safetensors", -0.5),
+    ]
+    export_model(str(tiny_model), out, loras, optimize=True, progress=lambda _: None)
+    return out
+
+
+def _service(tmp_path_factory, name, tiny_model, lora_folder, **model):
+    directory = tmp_path_factory.mktemp(name)
+    return in_process(directory, tiny_model, model={**FP32, **model}, loras={"dir": str(lora_folder)})
+
+
+@pytest.fixture(scope="module")
+def torch_service(tmp_path_factory, tiny_model, lora_folder):
+    with _service(tmp_path_factory, "torch", tiny_model, lora_folder, engine="torch") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def onnx_service(tmp_path_factory, tiny_model, lora_folder, plain_export):
+    with _service(tmp_path_factory, "onnx", tiny_model, lora_folder, onnx_path=str(plain_export)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def merged_service(tmp_path_factory, tiny_model, lora_folder, merged_export):
+    with _service(tmp_path_factory, "merged", tiny_model, lora_folder, onnx_path=str(merged_export)) as running:
+        yield running
+
+
+def _run(service, **body):
+    with service.client() as client:
+        result = generate(client, **{"prompt": "a harbour at night", "seed": 7, **body})
+    assert result["status"] == "completed", result
+    return result
+
+
+def _pixels(result, index=None):
+    return fetch_pixels(result["result_url"] if index is None else result["result_urls"][index])
+
+
+# -- the export ------------------------------------------------------------------------------------------------
+
+
+def test_the_export_folder_and_its_manifest(merged_export, tiny_model, lora_folder):
+    for part in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
+        assert (merged_export / part / "model.onnx").stat().st_size > 1000
+    assert (merged_export / "tokenizer" / "vocab.json").is_file()
+    assert (merged_export / "scheduler" / "scheduler_config.json").is_file()
+    manifest = json.loads((merged_export / "export.json").read_text())
+    assert manifest["source"] == str(tiny_model)
+    digest = hashlib.sha256()
+    for weights in sorted(p for p in tiny_model.rglob("*.safetensors")):
+        digest.update(str(weights.relative_to(tiny_model)).encode())
+        digest.update(weights.read_bytes())
+    assert manifest["source_sha256"] == digest.hexdigest()
+    assert [(lora["name"], lora["weight"]) for lora in manifest["loras"]] == [("style_loha", 0.8), ("style_lokr", -0.5)]
+    for lora in manifest["loras"]:
+        assert lora["sha256"] == hashlib.sha256((lora_folder / lora["file"]).read_bytes()).hexdigest()
+    assert manifest["precision"] == "fp32" and manifest["opset"] == 17
+    assert manifest["optimization"] in ("cpu fusions", "cpu fusions without attention")
+    assert {"torch", "diffusers", "optimum", "onnxruntime", "sdapi"} <= set(manifest["versions"])
+    assert datetime.fromisoformat(manifest["created_at"]).tzinfo is not None
+
+
+def test_a_failed_export_leaves_no_folder_behind(tmp_path, tiny_model, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError(5, "simulated I/O failure while writing export.json")
+
+    monkeypatch.setattr(exporter, "write_manifest", fail)
+    out = tmp_path / "never"
+    with pytest.raises(OSError):
+        export_model(str(tiny_model), out, [], progress=lambda _: None)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no half-written or temporary folder either
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "/nonexistent/model"], "model not found: /nonexistent/model"),
+        (["--lora", "wrong_shapes:1.0"], "does not fit the model"),
+        (["--lora", "sdxl_style"], "does not fit the model"),
+        (["--lora", "no_such_lora"], "no file 'no_such_lora'"),
+        (["--lora", "style_lora:3"], "outside [-2, 2]"),
+        (["--fp16"], "CUDA"),
+    ],
+)
+def test_export_errors_say_what_is_wrong(tmp_path, tiny_model, lora_folder, arguments, message):
+    command = [
+        sys.executable,
+        "-m",
+        "export",
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(tmp_path / "out"),
+        "--loras-dir",
+        str(lora_folder),
+    ]
+    if arguments[0] == "--model":
+        command[command.index("--model") + 1] = arguments[1]
+        arguments = []
+    result = subprocess.run([*command, *arguments], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_output_needs_force(plain_export, tiny_model):
+    with pytest.raises(ExportError, match="already exists"):
+        export_model(str(tiny_model), plain_export, [], progress=lambda _: None)
+
+
+def test_lora_arguments(lora_folder):
+    assert parse_lora_argument("style_lora", lora_folder) == LoraArgument(lora_folder / "style_lora.safetensors", 1.0)
+    path = str(lora_folder / "style_loha.safetensors")
+    assert parse_lora_argument(f"{path}:-0.25", None) == LoraArgument(lora_folder / "style_loha.safetensors", -0.25)
+
+
+# -- serving and routing ---------------------------------------------------------------------------------------
+
+
+def test_health_shows_the_engine_and_providers(onnx_service):
+    health = httpx.get(onnx_service.url + "/health").json()
+    assert health["status"] == "ok" and health["model_loaded"] is True
+    assert health["engine"] == "auto" and health["providers"] == ["CPUExecutionProvider"]
+
+
+def test_requests_route_by_their_lora_set(onnx_service, merged_service):
+    assert _run(onnx_service)["engine"] == "onnx"
+    assert _run(onnx_service, loras=[{"name": "style_lora"}])["engine"] == "torch"  # lazily loaded fallback
+    assert _run(merged_service)["engine"] == "torch"
+    exact = [{"name": "style_lokr", "weight": -0.5}, {"name": "style_loha", "weight": 0.8}]
+    assert _run(merged_service, loras=exact)["engine"] == "onnx"
+    assert _run(merged_service, loras=[{"name": "style_loha", "weight": 0.8}])["engine"] == "torch"
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_onnx_and_torch_agree_for_every_scheduler(onnx_service, torch_service, scheduler):
+    onnx = _run(onnx_service, scheduler=scheduler, num_images=2)
+    reference = _run(torch_service, scheduler=scheduler, num_images=2)
+    assert onnx["engine"] == "onnx" and reference["engine"] == "torch"
+    for k in range(2):
+        assert mean_abs_diff(_pixels(onnx, k), _pixels(reference, k)) <= PARITY
+
+
+def test_onnx_and_torch_agree_for_image_to_image(onnx_service, torch_service):
+    init = data_url(gradient_image(130, 100), "JPEG")  # output 128x96: sides the export takes (multiples of 32)
+    for strength in (0.4, 0.9):
+        onnx = _run(onnx_service, init_image=init, strength=strength)
+        reference = _run(torch_service, init_image=init, strength=strength)
+        assert onnx["engine"] == "onnx"
+        assert fetch_image(onnx["result_url"]).size == (128, 96)
+        assert mean_abs_diff(_pixels(onnx), _pixels(reference)) <= PARITY
+
+
+def test_sizes_the_export_cannot_take_run_on_torch(onnx_service):
+    result = _run(onnx_service, init_image=data_url(gradient_image(120, 88)), strength=0.5)
+    assert result["engine"] == "torch" and fetch_image(result["result_url"]).size == (120, 88)
+    assert _run(onnx_service, width=72, height=64)["engine"] == "torch"
+
+
+def test_a_merged_export_matches_the_lora_applied_at_run_time(merged_service, torch_service):
+    loras = [{"name": "style_loha", "weight": 0.8}, {"name": "style_lokr", "weight": -0.5}]
+    baked = _run(merged_service, loras=loras)
+    applied = _run(torch_service, loras=loras)
+    plain = _run(torch_service)
+    assert baked["engine"] == "onnx" and applied["engine"] == "torch"
+    assert mean_abs_diff(_pixels(baked), _pixels(applied)) <= PARITY
+    assert mean_abs_diff(_pixels(baked), _pixels(plain)) > 1.0  # the LoRAs really are in the export
+
+
+def test_onnx_batches_formats_and_the_seed_rule(onnx_service):
+    batch = _run(onnx_service, num_images=10, output_format="jpeg", width=64, height=64, seed=100)
+    assert batch["engine"] == "onnx" and len(batch["result_urls"]) == 10
+    assert all(fetch_image(url).format == "JPEG" for url in batch["result_urls"])
+    png = _run(onnx_service, num_images=3, seed=200)
+    for k in range(3):
+        single = _run(onnx_service, seed=200 + k)
+        assert mean_abs_diff(_pixels(png, k), _pixels(single)) <= 1.0
+
+
+def test_engine_onnx_refuses_other_lora_sets_at_submit(tmp_path, tiny_model, lora_folder, merged_export):
+    model = {**FP32, "engine": "onnx", "onnx_path": str(merged_export)}
+    with in_process(tmp_path, tiny_model, model=model, loras={"dir": str(lora_folder)}) as service:
+        with service.client() as client:
+            response = client.post("/api/v1/generate", json={"prompt": "x", "loras": [{"name": "style_lora"}]})
+            assert response.status_code == 400
+            assert "style_loha:0.8" in response.json()["detail"]
+            exact = [{"name": "style_loha", "weight": 0.8}, {"name": "style_lokr", "weight": -0.5}]
+            odd = client.post("/api/v1/generate", json={"prompt": "x", "loras": exact, "width": 72})
+            assert odd.status_code == 400 and "32" in odd.json()["detail"]
+        assert _run(service, loras=exact)["engine"] == "onnx"
+
+
+def test_a_missing_export_is_reported_by_health(tmp_path, tiny_model):
+    with in_process(tmp_path, tiny_model, model={"onnx_path": str(tmp_path / "nothing")}) as service:
+        health = httpx.get(service.url + "/health").json()
+        assert health["model_loaded"] is False and "export.json" in health["model_error"]
+
+
+class FailingOnnx(OnnxEngine):
+    def generate(self, params, init_image):
+        if params.prompt == "onnx-crash":
+            raise GenerationFailed("ONNX 推理失败：RuntimeException")
+        return super().generate(params, init_image)
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_an_onnx_failure_fails_the_task_or_falls_back_to_torch(tmp_path, tiny_model, plain_export, fallback):
+    config = load_config(write_config(tmp_path, tiny_model, model={**FP32, "onnx_path": str(plain_export)}))
+    onnx = FailingOnnx(config.model, OnnxConfig(), tmp_path / "trt")
+    router = EngineRouter(
+        onnx,
+        lambda: TorchEngine(ModelConfig(path=str(tiny_model), device="cpu", dtype="float32")),
+        only_onnx=False,
+        prefer_onnx=True,
+        fallback_to_torch=fallback,
+    )
+    with InProcessService(config, engine=router) as service:
+        service.wait_ready()
+        with service.client() as client:
+            result = generate(client, prompt="onnx-crash")
+            if fallback:
+                assert result["status"] == "completed" and result["engine"] == "torch"
+            else:
+                assert result["status"] == "failed" and "ONNX" in result["error_message"]
+            assert generate(client, prompt="fine")["engine"] == "onnx"
