@@ -8,7 +8,7 @@ MODEL_DIR := data/models/tiny-sd
 # Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev model run test check format bench bench-loras
+.PHONY: install install-dev model run test check format bench bench-loras bench-engines
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,7 @@ check: install-dev
 	$(BIN)/ruff format --check sdapi export tests bench
 	$(BIN)/ruff check sdapi export tests bench
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 format: install-dev
 	$(BIN)/ruff format sdapi export tests bench
@@ -58,3 +59,7 @@ bench: install-dev model
 
 bench-loras: install-dev
 	$(BIN)/python -m bench.loras
+
+# Builds the tiny model and a random-weight SD 1.5-architecture model (about 4 GiB) under data/bench, exports both.
+bench-engines: install-dev
+	$(BIN)/python -m bench.engines --workdir data/bench

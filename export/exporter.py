@@ -255,6 +255,8 @@ def export_model(
         if missing:
             raise ExportError(f"the exporter wrote no {', '.join(missing)}")
         progress(f"[{next(step)}/{steps}] moving the export into place: {out}")
+        # mkdtemp made the folder owner-only; the export must be readable by the service's own user.
+        staging.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
