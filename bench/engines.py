@@ -91,7 +91,7 @@ def measure(engine: str, dtype: str, model: Path, export: Path, steps: tuple[int
     from sdapi.config import ModelConfig, OnnxConfig
     from sdapi.engines.onnx_engine import OnnxEngine
     from sdapi.engines.torch_engine import TorchEngine
-    from sdapi.params import GenerationParams
+    from tests.factories import make_params
 
     torch.manual_seed(0)
     config = ModelConfig(
@@ -107,19 +107,7 @@ def measure(engine: str, dtype: str, model: Path, export: Path, steps: tuple[int
     load_seconds = time.perf_counter() - started
 
     def run(count: int) -> float:
-        params = GenerationParams(
-            prompt="a lighthouse at dusk",
-            negative_prompt=None,
-            width=SIZE,
-            height=SIZE,
-            num_images=1,
-            num_inference_steps=count,
-            guidance_scale=7.5,
-            strength=None,
-            scheduler="EulerDiscreteScheduler",
-            seed=1,
-            output_format="png",
-        )
+        params = make_params(width=SIZE, height=SIZE, num_inference_steps=count, scheduler="EulerDiscreteScheduler")
         began = time.perf_counter()
         runner.generate(params, None)
         if torch.cuda.is_available():

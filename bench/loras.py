@@ -20,8 +20,8 @@ from sdapi.config import ModelConfig
 from sdapi.engines.tiny import make_tiny_model
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.loras import LoraSpec
-from sdapi.params import GenerationParams
 from tests.adapter_fixtures import model_modules, write_adapter
+from tests.factories import make_params
 
 SWAPS = 200
 
@@ -56,19 +56,7 @@ def main() -> None:
                 manager.activate([specs[kind]])
                 cached.append(time.perf_counter() - started)
 
-        params = GenerationParams(
-            prompt="a castle",
-            negative_prompt=None,
-            width=512,
-            height=512,
-            num_images=1,
-            num_inference_steps=20,
-            guidance_scale=7.5,
-            strength=None,
-            scheduler=None,
-            seed=1,
-            output_format="png",
-        )
+        params = make_params(prompt="a castle")
         with_mixed = msgspec.structs.replace(params, loras=(specs["lora"], specs["loha"]))
         timings: dict[str, list[float]] = {"without": [], "with": []}
         engine.generate(params, None)

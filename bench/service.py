@@ -22,7 +22,7 @@ from bench.machine import describe_machine
 from sdapi.config import load_config
 from sdapi.engines.tiny import make_tiny_model
 from sdapi.engines.torch_engine import TorchEngine
-from sdapi.params import GenerationParams
+from tests.factories import make_params
 from tests.support import API_KEY, ServiceProcess, submit, write_config
 
 REQUEST = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "num_inference_steps": 20, "seed": 1}
@@ -39,19 +39,7 @@ def load_engine(config_path: Path) -> TorchEngine:
 
 
 def engine_seconds(engine: TorchEngine) -> float:
-    params = GenerationParams(
-        prompt=str(REQUEST["prompt"]),
-        negative_prompt=None,
-        width=512,
-        height=512,
-        num_images=1,
-        num_inference_steps=20,
-        guidance_scale=7.5,
-        strength=None,
-        scheduler=None,
-        seed=1,
-        output_format="png",
-    )
+    params = make_params(prompt=str(REQUEST["prompt"]))
     started = time.perf_counter()
     engine.generate(params, None)
     return time.perf_counter() - started

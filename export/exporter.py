@@ -147,28 +147,21 @@ def _optimize_unet(unet_path: Path, fp16: bool, progress: Callable[[str], None])
     from onnxruntime.transformers.optimizer import optimize_model
 
     target = "cuda" if fp16 else "cpu"
-    try:
-        optimized = optimize_model(
-            str(unet_path),
-            model_type="unet",
-            opt_level=0,
-            use_gpu=fp16,
-            optimization_options=_fusion_options(fp16, attention=True),
+
+    def run(attention: bool) -> Any:
+        options = _fusion_options(fp16, attention)
+        return optimize_model(
+            str(unet_path), model_type="unet", opt_level=0, use_gpu=fp16, optimization_options=options
         )
-        applied = f"{target} fusions"
+
+    try:
+        optimized, applied = run(attention=True), f"{target} fusions"
     except Exception as error:  # the fusion passes raise TypeError/ValueError/AssertionError on unexpected graphs
         progress(f"    attention fusion does not apply to this graph ({type(error).__name__}); other fusions only")
         try:
-            optimized = optimize_model(
-                str(unet_path),
-                model_type="unet",
-                opt_level=0,
-                use_gpu=fp16,
-                optimization_options=_fusion_options(fp16, attention=False),
-            )
+            optimized, applied = run(attention=False), f"{target} fusions without attention"
         except Exception as second:
             raise ExportError(f"UNet optimization failed: {type(second).__name__}: {second}") from None
-        applied = f"{target} fusions without attention"
     if fp16:
         optimized.convert_float_to_float16(keep_io_types=False)
     optimized.save_model_to_file(str(unet_path), use_external_data_format=unet_path.stat().st_size > 1_900_000_000)

@@ -50,8 +50,8 @@ def build_engine(config: Config, library: LoraLibrary) -> Engine:
     if config.model.engine == "torch" or config.model.onnx_path is None:
         return make_torch()
     device = choose_device(config.model.device)
-    # Measured (docs/benchmarks.md): on a CPU with native bf16 the torch engine in bf16 beats ONNX Runtime's fp32
-    # UNet about 3x; everywhere else ONNX Runtime is the faster path.
+    # Measured (docs/benchmarks.md): on a CPU with AMX the torch engine in bf16 beats ONNX Runtime's fp32 UNet about
+    # 3x; everywhere else ONNX Runtime was the faster path (e.g. 7.9 s vs 9.2 s per SD 1.5 step for torch fp32).
     prefer_onnx = not (device == "cpu" and choose_dtype(config.model.dtype, device) == torch.bfloat16)
     return EngineRouter(
         OnnxEngine(config.model, config.onnx, config.tensorrt_cache_path),

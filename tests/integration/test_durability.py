@@ -18,6 +18,19 @@ def _wait_status(client, task_id, status, timeout=60.0):
     return wait_for_task(client, task_id, timeout=timeout, until=(status,))
 
 
+def _stop_during_a_long_task(config, stop):
+    """Start the service, submit a long task, and once it is processing stop the process with `stop`.
+
+    Returns the task id and what `stop` returned (for terminate: whether the shutdown was clean).
+    """
+    with ServiceProcess(config) as process:
+        process.wait_ready()
+        with process.client() as client:
+            task_id = submit(client, **LONG)
+            _wait_status(client, task_id, "processing")
+        return task_id, stop(process), process.log()
+
+
 def test_a_full_queue_answers_429_with_retry_after_and_recovers(tmp_path, tiny_model):
     limits = {"max_pending": 2, "retry_after_seconds": 7}
     with in_process(tmp_path, tiny_model, queue=limits) as service, service.client() as client:
@@ -74,12 +87,7 @@ def test_a_crash_loses_nothing_pending_and_processing_tasks_run_after_restart(tm
 
 def test_a_task_that_keeps_crashing_fails_after_max_attempts(tmp_path, tiny_model):
     config = write_config(tmp_path, tiny_model, queue={"max_attempts": 1})
-    with ServiceProcess(config) as first:
-        first.wait_ready()
-        with first.client() as client:
-            task_id = submit(client, **LONG)
-            _wait_status(client, task_id, "processing")
-        first.kill()
+    task_id, _, _ = _stop_during_a_long_task(config, ServiceProcess.kill)
     with ServiceProcess(config) as second:
         second.wait_ready()
         with second.client() as client:
@@ -91,12 +99,8 @@ def test_a_task_that_keeps_crashing_fails_after_max_attempts(tmp_path, tiny_mode
 
 def test_sigterm_lets_the_running_task_finish(tmp_path, tiny_model):
     config = write_config(tmp_path, tiny_model, queue={"shutdown_grace_seconds": 60})
-    with ServiceProcess(config) as first:
-        first.wait_ready()
-        with first.client() as client:
-            task_id = submit(client, **LONG)
-            _wait_status(client, task_id, "processing")
-        assert first.terminate()
+    task_id, clean, _ = _stop_during_a_long_task(config, ServiceProcess.terminate)
+    assert clean
     with ServiceProcess(config) as second:
         second.wait_ready()
         with second.client() as client:
@@ -107,13 +111,8 @@ def test_sigterm_lets_the_running_task_finish(tmp_path, tiny_model):
 
 def test_sigterm_past_the_grace_period_leaves_the_task_to_run_again(tmp_path, tiny_model):
     config = write_config(tmp_path, tiny_model, queue={"shutdown_grace_seconds": 0, "max_attempts": 1})
-    with ServiceProcess(config) as first:
-        first.wait_ready()
-        with first.client() as client:
-            task_id = submit(client, **LONG)
-            _wait_status(client, task_id, "processing")
-        assert first.terminate()
-        assert "will run again" in first.log()
+    task_id, clean, log = _stop_during_a_long_task(config, ServiceProcess.terminate)
+    assert clean and "will run again" in log
     with ServiceProcess(config) as second:
         second.wait_ready()
         with second.client() as client:

@@ -77,3 +77,11 @@ def test_health_answers_while_the_model_loads_and_tasks_wait_for_it(tmp_path, ti
         engine.release.set()
         assert wait_for_task(client, task_id)["status"] == "completed"
         assert httpx.get(service.url + "/health").json()["model_loaded"] is True
+
+
+def test_a_missing_single_file_checkpoint_is_named_in_health(tmp_path):
+    missing = tmp_path / "v1-5-pruned-emaonly.safetensors"
+    with in_process(tmp_path, missing) as service:
+        health = httpx.get(service.url + "/health").json()
+        assert health["model_loaded"] is False
+        assert "模型文件不存在" in health["model_error"] and str(missing) in health["model_error"]

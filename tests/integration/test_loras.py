@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 from sdapi.config import ModelConfig
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.loras import LoraSpec
-from sdapi.params import GenerationParams
 from tests.adapter_fixtures import (
     model_modules,
     write_adapter,
@@ -21,6 +20,7 @@ from tests.adapter_fixtures import (
     write_sdxl_style,
     write_wrong_shapes,
 )
+from tests.factories import make_params
 from tests.support import fetch_pixels, generate, in_process, mean_abs_diff
 
 GOOD = ("style_lora", "style_loha", "style_lokr", "te_only", "unet_lora", "peft_lora")
@@ -140,19 +140,7 @@ def test_a_request_without_loras_after_one_with_matches_a_fresh_process(lora_cli
     fresh = TorchEngine(ModelConfig(path=str(tiny_model), device="cpu", dtype="float32"))
     fresh.load()
     image = fresh.generate(
-        GenerationParams(
-            prompt="a castle",
-            negative_prompt=None,
-            width=128,
-            height=96,
-            num_images=1,
-            num_inference_steps=4,
-            guidance_scale=7.5,
-            strength=None,
-            scheduler=None,
-            seed=42,
-            output_format="png",
-        ),
+        make_params(prompt="a castle", width=128, height=96, num_inference_steps=4, seed=42),
         None,
     ).images[0]
     assert np.array_equal(np.asarray(image, dtype=np.float64), base_after_lora)

@@ -82,6 +82,9 @@ def test_auto_dtype(tmp_path: Path):
     assert cpu_has_native_bf16(cpuinfo)
     cpuinfo.write_text("processor: 0\nflags\t\t: fpu sse avx2\n")
     assert not cpu_has_native_bf16(cpuinfo)
+    # AVX-512 BF16 without AMX measured slower than fp32: auto stays fp32 there.
+    cpuinfo.write_text("processor: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert not cpu_has_native_bf16(cpuinfo)
     assert not cpu_has_native_bf16(tmp_path / "missing")
 
 
@@ -96,3 +99,13 @@ def test_error_table():
     assert status_for(RequestValidationFailed([])) == 422
     assert status_for(QueueFull("m", 1)) == 429
     assert status_for(GenerationFailed("m")) == 500
+
+
+def test_model_sources_are_told_apart(tmp_path):
+    from sdapi.engines.loading import describe_source
+
+    (tmp_path / "folder").mkdir()
+    assert describe_source(str(tmp_path / "folder")) == "folder"
+    assert describe_source(str(tmp_path / "model.safetensors")) == "single-file"
+    assert describe_source(str(tmp_path / "model.CKPT")) == "single-file"
+    assert describe_source("runwayml/stable-diffusion-v1-5") == "hub"

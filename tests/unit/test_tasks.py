@@ -10,22 +10,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from sdapi import tasks
 from sdapi.errors import InvalidTransition
-from sdapi.params import GenerationParams
 from sdapi.tasks import TaskStatus
+from tests.factories import make_params
 
-PARAMS = GenerationParams(
-    prompt="p",
-    negative_prompt=None,
-    width=64,
-    height=64,
-    num_images=2,
-    num_inference_steps=1,
-    guidance_scale=7.5,
-    strength=None,
-    scheduler=None,
-    seed=1,
-    output_format="png",
-)
+PARAMS = make_params(prompt="p", width=64, height=64, num_images=2, num_inference_steps=1)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
