@@ -105,6 +105,34 @@ def _scan_file(path: Path, max_bytes: int) -> _Scanned:
     return scanned
 
 
+def _check_fits(files: Mapping[str, _Scanned], module_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Decide each readable file's `fits` against the model's module shapes (reads the files: slow for big ones)."""
+    import torch
+
+    from sdapi.engines.adapter_files import AdapterFileError, compute_delta, group_factors, looks_like_sdxl
+
+    for scanned in files.values():
+        entry = scanned.entry
+        if scanned.read_error is not None:
+            continue
+        entry.fits, entry.error = True, None
+        names = scanned.module_names
+        if looks_like_sdxl(names):
+            entry.fits, entry.error = False, "made for SDXL (input_blocks/te1/te2 keys); the model is SD 1.x/2.x"
+            continue
+        missing = [name for name in names if name not in module_shapes]
+        if missing:
+            entry.fits = False
+            entry.error = f"{len(missing)} module(s) not in the model, e.g. {missing[0]}"
+            continue
+        try:
+            modules = group_factors(read_adapter_file(scanned.path))
+            for key, factors in modules.items():
+                compute_delta(key, factors, torch.Size(module_shapes[key]))
+        except AdapterFileError as error:
+            entry.fits, entry.error = False, str(error)
+
+
 class LoraLibrary:
     """Scans loras.dir; answers which LoRAs exist and fit; resolves a request's `loras` into LoraSpecs."""
 
@@ -125,10 +153,11 @@ class LoraLibrary:
                 files[path.stem] = _scan_file(path, max_bytes)
             except OSError as error:
                 logger.warning("LoRA %s unreadable: %s", path.name, error)
+        shapes = self._model_shapes
+        if shapes is not None:
+            _check_fits(files, shapes)  # before the swap, so readers never wait on file reads
         with self._lock:
             self._files = files
-            if self._model_shapes is not None:
-                self._check_fits(self._model_shapes)
         logger.info("LoRA library: %d file(s) in %s", len(files), self.directory)
         return self.entries()
 
@@ -140,33 +169,8 @@ class LoraLibrary:
         """The loaded model's adapter targets (kohya name -> weight shape): decides each file's `fits`."""
         with self._lock:
             self._model_shapes = module_shapes
-            self._check_fits(module_shapes)
-
-    def _check_fits(self, module_shapes: Mapping[str, tuple[int, ...]]) -> None:
-        import torch
-
-        from sdapi.engines.adapter_files import AdapterFileError, compute_delta, group_factors, looks_like_sdxl
-
-        for scanned in self._files.values():
-            entry = scanned.entry
-            if scanned.read_error is not None:
-                continue
-            entry.fits, entry.error = True, None
-            names = scanned.module_names
-            if looks_like_sdxl(names):
-                entry.fits, entry.error = False, "made for SDXL (input_blocks/te1/te2 keys); the model is SD 1.x/2.x"
-                continue
-            missing = [name for name in names if name not in module_shapes]
-            if missing:
-                entry.fits = False
-                entry.error = f"{len(missing)} module(s) not in the model, e.g. {missing[0]}"
-                continue
-            try:
-                modules = group_factors(read_adapter_file(scanned.path))
-                for key, factors in modules.items():
-                    compute_delta(key, factors, torch.Size(module_shapes[key]))
-            except AdapterFileError as error:
-                entry.fits, entry.error = False, str(error)
+            files = dict(self._files)
+        _check_fits(files, module_shapes)
 
     def path_for(self, spec: LoraSpec) -> Path:
         """The file behind a resolved LoRA; raise InvalidParameter when it is gone or changed since submit."""

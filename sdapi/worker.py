@@ -162,7 +162,8 @@ class Worker:
     async def _load_model(self) -> None:
         try:
             await self._generation.submit(self._engine.load)
-            self._on_model_loaded()
+            # Off the event loop: it may read every LoRA file to check it fits the model.
+            await asyncio.to_thread(self._on_model_loaded)
         except ModelLoadFailed as error:
             self.model_error = error.message
             logger.error("model not loaded: %s", error.message)
@@ -184,10 +185,7 @@ class Worker:
             finished = tasks.complete(started, keys, engine)
         except asyncio.CancelledError:
             raise
-        except (GenerationFailed, StorageError) as error:
-            logger.warning("task %s failed: %s", started.id, error.message)
-            finished = tasks.fail(started, error.message)
-        except SdapiError as error:
+        except SdapiError as error:  # GenerationFailed, StorageError...: a result with a user-safe message
             logger.warning("task %s failed: %s", started.id, error.message)
             finished = tasks.fail(started, error.message)
         except Exception:

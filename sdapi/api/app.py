@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -112,7 +113,8 @@ def create_app(config: Config, engine: Engine | None = None, resolver: Resolver 
         except StorageError as error:
             # Keep serving: tasks retry their uploads, and /health shows the storage state meanwhile.
             logger.error("image storage not ready: %s", error.message)
-        runtime.library.scan()
+        # Hashing and checking every file may take a while for a big folder: off the event loop.
+        await asyncio.to_thread(runtime.library.scan)
         known = {entry.name for entry in runtime.library.entries()}
         for default in config.loras.defaults:
             if default.name not in known:

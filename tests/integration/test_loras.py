@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import pytest
@@ -57,6 +58,8 @@ def lora_service(tmp_path_factory, tiny_model, lora_dir):
     with in_process(
         tmp_path_factory.mktemp("lora-service"), tiny_model, loras=loras, model={"dtype": "float32"}
     ) as running:
+        with running.client() as client:
+            _decided_entries(client)  # fits are checked just after the model loads
         yield running
 
 
@@ -72,8 +75,18 @@ def _image(client, **body):
     return result, fetch_pixels(result["result_url"])
 
 
+def _decided_entries(client):
+    """The library listing once every file's fit is decided (checked right after the model loads)."""
+    deadline = time.monotonic() + 30
+    while True:
+        entries = client.get("/api/v1/loras").json()["loras"]
+        if all(entry["fits"] is not None for entry in entries) or time.monotonic() > deadline:
+            return {entry["name"]: entry for entry in entries}
+        time.sleep(0.05)
+
+
 def test_the_library_lists_every_file_with_what_it_is(lora_client, lora_dir):
-    entries = {entry["name"]: entry for entry in lora_client.get("/api/v1/loras").json()["loras"]}
+    entries = _decided_entries(lora_client)
     assert set(entries) == set(GOOD) | set(BROKEN)
     expected_types = {
         "style_lora": "lora",
