@@ -50,11 +50,6 @@ class AdapterManager:
         self._originals: dict[str, torch.Tensor] = {}
         self._active: tuple[tuple[str, float], ...] = ()
 
-    @property
-    def active(self) -> tuple[tuple[str, float], ...]:
-        """(sha256, weight) of the merged set."""
-        return self._active
-
     def activate(self, specs: Sequence[LoraSpec]) -> None:
         """Make the modules carry exactly `specs` (restoring the base first when the set changes)."""
         wanted = tuple((spec.sha256, spec.weight) for spec in specs)

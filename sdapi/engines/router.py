@@ -45,10 +45,6 @@ class EngineRouter:
     def loaded(self) -> bool:
         return self.onnx.loaded
 
-    @property
-    def torch_loaded(self) -> bool:
-        return self._torch is not None and self._torch.loaded
-
     def load(self) -> None:
         self.onnx.load()
 
@@ -56,9 +52,7 @@ class EngineRouter:
         return self.onnx.adapter_shapes()
 
     def describe(self) -> dict[str, str]:
-        details = self.onnx.describe()
-        details["torch_loaded"] = str(self.torch_loaded).lower()
-        return details
+        return self.onnx.describe()
 
     def routes_to_onnx(self, params: GenerationParams) -> bool:
         return self._only_onnx or (self._prefer_onnx and self.onnx.serves(params))

@@ -51,11 +51,6 @@ class TorchEngine:
     def loaded(self) -> bool:
         return self._loaded.is_set()
 
-    @property
-    def pipeline(self) -> Any:
-        """The loaded text-to-image pipeline (its modules are shared with image-to-image)."""
-        return self._text_to_image
-
     def load(self) -> None:
         from diffusers import StableDiffusionImg2ImgPipeline
 
