@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -46,7 +47,10 @@ class TaskService:
         init_bytes: bytes | None = None
         init_info: InitImageInfo | None = None
         if request.init_image is not None:
-            init_bytes, init_info = decode_init_image(request.init_image, self._config.limits.max_init_image_pixels)
+            # Decoding a large image takes a while: off the event loop, so other requests are not held up.
+            init_bytes, init_info = await asyncio.to_thread(
+                decode_init_image, request.init_image, self._config.limits.max_init_image_pixels
+            )
         loras = self._library.resolve(request.loras or [])
         params = resolve_params(request, self._config.defaults, self._config.limits, init_info, loras=loras)
         self._check_engine(params)
