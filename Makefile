@@ -45,6 +45,7 @@ check: install-dev
 	$(BIN)/ruff format --check sdapi export tests bench
 	$(BIN)/ruff check sdapi export tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
 format: install-dev

@@ -33,7 +33,7 @@ def build_sd15_random(target: Path) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sdapi.engines.tiny import _SD15_SCHEDULER_CONFIG, _write_tokenizer
+    from sdapi.tiny_model import SD15_SCHEDULER_CONFIG, write_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -69,13 +69,13 @@ def build_sd15_random(target: Path) -> Path:
             hidden_act="quick_gelu",
         )
     )
-    _write_tokenizer(target.parent / "_tokenizer")  # byte-level: ids stay far below the ViT-L vocabulary size
+    write_tokenizer(target.parent / "_tokenizer")  # byte-level: ids stay far below the ViT-L vocabulary size
     pipeline = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=CLIPTokenizer.from_pretrained(target.parent / "_tokenizer"),
-        scheduler=PNDMScheduler.from_config(_SD15_SCHEDULER_CONFIG),
+        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -91,7 +91,7 @@ def measure(engine: str, dtype: str, model: Path, export: Path, steps: tuple[int
     from sdapi.config import ModelConfig, OnnxConfig
     from sdapi.engines.onnx_engine import OnnxEngine
     from sdapi.engines.torch_engine import TorchEngine
-    from tests.factories import make_params
+    from sdapi.testing.factories import make_params
 
     torch.manual_seed(0)
     config = ModelConfig(
@@ -181,7 +181,7 @@ def main() -> None:
 
     from export.exporter import export_model
     from sdapi.engines.devices import cpu_has_native_bf16
-    from sdapi.engines.tiny import make_tiny_model
+    from sdapi.tiny_model import make_tiny_model
 
     fast = "float16" if torch.cuda.is_available() else ("bfloat16" if cpu_has_native_bf16() else "float32")
     work = arguments.workdir.resolve()

@@ -17,11 +17,11 @@ import psutil
 
 from bench.machine import describe_machine
 from sdapi.config import ModelConfig
-from sdapi.engines.tiny import make_tiny_model
 from sdapi.engines.torch_engine import TorchEngine
-from sdapi.loras import LoraSpec
-from tests.adapter_fixtures import model_modules, write_adapter
-from tests.factories import make_params
+from sdapi.request import LoraSpec
+from sdapi.testing.adapter_files import model_modules, write_adapter
+from sdapi.testing.factories import make_params
+from sdapi.tiny_model import make_tiny_model
 
 SWAPS = 200
 

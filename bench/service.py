@@ -20,10 +20,10 @@ import httpx
 
 from bench.machine import describe_machine
 from sdapi.config import load_config
-from sdapi.engines.tiny import make_tiny_model
 from sdapi.engines.torch_engine import TorchEngine
-from tests.factories import make_params
-from tests.support import API_KEY, ServiceProcess, submit, write_config
+from sdapi.testing.factories import make_params
+from sdapi.testing.services import API_KEY, ServiceProcess, submit, write_config
+from sdapi.tiny_model import make_tiny_model
 
 REQUEST = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "num_inference_steps": 20, "seed": 1}
 RUNS = 7

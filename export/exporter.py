@@ -21,12 +21,14 @@ from typing import Any
 import torch
 
 from sdapi import __version__
-from sdapi.engines.adapter_files import AdapterFileError, compute_delta, group_factors
-from sdapi.engines.adapters import AdapterManager, adapter_targets
-from sdapi.engines.loading import describe_source, load_pipeline
+from sdapi.digests import sha256_file
+from sdapi.engines.loading import load_pipeline
 from sdapi.errors import ModelLoadFailed
-from sdapi.exports import ONNX_PARTS, ExportManifest, MergedLora, write_manifest
-from sdapi.loras import LoraSpec, read_adapter_file
+from sdapi.export_manifest import ONNX_PARTS, ExportManifest, MergedLora, write_manifest
+from sdapi.loras.files import AdapterFileError, check_fits
+from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
+from sdapi.model_sources import is_local_path
+from sdapi.request import MAX_LORA_WEIGHT, LoraSpec
 
 DEFAULT_OPSET = 17
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
@@ -54,8 +56,8 @@ def parse_lora_argument(text: str, loras_dir: Path | None) -> LoraArgument:
             reference = head
         except ValueError:
             pass  # a path with a colon in it and no weight
-    if not -2.0 <= weight <= 2.0:
-        raise ExportError(f"--lora {text}: weight {weight} is outside [-2, 2]")
+    if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
+        raise ExportError(f"--lora {text}: weight {weight} is outside [-{MAX_LORA_WEIGHT:g}, {MAX_LORA_WEIGHT:g}]")
     candidates = [Path(reference)]
     if loras_dir is not None:
         candidates.append(loras_dir / f"{reference}.safetensors")
@@ -66,24 +68,16 @@ def parse_lora_argument(text: str, loras_dir: Path | None) -> LoraArgument:
     raise ExportError(f"--lora {text}: no file {reference!r}{where}")
 
 
-def _sha256_file(path: Path, digest: hashlib._Hash | None = None) -> str:
-    digest = digest or hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_sha256(source: str) -> str:
     """A hash of the source's weights: the file itself, or a folder's weight files in name order."""
     path = Path(source)
     if path.is_file():
-        return _sha256_file(path)
+        return sha256_file(path)
     if path.is_dir():
         digest = hashlib.sha256()
         for weights in sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
             digest.update(str(weights.relative_to(path)).encode())
-            _sha256_file(weights, digest)
+            sha256_file(weights, digest)
         return digest.hexdigest()
     return "hub:" + source
 
@@ -108,13 +102,9 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _check_fit(lora: LoraArgument, targets: dict[str, torch.nn.Module]) -> None:
+def _check_fit(lora: LoraArgument, shapes: dict[str, tuple[int, ...]]) -> None:
     try:
-        modules = group_factors(read_adapter_file(lora.path))
-        for key, factors in modules.items():
-            if key not in targets:
-                raise AdapterFileError(f"module {key} is not in the model")
-            compute_delta(key, factors, targets[key].weight.shape)
+        check_fits(lora.path, shapes)
     except AdapterFileError as error:
         raise ExportError(f"LoRA {lora.path.name} does not fit the model: {error}") from None
 
@@ -184,8 +174,7 @@ def export_model(
     step = iter(range(1, steps + 1))
     if out.exists() and not force:
         raise ExportError(f"{out} already exists (use --force to replace it)")
-    looks_local = source.startswith((".", "/", "~")) or describe_source(source) != "hub"
-    if looks_local and not Path(source).expanduser().exists():
+    if is_local_path(source) and not Path(source).expanduser().exists():
         raise ExportError(f"model not found: {source}")
     device = "cuda" if fp16 else "cpu"
     if fp16 and not torch.cuda.is_available():
@@ -208,11 +197,12 @@ def export_model(
 
     progress(f"[{next(step)}/{steps}] merging {len(loras)} LoRA(s)")
     targets = adapter_targets(pipeline.unet, pipeline.text_encoder)
+    shapes = target_shapes(targets)
     merged: list[MergedLora] = []
     specs: list[LoraSpec] = []
     for lora in loras:
-        _check_fit(lora, targets)
-        sha = _sha256_file(lora.path)
+        _check_fit(lora, shapes)
+        sha = sha256_file(lora.path)
         specs.append(LoraSpec(name=lora.path.stem, weight=lora.weight, sha256=sha))
         merged.append(MergedLora(name=lora.path.stem, file=lora.path.name, weight=lora.weight, sha256=sha))
         progress(f"    {lora.path.name} at weight {lora.weight:g}")

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 
 DEFAULT_CONFIG = "config.yaml"
 
+# Each command imports what it runs inside its function, not at the top: `sdapi --help` and a config error then
+# answer at once instead of after importing torch and diffusers (seconds). There is no import cycle to dodge.
+
 
 def _serve(arguments: argparse.Namespace) -> int:
     import uvicorn
@@ -39,7 +42,7 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 
 def _make_tiny_model(arguments: argparse.Namespace) -> int:
-    from sdapi.engines.tiny import make_tiny_model
+    from sdapi.tiny_model import make_tiny_model
 
     path = make_tiny_model(arguments.directory)
     print(f"tiny model written to {path}")

@@ -16,7 +16,8 @@ import msgspec
 import yaml
 
 from sdapi.errors import ConfigError
-from sdapi.schedulers import SCHEDULER_NAMES
+from sdapi.model_sources import is_local_path
+from sdapi.request import SCHEDULER_NAMES, LoraRequest
 
 # Keys shipped in config.yaml that only work for a local try-out start with this marker.
 PLACEHOLDER_KEY_PREFIX = "change-me"
@@ -80,6 +81,20 @@ class LimitsConfig(_Section, frozen=True):
     max_inference_steps: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 150
     # Decoded init_image pixels (width * height); larger inputs are refused with a 400.
     max_init_image_pixels: PositiveInt = 4096 * 4096
+    # Request bodies larger than this are refused with a 413. null: what the largest init image the other limits
+    # allow can need (see request_bytes_needed).
+    max_request_bytes: PositiveInt | None = None
+
+    def request_bytes_needed(self) -> int:
+        """Bytes of the largest request these limits admit: an init image as large as allowed, as an uncompressed
+        16-bit RGBA PNG (8 bytes a pixel, PNG's worst case), base64-encoded (4/3), plus 1 MiB for the rest."""
+        # Image-to-image rounds the input's sides down to multiples of 8, so sides up to max + 7 are accepted.
+        pixels = min(self.max_init_image_pixels, (self.max_width + 7) * (self.max_height + 7))
+        return pixels * 8 * 4 // 3 + 2**20
+
+    @property
+    def request_limit_bytes(self) -> int:
+        return self.max_request_bytes if self.max_request_bytes is not None else self.request_bytes_needed()
 
 
 class QueueConfig(_Section, frozen=True):
@@ -151,16 +166,11 @@ class CallbacksConfig(_Section, frozen=True):
     max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
 
 
-class LoraWeightConfig(_Section, frozen=True):
-    name: str
-    weight: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] = 1.0
-
-
 class LorasConfig(_Section, frozen=True):
     # Folder of .safetensors LoRA/LoHa/LoKr files; null: data_dir/loras.
     dir: str | None = None
     # Applied to every request (a house style); a request naming the same LoRA overrides its weight.
-    defaults: list[LoraWeightConfig] = []
+    defaults: list[LoraRequest] = []
     max_per_request: Annotated[int, msgspec.Meta(ge=0, le=32)] = 5
     # Files whose prepared ΔW stay in memory (least recently used first out).
     cache_size: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
@@ -207,10 +217,6 @@ class Config(_Section, frozen=True):
         return [key for key in self.api.keys if key.startswith(PLACEHOLDER_KEY_PREFIX)]
 
 
-def _looks_like_local_path(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or value.endswith((".safetensors", ".ckpt"))
-
-
 def _resolve_paths(raw: dict[str, object], base: Path) -> None:
     """Make relative paths in the raw config relative to the config file's folder, not the CWD."""
     data_dir = raw.get("data_dir", "./data")
@@ -221,9 +227,11 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         loras["dir"] = str((base / Path(loras["dir"]).expanduser()).resolve())
     model = raw.get("model")
     if isinstance(model, dict):
-        path = model.get("path")
-        if isinstance(path, str) and _looks_like_local_path(path):
-            model["path"] = str((base / Path(path).expanduser()).resolve())
+        # path and single_file_config may name a hub id instead: those stay as written.
+        for key in ("path", "single_file_config"):
+            value = model.get(key)
+            if isinstance(value, str) and is_local_path(value, base):
+                model[key] = str((base / Path(value).expanduser()).resolve())
         if isinstance(model.get("onnx_path"), str):
             model["onnx_path"] = str((base / Path(model["onnx_path"]).expanduser()).resolve())
 

@@ -1,6 +1,29 @@
-"""The error tree of sdapi. No HTTP codes here: api/errors.py maps these to responses in one table."""
+"""The error tree of sdapi, split by who must act. No HTTP codes here: api/errors.py maps these to responses.
+
+SdapiError
+├── RequestError            the client must change something: answered 4xx, never retried as is
+│   ├── InvalidParameter            400  a request that parsed but cannot be served
+│   ├── AuthenticationFailed        401
+│   ├── TaskNotFound                404
+│   ├── RequestTooLarge             413
+│   ├── RequestValidationFailed     422  the body does not match the schema
+│   └── QueueFull                   429  with Retry-After
+└── ServiceError            the service (or its operator) must act: retried where that can help, else alerted
+    ├── ConfigError                 the service refuses to start
+    ├── ModelLoadFailed             tasks fail with the reason until the model loads
+    ├── GenerationFailed            one task fails with a user-safe message; the worker goes on
+    ├── StorageError                uploads are retried, then the task fails
+    ├── TaskStoreError              the task database failed; callers retry
+    └── InvalidTransition           a bug: a task was asked to move where its status does not allow
+
+Vendor exceptions (sqlite3, minio/urllib3, httpx, torch, onnxruntime) are translated into these inside the one
+module that talks to each vendor; nothing above those modules catches a vendor exception.
+"""
 
 from __future__ import annotations
+
+# The message of a generation that failed for a reason the client should not see (the traceback goes to the log).
+GENERIC_GENERATION_FAILURE = "生成过程中发生错误"
 
 
 class SdapiError(Exception):
@@ -11,19 +34,23 @@ class SdapiError(Exception):
         self.message = message
 
 
-class ConfigError(SdapiError):
-    """The configuration file or environment is wrong; the service refuses to start."""
+class RequestError(SdapiError):
+    """The request is wrong or not allowed now; the client must change it (or wait, for QueueFull)."""
 
 
-class AuthenticationFailed(SdapiError):
+class ServiceError(SdapiError):
+    """Something in the service or its infrastructure failed; not the client's fault."""
+
+
+class AuthenticationFailed(RequestError):
     """The API key is missing or unknown."""
 
 
-class TaskNotFound(SdapiError):
+class TaskNotFound(RequestError):
     """No task has the requested id."""
 
 
-class InvalidParameter(SdapiError):
+class InvalidParameter(RequestError):
     """A request parsed but cannot be served (unknown scheduler, bad image, size beyond limits...)."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -31,7 +58,7 @@ class InvalidParameter(SdapiError):
         self.field = field
 
 
-class RequestValidationFailed(SdapiError):
+class RequestValidationFailed(RequestError):
     """The request body does not match the schema (the seed's 422 with loc/msg/type entries)."""
 
     def __init__(self, errors: list[dict[str, object]]) -> None:
@@ -39,7 +66,17 @@ class RequestValidationFailed(SdapiError):
         self.errors = errors
 
 
-class QueueFull(SdapiError):
+class RequestTooLarge(RequestError):
+    """The request body is larger than limits.max_request_bytes."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(
+            f"请求体过大：上限 {limit_bytes} 字节（{limit_bytes / 2**20:.1f} MiB，limits.max_request_bytes）"
+        )
+        self.limit_bytes = limit_bytes
+
+
+class QueueFull(RequestError):
     """Too many tasks are pending; the client should retry after `retry_after` seconds."""
 
     def __init__(self, message: str, retry_after: int) -> None:
@@ -47,24 +84,28 @@ class QueueFull(SdapiError):
         self.retry_after = retry_after
 
 
-class InvalidTransition(SdapiError):
-    """A task was asked to move to a status its current status does not allow."""
+class ConfigError(ServiceError):
+    """The configuration file or environment is wrong; the service refuses to start."""
 
 
-class GenerationFailed(SdapiError):
-    """The engine could not make the images for this task (out of memory, bad model output...).
+class InvalidTransition(ServiceError):
+    """A task was asked to move to a status its current status does not allow (a bug, never the client's)."""
 
-    A user-level failure: the task fails with `message`, the worker goes on.
+
+class GenerationFailed(ServiceError):
+    """The engine could not make the images for this task (out of memory, a LoRA that no longer applies...).
+
+    The task fails with `message`, the worker goes on.
     """
 
 
-class ModelLoadFailed(SdapiError):
+class ModelLoadFailed(ServiceError):
     """The model could not be loaded (missing path, unreadable checkpoint...)."""
 
 
-class StorageError(SdapiError):
+class StorageError(ServiceError):
     """The image storage could not store or serve an image. An infrastructure failure: retried."""
 
 
-class TaskStoreError(SdapiError):
+class TaskStoreError(ServiceError):
     """The task database failed (disk full, locked, corrupt)."""

@@ -57,9 +57,12 @@ def decode_init_image(data_url: str, max_pixels: int) -> tuple[bytes, InitImageI
     return raw, InitImageInfo(width=width, height=height, format=image_format)
 
 
-def open_init_image(raw: bytes, width: int, height: int) -> Image.Image:
-    """Open stored init image bytes as RGB, cropped to the output size (multiples of 8, top-left anchored)."""
-    with Image.open(io.BytesIO(raw)) as image:
+def open_init_image(raw: bytes, info: InitImageInfo, width: int, height: int) -> Image.Image:
+    """Open stored init image bytes as RGB, cropped to the output size (multiples of 8, top-left anchored).
+
+    Only the format checked at submit is tried, so the bytes cannot decode as anything else later.
+    """
+    with Image.open(io.BytesIO(raw), formats=[info.format.upper()]) as image:
         rgb: Image.Image = image.convert("RGB")
     if rgb.size != (width, height):
         rgb = rgb.crop((0, 0, width, height))

@@ -1,94 +1,17 @@
-"""The generation request as clients send it, and the rules that turn it into GenerationParams. Pure."""
+"""The rules that turn a client's GenerationRequest into GenerationParams, what the engine runs. Pure: no files,
+no torch (`python -c "import sdapi.params"` loads neither)."""
 
 from __future__ import annotations
 
 import random
-from typing import Annotated
 
 import msgspec
 
 from sdapi.config import DefaultsConfig, LimitsConfig
 from sdapi.errors import InvalidParameter
-from sdapi.loras import LoraRequest, LoraSpec
-from sdapi.schedulers import SCHEDULER_NAMES
+from sdapi.request import MAX_SEED, OUTPUT_FORMATS, SCHEDULER_NAMES, GenerationRequest, LoraSpec
 
-OUTPUT_FORMATS = ("png", "jpg", "jpeg")
-MAX_IMAGES = 10
 MIN_SIDE = 64
-# Seeds are unsigned 32-bit integers, as in A1111 and most clients; image k of a batch uses seed + k.
-MAX_SEED = 2**32 - 1
-MAX_PROMPT_CHARS = 10_000
-
-
-class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Body of POST /api/v1/generate, field for field as the API document defines it."""
-
-    prompt: Annotated[
-        str,
-        msgspec.Meta(min_length=1, max_length=MAX_PROMPT_CHARS, description="提示词，描述要生成的图片内容"),
-    ]
-    init_image: Annotated[
-        str | None,
-        msgspec.Meta(
-            description="初始图片的base64编码（包含 data:image/png;base64, 或 data:image/jpeg;base64, 前缀）。"
-            "提供此参数时执行图生图"
-        ),
-    ] = None
-    negative_prompt: (
-        Annotated[
-            str,
-            msgspec.Meta(max_length=MAX_PROMPT_CHARS, description="负面提示词，描述不希望在图片中出现的内容"),
-        ]
-        | None
-    ) = None
-    width: (
-        Annotated[
-            int,
-            msgspec.Meta(gt=0, description="图片宽度（像素，8的倍数）。仅文生图有效；null 时用配置 defaults.width"),
-        ]
-        | None
-    ) = None
-    height: (
-        Annotated[
-            int,
-            msgspec.Meta(gt=0, description="图片高度（像素，8的倍数）。仅文生图有效；null 时用配置 defaults.height"),
-        ]
-        | None
-    ) = None
-    num_images: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMAGES, description="生成图片张数，范围：1-10")] = 1
-    num_inference_steps: (
-        Annotated[int, msgspec.Meta(ge=1, description="推理步数，建议20-50；null 时用配置默认值")] | None
-    ) = None
-    guidance_scale: (
-        Annotated[float, msgspec.Meta(ge=0.0, le=30.0, description="引导强度（CFG Scale），0-30，建议7.0-12.0")] | None
-    ) = None
-    strength: (
-        Annotated[float, msgspec.Meta(ge=0.0, le=1.0, description="图生图强度，范围0.0-1.0。仅图生图有效")] | None
-    ) = None
-    scheduler: Annotated[str | None, msgspec.Meta(description="采样方法名称：" + "、".join(SCHEDULER_NAMES))] = None
-    seed: (
-        Annotated[
-            int,
-            msgspec.Meta(
-                ge=0,
-                le=MAX_SEED,
-                description="随机种子（0-4294967295）。相同seed与参数生成相同图片；第k张图片使用 seed+k；"
-                "不指定时随机选取并记录在任务上",
-            ),
-        ]
-        | None
-    ) = None
-    output_format: Annotated[str, msgspec.Meta(description="输出图片格式，可选：png、jpg、jpeg")] = "png"
-    callback_url: Annotated[
-        str | None, msgspec.Meta(description="回调URL。生成完成后将结果通过POST请求推送到该URL")
-    ] = None
-    loras: Annotated[
-        list[LoraRequest] | None,
-        msgspec.Meta(
-            description="本次请求使用的 LoRA/LoHa/LoKr 列表：[{name, weight}]，weight 范围 -2 到 2（默认 1.0）。"
-            "配置 loras.defaults 中的 LoRA 总会加上；同名时以请求的权重为准"
-        ),
-    ] = None
 
 
 class InitImageInfo(msgspec.Struct, frozen=True):
@@ -96,7 +19,7 @@ class InitImageInfo(msgspec.Struct, frozen=True):
 
     width: int
     height: int
-    format: str  # "png" | "jpeg"
+    format: str  # "png" | "jpeg": the stored bytes are decoded as this format only
 
 
 class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):

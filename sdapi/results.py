@@ -8,6 +8,14 @@ from sdapi.storage import ImageStorage
 from sdapi.tasks import Task, TaskStatus
 
 
+def public_base_url(configured: str | None, fallback: str | None) -> str | None:
+    """The base of result URLs: server.public_base_url when configured, else `fallback` (the base URL of the
+    request reading the task; for a callback, of the request that created it). Decided here and nowhere else."""
+    if configured:
+        return configured.rstrip("/")
+    return fallback.rstrip("/") if fallback else None
+
+
 def result_urls(task: Task, storage: ImageStorage, base_url: str | None) -> tuple[str | None, list[str] | None]:
     """(result_url, result_urls): one image -> (url, None); several -> (None, urls); unfinished -> (None, None)."""
     if task.status is not TaskStatus.COMPLETED:

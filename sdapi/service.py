@@ -5,18 +5,34 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target, system_resolver
 from sdapi.config import Config
 from sdapi.deliveries import Delivery
 from sdapi.errors import QueueFull
 from sdapi.images import decode_init_image
-from sdapi.loras import LoraLibrary
-from sdapi.params import GenerationParams, GenerationRequest, InitImageInfo, resolve_params
-from sdapi.store import TaskStore
-from sdapi.tasks import Task, TaskStatus, create
+from sdapi.loras.library import LoraLibrary
+from sdapi.params import GenerationParams, InitImageInfo, resolve_params
+from sdapi.request import GenerationRequest
+from sdapi.results import public_base_url, result_urls
+from sdapi.storage import ImageStorage
+from sdapi.store import CallbackOutbox, TaskStore
+from sdapi.tasks import Task, create
 
 logger = logging.getLogger(__name__)
+
+QUEUE_FULL_MESSAGE = "任务队列已满，请稍后重试"
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A task as a client reads it: the task, its callback delivery, and its result URLs (the contract's rule)."""
+
+    task: Task
+    delivery: Delivery | None
+    result_url: str | None
+    result_urls: list[str] | None
 
 
 class TaskService:
@@ -25,7 +41,9 @@ class TaskService:
     def __init__(
         self,
         config: Config,
-        store: TaskStore,
+        task_store: TaskStore,
+        outbox: CallbackOutbox,
+        storage: ImageStorage,
         wake_worker: Callable[[], None],
         callback_policy: CallbackPolicy,
         library: LoraLibrary,
@@ -33,17 +51,17 @@ class TaskService:
         resolver: Resolver = system_resolver,
     ) -> None:
         self._config = config
-        self._library = library
-        self._check_engine = check_engine
-        self._store = store
+        self._tasks = task_store
+        self._outbox = outbox
+        self._storage = storage
         self._wake_worker = wake_worker
         self._callback_policy = callback_policy
+        self._library = library
+        self._check_engine = check_engine
         self._resolver = resolver
 
     async def submit(self, request: GenerationRequest, base_url: str | None) -> Task:
         """Validate `request`, store it as a pending task and wake the worker; raise InvalidParameter or QueueFull."""
-        if self._store.count(TaskStatus.PENDING) >= self._config.queue.max_pending:
-            raise QueueFull("任务队列已满，请稍后重试", retry_after=self._config.queue.retry_after_seconds)
         init_bytes: bytes | None = None
         init_info: InitImageInfo | None = None
         if request.init_image is not None:
@@ -60,11 +78,12 @@ class TaskService:
                 params.callback_url, self._callback_policy, self._resolver, self._config.callbacks.resolve_timeout
             )
         task = create(params, base_url=base_url)
-        self._store.add(task, init_bytes)
+        if not await self._tasks.add(task, init_bytes, self._config.queue.max_pending):
+            raise QueueFull(QUEUE_FULL_MESSAGE, retry_after=self._config.queue.retry_after_seconds)
         logger.info(
             "task %s created: %s %dx%d x%d, %d steps",
             task.id,
-            "img2img" if init_info else "txt2img",
+            "img2img" if params.is_image_to_image else "txt2img",
             params.width,
             params.height,
             params.num_images,
@@ -73,6 +92,10 @@ class TaskService:
         self._wake_worker()
         return task
 
-    def get(self, task_id: str) -> tuple[Task, Delivery | None]:
-        """The task with this id and its callback delivery; raise TaskNotFound."""
-        return self._store.get(task_id), self._store.delivery_for(task_id)
+    async def get(self, task_id: str, request_base_url: str | None) -> TaskView:
+        """The task with this id as a client sees it from `request_base_url`; raise TaskNotFound."""
+        task = await self._tasks.get(task_id)
+        delivery = await self._outbox.for_task(task_id)
+        base_url = public_base_url(self._config.server.public_base_url, request_base_url)
+        single, several = result_urls(task, self._storage, base_url)
+        return TaskView(task=task, delivery=delivery, result_url=single, result_urls=several)

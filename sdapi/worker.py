@@ -1,81 +1,35 @@
-"""The in-process worker: takes pending tasks one at a time, runs the engine off the event loop,
-stores the images and records the result."""
+"""The worker's task loop: takes pending tasks one at a time, runs the engine on the generation thread, stores the
+images and records the result (with its callback delivery, in the same write)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
 
 from sdapi import tasks
 from sdapi.config import Config
 from sdapi.deliveries import new_delivery
 from sdapi.engines import Engine
-from sdapi.errors import GenerationFailed, ModelLoadFailed, SdapiError, StorageError
+from sdapi.errors import GENERIC_GENERATION_FAILURE, GenerationFailed, ModelLoadFailed, SdapiError, StorageError
+from sdapi.generation_thread import GenerationThread
 from sdapi.images import CONTENT_TYPES, encode_image, open_init_image
 from sdapi.storage import ImageStorage
-from sdapi.store import TaskStore
+from sdapi.store import InitImageStore, TaskStore
 from sdapi.tasks import Task, TaskStatus
+from sdapi.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-GENERIC_FAILURE = "生成过程中发生错误"
 # How often the idle worker looks at the store even without a wake-up (tasks added by another process).
 IDLE_POLL_SECONDS = 1.0
-
-
-class GenerationThread:
-    """One long-lived daemon thread that runs the engine's work, one job at a time.
-
-    Long-lived, because torch's OpenMP thread team belongs to the thread that starts it: a new thread per task
-    would build (and warm) a new team every time. A daemon, because when a shutdown's grace period runs out the
-    process must be able to exit with a generation still running (the task is then re-run after the restart).
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._serve, name="sdapi-generation", daemon=True)
-        self._thread.start()
-
-    def submit(self, function: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue `function`; the returned future (of the running loop) gets its result or exception."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((function, future, loop))
-        return future
-
-    def _serve(self) -> None:
-        while True:
-            function, future, loop = self._jobs.get()
-            outcome: Callable[[], None]
-            try:
-                result = function()
-            except BaseException as error:  # handed to the awaiting coroutine, which decides
-                outcome = functools.partial(_settle, future, None, error)
-            else:
-                outcome = functools.partial(_settle, future, result, None)
-            # The loop may have closed during shutdown; then nobody waits for this result any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(outcome)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+# Recording a finished run is retried while the task store fails: waits double from the first to the last value
+# and stay there, until the write succeeds or stop() gives up on the task (a task must not stay `processing`
+# because one write failed).
+RECORD_RETRY_FIRST_SECONDS = 0.1
+RECORD_RETRY_MAX_SECONDS = 5.0
 
 
 class Worker:
@@ -84,32 +38,35 @@ class Worker:
     def __init__(
         self,
         config: Config,
-        store: TaskStore,
+        task_store: TaskStore,
+        init_images: InitImageStore,
         engine: Engine,
         storage: ImageStorage,
         on_delivery: Callable[[], None] = lambda: None,
         on_model_loaded: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
-        self._on_delivery = on_delivery
-        self._on_model_loaded = on_model_loaded
-        self._store = store
+        self._tasks = task_store
+        self._init_images = init_images
         self._engine = engine
         self._storage = storage
-        self._wake = asyncio.Event()
+        self._on_delivery = on_delivery
+        self._on_model_loaded = on_model_loaded
+        self._wakeup = Wakeup()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._generation = GenerationThread()
+        # The task this worker has started and not yet recorded as finished (generating, or being recorded).
         self._current: Task | None = None
         self.model_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
-    def recover(self) -> None:
+    async def recover(self) -> None:
         """At start-up: tasks left `processing` by a crash run again, or fail when out of attempts."""
-        for task in self._store.with_status(TaskStatus.PROCESSING):
+        for task in await self._tasks.with_status(TaskStatus.PROCESSING):
             recovered = tasks.recover_interrupted(task, self._config.queue.max_attempts)
-            self._record(recovered, TaskStatus.PROCESSING)
+            await self._record(recovered, TaskStatus.PROCESSING)
             logger.warning("task %s was interrupted (attempt %d): now %s", task.id, task.attempts, recovered.status)
 
     def start(self) -> None:
@@ -118,12 +75,12 @@ class Worker:
 
     def wake(self) -> None:
         """A task was added: look at the queue now instead of at the next poll."""
-        self._wake.set()
+        self._wakeup.nudge()
 
     async def stop(self, grace_seconds: float) -> None:
         """Take no new task; let the running one finish within `grace_seconds`, else leave it to be re-run."""
         self._stopping = True
-        self._wake.set()
+        self._wakeup.nudge()
         if self._loop_task is None:
             return
         try:
@@ -136,12 +93,20 @@ class Worker:
         self._loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
-        if interrupted is not None:
-            logger.warning(
-                "shutdown: task %s did not finish in %.0fs; it will run again", interrupted.id, grace_seconds
-            )
-            # A clean shutdown is not the task's fault: give back the attempt it was using.
-            self._record(tasks.retry(interrupted, count_attempt=False), TaskStatus.PROCESSING)
+        if interrupted is None:
+            return
+        logger.warning("shutdown: task %s did not finish in %.0fs; it will run again", interrupted.id, grace_seconds)
+        # A clean shutdown is not the task's fault: give back the attempt it was using. If its outcome was written
+        # meanwhile, this write finds it finished and changes nothing.
+        try:
+            await self._record(tasks.retry(interrupted, count_attempt=False), TaskStatus.PROCESSING)
+        except SdapiError as error:
+            logger.error("shutdown: task %s stays processing until restart recovery: %s", interrupted.id, error.message)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a task is being generated or recorded now."""
+        return self._current is not None
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -149,15 +114,13 @@ class Worker:
         await self._load_model()
         while not self._stopping:
             try:
-                task = self._store.next_pending()
+                task = await self._tasks.next_pending()
                 if task is not None:
                     await self._process(task)
                     continue
             except SdapiError as error:  # the task database failed: log, wait, try again
                 logger.error("worker: %s", error.message)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL_SECONDS)
+            await self._wakeup.sleep(IDLE_POLL_SECONDS)
 
     async def _load_model(self) -> None:
         try:
@@ -173,48 +136,64 @@ class Worker:
 
     async def _process(self, task: Task) -> None:
         if self.model_error is not None:
-            self._record(tasks.fail(task, self.model_error), TaskStatus.PENDING)
+            await self._record(tasks.fail(task, self.model_error), TaskStatus.PENDING)
             return
         started = tasks.start(task)
-        if not self._record(started, TaskStatus.PENDING):
+        if not await self._record(started, TaskStatus.PENDING):
             return  # someone else changed it meanwhile
         self._current = started
         began = time.perf_counter()
         try:
-            keys, engine = await self._generation.submit(lambda: self._make_images(started))
-            finished = tasks.complete(started, keys, engine)
-        except asyncio.CancelledError:
-            raise
-        except SdapiError as error:  # GenerationFailed, StorageError...: a result with a user-safe message
-            logger.warning("task %s failed: %s", started.id, error.message)
-            finished = tasks.fail(started, error.message)
-        except Exception:
-            logger.exception("task %s failed with an unexpected error", started.id)
-            finished = tasks.fail(started, GENERIC_FAILURE)
+            finished = await self._run_task(started)
+            if await self._record_until_written(finished, TaskStatus.PROCESSING):
+                logger.info("task %s %s in %.2fs", started.id, finished.status, time.perf_counter() - began)
         finally:
             self._current = None
-        if self._record(finished, TaskStatus.PROCESSING):
-            logger.info("task %s %s in %.2fs", started.id, finished.status, time.perf_counter() - began)
 
-    def _record(self, task: Task, expected: TaskStatus) -> bool:
+    async def _run_task(self, started: Task) -> Task:
+        """Generate and store the images of a started task: the task completed, or failed with a user-safe message."""
+        try:
+            init_image = None
+            if started.params.is_image_to_image:
+                init_image = await self._init_images.get(started.id)
+                if init_image is None:
+                    raise GenerationFailed("生成失败：找不到任务的初始图片")
+            keys, engine = await self._generation.submit(lambda: self._make_images(started, init_image))
+            return tasks.complete(started, keys, engine)
+        except SdapiError as error:  # GenerationFailed, StorageError, TaskStoreError...: a result, not a crash
+            logger.warning("task %s failed: %s", started.id, error.message)
+            return tasks.fail(started, error.message)
+        except Exception:
+            logger.exception("task %s failed with an unexpected error", started.id)
+            return tasks.fail(started, GENERIC_GENERATION_FAILURE)
+
+    async def _record(self, task: Task, expected: TaskStatus) -> bool:
         """Store the task's new state; a finished task with a callback_url gets its delivery in the same write."""
         delivery = None
         if task.status.is_terminal and task.params.callback_url:
             delivery = new_delivery(task.id, task.params.callback_url, time.time())
-        written = self._store.update(task, expected, delivery)
+        written = await self._tasks.update(task, expected, delivery)
         if written and delivery is not None:
             self._on_delivery()
         return written
 
-    def _make_images(self, task: Task) -> tuple[list[str], str]:
+    async def _record_until_written(self, task: Task, expected: TaskStatus) -> bool:
+        """`_record`, retried while the task store fails (see RECORD_RETRY_*), until written or cancelled by stop()."""
+        wait = RECORD_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await self._record(task, expected)
+            except SdapiError as error:
+                logger.error("task %s: recording %s failed, retrying in %.1fs: %s", task.id, task.status, wait, error)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
+
+    def _make_images(self, task: Task, init_bytes: bytes | None) -> tuple[list[str], str]:
         """On the generation thread: run the engine, encode and store every image; return the keys and engine."""
         params = task.params
         init_image = None
-        if params.init_image is not None:
-            raw = self._store.init_image(task.id)
-            if raw is None:
-                raise GenerationFailed("生成失败：找不到任务的初始图片")
-            init_image = open_init_image(raw, params.width, params.height)
+        if init_bytes is not None and params.init_image is not None:
+            init_image = open_init_image(init_bytes, params.init_image, params.width, params.height)
         generated = self._engine.generate(params, init_image)
         extension = params.output_format
         return [self._save(encode_image(image, extension), extension) for image in generated.images], generated.engine

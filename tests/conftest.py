@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sdapi.engines.tiny import make_tiny_model
-from tests.support import InProcessService, in_process
+from sdapi.testing.services import InProcessService, in_process
+from sdapi.tiny_model import make_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
+from sdapi.callbacks.signing import sign
+
 
 @dataclass
 class Received:
@@ -171,3 +173,13 @@ class PresignGateway:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """What a Standard Webhooks receiver does: recompute and compare each v1 signature in constant time."""
+    expected = sign(secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body).split(",", 1)[1]
+    for candidate in headers["webhook-signature"].split():
+        version, _, value = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return True
+    return False

@@ -10,11 +10,15 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import msgspec
+from litestar._openapi.schema_generation import SchemaCreator
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, Schema, SecurityScheme
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
+from litestar.typing import FieldDefinition
 
 from sdapi import __version__
 
@@ -72,3 +76,19 @@ def assets_router() -> Router | None:
     if folder is None:
         return None
     return create_static_files_router(path=ASSETS_ROUTE, directories=[folder], include_in_schema=False)
+
+
+class StrictStructSchemaPlugin(StructSchemaPlugin):
+    """Request bodies that refuse unknown fields (msgspec's forbid_unknown_fields) say so in the schema, with
+    `additionalProperties: false`, so generated clients and schema-driven fuzzers agree with the service.
+
+    Litestar's own Struct plugin leaves additionalProperties unset; this subclass (of a class Litestar does not
+    export publicly) adds the one attribute. tests check /openapi.json, so an upgrade that breaks it shows up.
+    """
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        info = msgspec.inspect.type_info(field_definition.type_)
+        if isinstance(info, msgspec.inspect.StructType) and info.forbid_unknown_fields:
+            schema.additional_properties = False
+        return schema

@@ -12,6 +12,8 @@ from sdapi.errors import (
     AuthenticationFailed,
     InvalidParameter,
     QueueFull,
+    RequestError,
+    RequestTooLarge,
     RequestValidationFailed,
     SdapiError,
     TaskNotFound,
@@ -21,13 +23,16 @@ logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR_DETAIL = "服务器内部错误"
 
-# Looked up along the exception's class tree (most specific first); anything else is a 500.
+# Looked up along the exception's class tree (most specific first): any other RequestError is the client's 400;
+# a ServiceError (or anything else) is a 500 whose message stays in the log.
 STATUS_BY_ERROR: dict[type[SdapiError], int] = {
     InvalidParameter: 400,
     AuthenticationFailed: 401,
     TaskNotFound: 404,
+    RequestTooLarge: 413,
     RequestValidationFailed: 422,
     QueueFull: 429,
+    RequestError: 400,
 }
 
 

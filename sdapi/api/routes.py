@@ -1,4 +1,4 @@
-"""Route handlers: decode, call one function, encode. Nothing else."""
+"""Route handlers: decode, call one function of the runtime or its service, encode. Nothing else."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from sdapi.api.schemas import (
     LoraListResponse,
     TaskResponse,
     ValidationErrorResponse,
+    health_response,
     task_response,
 )
 from sdapi.api.validation import strict_body
+from sdapi.bootstrap import Runtime
 from sdapi.images import CONTENT_TYPES
-from sdapi.params import GenerationRequest
-from sdapi.runtime import Runtime
-from sdapi.storage.local import IMAGE_ROUTE, LocalImageStorage
-from sdapi.tasks import TaskStatus
+from sdapi.request import GenerationRequest
+from sdapi.storage.local import IMAGE_ROUTE
 
 _ERRORS = {
     401: ResponseSpec(ErrorResponse, description="认证失败（API Key无效或缺失）"),
@@ -43,25 +43,9 @@ def _base_url(request: Request[Any, Any, Any]) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def health_response(runtime: Runtime) -> HealthResponse:
-    engine = runtime.engine
-    details = engine.describe()
-    return HealthResponse(
-        status="ok",
-        model_loaded=engine.loaded,
-        engine=engine.name,
-        device=details.get("device", ""),
-        dtype=details.get("dtype", ""),
-        providers=[name for name in details.get("providers", "").split(",") if name],
-        storage=runtime.storage.check(),
-        queue_pending=runtime.store.count(TaskStatus.PENDING),
-        model_error=runtime.worker.model_error,
-    )
-
-
 @get(["/health", "/api/health"], summary="健康检查", description="检查服务状态和模型加载情况。无需 API Key。")
 async def health(state: State) -> HealthResponse:
-    return health_response(_runtime(state))
+    return health_response(await _runtime(state).health())
 
 
 class TaskController(Controller):
@@ -95,10 +79,7 @@ class TaskController(Controller):
         responses={404: ResponseSpec(ErrorResponse, description="任务不存在"), **_ERRORS},
     )
     async def get_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
-        runtime = _runtime(request.app.state)
-        task, delivery = runtime.service.get(task_id)
-        base_url = runtime.config.server.public_base_url or _base_url(request)
-        return task_response(task, runtime.storage, base_url, delivery)
+        return task_response(await _runtime(request.app.state).service.get(task_id, _base_url(request)))
 
 
 class LoraController(Controller):
@@ -132,8 +113,7 @@ class LoraController(Controller):
 @get(f"{IMAGE_ROUTE}/{{key:str}}", include_in_schema=False)
 async def image_file(key: str, state: State) -> File:
     """Images from local storage. Public by design (the seed: image URLs are public); keys are unguessable."""
-    storage = _runtime(state).storage
-    path = storage.path_for(key) if isinstance(storage, LocalImageStorage) else None
+    path = _runtime(state).image_path(key)
     if path is None:
         raise NotFoundException("图片不存在")
     return File(path, content_disposition_type="inline", media_type=CONTENT_TYPES[path.suffix.lstrip(".")])

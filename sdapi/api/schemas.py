@@ -6,11 +6,10 @@ from typing import Annotated
 
 import msgspec
 
-from sdapi.deliveries import Delivery
-from sdapi.loras import LoraEntry
-from sdapi.results import iso, result_urls
-from sdapi.storage import ImageStorage
-from sdapi.tasks import Task
+from sdapi.bootstrap import ServiceHealth
+from sdapi.loras.library import LoraEntry
+from sdapi.results import iso
+from sdapi.service import TaskView
 
 TASK_CREATED_MESSAGE = "任务已创建，正在处理中"
 
@@ -36,7 +35,9 @@ class TaskResponse(msgspec.Struct):
     updated_at: Annotated[str, msgspec.Meta(description="任务更新时间（ISO 8601，UTC）")]
     seed: Annotated[int, msgspec.Meta(description="使用的随机种子（未指定时为随机选取的值）；第k张图片使用 seed+k")]
     num_images: Annotated[int, msgspec.Meta(description="请求的图片张数")]
-    attempts: Annotated[int, msgspec.Meta(description="已开始运行的次数（服务中断后会重新运行）")]
+    attempts: Annotated[
+        int, msgspec.Meta(description="已开始运行的次数（服务中断后会重新运行；正常停机时中断的那次不计入）")
+    ]
     engine: Annotated[str | None, msgspec.Meta(description="生成图片的引擎（torch 或 onnx），完成后有值")] = None
     loras: Annotated[list[LoraUsed], msgspec.Meta(description="本任务使用的 LoRA（含配置的默认 LoRA）及其权重")] = []
     callback_status: Annotated[
@@ -77,14 +78,28 @@ class ValidationErrorResponse(msgspec.Struct):
     detail: list[ValidationErrorItem]
 
 
-def task_response(task: Task, storage: ImageStorage, base_url: str | None, delivery: Delivery | None) -> TaskResponse:
+def health_response(health: ServiceHealth) -> HealthResponse:
+    return HealthResponse(
+        status="ok",
+        model_loaded=health.model_loaded,
+        engine=health.engine,
+        device=health.device,
+        dtype=health.dtype,
+        providers=health.providers,
+        storage=health.storage,
+        queue_pending=health.queue_pending,
+        model_error=health.model_error,
+    )
+
+
+def task_response(view: TaskView) -> TaskResponse:
     """The task body: the contract's seven fields (with its result URL rule) and our additions."""
-    result_url, urls = result_urls(task, storage, base_url)
+    task, delivery = view.task, view.delivery
     return TaskResponse(
         task_id=task.id,
         status=task.status.value,
-        result_url=result_url,
-        result_urls=urls,
+        result_url=view.result_url,
+        result_urls=view.result_urls,
         error_message=task.error_message,
         created_at=iso(task.created_at),
         updated_at=iso(task.updated_at),

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -22,10 +22,12 @@ from sdapi.callbacks.signing import signature_headers
 from sdapi.callbacks.ssrf import CallbackPolicy, CallbackRefused, Resolver, resolve_target, system_resolver
 from sdapi.config import CallbacksConfig
 from sdapi.deliveries import Delivery, after_attempt
-from sdapi.results import iso, result_urls
+from sdapi.errors import SdapiError
+from sdapi.results import iso, public_base_url, result_urls
 from sdapi.storage import ImageStorage
-from sdapi.store import TaskStore
+from sdapi.store import CallbackOutbox, TaskStore
 from sdapi.tasks import Task, TaskStatus
+from sdapi.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -56,26 +58,48 @@ def callback_body(task: Task, storage: ImageStorage, base_url: str | None) -> di
     return body
 
 
+class DeliveryAttemptFailed(Exception):
+    """One POST did not deliver; `retryable` says whether another try may."""
+
+    def __init__(self, reason: str, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+@contextlib.contextmanager
+def _transport_errors(timeout: float) -> Iterator[None]:
+    """The one map from httpx's exceptions to a failed attempt: every transport failure is worth retrying."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise DeliveryAttemptFailed(f"timed out after {timeout:g}s", retryable=True) from None
+    except httpx.HTTPError as error:
+        raise DeliveryAttemptFailed(f"{type(error).__name__}: {error}", retryable=True) from None
+
+
 class CallbackSender:
     """Sends due deliveries, at most `max_concurrent` at a time, and records each outcome."""
 
     def __init__(
         self,
         config: CallbacksConfig,
-        store: TaskStore,
+        task_store: TaskStore,
+        outbox: CallbackOutbox,
         storage: ImageStorage,
         public_base_url: str | None,
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
-        self._store = store
+        self._tasks = task_store
+        self._outbox = outbox
         self._storage = storage
         self._public_base_url = public_base_url
         self._resolver = resolver
         self._clock = clock
         self.policy = CallbackPolicy(config.allow_private_networks, tuple(config.allowed_hosts))
-        self._wake = asyncio.Event()
+        self._wakeup = Wakeup()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
@@ -87,7 +111,7 @@ class CallbackSender:
 
     def wake(self) -> None:
         """A delivery was recorded: look at the outbox now."""
-        self._wake.set()
+        self._wakeup.nudge()
 
     async def stop(self) -> None:
         """Stop sending. Deliveries cut short stay pending and are sent again after the restart, same id."""
@@ -103,21 +127,19 @@ class CallbackSender:
     async def _run(self) -> None:
         while True:
             try:
-                self._start_due()
-                next_at = self._store.next_delivery_at()
-            except Exception:
-                logger.exception("callback sender: reading the outbox failed")
+                await self._start_due()
+                next_at = await self._outbox.next_due_at()
+            except SdapiError as error:
+                logger.error("callback sender: reading the outbox failed: %s", error.message)
                 next_at = None
             wait = IDLE_POLL_SECONDS if next_at is None else min(IDLE_POLL_SECONDS, max(0.0, next_at - self._clock()))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))
+            await self._wakeup.sleep(max(wait, 0.01))
 
-    def _start_due(self) -> None:
+    async def _start_due(self) -> None:
         room = self._config.max_concurrent - len(self._in_flight)
         if room <= 0:
             return
-        for delivery in self._store.due_deliveries(self._clock(), limit=room + len(self._in_flight)):
+        for delivery in await self._outbox.due(self._clock(), limit=room + len(self._in_flight)):
             if delivery.id in self._in_flight or len(self._in_flight) >= self._config.max_concurrent:
                 continue
             task = asyncio.get_running_loop().create_task(self._attempt(delivery))
@@ -126,10 +148,15 @@ class CallbackSender:
 
     def _finished(self, delivery_id: str, _: asyncio.Task[None]) -> None:
         self._in_flight.pop(delivery_id, None)
-        self._wake.set()
+        self._wakeup.nudge()
 
     async def _attempt(self, delivery: Delivery) -> None:
-        delivered, retryable, error = await self._post(delivery)
+        try:
+            delivered, retryable, error = await self._post(delivery)
+        except SdapiError as failure:  # the task store failed: no attempt was made; it stays due
+            logger.error("callback %s: reading task %s failed: %s", delivery.id, delivery.task_id, failure.message)
+            await asyncio.sleep(IDLE_POLL_SECONDS)  # not in a tight loop against a failing store
+            return
         updated = after_attempt(
             delivery,
             delivered=delivered,
@@ -139,7 +166,11 @@ class CallbackSender:
             max_attempts=self._config.max_attempts,
             backoff_base=self._config.backoff_base,
         )
-        self._store.save_delivery(updated)
+        try:
+            await self._outbox.save(updated)
+        except SdapiError as failure:  # stays due: sent again (same id) once the store answers
+            logger.error("callback %s: recording the attempt failed: %s", delivery.id, failure.message)
+            return
         if updated.status != delivery.status:
             logger.info(
                 "callback %s for task %s: %s after %d attempt(s)%s",
@@ -154,8 +185,8 @@ class CallbackSender:
         """One POST. Returns (delivered, worth retrying, error)."""
         assert self._client is not None
         try:
-            task = self._store.get(delivery.task_id)
-            base_url = self._public_base_url or task.base_url
+            task = await self._tasks.get(delivery.task_id)
+            base_url = public_base_url(self._public_base_url, task.base_url)
             body = msgspec.json.encode(callback_body(task, self._storage, base_url))
             target = await resolve_target(delivery.url, self.policy, self._resolver, self._config.resolve_timeout)
         except CallbackRefused as refused:
@@ -175,13 +206,12 @@ class CallbackSender:
             headers.update({"webhook-id": delivery.id, "webhook-timestamp": str(timestamp)})
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            response = await self._client.post(
-                url.copy_with(host=target.address), content=body, headers=headers, extensions=extensions
-            )
-        except httpx.TimeoutException:
-            return False, True, f"timed out after {self._config.timeout:g}s"
-        except httpx.HTTPError as error:
-            return False, True, f"{type(error).__name__}: {error}"
+            with _transport_errors(self._config.timeout):
+                response = await self._client.post(
+                    url.copy_with(host=target.address), content=body, headers=headers, extensions=extensions
+                )
+        except DeliveryAttemptFailed as failed:
+            return False, failed.retryable, failed.reason
         if 200 <= response.status_code < 300:
             return True, False, None
         retryable = response.status_code == 429 or response.status_code >= 500

@@ -1,4 +1,7 @@
-"""Standard Webhooks signatures: webhook-id, webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256>."""
+"""Standard Webhooks signatures: webhook-id, webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256>.
+
+Only the sending side lives here; receivers verify with their own library (tests/receivers.py has one).
+"""
 
 from __future__ import annotations
 
@@ -29,13 +32,3 @@ def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes)
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(secret, message_id, timestamp, body),
     }
-
-
-def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """What a receiver does: recompute and compare each v1 signature in constant time."""
-    expected = sign(secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body).split(",", 1)[1]
-    for candidate in headers["webhook-signature"].split():
-        version, _, value = candidate.partition(",")
-        if version == "v1" and hmac.compare_digest(value, expected):
-            return True
-    return False

@@ -38,9 +38,8 @@ class CallbackRefused(InvalidParameter):
 
 @dataclass(frozen=True)
 class CallbackTarget:
-    """A checked callback URL and the one address to connect to."""
+    """A checked callback URL's parts and the one address to connect to."""
 
-    url: str
     scheme: str
     host: str
     port: int
@@ -133,4 +132,4 @@ async def resolve_target(url: str, policy: CallbackPolicy, resolver: Resolver, t
     # A name with one internal address among several is refused: the connection could land on any of them.
     for address in addresses:
         policy.check_address(host, address)
-    return CallbackTarget(url=url, scheme=scheme, host=host, port=port, address=str(addresses[0]))
+    return CallbackTarget(scheme=scheme, host=host, port=port, address=str(addresses[0]))

@@ -1,5 +1,6 @@
 """Engine: turns GenerationParams into images. torch_engine.py (diffusers) is the reference engine; onnx_engine.py
-runs an export through ONNX Runtime; router.py picks between them per request."""
+runs an export through ONNX Runtime; router.py sends each request to one of them; factory.py decides, from the
+config, which engines a service has. Every engine turns its vendor's exceptions into sdapi errors (failures.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,11 @@ class Engine(Protocol):
         """Device, dtype, providers and the like, for /health."""
 
     def check(self, params: GenerationParams) -> None:
-        """At submit time: raise InvalidParameter if this engine cannot serve `params` (e.g. a LoRA set)."""
+        """Raise InvalidParameter, naming the field and why, if this engine cannot serve `params`.
+
+        Called at submit time (a 400 then) and by routers to choose an engine. An engine that is not loaded yet
+        refuses only what it can decide without the model.
+        """
 
     def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
-        """The `params.num_images` images for one task; raise GenerationFailed."""
+        """The `params.num_images` images for one task; raise GenerationFailed (never a vendor exception)."""

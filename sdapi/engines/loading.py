@@ -9,20 +9,9 @@ from typing import Any
 import torch
 
 from sdapi.errors import ModelLoadFailed
+from sdapi.model_sources import describe_source, is_local_path
 
 logger = logging.getLogger(__name__)
-
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-
-
-def describe_source(path: str) -> str:
-    """ "folder", "single-file" or "hub" for a model.path value."""
-    local = Path(path)
-    if local.is_dir():
-        return "folder"
-    if local.suffix.lower() in SINGLE_FILE_SUFFIXES:
-        return "single-file"
-    return "hub"
 
 
 def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None = None) -> Any:
@@ -43,7 +32,7 @@ def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None 
                 raise ModelLoadFailed(f"模型目录缺少 model_index.json，不是 diffusers 格式：{path}")
             pipeline = StableDiffusionPipeline.from_pretrained(path, **options)
         else:
-            if path.startswith((".", "/", "~")):
+            if is_local_path(path):
                 raise ModelLoadFailed(f"模型路径不存在：{path}")
             pipeline = StableDiffusionPipeline.from_pretrained(path, **options)
     except ModelLoadFailed:

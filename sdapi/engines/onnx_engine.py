@@ -16,10 +16,11 @@ from PIL import Image
 
 from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.engines import Generated
-from sdapi.engines.adapter_files import kohya_module_key
-from sdapi.engines.pipeline_runs import out_of_memory_message, run_request
-from sdapi.errors import GenerationFailed, ModelLoadFailed
-from sdapi.exports import ExportManifest, read_manifest
+from sdapi.engines.failures import engine_errors
+from sdapi.engines.pipeline_runs import run_request
+from sdapi.errors import GenerationFailed, InvalidParameter, ModelLoadFailed
+from sdapi.export_manifest import ExportManifest, read_manifest
+from sdapi.loras.merging import adapter_targets, target_shapes
 from sdapi.params import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -58,17 +59,10 @@ def shapes_from_configs(folder: Path) -> dict[str, tuple[int, ...]]:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdapi.engines.adapters import ADAPTABLE
-
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-    shapes: dict[str, tuple[int, ...]] = {}
-    for part, root in (("unet", unet), ("text_encoder", text_encoder)):
-        for path, module in root.named_modules():
-            if isinstance(module, ADAPTABLE):
-                shapes[kohya_module_key(part, path)] = tuple(module.weight.shape)
-    return shapes
+    return target_shapes(adapter_targets(unet, text_encoder))
 
 
 class OnnxEngine:
@@ -154,34 +148,31 @@ class OnnxEngine:
             "providers": ",".join(self.providers),
         }
 
-    def serves_loras(self, params: GenerationParams) -> bool:
-        """Whether the request's LoRA set is exactly the export's merged set (none = none)."""
-        merged = self.manifest.lora_set() if self.manifest else frozenset()
-        return frozenset((spec.sha256, spec.weight) for spec in params.loras) == merged
-
-    def serves_size(self, params: GenerationParams) -> bool:
-        return params.width % self.side_multiple == 0 and params.height % self.side_multiple == 0
-
-    def serves(self, params: GenerationParams) -> bool:
-        return self.serves_loras(params) and self.serves_size(params)
-
     def check(self, params: GenerationParams) -> None:
-        """Nothing to refuse at submit: the router decides what this engine gets."""
+        """The export serves exactly its merged LoRA set, at sides that are multiples of `side_multiple`.
+
+        Before load() nothing is known of the export, so nothing is refused.
+        """
+        if self.manifest is None:
+            return
+        wanted = frozenset((spec.sha256, spec.weight) for spec in params.loras)
+        if wanted != self.manifest.lora_set():
+            merged = ", ".join(f"{lora.name}:{lora.weight:g}" for lora in self.manifest.loras)
+            raise InvalidParameter("loras", f"ONNX 导出只能使用导出时合并的 LoRA 组合（{merged or '无'}）")
+        if params.width % self.side_multiple or params.height % self.side_multiple:
+            raise InvalidParameter(
+                "width",
+                f"width/height 无效：{params.width}x{params.height}。ONNX 引擎要求宽高为 {self.side_multiple} 的倍数",
+            )
 
     def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
         if not self.loaded:
             raise GenerationFailed("ONNX 模型尚未加载完成")
-        if not self.serves_loras(params):
-            raise GenerationFailed("ONNX 导出合并的 LoRA 与请求不一致")
-        if not self.serves_size(params):
-            raise GenerationFailed(f"ONNX 引擎要求宽高为 {self.side_multiple} 的倍数")
-        pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
         try:
+            self.check(params)
+        except InvalidParameter as refused:
+            raise GenerationFailed(refused.message) from None
+        pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
+        with engine_errors(params, describe=lambda error: f"ONNX 推理失败：{type(error).__name__}"):
             images = run_request(*pipelines, params, init_image, self._model.batch_size)
-        except Exception as error:
-            text = str(error).lower()
-            if "out of memory" in text or "failed to allocate" in text:
-                raise GenerationFailed(out_of_memory_message(params)) from error
-            logger.exception("ONNX run failed")
-            raise GenerationFailed(f"ONNX 推理失败：{type(error).__name__}") from error
         return Generated(images, self.name)

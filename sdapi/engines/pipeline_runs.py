@@ -2,7 +2,7 @@
 
 Shared by the torch engine and the ONNX engine: optimum's ORT pipelines are diffusers pipelines whose UNet, VAE and
 text encoder are ONNX Runtime sessions, so the scheduler math and the seed handling stay in torch, identical for
-both engines (the design card's "torch fallback for schedulers").
+both engines.
 """
 
 from __future__ import annotations
@@ -60,9 +60,3 @@ def run_request(
             arguments["height"] = params.height
         images.extend(pipeline(**arguments).images)
     return images
-
-
-def out_of_memory_message(params: GenerationParams) -> str:
-    return (
-        f"生成失败：显存/内存不足（{params.width}x{params.height}，{params.num_images} 张）。请减小图片尺寸或张数后重试"
-    )

@@ -1,7 +1,8 @@
-"""Routing each request to the ONNX engine or the torch engine (model.engine auto | onnx).
+"""Routing each request to a preferred engine (the ONNX export) or a fallback engine (torch), per request.
 
-The card's "torch fallback for schedulers and LoRA swaps": a request whose LoRA set differs from the export's merged
-set runs on torch, loaded lazily the first time it is needed.
+A request the preferred engine cannot serve (its `check` refuses it: another LoRA set than the export's merged
+one, a size the traced graph cannot take) runs on the fallback, loaded lazily the first time it is needed. The
+router knows engines only through the Engine protocol, so a third engine needs no change here.
 """
 
 from __future__ import annotations
@@ -13,84 +14,88 @@ from collections.abc import Callable
 from PIL import Image
 
 from sdapi.engines import Engine, Generated
-from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.errors import GenerationFailed, InvalidParameter
 from sdapi.params import GenerationParams
 
 logger = logging.getLogger(__name__)
 
 
+def can_serve(engine: Engine, params: GenerationParams) -> bool:
+    """Whether `engine.check` accepts `params`."""
+    try:
+        engine.check(params)
+    except InvalidParameter:
+        return False
+    return True
+
+
 class EngineRouter:
-    """An Engine that sends each request to ONNX when it can and should, else to torch."""
+    """An Engine that sends each request to `preferred` when it can and should, else to the fallback.
+
+    `make_fallback` None: the preferred engine alone (model.engine: onnx); what it cannot serve is refused at
+    submit. `prefer` False: the fallback takes every request (measured faster on this machine).
+    `fallback_on_failure`: a run that fails on the preferred engine runs again on the fallback.
+    """
 
     def __init__(
         self,
-        onnx: OnnxEngine,
-        make_torch: Callable[[], Engine],
+        preferred: Engine,
+        make_fallback: Callable[[], Engine] | None,
         *,
-        only_onnx: bool,
-        prefer_onnx: bool,
-        fallback_to_torch: bool,
+        prefer: bool = True,
+        fallback_on_failure: bool = False,
     ) -> None:
-        self.onnx = onnx
-        self._make_torch = make_torch
-        self._torch: Engine | None = None
-        self._torch_lock = threading.Lock()
-        self._only_onnx = only_onnx
-        self._prefer_onnx = prefer_onnx
-        self._fallback = fallback_to_torch and not only_onnx
-        self.name = "onnx" if only_onnx else "auto"
+        self.preferred = preferred
+        self._make_fallback = make_fallback
+        self._fallback: Engine | None = None
+        self._fallback_lock = threading.Lock()
+        self._prefer = prefer or make_fallback is None
+        self._fallback_on_failure = fallback_on_failure and make_fallback is not None
+        self.name = preferred.name if make_fallback is None else "auto"
 
     @property
     def loaded(self) -> bool:
-        return self.onnx.loaded
+        return self.preferred.loaded
 
     def load(self) -> None:
-        self.onnx.load()
+        self.preferred.load()
 
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
-        return self.onnx.adapter_shapes()
+        return self.preferred.adapter_shapes()
 
     def describe(self) -> dict[str, str]:
-        return self.onnx.describe()
-
-    def routes_to_onnx(self, params: GenerationParams) -> bool:
-        return self._only_onnx or (self._prefer_onnx and self.onnx.serves(params))
+        return self.preferred.describe()
 
     def check(self, params: GenerationParams) -> None:
-        if not (self._only_onnx and self.onnx.loaded):
+        """With a fallback every request can run somewhere; without one, the preferred engine's refusal stands."""
+        if self._make_fallback is not None:
             return
-        if not self.onnx.serves_loras(params):
-            manifest = self.onnx.manifest
-            merged = ", ".join(f"{lora.name}:{lora.weight:g}" for lora in manifest.loras) if manifest else ""
-            raise InvalidParameter(
-                "loras",
-                f"model.engine 为 onnx，只能使用导出时合并的 LoRA 组合（{merged or '无'}）；"
-                "其他组合需要 model.engine: auto 或 torch",
-            )
-        if not self.onnx.serves_size(params):
-            raise InvalidParameter(
-                "width",
-                f"width/height 无效：{params.width}x{params.height}。ONNX 引擎要求宽高为 "
-                f"{self.onnx.side_multiple} 的倍数（其他尺寸需要 model.engine: auto 或 torch）",
-            )
+        try:
+            self.preferred.check(params)
+        except InvalidParameter as refused:
+            hint = f"（其他组合或尺寸需要 model.engine: auto 或 torch，当前为 {self.name}）"
+            raise InvalidParameter(refused.field, refused.message + hint) from None
 
-    def _torch_engine(self) -> Engine:
-        with self._torch_lock:
-            if self._torch is None:
-                engine = self._make_torch()
-                logger.info("loading the torch engine for a request the ONNX export cannot serve")
+    def routes_to_preferred(self, params: GenerationParams) -> bool:
+        return self._make_fallback is None or (self._prefer and can_serve(self.preferred, params))
+
+    def _fallback_engine(self) -> Engine:
+        assert self._make_fallback is not None
+        with self._fallback_lock:
+            if self._fallback is None:
+                engine = self._make_fallback()
+                logger.info("loading the %s engine for a request %s does not serve", engine.name, self.preferred.name)
                 engine.load()
-                self._torch = engine
-            return self._torch
+                self._fallback = engine
+            return self._fallback
 
     def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
-        if not self.routes_to_onnx(params):
-            return self._torch_engine().generate(params, init_image)
+        if not self.routes_to_preferred(params):
+            return self._fallback_engine().generate(params, init_image)
         try:
-            return self.onnx.generate(params, init_image)
+            return self.preferred.generate(params, init_image)
         except GenerationFailed as error:
-            if not self._fallback:
+            if not self._fallback_on_failure:
                 raise
-            logger.warning("ONNX run failed (%s); running the task on torch", error.message)
-            return self._torch_engine().generate(params, init_image)
+            logger.warning("%s run failed (%s); running the task on the fallback", self.preferred.name, error.message)
+            return self._fallback_engine().generate(params, init_image)

@@ -6,7 +6,7 @@ from typing import Any
 
 import diffusers
 
-from sdapi.schedulers import SCHEDULER_NAMES
+from sdapi.request import SCHEDULER_NAMES
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:

@@ -13,19 +13,16 @@ from PIL import Image
 
 from sdapi.config import ModelConfig
 from sdapi.engines import Generated
-from sdapi.engines.adapters import AdapterManager, adapter_targets, target_shapes
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
+from sdapi.engines.failures import engine_errors
 from sdapi.engines.loading import load_pipeline
-from sdapi.engines.pipeline_runs import out_of_memory_message, run_request
-from sdapi.errors import GenerationFailed
-from sdapi.loras import LoraSpec
+from sdapi.engines.pipeline_runs import run_request
+from sdapi.errors import GenerationFailed, InvalidParameter
+from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.params import GenerationParams
+from sdapi.request import LoraSpec
 
 logger = logging.getLogger(__name__)
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 class TorchEngine:
@@ -77,22 +74,15 @@ class TorchEngine:
         return target_shapes(adapter_targets(self._text_to_image.unet, self._text_to_image.text_encoder))
 
     def check(self, params: GenerationParams) -> None:
-        """Any LoRA set and any request the params allow can run on torch."""
+        """Every size and LoRA set the params rules allow runs on torch, given a LoRA folder to read from."""
+        if params.loras and self._lora_files is None:
+            raise InvalidParameter("loras", "此引擎未配置 LoRA")
 
     def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
         if not self.loaded:
             raise GenerationFailed("模型尚未加载完成")
-        try:
-            with torch.inference_mode():
-                return Generated(self._generate(params, init_image), self.name)
-        except GenerationFailed:
-            raise
-        except Exception as error:
-            if _is_out_of_memory(error):
-                if self.device == "cuda":
-                    torch.cuda.empty_cache()
-                raise GenerationFailed(out_of_memory_message(params)) from error
-            raise
+        with engine_errors(params), torch.inference_mode():
+            return Generated(self._generate(params, init_image), self.name)
 
     def _generate(self, params: GenerationParams, init_image: Image.Image | None) -> list[Image.Image]:
         if self.adapters is not None:

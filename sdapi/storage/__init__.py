@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Protocol
 
 
@@ -17,8 +18,12 @@ class ImageStorage(Protocol):
     def save(self, data: bytes, extension: str, content_type: str) -> str:
         """Store one image; return its key. Raise StorageError."""
 
-    def url(self, key: str, request_base_url: str | None) -> str:
-        """The absolute URL a client fetches the image from."""
+    def url(self, key: str, base_url: str | None) -> str:
+        """The absolute URL a client fetches the image from; `base_url` is the service's own (results.py decides
+        it), for storages whose images the service serves itself."""
+
+    def local_path(self, key: str) -> Path | None:
+        """The file the service itself serves for `key`, or None (unknown key, or images served elsewhere)."""
 
     def check(self) -> str:
         """Probe the storage; return "ok" or a short description of what is wrong."""

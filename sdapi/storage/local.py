@@ -19,9 +19,8 @@ class LocalImageStorage:
 
     name = "local"
 
-    def __init__(self, directory: Path, public_base_url: str | None) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
 
     def prepare(self) -> None:
         try:
@@ -41,11 +40,10 @@ class LocalImageStorage:
             raise StorageError(f"本地图片存储写入失败：{error.strerror}") from None
         return key
 
-    def url(self, key: str, request_base_url: str | None) -> str:
-        base = self._public_base_url or (request_base_url or "").rstrip("/")
-        return f"{base}{IMAGE_ROUTE}/{key}"
+    def url(self, key: str, base_url: str | None) -> str:
+        return f"{base_url or ''}{IMAGE_ROUTE}/{key}"
 
-    def path_for(self, key: str) -> Path | None:
+    def local_path(self, key: str) -> Path | None:
         """The file behind a key, or None when the key is malformed or unknown (never a path outside the folder)."""
         if not _KEY_PATTERN.match(key):
             return None

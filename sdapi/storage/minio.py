@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import urllib3
@@ -32,6 +35,10 @@ def _describe(error: Exception, config: MinioConfig) -> str:
     if isinstance(error, urllib3.exceptions.HTTPError | OSError):
         return f"图片存储失败（{where}）：无法连接存储服务"
     return f"图片存储失败（{where}）：{type(error).__name__}"
+
+
+# What the minio SDK and urllib3 under it raise: S3 error answers, transport failures, bad arguments.
+_VENDOR_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
 class MinioImageStorage:
@@ -77,7 +84,7 @@ class MinioImageStorage:
 
     def prepare(self) -> None:
         """At start-up: make sure the bucket exists (create it when missing). Raise StorageError."""
-        try:
+        with self._translated():
             if not self._client.bucket_exists(self._config.bucket):
                 self._client.make_bucket(self._config.bucket, location=self._config.region)
                 logger.info("created bucket %s", self._config.bucket)
@@ -85,7 +92,13 @@ class MinioImageStorage:
                     # Public URLs need anonymous reads. Only a bucket we created gets this policy; an existing
                     # bucket's policy is its administrator's choice.
                     self._client.set_bucket_policy(self._config.bucket, self._public_read_policy())
-        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """The one map from minio/urllib3 exceptions to StorageError; also keeps the state /health shows."""
+        try:
+            yield
+        except _VENDOR_ERRORS as error:
             self._state = _describe(error, self._config)
             raise StorageError(self._state) from None
         self._state = "ok"
@@ -108,21 +121,21 @@ class MinioImageStorage:
 
     def save(self, data: bytes, extension: str, content_type: str) -> str:
         key = f"{self._config.prefix}{new_image_key(extension)}"
-        try:
+        with self._translated():
             self._client.put_object(self._config.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
-            self._state = _describe(error, self._config)
-            raise StorageError(self._state) from None
-        self._state = "ok"
         return key
 
-    def url(self, key: str, request_base_url: str | None) -> str:
+    def url(self, key: str, base_url: str | None) -> str:
         if self._config.url_mode == "presigned":
             signed: str = self._signer.presigned_get_object(
                 self._config.bucket, key, expires=timedelta(seconds=self._config.presign_ttl)
             )
             return signed
         return f"{self._public_base}/{self._config.bucket}/{key}"
+
+    def local_path(self, key: str) -> Path | None:
+        """Images live in the bucket: the service serves none itself."""
+        return None
 
     def check(self) -> str:
         """The state seen by the last start-up check or upload ("ok", or what went wrong); no network call."""

@@ -9,8 +9,8 @@ import io
 import pytest
 from PIL import Image
 
-from sdapi.schedulers import SCHEDULER_NAMES
-from tests.support import data_url, gradient_image
+from sdapi.request import SCHEDULER_NAMES
+from sdapi.testing.services import data_url, gradient_image
 
 VALID = {"prompt": "a cat"}
 

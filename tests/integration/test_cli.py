@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from tests.support import REPO_ROOT, ServiceProcess, generate, write_config
+from sdapi.testing.services import REPO_ROOT, ServiceProcess, generate, write_config
 
 
 def _serve(config_path):

@@ -13,16 +13,16 @@ from safetensors.torch import load_file, save_file
 
 from sdapi.config import ModelConfig
 from sdapi.engines.torch_engine import TorchEngine
-from sdapi.loras import LoraSpec
-from tests.adapter_fixtures import (
+from sdapi.request import LoraSpec
+from sdapi.testing.adapter_files import (
     model_modules,
     write_adapter,
     write_peft_copy,
     write_sdxl_style,
     write_wrong_shapes,
 )
-from tests.factories import make_params
-from tests.support import fetch_pixels, generate, in_process, mean_abs_diff
+from sdapi.testing.factories import make_params
+from sdapi.testing.services import fetch_pixels, generate, in_process, mean_abs_diff
 
 GOOD = ("style_lora", "style_loha", "style_lokr", "te_only", "unet_lora", "peft_lora")
 BROKEN = ("sdxl_style", "wrong_shapes", "corrupt", "unknown_keys", "nan_values", "too_large")

@@ -18,9 +18,9 @@ from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.engines.router import EngineRouter
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.errors import GenerationFailed
-from sdapi.schedulers import SCHEDULER_NAMES
-from tests.adapter_fixtures import model_modules, write_adapter, write_sdxl_style, write_wrong_shapes
-from tests.support import (
+from sdapi.request import SCHEDULER_NAMES
+from sdapi.testing.adapter_files import model_modules, write_adapter, write_sdxl_style, write_wrong_shapes
+from sdapi.testing.services import (
     REPO_ROOT,
     InProcessService,
     data_url,
@@ -276,9 +276,8 @@ def test_an_onnx_failure_fails_the_task_or_falls_back_to_torch(tmp_path, tiny_mo
     router = EngineRouter(
         onnx,
         lambda: TorchEngine(ModelConfig(path=str(tiny_model), device="cpu", dtype="float32")),
-        only_onnx=False,
-        prefer_onnx=True,
-        fallback_to_torch=fallback,
+        prefer=True,
+        fallback_on_failure=fallback,
     )
     with InProcessService(config, engine=router) as service:
         service.wait_ready()

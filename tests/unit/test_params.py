@@ -8,7 +8,8 @@ import pytest
 
 from sdapi.config import DefaultsConfig, LimitsConfig
 from sdapi.errors import InvalidParameter
-from sdapi.params import GenerationRequest, InitImageInfo, output_side, resolve_params
+from sdapi.params import InitImageInfo, output_side, resolve_params
+from sdapi.request import GenerationRequest
 
 DEFAULTS = DefaultsConfig(
     width=512, height=384, num_inference_steps=30, guidance_scale=7.5, strength=0.75, scheduler="EulerDiscreteScheduler"

@@ -102,7 +102,7 @@ def test_error_table():
 
 
 def test_model_sources_are_told_apart(tmp_path):
-    from sdapi.engines.loading import describe_source
+    from sdapi.model_sources import describe_source
 
     (tmp_path / "folder").mkdir()
     assert describe_source(str(tmp_path / "folder")) == "folder"

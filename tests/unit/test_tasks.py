@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sdapi import tasks
 from sdapi.errors import InvalidTransition
 from sdapi.tasks import TaskStatus
-from tests.factories import make_params
+from sdapi.testing.factories import make_params
 
 PARAMS = make_params(prompt="p", width=64, height=64, num_images=2, num_inference_steps=1)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

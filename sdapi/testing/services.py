@@ -28,7 +28,8 @@ from sdapi.config import Config, load_config
 from sdapi.engines import Engine
 
 API_KEY = "test-key-0123456789"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The checkout this editable install runs from: child services start there, as a user would run them.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

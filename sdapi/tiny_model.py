@@ -17,7 +17,7 @@ from pathlib import Path
 TINY_MODEL_SEED = 20240101
 
 # The scheduler config of Stable Diffusion 1.5, so every scheduler sees the values it would in production.
-_SD15_SCHEDULER_CONFIG = {
+SD15_SCHEDULER_CONFIG = {
     "_class_name": "PNDMScheduler",
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
@@ -48,7 +48,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
-def _write_tokenizer(directory: Path) -> None:
+def write_tokenizer(directory: Path) -> None:
     """Write a byte-level CLIP BPE vocabulary with no merges: every character is a token."""
     from transformers import CLIPTokenizer
 
@@ -131,9 +131,9 @@ def make_tiny_model(target: str | os.PathLike[str]) -> Path:
     target_path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=target_path.parent))
     try:
-        _write_tokenizer(staging / "_tokenizer_src")
+        write_tokenizer(staging / "_tokenizer_src")
         tokenizer = CLIPTokenizer.from_pretrained(str(staging / "_tokenizer_src"))
-        scheduler = PNDMScheduler.from_config(_SD15_SCHEDULER_CONFIG)
+        scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
         components = build_tiny_pipeline_components()
         pipeline = StableDiffusionPipeline(
             tokenizer=tokenizer,

@@ -1,40 +1,28 @@
-"""The LoRA library: the files in loras.dir, what each is, whether it fits the model, and request resolution."""
+"""The LoRA library: the files in loras.dir, what each is, whether it fits the model, and request resolution.
+
+Entries are immutable: a scan or a model change builds a new set and swaps it in under the lock, so a reader of
+`entries()` never sees one half-updated.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
 
 import msgspec
 
 from sdapi.config import LorasConfig
+from sdapi.digests import sha256_file
 from sdapi.errors import InvalidParameter
+from sdapi.loras.files import AdapterFileError, check_fits, file_kind, group_factors, part_of, read_adapter_file
+from sdapi.request import LoraRequest, LoraSpec
 
 logger = logging.getLogger(__name__)
 
-MAX_WEIGHT = 2.0
 
-
-class LoraRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """One entry of a request's `loras` list."""
-
-    name: Annotated[str, msgspec.Meta(min_length=1, description="LoRA 名称（loras.dir 中的文件名，不含扩展名）")]
-    weight: Annotated[float, msgspec.Meta(ge=-MAX_WEIGHT, le=MAX_WEIGHT, description="权重，范围 -2 到 2")] = 1.0
-
-
-class LoraSpec(msgspec.Struct, frozen=True):
-    """A resolved LoRA of a task: the file's content hash pins exactly what was validated and will be applied."""
-
-    name: str
-    weight: float
-    sha256: str
-
-
-class LoraEntry(msgspec.Struct):
+class LoraEntry(msgspec.Struct, frozen=True):
     """What GET /api/v1/loras shows of one file."""
 
     name: str
@@ -47,90 +35,46 @@ class LoraEntry(msgspec.Struct):
     modules: int = 0
 
 
-class _Scanned(msgspec.Struct):
+class _Scanned(msgspec.Struct, frozen=True):
     entry: LoraEntry
     path: Path
     full_sha256: str
-    module_names: list[str] = []
     # Why the file itself is unusable (too large, corrupt, unknown keys, NaN); fit problems are decided later.
     read_error: str | None = None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_adapter_file(path: Path) -> dict[str, object]:
-    """All tensors of a .safetensors file (CPU); raise AdapterFileError for a corrupt or non-finite file."""
-    import torch
-    from safetensors.torch import load_file
-
-    from sdapi.engines.adapter_files import AdapterFileError
-
-    try:
-        tensors: dict[str, torch.Tensor] = load_file(str(path))
-    except Exception as error:  # safetensors raises SafetensorError, OSError, ValueError...
-        raise AdapterFileError(f"cannot read file: {type(error).__name__}: {error}") from None
-    for key, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise AdapterFileError(f"tensor {key} contains NaN or infinite values")
-    return dict(tensors)
-
-
 def _scan_file(path: Path, max_bytes: int) -> _Scanned:
-    from sdapi.engines.adapter_files import AdapterFileError, file_kind, group_factors, part_of
-
     size = path.stat().st_size
-    sha = _sha256(path)
+    sha = sha256_file(path)
     entry = LoraEntry(name=path.stem, type=None, parts=[], size_bytes=size, sha256=sha[:12], fits=None, error=None)
-    scanned = _Scanned(entry=entry, path=path, full_sha256=sha)
+    read_error: str | None = None
     if size > max_bytes:
-        scanned.read_error = f"file is {size / 2**20:.1f} MB, over loras.max_file_mb ({max_bytes / 2**20:.0f} MB)"
+        read_error = f"文件大小 {size / 2**20:.1f} MB，超过 loras.max_file_mb（{max_bytes / 2**20:.0f} MB）"
     else:
         try:
             modules = group_factors(read_adapter_file(path))
         except AdapterFileError as error:
-            scanned.read_error = str(error)
+            read_error = str(error)
         else:
-            entry.type = file_kind(modules)
-            entry.parts = sorted({part_of(key) for key in modules})
-            entry.modules = len(modules)
-            scanned.module_names = list(modules)
+            entry = msgspec.structs.replace(
+                entry, type=file_kind(modules), parts=sorted({part_of(key) for key in modules}), modules=len(modules)
+            )
+    if read_error is not None:
+        entry = msgspec.structs.replace(entry, fits=False, error=read_error)
+    return _Scanned(entry=entry, path=path, full_sha256=sha, read_error=read_error)
+
+
+def _with_fits(scanned: _Scanned, module_shapes: Mapping[str, tuple[int, ...]]) -> _Scanned:
+    """A copy of `scanned` whose entry says whether the file fits the model (reads the file: slow for big ones)."""
     if scanned.read_error is not None:
-        entry.fits, entry.error = False, scanned.read_error
-    return scanned
-
-
-def _check_fits(files: Mapping[str, _Scanned], module_shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Decide each readable file's `fits` against the model's module shapes (reads the files: slow for big ones)."""
-    import torch
-
-    from sdapi.engines.adapter_files import AdapterFileError, compute_delta, group_factors, looks_like_sdxl
-
-    for scanned in files.values():
-        entry = scanned.entry
-        if scanned.read_error is not None:
-            continue
-        entry.fits, entry.error = True, None
-        names = scanned.module_names
-        if looks_like_sdxl(names):
-            entry.fits, entry.error = False, "made for SDXL (input_blocks/te1/te2 keys); the model is SD 1.x/2.x"
-            continue
-        missing = [name for name in names if name not in module_shapes]
-        if missing:
-            entry.fits = False
-            entry.error = f"{len(missing)} module(s) not in the model, e.g. {missing[0]}"
-            continue
-        try:
-            modules = group_factors(read_adapter_file(scanned.path))
-            for key, factors in modules.items():
-                compute_delta(key, factors, torch.Size(module_shapes[key]))
-        except AdapterFileError as error:
-            entry.fits, entry.error = False, str(error)
+        return scanned
+    try:
+        check_fits(scanned.path, module_shapes)
+    except AdapterFileError as error:
+        entry = msgspec.structs.replace(scanned.entry, fits=False, error=str(error))
+    else:
+        entry = msgspec.structs.replace(scanned.entry, fits=True, error=None)
+    return msgspec.structs.replace(scanned, entry=entry)
 
 
 class LoraLibrary:
@@ -154,8 +98,8 @@ class LoraLibrary:
             except OSError as error:
                 logger.warning("LoRA %s unreadable: %s", path.name, error)
         shapes = self._model_shapes
-        if shapes is not None:
-            _check_fits(files, shapes)  # before the swap, so readers never wait on file reads
+        if shapes is not None:  # decided before the swap, so readers never wait on file reads
+            files = {name: _with_fits(scanned, shapes) for name, scanned in files.items()}
         with self._lock:
             self._files = files
         logger.info("LoRA library: %d file(s) in %s", len(files), self.directory)
@@ -169,8 +113,12 @@ class LoraLibrary:
         """The loaded model's adapter targets (kohya name -> weight shape): decides each file's `fits`."""
         with self._lock:
             self._model_shapes = module_shapes
-            files = dict(self._files)
-        _check_fits(files, module_shapes)
+            files = self._files
+        decided = {name: _with_fits(scanned, module_shapes) for name, scanned in files.items()}
+        with self._lock:
+            # A scan that swapped in meanwhile already decided with these shapes: its set is newer, keep it.
+            if self._files is files:
+                self._files = decided
 
     def path_for(self, spec: LoraSpec) -> Path:
         """The file behind a resolved LoRA; raise InvalidParameter when it is gone or changed since submit."""

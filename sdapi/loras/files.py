@@ -1,4 +1,5 @@
-"""Reading LoRA / LoHa / LoKr files (kohya / LyCORIS key layout, or diffusers/PEFT) and computing their ΔW.
+"""The LoRA / LoHa / LoKr file format (kohya / LyCORIS key layout, or diffusers/PEFT): reading a file, computing
+its ΔW, and deciding whether it fits a model. The only module that reads adapter files.
 
 A file holds, per target module, factor tensors under a suffix: `lora_down.weight`/`lora_up.weight`/`alpha` (LoRA),
 `hada_w1_a`/`hada_w1_b`/`hada_w2_a`/`hada_w2_b` (+ `hada_t1`/`hada_t2` Tucker) (LoHa), `lokr_w1` | `lokr_w1_a`/`_b`,
@@ -12,8 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 KOHYA_UNET_PREFIX = "lora_unet_"
 KOHYA_TEXT_ENCODER_PREFIX = "lora_te_"
@@ -49,7 +53,23 @@ _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(unet|text_encoder)\.(.+)\.(lo
 
 
 class AdapterFileError(ValueError):
-    """The file cannot be used: unknown keys, missing factors, non-finite values..."""
+    """The file cannot be used: unknown keys, missing factors, non-finite values, a module the model lacks...
+
+    Messages are Chinese first (they reach clients in 400s and the LoRA list), with the technical term kept in
+    parentheses for the operator who searches logs and docs for it.
+    """
+
+
+def read_adapter_file(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file (CPU); raise AdapterFileError for a corrupt or non-finite file."""
+    try:
+        tensors: dict[str, torch.Tensor] = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterFileError(f"文件无法读取（cannot read file: {type(error).__name__}: {error}）") from None
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise AdapterFileError(f"张量 {key} 含有 NaN 或无穷大的值")
+    return tensors
 
 
 @dataclass
@@ -93,22 +113,23 @@ def group_factors(tensors: Mapping[str, torch.Tensor]) -> dict[str, ModuleFactor
         entry = modules.setdefault(module_key, ModuleFactors(kind=kind or ""))
         if kind is not None:
             if entry.kind and entry.kind != kind:
-                raise AdapterFileError(f"module {module_key} mixes {entry.kind} and {kind} factors")
+                raise AdapterFileError(f"模块 {module_key} 混用了 {entry.kind} 和 {kind} 的因子")
             entry.kind = kind
         entry.tensors[suffix] = tensor
     if unknown:
         shown = ", ".join(sorted(unknown)[:3])
-        raise AdapterFileError(f"unknown keys ({len(unknown)}): {shown}{' …' if len(unknown) > 3 else ''}")
+        more = " …" if len(unknown) > 3 else ""
+        raise AdapterFileError(f"文件含有无法识别的键（unknown keys，{len(unknown)} 个）：{shown}{more}")
     for module_key, entry in modules.items():
         if not entry.kind:
-            raise AdapterFileError(f"module {module_key} has an alpha but no factors")
+            raise AdapterFileError(f"模块 {module_key} 只有 alpha，没有因子")
     return modules
 
 
 def _needed(module_key: str, factors: ModuleFactors, *names: str) -> list[torch.Tensor]:
     missing = [name for name in names if name not in factors.tensors]
     if missing:
-        raise AdapterFileError(f"module {module_key} is missing {', '.join(missing)}")
+        raise AdapterFileError(f"模块 {module_key} 缺少 {', '.join(missing)}")
     return [factors.tensors[name].float() for name in names]
 
 
@@ -159,10 +180,10 @@ def compute_delta(module_key: str, factors: ModuleFactors, weight_shape: torch.S
         scale = alpha / rank if alpha is not None and rank is not None else 1.0
         delta = torch.kron(w1, w2)
     else:
-        raise AdapterFileError(f"module {module_key}: unknown adapter kind {factors.kind!r}")
+        raise AdapterFileError(f"模块 {module_key}：未知的适配器类型 {factors.kind!r}")
     if delta.numel() != weight_shape.numel():
         raise AdapterFileError(
-            f"module {module_key}: ΔW has shape {tuple(delta.shape)}, the model's weight {tuple(weight_shape)}"
+            f"模块 {module_key}：ΔW 形状（shape）{tuple(delta.shape)} 与模型权重 {tuple(weight_shape)} 不符"
         )
     return (delta * scale).reshape(weight_shape)
 
@@ -171,3 +192,24 @@ def file_kind(modules: Mapping[str, ModuleFactors]) -> str:
     """lora | loha | lokr: the kind most of the file's modules use."""
     kinds = [factors.kind for factors in modules.values()]
     return max(set(kinds), key=kinds.count) if kinds else "lora"
+
+
+def deltas_for_model(
+    modules: Mapping[str, ModuleFactors], module_shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """ΔW at weight 1.0 (fp32, CPU) for every module of a file, shaped for the model; raise AdapterFileError when
+    the file does not fit the model (made for another family, a module the model lacks, a shape that differs)."""
+    if looks_like_sdxl(modules):
+        raise AdapterFileError("为 SDXL 制作（input_blocks/te1/te2 键），当前模型为 SD 1.x/2.x")
+    missing = [name for name in modules if name not in module_shapes]
+    if missing:
+        raise AdapterFileError(f"{len(missing)} 个模块不在模型中（not in the model），例如 {missing[0]}")
+    return {key: compute_delta(key, factors, torch.Size(module_shapes[key])) for key, factors in modules.items()}
+
+
+def check_fits(path: Path, module_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise AdapterFileError unless the file at `path` can be merged into a model with these module shapes.
+
+    The one fit check: the library scan, the exporter and the adapter manager all decide through it.
+    """
+    deltas_for_model(group_factors(read_adapter_file(path)), module_shapes)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from sdapi.engines.adapter_files import AdapterFileError, compute_delta, group_factors, kohya_module_key
 from sdapi.errors import GenerationFailed
-from sdapi.loras import LoraSpec, read_adapter_file
+from sdapi.loras.files import AdapterFileError, deltas_for_model, group_factors, kohya_module_key, read_adapter_file
+from sdapi.request import LoraSpec
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def adapter_targets(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dic
 
 
 def target_shapes(targets: Mapping[str, torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    """kohya key -> weight shape: what a file is checked against (loras.files.check_fits)."""
     return {key: tuple(module.weight.shape) for key, module in targets.items()}
 
 
@@ -44,6 +45,7 @@ class AdapterManager:
         self, targets: Mapping[str, torch.nn.Module], path_for: Callable[[LoraSpec], Path], cache_size: int
     ) -> None:
         self._targets = targets
+        self._shapes = target_shapes(targets)
         self._path_for = path_for
         self._cache_size = cache_size
         self._deltas: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()  # by file sha256
@@ -83,15 +85,13 @@ class AdapterManager:
             self._deltas.move_to_end(spec.sha256)
             return cached
         try:
-            modules = group_factors(read_adapter_file(self._path_for(spec)))
-            deltas = {}
-            for key, factors in modules.items():
-                if key not in self._targets:
-                    raise AdapterFileError(f"module {key} is not in the model")
-                weight = self._targets[key].weight
-                deltas[key] = compute_delta(key, factors, weight.shape).to(weight.device, weight.dtype)
+            computed = deltas_for_model(group_factors(read_adapter_file(self._path_for(spec))), self._shapes)
         except AdapterFileError as error:
             raise GenerationFailed(f"LoRA {spec.name} 无法应用：{error}") from None
+        deltas = {}
+        for key, delta in computed.items():
+            weight = self._targets[key].weight
+            deltas[key] = delta.to(weight.device, weight.dtype)
         self._deltas[spec.sha256] = deltas
         while len(self._deltas) > self._cache_size:
             self._deltas.popitem(last=False)

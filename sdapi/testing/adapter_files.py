@@ -99,7 +99,7 @@ def write_adapter(
     path: Path,
     modules: dict[str, torch.nn.Module],
     kind: str,
-    parts=("unet", "text_encoder"),
+    parts: tuple[str, ...] = ("unet", "text_encoder"),
     seed: int = 0,
     scale: float = 0.3,
     convs: bool = True,

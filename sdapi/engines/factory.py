@@ -1,0 +1,44 @@
+"""Which engines a service runs, decided from the config: the one place that knows the prefer-ONNX policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sdapi.config import Config
+from sdapi.engines import Engine
+from sdapi.engines.devices import choose_device, choose_dtype
+from sdapi.engines.onnx_engine import OnnxEngine
+from sdapi.engines.router import EngineRouter
+from sdapi.engines.torch_engine import TorchEngine
+from sdapi.request import LoraSpec
+
+
+def prefers_onnx(config: Config) -> bool:
+    """Whether `engine: auto` sends the requests an export can serve to ONNX Runtime rather than torch.
+
+    Measured on one CPU only (docs/benchmarks.md; an AMD EPYC with AVX-512 BF16 and no AMX): ONNX Runtime fp32 took
+    7.9 s per SD 1.5 UNet step, torch fp32 9.2 s and torch bf16 11.8 s. On AMX CPUs torch bf16 is reported about 3x
+    fp32, so where `dtype: auto` picks bf16 (AMX only) torch is preferred. CUDA has not been measured yet: ONNX is
+    preferred there on the design card's word until the GPU benchmarks decide.
+    """
+    device = choose_device(config.model.device)
+    return not (device == "cpu" and choose_dtype(config.model.dtype, device) == torch.bfloat16)
+
+
+def build_engine(config: Config, lora_files: Callable[[LoraSpec], Path]) -> Engine:
+    """torch alone, or the ONNX export with torch behind it, as model.engine and model.onnx_path say."""
+
+    def make_torch() -> Engine:
+        return TorchEngine(config.model, lora_files, config.loras.cache_size)
+
+    if config.model.engine == "torch" or config.model.onnx_path is None:
+        return make_torch()
+    onnx = OnnxEngine(config.model, config.onnx, config.tensorrt_cache_path)
+    if config.model.engine == "onnx":
+        return EngineRouter(onnx, None)
+    return EngineRouter(
+        onnx, make_torch, prefer=prefers_onnx(config), fallback_on_failure=config.onnx.fallback_to_torch
+    )

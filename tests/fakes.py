@@ -1,0 +1,193 @@
+"""In-memory fakes of the store, the image storage and the engine, for unit tests of the service layer.
+
+They go through the same composition root as the real parts (build_runtime(..., stores=, storage=, engine=)), so a
+unit test runs the real Worker, TaskService and CallbackSender at memory speed, with failures injected at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from PIL import Image
+
+from sdapi.deliveries import Delivery, DeliveryStatus
+from sdapi.engines import Generated
+from sdapi.errors import TaskNotFound, TaskStoreError
+from sdapi.params import GenerationParams
+from sdapi.store import Stores
+from sdapi.tasks import Task, TaskStatus
+
+
+class MemoryDatabase:
+    """The tables, shared by the three fakes; `outage` makes every call fail as a broken database would."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.init_images: dict[str, bytes | None] = {}
+        self.deliveries: dict[str, Delivery] = {}
+        self.outage = False
+        self.closed = False
+        self.calls = 0
+
+    def touch(self) -> None:
+        self.calls += 1
+        if self.outage:
+            raise TaskStoreError("任务数据库错误：disk I/O error (fake outage)")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class MemoryTaskStore:
+    def __init__(self, database: MemoryDatabase) -> None:
+        self.db = database
+        # Terminal writes to fail before one succeeds, and an event that holds terminal writes until set.
+        self.failing_terminal_writes = 0
+        self.terminal_write_gate: asyncio.Event | None = None
+
+    async def add(self, task: Task, init_image: bytes | None, max_pending: int) -> bool:
+        self.db.touch()
+        if sum(t.status is TaskStatus.PENDING for t in self.db.tasks.values()) >= max_pending:
+            return False
+        self.db.tasks[task.id] = task
+        self.db.init_images[task.id] = init_image
+        return True
+
+    async def get(self, task_id: str) -> Task:
+        self.db.touch()
+        if task_id not in self.db.tasks:
+            raise TaskNotFound("任务不存在")
+        return self.db.tasks[task_id]
+
+    async def update(self, task: Task, expected_status: TaskStatus, delivery: Delivery | None = None) -> bool:
+        self.db.touch()
+        if task.status.is_terminal:
+            if self.terminal_write_gate is not None:
+                await self.terminal_write_gate.wait()
+            if self.failing_terminal_writes > 0:
+                self.failing_terminal_writes -= 1
+                raise TaskStoreError("任务数据库错误：database is locked (fake)")
+        stored = self.db.tasks.get(task.id)
+        if stored is None or stored.status is not expected_status:
+            return False
+        self.db.tasks[task.id] = task
+        if task.status.is_terminal:
+            self.db.init_images[task.id] = None
+        if delivery is not None:
+            self.db.deliveries[delivery.id] = delivery
+        return True
+
+    async def next_pending(self) -> Task | None:
+        self.db.touch()
+        return next((t for t in self.db.tasks.values() if t.status is TaskStatus.PENDING), None)
+
+    async def count(self, status: TaskStatus) -> int:
+        self.db.touch()
+        return sum(t.status is status for t in self.db.tasks.values())
+
+    async def with_status(self, status: TaskStatus) -> list[Task]:
+        self.db.touch()
+        return [t for t in self.db.tasks.values() if t.status is status]
+
+
+class MemoryOutbox:
+    def __init__(self, database: MemoryDatabase) -> None:
+        self.db = database
+
+    async def save(self, delivery: Delivery) -> None:
+        self.db.touch()
+        self.db.deliveries[delivery.id] = delivery
+
+    async def for_task(self, task_id: str) -> Delivery | None:
+        self.db.touch()
+        return next((d for d in self.db.deliveries.values() if d.task_id == task_id), None)
+
+    async def due(self, now: float, limit: int) -> list[Delivery]:
+        self.db.touch()
+        due = [
+            d for d in self.db.deliveries.values() if d.status is DeliveryStatus.PENDING and d.next_attempt_at <= now
+        ]
+        return sorted(due, key=lambda d: d.next_attempt_at)[:limit]
+
+    async def next_due_at(self) -> float | None:
+        self.db.touch()
+        times = [d.next_attempt_at for d in self.db.deliveries.values() if d.status is DeliveryStatus.PENDING]
+        return min(times) if times else None
+
+
+class MemoryInitImages:
+    def __init__(self, database: MemoryDatabase) -> None:
+        self.db = database
+
+    async def get(self, task_id: str) -> bytes | None:
+        self.db.touch()
+        if task_id not in self.db.tasks:
+            raise TaskNotFound("任务不存在")
+        return self.db.init_images.get(task_id)
+
+
+def memory_stores() -> tuple[Stores, MemoryTaskStore, MemoryDatabase]:
+    database = MemoryDatabase()
+    tasks = MemoryTaskStore(database)
+    stores = Stores(
+        tasks=tasks, outbox=MemoryOutbox(database), init_images=MemoryInitImages(database), database=database
+    )
+    return stores, tasks, database
+
+
+class MemoryStorage:
+    """ImageStorage in a dict."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self._keys = itertools.count()
+
+    def prepare(self) -> None:
+        pass
+
+    def save(self, data: bytes, extension: str, content_type: str) -> str:
+        key = f"image-{next(self._keys)}.{extension}"
+        self.objects[key] = data
+        return key
+
+    def url(self, key: str, base_url: str | None) -> str:
+        return f"memory://{key}"
+
+    def local_path(self, key: str) -> None:
+        return None
+
+    def check(self) -> str:
+        return "ok"
+
+
+class FakeEngine:
+    """Solid-grey images of the asked size, instantly; counts its runs."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    def load(self) -> None:
+        pass
+
+    def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def describe(self) -> dict[str, str]:
+        return {"device": "none", "dtype": "none"}
+
+    def check(self, params: GenerationParams) -> None:
+        pass
+
+    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
+        self.runs += 1
+        images = [Image.new("RGB", (params.width, params.height), (seed % 256,) * 3) for seed in params.image_seeds()]
+        return Generated(images, self.name)

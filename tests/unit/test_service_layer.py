@@ -1,0 +1,141 @@
+"""The worker, the task service and the callback sender on in-memory fakes, through the real composition root.
+
+These are the paths HTTP cannot reach reliably: a store that fails just as a finished task is recorded, a store
+outage in the middle of the loop, a shutdown while a record is in flight, two submits racing for the last place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from sdapi.bootstrap import Runtime, build_runtime
+from sdapi.config import Config, config_from_mapping
+from sdapi.errors import QueueFull, ServiceError
+from sdapi.request import GenerationRequest
+from sdapi.tasks import TaskStatus
+from tests.fakes import FakeEngine, MemoryDatabase, MemoryStorage, MemoryTaskStore, memory_stores
+
+
+def _config(tmp_path: Path, **queue: object) -> Config:
+    return config_from_mapping(
+        {
+            "data_dir": str(tmp_path),
+            "api": {"keys": ["unit-test-key"]},
+            "defaults": {"width": 64, "height": 64, "num_inference_steps": 1},
+            "queue": {"shutdown_grace_seconds": 0.2, **queue},
+        },
+        environ={},
+    )
+
+
+def _runtime(tmp_path: Path, **queue: object) -> tuple[Runtime, MemoryTaskStore, MemoryDatabase, MemoryStorage]:
+    stores, tasks, database = memory_stores()
+    storage = MemoryStorage()
+    runtime = build_runtime(_config(tmp_path, **queue), engine=FakeEngine(), stores=stores, storage=storage)
+    return runtime, tasks, database, storage
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def _run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())
+
+
+def test_a_failed_record_after_generation_is_retried_and_the_task_completes(tmp_path):
+    runtime, tasks, database, storage = _runtime(tmp_path)
+    tasks.failing_terminal_writes = 3  # the store fails three times just as the finished task is recorded
+
+    async def scenario() -> None:
+        await runtime.start()
+        task = await runtime.service.submit(GenerationRequest(prompt="a cat", num_images=2), None)
+        await _until(lambda: database.tasks[task.id].status.is_terminal)
+        finished = database.tasks[task.id]
+        assert finished.status is TaskStatus.COMPLETED and finished.attempts == 1
+        assert len(finished.result_keys) == 2 and set(finished.result_keys) <= set(storage.objects)
+        assert tasks.failing_terminal_writes == 0
+        # The worker goes on with the next task.
+        second = await runtime.service.submit(GenerationRequest(prompt="a dog"), None)
+        await _until(lambda: database.tasks[second.id].status is TaskStatus.COMPLETED)
+        await runtime.stop()
+
+    _run(scenario)
+
+
+def test_a_store_outage_in_the_loop_does_not_stop_the_worker(tmp_path):
+    runtime, _, database, _ = _runtime(tmp_path)
+
+    async def scenario() -> None:
+        await runtime.start()
+        database.outage = True
+        calls = database.calls
+        await _until(lambda: database.calls > calls + 1)  # the worker kept polling through the outage
+        database.outage = False
+        task = await runtime.service.submit(GenerationRequest(prompt="after the outage"), None)
+        await _until(lambda: database.tasks[task.id].status is TaskStatus.COMPLETED)
+        await runtime.stop()
+        assert database.closed
+
+    _run(scenario)
+
+
+def test_shutdown_while_a_record_is_in_flight_gives_the_attempt_back(tmp_path):
+    runtime, tasks, database, _ = _runtime(tmp_path)
+    engine = runtime.engine
+    assert isinstance(engine, FakeEngine)
+
+    async def scenario() -> None:
+        tasks.terminal_write_gate = asyncio.Event()  # the finished task's write hangs (never released)
+        await runtime.start()
+        task = await runtime.service.submit(GenerationRequest(prompt="stuck at the end"), None)
+        await _until(lambda: engine.runs == 1 and runtime.worker.busy)
+        await runtime.stop()  # grace 0.2 s: the record never finishes, so the run is handed back
+        stopped = database.tasks[task.id]
+        assert stopped.status is TaskStatus.PENDING and stopped.attempts == 0
+
+    _run(scenario)
+
+
+def test_admission_is_one_atomic_step(tmp_path):
+    runtime, _, database, _ = _runtime(tmp_path, max_pending=3)
+
+    async def scenario() -> None:
+        # Not started: nothing takes tasks, so the queue only fills. Ten submits race for three places.
+        results = await asyncio.gather(
+            *(runtime.service.submit(GenerationRequest(prompt=f"p{n}"), None) for n in range(10)),
+            return_exceptions=True,
+        )
+        admitted = [result for result in results if not isinstance(result, BaseException)]
+        refused = [result for result in results if isinstance(result, QueueFull)]
+        assert len(admitted) == 3 and len(refused) == 7
+        assert sum(task.status is TaskStatus.PENDING for task in database.tasks.values()) == 3
+        await runtime.stop()
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize("fail_reads", [True, False])
+def test_reading_a_task_while_the_store_is_down_is_a_service_error(tmp_path, fail_reads):
+    runtime, _, database, _ = _runtime(tmp_path)
+
+    async def scenario() -> None:
+        task = await runtime.service.submit(GenerationRequest(prompt="x"), "http://testserver")
+        database.outage = fail_reads
+        if fail_reads:
+            with pytest.raises(ServiceError):
+                await runtime.service.get(task.id, "http://testserver")
+        else:
+            view = await runtime.service.get(task.id, "http://testserver")
+            assert view.task.id == task.id and view.result_url is None
+        database.outage = False
+        await runtime.stop()
+
+    _run(scenario)
