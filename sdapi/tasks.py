@@ -74,7 +74,7 @@ def _move(
     task: Task, allowed_from: tuple[TaskStatus, ...], to: TaskStatus, now: datetime | None, **changes: object
 ) -> Task:
     if task.status not in allowed_from:
-        raise InvalidTransition(f"task {task.id}: cannot go from {task.status.value} to {to.value}")
+        raise InvalidTransition(f"任务 {task.id} 不能从 {task.status.value} 变为 {to.value}")
     return msgspec.structs.replace(task, status=to, updated_at=now or now_utc(), **changes)
 
 
@@ -86,7 +86,9 @@ def start(task: Task, now: datetime | None = None) -> Task:
 def complete(task: Task, result_keys: list[str], engine: str, now: datetime | None = None) -> Task:
     """processing -> completed with the stored images."""
     if len(result_keys) != task.params.num_images:
-        raise InvalidTransition(f"task {task.id}: {len(result_keys)} images stored, {task.params.num_images} requested")
+        raise InvalidTransition(
+            f"任务 {task.id}：已存储 {len(result_keys)} 张图片，请求的是 {task.params.num_images} 张"
+        )
     return _move(
         task,
         (TaskStatus.PROCESSING,),
