@@ -1,39 +1,64 @@
-# sdapi GPU image: CUDA runtime + cuDNN, torch (CUDA build) and onnxruntime-gpu, run as a non-root user.
-#   docker build -t sdapi .
+# sdapi container images: NVIDIA GPU (default) or CPU only.
+#   docker build -t sdapi .                                 # GPU: CUDA 13, needs NVIDIA driver >= 580
+#   docker build -t sdapi:cpu --build-arg VARIANT=cpu .     # CPU: torch's CPU build and onnxruntime
 #   docker run --gpus all -p 8000:8000 -v /srv/models:/models -v $PWD/config.yaml:/app/config.yaml sdapi
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+#
+# One CUDA, the wheels' own. torch 2.13.0 and onnxruntime-gpu 1.31.1 from PyPI are CUDA 13 builds, and torch's pip
+# dependencies bring cuBLAS, cuDNN and the other CUDA 13 libraries. So the GPU image starts from NVIDIA's CUDA 13
+# *base* image (the CUDA runtime and the container toolkit's settings; no cuDNN or math libraries) rather than a
+# cudnn-runtime image: nothing large is installed twice. tests/integration/test_container.py checks this CUDA major
+# against the majors the pinned wheels require, read from their metadata.
+ARG VARIANT=gpu
 
+# -- build: a virtual environment with sdapi and its pinned dependencies, and the tiny model ----------------------
+FROM ubuntu:24.04 AS build
+ARG VARIANT
 ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/venv/bin:$PATH
-
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 # Ubuntu's package versions move with its security updates; pinning them would break rebuilds.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv curl ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 sdapi
-
-WORKDIR /app
-
-# Dependencies first, so code changes do not reinstall them. torch first and exactly pinned (see pyproject.toml);
-# the gpu extra brings onnxruntime-gpu. The sidecar wheel only provides Swagger UI / ReDoc files (no Django).
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY deploy/install-deps.sh ./deploy/install-deps.sh
 COPY sdapi ./sdapi
 COPY export ./export
-# Every dependency of ".[gpu]" is pinned exactly in pyproject.toml.
-# hadolint ignore=DL3013
+# The same recipe as `make install` (deploy/install-deps.sh, pins from pyproject.toml), not editable. The CPU image
+# takes torch's CPU build of the same version from PyTorch's own index.
 RUN python3 -m venv /opt/venv \
-    && pip install torch==2.13.0 \
-    && pip install ".[gpu]" \
-    && pip install --no-deps drf-spectacular-sidecar==2026.10.1
-
-COPY config.yaml ./config.yaml
+    && if [ "$VARIANT" = "cpu" ]; then \
+        deploy/install-deps.sh /opt/venv/bin/python cpu --torch-index-url https://download.pytorch.org/whl/cpu; \
+    else \
+        deploy/install-deps.sh /opt/venv/bin/python gpu; \
+    fi \
+    && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 # The embedded tiny model, so the image starts on its own; mount a config that points model.path at /models for
 # real pictures.
-RUN sdapi make-tiny-model /app/data/models/tiny-sd && chown -R sdapi:sdapi /app/data
+RUN /opt/venv/bin/sdapi make-tiny-model /app/data/models/tiny-sd
+
+# -- runtime bases ---------------------------------------------------------------------------------------------
+FROM nvidia/cuda:13.0.1-base-ubuntu24.04 AS runtime-gpu
+FROM ubuntu:24.04 AS runtime-cpu
+
+# -- runtime: the venv and the model, no compilers, no pip caches, a non-root user ------------------------------
+# hadolint ignore=DL3006
+FROM runtime-${VARIANT}
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH
+# The venv's interpreter is Ubuntu 24.04's python3 (3.12), the same in both stages.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 curl ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 sdapi
+WORKDIR /app
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=10001:10001 /app/data /app/data
+COPY config.yaml ./config.yaml
 
 USER 10001
 VOLUME ["/models"]

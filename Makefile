@@ -15,17 +15,14 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Stamp files make `make install` idempotent: it reinstalls only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	# torch first and exactly pinned: an unpinned resolve would pull a newer build with GBs of CUDA packages.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[$(ONNX_EXTRA)]"
-	# Static Swagger UI and ReDoc bundles for /docs and /redoc with no CDN. --no-deps: we read its files only,
-	# its nominal Django dependency is never used.
-	$(BIN)/pip install --quiet --no-deps drf-spectacular-sidecar==2026.10.1
+# deploy/install-deps.sh is the one install recipe (torch first and exactly, then the package, then the docs
+# assets); the container image runs the same script.
+$(VENV)/.installed: pyproject.toml deploy/install-deps.sh | $(BIN)/python
+	deploy/install-deps.sh $(BIN)/python $(ONNX_EXTRA) --editable
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[$(ONNX_EXTRA),dev]"
+	deploy/install-deps.sh $(BIN)/python "$(ONNX_EXTRA),dev" --editable
 	touch $@
 
 install: $(VENV)/.installed

@@ -7,6 +7,8 @@ torch engine (pipeline_runs.py).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import threading
 from pathlib import Path
@@ -26,12 +28,43 @@ from sdapi.params import GenerationParams
 logger = logging.getLogger(__name__)
 
 
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def cuda_provider_problem() -> str | None:
+    """Why ONNX Runtime's CUDA provider cannot load in this process (the loader's own words, naming the missing
+    library), or None when it loads.
+
+    The CUDA and cuDNN libraries come from pip wheels (nvidia-*), which are not on the system's library path:
+    onnxruntime.preload_dlls() loads them from site-packages first, so the provider finds them.
+    """
+    import onnxruntime
+
+    with contextlib.suppress(Exception):  # older builds lack it; a failed preload shows in the load below
+        onnxruntime.preload_dlls()
+    library = Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not library.is_file():
+        return f"{library.name} is not part of this onnxruntime build (install onnxruntime-gpu)"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as error:
+        return str(error)
+    return None
+
+
 def available_providers(wanted: list[str]) -> list[str]:
-    """The configured providers this ONNX Runtime build offers, in the configured order."""
+    """The configured providers this ONNX Runtime build offers and can load, in the configured order.
+
+    A GPU provider whose libraries cannot be loaded is dropped with an error in the log that names the missing
+    library, instead of ONNX Runtime falling back to the CPU silently.
+    """
     import onnxruntime
 
     offered = set(onnxruntime.get_available_providers())
     chosen = [provider for provider in wanted if provider in offered]
+    if any(provider in _GPU_PROVIDERS for provider in chosen) and (problem := cuda_provider_problem()):
+        logger.error("ONNX Runtime's CUDA provider cannot load, running on the CPU: %s", problem)
+        chosen = [provider for provider in chosen if provider not in _GPU_PROVIDERS]
     return chosen or ["CPUExecutionProvider"]
 
 
@@ -128,6 +161,8 @@ class OnnxEngine:
         for part in (pipeline, self._image_to_image):
             part.set_progress_bar_config(disable=True)
         self._text_to_image = pipeline
+        # What the UNet session really runs on (ONNX Runtime may have set a provider aside), for /health.
+        self.providers = list(pipeline.unet.session.get_providers())
         self._scheduler_config = pipeline.scheduler.config
         self._shapes = shapes_from_configs(self.folder)
         blocks = len(pipeline.unet.config["block_out_channels"])
