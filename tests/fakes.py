@@ -94,9 +94,13 @@ class MemoryTaskStore:
 class MemoryOutbox:
     def __init__(self, database: MemoryDatabase) -> None:
         self.db = database
+        self.failing_saves = 0  # saves of a delivery's new state to fail before one succeeds
 
     async def save(self, delivery: Delivery) -> None:
         self.db.touch()
+        if self.failing_saves > 0:
+            self.failing_saves -= 1
+            raise TaskStoreError("任务数据库错误：database is locked (fake)")
         self.db.deliveries[delivery.id] = delivery
 
     async def for_task(self, task_id: str) -> Delivery | None:

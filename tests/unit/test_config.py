@@ -20,6 +20,17 @@ def test_defaults_and_relative_paths_resolve_against_the_config_folder(tmp_path)
     assert config.database_path.parent == config.images_path.parent
 
 
+def test_single_file_config_resolves_like_every_other_path_unless_it_is_a_hub_id(tmp_path):
+    path = tmp_path / "conf" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text("api:\n  keys: [k]\nmodel:\n  path: ./m.safetensors\n  single_file_config: ./sd15-configs\n")
+    config = load_config(path, environ={})
+    assert config.model.path == str(tmp_path / "conf" / "m.safetensors")
+    assert config.model.single_file_config == str(tmp_path / "conf" / "sd15-configs")
+    raw = {"api": {"keys": ["k"]}, "model": {"single_file_config": "runwayml/stable-diffusion-v1-5"}}
+    assert config_from_mapping(raw, environ={}).model.single_file_config == "runwayml/stable-diffusion-v1-5"
+
+
 def test_hub_ids_are_left_alone():
     config = config_from_mapping(
         {"api": {"keys": ["k"]}, "model": {"path": "runwayml/stable-diffusion-v1-5"}}, environ={}

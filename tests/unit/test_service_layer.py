@@ -14,10 +14,12 @@ import pytest
 
 from sdapi.bootstrap import Runtime, build_runtime
 from sdapi.config import Config, config_from_mapping
+from sdapi.deliveries import DeliveryStatus
 from sdapi.errors import QueueFull, ServiceError
 from sdapi.request import GenerationRequest
 from sdapi.tasks import TaskStatus
-from tests.fakes import FakeEngine, MemoryDatabase, MemoryStorage, MemoryTaskStore, memory_stores
+from tests.fakes import FakeEngine, MemoryDatabase, MemoryOutbox, MemoryStorage, MemoryTaskStore, memory_stores
+from tests.receivers import CallbackReceiver
 
 
 def _config(tmp_path: Path, **queue: object) -> Config:
@@ -25,6 +27,7 @@ def _config(tmp_path: Path, **queue: object) -> Config:
         {
             "data_dir": str(tmp_path),
             "api": {"keys": ["unit-test-key"]},
+            "callbacks": {"allowed_hosts": ["127.0.0.1/32"], "backoff_base": 0.05},
             "defaults": {"width": 64, "height": 64, "num_inference_steps": 1},
             "queue": {"shutdown_grace_seconds": 0.2, **queue},
         },
@@ -137,5 +140,25 @@ def test_reading_a_task_while_the_store_is_down_is_a_service_error(tmp_path, fai
             assert view.task.id == task.id and view.result_url is None
         database.outage = False
         await runtime.stop()
+
+    _run(scenario)
+
+
+def test_a_delivery_whose_outcome_could_not_be_recorded_is_sent_again_under_the_same_id(tmp_path):
+    runtime, _, database, _ = _runtime(tmp_path)
+    outbox = runtime.stores.outbox
+    assert isinstance(outbox, MemoryOutbox)
+    outbox.failing_saves = 1  # the first POST succeeds, but recording that it did fails
+
+    async def scenario() -> None:
+        with CallbackReceiver() as receiver:
+            await runtime.start()
+            task = await runtime.service.submit(GenerationRequest(prompt="x", callback_url=receiver.url), None)
+            await _until(lambda: any(d.status is DeliveryStatus.DELIVERED for d in database.deliveries.values()))
+            await runtime.stop()
+        posts = receiver.received
+        assert len(posts) == 2  # at least once: sent again, since the store never learned of the first
+        assert posts[0].headers["webhook-id"] == posts[1].headers["webhook-id"]  # so the receiver can drop one
+        assert database.tasks[task.id].status is TaskStatus.COMPLETED
 
     _run(scenario)
