@@ -63,6 +63,7 @@ class TaskController(Controller):
         before_request=strict_body(GenerationRequest),
         responses={
             400: ResponseSpec(ErrorResponse, description="请求参数错误"),
+            413: ResponseSpec(ErrorResponse, description="请求体过大（上限见 limits.max_request_bytes）"),
             422: ResponseSpec(ValidationErrorResponse, description="参数验证失败"),
             429: ResponseSpec(ErrorResponse, description="任务队列已满，稍后重试（见 Retry-After）"),
             **_ERRORS,
