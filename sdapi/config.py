@@ -82,19 +82,19 @@ class LimitsConfig(_Section, frozen=True):
     # Decoded init_image pixels (width * height); larger inputs are refused with a 400.
     max_init_image_pixels: PositiveInt = 4096 * 4096
     # Request bodies larger than this are refused with a 413. null: what the largest init image the other limits
-    # allow can need (see request_bytes_needed).
+    # allow can need (see request_limit_bytes).
     max_request_bytes: PositiveInt | None = None
-
-    def request_bytes_needed(self) -> int:
-        """Bytes of the largest request these limits admit: an init image as large as allowed, as an uncompressed
-        16-bit RGBA PNG (8 bytes a pixel, PNG's worst case), base64-encoded (4/3), plus 1 MiB for the rest."""
-        # Image-to-image rounds the input's sides down to multiples of 8, so sides up to max + 7 are accepted.
-        pixels = min(self.max_init_image_pixels, (self.max_width + 7) * (self.max_height + 7))
-        return pixels * 8 * 4 // 3 + 2**20
 
     @property
     def request_limit_bytes(self) -> int:
-        return self.max_request_bytes if self.max_request_bytes is not None else self.request_bytes_needed()
+        """max_request_bytes, or by default the bytes of the largest request these limits admit: an init image as
+        large as allowed, as an uncompressed 16-bit RGBA PNG (8 bytes a pixel, PNG's worst case), base64-encoded
+        (4/3), plus 1 MiB for the rest of the body."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        # Image-to-image rounds the input's sides down to multiples of 8, so sides up to max + 7 are accepted.
+        pixels = min(self.max_init_image_pixels, (self.max_width + 7) * (self.max_height + 7))
+        return pixels * 8 * 4 // 3 + 2**20
 
 
 class QueueConfig(_Section, frozen=True):

@@ -49,7 +49,7 @@ class EngineRouter:
         self._make_fallback = make_fallback
         self._fallback: Engine | None = None
         self._fallback_lock = threading.Lock()
-        self._prefer = prefer or make_fallback is None
+        self._prefer = prefer
         self._fallback_on_failure = fallback_on_failure and make_fallback is not None
         self.name = preferred.name if make_fallback is None else "auto"
 
