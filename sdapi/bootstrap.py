@@ -1,29 +1,43 @@
-"""The composition root: builds every part of a running service from the config, starts and stops them.
+"""The composition root: builds every part of a running process from the config and its role, starts and stops
+them.
 
-create_app (api/app.py) serves HTTP around the Runtime built here; tests build it through the same function, with
-their own engine, DNS resolver or fakes in place of the configured ones. Nothing is opened at import time.
+Roles (sdapi.nodes.Role): `all` (API and worker in one process, the default), `api` (HTTP only: no engine, no
+model, torch never imported) and `worker` (engine and task loop, no HTTP). Every role runs the reaper and a
+heartbeat; roles that serve HTTP also send callbacks.
+
+create_app (api/app.py) serves HTTP around the Runtime built here; `sdapi worker` runs one without HTTP. Tests build
+it through the same function, with their own engine, DNS resolver or fakes in place of the configured ones.
+Nothing is opened at import time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sdapi.callbacks.sender import CallbackSender
-from sdapi.callbacks.ssrf import Resolver, system_resolver
+from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, system_resolver
 from sdapi.config import Config
 from sdapi.engines import Engine
-from sdapi.engines.factory import build_engine
-from sdapi.errors import StorageError
+from sdapi.errors import ConfigError, StorageError
+from sdapi.heartbeat import Heartbeat
 from sdapi.loras.library import LoraLibrary
+from sdapi.nodes import NodeInfo, Role
+from sdapi.params import GenerationParams
+from sdapi.reaper import Reaper
+from sdapi.results import iso
 from sdapi.service import TaskService
 from sdapi.storage import ImageStorage
 from sdapi.storage.local import LocalImageStorage
 from sdapi.storage.minio import MinioImageStorage
 from sdapi.store import Stores
-from sdapi.store.sqlite import open_sqlite
 from sdapi.tasks import TaskStatus
 from sdapi.worker import Worker
 
@@ -36,9 +50,44 @@ def build_storage(config: Config) -> ImageStorage:
     return LocalImageStorage(config.images_path)
 
 
+def open_stores(config: Config) -> Stores:
+    """The configured task database (not yet connected: `stores.database.open()` does that and migrates)."""
+    if config.store.backend == "postgres":
+        from sdapi.store.postgres import open_postgres
+
+        assert config.store.postgres.dsn is not None  # checked when the config was loaded
+        return open_postgres(config.store.postgres.dsn, config.store.postgres.pool_size)
+    from sdapi.store.sqlite import open_sqlite
+
+    return open_sqlite(config.database_path)
+
+
+def _build_engine(config: Config, library: LoraLibrary) -> Engine:
+    # Imported here: the engines import torch, which an API node never needs.
+    from sdapi.engines.factory import build_engine
+
+    return build_engine(config, library.path_for)
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """One live worker as /health lists it."""
+
+    id: str
+    host: str
+    device: str
+    engine: str
+    model: str
+    model_loaded: bool
+    model_error: str | None
+    current_task: str | None
+    started_at: str
+    last_heartbeat_at: str
+
+
 @dataclass(frozen=True)
 class ServiceHealth:
-    """What /health reports, gathered from the parts."""
+    """What /health reports, gathered from the parts and from the live workers in the registry."""
 
     model_loaded: bool
     engine: str
@@ -48,29 +97,40 @@ class ServiceHealth:
     storage: str
     queue_pending: int
     model_error: str | None
+    role: str
+    queue_processing: int
+    workers: list[WorkerHealth]
 
 
 @dataclass
 class Runtime:
-    """The wired parts of one running service."""
+    """The wired parts of one running process."""
 
     config: Config
+    role: Role
+    node_id: str
     stores: Stores
     storage: ImageStorage
-    engine: Engine
-    worker: Worker
+    engine: Engine | None
+    worker: Worker | None
     service: TaskService
-    callbacks: CallbackSender
+    callbacks: CallbackSender | None
+    reaper: Reaper
+    heartbeat: Heartbeat
     library: LoraLibrary
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     _started: bool = field(default=False, repr=False)
 
     async def start(self) -> None:
-        """Check storage, scan the LoRA folder, recover interrupted tasks, start the worker and the sender."""
+        """Open the database, check storage, scan the LoRA folder, then start the loops this role runs."""
+        await self.stores.database.open()
         try:
             self.storage.prepare()
         except StorageError as error:
             # Keep serving: tasks retry their uploads, and /health shows the storage state meanwhile.
             logger.error("image storage not ready: %s", error.message)
+        if self.role is Role.API:
+            await self._check_shared_storage()
         # Hashing and checking every file may take a while for a big folder: off the event loop.
         await asyncio.to_thread(self.library.scan)
         known = {entry.name for entry in self.library.entries()}
@@ -81,34 +141,115 @@ class Runtime:
                     default.name,
                     self.library.directory,
                 )
-        await self.worker.recover()
-        self.worker.start()
-        self.callbacks.start()
+        self.heartbeat.start(self.describe)
+        self.reaper.start()
+        await self.stores.feed.start(on_task=self._task_announced, on_delivery=self._delivery_announced)
+        if self.worker is not None:
+            self.worker.start()
+        if self.callbacks is not None:
+            self.callbacks.start()
         self._started = True
 
+    def _task_announced(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    def _delivery_announced(self) -> None:
+        if self.callbacks is not None:
+            self.callbacks.wake()
+
+    async def _check_shared_storage(self) -> None:
+        """An API node with local storage serves images from its own data_dir: refuse to start when a live worker
+        writes them somewhere else (another host, or another folder), where this node could never serve them."""
+        if self.storage.name != "local":
+            return
+        here = self.describe()
+        for node in await self.stores.nodes.live(self.config.queue.lease_seconds):
+            if node.role.runs_worker and (node.host != here.host or node.data_dir != here.data_dir):
+                raise ConfigError(
+                    f"storage.backend local: worker {node.id} on {node.host} keeps its images in {node.data_dir}, "
+                    f"this API node serves {here.data_dir} on {here.host}. With separate API and worker processes "
+                    "use MinIO (storage.backend: minio), or let every node share one data_dir"
+                )
+
     async def stop(self) -> None:
-        """Let the running task finish (within queue.shutdown_grace_seconds), stop sending, close the database."""
+        """Let the running task finish (within queue.shutdown_grace_seconds), stop the loops, close the database."""
         if self._started:
-            await self.worker.stop(self.config.queue.shutdown_grace_seconds)
-            await self.callbacks.stop()
+            if self.worker is not None:
+                await self.worker.stop(self.config.queue.shutdown_grace_seconds)
+            if self.callbacks is not None:
+                await self.callbacks.stop()
+            await self.stores.feed.stop()
+            await self.reaper.stop()
+            await self.heartbeat.stop()
         await self.stores.database.close()
 
-    async def health(self) -> ServiceHealth:
-        details = self.engine.describe()
-        return ServiceHealth(
-            model_loaded=self.engine.loaded,
-            engine=self.engine.name,
+    def describe(self) -> NodeInfo:
+        """This process's registry entry."""
+        details = self.engine.describe() if self.engine is not None else {}
+        return NodeInfo(
+            id=self.node_id,
+            role=self.role,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=iso(self.started_at),
+            storage=self.storage.name,
+            data_dir=str(self.config.data_path.resolve()),
             device=details.get("device", ""),
             dtype=details.get("dtype", ""),
-            providers=[name for name in details.get("providers", "").split(",") if name],
+            engine=self.engine.name if self.engine is not None else "",
+            providers=tuple(name for name in details.get("providers", "").split(",") if name),
+            model=self.config.model.path,
+            model_loaded=self.engine is not None and self.engine.loaded,
+            model_error=self.worker.model_error if self.worker is not None else None,
+            current_task=self.worker.current_task if self.worker is not None else None,
+        )
+
+    async def health(self) -> ServiceHealth:
+        """This node's view: the model counts as loaded when this process or any live worker has it loaded."""
+        here = self.describe()
+        live = await self.stores.nodes.live(self.config.queue.lease_seconds)
+        workers = [node for node in live if node.role.runs_worker and node.id != here.id]
+        if here.role.runs_worker:
+            workers.insert(0, here)
+        # Engine details from this process when it runs one, else from the first worker with its model loaded.
+        source = next((node for node in workers if node.model_loaded), workers[0] if workers else here)
+        return ServiceHealth(
+            model_loaded=any(node.model_loaded for node in workers),
+            engine=source.engine,
+            device=source.device,
+            dtype=source.dtype,
+            providers=list(source.providers),
             storage=self.storage.check(),
             queue_pending=await self.stores.tasks.count(TaskStatus.PENDING),
-            model_error=self.worker.model_error,
+            model_error=next((node.model_error for node in workers if node.model_error), None),
+            role=self.role.value,
+            queue_processing=await self.stores.tasks.count(TaskStatus.PROCESSING),
+            workers=[_worker_health(node) for node in workers],
         )
 
     def image_path(self, key: str) -> Path | None:
         """The file behind an image key when this service serves images itself (local storage), else None."""
         return self.storage.local_path(key)
+
+
+def _worker_health(node: NodeInfo) -> WorkerHealth:
+    return WorkerHealth(
+        id=node.id,
+        host=node.host,
+        device=node.device,
+        engine=node.engine,
+        model=node.model,
+        model_loaded=node.model_loaded,
+        model_error=node.model_error,
+        current_task=node.current_task,
+        started_at=node.started_at,
+        last_heartbeat_at=iso(datetime.fromtimestamp(node.heartbeat_at, UTC)) if node.heartbeat_at else node.started_at,
+    )
+
+
+def _no_engine_check(params: GenerationParams) -> None:
+    """An API node has no engine to ask: what only the engine can refuse fails the task on the worker instead."""
 
 
 def build_runtime(
@@ -117,46 +258,74 @@ def build_runtime(
     resolver: Resolver | None = None,
     stores: Stores | None = None,
     storage: ImageStorage | None = None,
+    role: Role = Role.ALL,
 ) -> Runtime:
-    """Open the store and create storage, engine, worker and callback sender (nothing connects yet).
+    """Create the parts `role` runs: store, storage, engine, worker, callback sender, reaper, heartbeat (nothing
+    connects until start()).
 
     Each argument replaces the configured part: tests pass fakes, a failing engine, or a DNS resolver of their own.
     """
-    stores = stores or open_sqlite(config.database_path)
+    stores = stores or open_stores(config)
     storage = storage or build_storage(config)
     library = LoraLibrary(config.loras, config.loras_path)
-    chosen_engine = engine or build_engine(config, library.path_for)
+    node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    chosen_engine = (engine or _build_engine(config, library)) if role.runs_worker else None
     resolver = resolver or system_resolver
-    callbacks = CallbackSender(
-        config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver
+    callbacks = (
+        CallbackSender(config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver)
+        if role.serves_http
+        else None
     )
-    worker = Worker(
-        config,
+    wake_sender: Callable[[], None] = callbacks.wake if callbacks is not None else lambda: None
+    heartbeat = Heartbeat(stores.nodes, config.queue.lease_seconds)
+    worker = None
+    if chosen_engine is not None:
+        engine_for_library = chosen_engine
+
+        def model_loaded() -> None:
+            library.set_model(engine_for_library.adapter_shapes())
+            heartbeat.beat_now()
+
+        worker = Worker(
+            config,
+            stores.tasks,
+            stores.init_images,
+            chosen_engine,
+            storage,
+            worker_id=node_id,
+            on_delivery=wake_sender,
+            on_model_loaded=model_loaded,
+        )
+    wake_worker: Callable[[], None] = worker.wake if worker is not None else lambda: None
+    reaper = Reaper(
         stores.tasks,
-        stores.init_images,
-        chosen_engine,
-        storage,
-        on_delivery=callbacks.wake,
-        on_model_loaded=lambda: library.set_model(chosen_engine.adapter_shapes()),
+        config.queue.max_attempts,
+        config.queue.lease_seconds,
+        on_requeue=wake_worker,
+        on_delivery=wake_sender,
     )
     service = TaskService(
         config,
         stores.tasks,
         stores.outbox,
         storage,
-        worker.wake,
-        callbacks.policy,
+        wake_worker,
+        CallbackPolicy.from_config(config.callbacks),
         library,
-        chosen_engine.check,
+        chosen_engine.check if chosen_engine is not None else _no_engine_check,
         resolver,
     )
     return Runtime(
         config=config,
+        role=role,
+        node_id=node_id,
         stores=stores,
         storage=storage,
         engine=chosen_engine,
         worker=worker,
         service=service,
         callbacks=callbacks,
+        reaper=reaper,
+        heartbeat=heartbeat,
         library=library,
     )

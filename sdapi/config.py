@@ -27,6 +27,7 @@ ENV_API_KEYS = "SDAPI_API_KEYS"  # comma-separated; replaces api.keys
 ENV_MINIO_ACCESS_KEY = "SDAPI_MINIO_ACCESS_KEY"
 ENV_MINIO_SECRET_KEY = "SDAPI_MINIO_SECRET_KEY"
 ENV_CALLBACK_SECRET = "SDAPI_CALLBACK_SECRET"
+ENV_DATABASE_URL = "SDAPI_DATABASE_URL"  # replaces store.postgres.dsn
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Side = Annotated[int, msgspec.Meta(ge=64, le=16384, multiple_of=8)]
@@ -59,7 +60,8 @@ class ModelConfig(_Section, frozen=True):
     # For a single-file checkpoint: a local diffusers folder (or hub id) whose component configs describe its
     # architecture. Without it diffusers infers the architecture and fetches configs from the hub.
     single_file_config: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto | cpu | cuda | cuda:N (one worker process per GPU: `sdapi worker --device cuda:1`).
+    device: Annotated[str, msgspec.Meta(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Images generated together in one batch; a request for more runs as several batches.
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10)] = 4
@@ -106,6 +108,10 @@ class QueueConfig(_Section, frozen=True):
     retry_after_seconds: PositiveInt = 10
     # On SIGTERM, how long the running generation may take to finish before it is left to be re-run.
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0.0)] = 30.0
+    # A worker holds the task it runs under a lease it renews every third of this; a task whose lease ran out
+    # (its worker died or froze) goes back to the queue, or fails once max_attempts runs have started. A worker
+    # whose heartbeat stops drops out of /health after this long.
+    lease_seconds: Annotated[float, msgspec.Meta(ge=1.0, le=3600.0)] = 30.0
 
 
 class OnnxConfig(_Section, frozen=True):
@@ -166,6 +172,21 @@ class CallbacksConfig(_Section, frozen=True):
     max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
 
 
+class PostgresConfig(_Section, frozen=True):
+    # libpq connection string or URL, e.g. postgresql://sdapi@db:5432/sdapi; or SDAPI_DATABASE_URL (keeps the
+    # password out of the file). Point it at PostgreSQL or a session-mode pooler: LISTEN needs a session.
+    dsn: str | None = None
+    # Connections each process keeps (the change feed's listener is one more).
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+
+
+class StoreConfig(_Section, frozen=True):
+    # sqlite: one file under data_dir, no setup (one machine; several `sdapi worker` processes may share it).
+    # postgres: several API nodes and workers on several machines.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    postgres: PostgresConfig = PostgresConfig()
+
+
 class LorasConfig(_Section, frozen=True):
     # Folder of .safetensors LoRA/LoHa/LoKr files; null: data_dir/loras.
     dir: str | None = None
@@ -187,6 +208,7 @@ class Config(_Section, frozen=True):
     defaults: DefaultsConfig = DefaultsConfig()
     limits: LimitsConfig = LimitsConfig()
     queue: QueueConfig = QueueConfig()
+    store: StoreConfig = StoreConfig()
     onnx: OnnxConfig = OnnxConfig()
     storage: StorageConfig = StorageConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
@@ -257,6 +279,8 @@ def _apply_environment(raw: dict[str, object], environ: dict[str, str]) -> None:
         _section(raw, "storage", "minio")["secret_key"] = secret_key
     if secret := environ.get(ENV_CALLBACK_SECRET):
         _section(raw, "callbacks")["secret"] = secret
+    if database_url := environ.get(ENV_DATABASE_URL):
+        _section(raw, "store", "postgres")["dsn"] = database_url
 
 
 def _check_consistency(config: Config) -> None:
@@ -279,6 +303,10 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(
             "config keys 'storage.minio.access_key' and 'storage.minio.secret_key' are required for the minio "
             f"backend (or set {ENV_MINIO_ACCESS_KEY} and {ENV_MINIO_SECRET_KEY})"
+        )
+    if config.store.backend == "postgres" and not config.store.postgres.dsn:
+        raise ConfigError(
+            f"config key 'store.postgres.dsn' is required for the postgres store backend (or set {ENV_DATABASE_URL})"
         )
     if config.defaults.width > config.limits.max_width:
         raise ConfigError("config key 'defaults.width' is larger than 'limits.max_width'")
@@ -326,6 +354,17 @@ def config_from_mapping(
         raise ConfigError(_describe_validation_error(error)) from None
     _check_consistency(config)
     return config
+
+
+def with_device(config: Config, device: str) -> Config:
+    """`config` with model.device replaced (`sdapi worker --device cuda:1`), checked like the config key."""
+    model = msgspec.to_builtins(config.model)
+    model["device"] = device
+    try:
+        checked = msgspec.convert(model, type=ModelConfig, strict=True)
+    except msgspec.ValidationError:
+        raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    return msgspec.structs.replace(config, model=checked)
 
 
 def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:

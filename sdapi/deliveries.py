@@ -8,6 +8,8 @@ import uuid
 
 import msgspec
 
+from sdapi.tasks import Task
+
 
 class DeliveryStatus(enum.StrEnum):
     PENDING = "pending"
@@ -29,6 +31,13 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
 
 def new_delivery(task_id: str, url: str, now: float) -> Delivery:
     return Delivery(id=f"msg_{uuid.uuid4().hex}", task_id=task_id, url=url, next_attempt_at=now)
+
+
+def delivery_for(task: Task, now: float) -> Delivery | None:
+    """The callback delivery a task's new state calls for: one when it has just finished and has a callback_url."""
+    if task.status.is_terminal and task.params.callback_url:
+        return new_delivery(task.id, task.params.callback_url, now)
+    return None
 
 
 def backoff_seconds(attempts_made: int, base: float, rng: random.Random | None = None) -> float:

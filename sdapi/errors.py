@@ -13,10 +13,11 @@ SdapiError
     ├── ModelLoadFailed             tasks fail with the reason until the model loads
     ├── GenerationFailed            one task fails with a user-safe message; the worker goes on
     ├── StorageError                uploads are retried, then the task fails
-    ├── TaskStoreError              the task database failed; callers retry
+    ├── TaskStoreError              the task database failed (500); callers retry
+    │   └── StoreUnavailable        503 with Retry-After: unreachable, restarting, locked; nodes reconnect
     └── InvalidTransition           a bug: a task was asked to move where its status does not allow
 
-Vendor exceptions (sqlite3, minio/urllib3, httpx, torch, onnxruntime) are translated into these inside the one
+Vendor exceptions (sqlite3, psycopg, minio/urllib3, httpx, torch, onnxruntime) are translated into these inside the one
 module that talks to each vendor; nothing above those modules catches a vendor exception.
 """
 
@@ -108,4 +109,9 @@ class StorageError(ServiceError):
 
 
 class TaskStoreError(ServiceError):
-    """The task database failed (disk full, locked, corrupt)."""
+    """The task database failed (a missing table, a corrupt file)."""
+
+
+class StoreUnavailable(TaskStoreError):
+    """The task database cannot be reached for now (down, restarting, connection lost, locked): the client retries
+    after a few seconds and nothing was lost."""

@@ -1,5 +1,10 @@
-"""The worker's task loop: takes pending tasks one at a time, runs the engine on the generation thread, stores the
-images and records the result (with its callback delivery, in the same write)."""
+"""The worker's task loop: claims pending tasks one at a time under a lease, runs the engine on the generation
+thread, stores the images and settles the result (with its callback delivery, in the same write).
+
+The lease is renewed every third of queue.lease_seconds while the task runs. If this process stops renewing (it
+died, or froze past the lease), the reaper hands the task to another worker; a frozen worker that wakes up finds
+its lease gone: its settle writes nothing, so it sends no callback, and it deletes the images it uploaded.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +16,22 @@ from collections.abc import Callable
 
 from sdapi import tasks
 from sdapi.config import Config
-from sdapi.deliveries import new_delivery
+from sdapi.deliveries import delivery_for
 from sdapi.engines import Engine
 from sdapi.errors import GENERIC_GENERATION_FAILURE, GenerationFailed, ModelLoadFailed, SdapiError, StorageError
 from sdapi.generation_thread import GenerationThread
 from sdapi.images import CONTENT_TYPES, encode_image, open_init_image
 from sdapi.storage import ImageStorage
-from sdapi.store import InitImageStore, TaskStore
-from sdapi.tasks import Task, TaskStatus
+from sdapi.store import InitImageStore, Lease, TaskStore
+from sdapi.tasks import Task
 from sdapi.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
 # How often the idle worker looks at the store even without a wake-up (tasks added by another process).
 IDLE_POLL_SECONDS = 1.0
-# Recording a finished run is retried while the task store fails: waits double from the first to the last value
-# and stay there, until the write succeeds or stop() gives up on the task (a task must not stay `processing`
-# because one write failed).
+# Settling a finished run is retried while the task store fails: waits double from the first to the last value
+# and stay there, until the write succeeds, finds the lease lost, or stop() gives up on the task.
 RECORD_RETRY_FIRST_SECONDS = 0.1
 RECORD_RETRY_MAX_SECONDS = 5.0
 
@@ -42,6 +46,7 @@ class Worker:
         init_images: InitImageStore,
         engine: Engine,
         storage: ImageStorage,
+        worker_id: str,
         on_delivery: Callable[[], None] = lambda: None,
         on_model_loaded: Callable[[], None] = lambda: None,
     ) -> None:
@@ -50,24 +55,19 @@ class Worker:
         self._init_images = init_images
         self._engine = engine
         self._storage = storage
+        self._worker_id = worker_id
+        self._lease_seconds = config.queue.lease_seconds
         self._on_delivery = on_delivery
         self._on_model_loaded = on_model_loaded
         self._wakeup = Wakeup()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._generation = GenerationThread()
-        # The task this worker has started and not yet recorded as finished (generating, or being recorded).
-        self._current: Task | None = None
+        # The lease of the task this worker has claimed and not yet settled (generating, or being recorded).
+        self._current: Lease | None = None
         self.model_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
-
-    async def recover(self) -> None:
-        """At start-up: tasks left `processing` by a crash run again, or fail when out of attempts."""
-        for task in await self._tasks.with_status(TaskStatus.PROCESSING):
-            recovered = tasks.recover_interrupted(task, self._config.queue.max_attempts)
-            await self._record(recovered, TaskStatus.PROCESSING)
-            logger.warning("task %s was interrupted (attempt %d): now %s", task.id, task.attempts, recovered.status)
 
     def start(self) -> None:
         """Start loading the model and taking tasks (in the background: /health answers at once)."""
@@ -95,18 +95,24 @@ class Worker:
             await self._loop_task
         if interrupted is None:
             return
-        logger.warning("shutdown: task %s did not finish in %.0fs; it will run again", interrupted.id, grace_seconds)
+        task_id = interrupted.task.id
+        logger.warning("shutdown: task %s did not finish in %.0fs; it will run again", task_id, grace_seconds)
         # A clean shutdown is not the task's fault: give back the attempt it was using. If its outcome was written
-        # meanwhile, this write finds it finished and changes nothing.
+        # meanwhile, the lease is gone and this write changes nothing.
         try:
-            await self._record(tasks.retry(interrupted, count_attempt=False), TaskStatus.PROCESSING)
+            await self._settle(interrupted, tasks.retry(interrupted.task, count_attempt=False))
         except SdapiError as error:
-            logger.error("shutdown: task %s stays processing until restart recovery: %s", interrupted.id, error.message)
+            logger.error("shutdown: task %s stays processing until its lease expires: %s", task_id, error.message)
 
     @property
     def busy(self) -> bool:
         """Whether a task is being generated or recorded now."""
         return self._current is not None
+
+    @property
+    def current_task(self) -> str | None:
+        """The id of the task being generated or recorded now (for the node registry)."""
+        return None if self._current is None else self._current.task.id
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -114,9 +120,9 @@ class Worker:
         await self._load_model()
         while not self._stopping:
             try:
-                task = await self._tasks.next_pending()
-                if task is not None:
-                    await self._process(task)
+                lease = await self._tasks.claim(self._worker_id, self._lease_seconds)
+                if lease is not None:
+                    await self._process(lease)
                     continue
             except SdapiError as error:  # the task database failed: log, wait, try again
                 logger.error("worker: %s", error.message)
@@ -134,21 +140,49 @@ class Worker:
             self.model_error = f"模型加载失败：{type(error).__name__}: {error}"
             logger.exception("model not loaded")
 
-    async def _process(self, task: Task) -> None:
+    async def _process(self, lease: Lease) -> None:
+        started = lease.task
         if self.model_error is not None:
-            await self._record(tasks.fail(task, self.model_error), TaskStatus.PENDING)
+            await self._settle_until_written(lease, tasks.fail(started, self.model_error))
             return
-        started = tasks.start(task)
-        if not await self._record(started, TaskStatus.PENDING):
-            return  # someone else changed it meanwhile
-        self._current = started
+        self._current = lease
+        keeper = asyncio.get_running_loop().create_task(self._keep_lease(lease), name=f"sdapi-lease-{started.id}")
         began = time.perf_counter()
         try:
             finished = await self._run_task(started)
-            if await self._record_until_written(finished, TaskStatus.PROCESSING):
+            if await self._settle_until_written(lease, finished):
                 logger.info("task %s %s in %.2fs", started.id, finished.status, time.perf_counter() - began)
+            else:
+                await self._discard(finished)
         finally:
+            keeper.cancel()
             self._current = None
+
+    async def _keep_lease(self, lease: Lease) -> None:
+        """Renew the lease every third of its length until cancelled, or until it turns out lost."""
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            try:
+                if not await self._tasks.renew(lease, self._lease_seconds):
+                    logger.warning(
+                        "task %s: lease lost (another worker may run it); its outcome will not count", lease.task.id
+                    )
+                    return
+            except SdapiError as error:  # keep trying: the lease may still be ours when the store answers again
+                logger.error("task %s: renewing the lease failed: %s", lease.task.id, error.message)
+
+    async def _discard(self, finished: Task) -> None:
+        """The lease was lost before the outcome was written: the task belongs to another run now. Delete the images
+        this run uploaded, so nothing refers to them and no storage is left behind."""
+        logger.warning(
+            "task %s: lease lost before its outcome was written; nothing recorded, nothing sent", finished.id
+        )
+        if not finished.result_keys:
+            return
+        try:
+            await asyncio.to_thread(self._storage.delete, finished.result_keys)
+        except SdapiError as error:
+            logger.error("task %s: deleting the images of the lost run failed: %s", finished.id, error.message)
 
     async def _run_task(self, started: Task) -> Task:
         """Generate and store the images of a started task: the task completed, or failed with a user-safe message."""
@@ -167,22 +201,21 @@ class Worker:
             logger.exception("task %s failed with an unexpected error", started.id)
             return tasks.fail(started, GENERIC_GENERATION_FAILURE)
 
-    async def _record(self, task: Task, expected: TaskStatus) -> bool:
-        """Store the task's new state; a finished task with a callback_url gets its delivery in the same write."""
-        delivery = None
-        if task.status.is_terminal and task.params.callback_url:
-            delivery = new_delivery(task.id, task.params.callback_url, time.time())
-        written = await self._tasks.update(task, expected, delivery)
+    async def _settle(self, lease: Lease, task: Task) -> bool:
+        """Write the task's new state while the lease is ours; a finished task with a callback_url gets its delivery
+        in the same write. False: the lease was lost, nothing was written."""
+        delivery = delivery_for(task, time.time())
+        written = await self._tasks.settle(lease, task, delivery)
         if written and delivery is not None:
             self._on_delivery()
         return written
 
-    async def _record_until_written(self, task: Task, expected: TaskStatus) -> bool:
-        """`_record`, retried while the task store fails (see RECORD_RETRY_*), until written or cancelled by stop()."""
+    async def _settle_until_written(self, lease: Lease, task: Task) -> bool:
+        """`_settle`, retried while the task store fails (see RECORD_RETRY_*), until it answers or stop() cancels."""
         wait = RECORD_RETRY_FIRST_SECONDS
         while True:
             try:
-                return await self._record(task, expected)
+                return await self._settle(lease, task)
             except SdapiError as error:
                 logger.error("task %s: recording %s failed, retrying in %.1fs: %s", task.id, task.status, wait, error)
                 await asyncio.sleep(wait)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from moto.server import ThreadedMotoServer
 
-from sdapi.testing.services import InProcessService, in_process
+from sdapi.testing.postgres import PostgresCluster
+from sdapi.testing.services import InProcessService, free_port, in_process
 from sdapi.tiny_model import make_tiny_model
 
 
@@ -28,3 +30,23 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Itera
 def client(service: InProcessService) -> Iterator[httpx.Client]:
     with service.client() as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL server for the run (its own throw-away cluster); tests take fresh databases from it."""
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, object]]:
+    """A real S3 HTTP endpoint on loopback (moto's server), for the MinIO storage backend."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield {"endpoint": f"127.0.0.1:{port}", "server": server, "port": port}
+    server.stop()

@@ -8,24 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+import uuid
+from collections.abc import Sequence
 
+import msgspec
 from PIL import Image
 
+from sdapi import tasks
 from sdapi.deliveries import Delivery, DeliveryStatus
 from sdapi.engines import Generated
 from sdapi.errors import TaskNotFound, TaskStoreError
+from sdapi.nodes import NodeInfo
 from sdapi.params import GenerationParams
-from sdapi.store import Stores
+from sdapi.store import DeliveryClaim, Lease, NoChangeFeed, Stores
 from sdapi.tasks import Task, TaskStatus
 
 
 class MemoryDatabase:
-    """The tables, shared by the three fakes; `outage` makes every call fail as a broken database would."""
+    """The tables, shared by the fakes; `outage` makes every call fail as a broken database would."""
 
     def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
         self.init_images: dict[str, bytes | None] = {}
         self.deliveries: dict[str, Delivery] = {}
+        # task id -> (lease token, expiry); delivery id -> (claim token, expiry)
+        self.leases: dict[str, tuple[str, float]] = {}
+        self.claims: dict[str, tuple[str, float]] = {}
+        self.nodes: dict[str, NodeInfo] = {}
         self.outage = False
         self.closed = False
         self.calls = 0
@@ -34,6 +44,9 @@ class MemoryDatabase:
         self.calls += 1
         if self.outage:
             raise TaskStoreError("任务数据库错误：disk I/O error (fake outage)")
+
+    async def open(self) -> None:
+        self.touch()
 
     async def close(self) -> None:
         self.closed = True
@@ -60,7 +73,39 @@ class MemoryTaskStore:
             raise TaskNotFound("任务不存在")
         return self.db.tasks[task_id]
 
-    async def update(self, task: Task, expected_status: TaskStatus, delivery: Delivery | None = None) -> bool:
+    async def count(self, status: TaskStatus) -> int:
+        self.db.touch()
+        return sum(t.status is status for t in self.db.tasks.values())
+
+    async def claim(self, worker_id: str, lease_seconds: float) -> Lease | None:
+        self.db.touch()
+        pending = next((t for t in self.db.tasks.values() if t.status is TaskStatus.PENDING), None)
+        if pending is None:
+            return None
+        started = tasks.start(pending)
+        self.db.tasks[started.id] = started
+        token = uuid.uuid4().hex
+        self.db.leases[started.id] = (token, time.time() + lease_seconds)
+        return Lease(started, token)
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> bool:
+        self.db.touch()
+        if not self._holds(lease):
+            return False
+        self.db.leases[lease.task.id] = (lease.token, time.time() + lease_seconds)
+        return True
+
+    def _holds(self, lease: Lease) -> bool:
+        current = self.db.leases.get(lease.task.id)
+        stored = self.db.tasks.get(lease.task.id)
+        return (
+            current is not None
+            and current[0] == lease.token
+            and stored is not None
+            and stored.status is TaskStatus.PROCESSING
+        )
+
+    async def settle(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
         self.db.touch()
         if task.status.is_terminal:
             if self.terminal_write_gate is not None:
@@ -68,51 +113,73 @@ class MemoryTaskStore:
             if self.failing_terminal_writes > 0:
                 self.failing_terminal_writes -= 1
                 raise TaskStoreError("任务数据库错误：database is locked (fake)")
-        stored = self.db.tasks.get(task.id)
-        if stored is None or stored.status is not expected_status:
+        return self._write(lease, task, delivery)
+
+    def _write(self, lease: Lease, task: Task, delivery: Delivery | None) -> bool:
+        if not self._holds(lease):
             return False
         self.db.tasks[task.id] = task
+        del self.db.leases[task.id]
         if task.status.is_terminal:
             self.db.init_images[task.id] = None
         if delivery is not None:
             self.db.deliveries[delivery.id] = delivery
         return True
 
-    async def next_pending(self) -> Task | None:
+    async def expired(self, limit: int) -> list[Lease]:
         self.db.touch()
-        return next((t for t in self.db.tasks.values() if t.status is TaskStatus.PENDING), None)
+        now = time.time()
+        return [
+            Lease(self.db.tasks[task_id], token)
+            for task_id, (token, expires) in self.db.leases.items()
+            if expires < now
+        ][:limit]
 
-    async def count(self, status: TaskStatus) -> int:
+    async def reap(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
         self.db.touch()
-        return sum(t.status is status for t in self.db.tasks.values())
-
-    async def with_status(self, status: TaskStatus) -> list[Task]:
-        self.db.touch()
-        return [t for t in self.db.tasks.values() if t.status is status]
+        current = self.db.leases.get(lease.task.id)
+        if current is None or current[1] >= time.time():
+            return False
+        return self._write(lease, task, delivery)
 
 
 class MemoryOutbox:
     def __init__(self, database: MemoryDatabase) -> None:
         self.db = database
-        self.failing_saves = 0  # saves of a delivery's new state to fail before one succeeds
-
-    async def save(self, delivery: Delivery) -> None:
-        self.db.touch()
-        if self.failing_saves > 0:
-            self.failing_saves -= 1
-            raise TaskStoreError("任务数据库错误：database is locked (fake)")
-        self.db.deliveries[delivery.id] = delivery
+        self.failing_records = 0  # records of a delivery's new state to fail before one succeeds
 
     async def for_task(self, task_id: str) -> Delivery | None:
         self.db.touch()
         return next((d for d in self.db.deliveries.values() if d.task_id == task_id), None)
 
-    async def due(self, now: float, limit: int) -> list[Delivery]:
+    async def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[DeliveryClaim]:
         self.db.touch()
-        due = [
-            d for d in self.db.deliveries.values() if d.status is DeliveryStatus.PENDING and d.next_attempt_at <= now
-        ]
-        return sorted(due, key=lambda d: d.next_attempt_at)[:limit]
+        clock = time.time()
+        due = sorted(
+            (
+                d
+                for d in self.db.deliveries.values()
+                if d.status is DeliveryStatus.PENDING
+                and d.next_attempt_at <= now
+                and self.db.claims.get(d.id, ("", 0.0))[1] < clock
+            ),
+            key=lambda d: d.next_attempt_at,
+        )[:limit]
+        token = uuid.uuid4().hex
+        for delivery in due:
+            self.db.claims[delivery.id] = (token, clock + lease_seconds)
+        return [DeliveryClaim(delivery, token) for delivery in due]
+
+    async def record(self, claim: DeliveryClaim, delivery: Delivery) -> bool:
+        self.db.touch()
+        if self.failing_records > 0:
+            self.failing_records -= 1
+            raise TaskStoreError("任务数据库错误：database is locked (fake)")
+        if self.db.claims.get(delivery.id, ("", 0.0))[0] != claim.token:
+            return False
+        del self.db.claims[delivery.id]
+        self.db.deliveries[delivery.id] = delivery
+        return True
 
     async def next_due_at(self) -> float | None:
         self.db.touch()
@@ -131,11 +198,33 @@ class MemoryInitImages:
         return self.db.init_images.get(task_id)
 
 
+class MemoryNodes:
+    def __init__(self, database: MemoryDatabase) -> None:
+        self.db = database
+
+    async def beat(self, node: NodeInfo) -> None:
+        self.db.touch()
+        self.db.nodes[node.id] = msgspec.structs.replace(node, heartbeat_at=time.time())
+
+    async def live(self, within_seconds: float) -> list[NodeInfo]:
+        self.db.touch()
+        return [node for node in self.db.nodes.values() if node.heartbeat_at >= time.time() - within_seconds]
+
+    async def leave(self, node_id: str) -> None:
+        self.db.touch()
+        self.db.nodes.pop(node_id, None)
+
+
 def memory_stores() -> tuple[Stores, MemoryTaskStore, MemoryDatabase]:
     database = MemoryDatabase()
     tasks = MemoryTaskStore(database)
     stores = Stores(
-        tasks=tasks, outbox=MemoryOutbox(database), init_images=MemoryInitImages(database), database=database
+        tasks=tasks,
+        outbox=MemoryOutbox(database),
+        init_images=MemoryInitImages(database),
+        nodes=MemoryNodes(database),
+        feed=NoChangeFeed(),
+        database=database,
     )
     return stores, tasks, database
 
@@ -156,6 +245,10 @@ class MemoryStorage:
         key = f"image-{next(self._keys)}.{extension}"
         self.objects[key] = data
         return key
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.objects.pop(key, None)
 
     def url(self, key: str, base_url: str | None) -> str:
         return f"memory://{key}"

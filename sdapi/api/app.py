@@ -20,6 +20,7 @@ from sdapi.callbacks.ssrf import Resolver
 from sdapi.config import Config
 from sdapi.engines import Engine
 from sdapi.errors import SdapiError
+from sdapi.nodes import Role
 from sdapi.storage import ImageStorage
 from sdapi.store import Stores
 
@@ -32,8 +33,10 @@ def create_app(
     resolver: Resolver | None = None,
     stores: Stores | None = None,
     storage: ImageStorage | None = None,
+    role: Role = Role.ALL,
 ) -> Litestar:
-    """The Litestar app for `config`. Nothing is opened until the app starts.
+    """The Litestar app for `config`, in role `all` (with a worker) or `api` (HTTP only). Nothing is opened until
+    the app starts.
 
     `engine`, `resolver`, `stores` and `storage` replace the configured parts (tests use them to drive failure
     paths and SSRF checks through the real service).
@@ -46,7 +49,7 @@ def create_app(
                 "api.keys holds the shipped placeholder key: fine for a local try-out, "
                 "replace it (or set SDAPI_API_KEYS) before anyone else can reach this service"
             )
-        runtime = build_runtime(config, engine, resolver, stores, storage)
+        runtime = build_runtime(config, engine, resolver, stores, storage, role=role)
         app.state.runtime = runtime
         await runtime.start()
         try:

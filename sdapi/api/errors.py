@@ -16,15 +16,20 @@ from sdapi.errors import (
     RequestTooLarge,
     RequestValidationFailed,
     SdapiError,
+    StoreUnavailable,
     TaskNotFound,
 )
 
 logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR_DETAIL = "服务器内部错误"
+STORE_UNAVAILABLE_DETAIL = "任务数据库暂时不可用，请稍后重试"
+# Retry-After of a 503 while the task database is unreachable: nodes reconnect within a few seconds of its return.
+STORE_RETRY_AFTER_SECONDS = 5
 
 # Looked up along the exception's class tree (most specific first): any other RequestError is the client's 400;
-# a ServiceError (or anything else) is a 500 whose message stays in the log.
+# a store failure is a 503 to retry; any other ServiceError (or anything else) is a 500 whose message stays in
+# the log.
 STATUS_BY_ERROR: dict[type[SdapiError], int] = {
     InvalidParameter: 400,
     AuthenticationFailed: 401,
@@ -33,6 +38,8 @@ STATUS_BY_ERROR: dict[type[SdapiError], int] = {
     RequestValidationFailed: 422,
     QueueFull: 429,
     RequestError: 400,
+    # The database is down or restarting: the client retries; nothing was stored (or it was, and stays).
+    StoreUnavailable: 503,
 }
 
 
@@ -53,6 +60,10 @@ def handle_sdapi_error(request: Request[Any, Any, Any], error: SdapiError) -> Re
         headers["Retry-After"] = str(error.retry_after)
     elif isinstance(error, AuthenticationFailed):
         headers["WWW-Authenticate"] = "APIKey"
+    elif isinstance(error, StoreUnavailable):
+        logger.error("%s %s: %s", request.method, request.url.path, error.message)
+        headers["Retry-After"] = str(STORE_RETRY_AFTER_SECONDS)
+        content = {"detail": STORE_UNAVAILABLE_DETAIL}
     if status == 500:
         logger.error("%s %s failed: %s", request.method, request.url.path, error.message)
         content = {"detail": INTERNAL_ERROR_DETAIL}

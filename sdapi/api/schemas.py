@@ -52,6 +52,19 @@ class LoraListResponse(msgspec.Struct):
     loras: Annotated[list[LoraEntry], msgspec.Meta(description="loras.dir 中的 LoRA 文件")]
 
 
+class WorkerResponse(msgspec.Struct):
+    id: Annotated[str, msgspec.Meta(description="工作进程ID（主机名-进程号-随机后缀）")]
+    host: Annotated[str, msgspec.Meta(description="所在主机")]
+    device: Annotated[str, msgspec.Meta(description="推理设备，如 cpu、cuda:1")]
+    engine: Annotated[str, msgspec.Meta(description="推理引擎")]
+    model: Annotated[str, msgspec.Meta(description="模型来源")]
+    model_loaded: Annotated[bool, msgspec.Meta(description="模型是否已加载")]
+    model_error: Annotated[str | None, msgspec.Meta(description="模型加载失败时的原因")]
+    current_task: Annotated[str | None, msgspec.Meta(description="正在运行的任务ID")]
+    started_at: Annotated[str, msgspec.Meta(description="进程启动时间（ISO 8601，UTC）")]
+    last_heartbeat_at: Annotated[str, msgspec.Meta(description="最近一次心跳（数据库时钟）")]
+
+
 class HealthResponse(msgspec.Struct):
     status: Annotated[str, msgspec.Meta(description='服务状态，正常为 "ok"')]
     model_loaded: Annotated[bool, msgspec.Meta(description="模型是否已加载完成")]
@@ -62,6 +75,12 @@ class HealthResponse(msgspec.Struct):
     storage: Annotated[str, msgspec.Meta(description='图片存储状态，正常为 "ok"')]
     queue_pending: Annotated[int, msgspec.Meta(description="排队中的任务数")]
     model_error: Annotated[str | None, msgspec.Meta(description="模型加载失败时的原因")] = None
+    role: Annotated[str, msgspec.Meta(description="本节点的角色：all、api 或 worker")] = "all"
+    queue_processing: Annotated[int, msgspec.Meta(description="运行中的任务数")] = 0
+    workers: Annotated[
+        list[WorkerResponse],
+        msgspec.Meta(description="在线的工作进程（心跳在 queue.lease_seconds 内）；model_loaded 为其中任一已加载模型"),
+    ] = []
 
 
 class ErrorResponse(msgspec.Struct):
@@ -89,6 +108,9 @@ def health_response(health: ServiceHealth) -> HealthResponse:
         storage=health.storage,
         queue_pending=health.queue_pending,
         model_error=health.model_error,
+        role=health.role,
+        queue_processing=health.queue_processing,
+        workers=[msgspec.convert(worker, WorkerResponse, from_attributes=True) for worker in health.workers],
     )
 
 

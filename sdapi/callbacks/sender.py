@@ -1,7 +1,9 @@
 """The callback sender: delivers recorded deliveries from the outbox with retries, signing and the SSRF policy.
 
-It runs on the event loop beside the worker and never holds up generation. Deliveries live in the task store,
-so a restart resumes them with the same id.
+It runs on the event loop of every node that serves HTTP and never holds up generation. Deliveries live in the
+task store, so a restart resumes them with the same id. Each node claims the deliveries it sends under a short
+lease (one POST's worth): one attempt is in flight per delivery at a time, across all nodes, and a node killed
+mid-POST leaves the delivery to another once the claim runs out.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sdapi.deliveries import Delivery, after_attempt
 from sdapi.errors import SdapiError
 from sdapi.results import iso, public_base_url, result_urls
 from sdapi.storage import ImageStorage
-from sdapi.store import CallbackOutbox, TaskStore
+from sdapi.store import CallbackOutbox, DeliveryClaim, TaskStore
 from sdapi.tasks import Task, TaskStatus
 from sdapi.wakeup import Wakeup
 
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 # How long the idle sender sleeps at most before looking at the outbox again.
 IDLE_POLL_SECONDS = 1.0
+# A claim lasts one attempt (resolving the host, then the POST's timeout) plus this margin.
+CLAIM_MARGIN_SECONDS = 1.0
 
 
 def callback_body(task: Task, storage: ImageStorage, base_url: str | None) -> dict[str, Any]:
@@ -98,8 +102,9 @@ class CallbackSender:
         self._public_base_url = public_base_url
         self._resolver = resolver
         self._clock = clock
-        self.policy = CallbackPolicy(config.allow_private_networks, tuple(config.allowed_hosts))
+        self.policy = CallbackPolicy.from_config(config)
         self._wakeup = Wakeup()
+        self._claim_seconds = config.resolve_timeout + config.timeout + CLAIM_MARGIN_SECONDS
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
@@ -139,18 +144,19 @@ class CallbackSender:
         room = self._config.max_concurrent - len(self._in_flight)
         if room <= 0:
             return
-        for delivery in await self._outbox.due(self._clock(), limit=room + len(self._in_flight)):
-            if delivery.id in self._in_flight or len(self._in_flight) >= self._config.max_concurrent:
+        for claim in await self._outbox.claim_due(self._clock(), room, self._claim_seconds):
+            if claim.delivery.id in self._in_flight:  # still being sent here: the old claim ran out mid-POST
                 continue
-            task = asyncio.get_running_loop().create_task(self._attempt(delivery))
-            self._in_flight[delivery.id] = task
-            task.add_done_callback(functools.partial(self._finished, delivery.id))
+            task = asyncio.get_running_loop().create_task(self._attempt(claim))
+            self._in_flight[claim.delivery.id] = task
+            task.add_done_callback(functools.partial(self._finished, claim.delivery.id))
 
     def _finished(self, delivery_id: str, _: asyncio.Task[None]) -> None:
         self._in_flight.pop(delivery_id, None)
         self._wakeup.nudge()
 
-    async def _attempt(self, delivery: Delivery) -> None:
+    async def _attempt(self, claim: DeliveryClaim) -> None:
+        delivery = claim.delivery
         try:
             delivered, retryable, error = await self._post(delivery)
         except SdapiError as failure:  # the task store failed: no attempt was made; it stays due
@@ -167,9 +173,12 @@ class CallbackSender:
             backoff_base=self._config.backoff_base,
         )
         try:
-            await self._outbox.save(updated)
-        except SdapiError as failure:  # stays due: sent again (same id) once the store answers
+            recorded = await self._outbox.record(claim, updated)
+        except SdapiError as failure:  # stays due: sent again (same id) once the claim runs out
             logger.error("callback %s: recording the attempt failed: %s", delivery.id, failure.message)
+            return
+        if not recorded:  # the claim ran out during the POST and another node took the delivery over
+            logger.warning("callback %s: claim lost during the attempt; the other node's record stands", delivery.id)
             return
         if updated.status != delivery.status:
             logger.info(

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from sdapi.config import CallbacksConfig
 from sdapi.errors import InvalidParameter
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -50,6 +51,10 @@ class CallbackTarget:
 class CallbackPolicy:
     allow_private_networks: bool
     allowed_hosts: Sequence[str]
+
+    @classmethod
+    def from_config(cls, config: CallbacksConfig) -> CallbackPolicy:
+        return cls(config.allow_private_networks, tuple(config.allowed_hosts))
 
     def _explicitly_allowed(self, host: str, address: IPAddress) -> bool:
         for entry in self.allowed_hosts:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -26,8 +25,8 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return False
 
 
-def choose_device(setting: Literal["auto", "cpu", "cuda"]) -> str:
-    """`auto` picks CUDA when a GPU is visible, else the CPU."""
+def choose_device(setting: str) -> str:
+    """`auto` picks CUDA when a GPU is visible, else the CPU; `cuda:N` names one GPU (one worker per GPU)."""
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting
@@ -37,7 +36,7 @@ def choose_dtype(setting: str, device: str, native_bf16: bool | None = None) -> 
     """`auto`: fp16 on CUDA; bf16 on a CPU with AMX (about 3x fp32 for the SD 1.5 UNet); else fp32."""
     if setting != "auto":
         return DTYPES[setting]
-    if device == "cuda":
+    if device.startswith("cuda"):
         return torch.float16
     if cpu_has_native_bf16() if native_bf16 is None else native_bf16:
         return torch.bfloat16

@@ -68,13 +68,25 @@ def available_providers(wanted: list[str]) -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
-def provider_options(providers: list[str], tensorrt_cache: Path, fp16: bool) -> list[dict[str, Any]]:
-    """Per-provider options: TensorRT keeps its built engines on disk, so a restart does not rebuild them."""
+def gpu_index(device: str) -> int:
+    """The GPU of model.device: N for cuda:N, else the first."""
+    _, _, index = device.partition(":")
+    return int(index) if index else 0
+
+
+def provider_options(
+    providers: list[str], tensorrt_cache: Path, fp16: bool, device_id: int = 0
+) -> list[dict[str, Any]]:
+    """Per-provider options: the GPU (model.device cuda:N), and TensorRT keeps its built engines on disk, so a
+    restart does not rebuild them."""
     options: list[dict[str, Any]] = []
     for provider in providers:
-        if provider == "TensorrtExecutionProvider":
+        if provider == "CUDAExecutionProvider":
+            options.append({"device_id": device_id})
+        elif provider == "TensorrtExecutionProvider":
             options.append(
                 {
+                    "device_id": device_id,
                     "trt_engine_cache_enable": True,
                     "trt_engine_cache_path": str(tensorrt_cache),
                     "trt_timing_cache_enable": True,
@@ -140,7 +152,9 @@ class OnnxEngine:
             pipeline = ORTStableDiffusionPipeline.from_pretrained(
                 self.folder,
                 providers=self.providers,
-                provider_options=provider_options(self.providers, self._tensorrt_cache, fp16),
+                provider_options=provider_options(
+                    self.providers, self._tensorrt_cache, fp16, gpu_index(self._model.device)
+                ),
                 session_options=session_options,
                 # IO binding keeps tensors on the GPU between the ORT session and torch's scheduler math.
                 use_io_binding=on_gpu,
@@ -178,7 +192,7 @@ class OnnxEngine:
         precision = self.manifest.precision if self.manifest else ""
         on_cpu = not self.providers or self.providers[0] == "CPUExecutionProvider"
         return {
-            "device": "cpu" if on_cpu else "cuda",
+            "device": "cpu" if on_cpu else self._model.device if ":" in self._model.device else "cuda",
             "dtype": {"fp16": "float16", "fp32": "float32"}.get(precision, ""),
             "providers": ",".join(self.providers),
         }

@@ -16,7 +16,6 @@ import msgspec
 from sdapi.config import LorasConfig
 from sdapi.digests import sha256_file
 from sdapi.errors import InvalidParameter
-from sdapi.loras.files import AdapterFileError, check_fits, file_kind, group_factors, part_of, read_adapter_file
 from sdapi.request import LoraRequest, LoraSpec
 
 logger = logging.getLogger(__name__)
@@ -44,6 +43,10 @@ class _Scanned(msgspec.Struct, frozen=True):
 
 
 def _scan_file(path: Path, max_bytes: int) -> _Scanned:
+    # files.py reads tensors with torch: imported when there is a file to read, so an API node with no LoRA folder
+    # never imports torch.
+    from sdapi.loras.files import AdapterFileError, file_kind, group_factors, part_of, read_adapter_file
+
     size = path.stat().st_size
     sha = sha256_file(path)
     entry = LoraEntry(name=path.stem, type=None, parts=[], size_bytes=size, sha256=sha[:12], fits=None, error=None)
@@ -66,6 +69,8 @@ def _scan_file(path: Path, max_bytes: int) -> _Scanned:
 
 def _with_fits(scanned: _Scanned, module_shapes: Mapping[str, tuple[int, ...]]) -> _Scanned:
     """A copy of `scanned` whose entry says whether the file fits the model (reads the file: slow for big ones)."""
+    from sdapi.loras.files import AdapterFileError, check_fits
+
     if scanned.read_error is not None:
         return scanned
     try:

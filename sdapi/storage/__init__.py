@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +18,10 @@ class ImageStorage(Protocol):
 
     def save(self, data: bytes, extension: str, content_type: str) -> str:
         """Store one image; return its key. Raise StorageError."""
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Remove stored images (those of a run whose lease was lost); unknown keys are no error. Raise
+        StorageError."""
 
     def url(self, key: str, base_url: str | None) -> str:
         """The absolute URL a client fetches the image from; `base_url` is the service's own (results.py decides

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from sdapi.errors import StorageError
@@ -39,6 +40,16 @@ class LocalImageStorage:
         except OSError as error:
             raise StorageError(f"本地图片存储写入失败：{error.strerror}") from None
         return key
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            path = self.local_path(key)
+            if path is None:
+                continue
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                raise StorageError(f"本地图片删除失败：{error.strerror}") from None
 
     def url(self, key: str, base_url: str | None) -> str:
         return f"{base_url or ''}{IMAGE_ROUTE}/{key}"

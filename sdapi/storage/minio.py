@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -124,6 +124,11 @@ class MinioImageStorage:
         with self._translated():
             self._client.put_object(self._config.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
         return key
+
+    def delete(self, keys: Sequence[str]) -> None:
+        with self._translated():
+            for key in keys:
+                self._client.remove_object(self._config.bucket, key)
 
     def url(self, key: str, base_url: str | None) -> str:
         if self._config.url_mode == "presigned":

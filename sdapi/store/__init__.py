@@ -1,53 +1,96 @@
-"""The task database, split by concern: tasks, the callback outbox, init images. All async, so a network database
-fits behind the same interfaces without blocking the event loop. sqlite.py implements them on one SQLite file."""
+"""The task database, split by concern: tasks (with their leases), the callback outbox, init images, the node
+registry and the change feed. All async, so a network database fits behind the same interfaces.
+
+sqlite.py implements them on one SQLite file (the zero-setup default), postgres.py on PostgreSQL (several API nodes
+and workers). Both run the same lease-and-fence protocol and pass the same contract tests (tests/store/):
+
+- a worker `claim`s the oldest pending task in one statement: status processing, attempts + 1, a new lease token,
+  a lease expiry from the database clock;
+- it `renew`s the lease while it works; a reaper (`expired` + `reap`) returns expired leases to pending, or fails
+  them when their attempts are spent;
+- `settle` writes the outcome only while the lease is still the worker's (`WHERE lease_token = ...`), with the
+  callback delivery in the same transaction: a worker that lost its lease writes nothing and sends nothing.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from sdapi.deliveries import Delivery
+from sdapi.nodes import NodeInfo
 from sdapi.tasks import Task, TaskStatus
+
+SCHEMA_TOO_NEW = (
+    "the {database} schema is at version {found}, newer than this sdapi knows ({known}): "
+    "a newer sdapi migrated it. Upgrade this node, or restore a backup taken before the upgrade"
+)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claimed task and the token that fences its writes: only the holder of the current token may settle it."""
+
+    task: Task
+    token: str
+
+
+@dataclass(frozen=True)
+class DeliveryClaim:
+    """A delivery taken by one node for one attempt; `token` fences the write of its outcome."""
+
+    delivery: Delivery
+    token: str
 
 
 class TaskStore(Protocol):
-    """Durable storage of tasks. Transitions are decided in sdapi.tasks; the store only persists them."""
+    """Durable storage of tasks. Transitions are decided in sdapi.tasks; the store persists them under leases."""
 
     async def add(self, task: Task, init_image: bytes | None, max_pending: int) -> bool:
-        """Admit a new pending task if fewer than `max_pending` tasks are pending, in one atomic step (no
-        count-then-insert race); its init image bytes are kept apart from the task body. Return whether admitted."""
+        """Admit a new pending task if fewer than `max_pending` tasks are pending, in one atomic step across every
+        node (no count-then-insert race); its init image bytes are kept apart from the task body. Return whether
+        it was admitted. Workers are notified."""
 
     async def get(self, task_id: str) -> Task:
         """The task with this id; raise TaskNotFound."""
 
-    async def update(self, task: Task, expected_status: TaskStatus, delivery: Delivery | None = None) -> bool:
-        """Write `task` if the stored copy still has `expected_status`; return whether it was written.
-
-        `delivery`, when given, is recorded in the same transaction (the callback outbox). A finished task's
-        init image is dropped in the same write.
-        """
-
-    async def next_pending(self) -> Task | None:
-        """The oldest pending task, or None."""
-
     async def count(self, status: TaskStatus) -> int:
         """How many tasks have `status`."""
 
-    async def with_status(self, status: TaskStatus) -> list[Task]:
-        """Every task with `status`, oldest first."""
+    async def claim(self, worker_id: str, lease_seconds: float) -> Lease | None:
+        """Take the oldest pending task, or None: processing, one more attempt, a new lease token, expiring
+        `lease_seconds` from now by the database clock."""
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> bool:
+        """Extend the lease to `lease_seconds` from now; False when it is no longer this lease (reaped)."""
+
+    async def settle(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
+        """Write `task` (completed, failed, or pending again) if the lease is still current and the task still
+        processing; `delivery` is recorded in the same transaction. A finished task's init image is dropped in
+        the same write. Return whether it was written: False means the lease was lost and nothing changed."""
+
+    async def expired(self, limit: int) -> list[Lease]:
+        """Processing tasks whose lease has run out (by the database clock), oldest first."""
+
+    async def reap(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
+        """`settle` for the reaper: also only while the lease is still expired (a renewal that won the race keeps
+        its task)."""
 
 
 class CallbackOutbox(Protocol):
-    """Callback deliveries: written with the task's final state (TaskStore.update), then sent and updated."""
-
-    async def save(self, delivery: Delivery) -> None:
-        """Record a delivery's new state."""
+    """Callback deliveries: written with the task's final state (TaskStore.settle/reap), then claimed, sent and
+    recorded by whichever node is free."""
 
     async def for_task(self, task_id: str) -> Delivery | None:
         """The callback delivery of a task, if it has one."""
 
-    async def due(self, now: float, limit: int) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, soonest first."""
+    async def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[DeliveryClaim]:
+        """Take up to `limit` pending deliveries due at `now` that no other node holds, soonest first, each under a
+        lease of `lease_seconds` (a node that dies mid-POST leaves it to another once the lease runs out)."""
+
+    async def record(self, claim: DeliveryClaim, delivery: Delivery) -> bool:
+        """Write a delivery's state after an attempt and release the claim; False if the claim was lost."""
 
     async def next_due_at(self) -> float | None:
         """When the soonest pending delivery is due, or None."""
@@ -60,16 +103,56 @@ class InitImageStore(Protocol):
         """The init image bytes of a task, None when it has none; raise TaskNotFound."""
 
 
-class Closeable(Protocol):
+class NodeRegistry(Protocol):
+    """Which sdapi processes are alive: each writes its entry on a heartbeat."""
+
+    async def beat(self, node: NodeInfo) -> None:
+        """Write `node`'s entry, stamped with the database clock."""
+
+    async def live(self, within_seconds: float) -> list[NodeInfo]:
+        """Entries whose last heartbeat is at most `within_seconds` old, oldest node first."""
+
+    async def leave(self, node_id: str) -> None:
+        """Remove a node's entry (a clean shutdown)."""
+
+
+class ChangeFeed(Protocol):
+    """Wake-ups from other processes: a task was added (or returned to pending), a delivery was recorded."""
+
+    async def start(self, on_task: Callable[[], None], on_delivery: Callable[[], None]) -> None:
+        """Call `on_task` / `on_delivery` on the event loop when another process announces one (best effort:
+        the loops still poll)."""
+
+    async def stop(self) -> None:
+        """Stop listening."""
+
+
+class Database(Protocol):
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations); raise TaskStoreError."""
+
     async def close(self) -> None:
         """Release the database."""
 
 
+class NoChangeFeed:
+    """For a store without notifications (SQLite): the loops' one-second poll is the only wake-up from other
+    processes, and in one process the submit path nudges the worker directly."""
+
+    async def start(self, on_task: Callable[[], None], on_delivery: Callable[[], None]) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Stores:
-    """The three stores of one database, and the handle that closes it."""
+    """The stores of one database, and the handle that opens and closes it."""
 
     tasks: TaskStore
     outbox: CallbackOutbox
     init_images: InitImageStore
-    database: Closeable
+    nodes: NodeRegistry
+    feed: ChangeFeed
+    database: Database

@@ -1,51 +1,71 @@
-"""The stores on one SQLite file under data_dir (WAL mode): tasks, callback outbox, init images.
+"""The stores on one SQLite file under data_dir (WAL mode): the zero-setup default.
 
-sqlite3 is synchronous: every call runs in a worker thread (asyncio.to_thread) behind one lock, so the event loop
-never waits on the disk. sqlite3's exceptions become TaskStoreError in `_translated`, and nowhere else.
+sqlite3 is synchronous: every statement runs in a worker thread (asyncio.to_thread), one session at a time per
+process, so the event loop never waits on the disk. Several processes on one machine may share the file (one box,
+several GPUs, one `sdapi worker` each): a write transaction is BEGIN IMMEDIATE, which holds the file's write lock,
+so claims and admissions serialise across processes. sqlite3's exceptions become TaskStoreError in `_translated`,
+and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TypeVar
 
-import msgspec
+from sdapi.errors import StoreUnavailable, TaskStoreError
+from sdapi.store import SCHEMA_TOO_NEW, NoChangeFeed, Stores
+from sdapi.store.sql import (
+    Dialect,
+    Row,
+    SqlCallbackOutbox,
+    SqlInitImageStore,
+    SqlNodeRegistry,
+    SqlTaskStore,
+)
 
-from sdapi.deliveries import Delivery, DeliveryStatus
-from sdapi.errors import TaskNotFound, TaskStoreError
-from sdapi.store import Stores
-from sdapi.tasks import Task, TaskStatus
+DIALECT = Dialect(
+    now="((julianday('now') - 2440587.5) * 86400.0)",
+    skip_locked="",  # BEGIN IMMEDIATE already makes the claimer the only writer
+    admission_lock=None,
+    notify_task=None,
+    notify_delivery=None,
+)
 
-T = TypeVar("T")
+# Schema versions, in order; PRAGMA user_version holds how many have run. Version 1 is the schema from before
+# versioning (its CREATEs are IF NOT EXISTS, so a file from then upgrades in place); version 2 adds leases.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE IF NOT EXISTS tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+        "status TEXT NOT NULL, body BLOB NOT NULL, init_image BLOB)",
+        "CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, seq)",
+        "CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, task_id TEXT NOT NULL UNIQUE, "
+        "status TEXT NOT NULL, next_attempt_at REAL NOT NULL, body BLOB NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at)",
+    ),
+    (
+        "ALTER TABLE tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN updated_at REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN lease_token TEXT",
+        "ALTER TABLE tasks ADD COLUMN lease_expires_at REAL",
+        "ALTER TABLE tasks ADD COLUMN worker_id TEXT",
+        # Rows written before version 2 keep these in the body only. Their processing tasks have no lease, so
+        # the reaper treats them as expired: the restart recovery of before.
+        "UPDATE tasks SET attempts = COALESCE(json_extract(CAST(body AS TEXT), '$.attempts'), 0), "
+        "updated_at = (julianday(json_extract(CAST(body AS TEXT), '$.updated_at')) - 2440587.5) * 86400.0",
+        "ALTER TABLE deliveries ADD COLUMN lease_token TEXT",
+        "ALTER TABLE deliveries ADD COLUMN lease_expires_at REAL",
+        "CREATE TABLE nodes (id TEXT PRIMARY KEY, role TEXT NOT NULL, heartbeat_at REAL NOT NULL, body BLOB NOT NULL)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    body BLOB NOT NULL,
-    init_image BLOB
-);
-CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, seq);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
-"""
 
-_encoder = msgspec.json.Encoder()
-_task_decoder = msgspec.json.Decoder(Task)
-_delivery_decoder = msgspec.json.Decoder(Delivery)
-_NOT_FOUND = "任务不存在"
+# Primary result codes of a database that is there but cannot be used right now: busy or locked by another process
+# past the timeout, an I/O error, a file that cannot be opened (a full or missing disk).
+_UNAVAILABLE_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN}
 
 
 @contextmanager
@@ -54,184 +74,141 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as error:
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
+            raise StoreUnavailable(f"任务数据库暂时不可用：{error}") from None
         raise TaskStoreError(f"任务数据库错误：{error}") from None
 
 
+def _sqlite_sql(sql: str) -> str:
+    return sql.replace("%s", "?")
+
+
+class _SqliteSession:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+
+    def _execute_now(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
+        with _translated():
+            return self._db.execute(_sqlite_sql(sql), tuple(params))
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        cursor = await asyncio.to_thread(self._execute_now, sql, params)
+        return cursor.rowcount
+
+    async def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        def run() -> Row | None:
+            cursor = self._execute_now(sql, params)
+            with _translated():
+                row: Row | None = cursor.fetchone()
+                cursor.fetchall()  # an UPDATE … RETURNING finishes only when every row is read
+                return row
+
+        return await asyncio.to_thread(run)
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        def run() -> list[Row]:
+            cursor = self._execute_now(sql, params)
+            with _translated():
+                return list(cursor.fetchall())
+
+        return await asyncio.to_thread(run)
+
+
 class SqliteDatabase:
-    """One connection to the file, shared by the three stores; calls are short, serialised and off the loop."""
+    """One connection to the file; sessions take turns on it."""
+
+    dialect = DIALECT
 
     def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+        self._turn: asyncio.Lock | None = None
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        await asyncio.to_thread(self._open_now)
+        self._turn = asyncio.Lock()
+
+    def _open_now(self) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise TaskStoreError(f"无法创建任务数据库目录 {path.parent}：{error.strerror}") from None
+            raise TaskStoreError(f"无法创建任务数据库目录 {self._path.parent}：{error.strerror}") from None
         with _translated():
-            # isolation_level=None: autocommit; each statement is its own transaction unless we BEGIN.
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # isolation_level=None: autocommit; a write session BEGINs itself. timeout: how long to wait for the
+            # write lock another process holds.
+            db = sqlite3.connect(str(self._path), check_same_thread=False, isolation_level=None, timeout=10.0)
+            db.execute("PRAGMA journal_mode=WAL")
             # NORMAL is durable across process crashes in WAL mode (only an OS crash can lose the last commit).
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+            db.execute("PRAGMA synchronous=NORMAL")
+            _migrate(db, self._path)
+        self._db = db
 
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work(connection)` in a thread, alone on the connection, with sqlite3 errors translated."""
-        return await asyncio.to_thread(self._run_now, work)
-
-    def _run_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock, _translated():
-            return work(self._db)
-
-    async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work(connection)` inside BEGIN IMMEDIATE … COMMIT (rolled back if it raises)."""
-
-        def wrapped(db: sqlite3.Connection) -> T:
-            db.execute("BEGIN IMMEDIATE")
+    @asynccontextmanager
+    async def session(self, *, write: bool) -> AsyncIterator[_SqliteSession]:
+        if self._db is None or self._turn is None:
+            raise TaskStoreError("任务数据库未打开")
+        db = self._db
+        async with self._turn:
+            session = _SqliteSession(db)
+            if not write:
+                yield session
+                return
+            await session.execute("BEGIN IMMEDIATE")
             try:
-                result = work(db)
+                yield session
             except BaseException:
-                db.execute("ROLLBACK")
+                await asyncio.to_thread(_rollback, db)
                 raise
-            db.execute("COMMIT")
-            return result
-
-        return await self.run(wrapped)
+            await session.execute("COMMIT")
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._close_now)
-
-    def _close_now(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-def _write_delivery(db: sqlite3.Connection, delivery: Delivery) -> None:
-    db.execute(
-        "INSERT OR REPLACE INTO deliveries (id, task_id, status, next_attempt_at, body) VALUES (?, ?, ?, ?, ?)",
-        (delivery.id, delivery.task_id, delivery.status.value, delivery.next_attempt_at, _encoder.encode(delivery)),
-    )
+        if self._db is None:
+            return
+        db, self._db = self._db, None
+        if self._turn is not None:
+            async with self._turn:
+                await asyncio.to_thread(db.close)
+        else:
+            await asyncio.to_thread(db.close)
 
 
-class SqliteTaskStore:
-    """TaskStore on the `tasks` table."""
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        with _translated():
+            db.execute("ROLLBACK")
 
-    def __init__(self, database: SqliteDatabase) -> None:
-        self._database = database
 
-    async def add(self, task: Task, init_image: bytes | None, max_pending: int) -> bool:
-        body = _encoder.encode(task)
-
-        def insert_if_room(db: sqlite3.Connection) -> bool:
-            # One statement: the count and the insert cannot interleave with another writer's.
-            cursor = db.execute(
-                "INSERT INTO tasks (id, status, body, init_image) SELECT ?, ?, ?, ? "
-                "WHERE (SELECT COUNT(*) FROM tasks WHERE status = ?) < ?",
-                (task.id, task.status.value, body, init_image, TaskStatus.PENDING.value, max_pending),
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Run the migrations this file lacks, in one exclusive transaction (processes starting together migrate
+    once); refuse a file from a newer sdapi."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise TaskStoreError(
+                SCHEMA_TOO_NEW.format(database=f"SQLite file {path}", found=found, known=SCHEMA_VERSION)
             )
-            return cursor.rowcount == 1
-
-        return await self._database.run(insert_if_room)
-
-    async def get(self, task_id: str) -> Task:
-        row = await self._database.run(
-            lambda db: db.execute("SELECT body FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        )
-        if row is None:
-            raise TaskNotFound(_NOT_FOUND)
-        return _task_decoder.decode(row[0])
-
-    async def update(self, task: Task, expected_status: TaskStatus, delivery: Delivery | None = None) -> bool:
-        body = _encoder.encode(task)
-
-        def write(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
-                "UPDATE tasks SET status = ?, body = ?, "
-                "init_image = CASE WHEN ? THEN NULL ELSE init_image END WHERE id = ? AND status = ?",
-                (task.status.value, body, task.status.is_terminal, task.id, expected_status.value),
-            )
-            written = cursor.rowcount == 1
-            if written and delivery is not None:
-                _write_delivery(db, delivery)
-            return written
-
-        return await self._database.transaction(write)
-
-    async def next_pending(self) -> Task | None:
-        row = await self._database.run(
-            lambda db: db.execute(
-                "SELECT body FROM tasks WHERE status = ? ORDER BY seq LIMIT 1", (TaskStatus.PENDING.value,)
-            ).fetchone()
-        )
-        return None if row is None else _task_decoder.decode(row[0])
-
-    async def count(self, status: TaskStatus) -> int:
-        row = await self._database.run(
-            lambda db: db.execute("SELECT COUNT(*) FROM tasks WHERE status = ?", (status.value,)).fetchone()
-        )
-        return int(row[0])
-
-    async def with_status(self, status: TaskStatus) -> list[Task]:
-        rows = await self._database.run(
-            lambda db: db.execute("SELECT body FROM tasks WHERE status = ? ORDER BY seq", (status.value,)).fetchall()
-        )
-        return [_task_decoder.decode(row[0]) for row in rows]
-
-
-class SqliteCallbackOutbox:
-    """CallbackOutbox on the `deliveries` table."""
-
-    def __init__(self, database: SqliteDatabase) -> None:
-        self._database = database
-
-    async def save(self, delivery: Delivery) -> None:
-        await self._database.run(lambda db: _write_delivery(db, delivery))
-
-    async def for_task(self, task_id: str) -> Delivery | None:
-        row = await self._database.run(
-            lambda db: db.execute("SELECT body FROM deliveries WHERE task_id = ?", (task_id,)).fetchone()
-        )
-        return None if row is None else _delivery_decoder.decode(row[0])
-
-    async def due(self, now: float, limit: int) -> list[Delivery]:
-        rows = await self._database.run(
-            lambda db: db.execute(
-                "SELECT body FROM deliveries WHERE status = ? AND next_attempt_at <= ? "
-                "ORDER BY next_attempt_at LIMIT ?",
-                (DeliveryStatus.PENDING.value, now, limit),
-            ).fetchall()
-        )
-        return [_delivery_decoder.decode(row[0]) for row in rows]
-
-    async def next_due_at(self) -> float | None:
-        row = await self._database.run(
-            lambda db: db.execute(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = ?", (DeliveryStatus.PENDING.value,)
-            ).fetchone()
-        )
-        return None if row[0] is None else float(row[0])
-
-
-class SqliteInitImageStore:
-    """InitImageStore on the `tasks.init_image` column."""
-
-    def __init__(self, database: SqliteDatabase) -> None:
-        self._database = database
-
-    async def get(self, task_id: str) -> bytes | None:
-        row = await self._database.run(
-            lambda db: db.execute("SELECT init_image FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        )
-        if row is None:
-            raise TaskNotFound(_NOT_FOUND)
-        return None if row[0] is None else bytes(row[0])
+        for statements in _MIGRATIONS[found:]:
+            for statement in statements:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def open_sqlite(path: Path) -> Stores:
-    """The three stores on the SQLite file at `path` (created when missing); raise TaskStoreError."""
+    """The stores on the SQLite file at `path` (created and migrated by `database.open()`)."""
     database = SqliteDatabase(path)
     return Stores(
-        tasks=SqliteTaskStore(database),
-        outbox=SqliteCallbackOutbox(database),
-        init_images=SqliteInitImageStore(database),
+        tasks=SqlTaskStore(database),
+        outbox=SqlCallbackOutbox(database),
+        init_images=SqlInitImageStore(database),
+        nodes=SqlNodeRegistry(database),
+        feed=NoChangeFeed(),
         database=database,
     )

@@ -58,7 +58,8 @@ def write_config(directory: Path, model_path: Path | str, **changes: Any) -> Pat
         "api": {"keys": [API_KEY], "key_header": "X-API-Key"},
         "model": {"path": str(model_path), "device": "cpu", "dtype": "auto", "batch_size": 4},
         "defaults": {"width": 128, "height": 96, "num_inference_steps": 4},
-        "queue": {"shutdown_grace_seconds": 10},
+        # Leases of 3 s: a task cut short by a kill runs again within seconds, not the default 30.
+        "queue": {"shutdown_grace_seconds": 10, "lease_seconds": 3},
     }
     raw = deep_merge(raw, changes)
     path = directory / "config.yaml"
@@ -114,33 +115,21 @@ class InProcessService(Service):
         self._thread.join(timeout=60)
 
 
-class ServiceProcess(Service):
-    """`python -m sdapi serve` as a child process: what a user runs, killable for restart tests."""
+class ChildProcess:
+    """An `sdapi` command as a child process, logging to a file beside its config: killable, stoppable, freezable."""
 
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, arguments: list[str], env: dict[str, str] | None, log_name: str) -> None:
         self.config_path = config_path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = config_path.parent / f"service-{self.port}.log"
+        self.log_path = config_path.parent / log_name
+        self._arguments = arguments
         self._env = env
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServiceProcess:
+    def start(self) -> ChildProcess:
         environment = {**os.environ, **(self._env or {}), "PYTHONUNBUFFERED": "1"}
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sdapi",
-                "serve",
-                "--config",
-                str(self.config_path),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
+            [sys.executable, "-m", "sdapi", *self._arguments, "--config", str(self.config_path)],
             cwd=REPO_ROOT,
             env=environment,
             stdout=self._log,
@@ -148,8 +137,43 @@ class ServiceProcess(Service):
         )
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def send(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._log.close()
+
+
+class ServiceProcess(ChildProcess, Service):
+    """`python -m sdapi serve` as a child process: what a user runs, killable for restart tests."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, role: str = "all") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        arguments = ["serve", "--role", role, "--host", "127.0.0.1", "--port", str(self.port)]
+        super().__init__(config_path, arguments, env, f"service-{self.port}.log")
+
+    def start(self) -> ServiceProcess:
+        super().start()
+        return self
 
     def terminate(self, timeout: float = 60.0) -> bool:
         """SIGTERM and wait: the graceful stop. Return whether the app shut down cleanly.
@@ -161,20 +185,28 @@ class ServiceProcess(Service):
         code = self.process.wait(timeout=timeout)
         return code in (0, -signal.SIGTERM) and "Application shutdown complete." in self.log()
 
-    def kill(self) -> None:
-        """SIGKILL: a crash, with no chance to clean up."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=30)
-
     def __enter__(self) -> ServiceProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        self._log.close()
+        self.close()
+
+
+class WorkerProcess(ChildProcess):
+    """`python -m sdapi worker` as a child process: a GPU worker with no HTTP."""
+
+    _numbers = iter(range(1, 10_000))
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, device: str | None = None) -> None:
+        arguments = ["worker", *(["--device", device] if device else [])]
+        super().__init__(config_path, arguments, env, f"worker-{next(self._numbers)}.log")
+
+    def __enter__(self) -> WorkerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def submit(client: httpx.Client, **body: Any) -> str:

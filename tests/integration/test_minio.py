@@ -7,7 +7,6 @@ import re
 import time
 
 import httpx
-import pytest
 from minio import Minio
 from moto.server import ThreadedMotoServer
 from PIL import Image
@@ -17,15 +16,6 @@ from tests.receivers import PresignGateway
 
 ACCESS_KEY = "sdapi-test-access"
 SECRET_KEY = "sdapi-test-secret-do-not-leak"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield {"endpoint": f"127.0.0.1:{port}", "server": server, "port": port}
-    server.stop()
 
 
 def _minio(s3, **changes):

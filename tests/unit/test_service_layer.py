@@ -27,7 +27,13 @@ def _config(tmp_path: Path, **queue: object) -> Config:
         {
             "data_dir": str(tmp_path),
             "api": {"keys": ["unit-test-key"]},
-            "callbacks": {"allowed_hosts": ["127.0.0.1/32"], "backoff_base": 0.05},
+            # Short timeouts: a delivery's claim (resolve + POST + 1 s) runs out soon after a lost record.
+            "callbacks": {
+                "allowed_hosts": ["127.0.0.1/32"],
+                "backoff_base": 0.05,
+                "timeout": 0.5,
+                "resolve_timeout": 0.5,
+            },
             "defaults": {"width": 64, "height": 64, "num_inference_steps": 1},
             "queue": {"shutdown_grace_seconds": 0.2, **queue},
         },
@@ -148,7 +154,7 @@ def test_a_delivery_whose_outcome_could_not_be_recorded_is_sent_again_under_the_
     runtime, _, database, _ = _runtime(tmp_path)
     outbox = runtime.stores.outbox
     assert isinstance(outbox, MemoryOutbox)
-    outbox.failing_saves = 1  # the first POST succeeds, but recording that it did fails
+    outbox.failing_records = 1  # the first POST succeeds, but recording that it did fails
 
     async def scenario() -> None:
         with CallbackReceiver() as receiver:

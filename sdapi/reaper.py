@@ -1,0 +1,83 @@
+"""The reaper: returns tasks whose lease ran out to the queue, or fails them once their attempts are spent.
+
+Every node runs one (API nodes too: when every worker died, someone must still fail or requeue their tasks). It is
+idempotent: each reap is one fenced write that only changes a task still processing under the same, still expired
+lease, so two reapers, or a reaper racing the worker's own renewal or completion, never write twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from sdapi import tasks
+from sdapi.deliveries import delivery_for
+from sdapi.errors import SdapiError
+from sdapi.store import TaskStore
+from sdapi.wakeup import Wakeup
+
+logger = logging.getLogger(__name__)
+
+# Expired leases handled per pass; the next pass follows at once while there were this many.
+BATCH = 50
+
+
+class Reaper:
+    def __init__(
+        self,
+        task_store: TaskStore,
+        max_attempts: int,
+        lease_seconds: float,
+        on_requeue: Callable[[], None] = lambda: None,
+        on_delivery: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._tasks = task_store
+        self._max_attempts = max_attempts
+        # Looked at three times per lease: an expired task waits at most a third of a lease for its reap.
+        self._interval = lease_seconds / 3
+        self._on_requeue = on_requeue
+        self._on_delivery = on_delivery
+        self._wakeup = Wakeup()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="sdapi-reaper")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await self.reap_once() == BATCH:
+                    pass
+            except SdapiError as error:
+                logger.error("reaper: %s", error.message)
+            await self._wakeup.sleep(self._interval)
+
+    async def reap_once(self) -> int:
+        """Handle the expired leases there are now; return how many were found."""
+        expired = await self._tasks.expired(BATCH)
+        for lease in expired:
+            recovered = tasks.recover_interrupted(lease.task, self._max_attempts)
+            delivery = delivery_for(recovered, time.time())
+            if not await self._tasks.reap(lease, recovered, delivery):
+                continue  # renewed, finished or reaped by another node meanwhile
+            logger.warning(
+                "task %s: its worker's lease expired during attempt %d; now %s",
+                lease.task.id,
+                lease.task.attempts,
+                recovered.status,
+            )
+            if recovered.status.is_terminal:
+                if delivery is not None:
+                    self._on_delivery()
+            else:
+                self._on_requeue()
+        return len(expired)

@@ -1,0 +1,295 @@
+"""The stores' SQL, once for both databases: SQLite and PostgreSQL differ only in what a `Dialect` says (the clock
+expression, row locking, how admission is serialised, notifications) and in how a `Session` runs a statement.
+
+Tables (created by each backend's migrations):
+- tasks: seq (queue order), id, status, attempts, updated_at, body (the Task as JSON), init_image, and the lease:
+  lease_token, lease_expires_at, worker_id. status, attempts and updated_at are columns because a claim changes
+  them in one statement; they are authoritative and laid over the body when a task is read.
+- deliveries: id (the webhook-id), task_id, status, next_attempt_at, body (the Delivery as JSON), and a claim
+  lease: lease_token, lease_expires_at.
+- nodes: id, role, heartbeat_at, body (the NodeInfo as JSON).
+Times are unix seconds (float); the `now` of leases, heartbeats and updated_at is the database's clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+
+from sdapi.deliveries import Delivery, DeliveryStatus
+from sdapi.errors import TaskNotFound
+from sdapi.nodes import NodeInfo
+from sdapi.store import DeliveryClaim, Lease
+from sdapi.tasks import Task, TaskStatus
+
+_encoder = msgspec.json.Encoder()
+_task_decoder = msgspec.json.Decoder(Task)
+_delivery_decoder = msgspec.json.Decoder(Delivery)
+_node_decoder = msgspec.json.Decoder(NodeInfo)
+NOT_FOUND = "任务不存在"
+
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the databases, as SQL fragments."""
+
+    # An expression: the database clock in unix seconds.
+    now: str
+    # Appended to the SELECT that picks rows to claim: other claimers skip locked rows instead of waiting.
+    skip_locked: str
+    # Run first in the admission transaction so that no two admissions interleave across nodes, or None when a
+    # write transaction is exclusive anyway (SQLite's BEGIN IMMEDIATE).
+    admission_lock: str | None
+    # Statements that wake other processes after a task becomes pending / a delivery is recorded, or None.
+    notify_task: str | None
+    notify_delivery: str | None
+
+
+class Session(Protocol):
+    """One connection for the length of a `with`; statements use %s placeholders."""
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run a statement; return the number of rows it changed."""
+
+    async def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]: ...
+
+
+class SqlDatabase(Protocol):
+    dialect: Dialect
+
+    def session(self, *, write: bool) -> AbstractAsyncContextManager[Session]:
+        """A session; `write=True` makes it one transaction (committed at the end, rolled back on error).
+        Driver errors leave it as TaskStoreError."""
+
+
+_TASK_COLUMNS = "body, status, attempts, updated_at"
+
+
+def _task(row: Row) -> Task:
+    """A task from (body, status, attempts, updated_at): the columns a claim changes win over the body."""
+    task = _task_decoder.decode(bytes(row[0]))
+    return msgspec.structs.replace(
+        task, status=TaskStatus(row[1]), attempts=int(row[2]), updated_at=datetime.fromtimestamp(row[3], UTC)
+    )
+
+
+def _lease(row: Row) -> Lease:
+    """A lease from (body, status, attempts, updated_at, lease_token)."""
+    return Lease(task=_task(row), token=row[4] or "")
+
+
+class SqlTaskStore:
+    """TaskStore on the `tasks` table."""
+
+    def __init__(self, database: SqlDatabase) -> None:
+        self._db = database
+        self._dialect = database.dialect
+
+    async def add(self, task: Task, init_image: bytes | None, max_pending: int) -> bool:
+        async with self._db.session(write=True) as session:
+            if self._dialect.admission_lock:
+                await session.execute(self._dialect.admission_lock)
+            # Counted and inserted inside one serialised transaction: no other admission runs in between.
+            row = await session.fetchone("SELECT COUNT(*) FROM tasks WHERE status = 'pending'")
+            if row is not None and int(row[0]) >= max_pending:
+                return False
+            await session.execute(
+                "INSERT INTO tasks (id, status, attempts, updated_at, body, init_image) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    task.id,
+                    task.status.value,
+                    task.attempts,
+                    task.updated_at.timestamp(),
+                    _encoder.encode(task),
+                    init_image,
+                ),
+            )
+            if self._dialect.notify_task:
+                await session.execute(self._dialect.notify_task)
+        return True
+
+    async def get(self, task_id: str) -> Task:
+        async with self._db.session(write=False) as session:
+            row = await session.fetchone(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))
+        if row is None:
+            raise TaskNotFound(NOT_FOUND)
+        return _task(row)
+
+    async def count(self, status: TaskStatus) -> int:
+        async with self._db.session(write=False) as session:
+            row = await session.fetchone("SELECT COUNT(*) FROM tasks WHERE status = %s", (status.value,))
+        return 0 if row is None else int(row[0])
+
+    async def claim(self, worker_id: str, lease_seconds: float) -> Lease | None:
+        now, token = self._dialect.now, uuid.uuid4().hex
+        async with self._db.session(write=True) as session:
+            row = await session.fetchone(
+                f"UPDATE tasks SET status = 'processing', attempts = attempts + 1, updated_at = {now}, "
+                f"lease_token = %s, lease_expires_at = {now} + %s, worker_id = %s "
+                "WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' ORDER BY seq LIMIT 1"
+                f"{self._dialect.skip_locked}) RETURNING {_TASK_COLUMNS}, lease_token",
+                (token, lease_seconds, worker_id),
+            )
+        return None if row is None else _lease(row)
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> bool:
+        async with self._db.session(write=True) as session:
+            renewed = await session.execute(
+                f"UPDATE tasks SET lease_expires_at = {self._dialect.now} + %s "
+                "WHERE id = %s AND lease_token = %s AND status = 'processing'",
+                (lease_seconds, lease.task.id, lease.token),
+            )
+        return renewed == 1
+
+    async def settle(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
+        return await self._write_fenced(lease, task, delivery, only_if_expired=False)
+
+    async def expired(self, limit: int) -> list[Lease]:
+        async with self._db.session(write=False) as session:
+            rows = await session.fetchall(
+                f"SELECT {_TASK_COLUMNS}, lease_token FROM tasks WHERE status = 'processing' "
+                f"AND (lease_expires_at IS NULL OR lease_expires_at < {self._dialect.now}) ORDER BY seq LIMIT %s",
+                (limit,),
+            )
+        return [_lease(row) for row in rows]
+
+    async def reap(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
+        return await self._write_fenced(lease, task, delivery, only_if_expired=True)
+
+    async def _write_fenced(
+        self, lease: Lease, task: Task, delivery: Delivery | None, *, only_if_expired: bool
+    ) -> bool:
+        now = self._dialect.now
+        # A task written before leases existed (an upgraded SQLite file) has no token: it matches the empty one.
+        condition = "id = %s AND COALESCE(lease_token, '') = %s AND status = 'processing'"
+        if only_if_expired:
+            condition += f" AND (lease_expires_at IS NULL OR lease_expires_at < {now})"
+        async with self._db.session(write=True) as session:
+            written = await session.execute(
+                f"UPDATE tasks SET status = %s, attempts = %s, updated_at = {now}, body = %s, "
+                "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, "
+                f"init_image = CASE WHEN %s THEN NULL ELSE init_image END WHERE {condition}",
+                (
+                    task.status.value,
+                    task.attempts,
+                    _encoder.encode(task),
+                    task.status.is_terminal,
+                    task.id,
+                    lease.token,
+                ),
+            )
+            if written != 1:
+                return False
+            if task.status is TaskStatus.PENDING and self._dialect.notify_task:
+                await session.execute(self._dialect.notify_task)
+            if delivery is not None:
+                await session.execute(
+                    "INSERT INTO deliveries (id, task_id, status, next_attempt_at, body) VALUES (%s, %s, %s, %s, %s)",
+                    (
+                        delivery.id,
+                        delivery.task_id,
+                        delivery.status.value,
+                        delivery.next_attempt_at,
+                        _encoder.encode(delivery),
+                    ),
+                )
+                if self._dialect.notify_delivery:
+                    await session.execute(self._dialect.notify_delivery)
+        return True
+
+
+class SqlCallbackOutbox:
+    """CallbackOutbox on the `deliveries` table."""
+
+    def __init__(self, database: SqlDatabase) -> None:
+        self._db = database
+        self._dialect = database.dialect
+
+    async def for_task(self, task_id: str) -> Delivery | None:
+        async with self._db.session(write=False) as session:
+            row = await session.fetchone("SELECT body FROM deliveries WHERE task_id = %s", (task_id,))
+        return None if row is None else _delivery_decoder.decode(bytes(row[0]))
+
+    async def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[DeliveryClaim]:
+        db_now, token = self._dialect.now, uuid.uuid4().hex
+        async with self._db.session(write=True) as session:
+            rows = await session.fetchall(
+                f"UPDATE deliveries SET lease_token = %s, lease_expires_at = {db_now} + %s WHERE id IN ("
+                "SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= %s "
+                f"AND (lease_expires_at IS NULL OR lease_expires_at < {db_now}) "
+                f"ORDER BY next_attempt_at LIMIT %s{self._dialect.skip_locked}) RETURNING body",
+                (token, lease_seconds, now, limit),
+            )
+        claims = [DeliveryClaim(_delivery_decoder.decode(bytes(row[0])), token) for row in rows]
+        return sorted(claims, key=lambda claim: claim.delivery.next_attempt_at)
+
+    async def record(self, claim: DeliveryClaim, delivery: Delivery) -> bool:
+        async with self._db.session(write=True) as session:
+            written = await session.execute(
+                "UPDATE deliveries SET status = %s, next_attempt_at = %s, body = %s, lease_token = NULL, "
+                "lease_expires_at = NULL WHERE id = %s AND lease_token = %s",
+                (delivery.status.value, delivery.next_attempt_at, _encoder.encode(delivery), delivery.id, claim.token),
+            )
+            if written == 1 and delivery.status is DeliveryStatus.PENDING and self._dialect.notify_delivery:
+                await session.execute(self._dialect.notify_delivery)
+        return written == 1
+
+    async def next_due_at(self) -> float | None:
+        async with self._db.session(write=False) as session:
+            row = await session.fetchone("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'")
+        return None if row is None or row[0] is None else float(row[0])
+
+
+class SqlInitImageStore:
+    """InitImageStore on the `tasks.init_image` column."""
+
+    def __init__(self, database: SqlDatabase) -> None:
+        self._db = database
+
+    async def get(self, task_id: str) -> bytes | None:
+        async with self._db.session(write=False) as session:
+            row = await session.fetchone("SELECT init_image FROM tasks WHERE id = %s", (task_id,))
+        if row is None:
+            raise TaskNotFound(NOT_FOUND)
+        return None if row[0] is None else bytes(row[0])
+
+
+class SqlNodeRegistry:
+    """NodeRegistry on the `nodes` table."""
+
+    def __init__(self, database: SqlDatabase) -> None:
+        self._db = database
+        self._dialect = database.dialect
+
+    async def beat(self, node: NodeInfo) -> None:
+        now = self._dialect.now
+        async with self._db.session(write=True) as session:
+            await session.execute(
+                f"INSERT INTO nodes (id, role, heartbeat_at, body) VALUES (%s, %s, {now}, %s) ON CONFLICT (id) "
+                f"DO UPDATE SET role = excluded.role, heartbeat_at = {now}, body = excluded.body",
+                (node.id, node.role.value, _encoder.encode(node)),
+            )
+
+    async def live(self, within_seconds: float) -> list[NodeInfo]:
+        async with self._db.session(write=False) as session:
+            rows = await session.fetchall(
+                f"SELECT body, heartbeat_at FROM nodes WHERE heartbeat_at >= {self._dialect.now} - %s",
+                (within_seconds,),
+            )
+        nodes = [msgspec.structs.replace(_node_decoder.decode(bytes(row[0])), heartbeat_at=row[1]) for row in rows]
+        return sorted(nodes, key=lambda node: node.started_at)
+
+    async def leave(self, node_id: str) -> None:
+        async with self._db.session(write=True) as session:
+            await session.execute("DELETE FROM nodes WHERE id = %s", (node_id,))

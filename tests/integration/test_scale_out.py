@@ -1,0 +1,296 @@
+"""Scale-out on PostgreSQL, every part real and in its own process: two API nodes (`sdapi serve --role api`), two
+workers (`sdapi worker`), a PostgreSQL server, an S3 endpoint (moto) and a callback receiver, all on loopback.
+
+The scenarios run in order on one cluster of processes (starting workers is the slow part); a scenario that kills
+a process starts a new one before it ends.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from minio import Minio
+
+from sdapi.testing.postgres import PostgresCluster
+from sdapi.testing.services import API_KEY, ServiceProcess, WorkerProcess, submit, wait_for_task, write_config
+from tests.receivers import CallbackReceiver
+
+ACCESS_KEY = "scale-out-access"
+SECRET_KEY = "scale-out-secret"
+BUCKET = "sd-images"
+# Long enough on this machine (one torch thread per worker) to kill, freeze or outlive a 3 s lease mid-run.
+LONG = {"prompt": "a long one", "width": 384, "height": 384, "num_inference_steps": 100}
+MAX_ATTEMPTS = 2
+LEASE_SECONDS = 3
+
+
+class Cluster:
+    """The processes of one deployment, and what the tests need to reach them."""
+
+    def __init__(self, config: Path, receiver: CallbackReceiver, postgres: PostgresCluster, s3: dict[str, Any]):
+        self.config = config
+        self.receiver = receiver
+        self.postgres = postgres
+        self.s3 = s3
+        self.stack = ExitStack()
+        # One thread each, as on a box with one GPU per worker: two workers share this machine's two cores.
+        self.env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.apis: list[ServiceProcess] = [self.start_api(), self.start_api()]
+        self.workers: list[WorkerProcess] = [self.start_worker(), self.start_worker()]
+        self._turn = itertools.count()
+
+    def start_api(self) -> ServiceProcess:
+        api = self.stack.enter_context(ServiceProcess(self.config, env=self.env, role="api"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{api.url}/health", timeout=2).status_code == 200:
+                    return api
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, api.log()
+            time.sleep(0.1)
+
+    def start_worker(self) -> WorkerProcess:
+        return self.stack.enter_context(WorkerProcess(self.config, env=self.env))
+
+    def client(self, index: int | None = None) -> httpx.Client:
+        """A client of API node `index`, or of the next node in turn."""
+        api = self.apis[next(self._turn) % len(self.apis) if index is None else index]
+        return httpx.Client(base_url=api.url, headers={"X-API-Key": API_KEY}, timeout=30)
+
+    def health(self) -> dict[str, Any]:
+        with self.client() as client:
+            body: dict[str, Any] = client.get("/health").json()
+            return body
+
+    def _running_workers(self) -> dict[WorkerProcess, dict[str, Any]]:
+        """The registry entries /health lists for the worker processes running now (a killed worker's entry stays
+        listed until its heartbeat is a lease old)."""
+        by_pid = {worker.pid: worker for worker in self.workers}
+        entries = {}
+        for entry in self.health()["workers"]:
+            pid = int(entry["id"].split("-")[-2])  # ids are host-pid-random
+            if pid in by_pid:
+                entries[by_pid[pid]] = entry
+        return entries
+
+    def wait_for_workers(self, count: int, timeout: float = 90) -> None:
+        """Until `count` running workers have their model loaded."""
+        deadline = time.monotonic() + timeout
+        while sum(entry["model_loaded"] for entry in self._running_workers().values()) < count:
+            assert time.monotonic() < deadline, self.health()
+            time.sleep(0.2)
+
+    def worker_running(self, task_id: str, timeout: float = 60) -> WorkerProcess:
+        """The worker process whose registry entry says it is running `task_id`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for worker, entry in self._running_workers().items():
+                if entry["current_task"] == task_id:
+                    return worker
+            time.sleep(0.05)
+        raise TimeoutError(f"no worker took {task_id}: {self.health()}")
+
+    def replace_worker(self, dead: WorkerProcess) -> None:
+        self.workers[self.workers.index(dead)] = self.start_worker()
+
+    def callbacks_for(self, task_id: str) -> list[str]:
+        """The webhook-ids of every POST the receiver got for `task_id`."""
+        return [
+            post.headers["webhook-id"]
+            for post in self.receiver.received
+            if f'"task_id":"{task_id}"' in post.body.decode()
+        ]
+
+    def stored_objects(self) -> set[str]:
+        client = Minio(self.s3["endpoint"], access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False)
+        return {item.object_name for item in client.list_objects(BUCKET, recursive=True)}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, postgres, s3) -> Iterator[Cluster]:
+    with CallbackReceiver() as receiver:
+        config = write_config(
+            tmp_path_factory.mktemp("scale-out"),
+            tiny_model,
+            store={"backend": "postgres", "postgres": {"dsn": postgres.new_database(), "pool_size": 4}},
+            storage={
+                "backend": "minio",
+                "minio": {
+                    "endpoint": s3["endpoint"],
+                    "access_key": ACCESS_KEY,
+                    "secret_key": SECRET_KEY,
+                    "bucket": BUCKET,
+                },
+            },
+            queue={"lease_seconds": LEASE_SECONDS, "max_attempts": MAX_ATTEMPTS, "shutdown_grace_seconds": 2},
+            callbacks={"allowed_hosts": ["127.0.0.1/32"], "backoff_base": 0.3, "max_attempts": 20, "timeout": 2},
+            limits={"max_inference_steps": 200},
+        )
+        deployment = Cluster(config, receiver, postgres, s3)
+        with deployment.stack:
+            deployment.wait_for_workers(2)
+            yield deployment
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not reached in {timeout}s: {what}"
+        time.sleep(0.1)
+
+
+def test_tasks_submitted_to_both_nodes_complete_exactly_once(cluster):
+    ids = []
+    for n in range(20):
+        with cluster.client() as client:
+            ids.append(submit(client, prompt=f"task {n}", seed=n, callback_url=cluster.receiver.url))
+    bodies = []
+    for task_id in ids:
+        with cluster.client(0) as first, cluster.client(1) as second:
+            body = wait_for_task(first, task_id, timeout=120)
+            assert body["status"] == "completed" and body["attempts"] == 1, body
+            _eventually(
+                lambda task_id=task_id: second.get(f"/api/v1/tasks/{task_id}").json()["callback_status"] == "delivered"
+            )
+            # Any node answers any task, with the same body.
+            assert first.get(f"/api/v1/tasks/{task_id}").json() == second.get(f"/api/v1/tasks/{task_id}").json()
+            bodies.append(body)
+    assert len({body["result_url"] for body in bodies}) == 20
+    for task_id in ids:
+        assert len(set(cluster.callbacks_for(task_id))) == 1  # one webhook-id per task
+    health = cluster.health()
+    assert health["role"] == "api" and health["model_loaded"] is True and len(health["workers"]) == 2
+    assert {worker["device"] for worker in health["workers"]} == {"cpu"}
+
+
+def test_a_worker_killed_mid_task_leaves_it_to_the_other(cluster):
+    with cluster.client() as client:
+        task_id = submit(client, **LONG, seed=7, callback_url=cluster.receiver.url)
+    victim = cluster.worker_running(task_id)
+    victim.kill()
+    with cluster.client() as client:
+        body = wait_for_task(client, task_id, timeout=120)
+    assert body["status"] == "completed" and body["attempts"] == 2, body
+    _eventually(lambda: len(cluster.callbacks_for(task_id)) >= 1, what="the callback")
+    assert len(set(cluster.callbacks_for(task_id))) == 1
+    cluster.replace_worker(victim)
+    cluster.wait_for_workers(2)
+
+
+def test_a_frozen_worker_that_wakes_after_its_lease_changes_nothing(cluster):
+    with cluster.client() as client:
+        task_id = submit(client, **LONG, seed=8, callback_url=cluster.receiver.url)
+    frozen = cluster.worker_running(task_id)
+    frozen.send(signal.SIGSTOP)
+    try:
+        with cluster.client() as client:
+            finished = wait_for_task(client, task_id, timeout=120)  # reaped, then run by the other worker
+        assert finished["status"] == "completed" and finished["attempts"] == 2, finished
+        _eventually(lambda: len(cluster.callbacks_for(task_id)) == 1, what="the callback")
+    finally:
+        frozen.send(signal.SIGCONT)
+    # It finishes its stale run, finds the lease gone, writes nothing, sends nothing, deletes its images.
+    _eventually(lambda: "lease lost before its outcome was written" in frozen.log(), timeout=120, what=frozen.log())
+    with cluster.client() as client:
+        assert client.get(f"/api/v1/tasks/{task_id}").json() == {
+            **finished,
+            "callback_status": "delivered",
+            "callback_attempts": 1,
+        }
+    assert len(cluster.callbacks_for(task_id)) == 1
+    key = finished["result_url"].split(f"/{BUCKET}/", 1)[1]
+    _eventually(lambda: key in cluster.stored_objects() and len(cluster.stored_objects()) == _expected_objects(cluster))
+
+
+def _expected_objects(cluster: Cluster) -> int:
+    """Images the completed tasks refer to: every stored object belongs to exactly one of them (no orphans)."""
+    referenced = set()
+    with cluster.client() as client:
+        for post in cluster.receiver.received:
+            body = httpx.Response(200, content=post.body).json()
+            task = client.get(f"/api/v1/tasks/{body['task_id']}").json()
+            referenced.update(
+                url.split(f"/{BUCKET}/", 1)[1] for url in (task["result_urls"] or [task["result_url"]]) if url
+            )
+    return len(referenced)
+
+
+def test_an_api_node_killed_while_its_delivery_fails_leaves_it_to_the_other(cluster):
+    cluster.receiver.script = [(500, 0.0)]
+    survivor = cluster.apis[1]
+    survivor.send(signal.SIGSTOP)  # only node 0 sends while the receiver fails
+    try:
+        with cluster.client(0) as client:
+            task_id = submit(client, prompt="deliver me", seed=9, callback_url=cluster.receiver.url)
+            assert wait_for_task(client, task_id)["status"] == "completed"
+        _eventually(lambda: len(cluster.callbacks_for(task_id)) >= 2, what="two failed attempts")
+        cluster.apis[0].kill()
+    finally:
+        survivor.send(signal.SIGCONT)
+    cluster.receiver.script = [(200, 0.0)]
+    with cluster.client(1) as client:
+        _eventually(
+            lambda: client.get(f"/api/v1/tasks/{task_id}").json()["callback_status"] == "delivered",
+            what="delivery by the surviving node",
+        )
+    attempts = cluster.callbacks_for(task_id)
+    assert len(attempts) >= 3 and len(set(attempts)) == 1  # the same webhook-id across retries and nodes
+    cluster.apis[0] = cluster.start_api()
+
+
+def test_a_postgres_restart_loses_and_duplicates_nothing_and_submits_get_503_meanwhile(cluster):
+    ids = []
+    for n in range(6):
+        with cluster.client() as client:
+            ids.append(
+                submit(client, prompt=f"before the restart {n}", seed=100 + n, callback_url=cluster.receiver.url)
+            )
+    cluster.postgres.stop_server()
+    try:
+        with cluster.client() as client:
+            refused = client.post("/api/v1/generate", json={"prompt": "during the outage"})
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"].isdigit()
+            assert refused.json()["detail"] == "任务数据库暂时不可用，请稍后重试"
+            assert client.get(f"/api/v1/tasks/{ids[0]}").status_code == 503
+    finally:
+        cluster.postgres.start_server()
+    with cluster.client() as client:
+        _eventually(lambda: client.post("/api/v1/generate", json={"prompt": "after"}).status_code == 200, timeout=30)
+    for task_id in ids:
+        with cluster.client() as client:
+            body = wait_for_task(client, task_id, timeout=120)
+            assert body["status"] == "completed", body
+        _eventually(lambda task_id=task_id: len(cluster.callbacks_for(task_id)) >= 1, what="the callback")
+        assert len(set(cluster.callbacks_for(task_id))) == 1
+    ids_seen = collections.Counter(
+        httpx.Response(200, content=post.body).json()["task_id"] for post in cluster.receiver.received
+    )
+    assert all(ids_seen[task_id] >= 1 for task_id in ids)
+
+
+def test_a_task_whose_attempts_are_spent_fails_with_one_callback(cluster):
+    with cluster.client() as client:
+        task_id = submit(client, **LONG, seed=10, callback_url=cluster.receiver.url)
+    for _ in range(MAX_ATTEMPTS):
+        victim = cluster.worker_running(task_id, timeout=90)
+        victim.kill()
+        cluster.replace_worker(victim)
+    with cluster.client() as client:
+        body = wait_for_task(client, task_id, timeout=120)
+    assert body["status"] == "failed" and body["attempts"] == MAX_ATTEMPTS
+    assert body["error_message"] == f"生成失败：任务运行时服务中断，已尝试 {MAX_ATTEMPTS} 次（上限 {MAX_ATTEMPTS} 次）"
+    _eventually(lambda: len(cluster.callbacks_for(task_id)) == 1, what="the callback")
+    time.sleep(LEASE_SECONDS)
+    assert len(cluster.callbacks_for(task_id)) == 1

@@ -1,0 +1,305 @@
+"""One contract for both stores: SQLite and PostgreSQL (a real server) must behave alike on claim, renew, reap,
+fenced settle, the outbox's claims, admission, the node registry and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+import psycopg
+import pytest
+
+from sdapi import tasks
+from sdapi.deliveries import DeliveryStatus, after_attempt, new_delivery
+from sdapi.errors import TaskNotFound, TaskStoreError
+from sdapi.nodes import NodeInfo, Role
+from sdapi.store import Lease, Stores
+from sdapi.store.postgres import open_postgres
+from sdapi.store.sqlite import open_sqlite
+from sdapi.tasks import Task, TaskStatus
+from sdapi.testing.factories import make_params
+from sdapi.testing.postgres import PostgresCluster
+
+Opener = Callable[[], Stores]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens another set of stores (another "node") on one fresh database of the parametrised kind."""
+    if request.param == "sqlite":
+        path = tmp_path / "tasks.sqlite3"
+        return lambda: open_sqlite(path)
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    dsn = cluster.new_database()
+    return lambda: open_postgres(dsn, 4)
+
+
+@asynccontextmanager
+async def opened(opener: Opener) -> AsyncIterator[Stores]:
+    stores = opener()
+    await stores.database.open()
+    try:
+        yield stores
+    finally:
+        await stores.database.close()
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())
+
+
+def new_task(**params: object) -> Task:
+    return tasks.create(make_params(**params))
+
+
+def test_claims_take_the_oldest_pending_task_once_with_a_lease(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            first, second = new_task(), new_task()
+            assert await stores.tasks.add(first, None, 10) and await stores.tasks.add(second, None, 10)
+            lease = await stores.tasks.claim("worker-a", 30)
+            assert lease is not None and lease.task.id == first.id and lease.token
+            assert lease.task.status is TaskStatus.PROCESSING and lease.task.attempts == 1
+            stored = await stores.tasks.get(first.id)
+            assert stored.status is TaskStatus.PROCESSING and stored.attempts == 1
+            assert stored.updated_at >= first.updated_at
+            other = await stores.tasks.claim("worker-b", 30)
+            assert other is not None and other.task.id == second.id and other.token != lease.token
+            assert await stores.tasks.claim("worker-c", 30) is None
+            assert await stores.tasks.count(TaskStatus.PROCESSING) == 2
+            assert await stores.tasks.count(TaskStatus.PENDING) == 0
+
+    run(scenario)
+
+
+def test_two_nodes_claiming_at_once_never_take_the_same_task(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as a, opened(open_stores) as b:
+            added = [new_task() for _ in range(12)]
+            for task in added:
+                assert await a.tasks.add(task, None, 100)
+
+            async def drain(stores: Stores, name: str) -> list[str]:
+                taken = []
+                while (lease := await stores.tasks.claim(name, 30)) is not None:
+                    taken.append(lease.task.id)
+                return taken
+
+            taken_a, taken_b = await asyncio.gather(drain(a, "a"), drain(b, "b"))
+            assert sorted(taken_a + taken_b) == sorted(task.id for task in added)
+            assert not set(taken_a) & set(taken_b)
+
+    run(scenario)
+
+
+def test_admission_is_atomic_across_nodes(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as a, opened(open_stores) as b:
+            results = await asyncio.gather(*((a if n % 2 else b).tasks.add(new_task(), None, 3) for n in range(12)))
+            assert sum(results) == 3
+            assert await a.tasks.count(TaskStatus.PENDING) == 3
+
+    run(scenario)
+
+
+def test_settle_is_fenced_by_the_lease_and_records_the_delivery_with_the_task(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            task = new_task(callback_url="https://receiver.example/hook")
+            assert await stores.tasks.add(task, b"init-bytes", 10)
+            lease = await stores.tasks.claim("w", 30)
+            assert lease is not None
+            completed = tasks.complete(lease.task, ["k.png"], "torch")
+            delivery = new_delivery(task.id, "https://receiver.example/hook", time.time())
+            forged = Lease(lease.task, "not-the-lease")
+            assert not await stores.tasks.settle(forged, completed, delivery)
+            assert await stores.outbox.for_task(task.id) is None
+            assert await stores.init_images.get(task.id) == b"init-bytes"
+            assert await stores.tasks.settle(lease, completed, delivery)
+            stored = await stores.tasks.get(task.id)
+            assert stored.status is TaskStatus.COMPLETED and stored.result_keys == ("k.png",)
+            assert (await stores.outbox.for_task(task.id)) == delivery
+            assert await stores.init_images.get(task.id) is None  # dropped with the terminal write
+            # A second outcome under the same lease changes nothing: one terminal state, ever.
+            assert not await stores.tasks.settle(lease, tasks.fail(lease.task, "late"), None)
+            assert (await stores.tasks.get(task.id)).status is TaskStatus.COMPLETED
+            assert not await stores.tasks.renew(lease, 30)
+
+    run(scenario)
+
+
+def test_expired_leases_are_reaped_and_the_late_worker_is_fenced_out(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            task = new_task()
+            assert await stores.tasks.add(task, None, 10)
+            stale = await stores.tasks.claim("frozen", 0.2)
+            assert stale is not None
+            assert await stores.tasks.expired(10) == []
+            await asyncio.sleep(0.4)
+            [expired] = await stores.tasks.expired(10)
+            assert expired.task.id == task.id and expired.token == stale.token
+            requeued = tasks.recover_interrupted(expired.task, max_attempts=3)
+            assert await stores.tasks.reap(expired, requeued)
+            assert not await stores.tasks.reap(expired, requeued)  # a second reaper finds nothing to do
+            fresh = await stores.tasks.claim("healthy", 30)
+            assert fresh is not None and fresh.task.id == task.id and fresh.task.attempts == 2
+            # The frozen worker wakes up: its renewal and its outcome are both refused.
+            assert not await stores.tasks.renew(stale, 30)
+            assert not await stores.tasks.settle(stale, tasks.complete(stale.task, ["late.png"], "torch"))
+            assert await stores.tasks.settle(fresh, tasks.complete(fresh.task, ["k.png"], "torch"))
+            final = await stores.tasks.get(task.id)
+            assert final.result_keys == ("k.png",) and final.attempts == 2
+
+    run(scenario)
+
+
+def test_a_renewal_that_wins_the_race_keeps_its_task(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            assert await stores.tasks.add(new_task(), None, 10)
+            lease = await stores.tasks.claim("slow", 0.2)
+            assert lease is not None
+            await asyncio.sleep(0.4)
+            [expired] = await stores.tasks.expired(10)
+            assert await stores.tasks.renew(lease, 30)  # the worker renews before the reaper writes
+            assert not await stores.tasks.reap(expired, tasks.recover_interrupted(expired.task, 3))
+            assert await stores.tasks.settle(lease, tasks.complete(lease.task, ["k.png"], "torch"))
+
+    run(scenario)
+
+
+def test_delivery_claims_are_exclusive_leased_and_fenced(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as a, opened(open_stores) as b:
+            task = new_task(callback_url="https://receiver.example/hook")
+            assert await a.tasks.add(task, None, 10)
+            lease = await a.tasks.claim("w", 30)
+            assert lease is not None
+            delivery = new_delivery(task.id, "https://receiver.example/hook", time.time() - 1)
+            assert await a.tasks.settle(lease, tasks.fail(lease.task, "x"), delivery)
+            assert await a.outbox.next_due_at() == pytest.approx(delivery.next_attempt_at)
+            [claim] = await a.outbox.claim_due(time.time(), 10, 0.3)
+            assert claim.delivery == delivery
+            assert await b.outbox.claim_due(time.time(), 10, 30) == []  # one attempt in flight at a time
+            await asyncio.sleep(0.5)  # node a died mid-POST: its claim runs out
+            [taken_over] = await b.outbox.claim_due(time.time(), 10, 30)
+            assert taken_over.delivery.id == delivery.id  # the same webhook-id on the other node
+            failed_once = after_attempt(
+                delivery,
+                delivered=False,
+                retryable=True,
+                error="HTTP 500",
+                now=time.time(),
+                max_attempts=5,
+                backoff_base=30,
+            )
+            assert not await a.outbox.record(claim, failed_once)  # the late node's record is refused
+            assert await b.outbox.record(taken_over, failed_once)
+            stored = await b.outbox.for_task(task.id)
+            assert stored is not None and stored.attempts == 1 and stored.status is DeliveryStatus.PENDING
+            assert await b.outbox.claim_due(time.time(), 10, 30) == []  # not due until its backoff ends
+
+    run(scenario)
+
+
+def test_the_node_registry_lists_live_nodes_only(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            node = NodeInfo(
+                id="gpu-box-1",
+                role=Role.WORKER,
+                host="gpu-box",
+                pid=7,
+                started_at="2026-11-24T00:00:00Z",
+                storage="minio",
+                data_dir="/data",
+                device="cuda:1",
+                model_loaded=True,
+            )
+            await stores.nodes.beat(node)
+            [live] = await stores.nodes.live(5)
+            assert live.id == "gpu-box-1" and live.device == "cuda:1" and live.heartbeat_at > 0
+            await asyncio.sleep(0.3)
+            assert await stores.nodes.live(0.2) == []  # its heartbeat stopped: it drops out
+            await stores.nodes.beat(msgspec.structs.replace(node, current_task="t-1"))
+            [again] = await stores.nodes.live(5)
+            assert again.current_task == "t-1"
+            await stores.nodes.leave(node.id)
+            assert await stores.nodes.live(5) == []
+
+    run(scenario)
+
+
+def test_unknown_tasks_are_not_found(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            with pytest.raises(TaskNotFound):
+                await stores.tasks.get("no-such-task")
+            with pytest.raises(TaskNotFound):
+                await stores.init_images.get("no-such-task")
+
+    run(scenario)
+
+
+def test_a_schema_newer_than_this_sdapi_is_refused(open_stores, tmp_path):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            # What a newer sdapi would leave behind.
+            database = stores.database
+            if hasattr(database, "dsn"):
+                with psycopg.connect(database.dsn, autocommit=True) as connection:
+                    connection.execute("INSERT INTO schema_migrations (version) VALUES (99)")
+            else:
+                with sqlite3.connect(tmp_path / "tasks.sqlite3") as connection:
+                    connection.execute("PRAGMA user_version = 99")
+        with pytest.raises(TaskStoreError, match="version 99, newer than this sdapi knows"):
+            async with opened(open_stores):
+                pass
+
+    run(scenario)
+
+
+def test_nodes_starting_together_migrate_once(open_stores):
+    async def scenario() -> None:
+        nodes = [open_stores() for _ in range(6)]
+        await asyncio.gather(*(node.database.open() for node in nodes))
+        try:
+            assert await nodes[0].tasks.add(new_task(), None, 10)
+            assert await nodes[5].tasks.claim("w", 30) is not None
+        finally:
+            await asyncio.gather(*(node.database.close() for node in nodes))
+
+    run(scenario)
+
+
+def test_a_sqlite_file_from_before_leases_upgrades_and_its_interrupted_task_is_reaped(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    interrupted = tasks.start(new_task())
+    with sqlite3.connect(path) as connection:  # the schema before versioning, as the first release wrote it
+        connection.executescript(
+            "CREATE TABLE tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, status TEXT NOT NULL,"
+            " body BLOB NOT NULL, init_image BLOB);"
+            "CREATE TABLE deliveries (id TEXT PRIMARY KEY, task_id TEXT NOT NULL UNIQUE, status TEXT NOT NULL,"
+            " next_attempt_at REAL NOT NULL, body BLOB NOT NULL);"
+        )
+        connection.execute(
+            "INSERT INTO tasks (id, status, body) VALUES (?, ?, ?)",
+            (interrupted.id, "processing", msgspec.json.encode(interrupted)),
+        )
+
+    async def scenario() -> None:
+        async with opened(lambda: open_sqlite(path)) as stores:
+            stored = await stores.tasks.get(interrupted.id)
+            assert stored.attempts == 1
+            assert abs((stored.updated_at - interrupted.updated_at).total_seconds()) < 0.001
+            [expired] = await stores.tasks.expired(10)  # no lease: the restart recovery of before
+            assert await stores.tasks.reap(expired, tasks.recover_interrupted(expired.task, 3))
+            assert (await stores.tasks.get(interrupted.id)).status is TaskStatus.PENDING
+
+    run(scenario)
