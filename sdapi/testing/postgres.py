@@ -4,6 +4,7 @@ is an error, never a skip (.ci/run installs the package when it is absent)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -86,8 +87,6 @@ class PostgresCluster:
         return self.dsn(name)
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self._pg_ctl("stop")
-        except subprocess.CalledProcessError:
-            pass  # already stopped
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from sdapi.testing.services import REPO_ROOT, ServiceProcess, generate, write_config
+from sdapi.testing.services import REPO_ROOT, ServiceProcess, free_port, generate, write_config
 
 
 def _serve(config_path):
@@ -31,6 +31,7 @@ def _serve(config_path):
         ({"model": {"device": "tpu"}}, "model.device"),
         ({"defaults": {"scheduler": "Nope"}}, "defaults.scheduler"),
         ({"api": {"keys": []}}, "api.keys"),
+        ({"store": {"backend": "postgres"}}, "store.postgres.dsn"),
     ],
 )
 def test_a_bad_config_stops_the_service_naming_the_key(tmp_path, changes, named):
@@ -81,3 +82,57 @@ def test_make_tiny_model_is_deterministic(tmp_path):
     ]:
         assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
     assert (tmp_path / "a" / "model_index.json").is_file()
+
+
+def test_a_worker_with_a_bad_device_or_an_unreachable_database_stops_with_one_line(tmp_path, tiny_model):
+    config = write_config(tmp_path, tiny_model)
+    bad_device = subprocess.run(
+        [sys.executable, "-m", "sdapi", "worker", "--config", str(config), "--device", "gpu:1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad_device.returncode == 2 and "--device 'gpu:1'" in bad_device.stderr
+    unreachable = write_config(
+        tmp_path / "pg",
+        tiny_model,
+        store={"backend": "postgres", "postgres": {"dsn": f"postgresql://nobody@127.0.0.1:{free_port()}/none"}},
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "sdapi", "worker", "--config", str(unreachable)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "任务数据库暂时不可用" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_api_node_never_imports_torch(tmp_path, tiny_model):
+    """`serve --role api` builds its runtime, starts and answers without the engines (or torch) in the process."""
+    config = write_config(tmp_path, tiny_model)
+    script = f"""
+import asyncio, sys
+from sdapi.bootstrap import build_runtime
+from sdapi.config import load_config
+from sdapi.nodes import Role
+from sdapi.request import GenerationRequest
+
+async def main():
+    runtime = build_runtime(load_config({str(config)!r}), role=Role.API)
+    await runtime.start()
+    task = await runtime.service.submit(GenerationRequest(prompt="queued for a worker"), None)
+    health = await runtime.health()
+    await runtime.stop()
+    assert health.queue_pending == 1 and health.workers == [] and not health.model_loaded, health
+    assert runtime.engine is None and runtime.worker is None
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "diffusers", "onnxruntime"))
+    print("LOADED", loaded)
+
+asyncio.run(main())
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stdout

@@ -294,3 +294,57 @@ def test_a_task_whose_attempts_are_spent_fails_with_one_callback(cluster):
     _eventually(lambda: len(cluster.callbacks_for(task_id)) == 1, what="the callback")
     time.sleep(LEASE_SECONDS)
     assert len(cluster.callbacks_for(task_id)) == 1
+
+
+def test_workers_on_one_machine_share_one_sqlite_file(tmp_path, tiny_model):
+    """No PostgreSQL: an API node and two workers on one box, one SQLite file and one data_dir (local images)."""
+    config = write_config(tmp_path, tiny_model, queue={"lease_seconds": LEASE_SECONDS})
+    env = {"OMP_NUM_THREADS": "1"}
+    with (
+        ServiceProcess(config, env=env, role="api") as api,
+        WorkerProcess(config, env=env),
+        WorkerProcess(config, env=env),
+    ):
+        api.wait_ready()
+        with api.client() as client:
+            ids = [submit(client, prompt=f"shared file {n}", seed=n, num_images=2) for n in range(8)]
+            bodies = [wait_for_task(client, task_id, timeout=120) for task_id in ids]
+            assert all(body["status"] == "completed" and body["attempts"] == 1 for body in bodies), bodies
+            for body in bodies:
+                for url in body["result_urls"]:
+                    assert httpx.get(url).status_code == 200  # the API node serves what the workers stored
+            health = client.get("/health").json()
+    assert health["role"] == "api" and len(health["workers"]) == 2
+
+
+def test_an_api_node_with_local_storage_refuses_workers_that_keep_images_elsewhere(tmp_path, tiny_model, postgres):
+    import asyncio
+
+    from sdapi.bootstrap import build_runtime
+    from sdapi.config import load_config
+    from sdapi.errors import ConfigError
+    from sdapi.nodes import NodeInfo, Role
+
+    dsn = postgres.new_database()
+    config = load_config(write_config(tmp_path, tiny_model, store={"backend": "postgres", "postgres": {"dsn": dsn}}))
+
+    async def scenario() -> None:
+        worker_elsewhere = NodeInfo(
+            id="gpu-box-42-abc",
+            role=Role.WORKER,
+            host="gpu-box",
+            pid=42,
+            started_at="2026-11-24T00:00:00Z",
+            storage="local",
+            data_dir="/srv/sdapi/data",
+        )
+        registry = build_runtime(config, role=Role.API)
+        await registry.stores.database.open()
+        await registry.stores.nodes.beat(worker_elsewhere)
+        await registry.stores.database.close()
+        api = build_runtime(config, role=Role.API)
+        with pytest.raises(ConfigError, match="use MinIO"):
+            await api.start()
+        await api.stop()
+
+    asyncio.run(scenario())

@@ -70,3 +70,32 @@ def test_unreadable_or_non_mapping_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("api: [\n")
     with pytest.raises(ConfigError):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_the_store_defaults_to_sqlite_and_postgres_takes_its_dsn_from_the_environment():
+    assert config_from_mapping({"api": {"keys": ["k"]}}, environ={}).store.backend == "sqlite"
+    raw = {"api": {"keys": ["k"]}, "store": {"backend": "postgres", "postgres": {"dsn": "postgresql://file"}}}
+    assert config_from_mapping(raw, environ={}).store.postgres.dsn == "postgresql://file"
+    from_env = config_from_mapping(raw, environ={"SDAPI_DATABASE_URL": "postgresql://u:secret@db/sdapi"})
+    assert from_env.store.postgres.dsn == "postgresql://u:secret@db/sdapi"
+    with pytest.raises(ConfigError, match=r"store\.postgres\.dsn"):
+        config_from_mapping({"api": {"keys": ["k"]}, "store": {"backend": "postgres"}}, environ={})
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:7"])
+def test_model_device_accepts_one_gpu_by_index(device):
+    from sdapi.config import with_device
+
+    config = config_from_mapping({"api": {"keys": ["k"]}, "model": {"device": device}}, environ={})
+    assert config.model.device == device
+    assert with_device(config, "cuda:3").model.device == "cuda:3"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "cpu:0"])
+def test_a_bad_device_is_refused(device):
+    from sdapi.config import with_device
+
+    with pytest.raises(ConfigError, match=r"model\.device"):
+        config_from_mapping({"api": {"keys": ["k"]}, "model": {"device": device}}, environ={})
+    with pytest.raises(ConfigError, match="--device"):
+        with_device(config_from_mapping({"api": {"keys": ["k"]}}, environ={}), device)
