@@ -160,3 +160,66 @@ def test_the_gpu_base_image_has_the_cuda_major_the_pinned_wheels_were_built_for(
 def test_local_state_stays_out_of_the_build_context(path):
     ignored = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert path in ignored
+
+
+# -- deploy/compose.yaml -----------------------------------------------------------------------------------------
+# No Docker engine here: what can be checked is the file's structure, that every command is one the CLI accepts,
+# and that the config it mounts loads with the secrets compose passes through the environment.
+
+COMPOSE = REPO_ROOT / "deploy" / "compose.yaml"
+
+
+def _compose() -> dict:
+    import yaml
+
+    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))  # merge keys (<<) resolved by the loader
+
+
+def test_compose_runs_postgres_minio_an_api_node_and_one_worker_per_gpu():
+    from sdapi.cli import parser
+
+    services = _compose()["services"]
+    assert {"postgres", "minio", "api", "worker-0", "worker-1"} <= set(services)
+    for name, service in services.items():
+        assert "healthcheck" in service, name
+    api_args = parser().parse_args(services["api"]["command"][1:])
+    assert api_args.command == "serve" and api_args.role == "api" and api_args.config == "/app/config.yaml"
+    devices = []
+    for name in ("worker-0", "worker-1"):
+        worker = services[name]
+        arguments = parser().parse_args(worker["command"][1:])
+        assert arguments.command == "worker"
+        devices.append(arguments.device)
+        [reservation] = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert reservation["driver"] == "nvidia" and reservation["capabilities"] == ["gpu"]
+        assert "ports" not in worker  # no public HTTP
+    assert devices == ["cuda:0", "cuda:1"]
+    for name in ("api", "worker-0"):
+        assert services[name]["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "minio": {"condition": "service_healthy"},
+        }
+
+
+def test_compose_passes_secrets_through_the_environment_and_its_config_loads_with_them():
+    services = _compose()["services"]
+    environment = services["api"]["environment"]
+    for variable in ("SDAPI_DATABASE_URL", "SDAPI_API_KEYS", "SDAPI_MINIO_SECRET_KEY"):
+        assert "${" in environment[variable], variable  # interpolated, never a literal secret
+    assert services["worker-0"]["environment"] == environment
+    [mount] = [volume for volume in services["api"]["volumes"] if volume.endswith(":/app/config.yaml:ro")]
+    config_file = COMPOSE.parent / mount.split(":")[0]
+    config = load_config(
+        config_file,
+        environ={
+            "SDAPI_DATABASE_URL": "postgresql://sdapi:pw@postgres:5432/sdapi",
+            "SDAPI_API_KEYS": "k1,k2",
+            "SDAPI_MINIO_ACCESS_KEY": "sdapi",
+            "SDAPI_MINIO_SECRET_KEY": "secret",
+        },
+    )
+    assert (
+        config.store.backend == "postgres" and config.store.postgres.dsn == "postgresql://sdapi:pw@postgres:5432/sdapi"
+    )
+    assert config.storage.backend == "minio" and config.storage.minio.endpoint == "minio:9000"
+    assert config.api.keys == ["k1", "k2"]
