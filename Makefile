@@ -8,7 +8,7 @@ MODEL_DIR := data/models/tiny-sd
 # Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev model run test check format bench bench-loras bench-engines
+.PHONY: install install-dev model run test check format bench bench-loras bench-engines bench-scale
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,3 +61,7 @@ bench-loras: install-dev
 # Builds the tiny model and a random-weight SD 1.5-architecture model (about 4 GiB) under data/bench, exports both.
 bench-engines: install-dev
 	$(BIN)/python -m bench.engines --workdir data/bench
+
+# PostgreSQL, one API node and one then two workers (one torch thread each) on the tiny model.
+bench-scale: install-dev
+	$(BIN)/python -m bench.scale

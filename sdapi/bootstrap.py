@@ -307,7 +307,6 @@ def build_runtime(
     service = TaskService(
         config,
         stores.tasks,
-        stores.outbox,
         storage,
         wake_worker,
         CallbackPolicy.from_config(config.callbacks),

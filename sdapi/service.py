@@ -17,7 +17,7 @@ from sdapi.params import GenerationParams, InitImageInfo, resolve_params
 from sdapi.request import GenerationRequest
 from sdapi.results import public_base_url, result_urls
 from sdapi.storage import ImageStorage
-from sdapi.store import CallbackOutbox, TaskStore
+from sdapi.store import TaskStore
 from sdapi.tasks import Task, create
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ class TaskService:
         self,
         config: Config,
         task_store: TaskStore,
-        outbox: CallbackOutbox,
         storage: ImageStorage,
         wake_worker: Callable[[], None],
         callback_policy: CallbackPolicy,
@@ -52,7 +51,6 @@ class TaskService:
     ) -> None:
         self._config = config
         self._tasks = task_store
-        self._outbox = outbox
         self._storage = storage
         self._wake_worker = wake_worker
         self._callback_policy = callback_policy
@@ -94,8 +92,7 @@ class TaskService:
 
     async def get(self, task_id: str, request_base_url: str | None) -> TaskView:
         """The task with this id as a client sees it from `request_base_url`; raise TaskNotFound."""
-        task = await self._tasks.get(task_id)
-        delivery = await self._outbox.for_task(task_id)
+        task, delivery = await self._tasks.get_with_delivery(task_id)
         base_url = public_base_url(self._config.server.public_base_url, request_base_url)
         single, several = result_urls(task, self._storage, base_url)
         return TaskView(task=task, delivery=delivery, result_url=single, result_urls=several)

@@ -73,6 +73,10 @@ class MemoryTaskStore:
             raise TaskNotFound("任务不存在")
         return self.db.tasks[task_id]
 
+    async def get_with_delivery(self, task_id: str) -> tuple[Task, Delivery | None]:
+        task = await self.get(task_id)
+        return task, next((d for d in self.db.deliveries.values() if d.task_id == task_id), None)
+
     async def count(self, status: TaskStatus) -> int:
         self.db.touch()
         return sum(t.status is status for t in self.db.tasks.values())

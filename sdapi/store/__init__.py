@@ -55,6 +55,10 @@ class TaskStore(Protocol):
     async def get(self, task_id: str) -> Task:
         """The task with this id; raise TaskNotFound."""
 
+    async def get_with_delivery(self, task_id: str) -> tuple[Task, Delivery | None]:
+        """The task and its callback delivery (if any) in one read: what every poll of a task needs. Raise
+        TaskNotFound."""
+
     async def count(self, status: TaskStatus) -> int:
         """How many tasks have `status`."""
 

@@ -126,6 +126,17 @@ class SqlTaskStore:
             raise TaskNotFound(NOT_FOUND)
         return _task(row)
 
+    async def get_with_delivery(self, task_id: str) -> tuple[Task, Delivery | None]:
+        async with self._db.session(write=False) as session:
+            row = await session.fetchone(
+                "SELECT t.body, t.status, t.attempts, t.updated_at, d.body FROM tasks t "
+                "LEFT JOIN deliveries d ON d.task_id = t.id WHERE t.id = %s",
+                (task_id,),
+            )
+        if row is None:
+            raise TaskNotFound(NOT_FOUND)
+        return _task(row), None if row[4] is None else _delivery_decoder.decode(bytes(row[4]))
+
     async def count(self, status: TaskStatus) -> int:
         async with self._db.session(write=False) as session:
             row = await session.fetchone("SELECT COUNT(*) FROM tasks WHERE status = %s", (status.value,))
