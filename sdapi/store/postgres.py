@@ -1,8 +1,9 @@
 """The stores on PostgreSQL (store.backend: postgres): many API nodes and workers on one database.
 
-psycopg 3 (async) through a psycopg-pool pool of `store.postgres.pool_size` connections. The pool replaces broken
-connections and reconnects with backoff, so after PostgreSQL restarts the nodes reconnect on their own; while it is
-down every call fails fast (within POOL_TIMEOUT_SECONDS) with StoreUnavailable, which the API answers with 503.
+psycopg 3 (async) through a psycopg-pool pool of `store.postgres.pool_size` connections. The pool checks a connection
+before lending it and replaces broken ones, reconnecting with backoff, so after PostgreSQL restarts the nodes
+reconnect on their own; while it is down every call fails fast (within POOL_TIMEOUT_SECONDS) with StoreUnavailable,
+which the API answers with 503.
 
 Wake-ups use LISTEN/NOTIFY on a connection of their own, outside the pool: LISTEN lives in a session, so it does not
 survive a transaction-mode pooler such as pgbouncer (point `dsn` at PostgreSQL itself, or a session-mode pool).
@@ -119,9 +120,9 @@ class PostgresDatabase:
             max_size=pool_size,
             open=False,
             timeout=POOL_TIMEOUT_SECONDS,
-            # No check before lending a connection (it would cost a round trip on every call): a connection broken
-            # by a restart fails its next query (StoreUnavailable, a 503) and the pool replaces it when it comes
-            # back broken.
+            # A connection broken by a restart is found (one empty query) and replaced before it is lent, so once
+            # PostgreSQL is back no request fails on a stale connection.
+            check=psycopg_pool.AsyncConnectionPool.check_connection,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
             name="sdapi",
         )
