@@ -218,7 +218,7 @@ def test_a_frozen_worker_that_wakes_after_its_lease_changes_nothing(cluster):
             key in cluster.stored_objects()
             and cluster.stored_objects() - _referenced_objects(cluster) == orphans_before
         ),
-        what=f"unreferenced images {cluster.stored_objects() - _referenced_objects(cluster)}; log: {frozen.log()[-3000:]}",
+        what=f"orphans {cluster.stored_objects() - _referenced_objects(cluster)}; log: {frozen.log()[-3000:]}",
     )
 
 
