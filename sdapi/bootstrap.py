@@ -143,7 +143,9 @@ class Runtime:
                 )
         self.heartbeat.start(self.describe)
         self.reaper.start()
-        await self.stores.feed.start(on_task=self._task_announced, on_delivery=self._delivery_announced)
+        await self.stores.feed.start(
+            on_task=self._task_announced, on_delivery=self._delivery_announced, on_cancel=self._cancel_announced
+        )
         if self.worker is not None:
             self.worker.start()
         if self.callbacks is not None:
@@ -153,6 +155,10 @@ class Runtime:
     def _task_announced(self) -> None:
         if self.worker is not None:
             self.worker.wake()
+
+    def _cancel_announced(self) -> None:
+        if self.worker is not None:
+            self.worker.check_cancel()
 
     def _delivery_announced(self) -> None:
         if self.callbacks is not None:
@@ -309,6 +315,8 @@ def build_runtime(
         stores.tasks,
         storage,
         wake_worker,
+        wake_sender,
+        worker.check_cancel if worker is not None else lambda: None,
         CallbackPolicy.from_config(config.callbacks),
         library,
         chosen_engine.check if chosen_engine is not None else _no_engine_check,

@@ -5,13 +5,15 @@ SdapiError
 │   ├── InvalidParameter            400  a request that parsed but cannot be served
 │   ├── AuthenticationFailed        401
 │   ├── TaskNotFound                404
+│   ├── TaskAlreadyFinished         409  cancelling a task that already ended
 │   ├── RequestTooLarge             413
 │   ├── RequestValidationFailed     422  the body does not match the schema
 │   └── QueueFull                   429  with Retry-After
+├── TaskCancelled           a client cancelled the task: its run stops between denoising steps
 └── ServiceError            the service (or its operator) must act: retried where that can help, else alerted
     ├── ConfigError                 the service refuses to start
     ├── ModelLoadFailed             tasks fail with the reason until the model loads
-    ├── GenerationFailed            one task fails with a user-safe message; the worker goes on
+    ├── GenerationFailed            one task fails with a user-safe message and error code; the worker goes on
     ├── StorageError                uploads are retried, then the task fails
     ├── TaskStoreError              the task database failed (500); callers retry
     │   └── StoreUnavailable        503 with Retry-After: unreachable, restarting, locked; nodes reconnect
@@ -23,12 +25,29 @@ module that talks to each vendor; nothing above those modules catches a vendor e
 
 from __future__ import annotations
 
+import enum
+
 # The message of a generation that failed for a reason the client should not see (the traceback goes to the log).
 GENERIC_GENERATION_FAILURE = "生成过程中发生错误"
 
 
+class ErrorCode(enum.StrEnum):
+    """The machine-readable `error_code` of a failed task (beside its human `error_message`); clients branch on it."""
+
+    CANCELLED = "cancelled"  # cancelled by a client
+    OUT_OF_MEMORY = "out_of_memory"  # the device ran out of memory: fewer or smaller images may fit
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # the images could not be stored (retried first)
+    MODEL_NOT_LOADED = "model_not_loaded"  # the worker's model failed to load
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # its runs kept being cut short (crashes), queue.max_attempts times
+    INVALID_INPUT = "invalid_input"  # the request could not be served, found only at run time
+    INTERNAL = "internal"  # anything else (the details are in the service's log)
+
+
 class SdapiError(Exception):
-    """Base of every error sdapi raises on purpose. `message` is safe to show to a client."""
+    """Base of every error sdapi raises on purpose. `message` is safe to show to a client; `error_code` is what a
+    task that fails with it reports."""
+
+    error_code = ErrorCode.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -37,6 +56,8 @@ class SdapiError(Exception):
 
 class RequestError(SdapiError):
     """The request is wrong or not allowed now; the client must change it (or wait, for QueueFull)."""
+
+    error_code = ErrorCode.INVALID_INPUT
 
 
 class ServiceError(SdapiError):
@@ -49,6 +70,10 @@ class AuthenticationFailed(RequestError):
 
 class TaskNotFound(RequestError):
     """No task has the requested id."""
+
+
+class TaskAlreadyFinished(RequestError):
+    """The task has already ended, so it cannot be cancelled (409)."""
 
 
 class InvalidParameter(RequestError):
@@ -96,16 +121,30 @@ class InvalidTransition(ServiceError):
 class GenerationFailed(ServiceError):
     """The engine could not make the images for this task (out of memory, a LoRA that no longer applies...).
 
-    The task fails with `message`, the worker goes on.
+    The task fails with `message` and `code` (internal unless the cause is known), the worker goes on.
     """
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.INTERNAL) -> None:
+        super().__init__(message)
+        self.error_code = code
+
+
+class TaskCancelled(SdapiError):
+    """A client cancelled the task: raised between denoising steps to stop the run."""
+
+    error_code = ErrorCode.CANCELLED
 
 
 class ModelLoadFailed(ServiceError):
     """The model could not be loaded (missing path, unreadable checkpoint...)."""
 
+    error_code = ErrorCode.MODEL_NOT_LOADED
+
 
 class StorageError(ServiceError):
     """The image storage could not store or serve an image. An infrastructure failure: retried."""
+
+    error_code = ErrorCode.STORAGE_UNAVAILABLE
 
 
 class TaskStoreError(ServiceError):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sdapi import tasks
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target, system_resolver
 from sdapi.config import Config
-from sdapi.deliveries import Delivery
-from sdapi.errors import QueueFull
+from sdapi.deliveries import Delivery, delivery_for
+from sdapi.errors import QueueFull, TaskAlreadyFinished
 from sdapi.images import decode_init_image
 from sdapi.loras.library import LoraLibrary
 from sdapi.params import GenerationParams, InitImageInfo, resolve_params
@@ -18,7 +20,7 @@ from sdapi.request import GenerationRequest
 from sdapi.results import public_base_url, result_urls
 from sdapi.storage import ImageStorage
 from sdapi.store import TaskStore
-from sdapi.tasks import Task, create
+from sdapi.tasks import Task, TaskStatus, create
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class TaskService:
         task_store: TaskStore,
         storage: ImageStorage,
         wake_worker: Callable[[], None],
+        wake_sender: Callable[[], None],
+        check_cancel: Callable[[], None],
         callback_policy: CallbackPolicy,
         library: LoraLibrary,
         check_engine: Callable[[GenerationParams], None],
@@ -53,6 +57,8 @@ class TaskService:
         self._tasks = task_store
         self._storage = storage
         self._wake_worker = wake_worker
+        self._wake_sender = wake_sender
+        self._check_cancel = check_cancel
         self._callback_policy = callback_policy
         self._library = library
         self._check_engine = check_engine
@@ -96,3 +102,24 @@ class TaskService:
         base_url = public_base_url(self._config.server.public_base_url, request_base_url)
         single, several = result_urls(task, self._storage, base_url)
         return TaskView(task=task, delivery=delivery, result_url=single, result_urls=several)
+
+    async def cancel(self, task_id: str, request_base_url: str | None) -> TaskView:
+        """Cancel a task: a pending one ends now (failed, error_code cancelled, its callback sent); a processing one
+        is asked to stop, which its worker does at its next denoising step. Raise TaskNotFound, or
+        TaskAlreadyFinished when it has ended."""
+        task = await self._tasks.get(task_id)
+        if task.status is TaskStatus.PENDING:
+            cancelled = tasks.cancel(task)
+            delivery = delivery_for(cancelled, time.time())
+            if await self._tasks.cancel_pending(task, cancelled, delivery):
+                logger.info("task %s cancelled while pending", task_id)
+                if delivery is not None:
+                    self._wake_sender()
+                return await self.get(task_id, request_base_url)
+            task = await self._tasks.get(task_id)  # a worker took it meanwhile
+        if task.status is TaskStatus.PROCESSING and await self._tasks.request_cancel(task_id):
+            logger.info("task %s: cancel requested while processing", task_id)
+            self._check_cancel()
+            return await self.get(task_id, request_base_url)
+        finished = await self._tasks.get(task_id)
+        raise TaskAlreadyFinished(f"任务已结束（{finished.status.value}），无法取消")

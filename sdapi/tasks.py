@@ -5,7 +5,8 @@ pending --start--> processing --complete--> completed
                              --retry-----> pending   (the run was cut short: crash or shutdown)
 pending --fail--> failed                             (e.g. the model could not be loaded)
 
-A finished task (completed or failed) never changes state again. Every transition stamps updated_at.
+A finished task (completed or failed) never changes state again. Every transition stamps updated_at; start stamps
+started_at, the end finished_at. A failed task carries an error_code (sdapi.errors.ErrorCode) beside its message.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from sdapi.errors import InvalidTransition
+from sdapi.errors import ErrorCode, InvalidTransition
 from sdapi.params import GenerationParams
 
 
@@ -31,6 +32,22 @@ class TaskStatus(enum.StrEnum):
         return self in (TaskStatus.COMPLETED, TaskStatus.FAILED)
 
 
+CANCELLED_MESSAGE = "任务已取消"
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a processing task is: denoising steps over all its batches, and images finished."""
+
+    step: int
+    total_steps: int
+    images_done: int
+    num_images: int
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.step / self.total_steps, 1) if self.total_steps else 0.0
+
+
 class Task(msgspec.Struct, frozen=True, kw_only=True):
     """One generation task as the store keeps it."""
 
@@ -43,6 +60,11 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     # Storage keys of the generated images, in image order; URLs are built from them when read.
     result_keys: tuple[str, ...] = ()
     error_message: str | None = None
+    error_code: ErrorCode | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    # Written by the worker while it runs (at most about once a second); kept once the task ends.
+    progress: Progress | None = None
     # Which engine made the images ("torch" or "onnx").
     engine: str | None = None
     # Base URL of the request that created the task; result URLs fall back to it when no public URL is set.
@@ -80,7 +102,9 @@ def _move(
 
 def start(task: Task, now: datetime | None = None) -> Task:
     """pending -> processing; counts one more attempt."""
-    return _move(task, (TaskStatus.PENDING,), TaskStatus.PROCESSING, now, attempts=task.attempts + 1)
+    stamp = now or now_utc()
+    attempts = task.attempts + 1
+    return _move(task, (TaskStatus.PENDING,), TaskStatus.PROCESSING, stamp, attempts=attempts, started_at=stamp)
 
 
 def complete(task: Task, result_keys: list[str], engine: str, now: datetime | None = None) -> Task:
@@ -89,25 +113,43 @@ def complete(task: Task, result_keys: list[str], engine: str, now: datetime | No
         raise InvalidTransition(
             f"任务 {task.id}：已存储 {len(result_keys)} 张图片，请求的是 {task.params.num_images} 张"
         )
+    stamp = now or now_utc()
     return _move(
         task,
         (TaskStatus.PROCESSING,),
         TaskStatus.COMPLETED,
-        now,
+        stamp,
         result_keys=tuple(result_keys),
         engine=engine,
+        finished_at=stamp,
     )
 
 
-def fail(task: Task, message: str, now: datetime | None = None) -> Task:
-    """pending or processing -> failed with a user-safe message."""
-    return _move(task, (TaskStatus.PENDING, TaskStatus.PROCESSING), TaskStatus.FAILED, now, error_message=message)
+def fail(task: Task, message: str, code: ErrorCode = ErrorCode.INTERNAL, now: datetime | None = None) -> Task:
+    """pending or processing -> failed with a user-safe message and its error code."""
+    stamp = now or now_utc()
+    return _move(
+        task,
+        (TaskStatus.PENDING, TaskStatus.PROCESSING),
+        TaskStatus.FAILED,
+        stamp,
+        error_message=message,
+        error_code=code,
+        finished_at=stamp,
+    )
+
+
+def cancel(task: Task, now: datetime | None = None) -> Task:
+    """pending or processing -> failed, cancelled by a client."""
+    return fail(task, CANCELLED_MESSAGE, ErrorCode.CANCELLED, now)
 
 
 def retry(task: Task, now: datetime | None = None, *, count_attempt: bool = True) -> Task:
     """processing -> pending, to run again. `count_attempt=False` gives back the attempt (a clean shutdown)."""
     attempts = task.attempts if count_attempt else max(task.attempts - 1, 0)
-    return _move(task, (TaskStatus.PROCESSING,), TaskStatus.PENDING, now, attempts=attempts)
+    return _move(
+        task, (TaskStatus.PROCESSING,), TaskStatus.PENDING, now, attempts=attempts, started_at=None, progress=None
+    )
 
 
 def recover_interrupted(task: Task, max_attempts: int, now: datetime | None = None) -> Task:
@@ -116,6 +158,7 @@ def recover_interrupted(task: Task, max_attempts: int, now: datetime | None = No
         return fail(
             task,
             f"生成失败：任务运行时服务中断，已尝试 {task.attempts} 次（上限 {max_attempts} 次）",
+            ErrorCode.ATTEMPTS_EXHAUSTED,
             now,
         )
     return retry(task, now)

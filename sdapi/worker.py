@@ -11,29 +11,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
+
+import msgspec
 
 from sdapi import tasks
 from sdapi.config import Config
 from sdapi.deliveries import delivery_for
 from sdapi.engines import Engine
-from sdapi.errors import GENERIC_GENERATION_FAILURE, GenerationFailed, ModelLoadFailed, SdapiError, StorageError
+from sdapi.errors import (
+    GENERIC_GENERATION_FAILURE,
+    ErrorCode,
+    GenerationFailed,
+    ModelLoadFailed,
+    SdapiError,
+    StorageError,
+    TaskCancelled,
+)
 from sdapi.generation_thread import GenerationThread
 from sdapi.images import CONTENT_TYPES, encode_image, open_init_image
 from sdapi.storage import ImageStorage
 from sdapi.store import InitImageStore, Lease, TaskStore
-from sdapi.tasks import Task
+from sdapi.tasks import Progress, Task
 from sdapi.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
 # How often the idle worker looks at the store even without a wake-up (tasks added by another process).
 IDLE_POLL_SECONDS = 1.0
+# How often a running task's progress is written to the store (and a cancel request is looked for).
+PROGRESS_SECONDS = 1.0
 # Settling a finished run is retried while the task store fails: waits double from the first to the last value
 # and stay there, until the write succeeds, finds the lease lost, or stop() gives up on the task.
 RECORD_RETRY_FIRST_SECONDS = 0.1
 RECORD_RETRY_MAX_SECONDS = 5.0
+
+
+class _Run:
+    """What the generation thread and the event loop share about the running task: its progress (written by the
+    thread after every step, read by the reporter) and the cancel flag (set by the reporter, read by the thread)."""
+
+    def __init__(self, num_images: int) -> None:
+        self.progress = Progress(step=0, total_steps=0, images_done=0, num_images=num_images)
+        self.cancel = threading.Event()
+        self.wakeup = Wakeup()
+
+    def on_step(self, step: int, total_steps: int, images_done: int) -> None:
+        """On the generation thread, after each denoising step: record it; stop here if cancelled."""
+        self.progress = msgspec.structs.replace(
+            self.progress, step=step, total_steps=total_steps, images_done=images_done
+        )
+        if self.cancel.is_set():
+            raise TaskCancelled(tasks.CANCELLED_MESSAGE)
+
+    def finish(self) -> None:
+        total = max(self.progress.total_steps, self.progress.step)
+        self.progress = msgspec.structs.replace(
+            self.progress, step=total, total_steps=total, images_done=self.progress.num_images
+        )
 
 
 class Worker:
@@ -63,8 +100,10 @@ class Worker:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._generation = GenerationThread()
-        # The lease of the task this worker has claimed and not yet settled (generating, or being recorded).
+        # The lease of the task this worker has claimed and not yet settled (generating, or being recorded), and
+        # its run's progress and cancel flag.
         self._current: Lease | None = None
+        self._running: _Run | None = None
         self.model_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -140,23 +179,46 @@ class Worker:
             self.model_error = f"模型加载失败：{type(error).__name__}: {error}"
             logger.exception("model not loaded")
 
+    def check_cancel(self) -> None:
+        """A client asked to cancel a running task: report now (and learn whether it is this one)."""
+        if self._running is not None:
+            self._running.wakeup.nudge()
+
     async def _process(self, lease: Lease) -> None:
         started = lease.task
         if self.model_error is not None:
-            await self._settle_until_written(lease, tasks.fail(started, self.model_error))
+            await self._settle_until_written(lease, tasks.fail(started, self.model_error, ErrorCode.MODEL_NOT_LOADED))
             return
         self._current = lease
-        keeper = asyncio.get_running_loop().create_task(self._keep_lease(lease), name=f"sdapi-lease-{started.id}")
+        self._running = run = _Run(started.params.num_images)
+        loop = asyncio.get_running_loop()
+        helpers = [
+            loop.create_task(self._keep_lease(lease), name=f"sdapi-lease-{started.id}"),
+            loop.create_task(self._report_progress(lease, run), name=f"sdapi-progress-{started.id}"),
+        ]
         began = time.perf_counter()
         try:
-            finished = await self._run_task(started)
+            finished = await self._run_task(lease, run)
             if await self._settle_until_written(lease, finished):
                 logger.info("task %s %s in %.2fs", started.id, finished.status, time.perf_counter() - began)
             else:
                 await self._discard(finished)
         finally:
-            keeper.cancel()
+            for helper in helpers:
+                helper.cancel()
             self._current = None
+            self._running = None
+
+    async def _report_progress(self, lease: Lease, run: _Run) -> None:
+        """Write the run's progress about once a second (or at once when nudged) and learn from the answer whether
+        a client asked to cancel; the generation thread then stops at its next step."""
+        while True:
+            await run.wakeup.sleep(PROGRESS_SECONDS)
+            try:
+                if await self._tasks.report(lease, run.progress):
+                    run.cancel.set()
+            except SdapiError as error:  # progress is best effort; the lease keeper owns the task's fate
+                logger.error("task %s: reporting progress failed: %s", lease.task.id, error.message)
 
     async def _keep_lease(self, lease: Lease) -> None:
         """Renew the lease every third of its length until cancelled, or until it turns out lost."""
@@ -177,29 +239,48 @@ class Worker:
         logger.warning(
             "task %s: lease lost before its outcome was written; nothing recorded, nothing sent", finished.id
         )
-        if not finished.result_keys:
-            return
-        try:
-            await asyncio.to_thread(self._storage.delete, finished.result_keys)
-        except SdapiError as error:
-            logger.error("task %s: deleting the images of the lost run failed: %s", finished.id, error.message)
+        await self._delete_images(finished.id, finished.result_keys)
 
-    async def _run_task(self, started: Task) -> Task:
-        """Generate and store the images of a started task: the task completed, or failed with a user-safe message."""
+    async def _run_task(self, lease: Lease, run: _Run) -> Task:
+        """Generate and store the images of a started task: the task completed, cancelled, or failed with a
+        user-safe message and its error code."""
+        started = lease.task
         try:
             init_image = None
             if started.params.is_image_to_image:
                 init_image = await self._init_images.get(started.id)
                 if init_image is None:
                     raise GenerationFailed("生成失败：找不到任务的初始图片")
-            keys, engine = await self._generation.submit(lambda: self._make_images(started, init_image))
-            return tasks.complete(started, keys, engine)
+            keys, engine = await self._generation.submit(lambda: self._make_images(started, init_image, run))
+            run.finish()
+            # A cancel asked for while the images were being stored still counts: they are removed again.
+            if run.cancel.is_set() or await self._cancel_requested(lease, run):
+                await self._delete_images(started.id, keys)
+                raise TaskCancelled(tasks.CANCELLED_MESSAGE)
+            return msgspec.structs.replace(tasks.complete(started, keys, engine), progress=run.progress)
+        except TaskCancelled:
+            logger.info("task %s cancelled", started.id)
+            return msgspec.structs.replace(tasks.cancel(started), progress=run.progress)
         except SdapiError as error:  # GenerationFailed, StorageError, TaskStoreError...: a result, not a crash
             logger.warning("task %s failed: %s", started.id, error.message)
-            return tasks.fail(started, error.message)
+            return tasks.fail(started, error.message, error.error_code)
         except Exception:
             logger.exception("task %s failed with an unexpected error", started.id)
-            return tasks.fail(started, GENERIC_GENERATION_FAILURE)
+            return tasks.fail(started, GENERIC_GENERATION_FAILURE, ErrorCode.INTERNAL)
+
+    async def _cancel_requested(self, lease: Lease, run: _Run) -> bool:
+        try:
+            return await self._tasks.report(lease, run.progress)
+        except SdapiError:
+            return False  # the store is down: the images stand
+
+    async def _delete_images(self, task_id: str, keys: list[str] | tuple[str, ...]) -> None:
+        if not keys:
+            return
+        try:
+            await asyncio.to_thread(self._storage.delete, keys)
+        except SdapiError as error:
+            logger.error("task %s: deleting the images of a dropped run failed: %s", task_id, error.message)
 
     async def _settle(self, lease: Lease, task: Task) -> bool:
         """Write the task's new state while the lease is ours; a finished task with a callback_url gets its delivery
@@ -221,13 +302,13 @@ class Worker:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
 
-    def _make_images(self, task: Task, init_bytes: bytes | None) -> tuple[list[str], str]:
+    def _make_images(self, task: Task, init_bytes: bytes | None, run: _Run) -> tuple[list[str], str]:
         """On the generation thread: run the engine, encode and store every image; return the keys and engine."""
         params = task.params
         init_image = None
         if init_bytes is not None and params.init_image is not None:
             init_image = open_init_image(init_bytes, params.init_image, params.width, params.height)
-        generated = self._engine.generate(params, init_image)
+        generated = self._engine.generate(params, init_image, run.on_step)
         extension = params.output_format
         return [self._save(encode_image(image, extension), extension) for image in generated.images], generated.engine
 

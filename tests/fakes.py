@@ -18,11 +18,12 @@ from PIL import Image
 from sdapi import tasks
 from sdapi.deliveries import Delivery, DeliveryStatus
 from sdapi.engines import Generated
+from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.nodes import NodeInfo
 from sdapi.params import GenerationParams
 from sdapi.store import DeliveryClaim, Lease, NoChangeFeed, Stores
-from sdapi.tasks import Task, TaskStatus
+from sdapi.tasks import Progress, Task, TaskStatus
 
 
 class MemoryDatabase:
@@ -36,6 +37,7 @@ class MemoryDatabase:
         self.leases: dict[str, tuple[str, float]] = {}
         self.claims: dict[str, tuple[str, float]] = {}
         self.nodes: dict[str, NodeInfo] = {}
+        self.cancel_requests: set[str] = set()
         self.outage = False
         self.closed = False
         self.calls = 0
@@ -128,6 +130,30 @@ class MemoryTaskStore:
             self.db.init_images[task.id] = None
         if delivery is not None:
             self.db.deliveries[delivery.id] = delivery
+        return True
+
+    async def report(self, lease: Lease, progress: Progress) -> bool:
+        self.db.touch()
+        if not self._holds(lease):
+            return False
+        self.db.tasks[lease.task.id] = msgspec.structs.replace(self.db.tasks[lease.task.id], progress=progress)
+        return lease.task.id in self.db.cancel_requests
+
+    async def cancel_pending(self, task: Task, cancelled: Task, delivery: Delivery | None) -> bool:
+        self.db.touch()
+        if self.db.tasks[task.id].status is not TaskStatus.PENDING:
+            return False
+        self.db.tasks[task.id] = cancelled
+        self.db.init_images[task.id] = None
+        if delivery is not None:
+            self.db.deliveries[delivery.id] = delivery
+        return True
+
+    async def request_cancel(self, task_id: str) -> bool:
+        self.db.touch()
+        if self.db.tasks[task_id].status is not TaskStatus.PROCESSING:
+            return False
+        self.db.cancel_requests.add(task_id)
         return True
 
     async def expired(self, limit: int) -> list[Lease]:
@@ -288,7 +314,11 @@ class FakeEngine:
     def check(self, params: GenerationParams) -> None:
         pass
 
-    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
+    def generate(
+        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None
+    ) -> Generated:
         self.runs += 1
+        if on_step is not None:
+            on_step(1, 1, 0)
         images = [Image.new("RGB", (params.width, params.height), (seed % 256,) * 3) for seed in params.image_seeds()]
         return Generated(images, self.name)

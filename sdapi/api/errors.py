@@ -17,6 +17,7 @@ from sdapi.errors import (
     RequestValidationFailed,
     SdapiError,
     StoreUnavailable,
+    TaskAlreadyFinished,
     TaskNotFound,
 )
 
@@ -34,6 +35,7 @@ STATUS_BY_ERROR: dict[type[SdapiError], int] = {
     InvalidParameter: 400,
     AuthenticationFailed: 401,
     TaskNotFound: 404,
+    TaskAlreadyFinished: 409,
     RequestTooLarge: 413,
     RequestValidationFailed: 422,
     QueueFull: 429,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
@@ -81,6 +81,37 @@ class TaskController(Controller):
     )
     async def get_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
         return task_response(await _runtime(request.app.state).service.get(task_id, _base_url(request)))
+
+    @post(
+        "/tasks/{task_id:str}/cancel",
+        summary="取消任务",
+        description=(
+            "排队中的任务立即结束；运行中的任务在下一个去噪步骤时停止（本响应中可能仍为 processing）。"
+            "取消后任务状态为 failed，error_message 为“任务已取消”，error_code 为 cancelled，回调照常发送。"
+        ),
+        status_code=200,
+        responses={
+            404: ResponseSpec(ErrorResponse, description="任务不存在"),
+            409: ResponseSpec(ErrorResponse, description="任务已结束，无法取消"),
+            **_ERRORS,
+        },
+    )
+    async def cancel_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
+        return task_response(await _runtime(request.app.state).service.cancel(task_id, _base_url(request)))
+
+    @delete(
+        "/tasks/{task_id:str}",
+        summary="取消任务（POST /tasks/{task_id}/cancel 的别名）",
+        description="与 POST /api/v1/tasks/{task_id}/cancel 相同。",
+        status_code=200,
+        responses={
+            404: ResponseSpec(ErrorResponse, description="任务不存在"),
+            409: ResponseSpec(ErrorResponse, description="任务已结束，无法取消"),
+            **_ERRORS,
+        },
+    )
+    async def delete_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
+        return task_response(await _runtime(request.app.state).service.cancel(task_id, _base_url(request)))
 
 
 class LoraController(Controller):

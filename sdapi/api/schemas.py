@@ -10,6 +10,7 @@ from sdapi.bootstrap import ServiceHealth
 from sdapi.loras.library import LoraEntry
 from sdapi.results import iso
 from sdapi.service import TaskView
+from sdapi.tasks import Progress
 
 TASK_CREATED_MESSAGE = "任务已创建，正在处理中"
 
@@ -23,6 +24,14 @@ class GenerateResponse(msgspec.Struct):
 class LoraUsed(msgspec.Struct):
     name: Annotated[str, msgspec.Meta(description="LoRA 名称")]
     weight: Annotated[float, msgspec.Meta(description="权重")]
+
+
+class ProgressResponse(msgspec.Struct):
+    step: Annotated[int, msgspec.Meta(description="已完成的去噪步数（所有批次合计）")]
+    total_steps: Annotated[int, msgspec.Meta(description="总去噪步数（所有批次合计；开始前为 0）")]
+    images_done: Annotated[int, msgspec.Meta(description="已生成的图片张数")]
+    num_images: Annotated[int, msgspec.Meta(description="请求的图片张数")]
+    percent: Annotated[float, msgspec.Meta(description="完成百分比（0–100）")]
 
 
 class TaskResponse(msgspec.Struct):
@@ -45,6 +54,18 @@ class TaskResponse(msgspec.Struct):
     ] = None
     callback_attempts: Annotated[
         int | None, msgspec.Meta(description="回调已尝试投递的次数；无 callback_url 时为 null")
+    ] = None
+    error_code: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="失败原因代码（失败时）：cancelled、out_of_memory、storage_unavailable、model_not_loaded、"
+            "attempts_exhausted、invalid_input、internal"
+        ),
+    ] = None
+    started_at: Annotated[str | None, msgspec.Meta(description="本次运行开始时间（ISO 8601，UTC）")] = None
+    finished_at: Annotated[str | None, msgspec.Meta(description="结束时间（ISO 8601，UTC）")] = None
+    progress: Annotated[
+        ProgressResponse | None, msgspec.Meta(description="运行进度（运行中约每秒更新；结束后保留最后的值）")
     ] = None
 
 
@@ -132,4 +153,18 @@ def task_response(view: TaskView) -> TaskResponse:
         loras=[LoraUsed(name=spec.name, weight=spec.weight) for spec in task.params.loras],
         callback_status=None if delivery is None else delivery.status.value,
         callback_attempts=None if delivery is None else delivery.attempts,
+        error_code=None if task.error_code is None else task.error_code.value,
+        started_at=None if task.started_at is None else iso(task.started_at),
+        finished_at=None if task.finished_at is None else iso(task.finished_at),
+        progress=None if task.progress is None else _progress(task.progress),
+    )
+
+
+def _progress(progress: Progress) -> ProgressResponse:
+    return ProgressResponse(
+        step=progress.step,
+        total_steps=progress.total_steps,
+        images_done=progress.images_done,
+        num_images=progress.num_images,
+        percent=progress.percent,
     )

@@ -4,6 +4,7 @@ config, which engines a service has. Every engine turns its vendor's exceptions 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,5 +46,13 @@ class Engine(Protocol):
         refuses only what it can decide without the model.
         """
 
-    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
-        """The `params.num_images` images for one task; raise GenerationFailed (never a vendor exception)."""
+    def generate(
+        self,
+        params: GenerationParams,
+        init_image: Image.Image | None,
+        on_step: Callable[[int, int, int], None] | None = None,
+    ) -> Generated:
+        """The `params.num_images` images for one task; raise GenerationFailed (never a vendor exception).
+
+        `on_step(steps done, total steps, images done)` is called after every denoising step; what it raises
+        (TaskCancelled) stops the run and comes out of generate unchanged."""

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from sdapi.errors import GENERIC_GENERATION_FAILURE, GenerationFailed, SdapiError
+from sdapi.errors import GENERIC_GENERATION_FAILURE, ErrorCode, GenerationFailed, SdapiError
 from sdapi.params import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,6 @@ def engine_errors(params: GenerationParams, describe: Callable[[Exception], str]
         if is_out_of_memory(error):
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.empty_cache()  # give the failed run's blocks back before the next task
-            raise GenerationFailed(out_of_memory_message(params)) from error
+            raise GenerationFailed(out_of_memory_message(params), ErrorCode.OUT_OF_MEMORY) from error
         logger.exception("generation failed")
         raise GenerationFailed(describe(error)) from error

@@ -19,8 +19,8 @@ from PIL import Image
 from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.engines import Generated
 from sdapi.engines.failures import engine_errors
-from sdapi.engines.pipeline_runs import run_request
-from sdapi.errors import GenerationFailed, InvalidParameter, ModelLoadFailed
+from sdapi.engines.pipeline_runs import StepCallback, run_request
+from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.export_manifest import ExportManifest, read_manifest
 from sdapi.loras.merging import adapter_targets, target_shapes
 from sdapi.params import GenerationParams
@@ -214,14 +214,16 @@ class OnnxEngine:
                 f"width/height 无效：{params.width}x{params.height}。ONNX 引擎要求宽高为 {self.side_multiple} 的倍数",
             )
 
-    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
+    def generate(
+        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None
+    ) -> Generated:
         if not self.loaded:
-            raise GenerationFailed("ONNX 模型尚未加载完成")
+            raise GenerationFailed("ONNX 模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
         try:
             self.check(params)
         except InvalidParameter as refused:
-            raise GenerationFailed(refused.message) from None
+            raise GenerationFailed(refused.message, ErrorCode.INVALID_INPUT) from None
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
         with engine_errors(params, describe=lambda error: f"ONNX 推理失败：{type(error).__name__}"):
-            images = run_request(*pipelines, params, init_image, self._model.batch_size)
+            images = run_request(*pipelines, params, init_image, self._model.batch_size, on_step)
         return Generated(images, self.name)

@@ -7,6 +7,7 @@ both engines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,6 +27,11 @@ def cpu_generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
+# Called after every denoising step with (steps done, total steps, images done) over the whole request. It may raise
+# (sdapi.errors.TaskCancelled) to stop the run between two steps.
+StepCallback = Callable[[int, int, int], None]
+
+
 def run_request(
     text_to_image: Any,
     image_to_image: Any,
@@ -33,8 +39,11 @@ def run_request(
     params: GenerationParams,
     init_image: Image.Image | None,
     batch_size: int,
+    on_step: StepCallback | None = None,
 ) -> list[Image.Image]:
-    """The request's images: a fresh scheduler from the model's config, image k from seed + k, in batches."""
+    """The request's images: a fresh scheduler from the model's config, image k from seed + k, in batches.
+    `on_step` hears of every denoising step (the pipeline's callback_on_step_end; ONNX pipelines are diffusers
+    pipelines too)."""
     pipeline = image_to_image if init_image is not None else text_to_image
     pipeline.scheduler = make_scheduler(params.scheduler or scheduler_config["_class_name"], scheduler_config)
     strength = params.strength
@@ -42,7 +51,8 @@ def run_request(
         # No denoising step at this strength: the seed's "0.0 几乎不修改" — the input comes back unchanged.
         return [init_image.copy() for _ in range(params.num_images)]
     images: list[Image.Image] = []
-    for seeds in chunk(params.image_seeds(), batch_size):
+    batches = chunk(params.image_seeds(), batch_size)
+    for index, seeds in enumerate(batches):
         arguments: dict[str, Any] = {
             "prompt": params.prompt,
             "negative_prompt": params.negative_prompt,
@@ -58,5 +68,18 @@ def run_request(
         else:
             arguments["width"] = params.width
             arguments["height"] = params.height
+        if on_step is not None:
+            arguments["callback_on_step_end"] = _step_reporter(on_step, index, len(batches), len(images))
         images.extend(pipeline(**arguments).images)
     return images
+
+
+def _step_reporter(on_step: StepCallback, batch: int, batches: int, images_done: int) -> Any:
+    """A diffusers callback_on_step_end that reports progress over the whole request to `on_step`."""
+
+    def reporter(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        per_batch = int(pipeline.num_timesteps)  # the scheduler's real count (strength, second-order schedulers)
+        on_step(batch * per_batch + step + 1, batches * per_batch, images_done)
+        return callback_kwargs
+
+    return reporter

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from PIL import Image
 
 from sdapi.engines import Engine, Generated
+from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import GenerationFailed, InvalidParameter
 from sdapi.params import GenerationParams
 
@@ -89,13 +90,15 @@ class EngineRouter:
                 self._fallback = engine
             return self._fallback
 
-    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
+    def generate(
+        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None
+    ) -> Generated:
         if not self.routes_to_preferred(params):
-            return self._fallback_engine().generate(params, init_image)
+            return self._fallback_engine().generate(params, init_image, on_step)
         try:
-            return self.preferred.generate(params, init_image)
+            return self.preferred.generate(params, init_image, on_step)
         except GenerationFailed as error:
             if not self._fallback_on_failure:
                 raise
             logger.warning("%s run failed (%s); running the task on the fallback", self.preferred.name, error.message)
-            return self._fallback_engine().generate(params, init_image)
+            return self._fallback_engine().generate(params, init_image, on_step)

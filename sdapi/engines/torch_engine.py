@@ -16,8 +16,8 @@ from sdapi.engines import Generated
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.loading import load_pipeline
-from sdapi.engines.pipeline_runs import run_request
-from sdapi.errors import GenerationFailed, InvalidParameter
+from sdapi.engines.pipeline_runs import StepCallback, run_request
+from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.params import GenerationParams
 from sdapi.request import LoraSpec
@@ -78,16 +78,20 @@ class TorchEngine:
         if params.loras and self._lora_files is None:
             raise InvalidParameter("loras", "此引擎未配置 LoRA")
 
-    def generate(self, params: GenerationParams, init_image: Image.Image | None) -> Generated:
+    def generate(
+        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None
+    ) -> Generated:
         if not self.loaded:
-            raise GenerationFailed("模型尚未加载完成")
+            raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
         with engine_errors(params), torch.inference_mode():
-            return Generated(self._generate(params, init_image), self.name)
+            return Generated(self._generate(params, init_image, on_step), self.name)
 
-    def _generate(self, params: GenerationParams, init_image: Image.Image | None) -> list[Image.Image]:
+    def _generate(
+        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None
+    ) -> list[Image.Image]:
         if self.adapters is not None:
             self.adapters.activate(params.loras)
         elif params.loras:
-            raise GenerationFailed("此引擎未配置 LoRA")
+            raise GenerationFailed("此引擎未配置 LoRA", ErrorCode.INVALID_INPUT)
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
-        return run_request(*pipelines, params, init_image, self._model.batch_size)
+        return run_request(*pipelines, params, init_image, self._model.batch_size, on_step)

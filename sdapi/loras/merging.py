@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sdapi.errors import GenerationFailed
+from sdapi.errors import ErrorCode, GenerationFailed
 from sdapi.loras.files import AdapterFileError, deltas_for_model, group_factors, kohya_module_key, read_adapter_file
 from sdapi.request import LoraSpec
 
@@ -87,7 +87,7 @@ class AdapterManager:
         try:
             computed = deltas_for_model(group_factors(read_adapter_file(self._path_for(spec))), self._shapes)
         except AdapterFileError as error:
-            raise GenerationFailed(f"LoRA {spec.name} 无法应用：{error}") from None
+            raise GenerationFailed(f"LoRA {spec.name} 无法应用：{error}", ErrorCode.INVALID_INPUT) from None
         deltas = {}
         for key, delta in computed.items():
             weight = self._targets[key].weight

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from sdapi.deliveries import Delivery
 from sdapi.nodes import NodeInfo
-from sdapi.tasks import Task, TaskStatus
+from sdapi.tasks import Progress, Task, TaskStatus
 
 SCHEMA_TOO_NEW = (
     "the {database} schema is at version {found}, newer than this sdapi knows ({known}): "
@@ -74,6 +74,18 @@ class TaskStore(Protocol):
         processing; `delivery` is recorded in the same transaction. A finished task's init image is dropped in
         the same write. Return whether it was written: False means the lease was lost and nothing changed."""
 
+    async def report(self, lease: Lease, progress: Progress) -> bool:
+        """Record a running task's progress under its lease; return whether a client asked to cancel it (False
+        too when the lease is no longer this one: renew says that)."""
+
+    async def cancel_pending(self, task: Task, cancelled: Task, delivery: Delivery | None) -> bool:
+        """End a task that is still pending (`cancelled`, with its delivery in the same transaction); False when
+        it is no longer pending (a worker took it, or it ended)."""
+
+    async def request_cancel(self, task_id: str) -> bool:
+        """Ask the worker running a processing task to stop it (it sees this on its next progress report);
+        False when the task is not processing. Workers are notified."""
+
     async def expired(self, limit: int) -> list[Lease]:
         """Processing tasks whose lease has run out (by the database clock), oldest first."""
 
@@ -121,11 +133,14 @@ class NodeRegistry(Protocol):
 
 
 class ChangeFeed(Protocol):
-    """Wake-ups from other processes: a task was added (or returned to pending), a delivery was recorded."""
+    """Wake-ups from other processes: a task was added (or returned to pending), a delivery was recorded, a running
+    task was asked to cancel."""
 
-    async def start(self, on_task: Callable[[], None], on_delivery: Callable[[], None]) -> None:
-        """Call `on_task` / `on_delivery` on the event loop when another process announces one (best effort:
-        the loops still poll)."""
+    async def start(
+        self, on_task: Callable[[], None], on_delivery: Callable[[], None], on_cancel: Callable[[], None]
+    ) -> None:
+        """Call the matching function on the event loop when another process announces one (best effort: the
+        loops still poll)."""
 
     async def stop(self) -> None:
         """Stop listening."""
@@ -143,7 +158,9 @@ class NoChangeFeed:
     """For a store without notifications (SQLite): the loops' one-second poll is the only wake-up from other
     processes, and in one process the submit path nudges the worker directly."""
 
-    async def start(self, on_task: Callable[[], None], on_delivery: Callable[[], None]) -> None:
+    async def start(
+        self, on_task: Callable[[], None], on_delivery: Callable[[], None], on_cancel: Callable[[], None]
+    ) -> None:
         return None
 
     async def stop(self) -> None:

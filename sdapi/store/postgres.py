@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 TASK_CHANNEL = "sdapi_tasks"
 DELIVERY_CHANNEL = "sdapi_deliveries"
+CANCEL_CHANNEL = "sdapi_cancels"
 # Keys of pg_advisory_lock: one for migrations (start-up), one that serialises admissions (queue.max_pending).
 _MIGRATION_LOCK = 7_263_001
 _ADMISSION_LOCK = 7_263_002
@@ -51,6 +52,7 @@ DIALECT = Dialect(
     admission_lock=f"SELECT pg_advisory_xact_lock({_ADMISSION_LOCK})",
     notify_task=f"NOTIFY {TASK_CHANNEL}",
     notify_delivery=f"NOTIFY {DELIVERY_CHANNEL}",
+    notify_cancel=f"NOTIFY {CANCEL_CHANNEL}",
 )
 
 # Schema versions, in order; schema_migrations holds the ones that ran.
@@ -69,6 +71,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending'",
         "CREATE TABLE nodes (id TEXT PRIMARY KEY, role TEXT NOT NULL, heartbeat_at DOUBLE PRECISION NOT NULL, "
         "body BYTEA NOT NULL)",
+    ),
+    (
+        "ALTER TABLE tasks ADD COLUMN progress BYTEA",
+        "ALTER TABLE tasks ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE tasks ADD COLUMN started_at DOUBLE PRECISION",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -193,8 +200,10 @@ class PostgresChangeFeed:
         self._dsn = dsn
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, on_task: Callable[[], None], on_delivery: Callable[[], None]) -> None:
-        handlers = {TASK_CHANNEL: on_task, DELIVERY_CHANNEL: on_delivery}
+    async def start(
+        self, on_task: Callable[[], None], on_delivery: Callable[[], None], on_cancel: Callable[[], None]
+    ) -> None:
+        handlers = {TASK_CHANNEL: on_task, DELIVERY_CHANNEL: on_delivery, CANCEL_CHANNEL: on_cancel}
         self._task = asyncio.get_running_loop().create_task(self._listen(handlers), name="sdapi-listen")
 
     async def _listen(self, handlers: dict[str, Callable[[], None]]) -> None:

@@ -26,12 +26,13 @@ from sdapi.deliveries import Delivery, DeliveryStatus
 from sdapi.errors import TaskNotFound
 from sdapi.nodes import NodeInfo
 from sdapi.store import DeliveryClaim, Lease
-from sdapi.tasks import Task, TaskStatus
+from sdapi.tasks import Progress, Task, TaskStatus
 
 _encoder = msgspec.json.Encoder()
 _task_decoder = msgspec.json.Decoder(Task)
 _delivery_decoder = msgspec.json.Decoder(Delivery)
 _node_decoder = msgspec.json.Decoder(NodeInfo)
+_progress_decoder = msgspec.json.Decoder(Progress)
 NOT_FOUND = "任务不存在"
 
 Row = tuple[Any, ...]
@@ -48,9 +49,11 @@ class Dialect:
     # Run first in the admission transaction so that no two admissions interleave across nodes, or None when a
     # write transaction is exclusive anyway (SQLite's BEGIN IMMEDIATE).
     admission_lock: str | None
-    # Statements that wake other processes after a task becomes pending / a delivery is recorded, or None.
+    # Statements that wake other processes after a task becomes pending / a delivery is recorded / a running task is
+    # asked to cancel, or None.
     notify_task: str | None
     notify_delivery: str | None
+    notify_cancel: str | None
 
 
 class Session(Protocol):
@@ -72,20 +75,34 @@ class SqlDatabase(Protocol):
         Driver errors leave it as TaskStoreError."""
 
 
-_TASK_COLUMNS = "body, status, attempts, updated_at"
+_TASK_COLUMNS = "body, status, attempts, updated_at, progress, started_at"
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def _task(row: Row) -> Task:
-    """A task from (body, status, attempts, updated_at): the columns a claim changes win over the body."""
+    """A task from (body, status, attempts, updated_at, progress, started_at): the columns a claim or a progress
+    report changes win over the body."""
     task = _task_decoder.decode(bytes(row[0]))
     return msgspec.structs.replace(
-        task, status=TaskStatus(row[1]), attempts=int(row[2]), updated_at=datetime.fromtimestamp(row[3], UTC)
+        task,
+        status=TaskStatus(row[1]),
+        attempts=int(row[2]),
+        updated_at=datetime.fromtimestamp(row[3], UTC),
+        progress=None if row[4] is None else _progress_decoder.decode(bytes(row[4])),
+        started_at=_time(row[5]),
     )
 
 
 def _lease(row: Row) -> Lease:
-    """A lease from (body, status, attempts, updated_at, lease_token)."""
-    return Lease(task=_task(row), token=row[4] or "")
+    """A lease from (the task columns, lease_token)."""
+    return Lease(task=_task(row), token=row[6] or "")
+
+
+def _encoded_progress(task: Task) -> bytes | None:
+    return None if task.progress is None else _encoder.encode(task.progress)
 
 
 class SqlTaskStore:
@@ -129,13 +146,13 @@ class SqlTaskStore:
     async def get_with_delivery(self, task_id: str) -> tuple[Task, Delivery | None]:
         async with self._db.session(write=False) as session:
             row = await session.fetchone(
-                "SELECT t.body, t.status, t.attempts, t.updated_at, d.body FROM tasks t "
+                "SELECT t.body, t.status, t.attempts, t.updated_at, t.progress, t.started_at, d.body FROM tasks t "
                 "LEFT JOIN deliveries d ON d.task_id = t.id WHERE t.id = %s",
                 (task_id,),
             )
         if row is None:
             raise TaskNotFound(NOT_FOUND)
-        return _task(row), None if row[4] is None else _delivery_decoder.decode(bytes(row[4]))
+        return _task(row), None if row[6] is None else _delivery_decoder.decode(bytes(row[6]))
 
     async def count(self, status: TaskStatus) -> int:
         async with self._db.session(write=False) as session:
@@ -147,7 +164,8 @@ class SqlTaskStore:
         async with self._db.session(write=True) as session:
             row = await session.fetchone(
                 f"UPDATE tasks SET status = 'processing', attempts = attempts + 1, updated_at = {now}, "
-                f"lease_token = %s, lease_expires_at = {now} + %s, worker_id = %s "
+                f"lease_token = %s, lease_expires_at = {now} + %s, worker_id = %s, progress = NULL, "
+                f"started_at = {now}, cancel_requested = FALSE "
                 "WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' ORDER BY seq LIMIT 1"
                 f"{self._dialect.skip_locked}) RETURNING {_TASK_COLUMNS}, lease_token",
                 (token, lease_seconds, worker_id),
@@ -165,6 +183,35 @@ class SqlTaskStore:
 
     async def settle(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
         return await self._write_fenced(lease, task, delivery, only_if_expired=False)
+
+    async def report(self, lease: Lease, progress: Progress) -> bool:
+        async with self._db.session(write=True) as session:
+            row = await session.fetchone(
+                "UPDATE tasks SET progress = %s WHERE id = %s AND lease_token = %s AND status = 'processing' "
+                "RETURNING cancel_requested",
+                (_encoder.encode(progress), lease.task.id, lease.token),
+            )
+        return row is not None and bool(row[0])
+
+    async def cancel_pending(self, task: Task, cancelled: Task, delivery: Delivery | None) -> bool:
+        async with self._db.session(write=True) as session:
+            written = await session.execute(
+                f"UPDATE tasks SET status = %s, updated_at = {self._dialect.now}, body = %s, init_image = NULL "
+                "WHERE id = %s AND status = 'pending'",
+                (cancelled.status.value, _encoder.encode(cancelled), task.id),
+            )
+            if written == 1 and delivery is not None:
+                await self._insert_delivery(session, delivery)
+        return written == 1
+
+    async def request_cancel(self, task_id: str) -> bool:
+        async with self._db.session(write=True) as session:
+            written = await session.execute(
+                "UPDATE tasks SET cancel_requested = TRUE WHERE id = %s AND status = 'processing'", (task_id,)
+            )
+            if written == 1 and self._dialect.notify_cancel:
+                await session.execute(self._dialect.notify_cancel)
+        return written == 1
 
     async def expired(self, limit: int) -> list[Lease]:
         async with self._db.session(write=False) as session:
@@ -188,13 +235,16 @@ class SqlTaskStore:
             condition += f" AND (lease_expires_at IS NULL OR lease_expires_at < {now})"
         async with self._db.session(write=True) as session:
             written = await session.execute(
-                f"UPDATE tasks SET status = %s, attempts = %s, updated_at = {now}, body = %s, "
-                "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, "
+                f"UPDATE tasks SET status = %s, attempts = %s, updated_at = {now}, body = %s, progress = %s, "
+                "started_at = %s, "
+                "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
                 f"init_image = CASE WHEN %s THEN NULL ELSE init_image END WHERE {condition}",
                 (
                     task.status.value,
                     task.attempts,
                     _encoder.encode(task),
+                    _encoded_progress(task),
+                    None if task.started_at is None else task.started_at.timestamp(),
                     task.status.is_terminal,
                     task.id,
                     lease.token,
@@ -205,19 +255,17 @@ class SqlTaskStore:
             if task.status is TaskStatus.PENDING and self._dialect.notify_task:
                 await session.execute(self._dialect.notify_task)
             if delivery is not None:
-                await session.execute(
-                    "INSERT INTO deliveries (id, task_id, status, next_attempt_at, body) VALUES (%s, %s, %s, %s, %s)",
-                    (
-                        delivery.id,
-                        delivery.task_id,
-                        delivery.status.value,
-                        delivery.next_attempt_at,
-                        _encoder.encode(delivery),
-                    ),
-                )
-                if self._dialect.notify_delivery:
-                    await session.execute(self._dialect.notify_delivery)
+                await self._insert_delivery(session, delivery)
         return True
+
+    async def _insert_delivery(self, session: Session, delivery: Delivery) -> None:
+        """Record a finished task's callback delivery, inside the transaction that finished the task."""
+        await session.execute(
+            "INSERT INTO deliveries (id, task_id, status, next_attempt_at, body) VALUES (%s, %s, %s, %s, %s)",
+            (delivery.id, delivery.task_id, delivery.status.value, delivery.next_attempt_at, _encoder.encode(delivery)),
+        )
+        if self._dialect.notify_delivery:
+            await session.execute(self._dialect.notify_delivery)
 
 
 class SqlCallbackOutbox:

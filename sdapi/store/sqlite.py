@@ -10,10 +10,12 @@ and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sdapi.errors import StoreUnavailable, TaskStoreError
 from sdapi.store import SCHEMA_TOO_NEW, NoChangeFeed, Stores
@@ -26,16 +28,20 @@ from sdapi.store.sql import (
     SqlTaskStore,
 )
 
+T = TypeVar("T")
+
 DIALECT = Dialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
     skip_locked="",  # BEGIN IMMEDIATE already makes the claimer the only writer
     admission_lock=None,
     notify_task=None,
     notify_delivery=None,
+    notify_cancel=None,
 )
 
 # Schema versions, in order; PRAGMA user_version holds how many have run. Version 1 is the schema from before
-# versioning (its CREATEs are IF NOT EXISTS, so a file from then upgrades in place); version 2 adds leases.
+# versioning (its CREATEs are IF NOT EXISTS, so a file from then upgrades in place); version 2 adds leases,
+# version 3 progress and cancellation.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "CREATE TABLE IF NOT EXISTS tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
@@ -58,6 +64,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE deliveries ADD COLUMN lease_token TEXT",
         "ALTER TABLE deliveries ADD COLUMN lease_expires_at REAL",
         "CREATE TABLE nodes (id TEXT PRIMARY KEY, role TEXT NOT NULL, heartbeat_at REAL NOT NULL, body BLOB NOT NULL)",
+    ),
+    (
+        "ALTER TABLE tasks ADD COLUMN progress BLOB",
+        "ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN started_at REAL",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -84,6 +95,19 @@ def _sqlite_sql(sql: str) -> str:
     return sql.replace("%s", "?")
 
 
+async def _in_thread(work: Callable[[], T]) -> T:
+    """`work()` in a worker thread. A thread cannot be stopped: if the caller is cancelled meanwhile, wait for the
+    statement to finish before letting the cancellation through, so that the session's rollback never runs beside
+    a statement still using the connection."""
+    future = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
 class _SqliteSession:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
@@ -93,7 +117,7 @@ class _SqliteSession:
             return self._db.execute(_sqlite_sql(sql), tuple(params))
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
-        cursor = await asyncio.to_thread(self._execute_now, sql, params)
+        cursor = await _in_thread(lambda: self._execute_now(sql, params))
         return cursor.rowcount
 
     async def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None:
@@ -104,7 +128,7 @@ class _SqliteSession:
                 cursor.fetchall()  # an UPDATE … RETURNING finishes only when every row is read
                 return row
 
-        return await asyncio.to_thread(run)
+        return await _in_thread(run)
 
     async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         def run() -> list[Row]:
@@ -112,7 +136,7 @@ class _SqliteSession:
             with _translated():
                 return list(cursor.fetchall())
 
-        return await asyncio.to_thread(run)
+        return await _in_thread(run)
 
 
 class SqliteDatabase:
@@ -156,13 +180,13 @@ class SqliteDatabase:
             if not write:
                 yield session
                 return
-            await session.execute("BEGIN IMMEDIATE")
             try:
+                await session.execute("BEGIN IMMEDIATE")
                 yield session
+                await session.execute("COMMIT")
             except BaseException:
-                await asyncio.to_thread(_rollback, db)
+                await _in_thread(lambda: _rollback(db))
                 raise
-            await session.execute("COMMIT")
 
     async def close(self) -> None:
         if self._db is None:

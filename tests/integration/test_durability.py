@@ -94,6 +94,7 @@ def test_a_task_that_keeps_crashing_fails_after_max_attempts(tmp_path, tiny_mode
             body = wait_for_task(client, task_id)
             assert body["status"] == "failed"
             assert "中断" in body["error_message"] and "1" in body["error_message"]
+            assert body["error_code"] == "attempts_exhausted"
             assert body["result_url"] is None and body["result_urls"] is None
 
 

@@ -29,10 +29,12 @@ def test_out_of_memory_and_crashes_fail_the_task_and_the_worker_goes_on(tmp_path
         oom = generate(client, prompt="oom", width=256, height=256, num_images=2)
         assert oom["status"] == "failed"
         assert "不足" in oom["error_message"] and "256x256" in oom["error_message"]
+        assert oom["error_code"] == "out_of_memory"
         crash = generate(client, prompt="crash")
         assert crash["status"] == "failed"
         assert crash["error_message"] == "生成过程中发生错误"  # no internals in the user-facing message
         assert "0xdeadbeef" not in crash["error_message"]
+        assert crash["error_code"] == "internal"
         fine = generate(client, prompt="a cat")
         assert fine["status"] == "completed"
         assert fetch_image(fine["result_url"]).size == (128, 96)
@@ -48,6 +50,7 @@ def test_a_missing_model_fails_tasks_with_a_clear_message_and_health_says_so(tmp
         body = generate(client, prompt="a cat")
         assert body["status"] == "failed"
         assert str(missing) in body["error_message"]
+        assert body["error_code"] == "model_not_loaded"
 
 
 class SlowLoadingEngine(TorchEngine):

@@ -95,6 +95,7 @@ def test_storage_down_fails_the_task_clearly_and_the_next_one_succeeds(tmp_path,
         failed = generate(client, prompt="a cat")
         assert failed["status"] == "failed"
         assert "图片存储失败" in failed["error_message"] and f"127.0.0.1:{port}" in failed["error_message"]
+        assert failed["error_code"] == "storage_unavailable"
         assert SECRET_KEY not in failed["error_message"] and ACCESS_KEY not in failed["error_message"]
         assert client.get("/health").json()["storage"] == failed["error_message"]
         flaky = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -357,3 +357,16 @@ def test_an_api_node_with_local_storage_refuses_workers_that_keep_images_elsewhe
         await api.stop()
 
     asyncio.run(scenario())
+
+
+def test_any_api_node_cancels_a_task_running_on_any_worker(cluster):
+    with cluster.client(0) as client:
+        task_id = submit(client, **{**LONG, "num_inference_steps": 200}, seed=11, callback_url=cluster.receiver.url)
+    cluster.worker_running(task_id)
+    with cluster.client(1) as other:
+        _eventually(lambda: (other.get(f"/api/v1/tasks/{task_id}").json()["progress"] or {}).get("step", 0) > 0)
+        assert other.post(f"/api/v1/tasks/{task_id}/cancel").status_code == 200
+        body = wait_for_task(other, task_id, timeout=60)
+    assert body["status"] == "failed" and body["error_code"] == "cancelled"
+    assert body["progress"]["step"] < body["progress"]["total_steps"]
+    _eventually(lambda: len(cluster.callbacks_for(task_id)) == 1, what="the callback")

@@ -21,7 +21,7 @@ from sdapi.nodes import NodeInfo, Role
 from sdapi.store import Lease, Stores
 from sdapi.store.postgres import open_postgres
 from sdapi.store.sqlite import open_sqlite
-from sdapi.tasks import Task, TaskStatus
+from sdapi.tasks import Progress, Task, TaskStatus
 from sdapi.testing.factories import make_params
 from sdapi.testing.postgres import PostgresCluster
 
@@ -301,5 +301,43 @@ def test_a_sqlite_file_from_before_leases_upgrades_and_its_interrupted_task_is_r
             [expired] = await stores.tasks.expired(10)  # no lease: the restart recovery of before
             assert await stores.tasks.reap(expired, tasks.recover_interrupted(expired.task, 3))
             assert (await stores.tasks.get(interrupted.id)).status is TaskStatus.PENDING
+
+    run(scenario)
+
+
+def test_progress_reports_carry_cancel_requests_to_the_lease_holder(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as worker_node, opened(open_stores) as api_node:
+            task = new_task()
+            assert await api_node.tasks.add(task, None, 10)
+            assert not await api_node.tasks.request_cancel(task.id)  # pending: nothing runs to be stopped
+            lease = await worker_node.tasks.claim("w", 30)
+            assert lease is not None and lease.task.started_at is not None and lease.task.progress is None
+            progress = Progress(step=3, total_steps=10, images_done=0, num_images=1)
+            assert not await worker_node.tasks.report(lease, progress)
+            assert (await api_node.tasks.get(task.id)).progress == progress
+            assert await api_node.tasks.request_cancel(task.id)
+            assert await worker_node.tasks.report(lease, progress)  # the worker learns of it
+            assert not await worker_node.tasks.report(Lease(lease.task, "stale"), progress)  # only the holder
+            assert await worker_node.tasks.settle(lease, tasks.cancel(lease.task))
+            assert not await api_node.tasks.request_cancel(task.id)  # ended
+
+    run(scenario)
+
+
+def test_a_pending_task_is_cancelled_once_with_its_delivery(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            task = new_task(callback_url="https://receiver.example/hook")
+            assert await stores.tasks.add(task, b"init", 10)
+            cancelled = tasks.cancel(task)
+            delivery = new_delivery(task.id, "https://receiver.example/hook", time.time())
+            assert await stores.tasks.cancel_pending(task, cancelled, delivery)
+            assert not await stores.tasks.cancel_pending(task, cancelled, delivery)  # no longer pending
+            stored, stored_delivery = await stores.tasks.get_with_delivery(task.id)
+            assert stored.status is TaskStatus.FAILED and stored.error_code == "cancelled"
+            assert stored_delivery == delivery
+            assert await stores.init_images.get(task.id) is None
+            assert await stores.tasks.claim("w", 30) is None  # nothing left to run
 
     run(scenario)
