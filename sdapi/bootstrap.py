@@ -27,6 +27,7 @@ from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, system_resolver
 from sdapi.config import Config
 from sdapi.engines import Engine
 from sdapi.errors import ConfigError, StorageError
+from sdapi.estimates import StartEstimator
 from sdapi.heartbeat import Heartbeat
 from sdapi.loras.library import LoraLibrary
 from sdapi.nodes import NodeInfo, Role
@@ -296,6 +297,7 @@ def build_runtime(
             config,
             stores.tasks,
             stores.init_images,
+            stores.throughput,
             chosen_engine,
             storage,
             worker_id=node_id,
@@ -320,6 +322,7 @@ def build_runtime(
         CallbackPolicy.from_config(config.callbacks),
         library,
         chosen_engine.check if chosen_engine is not None else _no_engine_check,
+        StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds),
         resolver,
     )
     return Runtime(

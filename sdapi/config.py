@@ -37,9 +37,31 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Base for config sections: an unknown key is an error that names it."""
 
 
+class ApiKeyConfig(_Section, frozen=True):
+    """One API key with its own name, rights and limits (a plain string in api.keys is a key with none)."""
+
+    key: str
+    # Who owns the tasks this key creates (stored and shown instead of the key); null: "key-" + a short hash.
+    name: str | None = None
+    # Sees and cancels every task, whoever created it.
+    admin: bool = False
+    # This key's pending tasks beyond this are refused with 429 (exact across API nodes: counted in the store).
+    max_pending: PositiveInt | None = None
+    # Submits per minute beyond this are refused with 429 (counted per API node).
+    requests_per_minute: PositiveInt | None = None
+
+
 class ApiConfig(_Section, frozen=True):
-    keys: list[str] = []
+    keys: list[str | ApiKeyConfig] = []
     key_header: str = "X-API-Key"
+    # per_key: a task is visible only to the key that created it (and admin keys); shared: to every key.
+    isolation: Literal["per_key", "shared"] = "per_key"
+    # How long an Idempotency-Key is remembered (per API key).
+    idempotency_ttl_hours: Annotated[float, msgspec.Meta(gt=0)] = 24.0
+
+    def key_configs(self) -> list[ApiKeyConfig]:
+        """Every key as an ApiKeyConfig (plain strings get the defaults)."""
+        return [ApiKeyConfig(key=entry) if isinstance(entry, str) else entry for entry in self.keys]
 
 
 class ServerConfig(_Section, frozen=True):
@@ -236,7 +258,7 @@ class Config(_Section, frozen=True):
 
     def placeholder_keys(self) -> list[str]:
         """The configured API keys that are the shipped placeholder (for the start-up warning)."""
-        return [key for key in self.api.keys if key.startswith(PLACEHOLDER_KEY_PREFIX)]
+        return [entry.key for entry in self.api.key_configs() if entry.key.startswith(PLACEHOLDER_KEY_PREFIX)]
 
 
 def _resolve_paths(raw: dict[str, object], base: Path) -> None:
@@ -287,8 +309,11 @@ def _check_consistency(config: Config) -> None:
     """Rules that span keys, which the per-field types cannot express."""
     if not config.api.keys:
         raise ConfigError(f"config key 'api.keys' is empty: set at least one key (or {ENV_API_KEYS})")
-    if any(not key for key in config.api.keys):
+    entries = config.api.key_configs()
+    if any(not entry.key for entry in entries):
         raise ConfigError("config key 'api.keys' contains an empty key")
+    if len({entry.key for entry in entries}) != len(entries):
+        raise ConfigError("config key 'api.keys' lists a key twice")
     if config.defaults.scheduler is not None and config.defaults.scheduler not in SCHEDULER_NAMES:
         raise ConfigError(
             f"config key 'defaults.scheduler': unknown scheduler {config.defaults.scheduler!r}; "

@@ -44,6 +44,13 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     def is_image_to_image(self) -> bool:
         return self.init_image is not None
 
+    @property
+    def work(self) -> float:
+        """How much denoising the request asks for, in megapixel-steps (what generation time grows with): the
+        queue's estimates multiply it by measured seconds per megapixel-step."""
+        steps = self.num_inference_steps * (self.strength if self.is_image_to_image and self.strength else 1.0)
+        return steps * self.width * self.height * self.num_images / 1e6
+
     def image_seeds(self) -> list[int]:
         """The seed of each image: image k starts from the latents of seed + k."""
         return [self.seed + k for k in range(self.num_images)]

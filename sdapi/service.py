@@ -3,38 +3,73 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sdapi import tasks
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target, system_resolver
+from sdapi.callers import SERVICE, Caller
 from sdapi.config import Config
 from sdapi.deliveries import Delivery, delivery_for
-from sdapi.errors import QueueFull, TaskAlreadyFinished
+from sdapi.errors import InvalidParameter, QueueFull, TaskAlreadyFinished, TaskNotFound
+from sdapi.estimates import StartEstimator
 from sdapi.images import decode_init_image
 from sdapi.loras.library import LoraLibrary
 from sdapi.params import GenerationParams, InitImageInfo, resolve_params
+from sdapi.quotas import RateLimiter
 from sdapi.request import GenerationRequest
 from sdapi.results import public_base_url, result_urls
 from sdapi.storage import ImageStorage
-from sdapi.store import TaskStore
+from sdapi.store import TaskRecord, TaskStore
 from sdapi.tasks import Task, TaskStatus, create
 
 logger = logging.getLogger(__name__)
 
 QUEUE_FULL_MESSAGE = "任务队列已满，请稍后重试"
+NOT_FOUND = "任务不存在"
+# Most tasks on one page of GET /api/v1/tasks.
+MAX_PAGE = 100
 
 
 @dataclass(frozen=True)
 class TaskView:
-    """A task as a client reads it: the task, its callback delivery, and its result URLs (the contract's rule)."""
+    """A task as a client reads it: the task, its callback delivery, its result URLs (the contract's rule) and,
+    while pending, its place in the queue."""
 
     task: Task
     delivery: Delivery | None
     result_url: str | None
     result_urls: list[str] | None
+    queue_position: int | None = None
+    estimated_start_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of a task listing, newest first; `next_cursor` continues it (None on the last page)."""
+
+    tasks: list[TaskView]
+    next_cursor: str | None
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The queue position a cursor continues after; raise InvalidParameter for anything not made by encode_cursor."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = text.partition(":")
+        if prefix == "seq" and number.isdigit():
+            return int(number)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise InvalidParameter("cursor", "cursor 无效：请使用上一页返回的 next_cursor")
 
 
 class TaskService:
@@ -51,6 +86,7 @@ class TaskService:
         callback_policy: CallbackPolicy,
         library: LoraLibrary,
         check_engine: Callable[[GenerationParams], None],
+        estimator: StartEstimator,
         resolver: Resolver = system_resolver,
     ) -> None:
         self._config = config
@@ -62,10 +98,21 @@ class TaskService:
         self._callback_policy = callback_policy
         self._library = library
         self._check_engine = check_engine
+        self._estimator = estimator
         self._resolver = resolver
+        self._rates = RateLimiter()
 
-    async def submit(self, request: GenerationRequest, base_url: str | None) -> Task:
-        """Validate `request`, store it as a pending task and wake the worker; raise InvalidParameter or QueueFull."""
+    async def submit(self, request: GenerationRequest, base_url: str | None, caller: Caller = SERVICE) -> Task:
+        """Validate `request`, store it as a pending task of `caller` and wake the worker; raise InvalidParameter,
+        or QueueFull when the queue, the caller's pending limit or its rate is spent."""
+        if caller.requests_per_minute is not None:
+            wait = self._rates.admit(caller.name, caller.requests_per_minute)
+            if wait is not None:
+                raise QueueFull(
+                    f"请求过于频繁：此 API Key 每分钟最多提交 {caller.requests_per_minute} 个任务"
+                    "（api.keys[].requests_per_minute）",
+                    retry_after=wait,
+                )
         init_bytes: bytes | None = None
         init_info: InitImageInfo | None = None
         if request.init_image is not None:
@@ -81,9 +128,17 @@ class TaskService:
             await resolve_target(
                 params.callback_url, self._callback_policy, self._resolver, self._config.callbacks.resolve_timeout
             )
-        task = create(params, base_url=base_url)
-        if not await self._tasks.add(task, init_bytes, self._config.queue.max_pending):
-            raise QueueFull(QUEUE_FULL_MESSAGE, retry_after=self._config.queue.retry_after_seconds)
+        task = create(params, base_url=base_url, owner=caller.name)
+        if not await self._tasks.add(task, init_bytes, self._config.queue.max_pending, caller.max_pending):
+            retry_after = self._config.queue.retry_after_seconds
+            if caller.max_pending is not None and (
+                await self._tasks.count(TaskStatus.PENDING, caller.name) >= caller.max_pending
+            ):
+                raise QueueFull(
+                    f"此 API Key 排队中的任务已达上限 {caller.max_pending} 个（api.keys[].max_pending），请稍后重试",
+                    retry_after=retry_after,
+                )
+            raise QueueFull(QUEUE_FULL_MESSAGE, retry_after=retry_after)
         logger.info(
             "task %s created: %s %dx%d x%d, %d steps",
             task.id,
@@ -96,18 +151,53 @@ class TaskService:
         self._wake_worker()
         return task
 
-    async def get(self, task_id: str, request_base_url: str | None) -> TaskView:
-        """The task with this id as a client sees it from `request_base_url`; raise TaskNotFound."""
-        task, delivery = await self._tasks.get_with_delivery(task_id)
-        base_url = public_base_url(self._config.server.public_base_url, request_base_url)
-        single, several = result_urls(task, self._storage, base_url)
-        return TaskView(task=task, delivery=delivery, result_url=single, result_urls=several)
+    async def get(self, task_id: str, request_base_url: str | None, caller: Caller = SERVICE) -> TaskView:
+        """The task with this id as `caller` sees it from `request_base_url`; raise TaskNotFound (also for a task
+        of another key, under api.isolation per_key)."""
+        record = await self._tasks.read(task_id)
+        if not caller.sees(record.task.owner):
+            raise TaskNotFound(NOT_FOUND)
+        return await self._view(record, request_base_url)
 
-    async def cancel(self, task_id: str, request_base_url: str | None) -> TaskView:
+    async def list(
+        self,
+        caller: Caller,
+        request_base_url: str | None,
+        status: TaskStatus | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """The caller's tasks (every task for an admin), newest first, `limit` per page from `cursor`."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidParameter("limit", f"limit 须在 1 到 {MAX_PAGE} 之间")
+        before = None if cursor is None else decode_cursor(cursor)
+        records = await self._tasks.list_tasks(caller.owner_filter, status, before, limit + 1)
+        views = [await self._view(record, request_base_url) for record in records[:limit]]
+        more = len(records) > limit
+        return TaskPage(tasks=views, next_cursor=encode_cursor(records[limit - 1].seq) if more else None)
+
+    async def _view(self, record: TaskRecord, request_base_url: str | None) -> TaskView:
+        base_url = public_base_url(self._config.server.public_base_url, request_base_url)
+        single, several = result_urls(record.task, self._storage, base_url)
+        estimated = None
+        if record.work_ahead is not None:
+            estimated = await self._estimator.estimate(record.work_ahead)
+        return TaskView(
+            task=record.task,
+            delivery=record.delivery,
+            result_url=single,
+            result_urls=several,
+            queue_position=record.queue_position,
+            estimated_start_at=estimated,
+        )
+
+    async def cancel(self, task_id: str, request_base_url: str | None, caller: Caller = SERVICE) -> TaskView:
         """Cancel a task: a pending one ends now (failed, error_code cancelled, its callback sent); a processing one
         is asked to stop, which its worker does at its next denoising step. Raise TaskNotFound, or
         TaskAlreadyFinished when it has ended."""
         task = await self._tasks.get(task_id)
+        if not caller.sees(task.owner):
+            raise TaskNotFound(NOT_FOUND)
         if task.status is TaskStatus.PENDING:
             cancelled = tasks.cancel(task)
             delivery = delivery_for(cancelled, time.time())
@@ -115,11 +205,11 @@ class TaskService:
                 logger.info("task %s cancelled while pending", task_id)
                 if delivery is not None:
                     self._wake_sender()
-                return await self.get(task_id, request_base_url)
+                return await self.get(task_id, request_base_url, caller)
             task = await self._tasks.get(task_id)  # a worker took it meanwhile
         if task.status is TaskStatus.PROCESSING and await self._tasks.request_cancel(task_id):
             logger.info("task %s: cancel requested while processing", task_id)
             self._check_cancel()
-            return await self.get(task_id, request_base_url)
+            return await self.get(task_id, request_base_url, caller)
         finished = await self._tasks.get(task_id)
         raise TaskAlreadyFinished(f"任务已结束（{finished.status.value}），无法取消")

@@ -69,6 +69,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     engine: str | None = None
     # Base URL of the request that created the task; result URLs fall back to it when no public URL is set.
     base_url: str | None = None
+    # The caller that created it (sdapi.callers: the API key's name, never the key).
+    owner: str | None = None
 
 
 def now_utc() -> datetime:
@@ -79,8 +81,10 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def create(params: GenerationParams, base_url: str | None = None, now: datetime | None = None) -> Task:
-    """A new pending task for `params`."""
+def create(
+    params: GenerationParams, base_url: str | None = None, now: datetime | None = None, owner: str | None = None
+) -> Task:
+    """A new pending task for `params`, owned by `owner`."""
     stamp = now or now_utc()
     return Task(
         id=new_task_id(),
@@ -89,6 +93,7 @@ def create(params: GenerationParams, base_url: str | None = None, now: datetime 
         created_at=stamp,
         updated_at=stamp,
         base_url=base_url,
+        owner=owner,
     )
 
 

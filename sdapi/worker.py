@@ -33,8 +33,8 @@ from sdapi.errors import (
 from sdapi.generation_thread import GenerationThread
 from sdapi.images import CONTENT_TYPES, encode_image, open_init_image
 from sdapi.storage import ImageStorage
-from sdapi.store import InitImageStore, Lease, TaskStore
-from sdapi.tasks import Progress, Task
+from sdapi.store import InitImageStore, Lease, TaskStore, ThroughputLog
+from sdapi.tasks import Progress, Task, TaskStatus
 from sdapi.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class _Run:
         self.progress = Progress(step=0, total_steps=0, images_done=0, num_images=num_images)
         self.cancel = threading.Event()
         self.wakeup = Wakeup()
+        # How long the engine took (for the queue's estimates); 0 until it has run.
+        self.generation_seconds = 0.0
 
     def on_step(self, step: int, total_steps: int, images_done: int) -> None:
         """On the generation thread, after each denoising step: record it; stop here if cancelled."""
@@ -81,6 +83,7 @@ class Worker:
         config: Config,
         task_store: TaskStore,
         init_images: InitImageStore,
+        throughput: ThroughputLog,
         engine: Engine,
         storage: ImageStorage,
         worker_id: str,
@@ -90,6 +93,7 @@ class Worker:
         self._config = config
         self._tasks = task_store
         self._init_images = init_images
+        self._throughput = throughput
         self._engine = engine
         self._storage = storage
         self._worker_id = worker_id
@@ -201,6 +205,7 @@ class Worker:
             finished = await self._run_task(lease, run)
             if await self._settle_until_written(lease, finished):
                 logger.info("task %s %s in %.2fs", started.id, finished.status, time.perf_counter() - began)
+                await self._measure(finished, run)
             else:
                 await self._discard(finished)
         finally:
@@ -208,6 +213,15 @@ class Worker:
                 helper.cancel()
             self._current = None
             self._running = None
+
+    async def _measure(self, finished: Task, run: _Run) -> None:
+        """Fold a completed run's speed into the shared moving average the queue's estimates use."""
+        if finished.status is not TaskStatus.COMPLETED or finished.engine is None or not run.generation_seconds:
+            return
+        try:
+            await self._throughput.record(finished.engine, run.generation_seconds / finished.params.work)
+        except SdapiError as error:
+            logger.warning("task %s: recording its speed failed: %s", finished.id, error.message)
 
     async def _report_progress(self, lease: Lease, run: _Run) -> None:
         """Write the run's progress about once a second (or at once when nudged) and learn from the answer whether
@@ -308,7 +322,9 @@ class Worker:
         init_image = None
         if init_bytes is not None and params.init_image is not None:
             init_image = open_init_image(init_bytes, params.init_image, params.width, params.height)
+        began = time.perf_counter()
         generated = self._engine.generate(params, init_image, run.on_step)
+        run.generation_seconds = time.perf_counter() - began
         extension = params.output_format
         return [self._save(encode_image(image, extension), extension) for image in generated.images], generated.engine
 

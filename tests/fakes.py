@@ -22,7 +22,7 @@ from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.nodes import NodeInfo
 from sdapi.params import GenerationParams
-from sdapi.store import DeliveryClaim, Lease, NoChangeFeed, Stores
+from sdapi.store import DeliveryClaim, Lease, NoChangeFeed, Stores, TaskRecord
 from sdapi.tasks import Progress, Task, TaskStatus
 
 
@@ -61,9 +61,14 @@ class MemoryTaskStore:
         self.failing_terminal_writes = 0
         self.terminal_write_gate: asyncio.Event | None = None
 
-    async def add(self, task: Task, init_image: bytes | None, max_pending: int) -> bool:
+    async def add(
+        self, task: Task, init_image: bytes | None, max_pending: int, owner_max_pending: int | None = None
+    ) -> bool:
         self.db.touch()
-        if sum(t.status is TaskStatus.PENDING for t in self.db.tasks.values()) >= max_pending:
+        pending = [t for t in self.db.tasks.values() if t.status is TaskStatus.PENDING]
+        if len(pending) >= max_pending:
+            return False
+        if owner_max_pending is not None and sum(t.owner == task.owner for t in pending) >= owner_max_pending:
             return False
         self.db.tasks[task.id] = task
         self.db.init_images[task.id] = init_image
@@ -75,13 +80,39 @@ class MemoryTaskStore:
             raise TaskNotFound("任务不存在")
         return self.db.tasks[task_id]
 
-    async def get_with_delivery(self, task_id: str) -> tuple[Task, Delivery | None]:
-        task = await self.get(task_id)
-        return task, next((d for d in self.db.deliveries.values() if d.task_id == task_id), None)
+    def _record(self, task: Task) -> TaskRecord:
+        order = list(self.db.tasks)
+        seq = order.index(task.id) + 1
+        ahead = [t for t in self.db.tasks.values() if t.status is TaskStatus.PENDING and order.index(t.id) + 1 < seq]
+        pending = task.status is TaskStatus.PENDING
+        return TaskRecord(
+            task=task,
+            delivery=next((d for d in self.db.deliveries.values() if d.task_id == task.id), None),
+            seq=seq,
+            queue_position=len(ahead) if pending else None,
+            work_ahead=sum(t.params.work for t in ahead) if pending else None,
+        )
 
-    async def count(self, status: TaskStatus) -> int:
+    async def read(self, task_id: str) -> TaskRecord:
+        return self._record(await self.get(task_id))
+
+    async def list_tasks(
+        self, owner: str | None, status: TaskStatus | None, before_seq: int | None, limit: int
+    ) -> list[TaskRecord]:
         self.db.touch()
-        return sum(t.status is status for t in self.db.tasks.values())
+        records = [self._record(task) for task in self.db.tasks.values()]
+        chosen = [
+            record
+            for record in reversed(records)
+            if (owner is None or record.task.owner == owner)
+            and (status is None or record.task.status is status)
+            and (before_seq is None or record.seq < before_seq)
+        ]
+        return chosen[:limit]
+
+    async def count(self, status: TaskStatus, owner: str | None = None) -> int:
+        self.db.touch()
+        return sum(t.status is status and (owner is None or t.owner == owner) for t in self.db.tasks.values())
 
     async def claim(self, worker_id: str, lease_seconds: float) -> Lease | None:
         self.db.touch()
@@ -228,6 +259,20 @@ class MemoryInitImages:
         return self.db.init_images.get(task_id)
 
 
+class MemoryThroughput:
+    def __init__(self, database: MemoryDatabase) -> None:
+        self.db = database
+        self.measured: dict[str, float] = {}
+
+    async def record(self, engine: str, seconds_per_work: float) -> None:
+        self.db.touch()
+        self.measured[engine] = seconds_per_work
+
+    async def rates(self) -> dict[str, float]:
+        self.db.touch()
+        return dict(self.measured)
+
+
 class MemoryNodes:
     def __init__(self, database: MemoryDatabase) -> None:
         self.db = database
@@ -253,6 +298,7 @@ def memory_stores() -> tuple[Stores, MemoryTaskStore, MemoryDatabase]:
         outbox=MemoryOutbox(database),
         init_images=MemoryInitImages(database),
         nodes=MemoryNodes(database),
+        throughput=MemoryThroughput(database),
         feed=NoChangeFeed(),
         database=database,
     )

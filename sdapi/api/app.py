@@ -17,6 +17,7 @@ from sdapi.api.docs import StrictStructSchemaPlugin, assets_router, openapi_conf
 from sdapi.api.errors import handle_http_exception, handle_sdapi_error, handle_unexpected
 from sdapi.bootstrap import build_runtime
 from sdapi.callbacks.ssrf import Resolver
+from sdapi.callers import callers_by_key
 from sdapi.config import Config
 from sdapi.engines import Engine
 from sdapi.errors import SdapiError
@@ -60,7 +61,7 @@ def create_app(
     api_v1 = Router(
         path="/api/v1",
         route_handlers=[routes.TaskController, routes.LoraController],
-        guards=[api_key_guard(config.api.keys, config.api.key_header)],
+        guards=[api_key_guard(callers_by_key(config.api), config.api.key_header)],
     )
     route_handlers: list[object] = [routes.health, api_v1, routes.image_file]
     if (docs_assets := assets_router()) is not None:

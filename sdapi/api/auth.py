@@ -3,35 +3,46 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from sdapi.callers import Caller
 from sdapi.errors import AuthenticationFailed
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
 
 
-def key_is_valid(provided: str, keys: Sequence[str]) -> bool:
-    """Constant-time membership: every configured key is compared, whatever matches first."""
+def find_caller(provided: str, callers: Mapping[str, Caller]) -> Caller | None:
+    """The caller of a key, compared in constant time against every configured key, whatever matches first."""
     provided_bytes = provided.encode("utf-8")
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(provided_bytes, key.encode("utf-8"))
-    return matched
+    found: Caller | None = None
+    for key, caller in callers.items():
+        if hmac.compare_digest(provided_bytes, key.encode("utf-8")):
+            found = caller
+    return found
 
 
-def api_key_guard(keys: Sequence[str], header: str) -> Guard:
-    """A Litestar guard that admits requests whose `header` carries one of `keys`. It never logs a key."""
-    frozen_keys = tuple(keys)
+def api_key_guard(callers: Mapping[str, Caller], header: str) -> Guard:
+    """A Litestar guard that admits requests whose `header` carries a configured key and records who the caller
+    is (`caller_of(connection)`). It never logs a key."""
+    frozen = dict(callers)
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         provided = connection.headers.get(header)
         if not provided:
             raise AuthenticationFailed(f"缺少 API Key：请在请求头 {header} 中提供")
-        if not key_is_valid(provided, frozen_keys):
+        caller = find_caller(provided, frozen)
+        if caller is None:
             raise AuthenticationFailed("API Key 无效")
+        connection.state.caller = caller
 
     return guard
+
+
+def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    """Who the guard found this request's key to be."""
+    caller: Caller = connection.state.caller
+    return caller

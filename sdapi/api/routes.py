@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
 from litestar.response import File
 
+from sdapi.api.auth import caller_of
 from sdapi.api.schemas import (
     TASK_CREATED_MESSAGE,
     ErrorResponse,
     GenerateResponse,
     HealthResponse,
     LoraListResponse,
+    TaskListResponse,
     TaskResponse,
     ValidationErrorResponse,
     health_response,
@@ -27,6 +30,7 @@ from sdapi.bootstrap import Runtime
 from sdapi.images import CONTENT_TYPES
 from sdapi.request import GenerationRequest
 from sdapi.storage.local import IMAGE_ROUTE
+from sdapi.tasks import TaskStatus
 
 _ERRORS = {
     401: ResponseSpec(ErrorResponse, description="认证失败（API Key无效或缺失）"),
@@ -70,7 +74,7 @@ class TaskController(Controller):
         },
     )
     async def generate(self, data: GenerationRequest, request: Request[Any, Any, Any]) -> GenerateResponse:
-        task = await _runtime(request.app.state).service.submit(data, _base_url(request))
+        task = await _runtime(request.app.state).service.submit(data, _base_url(request), caller_of(request))
         return GenerateResponse(task_id=task.id, status=task.status.value, message=TASK_CREATED_MESSAGE)
 
     @get(
@@ -80,7 +84,33 @@ class TaskController(Controller):
         responses={404: ResponseSpec(ErrorResponse, description="任务不存在"), **_ERRORS},
     )
     async def get_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
-        return task_response(await _runtime(request.app.state).service.get(task_id, _base_url(request)))
+        service = _runtime(request.app.state).service
+        return task_response(await service.get(task_id, _base_url(request), caller_of(request)))
+
+    @get(
+        "/tasks",
+        summary="任务列表",
+        description=(
+            "本 API Key 创建的任务（admin Key 可见全部），按创建时间从新到旧，游标分页：把 next_cursor 作为 cursor "
+            "传入取下一页，期间新提交的任务不会打乱分页。"
+        ),
+        responses={400: ResponseSpec(ErrorResponse, description="参数错误（limit 超出范围、cursor 无效）"), **_ERRORS},
+    )
+    async def list_tasks(
+        self,
+        request: Request[Any, Any, Any],
+        status: Annotated[
+            Literal["pending", "processing", "completed", "failed"] | None,
+            Parameter(description="只列出此状态的任务"),
+        ] = None,
+        limit: Annotated[int, Parameter(description="每页条数（1–100）")] = 20,
+        cursor: Annotated[str | None, Parameter(description="上一页返回的 next_cursor")] = None,
+    ) -> TaskListResponse:
+        service = _runtime(request.app.state).service
+        page = await service.list(
+            caller_of(request), _base_url(request), None if status is None else TaskStatus(status), limit, cursor
+        )
+        return TaskListResponse(tasks=[task_response(view) for view in page.tasks], next_cursor=page.next_cursor)
 
     @post(
         "/tasks/{task_id:str}/cancel",
@@ -97,7 +127,8 @@ class TaskController(Controller):
         },
     )
     async def cancel_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
-        return task_response(await _runtime(request.app.state).service.cancel(task_id, _base_url(request)))
+        service = _runtime(request.app.state).service
+        return task_response(await service.cancel(task_id, _base_url(request), caller_of(request)))
 
     @delete(
         "/tasks/{task_id:str}",
@@ -111,7 +142,8 @@ class TaskController(Controller):
         },
     )
     async def delete_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
-        return task_response(await _runtime(request.app.state).service.cancel(task_id, _base_url(request)))
+        service = _runtime(request.app.state).service
+        return task_response(await service.cancel(task_id, _base_url(request), caller_of(request)))
 
 
 class LoraController(Controller):

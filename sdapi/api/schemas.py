@@ -67,6 +67,17 @@ class TaskResponse(msgspec.Struct):
     progress: Annotated[
         ProgressResponse | None, msgspec.Meta(description="运行进度（运行中约每秒更新；结束后保留最后的值）")
     ] = None
+    queue_position: Annotated[int | None, msgspec.Meta(description="排队位置（仅 pending：0 表示下一个运行）")] = None
+    estimated_start_at: Annotated[
+        str | None,
+        msgspec.Meta(description="预计开始时间（仅 pending；按实测速度估算，尚无测量时为 null）"),
+    ] = None
+    owner: Annotated[str | None, msgspec.Meta(description="创建任务的 API Key 名称（不是 Key 本身）")] = None
+
+
+class TaskListResponse(msgspec.Struct):
+    tasks: Annotated[list[TaskResponse], msgspec.Meta(description="任务，按创建时间从新到旧")]
+    next_cursor: Annotated[str | None, msgspec.Meta(description="下一页的游标；没有更多时为 null")]
 
 
 class LoraListResponse(msgspec.Struct):
@@ -157,6 +168,9 @@ def task_response(view: TaskView) -> TaskResponse:
         started_at=None if task.started_at is None else iso(task.started_at),
         finished_at=None if task.finished_at is None else iso(task.finished_at),
         progress=None if task.progress is None else _progress(task.progress),
+        queue_position=view.queue_position,
+        estimated_start_at=None if view.estimated_start_at is None else iso(view.estimated_start_at),
+        owner=task.owner,
     )
 
 

@@ -37,6 +37,19 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class TaskRecord:
+    """A task as one read finds it: with its callback delivery, its place in the queue order (`seq`, what list
+    cursors hold) and, while pending, how many tasks and how much work (megapixel-steps) are ahead of it (running
+    tasks count half their work)."""
+
+    task: Task
+    delivery: Delivery | None
+    seq: int
+    queue_position: int | None = None
+    work_ahead: float | None = None
+
+
+@dataclass(frozen=True)
 class DeliveryClaim:
     """A delivery taken by one node for one attempt; `token` fences the write of its outcome."""
 
@@ -47,20 +60,29 @@ class DeliveryClaim:
 class TaskStore(Protocol):
     """Durable storage of tasks. Transitions are decided in sdapi.tasks; the store persists them under leases."""
 
-    async def add(self, task: Task, init_image: bytes | None, max_pending: int) -> bool:
-        """Admit a new pending task if fewer than `max_pending` tasks are pending, in one atomic step across every
-        node (no count-then-insert race); its init image bytes are kept apart from the task body. Return whether
-        it was admitted. Workers are notified."""
+    async def add(
+        self, task: Task, init_image: bytes | None, max_pending: int, owner_max_pending: int | None = None
+    ) -> bool:
+        """Admit a new pending task if fewer than `max_pending` tasks are pending (and, when given, fewer than
+        `owner_max_pending` of its owner's), in one atomic step across every node (no count-then-insert race);
+        its init image bytes are kept apart from the task body. Return whether it was admitted. Workers are
+        notified."""
 
     async def get(self, task_id: str) -> Task:
         """The task with this id; raise TaskNotFound."""
 
-    async def get_with_delivery(self, task_id: str) -> tuple[Task, Delivery | None]:
-        """The task and its callback delivery (if any) in one read: what every poll of a task needs. Raise
+    async def read(self, task_id: str) -> TaskRecord:
+        """The task with its delivery and queue place in one statement: what every poll of a task needs. Raise
         TaskNotFound."""
 
-    async def count(self, status: TaskStatus) -> int:
-        """How many tasks have `status`."""
+    async def list_tasks(
+        self, owner: str | None, status: TaskStatus | None, before_seq: int | None, limit: int
+    ) -> list[TaskRecord]:
+        """Up to `limit` tasks, newest first, older than `before_seq` when given, of `owner` and `status` when
+        given."""
+
+    async def count(self, status: TaskStatus, owner: str | None = None) -> int:
+        """How many tasks have `status` (of `owner`, when given)."""
 
     async def claim(self, worker_id: str, lease_seconds: float) -> Lease | None:
         """Take the oldest pending task, or None: processing, one more attempt, a new lease token, expiring
@@ -92,6 +114,16 @@ class TaskStore(Protocol):
     async def reap(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
         """`settle` for the reaper: also only while the lease is still expired (a renewal that won the race keeps
         its task)."""
+
+
+class ThroughputLog(Protocol):
+    """Measured generation speed per engine, shared by every node: seconds per megapixel-step, a moving average."""
+
+    async def record(self, engine: str, seconds_per_work: float) -> None:
+        """Fold one measurement into the engine's moving average."""
+
+    async def rates(self) -> dict[str, float]:
+        """The moving average of each engine measured so far."""
 
 
 class CallbackOutbox(Protocol):
@@ -175,5 +207,6 @@ class Stores:
     outbox: CallbackOutbox
     init_images: InitImageStore
     nodes: NodeRegistry
+    throughput: ThroughputLog
     feed: ChangeFeed
     database: Database

@@ -29,6 +29,7 @@ from sdapi.store.sql import (
     SqlInitImageStore,
     SqlNodeRegistry,
     SqlTaskStore,
+    SqlThroughputLog,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN progress BYTEA",
         "ALTER TABLE tasks ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE",
         "ALTER TABLE tasks ADD COLUMN started_at DOUBLE PRECISION",
+        "ALTER TABLE tasks ADD COLUMN owner TEXT",
+        "ALTER TABLE tasks ADD COLUMN cost DOUBLE PRECISION NOT NULL DEFAULT 0",
+        "CREATE INDEX tasks_by_owner ON tasks (owner, seq)",
+        "CREATE TABLE throughput (engine TEXT PRIMARY KEY, seconds_per_work DOUBLE PRECISION NOT NULL, "
+        "samples INTEGER NOT NULL)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -241,6 +247,7 @@ def open_postgres(dsn: str, pool_size: int) -> Stores:
         outbox=SqlCallbackOutbox(database),
         init_images=SqlInitImageStore(database),
         nodes=SqlNodeRegistry(database),
+        throughput=SqlThroughputLog(database),
         feed=PostgresChangeFeed(dsn),
         database=database,
     )

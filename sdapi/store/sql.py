@@ -25,7 +25,7 @@ import msgspec
 from sdapi.deliveries import Delivery, DeliveryStatus
 from sdapi.errors import TaskNotFound
 from sdapi.nodes import NodeInfo
-from sdapi.store import DeliveryClaim, Lease
+from sdapi.store import DeliveryClaim, Lease, TaskRecord
 from sdapi.tasks import Progress, Task, TaskStatus
 
 _encoder = msgspec.json.Encoder()
@@ -101,6 +101,29 @@ def _lease(row: Row) -> Lease:
     return Lease(task=_task(row), token=row[6] or "")
 
 
+# A task with its delivery and, while pending, what is ahead of it in the queue (running tasks count half their
+# work: on average they are half done).
+_RECORD_SELECT = (
+    "SELECT t.body, t.status, t.attempts, t.updated_at, t.progress, t.started_at, d.body, t.seq, "
+    "CASE WHEN t.status = 'pending' THEN "
+    "(SELECT COUNT(*) FROM tasks p WHERE p.status = 'pending' AND p.seq < t.seq) END, "
+    "CASE WHEN t.status = 'pending' THEN "
+    "(SELECT COALESCE(SUM(p.cost), 0) FROM tasks p WHERE p.status = 'pending' AND p.seq < t.seq) + "
+    "(SELECT COALESCE(SUM(r.cost), 0) / 2 FROM tasks r WHERE r.status = 'processing') END "
+    "FROM tasks t LEFT JOIN deliveries d ON d.task_id = t.id"
+)
+
+
+def _record(row: Row) -> TaskRecord:
+    return TaskRecord(
+        task=_task(row),
+        delivery=None if row[6] is None else _delivery_decoder.decode(bytes(row[6])),
+        seq=int(row[7]),
+        queue_position=None if row[8] is None else int(row[8]),
+        work_ahead=None if row[9] is None else float(row[9]),
+    )
+
+
 def _encoded_progress(task: Task) -> bytes | None:
     return None if task.progress is None else _encoder.encode(task.progress)
 
@@ -112,7 +135,9 @@ class SqlTaskStore:
         self._db = database
         self._dialect = database.dialect
 
-    async def add(self, task: Task, init_image: bytes | None, max_pending: int) -> bool:
+    async def add(
+        self, task: Task, init_image: bytes | None, max_pending: int, owner_max_pending: int | None = None
+    ) -> bool:
         async with self._db.session(write=True) as session:
             if self._dialect.admission_lock:
                 await session.execute(self._dialect.admission_lock)
@@ -120,9 +145,15 @@ class SqlTaskStore:
             row = await session.fetchone("SELECT COUNT(*) FROM tasks WHERE status = 'pending'")
             if row is not None and int(row[0]) >= max_pending:
                 return False
+            if owner_max_pending is not None:
+                row = await session.fetchone(
+                    "SELECT COUNT(*) FROM tasks WHERE status = 'pending' AND owner = %s", (task.owner,)
+                )
+                if row is not None and int(row[0]) >= owner_max_pending:
+                    return False
             await session.execute(
-                "INSERT INTO tasks (id, status, attempts, updated_at, body, init_image) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
+                "INSERT INTO tasks (id, status, attempts, updated_at, body, init_image, owner, cost) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     task.id,
                     task.status.value,
@@ -130,6 +161,8 @@ class SqlTaskStore:
                     task.updated_at.timestamp(),
                     _encoder.encode(task),
                     init_image,
+                    task.owner,
+                    task.params.work,
                 ),
             )
             if self._dialect.notify_task:
@@ -143,20 +176,38 @@ class SqlTaskStore:
             raise TaskNotFound(NOT_FOUND)
         return _task(row)
 
-    async def get_with_delivery(self, task_id: str) -> tuple[Task, Delivery | None]:
+    async def read(self, task_id: str) -> TaskRecord:
         async with self._db.session(write=False) as session:
-            row = await session.fetchone(
-                "SELECT t.body, t.status, t.attempts, t.updated_at, t.progress, t.started_at, d.body FROM tasks t "
-                "LEFT JOIN deliveries d ON d.task_id = t.id WHERE t.id = %s",
-                (task_id,),
-            )
+            row = await session.fetchone(f"{_RECORD_SELECT} WHERE t.id = %s", (task_id,))
         if row is None:
             raise TaskNotFound(NOT_FOUND)
-        return _task(row), None if row[6] is None else _delivery_decoder.decode(bytes(row[6]))
+        return _record(row)
 
-    async def count(self, status: TaskStatus) -> int:
+    async def list_tasks(
+        self, owner: str | None, status: TaskStatus | None, before_seq: int | None, limit: int
+    ) -> list[TaskRecord]:
+        conditions, params = [], []
+        for condition, value in (
+            ("t.owner = %s", owner),
+            ("t.status = %s", None if status is None else status.value),
+            ("t.seq < %s", before_seq),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         async with self._db.session(write=False) as session:
-            row = await session.fetchone("SELECT COUNT(*) FROM tasks WHERE status = %s", (status.value,))
+            rows = await session.fetchall(f"{_RECORD_SELECT}{where} ORDER BY t.seq DESC LIMIT %s", (*params, limit))
+        return [_record(row) for row in rows]
+
+    async def count(self, status: TaskStatus, owner: str | None = None) -> int:
+        async with self._db.session(write=False) as session:
+            if owner is None:
+                row = await session.fetchone("SELECT COUNT(*) FROM tasks WHERE status = %s", (status.value,))
+            else:
+                row = await session.fetchone(
+                    "SELECT COUNT(*) FROM tasks WHERE status = %s AND owner = %s", (status.value, owner)
+                )
         return 0 if row is None else int(row[0])
 
     async def claim(self, worker_id: str, lease_seconds: float) -> Lease | None:
@@ -352,3 +403,27 @@ class SqlNodeRegistry:
     async def leave(self, node_id: str) -> None:
         async with self._db.session(write=True) as session:
             await session.execute("DELETE FROM nodes WHERE id = %s", (node_id,))
+
+
+class SqlThroughputLog:
+    """ThroughputLog on the `throughput` table."""
+
+    # Weight of the newest measurement in the moving average.
+    ALPHA = 0.3
+
+    def __init__(self, database: SqlDatabase) -> None:
+        self._db = database
+
+    async def record(self, engine: str, seconds_per_work: float) -> None:
+        async with self._db.session(write=True) as session:
+            await session.execute(
+                "INSERT INTO throughput (engine, seconds_per_work, samples) VALUES (%s, %s, 1) ON CONFLICT (engine) "
+                "DO UPDATE SET seconds_per_work = throughput.seconds_per_work * %s + excluded.seconds_per_work * %s, "
+                "samples = throughput.samples + 1",
+                (engine, seconds_per_work, 1 - self.ALPHA, self.ALPHA),
+            )
+
+    async def rates(self) -> dict[str, float]:
+        async with self._db.session(write=False) as session:
+            rows = await session.fetchall("SELECT engine, seconds_per_work FROM throughput")
+        return {str(row[0]): float(row[1]) for row in rows}

@@ -26,6 +26,7 @@ from sdapi.store.sql import (
     SqlInitImageStore,
     SqlNodeRegistry,
     SqlTaskStore,
+    SqlThroughputLog,
 )
 
 T = TypeVar("T")
@@ -41,7 +42,7 @@ DIALECT = Dialect(
 
 # Schema versions, in order; PRAGMA user_version holds how many have run. Version 1 is the schema from before
 # versioning (its CREATEs are IF NOT EXISTS, so a file from then upgrades in place); version 2 adds leases,
-# version 3 progress and cancellation.
+# version 3 progress, cancellation, owners and throughput.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "CREATE TABLE IF NOT EXISTS tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
@@ -69,6 +70,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN progress BLOB",
         "ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE tasks ADD COLUMN started_at REAL",
+        "ALTER TABLE tasks ADD COLUMN owner TEXT",
+        "ALTER TABLE tasks ADD COLUMN cost REAL NOT NULL DEFAULT 0",
+        "CREATE INDEX tasks_by_owner ON tasks (owner, seq)",
+        "CREATE TABLE throughput (engine TEXT PRIMARY KEY, seconds_per_work REAL NOT NULL, samples INTEGER NOT NULL)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -233,6 +238,7 @@ def open_sqlite(path: Path) -> Stores:
         outbox=SqlCallbackOutbox(database),
         init_images=SqlInitImageStore(database),
         nodes=SqlNodeRegistry(database),
+        throughput=SqlThroughputLog(database),
         feed=NoChangeFeed(),
         database=database,
     )

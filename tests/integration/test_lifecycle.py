@@ -130,3 +130,95 @@ def test_a_request_that_fails_only_at_run_time_is_invalid_input(tmp_path, tiny_m
         assert body["status"] == "failed" and body["error_code"] == "invalid_input", body
         assert "fleeting" in body["error_message"]
         assert wait_for_task(client, blocker)["status"] == "completed"
+
+
+# -- keys: isolation, quotas ------------------------------------------------------------------------------------
+
+ALICE, BOB, ADMIN, LIMITED = "alice-key-0123456789", "bob-key-0123456789", "admin-key-0123456789", "limited-key-012345"
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory, tiny_model):
+    keys = [
+        {"key": ALICE, "name": "alice"},
+        BOB,  # a plain string, as in the seed: named by a short hash
+        {"key": ADMIN, "name": "ops", "admin": True},
+        {"key": LIMITED, "name": "limited", "max_pending": 1, "requests_per_minute": 3},
+    ]
+    with in_process(tmp_path_factory.mktemp("tenants"), tiny_model, api={"keys": keys}) as running:
+        yield running
+
+
+def test_a_key_sees_only_its_own_tasks_and_an_admin_sees_all(tenants):
+    with tenants.client(ALICE) as alice, tenants.client(BOB) as bob, tenants.client(ADMIN) as admin:
+        mine = generate(alice, prompt="alice's")
+        assert mine["owner"] == "alice"
+        for path in (f"/api/v1/tasks/{mine['task_id']}", f"/api/v1/tasks/{mine['task_id']}/cancel"):
+            hidden = bob.get(path) if path.endswith(mine["task_id"]) else bob.post(path)
+            assert hidden.status_code == 404 and hidden.json() == {"detail": "任务不存在"}
+        assert bob.delete(f"/api/v1/tasks/{mine['task_id']}").status_code == 404
+        assert (
+            admin.get(f"/api/v1/tasks/{mine['task_id']}").json() == alice.get(f"/api/v1/tasks/{mine['task_id']}").json()
+        )
+        bobs = generate(bob, prompt="bob's")
+        assert bobs["owner"].startswith("key-") and BOB not in bobs["owner"]
+        listed_by_bob = [task["task_id"] for task in bob.get("/api/v1/tasks").json()["tasks"]]
+        assert bobs["task_id"] in listed_by_bob and mine["task_id"] not in listed_by_bob
+        listed_by_admin = [task["task_id"] for task in admin.get("/api/v1/tasks?limit=100").json()["tasks"]]
+        assert {mine["task_id"], bobs["task_id"]} <= set(listed_by_admin)
+
+
+def test_a_keys_pending_limit_and_rate_answer_429_naming_the_limit(tenants):
+    with tenants.client(LIMITED) as limited, tenants.client(ALICE) as alice:
+        blocker = submit(alice, **LONG)  # keeps the worker busy, so the limited key's first task stays pending
+        first = submit(limited, prompt="one")
+        second = limited.post("/api/v1/generate", json={"prompt": "two"})
+        assert second.status_code == 429 and "max_pending" in second.json()["detail"]
+        assert second.headers["Retry-After"].isdigit()
+        third = limited.post("/api/v1/generate", json={"prompt": "three"})  # the third request this minute
+        assert third.status_code == 429 and "max_pending" in third.json()["detail"]
+        fourth = limited.post("/api/v1/generate", json={"prompt": "four"})
+        assert fourth.status_code == 429 and "requests_per_minute" in fourth.json()["detail"]
+        assert 1 <= int(fourth.headers["Retry-After"]) <= 60
+        assert alice.post("/api/v1/generate", json={"prompt": "others are not limited"}).status_code == 200
+        assert alice.post(f"/api/v1/tasks/{blocker}/cancel").status_code == 200
+        assert wait_for_task(limited, first)["status"] == "completed"
+
+
+# -- listing, queue position -------------------------------------------------------------------------------------
+
+
+def test_listing_pages_newest_first_and_stays_stable_under_inserts(service):
+    with service.client() as client:
+        ids = [submit(client, prompt=f"listed {n}", num_inference_steps=1, width=64, height=64) for n in range(5)]
+        first = client.get("/api/v1/tasks?limit=2").json()
+        assert [task["task_id"] for task in first["tasks"]] == [ids[4], ids[3]]
+        submit(client, prompt="inserted between pages", num_inference_steps=1, width=64, height=64)
+        second = client.get(f"/api/v1/tasks?limit=2&cursor={first['next_cursor']}").json()
+        assert [task["task_id"] for task in second["tasks"]] == [ids[2], ids[1]]
+        for task_id in ids:
+            wait_for_task(client, task_id)
+        completed = client.get("/api/v1/tasks?status=completed&limit=100").json()["tasks"]
+        assert {task["status"] for task in completed} == {"completed"} and set(ids) <= {t["task_id"] for t in completed}
+        for bad in ("limit=0", "limit=101", "cursor=not-a-cursor", "status=unknown"):
+            answer = client.get(f"/api/v1/tasks?{bad}")
+            assert answer.status_code in (400, 422) and "detail" in answer.json(), bad
+
+
+def test_queue_positions_fall_as_the_queue_drains_and_estimates_appear_after_a_measured_run(service):
+    with service.client() as client:
+        generate(client, prompt="measured first", num_inference_steps=20)  # gives the estimator a speed
+        running = submit(client, **{**LONG, "num_inference_steps": 40})
+        queued = [submit(client, prompt=f"queued {n}", num_inference_steps=20) for n in range(3)]
+        _until(client, running, lambda body: body["status"] == "processing")
+        bodies = [client.get(f"/api/v1/tasks/{task_id}").json() for task_id in queued]
+        assert [body["queue_position"] for body in bodies] == [0, 1, 2]
+        starts = [body["estimated_start_at"] for body in bodies]
+        assert all(starts) and starts == sorted(starts), starts
+        assert client.get(f"/api/v1/tasks/{running}").json()["queue_position"] is None
+        positions = []
+        while (body := client.get(f"/api/v1/tasks/{queued[2]}").json())["status"] == "pending":
+            positions.append(body["queue_position"])
+            time.sleep(0.05)
+        assert positions == sorted(positions, reverse=True) and positions[0] == 2 and positions[-1] <= 1
+        assert body["queue_position"] is None and body["estimated_start_at"] is None

@@ -334,7 +334,8 @@ def test_a_pending_task_is_cancelled_once_with_its_delivery(open_stores):
             delivery = new_delivery(task.id, "https://receiver.example/hook", time.time())
             assert await stores.tasks.cancel_pending(task, cancelled, delivery)
             assert not await stores.tasks.cancel_pending(task, cancelled, delivery)  # no longer pending
-            stored, stored_delivery = await stores.tasks.get_with_delivery(task.id)
+            record = await stores.tasks.read(task.id)
+            stored, stored_delivery = record.task, record.delivery
             assert stored.status is TaskStatus.FAILED and stored.error_code == "cancelled"
             assert stored_delivery == delivery
             assert await stores.init_images.get(task.id) is None

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sdapi.api.auth import key_is_valid
+from sdapi.api.auth import find_caller
 from sdapi.api.errors import status_for
 from sdapi.api.validation import describe
+from sdapi.callers import Caller
 from sdapi.engines.devices import choose_dtype, cpu_has_native_bf16
 from sdapi.engines.pipeline_runs import chunk
 from sdapi.errors import GenerationFailed, InvalidParameter, QueueFull, RequestValidationFailed, TaskNotFound
@@ -66,10 +67,12 @@ def test_encode_image(output_format):
     assert Image.open(io.BytesIO(data)).format == ("PNG" if output_format == "png" else "JPEG")
 
 
-def test_key_comparison():
-    assert key_is_valid("b", ["a", "b"])
-    assert not key_is_valid("", ["a"]) and not key_is_valid("ab", ["a", "b"]) and not key_is_valid("a", [])
-    assert key_is_valid("ключ", ["ключ"])
+def test_key_comparison_finds_the_caller_of_a_key():
+    a, b = Caller(name="a"), Caller(name="b", admin=True)
+    assert find_caller("b", {"a": a, "b": b}) is b
+    assert find_caller("", {"a": a}) is None and find_caller("ab", {"a": a, "b": b}) is None
+    assert find_caller("a", {}) is None
+    assert find_caller("ключ", {"ключ": a}) is a
 
 
 def test_auto_dtype(tmp_path: Path):
