@@ -6,6 +6,7 @@ SdapiError
 │   ├── AuthenticationFailed        401
 │   ├── TaskNotFound                404
 │   ├── TaskAlreadyFinished         409  cancelling a task that already ended
+│   ├── IdempotencyKeyReused        409  an Idempotency-Key sent again with a different body
 │   ├── RequestTooLarge             413
 │   ├── RequestValidationFailed     422  the body does not match the schema
 │   └── QueueFull                   429  with Retry-After
@@ -74,6 +75,10 @@ class TaskNotFound(RequestError):
 
 class TaskAlreadyFinished(RequestError):
     """The task has already ended, so it cannot be cancelled (409)."""
+
+
+class IdempotencyKeyReused(RequestError):
+    """An Idempotency-Key already used for a different request (409)."""
 
 
 class InvalidParameter(RequestError):

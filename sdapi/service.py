@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
+
 from sdapi import tasks
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target, system_resolver
 from sdapi.callers import SERVICE, Caller
 from sdapi.config import Config
 from sdapi.deliveries import Delivery, delivery_for
-from sdapi.errors import InvalidParameter, QueueFull, TaskAlreadyFinished, TaskNotFound
+from sdapi.errors import IdempotencyKeyReused, InvalidParameter, QueueFull, TaskAlreadyFinished, TaskNotFound
 from sdapi.estimates import StartEstimator
 from sdapi.images import decode_init_image
 from sdapi.loras.library import LoraLibrary
@@ -24,7 +27,7 @@ from sdapi.quotas import RateLimiter
 from sdapi.request import GenerationRequest
 from sdapi.results import public_base_url, result_urls
 from sdapi.storage import ImageStorage
-from sdapi.store import TaskRecord, TaskStore
+from sdapi.store import IdempotencyKey, TaskRecord, TaskStore
 from sdapi.tasks import Task, TaskStatus, create
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,11 @@ class TaskPage:
 
     tasks: list[TaskView]
     next_cursor: str | None
+
+
+def fingerprint(request: GenerationRequest) -> str:
+    """The request's canonical JSON (sorted keys, defaults applied), hashed: equal requests, equal fingerprints."""
+    return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
 
 
 def encode_cursor(seq: int) -> str:
@@ -102,9 +110,18 @@ class TaskService:
         self._resolver = resolver
         self._rates = RateLimiter()
 
-    async def submit(self, request: GenerationRequest, base_url: str | None, caller: Caller = SERVICE) -> Task:
+    async def submit(
+        self,
+        request: GenerationRequest,
+        base_url: str | None,
+        caller: Caller = SERVICE,
+        idempotency_key: str | None = None,
+    ) -> Task:
         """Validate `request`, store it as a pending task of `caller` and wake the worker; raise InvalidParameter,
-        or QueueFull when the queue, the caller's pending limit or its rate is spent."""
+        or QueueFull when the queue, the caller's pending limit or its rate is spent.
+
+        With an `idempotency_key` this caller already used (within api.idempotency_ttl_hours) for the same request,
+        nothing is added and the task it made is returned; for a different request, IdempotencyKeyReused."""
         if caller.requests_per_minute is not None:
             wait = self._rates.admit(caller.name, caller.requests_per_minute)
             if wait is not None:
@@ -129,7 +146,26 @@ class TaskService:
                 params.callback_url, self._callback_policy, self._resolver, self._config.callbacks.resolve_timeout
             )
         task = create(params, base_url=base_url, owner=caller.name)
-        if not await self._tasks.add(task, init_bytes, self._config.queue.max_pending, caller.max_pending):
+        limits = (self._config.queue.max_pending, caller.max_pending)
+        if idempotency_key is not None:
+            key = IdempotencyKey(
+                owner=caller.name,
+                key=idempotency_key,
+                fingerprint=fingerprint(request),
+                ttl_seconds=self._config.api.idempotency_ttl_hours * 3600,
+            )
+            admission = await self._tasks.add_once(task, init_bytes, *limits, key)
+            if admission.existing_task_id is not None:
+                if not admission.same_request:
+                    raise IdempotencyKeyReused(
+                        "Idempotency-Key 已用于另一个不同的请求：请为新请求使用新的 Idempotency-Key"
+                    )
+                logger.info("idempotent retry: task %s already exists", admission.existing_task_id)
+                return await self._tasks.get(admission.existing_task_id)
+            admitted = admission.admitted
+        else:
+            admitted = await self._tasks.add(task, init_bytes, *limits)
+        if not admitted:
             retry_after = self._config.queue.retry_after_seconds
             if caller.max_pending is not None and (
                 await self._tasks.count(TaskStatus.PENDING, caller.name) >= caller.max_pending

@@ -22,7 +22,7 @@ from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.nodes import NodeInfo
 from sdapi.params import GenerationParams
-from sdapi.store import DeliveryClaim, Lease, NoChangeFeed, Stores, TaskRecord
+from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, NoChangeFeed, Stores, TaskRecord
 from sdapi.tasks import Progress, Task, TaskStatus
 
 
@@ -38,6 +38,7 @@ class MemoryDatabase:
         self.claims: dict[str, tuple[str, float]] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.cancel_requests: set[str] = set()
+        self.idempotency: dict[tuple[str, str], tuple[str, str]] = {}
         self.outage = False
         self.closed = False
         self.calls = 0
@@ -73,6 +74,22 @@ class MemoryTaskStore:
         self.db.tasks[task.id] = task
         self.db.init_images[task.id] = init_image
         return True
+
+    async def add_once(
+        self,
+        task: Task,
+        init_image: bytes | None,
+        max_pending: int,
+        owner_max_pending: int | None,
+        idempotency: IdempotencyKey,
+    ) -> Admission:
+        known = self.db.idempotency.get((idempotency.owner, idempotency.key))
+        if known is not None:
+            return Admission(False, existing_task_id=known[0], same_request=known[1] == idempotency.fingerprint)
+        if not await self.add(task, init_image, max_pending, owner_max_pending):
+            return Admission(False)
+        self.db.idempotency[(idempotency.owner, idempotency.key)] = (task.id, idempotency.fingerprint)
+        return Admission(True)
 
     async def get(self, task_id: str) -> Task:
         self.db.touch()

@@ -10,6 +10,7 @@ from litestar.exceptions import HTTPException
 
 from sdapi.errors import (
     AuthenticationFailed,
+    IdempotencyKeyReused,
     InvalidParameter,
     QueueFull,
     RequestError,
@@ -36,6 +37,7 @@ STATUS_BY_ERROR: dict[type[SdapiError], int] = {
     AuthenticationFailed: 401,
     TaskNotFound: 404,
     TaskAlreadyFinished: 409,
+    IdempotencyKeyReused: 409,
     RequestTooLarge: 413,
     RequestValidationFailed: 422,
     QueueFull: 429,

@@ -67,14 +67,32 @@ class TaskController(Controller):
         before_request=strict_body(GenerationRequest),
         responses={
             400: ResponseSpec(ErrorResponse, description="请求参数错误"),
+            409: ResponseSpec(ErrorResponse, description="Idempotency-Key 已用于不同的请求"),
             413: ResponseSpec(ErrorResponse, description="请求体过大（上限见 limits.max_request_bytes）"),
             422: ResponseSpec(ValidationErrorResponse, description="参数验证失败"),
             429: ResponseSpec(ErrorResponse, description="任务队列已满，稍后重试（见 Retry-After）"),
             **_ERRORS,
         },
     )
-    async def generate(self, data: GenerationRequest, request: Request[Any, Any, Any]) -> GenerateResponse:
-        task = await _runtime(request.app.state).service.submit(data, _base_url(request), caller_of(request))
+    async def generate(
+        self,
+        data: GenerationRequest,
+        request: Request[Any, Any, Any],
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(
+                header="Idempotency-Key",
+                description=(
+                    "可选。同一 API Key 下，相同 Idempotency-Key 与相同请求体返回原任务（不重复生成）；"
+                    "请求体不同则 409。保留 api.idempotency_ttl_hours 小时"
+                ),
+                min_length=1,
+                max_length=255,
+            ),
+        ] = None,
+    ) -> GenerateResponse:
+        service = _runtime(request.app.state).service
+        task = await service.submit(data, _base_url(request), caller_of(request), idempotency_key)
         return GenerateResponse(task_id=task.id, status=task.status.value, message=TASK_CREATED_MESSAGE)
 
     @get(

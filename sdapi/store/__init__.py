@@ -50,6 +50,26 @@ class TaskRecord:
 
 
 @dataclass(frozen=True)
+class IdempotencyKey:
+    """A client's Idempotency-Key, scoped to its owner, with the fingerprint of the request it came with."""
+
+    owner: str
+    key: str
+    fingerprint: str
+    ttl_seconds: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What add_once did: admitted the new task, or found the key already used (by `existing_task_id`, for the
+    same request or not), or neither (the queue or the owner's limit is full)."""
+
+    admitted: bool
+    existing_task_id: str | None = None
+    same_request: bool = True
+
+
+@dataclass(frozen=True)
 class DeliveryClaim:
     """A delivery taken by one node for one attempt; `token` fences the write of its outcome."""
 
@@ -67,6 +87,17 @@ class TaskStore(Protocol):
         `owner_max_pending` of its owner's), in one atomic step across every node (no count-then-insert race);
         its init image bytes are kept apart from the task body. Return whether it was admitted. Workers are
         notified."""
+
+    async def add_once(
+        self,
+        task: Task,
+        init_image: bytes | None,
+        max_pending: int,
+        owner_max_pending: int | None,
+        idempotency: IdempotencyKey,
+    ) -> Admission:
+        """`add`, unless `idempotency.key` of this owner was used within its TTL: then nothing is added and the
+        task it made is named. The look-up and the insert are one atomic step."""
 
     async def get(self, task_id: str) -> Task:
         """The task with this id; raise TaskNotFound."""

@@ -25,7 +25,7 @@ import msgspec
 from sdapi.deliveries import Delivery, DeliveryStatus
 from sdapi.errors import TaskNotFound
 from sdapi.nodes import NodeInfo
-from sdapi.store import DeliveryClaim, Lease, TaskRecord
+from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, TaskRecord
 from sdapi.tasks import Progress, Task, TaskStatus
 
 _encoder = msgspec.json.Encoder()
@@ -139,34 +139,74 @@ class SqlTaskStore:
         self, task: Task, init_image: bytes | None, max_pending: int, owner_max_pending: int | None = None
     ) -> bool:
         async with self._db.session(write=True) as session:
+            return await self._admit(session, task, init_image, max_pending, owner_max_pending)
+
+    async def add_once(
+        self,
+        task: Task,
+        init_image: bytes | None,
+        max_pending: int,
+        owner_max_pending: int | None,
+        idempotency: IdempotencyKey,
+    ) -> Admission:
+        now = self._dialect.now
+        async with self._db.session(write=True) as session:
             if self._dialect.admission_lock:
                 await session.execute(self._dialect.admission_lock)
-            # Counted and inserted inside one serialised transaction: no other admission runs in between.
-            row = await session.fetchone("SELECT COUNT(*) FROM tasks WHERE status = 'pending'")
-            if row is not None and int(row[0]) >= max_pending:
-                return False
-            if owner_max_pending is not None:
-                row = await session.fetchone(
-                    "SELECT COUNT(*) FROM tasks WHERE status = 'pending' AND owner = %s", (task.owner,)
-                )
-                if row is not None and int(row[0]) >= owner_max_pending:
-                    return False
-            await session.execute(
-                "INSERT INTO tasks (id, status, attempts, updated_at, body, init_image, owner, cost) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    task.id,
-                    task.status.value,
-                    task.attempts,
-                    task.updated_at.timestamp(),
-                    _encoder.encode(task),
-                    init_image,
-                    task.owner,
-                    task.params.work,
-                ),
+            row = await session.fetchone(
+                f"SELECT task_id, fingerprint FROM idempotency WHERE owner = %s AND key = %s AND expires_at > {now}",
+                (idempotency.owner, idempotency.key),
             )
-            if self._dialect.notify_task:
-                await session.execute(self._dialect.notify_task)
+            if row is not None:
+                return Admission(False, existing_task_id=str(row[0]), same_request=row[1] == idempotency.fingerprint)
+            if not await self._admit(session, task, init_image, max_pending, owner_max_pending, locked=True):
+                return Admission(False)
+            await session.execute(
+                "INSERT INTO idempotency (owner, key, fingerprint, task_id, expires_at) "
+                f"VALUES (%s, %s, %s, %s, {now} + %s) ON CONFLICT (owner, key) DO UPDATE SET "
+                "fingerprint = excluded.fingerprint, task_id = excluded.task_id, expires_at = excluded.expires_at",
+                (idempotency.owner, idempotency.key, idempotency.fingerprint, task.id, idempotency.ttl_seconds),
+            )
+        return Admission(True)
+
+    async def _admit(
+        self,
+        session: Session,
+        task: Task,
+        init_image: bytes | None,
+        max_pending: int,
+        owner_max_pending: int | None,
+        *,
+        locked: bool = False,
+    ) -> bool:
+        """Count and insert inside one serialised transaction: no other admission runs in between."""
+        if self._dialect.admission_lock and not locked:
+            await session.execute(self._dialect.admission_lock)
+        row = await session.fetchone("SELECT COUNT(*) FROM tasks WHERE status = 'pending'")
+        if row is not None and int(row[0]) >= max_pending:
+            return False
+        if owner_max_pending is not None:
+            row = await session.fetchone(
+                "SELECT COUNT(*) FROM tasks WHERE status = 'pending' AND owner = %s", (task.owner,)
+            )
+            if row is not None and int(row[0]) >= owner_max_pending:
+                return False
+        await session.execute(
+            "INSERT INTO tasks (id, status, attempts, updated_at, body, init_image, owner, cost) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                task.id,
+                task.status.value,
+                task.attempts,
+                task.updated_at.timestamp(),
+                _encoder.encode(task),
+                init_image,
+                task.owner,
+                task.params.work,
+            ),
+        )
+        if self._dialect.notify_task:
+            await session.execute(self._dialect.notify_task)
         return True
 
     async def get(self, task_id: str) -> Task:

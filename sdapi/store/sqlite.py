@@ -73,6 +73,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN owner TEXT",
         "ALTER TABLE tasks ADD COLUMN cost REAL NOT NULL DEFAULT 0",
         "CREATE INDEX tasks_by_owner ON tasks (owner, seq)",
+        "CREATE TABLE idempotency (owner TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+        "task_id TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (owner, key))",
         "CREATE TABLE throughput (engine TEXT PRIMARY KEY, seconds_per_work REAL NOT NULL, samples INTEGER NOT NULL)",
     ),
 )

@@ -222,3 +222,25 @@ def test_queue_positions_fall_as_the_queue_drains_and_estimates_appear_after_a_m
             time.sleep(0.05)
         assert positions == sorted(positions, reverse=True) and positions[0] == 2 and positions[-1] <= 1
         assert body["queue_position"] is None and body["estimated_start_at"] is None
+
+
+# -- idempotent submits ------------------------------------------------------------------------------------------
+
+
+def test_an_idempotent_retry_returns_the_original_task_and_a_different_body_is_refused(tenants):
+    body = {"prompt": "exactly once", "seed": 5, "num_inference_steps": 2}
+    with tenants.client(ALICE) as alice, tenants.client(ADMIN) as admin:
+        headers = {"Idempotency-Key": "order-1234"}
+        first = alice.post("/api/v1/generate", json=body, headers=headers)
+        retry = alice.post("/api/v1/generate", json=dict(reversed(body.items())), headers=headers)  # same request
+        assert first.status_code == retry.status_code == 200
+        assert retry.json()["task_id"] == first.json()["task_id"]
+        changed = alice.post("/api/v1/generate", json={**body, "seed": 6}, headers=headers)
+        assert changed.status_code == 409 and "Idempotency-Key" in changed.json()["detail"]
+        # Keys are scoped per API key: the same header from another key is another request.
+        other = admin.post("/api/v1/generate", json=body, headers=headers)
+        assert other.status_code == 200 and other.json()["task_id"] != first.json()["task_id"]
+        listed = [t["task_id"] for t in alice.get("/api/v1/tasks?limit=100").json()["tasks"]]
+        assert listed.count(first.json()["task_id"]) == 1
+        assert wait_for_task(alice, first.json()["task_id"])["status"] == "completed"
+        assert alice.post("/api/v1/generate", json=body, headers={"Idempotency-Key": ""}).status_code == 400

@@ -18,7 +18,7 @@ from sdapi import tasks
 from sdapi.deliveries import DeliveryStatus, after_attempt, new_delivery
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.nodes import NodeInfo, Role
-from sdapi.store import Lease, Stores
+from sdapi.store import IdempotencyKey, Lease, Stores
 from sdapi.store.postgres import open_postgres
 from sdapi.store.sqlite import open_sqlite
 from sdapi.tasks import Progress, Task, TaskStatus
@@ -340,5 +340,25 @@ def test_a_pending_task_is_cancelled_once_with_its_delivery(open_stores):
             assert stored_delivery == delivery
             assert await stores.init_images.get(task.id) is None
             assert await stores.tasks.claim("w", 30) is None  # nothing left to run
+
+    run(scenario)
+
+
+def test_an_idempotency_key_admits_once_across_nodes_and_expires(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as a, opened(open_stores) as b:
+            key = IdempotencyKey(owner="alice", key="k-1", fingerprint="f1", ttl_seconds=0.5)
+            candidates = [new_task() for _ in range(6)]
+            results = await asyncio.gather(
+                *((a if n % 2 else b).tasks.add_once(task, None, 100, None, key) for n, task in enumerate(candidates))
+            )
+            admitted = [task for task, result in zip(candidates, results, strict=True) if result.admitted]
+            assert len(admitted) == 1
+            assert {result.existing_task_id for result in results if not result.admitted} == {admitted[0].id}
+            other = await a.tasks.add_once(new_task(), None, 100, None, IdempotencyKey("alice", "k-1", "f2", 0.5))
+            assert not other.admitted and not other.same_request
+            assert (await a.tasks.add_once(new_task(), None, 100, None, IdempotencyKey("bob", "k-1", "f1", 9))).admitted
+            await asyncio.sleep(0.7)
+            assert (await b.tasks.add_once(new_task(), None, 100, None, key)).admitted  # expired: a new request
 
     run(scenario)
