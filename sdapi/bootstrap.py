@@ -40,6 +40,7 @@ from sdapi.storage.local import LocalImageStorage
 from sdapi.storage.minio import MinioImageStorage
 from sdapi.store import Stores
 from sdapi.tasks import TaskStatus
+from sdapi.watch import TaskWatch
 from sdapi.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ class Runtime:
             if self.callbacks is not None:
                 await self.callbacks.stop()
             await self.stores.feed.stop()
+            await self.service.stop()
             await self.reaper.stop()
             await self.heartbeat.stop()
         await self.stores.database.close()
@@ -285,6 +287,7 @@ def build_runtime(
     )
     wake_sender: Callable[[], None] = callbacks.wake if callbacks is not None else lambda: None
     heartbeat = Heartbeat(stores.nodes, config.queue.lease_seconds)
+    watch = TaskWatch(stores.tasks)
     worker = None
     if chosen_engine is not None:
         engine_for_library = chosen_engine
@@ -303,6 +306,7 @@ def build_runtime(
             worker_id=node_id,
             on_delivery=wake_sender,
             on_model_loaded=model_loaded,
+            on_change=watch.changed,
         )
     wake_worker: Callable[[], None] = worker.wake if worker is not None else lambda: None
     reaper = Reaper(
@@ -323,6 +327,7 @@ def build_runtime(
         library,
         chosen_engine.check if chosen_engine is not None else _no_engine_check,
         StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds),
+        watch,
         resolver,
     )
     return Runtime(

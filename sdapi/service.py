@@ -7,7 +7,7 @@ import base64
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +29,7 @@ from sdapi.results import public_base_url, result_urls
 from sdapi.storage import ImageStorage
 from sdapi.store import IdempotencyKey, TaskRecord, TaskStore
 from sdapi.tasks import Task, TaskStatus, create
+from sdapi.watch import TaskWatch
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ QUEUE_FULL_MESSAGE = "任务队列已满，请稍后重试"
 NOT_FOUND = "任务不存在"
 # Most tasks on one page of GET /api/v1/tasks.
 MAX_PAGE = 100
+# An event stream with nothing to say sends a keep-alive this often (proxies close silent connections).
+EVENT_KEEPALIVE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class TaskService:
         library: LoraLibrary,
         check_engine: Callable[[GenerationParams], None],
         estimator: StartEstimator,
+        watch: TaskWatch,
         resolver: Resolver = system_resolver,
     ) -> None:
         self._config = config
@@ -107,6 +111,7 @@ class TaskService:
         self._library = library
         self._check_engine = check_engine
         self._estimator = estimator
+        self._watch = watch
         self._resolver = resolver
         self._rates = RateLimiter()
 
@@ -194,6 +199,38 @@ class TaskService:
         if not caller.sees(record.task.owner):
             raise TaskNotFound(NOT_FOUND)
         return await self._view(record, request_base_url)
+
+    async def wait(
+        self, task_id: str, seconds: float, request_base_url: str | None, caller: Caller = SERVICE
+    ) -> TaskView:
+        """`get`, once the task has ended or `seconds` have passed, whichever is first."""
+        view = await self.get(task_id, request_base_url, caller)
+        deadline = time.monotonic() + seconds
+        while not view.task.status.is_terminal and (left := deadline - time.monotonic()) > 0:
+            if await self._watch.next_change(task_id, left):
+                view = await self.get(task_id, request_base_url, caller)
+        return view
+
+    async def events(
+        self, task_id: str, request_base_url: str | None, caller: Caller = SERVICE
+    ) -> AsyncIterator[tuple[str, TaskView]]:
+        """The task's changes as (event, view): "status" first and whenever the status changes, "progress" when
+        only the progress moved, and a final "done" once it has ended. Raise TaskNotFound before the first."""
+        view = await self.get(task_id, request_base_url, caller)
+        yield "status", view
+        while not view.task.status.is_terminal:
+            if not await self._watch.next_change(task_id, EVENT_KEEPALIVE_SECONDS):
+                yield "keepalive", view
+                continue
+            previous, view = view, await self.get(task_id, request_base_url, caller)
+            if view.task.status is not previous.task.status:
+                yield "status", view
+            elif view.task.progress != previous.task.progress:
+                yield "progress", view
+        yield "done", view
+
+    async def stop(self) -> None:
+        await self._watch.stop()
 
     async def list(
         self,

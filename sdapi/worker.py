@@ -89,6 +89,7 @@ class Worker:
         worker_id: str,
         on_delivery: Callable[[], None] = lambda: None,
         on_model_loaded: Callable[[], None] = lambda: None,
+        on_change: Callable[[str], None] = lambda task_id: None,
     ) -> None:
         self._config = config
         self._tasks = task_store
@@ -100,6 +101,8 @@ class Worker:
         self._lease_seconds = config.queue.lease_seconds
         self._on_delivery = on_delivery
         self._on_model_loaded = on_model_loaded
+        # Told the id of a task whose progress or outcome this worker just wrote (wakes this process's waiters).
+        self._on_change = on_change
         self._wakeup = Wakeup()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -231,6 +234,7 @@ class Worker:
             try:
                 if await self._tasks.report(lease, run.progress):
                     run.cancel.set()
+                self._on_change(lease.task.id)
             except SdapiError as error:  # progress is best effort; the lease keeper owns the task's fate
                 logger.error("task %s: reporting progress failed: %s", lease.task.id, error.message)
 
@@ -301,8 +305,10 @@ class Worker:
         in the same write. False: the lease was lost, nothing was written."""
         delivery = delivery_for(task, time.time())
         written = await self._tasks.settle(lease, task, delivery)
-        if written and delivery is not None:
-            self._on_delivery()
+        if written:
+            self._on_change(task.id)
+            if delivery is not None:
+                self._on_delivery()
         return written
 
     async def _settle_until_written(self, lease: Lease, task: Task) -> bool:

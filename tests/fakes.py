@@ -127,6 +127,10 @@ class MemoryTaskStore:
         ]
         return chosen[:limit]
 
+    async def states(self, task_ids: list[str]) -> dict[str, str]:
+        self.db.touch()
+        return {task_id: repr(self.db.tasks[task_id]) for task_id in task_ids if task_id in self.db.tasks}
+
     async def count(self, status: TaskStatus, owner: str | None = None) -> int:
         self.db.touch()
         return sum(t.status is status and (owner is None or t.owner == owner) for t in self.db.tasks.values())

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
-from litestar.response import File
+from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
 from sdapi.api.auth import caller_of
 from sdapi.api.schemas import (
@@ -101,9 +103,44 @@ class TaskController(Controller):
         description="查询图片生成任务的状态和结果。",
         responses={404: ResponseSpec(ErrorResponse, description="任务不存在"), **_ERRORS},
     )
-    async def get_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
+    async def get_task(
+        self,
+        task_id: str,
+        request: Request[Any, Any, Any],
+        wait: Annotated[
+            float | None,
+            Parameter(description="可选：最多等待的秒数（0–60）。任务结束或时间到时再返回，省去频繁轮询", ge=0, le=60),
+        ] = None,
+    ) -> TaskResponse:
         service = _runtime(request.app.state).service
+        if wait:
+            return task_response(await service.wait(task_id, wait, _base_url(request), caller_of(request)))
         return task_response(await service.get(task_id, _base_url(request), caller_of(request)))
+
+    @get(
+        "/tasks/{task_id:str}/events",
+        summary="任务事件流（SSE）",
+        description=(
+            "Server-Sent Events：先发一个 status 事件（完整任务体），之后状态变化时发 status、进度变化时发 progress，"
+            "任务结束时发最后一个 done 事件后关闭连接。无变化时每 15 秒发一条注释保持连接。"
+        ),
+        responses={404: ResponseSpec(ErrorResponse, description="任务不存在"), **_ERRORS},
+    )
+    async def task_events(self, task_id: str, request: Request[Any, Any, Any]) -> ServerSentEvent:
+        service = _runtime(request.app.state).service
+        caller, base_url = caller_of(request), _base_url(request)
+        await service.get(task_id, base_url, caller)  # a 404 before the stream starts
+
+        async def stream() -> AsyncIterator[ServerSentEventMessage]:
+            async for event, view in service.events(task_id, base_url, caller):
+                if event == "keepalive":
+                    yield ServerSentEventMessage(comment="keep-alive")
+                    continue
+                body = task_response(view)
+                data = body.progress if event == "progress" else body
+                yield ServerSentEventMessage(event=event, data=msgspec.json.encode(data).decode())
+
+        return ServerSentEvent(stream())
 
     @get(
         "/tasks",

@@ -112,6 +112,9 @@ class TaskStore(Protocol):
         """Up to `limit` tasks, newest first, older than `before_seq` when given, of `owner` and `status` when
         given."""
 
+    async def states(self, task_ids: list[str]) -> dict[str, str]:
+        """A token per task that changes whenever its status, progress or anything else written changes."""
+
     async def count(self, status: TaskStatus, owner: str | None = None) -> int:
         """How many tasks have `status` (of `owner`, when given)."""
 

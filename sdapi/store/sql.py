@@ -240,6 +240,16 @@ class SqlTaskStore:
             rows = await session.fetchall(f"{_RECORD_SELECT}{where} ORDER BY t.seq DESC LIMIT %s", (*params, limit))
         return [_record(row) for row in rows]
 
+    async def states(self, task_ids: list[str]) -> dict[str, str]:
+        if not task_ids:
+            return {}
+        marks = ", ".join(["%s"] * len(task_ids))
+        async with self._db.session(write=False) as session:
+            rows = await session.fetchall(
+                f"SELECT id, status, updated_at, progress FROM tasks WHERE id IN ({marks})", tuple(task_ids)
+            )
+        return {str(row[0]): f"{row[1]}|{row[2]}|{'' if row[3] is None else bytes(row[3]).hex()}" for row in rows}
+
     async def count(self, status: TaskStatus, owner: str | None = None) -> int:
         async with self._db.session(write=False) as session:
             if owner is None:

@@ -244,3 +244,44 @@ def test_an_idempotent_retry_returns_the_original_task_and_a_different_body_is_r
         assert listed.count(first.json()["task_id"]) == 1
         assert wait_for_task(alice, first.json()["task_id"])["status"] == "completed"
         assert alice.post("/api/v1/generate", json=body, headers={"Idempotency-Key": ""}).status_code == 400
+
+
+# -- waiting: long-poll and events -------------------------------------------------------------------------------
+
+
+def test_wait_returns_as_soon_as_the_task_ends_or_when_the_time_is_up(service):
+    with service.client() as client:
+        task_id = submit(client, prompt="waited for", num_inference_steps=30)
+        started = time.monotonic()
+        body = client.get(f"/api/v1/tasks/{task_id}?wait=30").json()
+        assert body["status"] == "completed" and time.monotonic() - started < 25
+        long_task = submit(client, **LONG)
+        started = time.monotonic()
+        body = client.get(f"/api/v1/tasks/{long_task}?wait=0.5").json()
+        assert body["status"] in ("pending", "processing") and 0.4 < time.monotonic() - started < 5
+        assert client.get(f"/api/v1/tasks/{long_task}?wait=61").status_code == 400
+        assert client.post(f"/api/v1/tasks/{long_task}/cancel").status_code == 200
+        assert client.get(f"/api/v1/tasks/{long_task}?wait=30").json()["error_code"] == "cancelled"
+
+
+def test_the_event_stream_reports_status_and_progress_then_ends(service):
+    with service.client() as client:
+        task_id = submit(client, **{**LONG, "num_inference_steps": 60})
+        events = []
+        with client.stream("GET", f"/api/v1/tasks/{task_id}/events", timeout=120) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    events.append((event, json.loads(line.removeprefix("data: "))))
+        names = [name for name, _ in events]
+        assert names[0] == "status" and names[-1] == "done" and "progress" in names, names
+        steps = [data["step"] for name, data in events if name == "progress"]
+        assert steps == sorted(steps)
+        final = events[-1][1]
+        assert final["task_id"] == task_id and final["status"] == "completed"
+        assert client.get(f"/api/v1/tasks/{task_id}/events").status_code == 200  # an ended task: status, done
+        assert client.get("/api/v1/tasks/no-such-task/events").status_code == 404
