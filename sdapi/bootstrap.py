@@ -319,6 +319,7 @@ def build_runtime(
     service = TaskService(
         config,
         stores.tasks,
+        stores.init_images,
         storage,
         wake_worker,
         wake_sender,

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 import msgspec
 
@@ -27,7 +28,7 @@ from sdapi.quotas import RateLimiter
 from sdapi.request import GenerationRequest
 from sdapi.results import public_base_url, result_urls
 from sdapi.storage import ImageStorage
-from sdapi.store import IdempotencyKey, TaskRecord, TaskStore
+from sdapi.store import IdempotencyKey, InitImageStore, TaskRecord, TaskStore
 from sdapi.tasks import Task, TaskStatus, create
 from sdapi.watch import TaskWatch
 
@@ -90,6 +91,7 @@ class TaskService:
         self,
         config: Config,
         task_store: TaskStore,
+        init_images: InitImageStore,
         storage: ImageStorage,
         wake_worker: Callable[[], None],
         wake_sender: Callable[[], None],
@@ -103,6 +105,7 @@ class TaskService:
     ) -> None:
         self._config = config
         self._tasks = task_store
+        self._init_images = init_images
         self._storage = storage
         self._wake_worker = wake_worker
         self._wake_sender = wake_sender
@@ -127,14 +130,7 @@ class TaskService:
 
         With an `idempotency_key` this caller already used (within api.idempotency_ttl_hours) for the same request,
         nothing is added and the task it made is returned; for a different request, IdempotencyKeyReused."""
-        if caller.requests_per_minute is not None:
-            wait = self._rates.admit(caller.name, caller.requests_per_minute)
-            if wait is not None:
-                raise QueueFull(
-                    f"请求过于频繁：此 API Key 每分钟最多提交 {caller.requests_per_minute} 个任务"
-                    "（api.keys[].requests_per_minute）",
-                    retry_after=wait,
-                )
+        self._check_rate(caller)
         init_bytes: bytes | None = None
         init_info: InitImageInfo | None = None
         if request.init_image is not None:
@@ -171,15 +167,55 @@ class TaskService:
         else:
             admitted = await self._tasks.add(task, init_bytes, *limits)
         if not admitted:
-            retry_after = self._config.queue.retry_after_seconds
-            if caller.max_pending is not None and (
-                await self._tasks.count(TaskStatus.PENDING, caller.name) >= caller.max_pending
-            ):
-                raise QueueFull(
-                    f"此 API Key 排队中的任务已达上限 {caller.max_pending} 个（api.keys[].max_pending），请稍后重试",
-                    retry_after=retry_after,
+            await self._refuse(caller)
+        self._created(task)
+        return task
+
+    async def rerun(self, task_id: str, base_url: str | None, caller: Caller = SERVICE) -> Task:
+        """A new task with exactly the parameters and seeds of `task_id` (so, on the same model and engine, the
+        same pixels), owned by `caller`. An image-to-image task can run again only while its init image is kept
+        (until it ends)."""
+        self._check_rate(caller)
+        original = await self._tasks.get(task_id)
+        if not caller.sees(original.owner):
+            raise TaskNotFound(NOT_FOUND)
+        init_bytes = None
+        if original.params.is_image_to_image:
+            init_bytes = await self._init_images.get(task_id)
+            if init_bytes is None:
+                raise InvalidParameter(
+                    "task_id", "图生图任务结束后不保留 init_image，无法重新运行：请用原图重新提交 POST /api/v1/generate"
                 )
-            raise QueueFull(QUEUE_FULL_MESSAGE, retry_after=retry_after)
+        task = create(original.params, base_url=base_url, owner=caller.name)
+        if not await self._tasks.add(task, init_bytes, self._config.queue.max_pending, caller.max_pending):
+            await self._refuse(caller)
+        self._created(task)
+        return task
+
+    def _check_rate(self, caller: Caller) -> None:
+        if caller.requests_per_minute is not None:
+            wait = self._rates.admit(caller.name, caller.requests_per_minute)
+            if wait is not None:
+                raise QueueFull(
+                    f"请求过于频繁：此 API Key 每分钟最多提交 {caller.requests_per_minute} 个任务"
+                    "（api.keys[].requests_per_minute）",
+                    retry_after=wait,
+                )
+
+    async def _refuse(self, caller: Caller) -> NoReturn:
+        """Raise the QueueFull of a refused admission, naming the limit that was reached."""
+        retry_after = self._config.queue.retry_after_seconds
+        if caller.max_pending is not None and (
+            await self._tasks.count(TaskStatus.PENDING, caller.name) >= caller.max_pending
+        ):
+            raise QueueFull(
+                f"此 API Key 排队中的任务已达上限 {caller.max_pending} 个（api.keys[].max_pending），请稍后重试",
+                retry_after=retry_after,
+            )
+        raise QueueFull(QUEUE_FULL_MESSAGE, retry_after=retry_after)
+
+    def _created(self, task: Task) -> None:
+        params = task.params
         logger.info(
             "task %s created: %s %dx%d x%d, %d steps",
             task.id,
@@ -190,7 +226,6 @@ class TaskService:
             params.num_inference_steps,
         )
         self._wake_worker()
-        return task
 
     async def get(self, task_id: str, request_base_url: str | None, caller: Caller = SERVICE) -> TaskView:
         """The task with this id as `caller` sees it from `request_base_url`; raise TaskNotFound (also for a task

@@ -185,6 +185,25 @@ class TaskController(Controller):
         service = _runtime(request.app.state).service
         return task_response(await service.cancel(task_id, _base_url(request), caller_of(request)))
 
+    @post(
+        "/tasks/{task_id:str}/rerun",
+        summary="重新运行任务",
+        description=(
+            "以完全相同的参数与种子创建一个新任务（同一模型与引擎下图片逐像素相同），返回新任务ID。"
+            "图生图任务结束后不保留 init_image，只能在结束前重新运行。"
+        ),
+        status_code=200,
+        responses={
+            400: ResponseSpec(ErrorResponse, description="无法重新运行（已结束的图生图任务）"),
+            404: ResponseSpec(ErrorResponse, description="任务不存在"),
+            429: ResponseSpec(ErrorResponse, description="任务队列已满，稍后重试（见 Retry-After）"),
+            **_ERRORS,
+        },
+    )
+    async def rerun_task(self, task_id: str, request: Request[Any, Any, Any]) -> GenerateResponse:
+        task = await _runtime(request.app.state).service.rerun(task_id, _base_url(request), caller_of(request))
+        return GenerateResponse(task_id=task.id, status=task.status.value, message=TASK_CREATED_MESSAGE)
+
     @delete(
         "/tasks/{task_id:str}",
         summary="取消任务（POST /tasks/{task_id}/cancel 的别名）",

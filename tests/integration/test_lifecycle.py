@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from sdapi.testing.adapter_files import model_modules, write_adapter
-from sdapi.testing.services import generate, in_process, submit, wait_for_task
+from sdapi.testing.services import (
+    data_url,
+    fetch_pixels,
+    generate,
+    gradient_image,
+    in_process,
+    submit,
+    wait_for_task,
+)
 from tests.receivers import CallbackReceiver
 
 # Seconds on this machine: long enough to cancel mid-run and to queue a second task behind it.
@@ -285,3 +294,26 @@ def test_the_event_stream_reports_status_and_progress_then_ends(service):
         assert final["task_id"] == task_id and final["status"] == "completed"
         assert client.get(f"/api/v1/tasks/{task_id}/events").status_code == 200  # an ended task: status, done
         assert client.get("/api/v1/tasks/no-such-task/events").status_code == 404
+
+
+# -- rerun -----------------------------------------------------------------------------------------------------
+
+
+def test_a_rerun_makes_the_same_pixels_under_a_new_task(service):
+    with service.client() as client:
+        original = generate(client, prompt="once more", num_images=2, num_inference_steps=6)
+        answer = client.post(f"/api/v1/tasks/{original['task_id']}/rerun")
+        assert answer.status_code == 200 and answer.json()["task_id"] != original["task_id"]
+        again = wait_for_task(client, answer.json()["task_id"])
+        assert again["status"] == "completed" and again["seed"] == original["seed"]
+        for before, after in zip(original["result_urls"], again["result_urls"], strict=True):
+            assert before != after
+            assert np.array_equal(fetch_pixels(before), fetch_pixels(after))
+        assert client.post("/api/v1/tasks/no-such-task/rerun").status_code == 404
+
+
+def test_an_ended_image_to_image_task_cannot_rerun(service):
+    with service.client() as client:
+        done = generate(client, prompt="from a picture", init_image=data_url(gradient_image(64, 64)), strength=0.5)
+        refused = client.post(f"/api/v1/tasks/{done['task_id']}/rerun")
+        assert refused.status_code == 400 and "init_image" in refused.json()["detail"]
