@@ -320,6 +320,7 @@ def build_runtime(
         config,
         stores.tasks,
         stores.init_images,
+        stores.outbox,
         storage,
         wake_worker,
         wake_sender,

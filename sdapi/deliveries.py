@@ -17,6 +17,20 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One POST of a delivery, for the delivery log."""
+
+    at: float  # unix time
+    webhook_id: str
+    http_status: int | None = None  # the receiver's answer, when it answered
+    error: str | None = None  # why it did not count as delivered
+    duration_ms: float | None = None
+
+
+# Attempts kept in a delivery's log (the oldest go first).
+MAX_LOGGED_ATTEMPTS = 50
+
+
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     """One callback POST for one finished task, retried under one id until delivered or given up."""
 
@@ -27,10 +41,18 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     next_attempt_at: float = 0.0  # unix time
     last_error: str | None = None
+    # Every attempt, across redeliveries (each redelivery has a new id; see AttemptRecord.webhook_id).
+    log: tuple[AttemptRecord, ...] = ()
 
 
 def new_delivery(task_id: str, url: str, now: float) -> Delivery:
     return Delivery(id=f"msg_{uuid.uuid4().hex}", task_id=task_id, url=url, next_attempt_at=now)
+
+
+def redelivery(previous: Delivery, now: float) -> Delivery:
+    """The final event sent again on request: a new delivery (a new webhook-id, since receivers deduplicate on it),
+    keeping the earlier attempts in its log."""
+    return msgspec.structs.replace(new_delivery(previous.task_id, previous.url, now), log=previous.log)
 
 
 def delivery_for(task: Task, now: float) -> Delivery | None:
@@ -56,9 +78,15 @@ def after_attempt(
     max_attempts: int,
     backoff_base: float,
     rng: random.Random | None = None,
+    http_status: int | None = None,
+    duration_ms: float | None = None,
 ) -> Delivery:
-    """The delivery after one more try: delivered, rescheduled, or failed for good."""
+    """The delivery after one more try: delivered, rescheduled, or failed for good; the try is logged."""
     attempts = delivery.attempts + 1
+    record = AttemptRecord(
+        at=now, webhook_id=delivery.id, http_status=http_status, error=error, duration_ms=duration_ms
+    )
+    delivery = msgspec.structs.replace(delivery, log=(*delivery.log, record)[-MAX_LOGGED_ATTEMPTS:])
     if delivered:
         return msgspec.structs.replace(delivery, status=DeliveryStatus.DELIVERED, attempts=attempts, last_error=None)
     if retryable and attempts < max_attempts:

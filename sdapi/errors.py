@@ -7,6 +7,8 @@ SdapiError
 │   ├── TaskNotFound                404
 │   ├── TaskAlreadyFinished         409  cancelling a task that already ended
 │   ├── IdempotencyKeyReused        409  an Idempotency-Key sent again with a different body
+│   ├── NoCallback                  404  the delivery log of a task without a callback
+│   ├── DeliveryInProgress          409  a redelivery while the callback is still being delivered
 │   ├── RequestTooLarge             413
 │   ├── RequestValidationFailed     422  the body does not match the schema
 │   └── QueueFull                   429  with Retry-After
@@ -79,6 +81,14 @@ class TaskAlreadyFinished(RequestError):
 
 class IdempotencyKeyReused(RequestError):
     """An Idempotency-Key already used for a different request (409)."""
+
+
+class NoCallback(RequestError):
+    """The task has no callback delivery (no callback_url, or not ended yet): 404."""
+
+
+class DeliveryInProgress(RequestError):
+    """A redelivery was asked for while the callback is still being delivered (409)."""
 
 
 class InvalidParameter(RequestError):

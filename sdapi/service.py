@@ -18,8 +18,16 @@ from sdapi import tasks
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target, system_resolver
 from sdapi.callers import SERVICE, Caller
 from sdapi.config import Config
-from sdapi.deliveries import Delivery, delivery_for
-from sdapi.errors import IdempotencyKeyReused, InvalidParameter, QueueFull, TaskAlreadyFinished, TaskNotFound
+from sdapi.deliveries import Delivery, delivery_for, redelivery
+from sdapi.errors import (
+    DeliveryInProgress,
+    IdempotencyKeyReused,
+    InvalidParameter,
+    NoCallback,
+    QueueFull,
+    TaskAlreadyFinished,
+    TaskNotFound,
+)
 from sdapi.estimates import StartEstimator
 from sdapi.images import decode_init_image
 from sdapi.loras.library import LoraLibrary
@@ -28,7 +36,7 @@ from sdapi.quotas import RateLimiter
 from sdapi.request import GenerationRequest
 from sdapi.results import public_base_url, result_urls
 from sdapi.storage import ImageStorage
-from sdapi.store import IdempotencyKey, InitImageStore, TaskRecord, TaskStore
+from sdapi.store import CallbackOutbox, IdempotencyKey, InitImageStore, TaskRecord, TaskStore
 from sdapi.tasks import Task, TaskStatus, create
 from sdapi.watch import TaskWatch
 
@@ -92,6 +100,7 @@ class TaskService:
         config: Config,
         task_store: TaskStore,
         init_images: InitImageStore,
+        outbox: CallbackOutbox,
         storage: ImageStorage,
         wake_worker: Callable[[], None],
         wake_sender: Callable[[], None],
@@ -106,6 +115,7 @@ class TaskService:
         self._config = config
         self._tasks = task_store
         self._init_images = init_images
+        self._outbox = outbox
         self._storage = storage
         self._wake_worker = wake_worker
         self._wake_sender = wake_sender
@@ -266,6 +276,30 @@ class TaskService:
 
     async def stop(self) -> None:
         await self._watch.stop()
+
+    async def callback_log(self, task_id: str, caller: Caller = SERVICE) -> Delivery:
+        """The task's callback delivery, with every attempt; raise TaskNotFound, or NoCallback."""
+        view = await self.get(task_id, None, caller)
+        if view.delivery is None:
+            raise NoCallback(self._no_callback_message(view.task))
+        return view.delivery
+
+    async def redeliver(self, task_id: str, caller: Caller = SERVICE) -> Delivery:
+        """Send an ended task's callback again, as a new delivery (a new webhook-id); raise TaskNotFound,
+        NoCallback, or DeliveryInProgress while the current delivery is still being tried."""
+        previous = await self.callback_log(task_id, caller)
+        delivery = redelivery(previous, time.time())
+        if not await self._outbox.redeliver(previous, delivery):
+            raise DeliveryInProgress("回调仍在投递中（pending），无需重新发送：请等它结束后再试")
+        logger.info("task %s: callback redelivery requested as %s", task_id, delivery.id)
+        self._wake_sender()
+        return delivery
+
+    @staticmethod
+    def _no_callback_message(task: Task) -> str:
+        if task.params.callback_url is None:
+            return "该任务没有 callback_url，没有回调"
+        return "任务尚未结束，还没有回调"
 
     async def list(
         self,

@@ -234,6 +234,15 @@ class MemoryOutbox:
         self.db.touch()
         return next((d for d in self.db.deliveries.values() if d.task_id == task_id), None)
 
+    async def redeliver(self, previous: Delivery, delivery: Delivery) -> bool:
+        self.db.touch()
+        stored = self.db.deliveries.get(previous.id)
+        if stored is None or stored.status is DeliveryStatus.PENDING:
+            return False
+        del self.db.deliveries[previous.id]
+        self.db.deliveries[delivery.id] = delivery
+        return True
+
     async def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[DeliveryClaim]:
         self.db.touch()
         clock = time.time()

@@ -10,8 +10,10 @@ from litestar.exceptions import HTTPException
 
 from sdapi.errors import (
     AuthenticationFailed,
+    DeliveryInProgress,
     IdempotencyKeyReused,
     InvalidParameter,
+    NoCallback,
     QueueFull,
     RequestError,
     RequestTooLarge,
@@ -38,6 +40,8 @@ STATUS_BY_ERROR: dict[type[SdapiError], int] = {
     TaskNotFound: 404,
     TaskAlreadyFinished: 409,
     IdempotencyKeyReused: 409,
+    NoCallback: 404,
+    DeliveryInProgress: 409,
     RequestTooLarge: 413,
     RequestValidationFailed: 422,
     QueueFull: 429,

@@ -17,6 +17,7 @@ from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from sdapi.api.auth import caller_of
 from sdapi.api.schemas import (
     TASK_CREATED_MESSAGE,
+    CallbackLogResponse,
     ErrorResponse,
     GenerateResponse,
     HealthResponse,
@@ -24,6 +25,7 @@ from sdapi.api.schemas import (
     TaskListResponse,
     TaskResponse,
     ValidationErrorResponse,
+    callback_log_response,
     health_response,
     task_response,
 )
@@ -184,6 +186,34 @@ class TaskController(Controller):
     async def cancel_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
         service = _runtime(request.app.state).service
         return task_response(await service.cancel(task_id, _base_url(request), caller_of(request)))
+
+    @get(
+        "/tasks/{task_id:str}/callback",
+        summary="回调投递记录",
+        description="任务回调的投递状态与每一次尝试（时间、HTTP 状态或错误、耗时）。",
+        responses={404: ResponseSpec(ErrorResponse, description="任务不存在，或任务没有回调"), **_ERRORS},
+    )
+    async def callback_log(self, task_id: str, request: Request[Any, Any, Any]) -> CallbackLogResponse:
+        service = _runtime(request.app.state).service
+        return callback_log_response(await service.callback_log(task_id, caller_of(request)))
+
+    @post(
+        "/tasks/{task_id:str}/callback/redeliver",
+        summary="重新发送回调",
+        description=(
+            "再次发送已结束任务的最终回调（相同的请求体，新的 webhook-id，因为这是一次新的投递），"
+            "供丢失了回调的接收方使用。"
+        ),
+        status_code=200,
+        responses={
+            404: ResponseSpec(ErrorResponse, description="任务不存在，或任务没有回调"),
+            409: ResponseSpec(ErrorResponse, description="回调仍在投递中"),
+            **_ERRORS,
+        },
+    )
+    async def redeliver(self, task_id: str, request: Request[Any, Any, Any]) -> CallbackLogResponse:
+        service = _runtime(request.app.state).service
+        return callback_log_response(await service.redeliver(task_id, caller_of(request)))
 
     @post(
         "/tasks/{task_id:str}/rerun",

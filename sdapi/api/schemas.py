@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
 
 from sdapi.bootstrap import ServiceHealth
+from sdapi.deliveries import Delivery, DeliveryStatus
 from sdapi.loras.library import LoraEntry
 from sdapi.results import iso
 from sdapi.service import TaskView
@@ -73,6 +75,47 @@ class TaskResponse(msgspec.Struct):
         msgspec.Meta(description="预计开始时间（仅 pending；按实测速度估算，尚无测量时为 null）"),
     ] = None
     owner: Annotated[str | None, msgspec.Meta(description="创建任务的 API Key 名称（不是 Key 本身）")] = None
+
+
+class CallbackAttemptResponse(msgspec.Struct):
+    at: Annotated[str, msgspec.Meta(description="尝试时间（ISO 8601，UTC）")]
+    webhook_id: Annotated[str, msgspec.Meta(description="该次投递的 webhook-id（重新发送时为新的 ID）")]
+    http_status: Annotated[int | None, msgspec.Meta(description="接收方的 HTTP 状态码（有应答时）")]
+    error: Annotated[str | None, msgspec.Meta(description="未成功的原因（超时、连接失败、HTTP 500…）")]
+    duration_ms: Annotated[float | None, msgspec.Meta(description="耗时（毫秒）")]
+
+
+class CallbackLogResponse(msgspec.Struct):
+    task_id: str
+    webhook_id: Annotated[str, msgspec.Meta(description="当前投递的 webhook-id")]
+    url: Annotated[str, msgspec.Meta(description="回调地址")]
+    status: Annotated[str, msgspec.Meta(description="投递状态：pending、delivered、failed")]
+    attempts: Annotated[list[CallbackAttemptResponse], msgspec.Meta(description="每一次尝试，含之前的重新发送")]
+    next_attempt_at: Annotated[str | None, msgspec.Meta(description="下次尝试时间（pending 时）")]
+
+
+def callback_log_response(delivery: Delivery) -> CallbackLogResponse:
+    return CallbackLogResponse(
+        task_id=delivery.task_id,
+        webhook_id=delivery.id,
+        url=delivery.url,
+        status=delivery.status.value,
+        attempts=[
+            CallbackAttemptResponse(
+                at=iso(datetime.fromtimestamp(record.at, UTC)),
+                webhook_id=record.webhook_id,
+                http_status=record.http_status,
+                error=record.error,
+                duration_ms=record.duration_ms,
+            )
+            for record in delivery.log
+        ],
+        next_attempt_at=(
+            iso(datetime.fromtimestamp(delivery.next_attempt_at, UTC))
+            if delivery.status is DeliveryStatus.PENDING
+            else None
+        ),
+    )
 
 
 class TaskListResponse(msgspec.Struct):

@@ -157,8 +157,9 @@ class CallbackSender:
 
     async def _attempt(self, claim: DeliveryClaim) -> None:
         delivery = claim.delivery
+        began = time.perf_counter()
         try:
-            delivered, retryable, error = await self._post(delivery)
+            delivered, retryable, error, http_status = await self._post(delivery)
         except SdapiError as failure:  # the task store failed: no attempt was made; it stays due
             logger.error("callback %s: reading task %s failed: %s", delivery.id, delivery.task_id, failure.message)
             await asyncio.sleep(IDLE_POLL_SECONDS)  # not in a tight loop against a failing store
@@ -171,6 +172,8 @@ class CallbackSender:
             now=self._clock(),
             max_attempts=self._config.max_attempts,
             backoff_base=self._config.backoff_base,
+            http_status=http_status,
+            duration_ms=round((time.perf_counter() - began) * 1000, 1),
         )
         try:
             recorded = await self._outbox.record(claim, updated)
@@ -190,8 +193,8 @@ class CallbackSender:
                 f" ({error})" if error else "",
             )
 
-    async def _post(self, delivery: Delivery) -> tuple[bool, bool, str | None]:
-        """One POST. Returns (delivered, worth retrying, error)."""
+    async def _post(self, delivery: Delivery) -> tuple[bool, bool, str | None, int | None]:
+        """One POST. Returns (delivered, worth retrying, error, the receiver's HTTP status if it answered)."""
         assert self._client is not None
         try:
             task = await self._tasks.get(delivery.task_id)
@@ -199,7 +202,7 @@ class CallbackSender:
             body = msgspec.json.encode(callback_body(task, self._storage, base_url))
             target = await resolve_target(delivery.url, self.policy, self._resolver, self._config.resolve_timeout)
         except CallbackRefused as refused:
-            return False, False, refused.message
+            return False, False, refused.message, None
         url = httpx.URL(delivery.url)
         headers = {
             "Content-Type": "application/json",
@@ -220,8 +223,8 @@ class CallbackSender:
                     url.copy_with(host=target.address), content=body, headers=headers, extensions=extensions
                 )
         except DeliveryAttemptFailed as failed:
-            return False, failed.retryable, failed.reason
+            return False, failed.retryable, failed.reason, None
         if 200 <= response.status_code < 300:
-            return True, False, None
+            return True, False, None, response.status_code
         retryable = response.status_code == 429 or response.status_code >= 500
-        return False, retryable, f"HTTP {response.status_code}"
+        return False, retryable, f"HTTP {response.status_code}", response.status_code

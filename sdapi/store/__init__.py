@@ -167,6 +167,10 @@ class CallbackOutbox(Protocol):
     async def for_task(self, task_id: str) -> Delivery | None:
         """The callback delivery of a task, if it has one."""
 
+    async def redeliver(self, previous: Delivery, delivery: Delivery) -> bool:
+        """Replace a task's ended delivery (`previous`: delivered or failed) with a new pending one; False when it
+        is still being delivered. Nodes are notified."""
+
     async def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[DeliveryClaim]:
         """Take up to `limit` pending deliveries due at `now` that no other node holds, soonest first, each under a
         lease of `lease_seconds` (a node that dies mid-POST leaves it to another once the lease runs out)."""

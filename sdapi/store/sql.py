@@ -381,6 +381,17 @@ class SqlCallbackOutbox:
             row = await session.fetchone("SELECT body FROM deliveries WHERE task_id = %s", (task_id,))
         return None if row is None else _delivery_decoder.decode(bytes(row[0]))
 
+    async def redeliver(self, previous: Delivery, delivery: Delivery) -> bool:
+        async with self._db.session(write=True) as session:
+            written = await session.execute(
+                "UPDATE deliveries SET id = %s, status = %s, next_attempt_at = %s, body = %s, lease_token = NULL, "
+                "lease_expires_at = NULL WHERE id = %s AND status != 'pending'",
+                (delivery.id, delivery.status.value, delivery.next_attempt_at, _encoder.encode(delivery), previous.id),
+            )
+            if written == 1 and self._dialect.notify_delivery:
+                await session.execute(self._dialect.notify_delivery)
+        return written == 1
+
     async def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[DeliveryClaim]:
         db_now, token = self._dialect.now, uuid.uuid4().hex
         async with self._db.session(write=True) as session:

@@ -15,12 +15,12 @@ from sdapi.testing.services import fetch_image, generate, in_process, submit, wa
 class FaultyTorchEngine(TorchEngine):
     """The real torch engine, made to hit the faults a GPU deployment meets, chosen by prompt."""
 
-    def _generate(self, params, init_image):
+    def _generate(self, params, init_image, on_step):
         if params.prompt == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         if params.prompt == "crash":
             raise RuntimeError("illegal memory access at 0xdeadbeef")
-        return super()._generate(params, init_image)
+        return super()._generate(params, init_image, on_step)
 
 
 def test_out_of_memory_and_crashes_fail_the_task_and_the_worker_goes_on(tmp_path, tiny_model):

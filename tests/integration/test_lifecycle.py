@@ -317,3 +317,39 @@ def test_an_ended_image_to_image_task_cannot_rerun(service):
         done = generate(client, prompt="from a picture", init_image=data_url(gradient_image(64, 64)), strength=0.5)
         refused = client.post(f"/api/v1/tasks/{done['task_id']}/rerun")
         assert refused.status_code == 400 and "init_image" in refused.json()["detail"]
+
+
+# -- delivery log, redelivery -----------------------------------------------------------------------------------
+
+
+def test_the_delivery_log_shows_each_attempt_and_a_redelivery_sends_again_under_a_new_id(tmp_path, tiny_model):
+    with (
+        CallbackReceiver(script=[(500, 0.0), (500, 0.0), (200, 0.0)]) as receiver,
+        in_process(
+            tmp_path, tiny_model, callbacks={"allowed_hosts": ["127.0.0.1/32"], "backoff_base": 0.05}
+        ) as running,
+        running.client() as client,
+    ):
+        task_id = submit(client, prompt="logged", callback_url=receiver.url)
+        assert client.get(f"/api/v1/tasks/{task_id}/callback").status_code == 404  # not ended yet: no callback
+        wait_for_task(client, task_id)
+        _until(client, task_id, lambda body: body["callback_status"] == "delivered")
+        log = client.get(f"/api/v1/tasks/{task_id}/callback").json()
+        assert log["status"] == "delivered" and log["url"] == receiver.url
+        assert [attempt["http_status"] for attempt in log["attempts"]] == [500, 500, 200]
+        assert [attempt["error"] for attempt in log["attempts"]] == ["HTTP 500", "HTTP 500", None]
+        assert all(
+            attempt["duration_ms"] >= 0 and attempt["webhook_id"] == log["webhook_id"] for attempt in log["attempts"]
+        )
+        again = client.post(f"/api/v1/tasks/{task_id}/callback/redeliver")
+        assert again.status_code == 200 and again.json()["webhook_id"] != log["webhook_id"]
+        posts = receiver.wait_for(4)
+        assert posts[3].headers["webhook-id"] == again.json()["webhook_id"]
+        assert json.loads(posts[3].body) == json.loads(posts[2].body)  # the same final event
+        _until(client, task_id, lambda body: body["callback_status"] == "delivered")
+        final = client.get(f"/api/v1/tasks/{task_id}/callback").json()
+        assert len(final["attempts"]) == 4 and final["attempts"][-1]["webhook_id"] == again.json()["webhook_id"]
+        plain = generate(client, prompt="no callback")
+        missing = client.get(f"/api/v1/tasks/{plain['task_id']}/callback")
+        assert missing.status_code == 404 and "callback_url" in missing.json()["detail"]
+        assert client.post(f"/api/v1/tasks/{plain['task_id']}/callback/redeliver").status_code == 404

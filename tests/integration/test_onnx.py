@@ -263,10 +263,10 @@ def test_a_missing_export_is_reported_by_health(tmp_path, tiny_model):
 
 
 class FailingOnnx(OnnxEngine):
-    def generate(self, params, init_image):
+    def generate(self, params, init_image, on_step=None):
         if params.prompt == "onnx-crash":
             raise GenerationFailed("ONNX 推理失败：RuntimeException")
-        return super().generate(params, init_image)
+        return super().generate(params, init_image, on_step)
 
 
 @pytest.mark.parametrize("fallback", [True, False])
