@@ -209,6 +209,12 @@ class StoreConfig(_Section, frozen=True):
     postgres: PostgresConfig = PostgresConfig()
 
 
+class OutputConfig(_Section, frozen=True):
+    # Write each image's generation parameters into it (PNG text chunks; JPEG EXIF UserComment). Turn off where
+    # prompts must not travel with the images.
+    embed_parameters: bool = True
+
+
 class LorasConfig(_Section, frozen=True):
     # Folder of .safetensors LoRA/LoHa/LoKr files; null: data_dir/loras.
     dir: str | None = None
@@ -231,6 +237,7 @@ class Config(_Section, frozen=True):
     limits: LimitsConfig = LimitsConfig()
     queue: QueueConfig = QueueConfig()
     store: StoreConfig = StoreConfig()
+    output: OutputConfig = OutputConfig()
     onnx: OnnxConfig = OnnxConfig()
     storage: StorageConfig = StorageConfig()
     callbacks: CallbacksConfig = CallbacksConfig()

@@ -12,6 +12,7 @@ from PIL import Image
 
 from sdapi.errors import InvalidParameter
 from sdapi.params import InitImageInfo
+from sdapi.provenance import ImageRecord, encode_with_record
 
 _DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg);base64,", re.IGNORECASE)
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg"}
@@ -69,11 +70,6 @@ def open_init_image(raw: bytes, info: InitImageInfo, width: int, height: int) ->
     return rgb
 
 
-def encode_image(image: Image.Image, output_format: str) -> bytes:
-    """Encode a generated image as PNG or JPEG bytes."""
-    buffer = io.BytesIO()
-    if output_format == "png":
-        image.save(buffer, format="PNG")
-    else:
-        image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
+def encode_image(image: Image.Image, output_format: str, record: ImageRecord | None = None) -> bytes:
+    """Encode a generated image as PNG or JPEG bytes, with its generation record embedded when given."""
+    return encode_with_record(image, "png" if output_format == "png" else "jpeg", JPEG_QUALITY, record)

@@ -61,6 +61,8 @@ class TaskView:
     result_urls: list[str] | None
     queue_position: int | None = None
     estimated_start_at: datetime | None = None
+    # The URL of each of task.images, in order.
+    image_urls: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,7 @@ class TaskService:
             result_urls=several,
             queue_position=record.queue_position,
             estimated_start_at=estimated,
+            image_urls=[self._storage.url(image.key, base_url) for image in record.task.images],
         )
 
     async def cancel(self, task_id: str, request_base_url: str | None, caller: Caller = SERVICE) -> TaskView:

@@ -48,6 +48,17 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
         return round(100.0 * self.step / self.total_steps, 1) if self.total_steps else 0.0
 
 
+class StoredImage(msgspec.Struct, frozen=True, kw_only=True):
+    """One generated image as stored: its key, its seed, and what a client checks it against."""
+
+    key: str
+    seed: int
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
 class Task(msgspec.Struct, frozen=True, kw_only=True):
     """One generation task as the store keeps it."""
 
@@ -71,6 +82,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     base_url: str | None = None
     # The caller that created it (sdapi.callers: the API key's name, never the key).
     owner: str | None = None
+    # The images of a completed task, in image order (their keys are result_keys).
+    images: tuple[StoredImage, ...] = ()
 
 
 def now_utc() -> datetime:
@@ -112,7 +125,13 @@ def start(task: Task, now: datetime | None = None) -> Task:
     return _move(task, (TaskStatus.PENDING,), TaskStatus.PROCESSING, stamp, attempts=attempts, started_at=stamp)
 
 
-def complete(task: Task, result_keys: list[str], engine: str, now: datetime | None = None) -> Task:
+def complete(
+    task: Task,
+    result_keys: list[str],
+    engine: str,
+    now: datetime | None = None,
+    images: tuple[StoredImage, ...] = (),
+) -> Task:
     """processing -> completed with the stored images."""
     if len(result_keys) != task.params.num_images:
         raise InvalidTransition(
@@ -127,6 +146,7 @@ def complete(task: Task, result_keys: list[str], engine: str, now: datetime | No
         result_keys=tuple(result_keys),
         engine=engine,
         finished_at=stamp,
+        images=images,
     )
 
 

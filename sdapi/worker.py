@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ import msgspec
 from sdapi import tasks
 from sdapi.config import Config
 from sdapi.deliveries import delivery_for
+from sdapi.digests import model_weights_sha256
 from sdapi.engines import Engine
 from sdapi.errors import (
     GENERIC_GENERATION_FAILURE,
@@ -32,9 +34,10 @@ from sdapi.errors import (
 )
 from sdapi.generation_thread import GenerationThread
 from sdapi.images import CONTENT_TYPES, encode_image, open_init_image
+from sdapi.provenance import ModelInfo, image_record
 from sdapi.storage import ImageStorage
 from sdapi.store import InitImageStore, Lease, TaskStore, ThroughputLog
-from sdapi.tasks import Progress, Task, TaskStatus
+from sdapi.tasks import Progress, StoredImage, Task, TaskStatus
 from sdapi.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
@@ -112,6 +115,8 @@ class Worker:
         self._current: Lease | None = None
         self._running: _Run | None = None
         self.model_error: str | None = None
+        # The sha256 of the model's weights, for the images' generation records (None: a hub id).
+        self._model_sha256: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -177,6 +182,8 @@ class Worker:
     async def _load_model(self) -> None:
         try:
             await self._generation.submit(self._engine.load)
+            # Hashing the weights reads them once (seconds for a large model), off the event loop.
+            self._model_sha256 = await asyncio.to_thread(model_weights_sha256, self._config.model.path)
             # Off the event loop: it may read every LoRA file to check it fits the model.
             await asyncio.to_thread(self._on_model_loaded)
         except ModelLoadFailed as error:
@@ -269,13 +276,15 @@ class Worker:
                 init_image = await self._init_images.get(started.id)
                 if init_image is None:
                     raise GenerationFailed("生成失败：找不到任务的初始图片")
-            keys, engine = await self._generation.submit(lambda: self._make_images(started, init_image, run))
+            images, engine = await self._generation.submit(lambda: self._make_images(started, init_image, run))
+            keys = [image.key for image in images]
             run.finish()
             # A cancel asked for while the images were being stored still counts: they are removed again.
             if run.cancel.is_set() or await self._cancel_requested(lease, run):
                 await self._delete_images(started.id, keys)
                 raise TaskCancelled(tasks.CANCELLED_MESSAGE)
-            return msgspec.structs.replace(tasks.complete(started, keys, engine), progress=run.progress)
+            completed = tasks.complete(started, keys, engine, images=tuple(images))
+            return msgspec.structs.replace(completed, progress=run.progress)
         except TaskCancelled:
             logger.info("task %s cancelled", started.id)
             return msgspec.structs.replace(tasks.cancel(started), progress=run.progress)
@@ -322,8 +331,9 @@ class Worker:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
 
-    def _make_images(self, task: Task, init_bytes: bytes | None, run: _Run) -> tuple[list[str], str]:
-        """On the generation thread: run the engine, encode and store every image; return the keys and engine."""
+    def _make_images(self, task: Task, init_bytes: bytes | None, run: _Run) -> tuple[list[StoredImage], str]:
+        """On the generation thread: run the engine, encode every image (with its generation record, unless
+        output.embed_parameters is off) and store it; return the stored images and the engine."""
         params = task.params
         init_image = None
         if init_bytes is not None and params.init_image is not None:
@@ -332,7 +342,32 @@ class Worker:
         generated = self._engine.generate(params, init_image, run.on_step)
         run.generation_seconds = time.perf_counter() - began
         extension = params.output_format
-        return [self._save(encode_image(image, extension), extension) for image in generated.images], generated.engine
+        details = self._engine.describe()
+        stored = []
+        for index, image in enumerate(generated.images):
+            record = None
+            if self._config.output.embed_parameters:
+                record = image_record(
+                    params,
+                    index,
+                    task.id,
+                    ModelInfo(self._config.model.path, self._model_sha256),
+                    generated.engine,
+                    details.get("dtype", ""),
+                    details.get("scheduler", ""),
+                )
+            data = encode_image(image, extension, record)
+            stored.append(
+                StoredImage(
+                    key=self._save(data, extension),
+                    seed=params.seed + index,
+                    width=image.width,
+                    height=image.height,
+                    bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
+            )
+        return stored, generated.engine
 
     def _save(self, data: bytes, extension: str) -> str:
         """Store one image, retrying storage failures with doubling waits.

@@ -36,6 +36,15 @@ class ProgressResponse(msgspec.Struct):
     percent: Annotated[float, msgspec.Meta(description="完成百分比（0–100）")]
 
 
+class ImageResponse(msgspec.Struct):
+    url: Annotated[str, msgspec.Meta(description="图片URL（与 result_url/result_urls 相同）")]
+    seed: Annotated[int, msgspec.Meta(description="这张图片的种子（任务 seed + 序号）")]
+    width: int
+    height: int
+    bytes: Annotated[int, msgspec.Meta(description="文件大小（字节）")]
+    sha256: Annotated[str, msgspec.Meta(description="文件内容的 sha256")]
+
+
 class TaskResponse(msgspec.Struct):
     task_id: Annotated[str, msgspec.Meta(description="任务ID")]
     status: Annotated[str, msgspec.Meta(description="任务状态：pending、processing、completed、failed")]
@@ -75,6 +84,10 @@ class TaskResponse(msgspec.Struct):
         msgspec.Meta(description="预计开始时间（仅 pending；按实测速度估算，尚无测量时为 null）"),
     ] = None
     owner: Annotated[str | None, msgspec.Meta(description="创建任务的 API Key 名称（不是 Key 本身）")] = None
+    images: Annotated[
+        list[ImageResponse] | None,
+        msgspec.Meta(description="完成时每张图片的 URL、种子、尺寸、大小和 sha256（顺序同 result_urls）"),
+    ] = None
 
 
 class CallbackAttemptResponse(msgspec.Struct):
@@ -214,6 +227,14 @@ def task_response(view: TaskView) -> TaskResponse:
         queue_position=view.queue_position,
         estimated_start_at=None if view.estimated_start_at is None else iso(view.estimated_start_at),
         owner=task.owner,
+        images=[
+            ImageResponse(
+                url=url, seed=image.seed, width=image.width, height=image.height, bytes=image.bytes, sha256=image.sha256
+            )
+            for image, url in zip(task.images, view.image_urls or [], strict=True)
+        ]
+        if task.images
+        else None,
     )
 
 

@@ -191,11 +191,14 @@ class OnnxEngine:
     def describe(self) -> dict[str, str]:
         precision = self.manifest.precision if self.manifest else ""
         on_cpu = not self.providers or self.providers[0] == "CPUExecutionProvider"
-        return {
+        details = {
             "device": "cpu" if on_cpu else self._model.device if ":" in self._model.device else "cuda",
             "dtype": {"fp16": "float16", "fp32": "float32"}.get(precision, ""),
             "providers": ",".join(self.providers),
         }
+        if self._scheduler_config is not None:
+            details["scheduler"] = str(self._scheduler_config["_class_name"])
+        return details
 
     def check(self, params: GenerationParams) -> None:
         """The export serves exactly its merged LoRA set, at sides that are multiples of `side_multiple`.

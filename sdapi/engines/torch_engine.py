@@ -66,7 +66,10 @@ class TorchEngine:
         logger.info("torch engine ready: %s on %s in %s", self._model.path, self.device, dtype_name(self.dtype))
 
     def describe(self) -> dict[str, str]:
-        return {"device": self.device, "dtype": dtype_name(self.dtype)}
+        details = {"device": self.device, "dtype": dtype_name(self.dtype)}
+        if self._scheduler_config is not None:
+            details["scheduler"] = str(self._scheduler_config["_class_name"])
+        return details
 
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
         if self._text_to_image is None:

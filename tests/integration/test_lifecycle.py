@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import time
 
+import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
+from sdapi.provenance import read_user_comment
 from sdapi.testing.adapter_files import model_modules, write_adapter
 from sdapi.testing.services import (
     data_url,
@@ -353,3 +358,47 @@ def test_the_delivery_log_shows_each_attempt_and_a_redelivery_sends_again_under_
         missing = client.get(f"/api/v1/tasks/{plain['task_id']}/callback")
         assert missing.status_code == 404 and "callback_url" in missing.json()["detail"]
         assert client.post(f"/api/v1/tasks/{plain['task_id']}/callback/redeliver").status_code == 404
+
+
+# -- provenance -------------------------------------------------------------------------------------------------
+
+
+def test_images_carry_their_parameters_for_png_info_tools_and_the_task_lists_them(service):
+    with service.client() as client:
+        body = generate(
+            client,
+            prompt="a lighthouse",
+            negative_prompt="fog",
+            seed=41,
+            num_images=2,
+            num_inference_steps=5,
+            guidance_scale=6.5,
+            scheduler="EulerAncestralDiscreteScheduler",
+        )
+        assert body["status"] == "completed"
+        for index, (entry, url) in enumerate(zip(body["images"], body["result_urls"], strict=True)):
+            raw = httpx.get(url).content
+            assert entry["url"] == url and entry["seed"] == 41 + index
+            assert entry["bytes"] == len(raw) and entry["sha256"] == hashlib.sha256(raw).hexdigest()
+            image = Image.open(io.BytesIO(raw))
+            assert (entry["width"], entry["height"]) == image.size == (128, 96)
+            parameters = image.text["parameters"]
+            assert parameters.splitlines()[0] == "a lighthouse"
+            assert parameters.splitlines()[1] == "Negative prompt: fog"
+            assert f"Steps: 5, Sampler: Euler a, CFG scale: 6.5, Seed: {41 + index}, Size: 128x96" in parameters
+            record = json.loads(image.text["sdapi"])
+            assert record["seed"] == 41 + index and record["task_id"] == body["task_id"]
+            assert record["engine"] == "torch" and record["dtype"] == "float32" and record["model"]["sha256"]
+        jpeg = generate(client, prompt="a jpeg", seed=9, output_format="jpg", num_inference_steps=3)
+        image = Image.open(io.BytesIO(httpx.get(jpeg["result_url"]).content))
+        comment = read_user_comment(image)
+        assert comment is not None and comment.startswith("a jpeg\nSteps: 3") and "Seed: 9" in comment
+        assert json.loads(comment.splitlines()[-1])["seed"] == 9
+
+
+def test_embedding_parameters_can_be_turned_off(tmp_path, tiny_model):
+    with in_process(tmp_path, tiny_model, output={"embed_parameters": False}) as running, running.client() as client:
+        body = generate(client, prompt="a secret prompt", num_inference_steps=2)
+        raw = httpx.get(body["result_url"]).content
+        assert b"a secret prompt" not in raw and "parameters" not in Image.open(io.BytesIO(raw)).text
+        assert body["images"][0]["sha256"] == hashlib.sha256(raw).hexdigest()
