@@ -34,6 +34,7 @@ from sdapi.nodes import NodeInfo, Role
 from sdapi.params import GenerationParams
 from sdapi.reaper import Reaper
 from sdapi.results import iso
+from sdapi.retention import RetentionSweeper
 from sdapi.service import TaskService
 from sdapi.storage import ImageStorage
 from sdapi.storage.local import LocalImageStorage
@@ -118,6 +119,7 @@ class Runtime:
     service: TaskService
     callbacks: CallbackSender | None
     reaper: Reaper
+    retention: RetentionSweeper | None
     heartbeat: Heartbeat
     library: LoraLibrary
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -145,6 +147,8 @@ class Runtime:
                 )
         self.heartbeat.start(self.describe)
         self.reaper.start()
+        if self.retention is not None:
+            self.retention.start()
         await self.stores.feed.start(
             on_task=self._task_announced, on_delivery=self._delivery_announced, on_cancel=self._cancel_announced
         )
@@ -190,6 +194,8 @@ class Runtime:
             await self.stores.feed.stop()
             await self.service.stop()
             await self.reaper.stop()
+            if self.retention is not None:
+                await self.retention.stop()
             await self.heartbeat.stop()
         await self.stores.database.close()
 
@@ -316,6 +322,7 @@ def build_runtime(
         on_requeue=wake_worker,
         on_delivery=wake_sender,
     )
+    days = config.retention.days
     service = TaskService(
         config,
         stores.tasks,
@@ -343,6 +350,7 @@ def build_runtime(
         service=service,
         callbacks=callbacks,
         reaper=reaper,
+        retention=None if days is None else RetentionSweeper(stores.tasks, storage, days),
         heartbeat=heartbeat,
         library=library,
     )

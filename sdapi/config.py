@@ -209,6 +209,12 @@ class StoreConfig(_Section, frozen=True):
     postgres: PostgresConfig = PostgresConfig()
 
 
+class RetentionConfig(_Section, frozen=True):
+    # Finished tasks older than this many days are deleted with their images, init images and delivery records
+    # (GET then answers 404). null: keep everything.
+    days: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
 class OutputConfig(_Section, frozen=True):
     # Write each image's generation parameters into it (PNG text chunks; JPEG EXIF UserComment). Turn off where
     # prompts must not travel with the images.
@@ -238,6 +244,7 @@ class Config(_Section, frozen=True):
     queue: QueueConfig = QueueConfig()
     store: StoreConfig = StoreConfig()
     output: OutputConfig = OutputConfig()
+    retention: RetentionConfig = RetentionConfig()
     onnx: OnnxConfig = OnnxConfig()
     storage: StorageConfig = StorageConfig()
     callbacks: CallbacksConfig = CallbacksConfig()

@@ -208,6 +208,14 @@ class MemoryTaskStore:
         self.db.cancel_requests.add(task_id)
         return True
 
+    async def sweep(self, older_than_seconds: float, limit: int) -> list[Task]:
+        self.db.touch()
+        cutoff = time.time() - older_than_seconds
+        old = [t for t in self.db.tasks.values() if t.status.is_terminal and t.updated_at.timestamp() < cutoff][:limit]
+        for task in old:
+            del self.db.tasks[task.id]
+        return old
+
     async def expired(self, limit: int) -> list[Lease]:
         self.db.touch()
         now = time.time()

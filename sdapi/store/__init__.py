@@ -142,6 +142,11 @@ class TaskStore(Protocol):
         """Ask the worker running a processing task to stop it (it sees this on its next progress report);
         False when the task is not processing. Workers are notified."""
 
+    async def sweep(self, older_than_seconds: float, limit: int) -> list[Task]:
+        """Delete up to `limit` finished tasks last changed more than `older_than_seconds` ago (by the database
+        clock), with their init images, delivery records and idempotency keys, and return them (their images are
+        the caller's to delete). One node sweeps at a time: a node that finds another sweeping gets []."""
+
     async def expired(self, limit: int) -> list[Lease]:
         """Processing tasks whose lease has run out (by the database clock), oldest first."""
 

@@ -37,9 +37,10 @@ logger = logging.getLogger(__name__)
 TASK_CHANNEL = "sdapi_tasks"
 DELIVERY_CHANNEL = "sdapi_deliveries"
 CANCEL_CHANNEL = "sdapi_cancels"
-# Keys of pg_advisory_lock: one for migrations (start-up), one that serialises admissions (queue.max_pending).
+# Keys of pg_advisory_lock: migrations (start-up), admissions (queue.max_pending), the retention sweep.
 _MIGRATION_LOCK = 7_263_001
 _ADMISSION_LOCK = 7_263_002
+_SWEEP_LOCK = 7_263_003
 # How long a call waits for a connection before it fails (the database is down or every connection is busy).
 POOL_TIMEOUT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5
@@ -51,6 +52,7 @@ DIALECT = Dialect(
     now="extract(epoch from clock_timestamp())::double precision",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     admission_lock=f"SELECT pg_advisory_xact_lock({_ADMISSION_LOCK})",
+    sweep_lock=f"SELECT pg_try_advisory_xact_lock({_SWEEP_LOCK})",
     notify_task=f"NOTIFY {TASK_CHANNEL}",
     notify_delivery=f"NOTIFY {DELIVERY_CHANNEL}",
     notify_cancel=f"NOTIFY {CANCEL_CHANNEL}",

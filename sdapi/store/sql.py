@@ -49,6 +49,9 @@ class Dialect:
     # Run first in the admission transaction so that no two admissions interleave across nodes, or None when a
     # write transaction is exclusive anyway (SQLite's BEGIN IMMEDIATE).
     admission_lock: str | None
+    # A query answering one row with true when this transaction may sweep (no other node is sweeping), or None when
+    # write transactions are exclusive anyway.
+    sweep_lock: str | None
     # Statements that wake other processes after a task becomes pending / a delivery is recorded / a running task is
     # asked to cancel, or None.
     notify_task: str | None
@@ -284,6 +287,24 @@ class SqlTaskStore:
 
     async def settle(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
         return await self._write_fenced(lease, task, delivery, only_if_expired=False)
+
+    async def sweep(self, older_than_seconds: float, limit: int) -> list[Task]:
+        async with self._db.session(write=True) as session:
+            if self._dialect.sweep_lock:
+                row = await session.fetchone(self._dialect.sweep_lock)
+                if row is None or not row[0]:
+                    return []
+            rows = await session.fetchall(
+                f"SELECT id, body FROM tasks WHERE status IN ('completed', 'failed') "
+                f"AND updated_at < {self._dialect.now} - %s ORDER BY seq LIMIT %s",
+                (older_than_seconds, limit),
+            )
+            ids = tuple(str(row[0]) for row in rows)
+            if ids:
+                marks = ", ".join(["%s"] * len(ids))
+                for table, column in (("deliveries", "task_id"), ("idempotency", "task_id"), ("tasks", "id")):
+                    await session.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
+        return [_task_decoder.decode(bytes(row[1])) for row in rows]
 
     async def report(self, lease: Lease, progress: Progress) -> bool:
         async with self._db.session(write=True) as session:

@@ -35,6 +35,7 @@ DIALECT = Dialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
     skip_locked="",  # BEGIN IMMEDIATE already makes the claimer the only writer
     admission_lock=None,
+    sweep_lock=None,
     notify_task=None,
     notify_delivery=None,
     notify_cancel=None,

@@ -24,11 +24,13 @@ LOOPBACK = {"allowed_hosts": ["127.0.0.1"], "backoff_base": 0.2, "timeout": 2.0}
 SECRET = "whsec_" + base64.b64encode(b"a 32-byte secret for the tests!!").decode()
 
 
-def _callback_state(client, task_id, until, timeout=30.0):
+def _callback_state(client, task_id, until, timeout=30.0, attempts=None):
+    """The task once its callback_status is one of `until` (and, when given, `attempts` have been recorded: the
+    receiver sees a POST a moment before the sender records its outcome)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = client.get(f"/api/v1/tasks/{task_id}").json()
-        if body["callback_status"] in until:
+        if body["callback_status"] in until and attempts in (None, body["callback_attempts"]):
             return body
         time.sleep(0.05)
     raise TimeoutError(body)
@@ -189,7 +191,7 @@ def test_a_pending_delivery_is_sent_after_a_restart_with_the_same_id(tmp_path, t
             with first.client() as client:
                 task_id = submit(client, prompt="a cat", callback_url=receiver.url)
                 receiver.wait_for(1)
-                assert _callback_state(client, task_id, ("pending",))["callback_attempts"] == 1
+                assert _callback_state(client, task_id, ("pending",), attempts=1)["callback_attempts"] == 1
             first.kill()
         with ServiceProcess(config) as second:
             second.wait_ready()

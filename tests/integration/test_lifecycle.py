@@ -402,3 +402,18 @@ def test_embedding_parameters_can_be_turned_off(tmp_path, tiny_model):
         raw = httpx.get(body["result_url"]).content
         assert b"a secret prompt" not in raw and "parameters" not in Image.open(io.BytesIO(raw)).text
         assert body["images"][0]["sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+# -- retention ---------------------------------------------------------------------------------------------------
+
+
+def test_finished_tasks_and_their_images_go_after_the_retention_period(tmp_path, tiny_model):
+    two_seconds = 2 / 86400
+    with in_process(tmp_path, tiny_model, retention={"days": two_seconds}) as running, running.client() as client:
+        done = generate(client, prompt="short-lived", num_images=2, num_inference_steps=2)
+        image = done["result_urls"][0]
+        assert httpx.get(image).status_code == 200
+        time.sleep(4)
+        assert client.get(f"/api/v1/tasks/{done['task_id']}").status_code == 404
+        assert httpx.get(image).status_code == 404
+        assert not list((tmp_path / "data" / "images").glob("*.png"))

@@ -362,3 +362,25 @@ def test_an_idempotency_key_admits_once_across_nodes_and_expires(open_stores):
             assert (await b.tasks.add_once(new_task(), None, 100, None, key)).admitted  # expired: a new request
 
     run(scenario)
+
+
+def test_the_sweep_deletes_old_finished_tasks_only(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            old, running = new_task(callback_url="https://r.example/h"), new_task()
+            assert await stores.tasks.add(old, None, 10) and await stores.tasks.add(running, None, 10)
+            lease = await stores.tasks.claim("w", 30)
+            assert lease is not None
+            delivery = new_delivery(old.id, "https://r.example/h", time.time())
+            assert await stores.tasks.settle(lease, tasks.complete(lease.task, ["k.png"], "torch"), delivery)
+            assert await stores.tasks.claim("w", 30) is not None  # the other one is processing
+            assert await stores.tasks.sweep(60, 10) == []  # not old enough
+            await asyncio.sleep(0.3)
+            [swept] = await stores.tasks.sweep(0.2, 10)
+            assert swept.id == old.id and swept.result_keys == ("k.png",)
+            with pytest.raises(TaskNotFound):
+                await stores.tasks.get(old.id)
+            assert await stores.outbox.for_task(old.id) is None
+            assert (await stores.tasks.get(running.id)).status is TaskStatus.PROCESSING
+
+    run(scenario)
