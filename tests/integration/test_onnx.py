@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from datetime import datetime
 
 import httpx
@@ -30,6 +31,8 @@ from sdapi.testing.services import (
     gradient_image,
     in_process,
     mean_abs_diff,
+    submit,
+    wait_for_task,
     write_config,
 )
 
@@ -288,3 +291,17 @@ def test_an_onnx_failure_fails_the_task_or_falls_back_to_torch(tmp_path, tiny_mo
             else:
                 assert result["status"] == "failed" and "ONNX" in result["error_message"]
             assert generate(client, prompt="fine")["engine"] == "onnx"
+
+
+def test_a_running_onnx_task_stops_between_steps_when_cancelled(onnx_service):
+    request = {"prompt": "a long onnx run", "width": 512, "height": 512, "num_inference_steps": 150}
+    with onnx_service.client() as client:
+        task_id = submit(client, **request, scheduler="EulerDiscreteScheduler", seed=2)
+        deadline = time.monotonic() + 60
+        while (client.get(f"/api/v1/tasks/{task_id}").json()["progress"] or {}).get("step", 0) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.post(f"/api/v1/tasks/{task_id}/cancel").status_code == 200
+        body = wait_for_task(client, task_id)
+    assert body["status"] == "failed" and body["error_code"] == "cancelled"
+    assert 2 <= body["progress"]["step"] < body["progress"]["total_steps"] == 150
