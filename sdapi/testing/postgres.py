@@ -49,8 +49,14 @@ class PostgresCluster:
         self._as_root = os.geteuid() == 0
 
     def _run(self, *command: str) -> None:
+        """Run a server tool (as the cluster's user when root); a failure raises with the tool's own words."""
         prefix = ["runuser", "-u", CLUSTER_USER, "--"] if self._as_root else []
-        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120)
+        result = subprocess.run([*prefix, *command], capture_output=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{Path(command[0]).name} failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace').strip() or result.stdout.decode(errors='replace').strip()}"
+            )
 
     def start(self) -> PostgresCluster:
         if self._as_root:
@@ -87,6 +93,6 @@ class PostgresCluster:
         return self.dsn(name)
 
     def destroy(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+        with contextlib.suppress(RuntimeError):  # already stopped
             self._pg_ctl("stop")
         shutil.rmtree(self.directory, ignore_errors=True)
