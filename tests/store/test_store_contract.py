@@ -384,3 +384,39 @@ def test_the_sweep_deletes_old_finished_tasks_only(open_stores):
             assert (await stores.tasks.get(running.id)).status is TaskStatus.PROCESSING
 
     run(scenario)
+
+
+def test_listing_reads_and_queue_places_per_owner(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            alice = [msgspec.structs.replace(new_task(num_inference_steps=10), owner="alice") for _ in range(3)]
+            bob = msgspec.structs.replace(new_task(num_inference_steps=20), owner="bob")
+            for task in (alice[0], bob, alice[1], alice[2]):
+                assert await stores.tasks.add(task, None, 10, owner_max_pending=3)
+            refused = msgspec.structs.replace(new_task(), owner="alice")
+            assert not await stores.tasks.add(refused, None, 10, owner_max_pending=3)  # alice has 3 pending
+            assert await stores.tasks.count(TaskStatus.PENDING, "alice") == 3
+            newest_first = await stores.tasks.list_tasks(None, None, None, 10)
+            assert [record.task.id for record in newest_first] == [alice[2].id, alice[1].id, bob.id, alice[0].id]
+            page = await stores.tasks.list_tasks("alice", None, None, 2)
+            assert [record.task.id for record in page] == [alice[2].id, alice[1].id]
+            rest = await stores.tasks.list_tasks("alice", None, page[-1].seq, 2)
+            assert [record.task.id for record in rest] == [alice[0].id]
+            record = await stores.tasks.read(alice[1].id)
+            assert record.queue_position == 2 and record.delivery is None
+            assert record.work_ahead == pytest.approx(alice[0].params.work + bob.params.work)
+            lease = await stores.tasks.claim("w", 30)  # alice[0] runs: it counts half
+            assert lease is not None
+            record = await stores.tasks.read(alice[1].id)
+            assert record.queue_position == 1
+            assert record.work_ahead == pytest.approx(bob.params.work + alice[0].params.work / 2)
+            running = await stores.tasks.read(alice[0].id)
+            assert running.queue_position is None and running.work_ahead is None
+            assert [r.task.id for r in await stores.tasks.list_tasks(None, TaskStatus.PROCESSING, None, 10)] == [
+                alice[0].id
+            ]
+            await stores.throughput.record("torch", 2.0)
+            await stores.throughput.record("torch", 4.0)
+            assert (await stores.throughput.rates())["torch"] == pytest.approx(2.0 * 0.7 + 4.0 * 0.3)
+
+    run(scenario)
