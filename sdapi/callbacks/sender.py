@@ -51,6 +51,7 @@ def callback_body(task: Task, storage: ImageStorage, base_url: str | None) -> di
             body["image_urls"] = urls
     body.update(
         error_message=task.error_message,
+        error_code=None if task.error_code is None else task.error_code.value,
         result_url=result_url,
         result_urls=urls,
         created_at=iso(task.created_at),

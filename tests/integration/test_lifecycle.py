@@ -83,6 +83,7 @@ def test_a_running_task_stops_between_steps_and_says_it_was_cancelled(service):
         [post] = [p for p in service.receiver.wait_for(1) if json.loads(p.body)["task_id"] == task_id]
         assert json.loads(post.body)["status"] == "failed"
         assert json.loads(post.body)["error_message"] == "任务已取消"
+        assert json.loads(post.body)["error_code"] == "cancelled"
         # The worker goes on.
         assert generate(client, prompt="after the cancel")["status"] == "completed"
 
