@@ -7,17 +7,14 @@ lease, so two reapers, or a reaper racing the worker's own renewal or completion
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from sdapi import tasks
 from sdapi.deliveries import delivery_for
-from sdapi.errors import SdapiError
 from sdapi.store import TaskStore
-from sdapi.wakeup import Wakeup
+from sdapi.wakeup import BatchLoop
 
 logger = logging.getLogger(__name__)
 
@@ -37,29 +34,15 @@ class Reaper:
         self._tasks = task_store
         self._max_attempts = max_attempts
         # Looked at three times per lease: an expired task waits at most a third of a lease for its reap.
-        self._interval = lease_seconds / 3
+        self._loop = BatchLoop("reaper", lease_seconds / 3, self.reap_once, BATCH)
         self._on_requeue = on_requeue
         self._on_delivery = on_delivery
-        self._wakeup = Wakeup()
-        self._loop_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="sdapi-reaper")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                while await self.reap_once() == BATCH:
-                    pass
-            except SdapiError as error:
-                logger.error("reaper: %s", error.message)
-            await self._wakeup.sleep(self._interval)
+        await self._loop.stop()
 
     async def reap_once(self) -> int:
         """Handle the expired leases there are now; return how many were found."""

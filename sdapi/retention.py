@@ -4,12 +4,12 @@ and delivery records. Every node runs the loop; the store lets one node sweep at
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from sdapi.errors import SdapiError
 from sdapi.storage import ImageStorage
 from sdapi.store import TaskStore
+from sdapi.wakeup import BatchLoop
 
 logger = logging.getLogger(__name__)
 
@@ -25,26 +25,14 @@ class RetentionSweeper:
         self._tasks = task_store
         self._storage = storage
         self._keep_seconds = days * 86400
-        self._interval = min(max(self._keep_seconds / 10, MIN_INTERVAL_SECONDS), MAX_INTERVAL_SECONDS)
-        self._loop_task: asyncio.Task[None] | None = None
+        interval = min(max(self._keep_seconds / 10, MIN_INTERVAL_SECONDS), MAX_INTERVAL_SECONDS)
+        self._loop = BatchLoop("retention", interval, self.sweep_once, BATCH)
 
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="sdapi-retention")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                while await self.sweep_once() == BATCH:
-                    pass
-            except SdapiError as error:
-                logger.error("retention: %s", error.message)
-            await asyncio.sleep(self._interval)
+        await self._loop.stop()
 
     async def sweep_once(self) -> int:
         """Delete one batch of expired tasks and their images; return how many tasks went."""

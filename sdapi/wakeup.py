@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from sdapi.errors import SdapiError
+
+logger = logging.getLogger(__name__)
 
 
 class Wakeup:
@@ -21,3 +27,37 @@ class Wakeup:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), timeout=max(seconds, 0.0))
         self._event.clear()
+
+
+class BatchLoop:
+    """A background loop over a store: runs `batch()` again at once while it returns `full` (more is waiting), then
+    sleeps `interval` seconds (or until nudged). A failing store is logged and tried again after the sleep."""
+
+    def __init__(self, name: str, interval: float, batch: Callable[[], Awaitable[int]], full: int) -> None:
+        self._name = name
+        self._interval = interval
+        self._batch = batch
+        self._full = full
+        self._wakeup = Wakeup()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sdapi-{self._name}")
+
+    def nudge(self) -> None:
+        self._wakeup.nudge()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await self._batch() == self._full:
+                    pass
+            except SdapiError as error:
+                logger.error("%s: %s", self._name, error.message)
+            await self._wakeup.sleep(self._interval)

@@ -42,6 +42,13 @@ _ERRORS = {
 }
 
 
+_CANCEL_ERRORS = {
+    404: ResponseSpec(ErrorResponse, description="任务不存在"),
+    409: ResponseSpec(ErrorResponse, description="任务已结束，无法取消"),
+    **_ERRORS,
+}
+
+
 def _runtime(state: State) -> Runtime:
     runtime: Runtime = state.runtime
     return runtime
@@ -177,11 +184,7 @@ class TaskController(Controller):
             "取消后任务状态为 failed，error_message 为“任务已取消”，error_code 为 cancelled，回调照常发送。"
         ),
         status_code=200,
-        responses={
-            404: ResponseSpec(ErrorResponse, description="任务不存在"),
-            409: ResponseSpec(ErrorResponse, description="任务已结束，无法取消"),
-            **_ERRORS,
-        },
+        responses=_CANCEL_ERRORS,
     )
     async def cancel_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
         service = _runtime(request.app.state).service
@@ -239,11 +242,7 @@ class TaskController(Controller):
         summary="取消任务（POST /tasks/{task_id}/cancel 的别名）",
         description="与 POST /api/v1/tasks/{task_id}/cancel 相同。",
         status_code=200,
-        responses={
-            404: ResponseSpec(ErrorResponse, description="任务不存在"),
-            409: ResponseSpec(ErrorResponse, description="任务已结束，无法取消"),
-            **_ERRORS,
-        },
+        responses=_CANCEL_ERRORS,
     )
     async def delete_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
         service = _runtime(request.app.state).service
