@@ -16,11 +16,14 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from sdapi.callbacks.sender import CallbackSender
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, system_resolver
@@ -222,7 +225,7 @@ class Runtime:
 
     async def health(self) -> ServiceHealth:
         """This node's view: the model counts as loaded when this process or any live worker has it loaded."""
-        here = self.describe()
+        here = msgspec.structs.replace(self.describe(), heartbeat_at=time.time())  # alive: it is answering
         live = await self.stores.nodes.live(self.config.queue.lease_seconds)
         workers = [node for node in live if node.role.runs_worker and node.id != here.id]
         if here.role.runs_worker:
