@@ -215,6 +215,14 @@ class RetentionConfig(_Section, frozen=True):
     days: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
+class CompatConfig(_Section, frozen=True):
+    # How long a compatibility dialect (OpenAI /v1/images, AUTOMATIC1111 /sdapi/v1) waits for its task before it
+    # answers with a timeout and cancels the task.
+    wait_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 600.0
+    # The model id GET /v1/models lists and /v1/images accepts (besides omitting it).
+    model_id: str = "sdapi"
+
+
 class OutputConfig(_Section, frozen=True):
     # Write each image's generation parameters into it (PNG text chunks; JPEG EXIF UserComment). Turn off where
     # prompts must not travel with the images.
@@ -245,6 +253,7 @@ class Config(_Section, frozen=True):
     store: StoreConfig = StoreConfig()
     output: OutputConfig = OutputConfig()
     retention: RetentionConfig = RetentionConfig()
+    compat: CompatConfig = CompatConfig()
     onnx: OnnxConfig = OnnxConfig()
     storage: StorageConfig = StorageConfig()
     callbacks: CallbacksConfig = CallbacksConfig()

@@ -360,6 +360,9 @@ class MemoryStorage:
         self.objects[key] = data
         return key
 
+    def read(self, key: str) -> bytes:
+        return self.objects[key]
+
     def delete(self, keys: Sequence[str]) -> None:
         for key in keys:
             self.objects.pop(key, None)

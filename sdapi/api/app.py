@@ -15,6 +15,7 @@ from sdapi.api.auth import api_key_guard
 from sdapi.api.body_limit import body_limit_middleware
 from sdapi.api.docs import StrictStructSchemaPlugin, assets_router, openapi_config
 from sdapi.api.errors import handle_http_exception, handle_sdapi_error, handle_unexpected
+from sdapi.api.openai_dialect import openai_router
 from sdapi.bootstrap import build_runtime
 from sdapi.callbacks.ssrf import Resolver
 from sdapi.callers import callers_by_key
@@ -63,7 +64,7 @@ def create_app(
         route_handlers=[routes.TaskController, routes.LoraController],
         guards=[api_key_guard(callers_by_key(config.api), config.api.key_header)],
     )
-    route_handlers: list[object] = [routes.health, api_v1, routes.image_file]
+    route_handlers: list[object] = [routes.health, api_v1, routes.image_file, openai_router(config)]
     if (docs_assets := assets_router()) is not None:
         route_handlers.append(docs_assets)
     limit = config.limits.request_limit_bytes

@@ -19,6 +19,9 @@ class ImageStorage(Protocol):
     def save(self, data: bytes, extension: str, content_type: str) -> str:
         """Store one image; return its key. Raise StorageError."""
 
+    def read(self, key: str) -> bytes:
+        """The stored bytes of an image (for answers that carry images inline). Raise StorageError."""
+
     def delete(self, keys: Sequence[str]) -> None:
         """Remove stored images (those of a run whose lease was lost); unknown keys are no error. Raise
         StorageError."""

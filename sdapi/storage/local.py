@@ -41,6 +41,15 @@ class LocalImageStorage:
             raise StorageError(f"本地图片存储写入失败：{error.strerror}") from None
         return key
 
+    def read(self, key: str) -> bytes:
+        path = self.local_path(key)
+        if path is None:
+            raise StorageError(f"本地图片不存在：{key}")
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise StorageError(f"本地图片读取失败：{error.strerror}") from None
+
     def delete(self, keys: Sequence[str]) -> None:
         for key in keys:
             path = self.local_path(key)

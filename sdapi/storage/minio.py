@@ -125,6 +125,15 @@ class MinioImageStorage:
             self._client.put_object(self._config.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
         return key
 
+    def read(self, key: str) -> bytes:
+        with self._translated():
+            response = self._client.get_object(self._config.bucket, key)
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
     def delete(self, keys: Sequence[str]) -> None:
         with self._translated():
             for key in keys:

@@ -1,0 +1,248 @@
+"""The OpenAI Images API under /v1, a thin translation onto the native task pipeline: decode OpenAI's request, map it
+to a GenerationRequest, submit it as the caller's task, wait for the task to end, answer in OpenAI's shape. Nothing
+here generates, validates or stores: the native service does, and its errors come back in OpenAI's error shape.
+
+`OpenAI(base_url="http://host:8000/v1", api_key=KEY)` works unchanged; sdapi's own controls (negative_prompt, seed,
+num_inference_steps, guidance_scale, scheduler, loras, strength) travel in the SDK's `extra_body`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Body
+
+from sdapi.api.auth import caller_of, find_caller
+from sdapi.api.errors import status_for
+from sdapi.bootstrap import Runtime
+from sdapi.callers import callers_by_key
+from sdapi.config import Config
+from sdapi.errors import AuthenticationFailed, InvalidParameter, RequestValidationFailed, SdapiError, TaskNotFound
+from sdapi.request import GenerationRequest, LoraRequest
+from sdapi.service import TaskView
+
+# OpenAI's error `type` for each status the SDK maps to an exception class.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_error",
+    504: "timeout",
+}
+TIMEOUT_MESSAGE = "等待生成超时（compat.wait_seconds），任务已取消"
+
+
+class ImageGenerationRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/images/generations: OpenAI's fields, and sdapi's own through the SDK's extra_body."""
+
+    prompt: str
+    n: Annotated[int, msgspec.Meta(ge=1, le=10)] = 1
+    size: str | None = None  # "WxH", or "auto"/None for the configured default
+    response_format: Literal["url", "b64_json"] = "url"
+    output_format: Literal["png", "jpeg"] = "png"
+    model: str | None = None
+    user: str | None = None
+    # Accepted for OpenAI clients that always send them; they do not change what sdapi makes.
+    quality: str | None = None
+    style: str | None = None
+    moderation: str | None = None
+    background: str | None = None
+    # sdapi's own controls, same names and rules as POST /api/v1/generate.
+    negative_prompt: str | None = None
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    scheduler: str | None = None
+    loras: list[LoraRequest] | None = None
+
+
+def _size(size: str | None) -> tuple[int | None, int | None]:
+    if size is None or size == "auto":
+        return None, None
+    width, separator, height = size.partition("x")
+    if not separator or not width.isdigit() or not height.isdigit():
+        raise InvalidParameter("size", f"size 无效：{size!r}。格式为 宽x高，例如 512x512，或 auto")
+    return int(width), int(height)
+
+
+def _native(body: ImageGenerationRequest, init_image: str | None = None, strength: float | None = None) -> Any:
+    width, height = _size(body.size)
+    fields: dict[str, Any] = {
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt,
+        "width": width,
+        "height": height,
+        "num_inference_steps": body.num_inference_steps,
+        "guidance_scale": body.guidance_scale,
+        "seed": body.seed,
+        "num_images": body.n,
+        "scheduler": body.scheduler,
+        "output_format": "jpg" if body.output_format == "jpeg" else "png",
+        "init_image": init_image,
+        "strength": strength,
+        "loras": body.loras,
+    }
+    try:
+        return msgspec.convert({k: v for k, v in fields.items() if v is not None}, GenerationRequest)
+    except msgspec.ValidationError as error:
+        raise InvalidParameter("body", str(error)) from None
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _check_model(config: Config, model: str | None) -> None:
+    if model is not None and model not in (config.compat.model_id, "default"):
+        raise TaskNotFound(f"模型不存在：{model!r}。可用模型：{config.compat.model_id}（GET /v1/models）")
+
+
+async def _generate_and_answer(
+    request: Request[Any, Any, Any], native: GenerationRequest, body: ImageGenerationRequest
+) -> dict[str, Any]:
+    """Submit as the caller's task, wait for its end (cancelling it past compat.wait_seconds), answer OpenAI's way."""
+    runtime = _runtime(request)
+    service, caller = runtime.service, caller_of(request)
+    base_url = str(request.base_url).rstrip("/")
+    task = await service.submit(native, base_url, caller)
+    view = await service.wait(task.id, runtime.config.compat.wait_seconds, base_url, caller)
+    if not view.task.status.is_terminal:
+        await service.cancel(task.id, base_url, caller)
+        raise CompatTimeout(TIMEOUT_MESSAGE)
+    if view.task.error_message is not None:
+        raise DialectTaskFailed(view.task.error_message)
+    return {
+        "created": int(view.task.created_at.timestamp()),
+        "data": await _images(runtime, view, body.response_format),
+        "output_format": body.output_format,
+        "size": f"{view.task.params.width}x{view.task.params.height}",
+    }
+
+
+async def _images(runtime: Runtime, view: TaskView, response_format: str) -> list[dict[str, Any]]:
+    urls = view.image_urls or []
+    if response_format == "url":
+        return [{"url": url, "revised_prompt": None} for url in urls]
+    data = [await asyncio.to_thread(runtime.storage.read, key) for key in view.task.result_keys]
+    return [{"b64_json": base64.b64encode(raw).decode("ascii"), "revised_prompt": None} for raw in data]
+
+
+class CompatTimeout(SdapiError):
+    """The dialect's wait ran out (504); the task was cancelled."""
+
+
+class DialectTaskFailed(SdapiError):
+    """The task failed: the dialect answers with its message (500, as OpenAI reports a failed generation)."""
+
+
+@post("/images/generations", status_code=200, summary="OpenAI: images.generate")
+async def generations(data: ImageGenerationRequest, request: Request[Any, Any, Any]) -> dict[str, Any]:
+    _check_model(_runtime(request).config, data.model)
+    return await _generate_and_answer(request, _native(data), data)
+
+
+@post("/images/edits", status_code=200, summary="OpenAI: images.edit（图生图）")
+async def edits(
+    data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
+    request: Request[Any, Any, Any],
+) -> dict[str, Any]:
+    if data.get("mask") is not None:
+        raise InvalidParameter("mask", "不支持 mask（局部重绘）：请去掉 mask，整张图片按 strength 重新生成")
+    upload = data.get("image") or data.get("image[]")
+    if isinstance(upload, list):
+        if len(upload) != 1:
+            raise InvalidParameter("image", "只支持一张 image")
+        upload = upload[0]
+    if not isinstance(upload, UploadFile):
+        raise InvalidParameter("image", "缺少 image 文件（PNG 或 JPEG）")
+    raw = await upload.read()
+    fields = {key: value for key, value in data.items() if key not in ("image", "image[]", "mask", "strength")}
+    for key in ("n", "num_inference_steps", "seed"):
+        if isinstance(fields.get(key), str):
+            fields[key] = int(fields[key]) if fields[key].lstrip("-").isdigit() else fields[key]
+    if isinstance(fields.get("guidance_scale"), str):
+        fields["guidance_scale"] = float(fields["guidance_scale"])
+    try:
+        body = msgspec.convert(fields, ImageGenerationRequest, strict=False)
+        strength = float(data["strength"]) if data.get("strength") is not None else None
+    except (msgspec.ValidationError, ValueError) as error:
+        raise InvalidParameter("body", str(error)) from None
+    _check_model(_runtime(request).config, body.model)
+    mime = "jpeg" if raw[:3] == b"\xff\xd8\xff" else "png"
+    init_image = f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
+    return await _generate_and_answer(request, _native(body, init_image, strength), body)
+
+
+@get("/models", summary="OpenAI: models.list")
+async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    model_id = _runtime(request).config.compat.model_id
+    return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "sdapi"}]}
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> Response[object]:
+    body = {
+        "error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}
+    }
+    return Response(body, status_code=status)
+
+
+def _sdapi_error(request: Request[Any, Any, Any], error: SdapiError) -> Response[object]:
+    if isinstance(error, CompatTimeout):
+        return _error(504, error.message, code="timeout")
+    if isinstance(error, DialectTaskFailed):
+        return _error(500, error.message, code="generation_failed")
+    status = status_for(error)
+    if status >= 500:
+        return _error(status, "服务器内部错误" if status == 500 else error.message)
+    if isinstance(error, RequestValidationFailed):
+        first = error.errors[0] if error.errors else {}
+        location = first.get("loc")
+        param = str(location[-1]) if isinstance(location, list) and location else None
+        return _error(400, f"{param}: {first.get('msg', error.message)}" if param else error.message, param)
+    response = _error(status, error.message, getattr(error, "field", None), code=type(error).__name__)
+    if status == 429 and hasattr(error, "retry_after"):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[object]:
+    status = 400 if error.status_code == 422 else error.status_code
+    return _error(status, str(error.detail), code=None)
+
+
+def _bearer_guard(config: Config) -> Any:
+    callers = callers_by_key(config.api)
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        scheme, _space, token = connection.headers.get("Authorization", "").partition(" ")
+        provided = token.strip() if scheme.lower() == "bearer" else connection.headers.get(config.api.key_header, "")
+        caller = find_caller(provided, callers) if provided else None
+        if caller is None:
+            raise AuthenticationFailed("API Key 无效或缺失：请用 Authorization: Bearer <key>")
+        connection.state.caller = caller
+
+    return guard
+
+
+def openai_router(config: Config) -> Router:
+    return Router(
+        path="/v1",
+        route_handlers=[generations, edits, models],
+        guards=[_bearer_guard(config)],
+        tags=["openai"],
+        exception_handlers={SdapiError: _sdapi_error, HTTPException: _http_error},
+    )
