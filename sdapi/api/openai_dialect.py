@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -24,11 +25,18 @@ from litestar.params import Body
 from sdapi.api.auth import caller_of, find_caller
 from sdapi.api.errors import status_for
 from sdapi.bootstrap import Runtime
-from sdapi.callers import callers_by_key
+from sdapi.callers import Caller, callers_by_key
 from sdapi.config import Config
-from sdapi.errors import AuthenticationFailed, InvalidParameter, RequestValidationFailed, SdapiError, TaskNotFound
+from sdapi.errors import (
+    AuthenticationFailed,
+    InvalidParameter,
+    RequestValidationFailed,
+    SdapiError,
+    TaskAlreadyFinished,
+    TaskNotFound,
+)
 from sdapi.request import GenerationRequest, LoraRequest
-from sdapi.service import TaskView
+from sdapi.service import TaskService, TaskView
 
 # OpenAI's error `type` for each status the SDK maps to an exception class.
 _ERROR_TYPES = {
@@ -119,9 +127,17 @@ async def _generate_and_answer(
     service, caller = runtime.service, caller_of(request)
     base_url = str(request.base_url).rstrip("/")
     task = await service.submit(native, base_url, caller)
-    view = await service.wait(task.id, runtime.config.compat.wait_seconds, base_url, caller)
+    waiting = asyncio.ensure_future(service.wait(task.id, runtime.config.compat.wait_seconds, base_url, caller))
+    gone = asyncio.ensure_future(_client_gone(request))
+    await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiting.done():  # the client disconnected: nobody will read the images, so stop making them
+        waiting.cancel()
+        await _cancel_quietly(service, task.id, base_url, caller)
+        raise ClientGone("客户端已断开，任务已取消")
+    gone.cancel()
+    view = waiting.result()
     if not view.task.status.is_terminal:
-        await service.cancel(task.id, base_url, caller)
+        await _cancel_quietly(service, task.id, base_url, caller)
         raise CompatTimeout(TIMEOUT_MESSAGE)
     if view.task.error_message is not None:
         raise DialectTaskFailed(view.task.error_message)
@@ -131,6 +147,17 @@ async def _generate_and_answer(
         "output_format": body.output_format,
         "size": f"{view.task.params.width}x{view.task.params.height}",
     }
+
+
+async def _client_gone(request: Request[Any, Any, Any]) -> None:
+    """Return when the client disconnects (its body has been read: the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel_quietly(service: TaskService, task_id: str, base_url: str, caller: Caller) -> None:
+    with contextlib.suppress(TaskAlreadyFinished):  # it ended meanwhile: nothing to stop
+        await service.cancel(task_id, base_url, caller)
 
 
 async def _images(runtime: Runtime, view: TaskView, response_format: str) -> list[dict[str, Any]]:
@@ -143,6 +170,10 @@ async def _images(runtime: Runtime, view: TaskView, response_format: str) -> lis
 
 class CompatTimeout(SdapiError):
     """The dialect's wait ran out (504); the task was cancelled."""
+
+
+class ClientGone(SdapiError):
+    """The client disconnected while waiting; its task was cancelled (nobody receives this answer)."""
 
 
 class DialectTaskFailed(SdapiError):
@@ -201,6 +232,8 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
 
 
 def _sdapi_error(request: Request[Any, Any, Any], error: SdapiError) -> Response[object]:
+    if isinstance(error, ClientGone):
+        return _error(499, error.message, code="client_closed_request")
     if isinstance(error, CompatTimeout):
         return _error(504, error.message, code="timeout")
     if isinstance(error, DialectTaskFailed):

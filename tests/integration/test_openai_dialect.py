@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import httpx
 import numpy as np
@@ -90,3 +91,20 @@ def test_errors_raise_the_sdk_exception_classes_with_the_message(client, service
         for blocker in blockers:
             if blocker.status_code == 200:
                 native.post(f"/api/v1/tasks/{blocker.json()['task_id']}/cancel")
+
+
+def test_a_client_that_gives_up_waiting_cancels_its_task(service):
+    impatient = openai.OpenAI(base_url=f"{service.url}/v1", api_key=API_KEY, max_retries=0, timeout=1.5)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.images.generate(
+            prompt="too slow", size="512x512", extra_body={"num_inference_steps": 150, "seed": 77}
+        )
+    with service.client() as native:
+        deadline = time.monotonic() + 30
+        while True:
+            [task] = [t for t in native.get("/api/v1/tasks?limit=100").json()["tasks"] if t["seed"] == 77]
+            if task["status"] == "failed":
+                break
+            assert time.monotonic() < deadline, task
+            time.sleep(0.1)
+    assert task["error_code"] == "cancelled"
