@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import enum
 
+# The contract's 404 message for an unknown task (also for another key's task under per-key isolation).
+TASK_NOT_FOUND_MESSAGE = "任务不存在"
 # The message of a generation that failed for a reason the client should not see (the traceback goes to the log).
 GENERIC_GENERATION_FAILURE = "生成过程中发生错误"
 

@@ -1,4 +1,5 @@
-"""Submitting and reading tasks: what the HTTP routes call. No HTTP here."""
+"""Tasks as clients see them: submitting, reading, waiting for, listing, cancelling and re-running them, and their
+callback log, as the HTTP routes and the compatibility dialects call them. No HTTP here."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sdapi.callers import SERVICE, Caller
 from sdapi.config import Config
 from sdapi.deliveries import Delivery, delivery_for, redelivery
 from sdapi.errors import (
+    TASK_NOT_FOUND_MESSAGE,
     DeliveryInProgress,
     IdempotencyKeyReused,
     InvalidParameter,
@@ -43,7 +45,6 @@ from sdapi.watch import TaskWatch
 logger = logging.getLogger(__name__)
 
 QUEUE_FULL_MESSAGE = "任务队列已满，请稍后重试"
-NOT_FOUND = "任务不存在"
 # Most tasks on one page of GET /api/v1/tasks.
 MAX_PAGE = 100
 # An event stream with nothing to say sends a keep-alive this often (proxies close silent connections).
@@ -190,7 +191,7 @@ class TaskService:
         self._check_rate(caller)
         original = await self._tasks.get(task_id)
         if not caller.sees(original.owner):
-            raise TaskNotFound(NOT_FOUND)
+            raise TaskNotFound(TASK_NOT_FOUND_MESSAGE)
         init_bytes = None
         if original.params.is_image_to_image:
             init_bytes = await self._init_images.get(task_id)
@@ -244,7 +245,7 @@ class TaskService:
         of another key, under api.isolation per_key)."""
         record = await self._tasks.read(task_id)
         if not caller.sees(record.task.owner):
-            raise TaskNotFound(NOT_FOUND)
+            raise TaskNotFound(TASK_NOT_FOUND_MESSAGE)
         return await self._view(record, request_base_url)
 
     async def wait(
@@ -342,7 +343,7 @@ class TaskService:
         TaskAlreadyFinished when it has ended."""
         task = await self._tasks.get(task_id)
         if not caller.sees(task.owner):
-            raise TaskNotFound(NOT_FOUND)
+            raise TaskNotFound(TASK_NOT_FOUND_MESSAGE)
         if task.status is TaskStatus.PENDING:
             cancelled = tasks.cancel(task)
             delivery = delivery_for(cancelled, time.time())

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import msgspec
 
 from sdapi.deliveries import Delivery, DeliveryStatus
-from sdapi.errors import TaskNotFound
+from sdapi.errors import TASK_NOT_FOUND_MESSAGE, TaskNotFound
 from sdapi.nodes import NodeInfo
 from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, TaskRecord
 from sdapi.tasks import Progress, Task, TaskStatus
@@ -33,7 +33,6 @@ _task_decoder = msgspec.json.Decoder(Task)
 _delivery_decoder = msgspec.json.Decoder(Delivery)
 _node_decoder = msgspec.json.Decoder(NodeInfo)
 _progress_decoder = msgspec.json.Decoder(Progress)
-NOT_FOUND = "任务不存在"
 
 Row = tuple[Any, ...]
 
@@ -216,14 +215,14 @@ class SqlTaskStore:
         async with self._db.session(write=False) as session:
             row = await session.fetchone(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))
         if row is None:
-            raise TaskNotFound(NOT_FOUND)
+            raise TaskNotFound(TASK_NOT_FOUND_MESSAGE)
         return _task(row)
 
     async def read(self, task_id: str) -> TaskRecord:
         async with self._db.session(write=False) as session:
             row = await session.fetchone(f"{_RECORD_SELECT} WHERE t.id = %s", (task_id,))
         if row is None:
-            raise TaskNotFound(NOT_FOUND)
+            raise TaskNotFound(TASK_NOT_FOUND_MESSAGE)
         return _record(row)
 
     async def list_tasks(
@@ -453,7 +452,7 @@ class SqlInitImageStore:
         async with self._db.session(write=False) as session:
             row = await session.fetchone("SELECT init_image FROM tasks WHERE id = %s", (task_id,))
         if row is None:
-            raise TaskNotFound(NOT_FOUND)
+            raise TaskNotFound(TASK_NOT_FOUND_MESSAGE)
         return None if row[0] is None else bytes(row[0])
 
 
