@@ -31,6 +31,7 @@ BUCKET = "sd-images"
 LONG = {"prompt": "a long one", "width": 384, "height": 384, "num_inference_steps": 100}
 MAX_ATTEMPTS = 2
 LEASE_SECONDS = 3
+OTHER_KEY = "other-team-key-0123456789"
 
 
 class Cluster:
@@ -63,10 +64,10 @@ class Cluster:
     def start_worker(self) -> WorkerProcess:
         return self.stack.enter_context(WorkerProcess(self.config, env=self.env))
 
-    def client(self, index: int | None = None) -> httpx.Client:
-        """A client of API node `index`, or of the next node in turn."""
+    def client(self, index: int | None = None, key: str = API_KEY) -> httpx.Client:
+        """A client of API node `index` (or of the next node in turn) with `key`."""
         api = self.apis[next(self._turn) % len(self.apis) if index is None else index]
-        return httpx.Client(base_url=api.url, headers={"X-API-Key": API_KEY}, timeout=30)
+        return httpx.Client(base_url=api.url, headers={"X-API-Key": key}, timeout=30)
 
     def health(self) -> dict[str, Any]:
         with self.client() as client:
@@ -136,6 +137,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, postgres
             queue={"lease_seconds": LEASE_SECONDS, "max_attempts": MAX_ATTEMPTS, "shutdown_grace_seconds": 2},
             callbacks={"allowed_hosts": ["127.0.0.1/32"], "backoff_base": 0.3, "max_attempts": 20, "timeout": 2},
             limits={"max_inference_steps": 200},
+            api={"keys": [API_KEY, {"key": OTHER_KEY, "name": "other-team"}]},
         )
         deployment = Cluster(config, receiver, postgres, s3)
         with deployment.stack:
@@ -370,3 +372,21 @@ def test_any_api_node_cancels_a_task_running_on_any_worker(cluster):
     assert body["status"] == "failed" and body["error_code"] == "cancelled"
     assert body["progress"]["step"] < body["progress"]["total_steps"]
     _eventually(lambda: len(cluster.callbacks_for(task_id)) == 1, what="the callback")
+
+
+def test_isolation_and_idempotency_hold_across_api_nodes(cluster):
+    body = {"prompt": "once, on any node", "seed": 21, "num_inference_steps": 2}
+    headers = {"Idempotency-Key": "cross-node-1"}
+    with cluster.client(0) as first, cluster.client(1) as second, cluster.client(1, OTHER_KEY) as other:
+        created = first.post("/api/v1/generate", json=body, headers=headers)
+        retried = second.post("/api/v1/generate", json=body, headers=headers)  # the client retried elsewhere
+        assert created.status_code == retried.status_code == 200
+        task_id = created.json()["task_id"]
+        assert retried.json()["task_id"] == task_id
+        assert second.post("/api/v1/generate", json={**body, "seed": 22}, headers=headers).status_code == 409
+        # Another key's idempotency keys are its own: a new task.
+        assert other.post("/api/v1/generate", json=body, headers=headers).json()["task_id"] != task_id
+        assert wait_for_task(second, task_id)["status"] == "completed"
+        assert other.get(f"/api/v1/tasks/{task_id}").status_code == 404
+        assert other.post(f"/api/v1/tasks/{task_id}/rerun").status_code == 404
+        assert task_id not in [task["task_id"] for task in other.get("/api/v1/tasks?limit=100").json()["tasks"]]
