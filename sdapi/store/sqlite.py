@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ from sdapi.store.sql import (
 )
 
 T = TypeVar("T")
+OPEN_RETRY_SECONDS = 10.0
 
 DIALECT = Dialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
@@ -172,10 +174,7 @@ class SqliteDatabase:
             # isolation_level=None: autocommit; a write session BEGINs itself. timeout: how long to wait for the
             # write lock another process holds.
             db = sqlite3.connect(str(self._path), check_same_thread=False, isolation_level=None, timeout=10.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL is durable across process crashes in WAL mode (only an OS crash can lose the last commit).
-            db.execute("PRAGMA synchronous=NORMAL")
-            _migrate(db, self._path)
+            _prepare(db, self._path)
         self._db = db
 
     @asynccontextmanager
@@ -205,6 +204,23 @@ class SqliteDatabase:
                 await asyncio.to_thread(db.close)
         else:
             await asyncio.to_thread(db.close)
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    """WAL mode and the schema. Processes opening a new file together can find it locked without waiting (switching
+    the journal mode is not covered by the busy timeout): they retry for OPEN_RETRY_SECONDS."""
+    deadline = time.monotonic() + OPEN_RETRY_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across process crashes in WAL mode (only an OS crash can lose the last commit).
+            db.execute("PRAGMA synchronous=NORMAL")
+            _migrate(db, path)
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _rollback(db: sqlite3.Connection) -> None:
