@@ -25,15 +25,20 @@ def find_caller(provided: str, callers: Mapping[str, Caller]) -> Caller | None:
     return found
 
 
-def api_key_guard(callers: Mapping[str, Caller], header: str) -> Guard:
-    """A Litestar guard that admits requests whose `header` carries a configured key and records who the caller
-    is (`caller_of(connection)`). It never logs a key."""
+def api_key_guard(callers: Mapping[str, Caller], header: str, bearer: bool = False) -> Guard:
+    """A Litestar guard that admits requests whose `header` (or, with `bearer`, `Authorization: Bearer`, as
+    OpenAI's clients send it) carries a configured key and records who the caller is (`caller_of(connection)`).
+    It never logs a key."""
     frozen = dict(callers)
+    where = f"Authorization: Bearer <key> 或请求头 {header}" if bearer else f"请求头 {header}"
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         provided = connection.headers.get(header)
+        scheme, _space, token = connection.headers.get("Authorization", "").partition(" ")
+        if bearer and scheme.lower() == "bearer" and token.strip():
+            provided = token.strip()
         if not provided:
-            raise AuthenticationFailed(f"缺少 API Key：请在请求头 {header} 中提供")
+            raise AuthenticationFailed(f"缺少 API Key：请在{where}中提供")
         caller = find_caller(provided, frozen)
         if caller is None:
             raise AuthenticationFailed("API Key 无效")

@@ -15,20 +15,17 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, Router, get, post
-from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body
 
-from sdapi.api.auth import caller_of, find_caller
+from sdapi.api.auth import api_key_guard, caller_of
 from sdapi.api.errors import status_for
 from sdapi.bootstrap import Runtime
 from sdapi.callers import Caller, callers_by_key
 from sdapi.config import Config
 from sdapi.errors import (
-    AuthenticationFailed,
     InvalidParameter,
     RequestValidationFailed,
     SdapiError,
@@ -202,12 +199,8 @@ async def edits(
         raise InvalidParameter("image", "缺少 image 文件（PNG 或 JPEG）")
     raw = await upload.read()
     fields = {key: value for key, value in data.items() if key not in ("image", "image[]", "mask", "strength")}
-    for key in ("n", "num_inference_steps", "seed"):
-        if isinstance(fields.get(key), str):
-            fields[key] = int(fields[key]) if fields[key].lstrip("-").isdigit() else fields[key]
-    if isinstance(fields.get("guidance_scale"), str):
-        fields["guidance_scale"] = float(fields["guidance_scale"])
     try:
+        # Multipart fields arrive as strings: strict=False lets msgspec read "2" as 2 and "6.5" as 6.5.
         body = msgspec.convert(fields, ImageGenerationRequest, strict=False)
         strength = float(data["strength"]) if data.get("strength") is not None else None
     except (msgspec.ValidationError, ValueError) as error:
@@ -257,25 +250,11 @@ def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Respon
     return _error(status, str(error.detail), code=None)
 
 
-def _bearer_guard(config: Config) -> Any:
-    callers = callers_by_key(config.api)
-
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        scheme, _space, token = connection.headers.get("Authorization", "").partition(" ")
-        provided = token.strip() if scheme.lower() == "bearer" else connection.headers.get(config.api.key_header, "")
-        caller = find_caller(provided, callers) if provided else None
-        if caller is None:
-            raise AuthenticationFailed("API Key 无效或缺失：请用 Authorization: Bearer <key>")
-        connection.state.caller = caller
-
-    return guard
-
-
 def openai_router(config: Config) -> Router:
     return Router(
         path="/v1",
         route_handlers=[generations, edits, models],
-        guards=[_bearer_guard(config)],
+        guards=[api_key_guard(callers_by_key(config.api), config.api.key_header, bearer=True)],
         tags=["openai"],
         exception_handlers={SdapiError: _sdapi_error, HTTPException: _http_error},
     )

@@ -66,6 +66,10 @@ def test_edit_runs_image_to_image_and_a_mask_is_refused(client):
         image=("in.png", buffer.getvalue(), "image/png"), prompt="paint it", extra_body={**FAST, "strength": 0.6}
     )
     assert Image.open(io.BytesIO(httpx.get(edited.data[0].url).content)).size == (96, 64)
+    with pytest.raises(openai.BadRequestError, match="guidance_scale"):  # a form field that is not a number
+        client.images.edit(
+            image=("in.png", buffer.getvalue(), "image/png"), prompt="x", extra_body={"guidance_scale": "lots"}
+        )
     with pytest.raises(openai.BadRequestError, match="mask"):
         client.images.edit(
             image=("in.png", buffer.getvalue(), "image/png"), mask=("m.png", buffer.getvalue(), "image/png"), prompt="x"
