@@ -49,7 +49,9 @@ def openapi_config(key_header: str) -> OpenAPIConfig:
         path="/",
         components=Components(
             security_schemes={
-                "APIKeyHeader": SecurityScheme(type="apiKey", name=key_header, security_scheme_in="header")
+                "APIKeyHeader": SecurityScheme(type="apiKey", name=key_header, security_scheme_in="header"),
+                # The OpenAI dialect (/v1): the key as OpenAI's clients send it.
+                "BearerKey": SecurityScheme(type="http", scheme="bearer"),
             }
         ),
         render_plugins=[

@@ -256,5 +256,6 @@ def openai_router(config: Config) -> Router:
         route_handlers=[generations, edits, models],
         guards=[api_key_guard(callers_by_key(config.api), config.api.key_header, bearer=True)],
         tags=["openai"],
+        security=[{"BearerKey": []}, {"APIKeyHeader": []}],
         exception_handlers={SdapiError: _sdapi_error, HTTPException: _http_error},
     )
