@@ -9,7 +9,14 @@ import msgspec
 
 from sdapi.config import DefaultsConfig, LimitsConfig
 from sdapi.errors import InvalidParameter
-from sdapi.request import MAX_SEED, OUTPUT_FORMATS, SCHEDULER_NAMES, GenerationRequest, LoraSpec
+from sdapi.request import (
+    KARRAS_SCHEDULERS,
+    MAX_SEED,
+    OUTPUT_FORMATS,
+    SCHEDULER_NAMES,
+    GenerationRequest,
+    LoraSpec,
+)
 
 MIN_SIDE = 64
 
@@ -34,6 +41,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     guidance_scale: float
     strength: float | None  # only for image-to-image
     scheduler: str | None  # None: the model's own scheduler
+    # Karras sigma spacing; only for KARRAS_SCHEDULERS (the engine checks the model's own scheduler).
+    use_karras_sigmas: bool = False
     seed: int
     output_format: str
     init_image: InitImageInfo | None = None
@@ -64,6 +73,15 @@ def _check_side(field: str, value: int, maximum: int) -> None:
         )
 
 
+def check_karras(scheduler: str, use_karras_sigmas: bool) -> None:
+    """Raise InvalidParameter when Karras sigmas are asked of a scheduler class without them."""
+    if use_karras_sigmas and scheduler not in KARRAS_SCHEDULERS:
+        raise InvalidParameter(
+            "use_karras_sigmas",
+            f"{scheduler} 不支持 use_karras_sigmas。支持的采样方法：{', '.join(sorted(KARRAS_SCHEDULERS))}",
+        )
+
+
 def output_side(input_side: int) -> int:
     """Image-to-image output side: the input's side rounded down to a multiple of 8."""
     return input_side - input_side % 8
@@ -89,6 +107,10 @@ def resolve_params(
             "scheduler",
             f"scheduler 不支持：{request.scheduler!r}。可选：{', '.join(SCHEDULER_NAMES)}",
         )
+    scheduler = request.scheduler if request.scheduler is not None else defaults.scheduler
+    use_karras_sigmas = bool(request.use_karras_sigmas)
+    if scheduler is not None:  # the model's own scheduler is checked by the engine, which knows it
+        check_karras(scheduler, use_karras_sigmas)
     steps = request.num_inference_steps or defaults.num_inference_steps
     if steps > limits.max_inference_steps:
         raise InvalidParameter(
@@ -121,7 +143,8 @@ def resolve_params(
         num_inference_steps=steps,
         guidance_scale=request.guidance_scale if request.guidance_scale is not None else defaults.guidance_scale,
         strength=strength,
-        scheduler=request.scheduler if request.scheduler is not None else defaults.scheduler,
+        scheduler=scheduler,
+        use_karras_sigmas=use_karras_sigmas,
         seed=seed,
         output_format=output_format,
         init_image=init_image,

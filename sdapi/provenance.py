@@ -55,6 +55,7 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     dtype: str
     sdapi_version: str
     task_id: str
+    use_karras_sigmas: bool = False
 
 
 def image_record(
@@ -77,6 +78,7 @@ def image_record(
         dtype=dtype,
         sdapi_version=__version__,
         task_id=task_id,
+        use_karras_sigmas=params.use_karras_sigmas,
     )
 
 
@@ -88,6 +90,7 @@ def infotext(record: ImageRecord) -> str:
     pairs = [
         ("Steps", record.steps),
         ("Sampler", A1111_SAMPLER_NAMES.get(record.scheduler or "", record.scheduler or "")),
+        ("Schedule type", "Karras" if record.use_karras_sigmas else "Automatic"),
         ("CFG scale", record.guidance_scale),
         ("Seed", record.seed),
         ("Size", f"{record.width}x{record.height}"),

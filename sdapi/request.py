@@ -20,6 +20,17 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler",
 )
+# The schedulers that can space their sigmas the Karras way (AUTOMATIC1111's "Karras" schedule type).
+KARRAS_SCHEDULERS: frozenset[str] = frozenset(
+    {
+        "DPMSolverMultistepScheduler",
+        "EulerDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+    }
+)
 OUTPUT_FORMATS = ("png", "jpg", "jpeg")
 MAX_IMAGES = 10
 # Seeds are unsigned 32-bit integers, as in A1111 and most clients; image k of a batch uses seed + k.
@@ -92,6 +103,13 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         Annotated[float, msgspec.Meta(ge=0.0, le=1.0, description="图生图强度，范围0.0-1.0。仅图生图有效")] | None
     ) = None
     scheduler: Annotated[str | None, msgspec.Meta(description="采样方法名称：" + "、".join(SCHEDULER_NAMES))] = None
+    use_karras_sigmas: Annotated[
+        bool | None,
+        msgspec.Meta(
+            description="按 Karras 方式安排噪声步长（AUTOMATIC1111 的 Karras 调度类型）。仅以下采样方法支持："
+            + "、".join(sorted(KARRAS_SCHEDULERS))
+        ),
+    ] = None
     seed: (
         Annotated[
             int,

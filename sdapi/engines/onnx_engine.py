@@ -20,6 +20,7 @@ from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.engines import Generated
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.pipeline_runs import StepCallback, run_request
+from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.export_manifest import ExportManifest, read_manifest
 from sdapi.loras.merging import adapter_targets, target_shapes
@@ -216,6 +217,8 @@ class OnnxEngine:
                 "width",
                 f"width/height 无效：{params.width}x{params.height}。ONNX 引擎要求宽高为 {self.side_multiple} 的倍数",
             )
+        if self._scheduler_config is not None:
+            check_scheduler(params, self._scheduler_config)
 
     def generate(
         self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None

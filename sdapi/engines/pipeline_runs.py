@@ -45,7 +45,7 @@ def run_request(
     `on_step` hears of every denoising step (the pipeline's callback_on_step_end; ONNX pipelines are diffusers
     pipelines too)."""
     pipeline = image_to_image if init_image is not None else text_to_image
-    pipeline.scheduler = make_scheduler(params.scheduler or scheduler_config["_class_name"], scheduler_config)
+    pipeline.scheduler = make_scheduler(params, scheduler_config)
     strength = params.strength
     if init_image is not None and strength is not None and int(params.num_inference_steps * strength) < 1:
         # No denoising step at this strength: the seed's "0.0 几乎不修改" — the input comes back unchanged.

@@ -17,6 +17,7 @@ from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.loading import load_pipeline
 from sdapi.engines.pipeline_runs import StepCallback, run_request
+from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.params import GenerationParams
@@ -80,6 +81,8 @@ class TorchEngine:
         """Every size and LoRA set the params rules allow runs on torch, given a LoRA folder to read from."""
         if params.loras and self._lora_files is None:
             raise InvalidParameter("loras", "此引擎未配置 LoRA")
+        if self._scheduler_config is not None:
+            check_scheduler(params, self._scheduler_config)
 
     def generate(
         self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 import pytest
 
 from sdapi.config import DefaultsConfig, LimitsConfig
@@ -85,3 +86,26 @@ def test_unservable_values_name_their_field(field, value):
 
 def test_output_side_rounds_down_to_8():
     assert [output_side(n) for n in (64, 71, 72, 1023)] == [64, 64, 72, 1016]
+
+
+def test_karras_sigmas_only_for_schedulers_that_have_them():
+    assert resolve(use_karras_sigmas=True, scheduler="DPMSolverMultistepScheduler").use_karras_sigmas
+    assert not resolve().use_karras_sigmas
+    with pytest.raises(InvalidParameter, match="DDIMScheduler 不支持 use_karras_sigmas") as refused:
+        resolve(use_karras_sigmas=True, scheduler="DDIMScheduler")
+    assert refused.value.field == "use_karras_sigmas"
+
+
+def test_karras_sigmas_reach_the_scheduler_built_from_the_model_config():
+    import diffusers
+
+    from sdapi.engines.schedulers import make_scheduler
+
+    base = {**diffusers.DDIMScheduler().config, "_class_name": "DDIMScheduler"}  # a model whose own scheduler is DDIM
+    params = resolve(use_karras_sigmas=True, scheduler="EulerDiscreteScheduler")
+    scheduler = make_scheduler(params, base)
+    assert type(scheduler).__name__ == "EulerDiscreteScheduler" and scheduler.config.use_karras_sigmas
+    assert not make_scheduler(resolve(scheduler="EulerDiscreteScheduler"), base).config.use_karras_sigmas
+    own = msgspec.structs.replace(params, scheduler=None)  # the model's DDIM cannot: the engine refuses
+    with pytest.raises(InvalidParameter, match="DDIMScheduler"):
+        make_scheduler(own, base)
