@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -136,3 +137,43 @@ def read_user_comment(image: Image.Image) -> str | None:
     if not isinstance(raw, bytes) or not raw.startswith(_UNICODE_PREFIX):
         return None
     return raw[len(_UNICODE_PREFIX) :].decode("utf-16-be")
+
+
+def read_embedded(raw: bytes) -> tuple[str | None, str | None]:
+    """The infotext and the JSON record embedded in image bytes by encode_with_record: from a PNG's text chunks or
+    a JPEG's EXIF UserComment. (None, None) for an image without them; raise OSError for bytes that are no image."""
+    with Image.open(io.BytesIO(raw)) as image:
+        if image.format == "PNG":
+            chunks = getattr(image, "text", {})
+            return chunks.get(INFOTEXT_CHUNK), chunks.get(JSON_CHUNK)
+        comment = read_user_comment(image) if image.format == "JPEG" else None
+    if comment is None:
+        return None, None
+    text, _newline, last = comment.rpartition("\n")
+    if text and last.startswith("{"):
+        return text, last
+    return comment, None
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """AUTOMATIC1111's infotext read back into fields: "Prompt", "Negative prompt", then each `Key: value` of its
+    last line ("Size" also as "Size-1"/"Size-2", as A1111 reads it). Quoted values keep their quotes' content."""
+    lines = text.split("\n")
+    settings = lines.pop() if len(lines) > 1 and re.match(r"^\w[\w ]*: ", lines[-1]) else ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in lines:
+        if line.startswith("Negative prompt: ") or negative:
+            negative.append(line.removeprefix("Negative prompt: "))
+        else:
+            prompt.append(line)
+    fields = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _SETTING.findall(settings):
+        fields[key] = json.loads(value) if value.startswith('"') else value
+    if "x" in fields.get("Size", ""):
+        fields["Size-1"], fields["Size-2"] = fields["Size"].split("x", 1)
+    return fields
+
+
+# One `Key: value` pair of an infotext's settings line; a value is either JSON-quoted or runs to the next comma.
+_SETTING = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')

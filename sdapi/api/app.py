@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 
 from sdapi.api import routes
+from sdapi.api.a1111_dialect import a1111_router
 from sdapi.api.auth import api_key_guard
 from sdapi.api.body_limit import body_limit_middleware
 from sdapi.api.docs import StrictStructSchemaPlugin, assets_router, openapi_config
@@ -64,7 +65,13 @@ def create_app(
         route_handlers=[routes.TaskController, routes.LoraController],
         guards=[api_key_guard(callers_by_key(config.api), config.api.key_header)],
     )
-    route_handlers: list[object] = [routes.health, api_v1, routes.image_file, openai_router(config)]
+    route_handlers: list[object] = [
+        routes.health,
+        api_v1,
+        routes.image_file,
+        openai_router(config),
+        a1111_router(config),
+    ]
     if (docs_assets := assets_router()) is not None:
         route_handlers.append(docs_assets)
     limit = config.limits.request_limit_bytes

@@ -52,6 +52,8 @@ def openapi_config(key_header: str) -> OpenAPIConfig:
                 "APIKeyHeader": SecurityScheme(type="apiKey", name=key_header, security_scheme_in="header"),
                 # The OpenAI dialect (/v1): the key as OpenAI's clients send it.
                 "BearerKey": SecurityScheme(type="http", scheme="bearer"),
+                # The AUTOMATIC1111 dialect (/sdapi/v1): any user name, the key as password (A1111's --api-auth).
+                "BasicAuth": SecurityScheme(type="http", scheme="basic"),
             }
         ),
         render_plugins=[

@@ -8,9 +8,7 @@ num_inference_steps, guidance_scale, scheduler, loras, strength) travel in the S
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -20,20 +18,20 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
 from litestar.params import Body
 
-from sdapi.api.auth import api_key_guard, caller_of
+from sdapi.api.auth import api_key_guard
+from sdapi.api.dialects import ClientGone, CompatTimeout, image_bytes, run_to_end, runtime_of
 from sdapi.api.errors import status_for
 from sdapi.bootstrap import Runtime
-from sdapi.callers import Caller, callers_by_key
+from sdapi.callers import callers_by_key
 from sdapi.config import Config
 from sdapi.errors import (
     InvalidParameter,
     RequestValidationFailed,
     SdapiError,
-    TaskAlreadyFinished,
     TaskNotFound,
 )
 from sdapi.request import GenerationRequest, LoraRequest
-from sdapi.service import TaskService, TaskView
+from sdapi.service import TaskView
 
 # OpenAI's error `type` for each status the SDK maps to an exception class.
 _ERROR_TYPES = {
@@ -47,7 +45,6 @@ _ERROR_TYPES = {
     503: "server_error",
     504: "timeout",
 }
-TIMEOUT_MESSAGE = "等待生成超时（compat.wait_seconds），任务已取消"
 
 
 class ImageGenerationRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -106,11 +103,6 @@ def _native(body: ImageGenerationRequest, init_image: str | None = None, strengt
         raise InvalidParameter("body", str(error)) from None
 
 
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 def _check_model(config: Config, model: str | None) -> None:
     if model is not None and model not in (config.compat.model_id, "default"):
         raise TaskNotFound(f"模型不存在：{model!r}。可用模型：{config.compat.model_id}（GET /v1/models）")
@@ -119,58 +111,23 @@ def _check_model(config: Config, model: str | None) -> None:
 async def _generate_and_answer(
     request: Request[Any, Any, Any], native: GenerationRequest, body: ImageGenerationRequest
 ) -> dict[str, Any]:
-    """Submit as the caller's task, wait for its end (cancelling it past compat.wait_seconds), answer OpenAI's way."""
-    runtime = _runtime(request)
-    service, caller = runtime.service, caller_of(request)
-    base_url = str(request.base_url).rstrip("/")
-    task = await service.submit(native, base_url, caller)
-    waiting = asyncio.ensure_future(service.wait(task.id, runtime.config.compat.wait_seconds, base_url, caller))
-    gone = asyncio.ensure_future(_client_gone(request))
-    await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-    if not waiting.done():  # the client disconnected: nobody will read the images, so stop making them
-        waiting.cancel()
-        await _cancel_quietly(service, task.id, base_url, caller)
-        raise ClientGone("客户端已断开，任务已取消")
-    gone.cancel()
-    view = waiting.result()
-    if not view.task.status.is_terminal:
-        await _cancel_quietly(service, task.id, base_url, caller)
-        raise CompatTimeout(TIMEOUT_MESSAGE)
+    """Run as the caller's task to its end, then answer OpenAI's way (a failed task is an error)."""
+    view = await run_to_end(request, native)
     if view.task.error_message is not None:
         raise DialectTaskFailed(view.task.error_message)
     return {
         "created": int(view.task.created_at.timestamp()),
-        "data": await _images(runtime, view, body.response_format),
+        "data": await _images(runtime_of(request), view, body.response_format),
         "output_format": body.output_format,
         "size": f"{view.task.params.width}x{view.task.params.height}",
     }
 
 
-async def _client_gone(request: Request[Any, Any, Any]) -> None:
-    """Return when the client disconnects (its body has been read: the next ASGI message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _cancel_quietly(service: TaskService, task_id: str, base_url: str, caller: Caller) -> None:
-    with contextlib.suppress(TaskAlreadyFinished):  # it ended meanwhile: nothing to stop
-        await service.cancel(task_id, base_url, caller)
-
-
 async def _images(runtime: Runtime, view: TaskView, response_format: str) -> list[dict[str, Any]]:
-    urls = view.image_urls or []
     if response_format == "url":
-        return [{"url": url, "revised_prompt": None} for url in urls]
-    data = [await asyncio.to_thread(runtime.storage.read, key) for key in view.task.result_keys]
+        return [{"url": url, "revised_prompt": None} for url in view.image_urls or []]
+    data = await image_bytes(runtime, view)
     return [{"b64_json": base64.b64encode(raw).decode("ascii"), "revised_prompt": None} for raw in data]
-
-
-class CompatTimeout(SdapiError):
-    """The dialect's wait ran out (504); the task was cancelled."""
-
-
-class ClientGone(SdapiError):
-    """The client disconnected while waiting; its task was cancelled (nobody receives this answer)."""
 
 
 class DialectTaskFailed(SdapiError):
@@ -179,7 +136,7 @@ class DialectTaskFailed(SdapiError):
 
 @post("/images/generations", status_code=200, summary="OpenAI: images.generate")
 async def generations(data: ImageGenerationRequest, request: Request[Any, Any, Any]) -> dict[str, Any]:
-    _check_model(_runtime(request).config, data.model)
+    _check_model(runtime_of(request).config, data.model)
     return await _generate_and_answer(request, _native(data), data)
 
 
@@ -205,7 +162,7 @@ async def edits(
         strength = float(data["strength"]) if data.get("strength") is not None else None
     except (msgspec.ValidationError, ValueError) as error:
         raise InvalidParameter("body", str(error)) from None
-    _check_model(_runtime(request).config, body.model)
+    _check_model(runtime_of(request).config, body.model)
     mime = "jpeg" if raw[:3] == b"\xff\xd8\xff" else "png"
     init_image = f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
     return await _generate_and_answer(request, _native(body, init_image, strength), body)
@@ -213,7 +170,7 @@ async def edits(
 
 @get("/models", summary="OpenAI: models.list")
 async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    model_id = _runtime(request).config.compat.model_id
+    model_id = runtime_of(request).config.compat.model_id
     return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "sdapi"}]}
 
 

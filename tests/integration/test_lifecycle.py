@@ -387,8 +387,8 @@ def test_images_carry_their_parameters_for_png_info_tools_and_the_task_lists_the
             assert parameters.splitlines()[0] == "a lighthouse"
             assert parameters.splitlines()[1] == "Negative prompt: fog"
             assert (
-                f"Steps: 5, Sampler: Euler a, Schedule type: Automatic, CFG scale: 6.5, Seed: {41 + index}, Size: 128x96"
-                in parameters
+                "Steps: 5, Sampler: Euler a, Schedule type: Automatic, "
+                f"CFG scale: 6.5, Seed: {41 + index}, Size: 128x96" in parameters
             )
             record = json.loads(image.text["sdapi"])
             assert record["seed"] == 41 + index and record["task_id"] == body["task_id"]

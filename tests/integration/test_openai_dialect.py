@@ -12,6 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
+from sdapi.testing.adapter_files import model_modules, write_adapter
 from sdapi.testing.services import API_KEY, gradient_image, in_process
 
 FAST = {"num_inference_steps": 3}
@@ -19,7 +20,11 @@ FAST = {"num_inference_steps": 3}
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_model):
-    with in_process(tmp_path_factory.mktemp("openai"), tiny_model, queue={"max_pending": 2}) as running:
+    loras = tmp_path_factory.mktemp("openai-loras")
+    write_adapter(loras / "ink_style.safetensors", model_modules(tiny_model), "lora", seed=3, scale=1.0)
+    with in_process(
+        tmp_path_factory.mktemp("openai"), tiny_model, queue={"max_pending": 2}, loras={"dir": str(loras)}
+    ) as running:
         yield running
 
 
@@ -51,6 +56,20 @@ def test_generate_with_urls_and_b64_and_sdapi_controls_through_extra_body(client
     with service.client() as native:
         listed = native.get("/api/v1/tasks?limit=100").json()["tasks"]
     assert sum(task["seed"] == 11 for task in listed) >= 2
+
+
+def test_a_lora_through_extra_body(client):
+    def pixels(**extra):
+        made = client.images.generate(
+            prompt="a red boat", response_format="b64_json", extra_body={**FAST, "seed": 4, **extra}
+        )
+        return _pixels(base64.b64decode(made.data[0].b64_json))
+
+    plain, styled = pixels(), pixels(loras=[{"name": "ink_style", "weight": 1.0}])
+    assert np.abs(plain.astype(float) - styled.astype(float)).mean() > 1.0
+    assert np.array_equal(styled, pixels(loras=[{"name": "ink_style", "weight": 1.0}]))
+    with pytest.raises(openai.BadRequestError, match="LoRA 不存在"):
+        pixels(loras=[{"name": "missing"}])
 
 
 def test_models_and_an_unknown_model(client):
