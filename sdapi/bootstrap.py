@@ -25,6 +25,7 @@ from pathlib import Path
 
 import msgspec
 
+from sdapi import metrics
 from sdapi.callbacks.sender import CallbackSender
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, system_resolver
 from sdapi.config import Config
@@ -33,6 +34,7 @@ from sdapi.errors import ConfigError, StorageError
 from sdapi.estimates import StartEstimator
 from sdapi.heartbeat import Heartbeat
 from sdapi.loras.library import LoraLibrary
+from sdapi.metrics_publisher import MetricsPublisher
 from sdapi.nodes import NodeInfo, Role
 from sdapi.params import GenerationParams
 from sdapi.reaper import Reaper
@@ -127,6 +129,7 @@ class Runtime:
     library: LoraLibrary
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     _started: bool = field(default=False, repr=False)
+    _metrics: MetricsPublisher | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         """Open the database, check storage, scan the LoRA folder, then start the loops this role runs."""
@@ -159,7 +162,17 @@ class Runtime:
             self.worker.start()
         if self.callbacks is not None:
             self.callbacks.start()
+        if self.config.metrics.enabled and self.config.metrics.port is not None:
+            self._metrics = MetricsPublisher(self.config.server.host, self.config.metrics.port, self.refresh_gauges)
+            self._metrics.start()
         self._started = True
+
+    async def refresh_gauges(self) -> None:
+        """Set the metrics that describe the whole service from the store: queue depth and live workers."""
+        for status in (TaskStatus.PENDING, TaskStatus.PROCESSING):
+            metrics.QUEUE_TASKS.labels(status=status.value).set(await self.stores.tasks.count(status))
+        live = await self.stores.nodes.live(self.config.queue.lease_seconds)
+        metrics.WORKERS_ALIVE.set(sum(1 for node in live if node.role.runs_worker))
 
     def _task_announced(self) -> None:
         if self.worker is not None:
@@ -200,6 +213,8 @@ class Runtime:
             if self.retention is not None:
                 await self.retention.stop()
             await self.heartbeat.stop()
+            if self._metrics is not None:
+                await self._metrics.stop()
         await self.stores.database.close()
 
     def describe(self) -> NodeInfo:

@@ -32,9 +32,9 @@ def _load(arguments: argparse.Namespace) -> Config | None:
     except ConfigError as error:
         print(f"sdapi: {error.message}", file=sys.stderr)
         return None
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    from sdapi.logs import configure_logging
+
+    configure_logging(config.log_level, config.log_format)
     try:
         asyncio.run(_migrate(config))
     except SdapiError as error:
@@ -71,6 +71,7 @@ def _serve(arguments: argparse.Namespace) -> int:
         host=host,
         port=port,
         log_level=config.log_level.lower(),
+        log_config=None,  # uvicorn's loggers go through ours (configure_logging): one format, with request ids
         # Connections get this long to finish on SIGTERM; the worker's own grace period follows it.
         timeout_graceful_shutdown=5,
     )

@@ -71,6 +71,14 @@ class ServerConfig(_Section, frozen=True):
     public_base_url: str | None = None
 
 
+class MetricsConfig(_Section, frozen=True):
+    # GET /metrics in the Prometheus text format; false turns it off.
+    enabled: bool = True
+    # null: on the API port. A port: served there instead (keeping it off a public API port); `sdapi worker`, which
+    # has no API, serves its metrics only this way.
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+
+
 class ModelConfig(_Section, frozen=True):
     # A local diffusers folder, a hub id, or a single-file .safetensors/.ckpt checkpoint.
     path: str = "./data/models/tiny-sd"
@@ -244,6 +252,11 @@ class LorasConfig(_Section, frozen=True):
 class Config(_Section, frozen=True):
     data_dir: str = "./data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: one readable line each; json: one JSON object per line (time, level, logger, message, task_id,
+    # request_id) for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
+    # Prompts are user content: logged only when this is true. Keys, callback secrets and images never are.
+    log_prompts: bool = False
     api: ApiConfig = ApiConfig()
     server: ServerConfig = ServerConfig()
     model: ModelConfig = ModelConfig()
@@ -254,6 +267,7 @@ class Config(_Section, frozen=True):
     output: OutputConfig = OutputConfig()
     retention: RetentionConfig = RetentionConfig()
     compat: CompatConfig = CompatConfig()
+    metrics: MetricsConfig = MetricsConfig()
     onnx: OnnxConfig = OnnxConfig()
     storage: StorageConfig = StorageConfig()
     callbacks: CallbacksConfig = CallbacksConfig()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import queue
 import threading
@@ -29,10 +30,11 @@ class GenerationThread:
         self._thread.start()
 
     def submit(self, function: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue `function`; the returned future (of the running loop) gets its result or exception."""
+        """Queue `function`; the returned future (of the running loop) gets its result or exception. It runs in a
+        copy of the caller's context, as asyncio.to_thread would: its log lines keep the task's ids."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((function, future, loop))
+        self._jobs.put((functools.partial(contextvars.copy_context().run, function), future, loop))
         return future
 
     def _serve(self) -> None:

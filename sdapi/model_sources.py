@@ -30,3 +30,12 @@ def describe_source(path: str) -> SourceKind:
     if local.suffix.lower() in SINGLE_FILE_SUFFIXES:
         return "single-file"
     return "hub"
+
+
+def model_name(path: str) -> str:
+    """A model's short name: the last part of its configured path (a folder, a file without its suffix, a hub
+    id's name), as AUTOMATIC1111's model lists and our metric labels show it."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in SINGLE_FILE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name

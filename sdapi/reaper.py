@@ -11,8 +11,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from sdapi import tasks
+from sdapi import metrics, tasks
 from sdapi.deliveries import delivery_for
+from sdapi.logs import task_context
 from sdapi.store import TaskStore
 from sdapi.wakeup import BatchLoop
 
@@ -52,12 +53,15 @@ class Reaper:
             delivery = delivery_for(recovered, time.time())
             if not await self._tasks.reap(lease, recovered, delivery):
                 continue  # renewed, finished or reaped by another node meanwhile
-            logger.warning(
-                "task %s: its worker's lease expired during attempt %d; now %s",
-                lease.task.id,
-                lease.task.attempts,
-                recovered.status,
-            )
+            with task_context(lease.task.id, lease.task.request_id):
+                logger.warning(
+                    "task %s: its worker's lease expired during attempt %d; now %s",
+                    lease.task.id,
+                    lease.task.attempts,
+                    recovered.status,
+                )
+            if recovered.error_code is not None:
+                metrics.TASKS_FAILED.labels(dialect=recovered.dialect, error_code=recovered.error_code.value).inc()
             if recovered.status.is_terminal:
                 if delivery is not None:
                     self._on_delivery()

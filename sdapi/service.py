@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import msgspec
 
-from sdapi import tasks
+from sdapi import metrics, tasks
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target, system_resolver
 from sdapi.callers import SERVICE, Caller
 from sdapi.config import Config
@@ -32,6 +32,7 @@ from sdapi.errors import (
 )
 from sdapi.estimates import StartEstimator
 from sdapi.images import decode_init_image
+from sdapi.logs import current_request_id, task_context
 from sdapi.loras.library import LoraLibrary
 from sdapi.params import GenerationParams, InitImageInfo, resolve_params
 from sdapi.quotas import RateLimiter
@@ -137,8 +138,10 @@ class TaskService:
         base_url: str | None,
         caller: Caller = SERVICE,
         idempotency_key: str | None = None,
+        dialect: str = "native",
     ) -> Task:
-        """Validate `request`, store it as a pending task of `caller` and wake the worker; raise InvalidParameter,
+        """Validate `request`, store it as a pending task of `caller` (made through `dialect`, by the current
+        request id) and wake the worker; raise InvalidParameter,
         or QueueFull when the queue, the caller's pending limit or its rate is spent.
 
         With an `idempotency_key` this caller already used (within api.idempotency_ttl_hours) for the same request,
@@ -159,7 +162,7 @@ class TaskService:
             await resolve_target(
                 params.callback_url, self._callback_policy, self._resolver, self._config.callbacks.resolve_timeout
             )
-        task = create(params, base_url=base_url, owner=caller.name)
+        task = create(params, base_url=base_url, owner=caller.name, request_id=current_request_id(), dialect=dialect)
         limits = (self._config.queue.max_pending, caller.max_pending)
         if idempotency_key is not None:
             key = IdempotencyKey(
@@ -199,7 +202,7 @@ class TaskService:
                 raise InvalidParameter(
                     "task_id", "图生图任务结束后不保留 init_image，无法重新运行：请用原图重新提交 POST /api/v1/generate"
                 )
-        task = create(original.params, base_url=base_url, owner=caller.name)
+        task = create(original.params, base_url=base_url, owner=caller.name, request_id=current_request_id())
         if not await self._tasks.add(task, init_bytes, self._config.queue.max_pending, caller.max_pending):
             await self._refuse(caller)
         self._created(task)
@@ -229,15 +232,19 @@ class TaskService:
 
     def _created(self, task: Task) -> None:
         params = task.params
-        logger.info(
-            "task %s created: %s %dx%d x%d, %d steps",
-            task.id,
-            "img2img" if params.is_image_to_image else "txt2img",
-            params.width,
-            params.height,
-            params.num_images,
-            params.num_inference_steps,
-        )
+        with task_context(task.id, task.request_id):
+            logger.info(
+                "task %s created (%s): %s %dx%d x%d, %d steps%s",
+                task.id,
+                task.dialect,
+                "img2img" if params.is_image_to_image else "txt2img",
+                params.width,
+                params.height,
+                params.num_images,
+                params.num_inference_steps,
+                f", prompt {params.prompt!r}" if self._config.log_prompts else "",
+            )
+        metrics.TASKS_SUBMITTED.labels(dialect=task.dialect).inc()
         self._wake_worker()
 
     async def get(self, task_id: str, request_base_url: str | None, caller: Caller = SERVICE) -> TaskView:
@@ -348,7 +355,9 @@ class TaskService:
             cancelled = tasks.cancel(task)
             delivery = delivery_for(cancelled, time.time())
             if await self._tasks.cancel_pending(task, cancelled, delivery):
-                logger.info("task %s cancelled while pending", task_id)
+                with task_context(task_id, task.request_id):
+                    logger.info("task %s cancelled while pending", task_id)
+                metrics.TASKS_FAILED.labels(dialect=task.dialect, error_code="cancelled").inc()
                 if delivery is not None:
                     self._wake_sender()
                 return await self.get(task_id, request_base_url, caller)

@@ -84,6 +84,10 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     owner: str | None = None
     # The images of a completed task, in image order (their keys are result_keys).
     images: tuple[StoredImage, ...] = ()
+    # The X-Request-ID of the HTTP request that created it: its log lines carry it on every node.
+    request_id: str | None = None
+    # The API it came through: native, openai or a1111 (a label of its metrics).
+    dialect: str = "native"
 
 
 def now_utc() -> datetime:
@@ -95,9 +99,14 @@ def new_task_id() -> str:
 
 
 def create(
-    params: GenerationParams, base_url: str | None = None, now: datetime | None = None, owner: str | None = None
+    params: GenerationParams,
+    base_url: str | None = None,
+    now: datetime | None = None,
+    owner: str | None = None,
+    request_id: str | None = None,
+    dialect: str = "native",
 ) -> Task:
-    """A new pending task for `params`, owned by `owner`."""
+    """A new pending task for `params`, owned by `owner`, created by request `request_id` through `dialect`."""
     stamp = now or now_utc()
     return Task(
         id=new_task_id(),
@@ -107,6 +116,8 @@ def create(
         updated_at=stamp,
         base_url=base_url,
         owner=owner,
+        request_id=request_id,
+        dialect=dialect,
     )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from sdapi import tasks
+from sdapi import metrics, tasks
 from sdapi.config import Config
 from sdapi.deliveries import delivery_for
 from sdapi.digests import model_weights_sha256
@@ -34,6 +34,8 @@ from sdapi.errors import (
 )
 from sdapi.generation_thread import GenerationThread
 from sdapi.images import CONTENT_TYPES, encode_image, open_init_image
+from sdapi.logs import task_context
+from sdapi.model_sources import model_name
 from sdapi.provenance import ModelInfo, image_record
 from sdapi.storage import ImageStorage
 from sdapi.store import InitImageStore, Lease, TaskStore, ThroughputLog
@@ -180,8 +182,11 @@ class Worker:
             await self._wakeup.sleep(IDLE_POLL_SECONDS)
 
     async def _load_model(self) -> None:
+        began = time.perf_counter()
         try:
             await self._generation.submit(self._engine.load)
+            metrics.MODEL_LOAD_SECONDS.labels(engine=self._engine.name).observe(time.perf_counter() - began)
+            metrics.MODEL_LOADS.labels(engine=self._engine.name, outcome="loaded").inc()
             # Hashing the weights reads them once (seconds for a large model), off the event loop.
             self._model_sha256 = await asyncio.to_thread(model_weights_sha256, self._config.model.path)
             # Off the event loop: it may read every LoRA file to check it fits the model.
@@ -189,9 +194,11 @@ class Worker:
         except ModelLoadFailed as error:
             self.model_error = error.message
             logger.error("model not loaded: %s", error.message)
+            metrics.MODEL_LOADS.labels(engine=self._engine.name, outcome="failed").inc()
         except Exception as error:
             self.model_error = f"模型加载失败：{type(error).__name__}: {error}"
             logger.exception("model not loaded")
+            metrics.MODEL_LOADS.labels(engine=self._engine.name, outcome="failed").inc()
 
     def check_cancel(self) -> None:
         """A client asked to cancel a running task: report now (and learn whether it is this one)."""
@@ -200,9 +207,18 @@ class Worker:
 
     async def _process(self, lease: Lease) -> None:
         started = lease.task
-        if self.model_error is not None:
-            await self._settle_until_written(lease, tasks.fail(started, self.model_error, ErrorCode.MODEL_NOT_LOADED))
-            return
+        with task_context(started.id, started.request_id):  # every line about this run names the task
+            if started.started_at is not None:
+                metrics.QUEUE_WAIT.observe((started.started_at - started.created_at).total_seconds())
+            if self.model_error is not None:
+                failed = tasks.fail(started, self.model_error, ErrorCode.MODEL_NOT_LOADED)
+                if await self._settle_until_written(lease, failed):
+                    self._count(failed, None, 0.0)
+                return
+            await self._run_under_lease(lease)
+
+    async def _run_under_lease(self, lease: Lease) -> None:
+        started = lease.task
         self._current = lease
         self._running = run = _Run(started.params.num_images)
         loop = asyncio.get_running_loop()
@@ -214,7 +230,9 @@ class Worker:
         try:
             finished = await self._run_task(lease, run)
             if await self._settle_until_written(lease, finished):
-                logger.info("task %s %s in %.2fs", started.id, finished.status, time.perf_counter() - began)
+                elapsed = time.perf_counter() - began
+                logger.info("task %s %s in %.2fs", started.id, finished.status, elapsed)
+                self._count(finished, run, elapsed)
                 await self._measure(finished, run)
             else:
                 await self._discard(finished)
@@ -223,6 +241,20 @@ class Worker:
                 helper.cancel()
             self._current = None
             self._running = None
+
+    def _count(self, finished: Task, run: _Run | None, elapsed: float) -> None:
+        """The metrics of a run whose outcome was written."""
+        params = finished.params
+        if finished.status is TaskStatus.COMPLETED and finished.engine is not None:
+            metrics.TASKS_COMPLETED.labels(dialect=finished.dialect, engine=finished.engine).inc()
+            size = metrics.size_class(params.width, params.height)
+            model = model_name(self._config.model.path)
+            metrics.RUN_SECONDS.labels(engine=finished.engine, model=model, size_class=size).observe(elapsed)
+            if run is not None and run.generation_seconds and run.progress.total_steps:
+                step = run.generation_seconds / run.progress.total_steps
+                metrics.STEP_SECONDS.labels(engine=finished.engine).observe(step)
+        elif finished.error_code is not None:
+            metrics.TASKS_FAILED.labels(dialect=finished.dialect, error_code=finished.error_code.value).inc()
 
     async def _measure(self, finished: Task, run: _Run) -> None:
         """Fold a completed run's speed into the shared moving average the queue's estimates use."""
@@ -356,10 +388,15 @@ class Worker:
                     details.get("dtype", ""),
                     details.get("scheduler", ""),
                 )
+            encoding = time.perf_counter()
             data = encode_image(image, extension, record)
+            uploading = time.perf_counter()
+            metrics.ENCODE_SECONDS.labels(format=extension).observe(uploading - encoding)
+            key = self._save(data, extension)
+            metrics.UPLOAD_SECONDS.observe(time.perf_counter() - uploading)
             stored.append(
                 StoredImage(
-                    key=self._save(data, extension),
+                    key=key,
                     seed=params.seed + index,
                     width=image.width,
                     height=image.height,

@@ -49,6 +49,7 @@ from sdapi.errors import (
     RequestValidationFailed,
     SdapiError,
 )
+from sdapi.model_sources import model_name
 from sdapi.provenance import A1111_SAMPLER_NAMES, parse_infotext, read_embedded
 from sdapi.request import MAX_IMAGES, MAX_SEED, GenerationRequest, LoraRequest
 from sdapi.service import MAX_PAGE, TaskView
@@ -195,10 +196,7 @@ class _Model(msgspec.Struct, frozen=True):
 @functools.lru_cache(maxsize=4)
 def _model_named(path: str) -> _Model:
     """The model at `path` as A1111 lists it; its weights are hashed once (a big UNet takes seconds)."""
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    for suffix in (".safetensors", ".ckpt"):
-        name = name.removesuffix(suffix)
-    return _Model(name=name, sha256=model_weights_sha256(path), filename=path)
+    return _Model(name=model_name(path), sha256=model_weights_sha256(path), filename=path)
 
 
 async def _model(runtime: Runtime) -> _Model:
@@ -363,7 +361,7 @@ async def _generate(request: Request[Any, Any, Any], body: dict[str, Any], image
     runtime = runtime_of(request)
     model = await _model(runtime)
     translated = _translate(body, model, image_to_image)
-    view = await run_to_end(request, translated.native)
+    view = await run_to_end(request, translated.native, dialect="a1111")
     task = view.task
     if task.error_code is ErrorCode.CANCELLED:  # interrupted (POST /interrupt): A1111 answers without failing
         return _answer(translated, view, [], [], model, interrupted=True)

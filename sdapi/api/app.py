@@ -17,6 +17,7 @@ from sdapi.api.body_limit import body_limit_middleware
 from sdapi.api.docs import StrictStructSchemaPlugin, assets_router, openapi_config
 from sdapi.api.errors import handle_http_exception, handle_sdapi_error, handle_unexpected
 from sdapi.api.openai_dialect import openai_router
+from sdapi.api.request_ids import echo_request_id, request_id_middleware
 from sdapi.bootstrap import build_runtime
 from sdapi.callbacks.ssrf import Resolver
 from sdapi.callers import callers_by_key
@@ -72,6 +73,8 @@ def create_app(
         openai_router(config),
         a1111_router(config),
     ]
+    if config.metrics.enabled and config.metrics.port is None:
+        route_handlers.append(routes.metrics_text)
     if (docs_assets := assets_router()) is not None:
         route_handlers.append(docs_assets)
     limit = config.limits.request_limit_bytes
@@ -80,7 +83,8 @@ def create_app(
         lifespan=[lifespan],
         openapi_config=openapi_config(config.api.key_header),
         plugins=[StrictStructSchemaPlugin()],
-        middleware=[DefineMiddleware(body_limit_middleware(limit))],
+        middleware=[request_id_middleware, DefineMiddleware(body_limit_middleware(limit))],
+        before_send=[echo_request_id],
         # The middleware answers first; Litestar's own limit stays as a backstop at the same size.
         request_max_body_size=limit,
         exception_handlers={
@@ -89,4 +93,6 @@ def create_app(
             Exception: handle_unexpected,
         },
         debug=False,
+        # Logging is set up once by the CLI (sdapi.logs): Litestar must not replace the root handlers.
+        logging_config=None,
     )

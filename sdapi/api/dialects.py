@@ -37,12 +37,13 @@ def base_url_of(request: Request[Any, Any, Any]) -> str:
     return str(request.base_url).rstrip("/")
 
 
-async def run_to_end(request: Request[Any, Any, Any], native: GenerationRequest) -> TaskView:
-    """Submit `native` as the caller's task and return it once ended (completed or failed, cancelled included).
+async def run_to_end(request: Request[Any, Any, Any], native: GenerationRequest, dialect: str) -> TaskView:
+    """Submit `native` as the caller's task (through `dialect`) and return it once ended (completed or failed,
+    cancelled included).
     Raise ClientGone when the client disconnects first and CompatTimeout past compat.wait_seconds: both cancel it."""
     runtime = runtime_of(request)
     service, caller, base_url = runtime.service, caller_of(request), base_url_of(request)
-    task = await service.submit(native, base_url, caller)
+    task = await service.submit(native, base_url, caller, dialect=dialect)
     waiting = asyncio.ensure_future(service.wait(task.id, runtime.config.compat.wait_seconds, base_url, caller))
     gone = asyncio.ensure_future(_client_gone(request))
     await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)

@@ -112,7 +112,7 @@ async def _generate_and_answer(
     request: Request[Any, Any, Any], native: GenerationRequest, body: ImageGenerationRequest
 ) -> dict[str, Any]:
     """Run as the caller's task to its end, then answer OpenAI's way (a failed task is an error)."""
-    view = await run_to_end(request, native)
+    view = await run_to_end(request, native, dialect="openai")
     if view.task.error_message is not None:
         raise DialectTaskFailed(view.task.error_message)
     return {

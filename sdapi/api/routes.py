@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
+from sdapi import metrics
 from sdapi.api.auth import caller_of
 from sdapi.api.schemas import (
     TASK_CREATED_MESSAGE,
@@ -275,6 +276,18 @@ class LoraController(Controller):
     async def refresh(self, state: State) -> LoraListResponse:
         library = _runtime(state).library
         return LoraListResponse(loras=await asyncio.to_thread(library.scan))
+
+
+@get(
+    "/metrics",
+    summary="Prometheus 指标",
+    description="Prometheus 文本格式的运行指标（metrics.enabled；metrics.port 设置时改在该端口提供）。无需 API Key。",
+    tags=["operations"],
+)
+async def metrics_text(state: State) -> Response[bytes]:
+    await _runtime(state).refresh_gauges()
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @get(f"{IMAGE_ROUTE}/{{key:str}}", include_in_schema=False)

@@ -19,12 +19,13 @@ from typing import Any
 import httpx
 import msgspec
 
-from sdapi import __version__
+from sdapi import __version__, metrics
 from sdapi.callbacks.signing import signature_headers
 from sdapi.callbacks.ssrf import CallbackPolicy, CallbackRefused, Resolver, resolve_target, system_resolver
 from sdapi.config import CallbacksConfig
-from sdapi.deliveries import Delivery, after_attempt
+from sdapi.deliveries import Delivery, DeliveryStatus, after_attempt
 from sdapi.errors import SdapiError
+from sdapi.logs import set_request_id, task_context
 from sdapi.results import iso, public_base_url, result_urls
 from sdapi.storage import ImageStorage
 from sdapi.store import CallbackOutbox, DeliveryClaim, TaskStore
@@ -157,6 +158,10 @@ class CallbackSender:
         self._wakeup.nudge()
 
     async def _attempt(self, claim: DeliveryClaim) -> None:
+        with task_context(claim.delivery.task_id):  # _post adds the id of the request that created the task
+            await self._attempt_in_context(claim)
+
+    async def _attempt_in_context(self, claim: DeliveryClaim) -> None:
         delivery = claim.delivery
         began = time.perf_counter()
         try:
@@ -176,6 +181,9 @@ class CallbackSender:
             http_status=http_status,
             duration_ms=round((time.perf_counter() - began) * 1000, 1),
         )
+        metrics.CALLBACK_ATTEMPT_SECONDS.observe(time.perf_counter() - began)
+        outcome = "delivered" if delivered else "failed" if updated.status is DeliveryStatus.FAILED else "retry"
+        metrics.CALLBACK_ATTEMPTS.labels(outcome=outcome).inc()
         try:
             recorded = await self._outbox.record(claim, updated)
         except SdapiError as failure:  # stays due: sent again (same id) once the claim runs out
@@ -199,6 +207,7 @@ class CallbackSender:
         assert self._client is not None
         try:
             task = await self._tasks.get(delivery.task_id)
+            set_request_id(task.request_id)
             base_url = public_base_url(self._public_base_url, task.base_url)
             body = msgspec.json.encode(callback_body(task, self._storage, base_url))
             target = await resolve_target(delivery.url, self.policy, self._resolver, self._config.resolve_timeout)
@@ -226,6 +235,8 @@ class CallbackSender:
         except DeliveryAttemptFailed as failed:
             return False, failed.retryable, failed.reason, None
         if 200 <= response.status_code < 300:
+            if task.finished_at is not None:
+                metrics.CALLBACK_LATENCY.observe(max(0.0, self._clock() - task.finished_at.timestamp()))
             return True, False, None, response.status_code
         retryable = response.status_code == 429 or response.status_code >= 500
         return False, retryable, f"HTTP {response.status_code}", response.status_code

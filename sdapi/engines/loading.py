@@ -14,10 +14,24 @@ from sdapi.model_sources import describe_source, is_local_path
 logger = logging.getLogger(__name__)
 
 
+def route_library_logs() -> None:
+    """diffusers and transformers log through handlers of their own and draw progress bars while loading: send their
+    records to sdapi's handler instead (one format, JSON included) and drop the bars, which are no log lines."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_default_handler()
+        library.enable_propagation()
+        library.set_verbosity_warning()
+        library.disable_progress_bar()
+
+
 def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None = None) -> Any:
     """A StableDiffusionPipeline in `dtype` on the CPU; raise ModelLoadFailed with what is wrong."""
     from diffusers import StableDiffusionPipeline
 
+    route_library_logs()
     kind = describe_source(path)
     options: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     try:

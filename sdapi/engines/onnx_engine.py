@@ -19,6 +19,7 @@ from PIL import Image
 from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.engines import Generated
 from sdapi.engines.failures import engine_errors
+from sdapi.engines.loading import route_library_logs
 from sdapi.engines.pipeline_runs import StepCallback, run_request
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
@@ -142,6 +143,7 @@ class OnnxEngine:
         import onnxruntime
         from optimum.onnxruntime import ORTStableDiffusionImg2ImgPipeline, ORTStableDiffusionPipeline
 
+        route_library_logs()
         manifest = read_manifest(self.folder)
         self.providers = available_providers(self._onnx.providers)
         fp16 = manifest.precision == "fp16"

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdapi import metrics
 from sdapi.engines.schedulers import make_scheduler
 from sdapi.params import GenerationParams
 
@@ -71,7 +72,18 @@ def run_request(
         if on_step is not None:
             arguments["callback_on_step_end"] = _step_reporter(on_step, index, len(batches), len(images))
         images.extend(pipeline(**arguments).images)
+    report_gpu_memory()
     return images
+
+
+def report_gpu_memory() -> None:
+    """Publish torch's CUDA memory (now and at its peak) per device, when this process uses CUDA."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return
+    for index in range(torch.cuda.device_count()):
+        device = f"cuda:{index}"
+        metrics.GPU_MEMORY_ALLOCATED.labels(device=device).set(torch.cuda.memory_allocated(index))
+        metrics.GPU_MEMORY_PEAK.labels(device=device).set(torch.cuda.max_memory_allocated(index))
 
 
 def _step_reporter(on_step: StepCallback, batch: int, batches: int, images_done: int) -> Any:

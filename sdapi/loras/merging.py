@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sdapi import metrics
 from sdapi.errors import ErrorCode, GenerationFailed
 from sdapi.loras.files import AdapterFileError, deltas_for_model, group_factors, kohya_module_key, read_adapter_file
 from sdapi.request import LoraSpec
@@ -82,8 +83,10 @@ class AdapterManager:
         """ΔW per module at weight 1.0, from the LRU cache or computed from the file."""
         cached = self._deltas.get(spec.sha256)
         if cached is not None:
+            metrics.LORA_CACHE.labels(result="hit").inc()
             self._deltas.move_to_end(spec.sha256)
             return cached
+        metrics.LORA_CACHE.labels(result="miss").inc()
         try:
             computed = deltas_for_model(group_factors(read_adapter_file(self._path_for(spec))), self._shapes)
         except AdapterFileError as error:
