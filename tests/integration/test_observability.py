@@ -153,9 +153,10 @@ def test_json_logs_follow_one_request_from_api_to_worker_to_callback(tmp_path, t
 
 
 def test_log_prompts_puts_prompts_in_the_task_line(tmp_path, tiny_model, caplog):
-    with in_process(tmp_path, tiny_model, log_prompts=True) as running, running.client() as client:
-        with caplog.at_level("INFO", logger="sdapi.service"):
-            wait_for_task(
-                client, client.post("/api/v1/generate", json={"prompt": "a tiny boat", **FAST}).json()["task_id"]
-            )
+    with (
+        in_process(tmp_path, tiny_model, log_prompts=True) as running,
+        running.client() as client,
+        caplog.at_level("INFO", logger="sdapi.service"),
+    ):
+        wait_for_task(client, client.post("/api/v1/generate", json={"prompt": "a tiny boat", **FAST}).json()["task_id"])
     assert any("a tiny boat" in record.getMessage() for record in caplog.records)
