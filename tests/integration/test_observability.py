@@ -13,7 +13,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sdapi.testing.adapter_files import model_modules, write_adapter
-from sdapi.testing.services import API_KEY, ServiceProcess, free_port, in_process, wait_for_task, write_config
+from sdapi.testing.services import (
+    API_KEY,
+    REPO_ROOT,
+    ServiceProcess,
+    free_port,
+    in_process,
+    wait_for_task,
+    write_config,
+)
 from tests.receivers import CallbackReceiver
 
 LOOPBACK = {"allowed_hosts": ["127.0.0.1"], "backoff_base": 0.2, "timeout": 2.0}
@@ -160,3 +168,18 @@ def test_log_prompts_puts_prompts_in_the_task_line(tmp_path, tiny_model, caplog)
     ):
         wait_for_task(client, client.post("/api/v1/generate", json={"prompt": "a tiny boat", **FAST}).json()["task_id"])
     assert any("a tiny boat" in record.getMessage() for record in caplog.records)
+
+
+def test_the_grafana_dashboard_queries_only_metrics_sdapi_exports():
+    from prometheus_client import REGISTRY
+
+    import sdapi.metrics  # noqa: F401  (declares the metrics)
+
+    dashboard = json.loads((REPO_ROOT / "deploy" / "grafana" / "sdapi-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"\b((?:sdapi|process)_[a-z_]+)", expr)}
+    exported = set()
+    for family in REGISTRY.collect():
+        exported |= {family.name, *(family.name + suffix for suffix in ("_total", "_bucket", "_sum", "_count"))}
+    assert used and used <= exported, used - exported
+    assert {"sdapi_tasks_failed_total", "sdapi_queue_tasks", "sdapi_task_run_seconds_bucket"} <= used
