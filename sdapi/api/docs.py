@@ -21,6 +21,7 @@ from litestar.static_files import create_static_files_router
 from litestar.typing import FieldDefinition
 
 from sdapi import __version__
+from sdapi.api.playground import PlaygroundPage
 
 ASSETS_ROUTE = "/docs-assets"
 ASSETS_PACKAGE = "drf_spectacular_sidecar"
@@ -57,6 +58,7 @@ def openapi_config(key_header: str) -> OpenAPIConfig:
             }
         ),
         render_plugins=[
+            PlaygroundPage(),
             JsonRenderPlugin(path="/openapi.json"),
             SwaggerRenderPlugin(
                 path="/docs",

@@ -23,6 +23,8 @@ from sdapi.api.schemas import (
     GenerateResponse,
     HealthResponse,
     LoraListResponse,
+    SchedulerEntry,
+    SchedulerListResponse,
     TaskListResponse,
     TaskResponse,
     ValidationErrorResponse,
@@ -33,7 +35,8 @@ from sdapi.api.schemas import (
 from sdapi.api.validation import strict_body
 from sdapi.bootstrap import Runtime
 from sdapi.images import CONTENT_TYPES
-from sdapi.request import GenerationRequest
+from sdapi.provenance import A1111_SAMPLER_NAMES
+from sdapi.request import KARRAS_SCHEDULERS, SCHEDULER_NAMES, GenerationRequest
 from sdapi.storage.local import IMAGE_ROUTE
 from sdapi.tasks import TaskStatus
 
@@ -250,6 +253,25 @@ class TaskController(Controller):
         return task_response(await service.cancel(task_id, _base_url(request), caller_of(request)))
 
 
+@get(
+    "/schedulers",
+    summary="采样方法列表",
+    description="可在 scheduler 中使用的采样方法，及其 AUTOMATIC1111 名称和是否支持 use_karras_sigmas。",
+    tags=["tasks"],
+    security=[{"APIKeyHeader": []}],
+    responses=_ERRORS,
+)
+async def schedulers(state: State) -> SchedulerListResponse:
+    default = _runtime(state).config.defaults.scheduler
+    return SchedulerListResponse(
+        schedulers=[
+            SchedulerEntry(name=name, a1111_name=A1111_SAMPLER_NAMES[name], karras=name in KARRAS_SCHEDULERS)
+            for name in SCHEDULER_NAMES
+        ],
+        default=default,
+    )
+
+
 class LoraController(Controller):
     """The LoRA library; mounted under /api/v1 behind the API key guard."""
 
@@ -287,7 +309,7 @@ class LoraController(Controller):
 async def metrics_text(state: State) -> Response[bytes]:
     await _runtime(state).refresh_gauges()
     body, content_type = metrics.exposition()
-    return Response(body, media_type=content_type)
+    return Response(body, headers={"content-type": content_type})
 
 
 @get(f"{IMAGE_ROUTE}/{{key:str}}", include_in_schema=False)

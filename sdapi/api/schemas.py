@@ -136,6 +136,19 @@ class TaskListResponse(msgspec.Struct):
     next_cursor: Annotated[str | None, msgspec.Meta(description="下一页的游标；没有更多时为 null")]
 
 
+class SchedulerEntry(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(description="采样方法（scheduler 字段的值）")]
+    a1111_name: Annotated[str, msgspec.Meta(description="AUTOMATIC1111 中的名称")]
+    karras: Annotated[bool, msgspec.Meta(description="是否支持 use_karras_sigmas")]
+
+
+class SchedulerListResponse(msgspec.Struct):
+    schedulers: list[SchedulerEntry]
+    default: Annotated[
+        str | None, msgspec.Meta(description="scheduler 为 null 时使用的（defaults.scheduler；null 表示模型自带的）")
+    ]
+
+
 class LoraListResponse(msgspec.Struct):
     loras: Annotated[list[LoraEntry], msgspec.Meta(description="loras.dir 中的 LoRA 文件")]
 
