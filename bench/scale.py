@@ -28,6 +28,7 @@ from bench.machine import describe_machine
 from bench.service import CLIENTS, REQUESTS_PER_CLIENT, percentile, poll_latencies
 from sdapi import tasks
 from sdapi.deliveries import after_attempt, new_delivery
+from sdapi.stages import Stages
 from sdapi.store.postgres import open_postgres
 from sdapi.testing.factories import make_params
 from sdapi.testing.postgres import PostgresCluster
@@ -99,7 +100,10 @@ async def queue_overhead(dsn: str) -> list[float]:
         await stores.database.close()
 
 
-def main() -> None:
+def measure(stages: Stages) -> tuple[float, float, list[float], list[float], int, list[float], int, list[float]]:
+    """Throughput with one and two workers, poll latency idle and under load, queue overhead: the figures main
+    prints."""
+    stages.stage("starting PostgreSQL and building the tiny model")
     cluster = PostgresCluster().start()
     try:
         with tempfile.TemporaryDirectory() as folder, ExitStack() as processes:
@@ -115,12 +119,15 @@ def main() -> None:
             api = processes.enter_context(ServiceProcess(config, role="api"))
             workers = [processes.enter_context(WorkerProcess(config, env=ONE_THREAD))]
             wait_for_workers(api, 1)
+            stages.stage("throughput with one worker")
             tasks_per_minute(api, seed=10_000)  # warm-up
             one = statistics.median(tasks_per_minute(api, seed=n * 100) for n in range(2))
             workers.append(processes.enter_context(WorkerProcess(config, env=ONE_THREAD)))
             wait_for_workers(api, 2)
+            stages.stage("throughput with two workers")
             two = statistics.median(tasks_per_minute(api, seed=1000 + n * 100) for n in range(2))
             with api.client() as client:
+                stages.stage("poll latency, idle and under load")
                 idle = asyncio.run(poll_latencies(api.port, submit(client, **TASK, seed=1)))
                 long_task = {**TASK, "num_inference_steps": 150}
                 busy = [submit(client, **long_task, seed=n) for n in range(16)]
@@ -133,9 +140,17 @@ def main() -> None:
                     os.setpriority(os.PRIO_PROCESS, worker.pid, 19)
                 niced = asyncio.run(poll_latencies(api.port, busy[0]))
                 niced_running = client.get("/health").json()["queue_processing"]
+        # With the workers stopped: the store's own cost, not competing for the CPU.
+        stages.stage("queue overhead per task")
         overhead = asyncio.run(queue_overhead(cluster.new_database()))
     finally:
         cluster.destroy()
+    return one, two, idle, latencies, running, niced, niced_running, overhead
+
+
+def main() -> None:
+    with Stages(6) as stages:
+        one, two, idle, latencies, running, niced, niced_running, overhead = measure(stages)
     print(f"machine: {describe_machine()}")
     print(f"(a) {TASK['width']}x{TASK['height']}, {TASK['num_inference_steps']} steps, {TASKS} tasks, median of 2:")
     print(f"    1 worker: {one:.1f} tasks/min; 2 workers: {two:.1f} tasks/min; {two / one:.2f}x (target >= 1.6x)")

@@ -21,6 +21,7 @@ import httpx
 from bench.machine import describe_machine
 from sdapi.config import load_config
 from sdapi.engines.torch_engine import TorchEngine
+from sdapi.stages import Stages
 from sdapi.testing.factories import make_params
 from sdapi.testing.services import API_KEY, ServiceProcess, submit, write_config
 from sdapi.tiny_model import make_tiny_model
@@ -105,24 +106,30 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, Stages(5) as stages:
         root = Path(folder)
+        stages.stage("building the tiny model")
         model = make_tiny_model(root / "tiny-sd")
         config_path = write_config(root, model, log_level="WARNING", model={"dtype": "auto"})
+        stages.stage("loading the bare engine and starting the service")
         engine = load_engine(config_path)
         with ServiceProcess(config_path) as service:
             service.wait_ready()
             with service.client() as client:
+                stages.stage("warming up")
                 # Warm both, then alternate bare and API runs so drift in the machine's speed hits both alike.
                 engine_seconds(engine)
                 api_seconds(client, service.port, POLL_INTERVALS[0])
+                stages.stage(f"{RUNS} runs, bare and through the API")
                 bare_runs: list[float] = []
                 api_runs: dict[float, list[float]] = {interval: [] for interval in POLL_INTERVALS}
-                for _ in range(RUNS):
+                for run in range(RUNS):
+                    stages.detail(f"run {run + 1}/{RUNS}")
                     bare_runs.append(engine_seconds(engine))
                     for interval in POLL_INTERVALS:
                         api_runs[interval].append(api_seconds(client, service.port, interval))
                 bare = statistics.median(bare_runs)
+                stages.stage("poll latency, idle and during a generation")
                 idle_task = submit(client, prompt="x", width=64, height=64, num_inference_steps=1)
                 time.sleep(1)
                 idle = asyncio.run(poll_latencies(service.port, idle_task))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from export.exporter import DEFAULT_OPSET, ExportError, export_model, parse_lora_argument
+from sdapi.logs import mute_import_warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    mute_import_warnings()
     try:
         loras = [parse_lora_argument(text, arguments.loras_dir) for text in arguments.lora]
         manifest = export_model(

@@ -7,16 +7,20 @@ end: a failed export never leaves a half-written folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -29,6 +33,7 @@ from sdapi.loras.files import AdapterFileError, check_fits
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.model_sources import is_local_path
 from sdapi.request import MAX_LORA_WEIGHT, LoraSpec
+from sdapi.stages import Stages
 
 DEFAULT_OPSET = 17
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
@@ -167,11 +172,10 @@ def export_model(
     optimize: bool = False,
     opset: int = DEFAULT_OPSET,
     force: bool = False,
-    progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    progress: TextIO | None = sys.stderr,
 ) -> ExportManifest:
-    """Export `source` with `loras` merged into `out`; raise ExportError saying what is wrong."""
-    steps = 5 + bool(optimize)
-    step = iter(range(1, steps + 1))
+    """Export `source` with `loras` merged into `out`, showing its stages on `progress` (None: silent); raise
+    ExportError saying what is wrong."""
     if out.exists() and not force:
         raise ExportError(f"{out} already exists (use --force to replace it)")
     if is_local_path(source) and not Path(source).expanduser().exists():
@@ -187,15 +191,28 @@ def export_model(
             f"no room on disk: the export needs about {needed / 2**30:.1f} GiB in {out.parent}, "
             f"{free / 2**30:.1f} GiB free"
         )
+    with Stages(5 + bool(optimize), progress) as stages:
+        return _export(source, out, loras, fp16, optimize, opset, device, stages)
 
-    progress(f"[{next(step)}/{steps}] loading {source}")
+
+def _export(
+    source: str,
+    out: Path,
+    loras: list[LoraArgument],
+    fp16: bool,
+    optimize: bool,
+    opset: int,
+    device: str,
+    stages: Stages,
+) -> ExportManifest:
+    stages.stage(f"loading {source}")
     try:
         pipeline = load_pipeline(source, torch.float16 if fp16 else torch.float32)
     except ModelLoadFailed as error:
         raise ExportError(error.message) from None
     pipeline.to(device)
 
-    progress(f"[{next(step)}/{steps}] merging {len(loras)} LoRA(s)")
+    stages.stage(f"merging {len(loras)} LoRA(s)")
     targets = adapter_targets(pipeline.unet, pipeline.text_encoder)
     shapes = target_shapes(targets)
     merged: list[MergedLora] = []
@@ -205,7 +222,7 @@ def export_model(
         sha = sha256_file(lora.path)
         specs.append(LoraSpec(name=lora.path.stem, weight=lora.weight, sha256=sha))
         merged.append(MergedLora(name=lora.path.stem, file=lora.path.name, weight=lora.weight, sha256=sha))
-        progress(f"    {lora.path.name} at weight {lora.weight:g}")
+        stages.detail(f"{lora.path.name} at weight {lora.weight:g}")
     paths = {spec.sha256: lora.path for spec, lora in zip(specs, loras, strict=True)}
     AdapterManager(targets, lambda spec: paths[spec.sha256], cache_size=max(1, len(specs))).activate(specs)
 
@@ -213,16 +230,17 @@ def export_model(
     try:
         from optimum.exporters.onnx import onnx_export_from_model
 
-        progress(
-            f"[{next(step)}/{steps}] exporting {', '.join(ONNX_PARTS)} to ONNX (opset {opset}, "
-            f"{'fp16' if fp16 else 'fp32'}); this is the long step"
+        stages.stage(
+            f"exporting {', '.join(ONNX_PARTS)} to ONNX (opset {opset}, {'fp16' if fp16 else 'fp32'}); "
+            "this is the long step"
         )
-        onnx_export_from_model(pipeline, output=staging, opset=opset, device=device, do_validation=False)
+        with _each_component(stages):
+            onnx_export_from_model(pipeline, output=staging, opset=opset, device=device, do_validation=False)
         optimization = "none"
         if optimize:
-            progress(f"[{next(step)}/{steps}] optimizing the UNet graph")
-            optimization = _optimize_unet(staging / "unet" / "model.onnx", fp16, progress)
-        progress(f"[{next(step)}/{steps}] writing export.json")
+            stages.stage("optimizing the UNet graph")
+            optimization = _optimize_unet(staging / "unet" / "model.onnx", fp16, stages.detail)
+        stages.stage("writing export.json")
         manifest = ExportManifest(
             source=source,
             source_sha256=source_sha256(source),
@@ -237,7 +255,7 @@ def export_model(
         missing = [part for part in ONNX_PARTS if not (staging / part / "model.onnx").is_file()]
         if missing:
             raise ExportError(f"the exporter wrote no {', '.join(missing)}")
-        progress(f"[{next(step)}/{steps}] moving the export into place: {out}")
+        stages.stage(f"moving the export into place: {out}")
         # mkdtemp made the folder owner-only; the export must be readable by the service's own user.
         staging.chmod(0o755)
         if out.exists():
@@ -250,3 +268,47 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+# optimum announces each component it exports on this logger ("Exporting submodel 2/4: UNet2DConditionModel").
+_OPTIMUM_CONVERT_LOGGER = "optimum.exporters.onnx.convert"
+_SUBMODEL = re.compile(r"Exporting submodel (\d+/\d+): (\w+)")
+
+
+@contextlib.contextmanager
+def _each_component(stages: Stages) -> Iterator[None]:
+    """Show each component optimum exports as a detail of the export stage. Its INFO records are caught here and
+    kept from optimum's own handler; its warnings, and torch's exporter warnings, become details too (on a
+    terminal they would otherwise break the progress line)."""
+
+    class Announcements(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found = _SUBMODEL.search(record.getMessage())
+            if found:
+                stages.detail(f"{found.group(2)} ({found.group(1)})")
+            elif record.levelno >= logging.WARNING:
+                stages.detail(record.getMessage().strip()[:200])
+
+    seen: set[str] = set()
+
+    def show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        text = f"{category.__name__}: {str(message).strip().splitlines()[0][:120]}"
+        if text not in seen:  # torch's tracer repeats the same warning for every traced call
+            seen.add(text)
+            stages.detail(text)
+
+    convert_logger = logging.getLogger(_OPTIMUM_CONVERT_LOGGER)
+    handler = Announcements()
+    saved = convert_logger.level, convert_logger.propagate
+    convert_logger.addHandler(handler)
+    convert_logger.setLevel(logging.INFO)
+    convert_logger.propagate = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show_warning
+            yield
+    finally:
+        convert_logger.removeHandler(handler)
+        convert_logger.setLevel(saved[0])
+        convert_logger.propagate = saved[1]

@@ -1,16 +1,20 @@
-"""Command line: `sdapi serve [--role all|api]`, `sdapi worker`, `sdapi make-tiny-model`."""
+"""Command line: `sdapi serve [--role all|api]`, `sdapi worker`, `sdapi make-tiny-model`, and the client commands
+`sdapi generate`, `sdapi tasks`, `sdapi cancel` for a running service."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sdapi.client import Client
     from sdapi.config import Config
 
 DEFAULT_CONFIG = "config.yaml"
@@ -115,11 +119,121 @@ async def _run_worker(config: Config) -> None:
 
 
 def _make_tiny_model(arguments: argparse.Namespace) -> int:
+    from sdapi.logs import mute_import_warnings
     from sdapi.tiny_model import make_tiny_model
 
-    path = make_tiny_model(arguments.directory)
+    mute_import_warnings()
+    path = make_tiny_model(arguments.directory, progress=sys.stderr)
     print(f"tiny model written to {path}")
     return 0
+
+
+def _client(arguments: argparse.Namespace) -> Client:
+    from sdapi.client import Client, ClientError
+
+    if not arguments.key:
+        raise ClientError(2, "no API key: pass --key or set SDAPI_API_KEY")
+    return Client(arguments.url, arguments.key)
+
+
+def _run_client(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A client command, with its ClientError turned into the message and exit code."""
+
+    def run(arguments: argparse.Namespace) -> int:
+        from sdapi.client import ClientError
+
+        try:
+            return command(arguments)
+        except ClientError as error:
+            print(f"sdapi: {error.message}", file=sys.stderr)
+            return error.code
+
+    return run
+
+
+def _generate(arguments: argparse.Namespace) -> int:
+    from sdapi.client import generate, init_image_data_url
+
+    body: dict[str, object] = {"prompt": arguments.prompt, "num_images": arguments.n}
+    if arguments.size:
+        body["width"], body["height"] = arguments.size
+    optional = {
+        "negative_prompt": arguments.negative,
+        "seed": arguments.seed,
+        "num_inference_steps": arguments.steps,
+        "guidance_scale": arguments.guidance,
+        "scheduler": arguments.scheduler,
+        "strength": arguments.strength,
+        "output_format": arguments.format,
+        "model": arguments.model,
+        "loras": arguments.lora or None,
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
+    if arguments.init_image:
+        body["init_image"] = init_image_data_url(Path(arguments.init_image))
+    return generate(_client(arguments), body, Path(arguments.out))
+
+
+def _tasks(arguments: argparse.Namespace) -> int:
+    from sdapi.client import list_tasks
+
+    return list_tasks(_client(arguments), arguments.limit, arguments.status)
+
+
+def _cancel(arguments: argparse.Namespace) -> int:
+    from sdapi.client import cancel
+
+    return cancel(_client(arguments), arguments.task_id)
+
+
+def _argument_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from a parser that raises ValueError with a readable message."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def _add_client_commands(commands: Any) -> None:
+    from sdapi.client import DEFAULT_URL, parse_lora, parse_size
+
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", default=os.environ.get("SDAPI_URL", DEFAULT_URL), help="service URL (SDAPI_URL)")
+    connection.add_argument("--key", default=os.environ.get("SDAPI_API_KEY"), help="API key (SDAPI_API_KEY)")
+
+    generate = commands.add_parser(
+        "generate", parents=[connection], help="make images with a running service and save them"
+    )
+    generate.add_argument("prompt")
+    generate.add_argument("--out", default=".", help="folder for the images (default: here)")
+    generate.add_argument("--n", type=int, default=1, help="number of images (1-10)")
+    generate.add_argument("--seed", type=int, default=None, help="seed of the first image (image k: seed + k)")
+    generate.add_argument("--size", type=_argument_type(parse_size), default=None, help="WIDTHxHEIGHT, e.g. 768x512")
+    generate.add_argument("--steps", type=int, default=None, help="denoising steps")
+    generate.add_argument("--guidance", type=float, default=None, help="guidance scale (CFG)")
+    generate.add_argument("--negative", default=None, help="negative prompt")
+    generate.add_argument("--scheduler", default=None, help="scheduler class name")
+    generate.add_argument(
+        "--lora", type=_argument_type(parse_lora), action="append", help="NAME or NAME:WEIGHT (repeatable)"
+    )
+    generate.add_argument("--init-image", default=None, help="PNG or JPEG: image-to-image")
+    generate.add_argument("--strength", type=float, default=None, help="image-to-image strength (0-1)")
+    generate.add_argument("--format", choices=["png", "jpg"], default=None, help="output format")
+    generate.add_argument("--model", default=None, help="model name, on a service that serves several")
+    generate.set_defaults(run=_run_client(_generate))
+
+    tasks = commands.add_parser("tasks", parents=[connection], help="list recent tasks of your key")
+    tasks.add_argument("--limit", type=int, default=20)
+    tasks.add_argument("--status", choices=["pending", "processing", "completed", "failed"], default=None)
+    tasks.set_defaults(run=_run_client(_tasks))
+
+    cancel = commands.add_parser("cancel", parents=[connection], help="cancel a task")
+    cancel.add_argument("task_id")
+    cancel.set_defaults(run=_run_client(_cancel))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -146,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny-model", help="write the tiny random test model (diffusers format)")
     tiny.add_argument("directory", help="folder to write the model to")
     tiny.set_defaults(run=_make_tiny_model)
+    _add_client_commands(commands)
     return root
 
 

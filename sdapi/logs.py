@@ -104,11 +104,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def mute_import_warnings() -> None:
+    """diffusers warns through a handler of its own while it is imported (e.g. that optimum and optimum-onnx share
+    a package name): keep it to errors, so a command's output stays its own."""
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
 def configure_logging(level: str, log_format: str) -> None:
     """Route every logger (uvicorn's included) through one stderr handler in `log_format`. diffusers prints a
     warning through its own handler as it is imported: it is kept to errors until the engine routes its logs here
     (sdapi.engines.loading.route_library_logs)."""
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    mute_import_warnings()
     logging.captureWarnings(True)  # warnings.warn() from libraries becomes a log line too
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())

@@ -12,6 +12,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TextIO
+
+from sdapi.stages import Stages
 
 # A fixed seed makes the weights identical on every build, so tests and benchmarks are repeatable.
 TINY_MODEL_SEED = 20240101
@@ -122,31 +125,37 @@ def build_tiny_pipeline_components() -> dict[str, object]:
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
 
 
-def make_tiny_model(target: str | os.PathLike[str]) -> Path:
-    """Write the tiny pipeline in diffusers format to `target`, atomically; return the folder."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTokenizer
+def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = None) -> Path:
+    """Write the tiny pipeline in diffusers format to `target`, atomically, showing its stages on `progress`
+    (None: silent); return the folder."""
+    with Stages(4, progress) as stages:
+        stages.stage("loading diffusers")
+        from diffusers import PNDMScheduler, StableDiffusionPipeline
+        from transformers import CLIPTokenizer
 
-    target_path = Path(target)
-    target_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=target_path.parent))
-    try:
-        write_tokenizer(staging / "_tokenizer_src")
-        tokenizer = CLIPTokenizer.from_pretrained(str(staging / "_tokenizer_src"))
-        scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
-        components = build_tiny_pipeline_components()
-        pipeline = StableDiffusionPipeline(
-            tokenizer=tokenizer,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            **components,
-        )
-        pipeline.save_pretrained(str(staging / "model"), safe_serialization=True)
-        if target_path.exists():
-            shutil.rmtree(target_path)
-        (staging / "model").rename(target_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        target_path = Path(target)
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=target_path.parent))
+        try:
+            stages.stage("writing the tokenizer")
+            write_tokenizer(staging / "_tokenizer_src")
+            tokenizer = CLIPTokenizer.from_pretrained(str(staging / "_tokenizer_src"))
+            stages.stage("building the UNet, VAE and text encoder")
+            scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
+            components = build_tiny_pipeline_components()
+            pipeline = StableDiffusionPipeline(
+                tokenizer=tokenizer,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+                **components,
+            )
+            stages.stage(f"saving to {target_path}")
+            pipeline.save_pretrained(str(staging / "model"), safe_serialization=True)
+            if target_path.exists():
+                shutil.rmtree(target_path)
+            (staging / "model").rename(target_path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target_path

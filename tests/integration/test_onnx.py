@@ -55,7 +55,7 @@ def lora_folder(tmp_path_factory, tiny_model):
 @pytest.fixture(scope="module")
 def plain_export(tmp_path_factory, tiny_model):
     out = tmp_path_factory.mktemp("exports") / "tiny-onnx"
-    export_model(str(tiny_model), out, [], progress=lambda _: None)
+    export_model(str(tiny_model), out, [], progress=None)
     return out
 
 
@@ -66,7 +66,7 @@ def merged_export(tmp_path_factory, tiny_model, lora_folder):
         LoraArgument(lora_folder / "style_loha.safetensors", 0.8),
         LoraArgument(lora_folder / "style_lokr.safetensors", -0.5),
     ]
-    export_model(str(tiny_model), out, loras, optimize=True, progress=lambda _: None)
+    export_model(str(tiny_model), out, loras, optimize=True, progress=None)
     return out
 
 
@@ -135,7 +135,7 @@ def test_a_failed_export_leaves_no_folder_behind(tmp_path, tiny_model, monkeypat
     monkeypatch.setattr(exporter, "write_manifest", fail)
     out = tmp_path / "never"
     with pytest.raises(OSError):
-        export_model(str(tiny_model), out, [], progress=lambda _: None)
+        export_model(str(tiny_model), out, [], progress=None)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no half-written or temporary folder either
 
@@ -174,7 +174,7 @@ def test_export_errors_say_what_is_wrong(tmp_path, tiny_model, lora_folder, argu
 
 def test_an_existing_output_needs_force(plain_export, tiny_model):
     with pytest.raises(ExportError, match="already exists"):
-        export_model(str(tiny_model), plain_export, [], progress=lambda _: None)
+        export_model(str(tiny_model), plain_export, [], progress=None)
 
 
 def test_lora_arguments(lora_folder):
