@@ -88,6 +88,9 @@ class TaskResponse(msgspec.Struct):
         list[ImageResponse] | None,
         msgspec.Meta(description="完成时每张图片的 URL、种子、尺寸、大小和 sha256（顺序同 result_urls）"),
     ] = None
+    request_id: Annotated[
+        str | None, msgspec.Meta(description="创建任务的请求的 X-Request-ID（日志中每一行都带有它）")
+    ] = None
 
 
 class CallbackAttemptResponse(msgspec.Struct):
@@ -240,6 +243,7 @@ def task_response(view: TaskView) -> TaskResponse:
         queue_position=view.queue_position,
         estimated_start_at=None if view.estimated_start_at is None else iso(view.estimated_start_at),
         owner=task.owner,
+        request_id=task.request_id,
         images=[
             ImageResponse(
                 url=url, seed=image.seed, width=image.width, height=image.height, bytes=image.bytes, sha256=image.sha256

@@ -143,7 +143,8 @@ def test_json_logs_follow_one_request_from_api_to_worker_to_callback(tmp_path, t
             )
             assert created.headers["x-request-id"] == "req-follow-me"
             task_id = created.json()["task_id"]
-            assert wait_for_task(client, task_id)["status"] == "completed"
+            finished = wait_for_task(client, task_id)
+            assert finished["status"] == "completed" and finished["request_id"] == "req-follow-me"
         receiver.wait_for(1)
         time.sleep(0.5)  # the delivery's log line follows the POST
         assert process.terminate()
@@ -183,3 +184,18 @@ def test_the_grafana_dashboard_queries_only_metrics_sdapi_exports():
         exported |= {family.name, *(family.name + suffix for suffix in ("_total", "_bucket", "_sum", "_count"))}
     assert used and used <= exported, used - exported
     assert {"sdapi_tasks_failed_total", "sdapi_queue_tasks", "sdapi_task_run_seconds_bucket"} <= used
+
+
+def test_processes_sharing_a_multiprocess_dir_report_through_it(tmp_path, tiny_model):
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    config = write_config(tmp_path, tiny_model)
+    with ServiceProcess(config, env={"PROMETHEUS_MULTIPROC_DIR": str(shared)}) as process:
+        process.wait_ready()
+        with process.client() as client:
+            task_id = client.post("/api/v1/generate", json={"prompt": "x", **FAST}).json()["task_id"]
+            assert wait_for_task(client, task_id)["status"] == "completed"
+        samples = scrape(process.url)
+    assert value(samples, "sdapi_tasks_completed_total", dialect="native", engine="torch") == 1
+    assert value(samples, "sdapi_queue_tasks", status="pending") == 0
+    assert any(shared.glob("counter_*.db"))  # the values live in the shared folder, where every process adds its own
