@@ -28,6 +28,7 @@ import msgspec
 from sdapi import metrics
 from sdapi.callbacks.sender import CallbackSender
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, system_resolver
+from sdapi.catalog import ModelCatalog, ModelView
 from sdapi.config import Config
 from sdapi.engines import Engine
 from sdapi.errors import ConfigError, StorageError
@@ -127,6 +128,7 @@ class Runtime:
     retention: RetentionSweeper | None
     heartbeat: Heartbeat
     library: LoraLibrary
+    catalog: ModelCatalog
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     _started: bool = field(default=False, repr=False)
     _metrics: MetricsPublisher | None = field(default=None, repr=False)
@@ -232,7 +234,8 @@ class Runtime:
             dtype=details.get("dtype", ""),
             engine=self.engine.name if self.engine is not None else "",
             providers=tuple(name for name in details.get("providers", "").split(",") if name),
-            model=self.config.model.path,
+            model=self.config.default_model.path,
+            models_loaded=tuple(name for name in details.get("models_loaded", "").split(",") if name),
             model_loaded=self.engine is not None and self.engine.loaded,
             model_error=self.worker.model_error if self.worker is not None else None,
             current_task=self.worker.current_task if self.worker is not None else None,
@@ -260,6 +263,13 @@ class Runtime:
             queue_processing=await self.stores.tasks.count(TaskStatus.PROCESSING),
             workers=[_worker_health(node) for node in workers],
         )
+
+    async def models(self) -> list[ModelView]:
+        """The configured models, each marked loaded when this process or a live worker has it in memory."""
+        live = await self.stores.nodes.live(self.config.queue.lease_seconds)
+        loaded = set(self.describe().models_loaded) | {name for node in live for name in node.models_loaded}
+        # Hashing a model's weights the first time reads them: off the event loop.
+        return await asyncio.to_thread(self.catalog.views, loaded)
 
     def image_path(self, key: str) -> Path | None:
         """The file behind an image key when this service serves images itself (local storage), else None."""
@@ -298,6 +308,7 @@ def build_runtime(
 
     Each argument replaces the configured part: tests pass fakes, a failing engine, or a DNS resolver of their own.
     """
+    catalog = ModelCatalog(config)  # refuses a model of a kind not served before anything starts
     stores = stores or open_stores(config)
     storage = storage or build_storage(config)
     library = LoraLibrary(config.loras, config.loras_path)
@@ -355,6 +366,7 @@ def build_runtime(
         chosen_engine.check if chosen_engine is not None else _no_engine_check,
         StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds),
         watch,
+        catalog,
         resolver,
     )
     return Runtime(
@@ -371,4 +383,5 @@ def build_runtime(
         retention=None if days is None else RetentionSweeper(stores.tasks, storage, days),
         heartbeat=heartbeat,
         library=library,
+        catalog=catalog,
     )

@@ -40,6 +40,9 @@ def _load(arguments: argparse.Namespace) -> Config | None:
 
     configure_logging(config.log_level, config.log_format)
     try:
+        from sdapi.catalog import ModelCatalog
+
+        ModelCatalog(config)  # a model of a kind this service does not serve: one line, before anything starts
         asyncio.run(_migrate(config))
     except SdapiError as error:
         print(f"sdapi: {error.message}", file=sys.stderr)
@@ -123,7 +126,7 @@ def _make_tiny_model(arguments: argparse.Namespace) -> int:
     from sdapi.tiny_model import make_tiny_model
 
     mute_import_warnings()
-    path = make_tiny_model(arguments.directory, progress=sys.stderr)
+    path = make_tiny_model(arguments.directory, progress=sys.stderr, family=arguments.family)
     print(f"tiny model written to {path}")
     return 0
 
@@ -259,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
 
     tiny = commands.add_parser("make-tiny-model", help="write the tiny random test model (diffusers format)")
     tiny.add_argument("directory", help="folder to write the model to")
+    tiny.add_argument(
+        "--family", choices=["sd15", "sd2-v", "sdxl"], default="sd15", help="architecture (default: sd15)"
+    )
     tiny.set_defaults(run=_make_tiny_model)
     _add_client_commands(commands)
     return root

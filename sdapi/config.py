@@ -95,11 +95,28 @@ class ModelConfig(_Section, frozen=True):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Images generated together in one batch; a request for more runs as several batches.
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10)] = 4
+    # How many models a worker keeps loaded (least recently used goes first). null: 1 on a CPU, 2 on a GPU.
+    max_loaded: Annotated[int, msgspec.Meta(ge=1, le=16)] | None = None
+
+
+DEFAULT_MODEL_NAME = "default"
+
+
+class ModelEntry(_Section, frozen=True):
+    """One model of `models:`; device, dtype, batch size and max_loaded stay in `model:`, shared by all."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    path: str
+    onnx_path: str | None = None
+    engine: Literal["auto", "onnx", "torch"] = "auto"
+    default: bool = False
+    single_file_config: str | None = None
 
 
 class DefaultsConfig(_Section, frozen=True):
-    width: Side = 512
-    height: Side = 512
+    # null: the model's native size (512 for SD 1.x, 768 for SD 2.x 768-v, 1024 for SDXL).
+    width: Side | None = None
+    height: Side | None = None
     num_inference_steps: PositiveInt = 30
     guidance_scale: Annotated[float, msgspec.Meta(ge=0.0, le=30.0)] = 7.5
     strength: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.75
@@ -142,6 +159,9 @@ class QueueConfig(_Section, frozen=True):
     # (its worker died or froze) goes back to the queue, or fails once max_attempts runs have started. A worker
     # whose heartbeat stops drops out of /health after this long.
     lease_seconds: Annotated[float, msgspec.Meta(ge=1.0, le=3600.0)] = 30.0
+    # A worker takes the oldest pending task for a model it has loaded; another model's task only when none such
+    # waits, or when that task has waited this long (so no model's tasks starve).
+    affinity_max_wait_seconds: Annotated[float, msgspec.Meta(ge=0.0)] = 30.0
 
 
 class OnnxConfig(_Section, frozen=True):
@@ -268,6 +288,8 @@ class Config(_Section, frozen=True):
     retention: RetentionConfig = RetentionConfig()
     compat: CompatConfig = CompatConfig()
     metrics: MetricsConfig = MetricsConfig()
+    # Several models: requests choose one with `model`. Empty: the one model of `model.path`, named "default".
+    models: list[ModelEntry] = []
     onnx: OnnxConfig = OnnxConfig()
     storage: StorageConfig = StorageConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
@@ -293,6 +315,40 @@ class Config(_Section, frozen=True):
     def loras_path(self) -> Path:
         return Path(self.loras.dir) if self.loras.dir else self.data_path / "loras"
 
+    @property
+    def model_entries(self) -> list[ModelEntry]:
+        """The models served, each with its name; the first is the default unless one says default: true. Without
+        `models:`, the one model of `model.path`, named "default"."""
+        if not self.models:
+            model = self.model
+            return [
+                ModelEntry(
+                    name=DEFAULT_MODEL_NAME,
+                    path=model.path,
+                    onnx_path=model.onnx_path,
+                    engine=model.engine,
+                    default=True,
+                    single_file_config=model.single_file_config,
+                )
+            ]
+        default = next((entry.name for entry in self.models if entry.default), self.models[0].name)
+        return [msgspec.structs.replace(entry, default=entry.name == default) for entry in self.models]
+
+    @property
+    def default_model(self) -> ModelEntry:
+        return next(entry for entry in self.model_entries if entry.default)
+
+    def model_config(self, name: str) -> ModelConfig:
+        """The `model:` settings with the path, export and engine of model `name`: what an engine is built from."""
+        chosen = next(entry for entry in self.model_entries if entry.name == name)
+        return msgspec.structs.replace(
+            self.model,
+            path=chosen.path,
+            onnx_path=chosen.onnx_path,
+            engine=chosen.engine,
+            single_file_config=chosen.single_file_config,
+        )
+
     def placeholder_keys(self) -> list[str]:
         """The configured API keys that are the shipped placeholder (for the start-up warning)."""
         return [entry.key for entry in self.api.key_configs() if entry.key.startswith(PLACEHOLDER_KEY_PREFIX)]
@@ -306,8 +362,10 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
     loras = raw.get("loras")
     if isinstance(loras, dict) and isinstance(loras.get("dir"), str):
         loras["dir"] = str((base / Path(loras["dir"]).expanduser()).resolve())
-    model = raw.get("model")
-    if isinstance(model, dict):
+    models = raw.get("models")
+    for model in [raw.get("model"), *(models if isinstance(models, list) else [])]:
+        if not isinstance(model, dict):
+            continue
         # path and single_file_config may name a hub id instead: those stay as written.
         for key in ("path", "single_file_config"):
             value = model.get(key)
@@ -370,10 +428,18 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(
             f"config key 'store.postgres.dsn' is required for the postgres store backend (or set {ENV_DATABASE_URL})"
         )
-    if config.defaults.width > config.limits.max_width:
+    if config.defaults.width is not None and config.defaults.width > config.limits.max_width:
         raise ConfigError("config key 'defaults.width' is larger than 'limits.max_width'")
-    if config.defaults.height > config.limits.max_height:
+    if config.defaults.height is not None and config.defaults.height > config.limits.max_height:
         raise ConfigError("config key 'defaults.height' is larger than 'limits.max_height'")
+    names = [model.name for model in config.models]
+    if len(set(names)) != len(names):
+        raise ConfigError("config key 'models' names a model twice")
+    if sum(model.default for model in config.models) > 1:
+        raise ConfigError("config key 'models': more than one model has default: true")
+    for index, model in enumerate(config.models):
+        if model.engine == "onnx" and not model.onnx_path:
+            raise ConfigError(f"config key 'models[{index}].onnx_path' is required when its engine is onnx")
     if config.defaults.num_inference_steps > config.limits.max_inference_steps:
         raise ConfigError("config key 'defaults.num_inference_steps' is larger than 'limits.max_inference_steps'")
 

@@ -42,6 +42,8 @@ class NodeInfo(msgspec.Struct, frozen=True, kw_only=True):
     providers: tuple[str, ...] = ()
     model: str = ""
     model_loaded: bool = False
+    # The models (config names) this worker has in memory.
+    models_loaded: tuple[str, ...] = ()
     model_error: str | None = None
     current_task: str | None = None
     # Unix time of the last heartbeat, by the database clock; set by the registry when read.

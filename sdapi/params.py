@@ -43,6 +43,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     scheduler: str | None  # None: the model's own scheduler
     # Karras sigma spacing; only for KARRAS_SCHEDULERS (the engine checks the model's own scheduler).
     use_karras_sigmas: bool = False
+    # The name of the model (config `models:`) that makes the images; None (tasks from before): the default.
+    model: str | None = None
     seed: int
     output_format: str
     init_image: InitImageInfo | None = None
@@ -94,8 +96,11 @@ def resolve_params(
     init_image: InitImageInfo | None = None,
     rng: random.Random | None = None,
     loras: tuple[LoraSpec, ...] = (),
+    model: str | None = None,
+    native_size: tuple[int, int] = (512, 512),
 ) -> GenerationParams:
-    """Apply config defaults to a decoded request and check the rules the schema cannot; raise InvalidParameter."""
+    """Apply config defaults (and, for a size neither gives, the model's `native_size`) to a decoded request for
+    `model`, and check the rules the schema cannot; raise InvalidParameter."""
     output_format = request.output_format.lower()
     if output_format not in OUTPUT_FORMATS:
         raise InvalidParameter(
@@ -118,8 +123,8 @@ def resolve_params(
             f"num_inference_steps 无效：{steps}。范围 1-{limits.max_inference_steps}",
         )
     if init_image is None:
-        width = request.width if request.width is not None else defaults.width
-        height = request.height if request.height is not None else defaults.height
+        width = request.width or defaults.width or native_size[0]
+        height = request.height or defaults.height or native_size[1]
         _check_side("width", width, limits.max_width)
         _check_side("height", height, limits.max_height)
         strength = None
@@ -145,6 +150,7 @@ def resolve_params(
         strength=strength,
         scheduler=scheduler,
         use_karras_sigmas=use_karras_sigmas,
+        model=model,
         seed=seed,
         output_format=output_format,
         init_image=init_image,

@@ -126,6 +126,10 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     callback_url: Annotated[
         str | None, msgspec.Meta(description="回调URL。生成完成后将结果通过POST请求推送到该URL")
     ] = None
+    model: Annotated[
+        str | None,
+        msgspec.Meta(description="模型名称（GET /api/v1/models 列出可用模型）；不指定时使用默认模型"),
+    ] = None
     loras: Annotated[
         list[LoraRequest] | None,
         msgspec.Meta(

@@ -18,6 +18,7 @@ import msgspec
 from sdapi import metrics, tasks
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target, system_resolver
 from sdapi.callers import SERVICE, Caller
+from sdapi.catalog import ModelCatalog
 from sdapi.config import Config
 from sdapi.deliveries import Delivery, delivery_for, redelivery
 from sdapi.errors import (
@@ -114,6 +115,7 @@ class TaskService:
         check_engine: Callable[[GenerationParams], None],
         estimator: StartEstimator,
         watch: TaskWatch,
+        catalog: ModelCatalog,
         resolver: Resolver = system_resolver,
     ) -> None:
         self._config = config
@@ -129,6 +131,7 @@ class TaskService:
         self._check_engine = check_engine
         self._estimator = estimator
         self._watch = watch
+        self._catalog = catalog
         self._resolver = resolver
         self._rates = RateLimiter()
 
@@ -154,8 +157,18 @@ class TaskService:
             init_bytes, init_info = await asyncio.to_thread(
                 decode_init_image, request.init_image, self._config.limits.max_init_image_pixels
             )
-        loras = self._library.resolve(request.loras or [])
-        params = resolve_params(request, self._config.defaults, self._config.limits, init_info, loras=loras)
+        model, family = self._catalog.resolve(request.model)
+        # The LoRA fits were decided against the default model (the one a worker loads first).
+        loras = self._library.resolve(request.loras or [], family, fits_checked=model == self._catalog.default)
+        params = resolve_params(
+            request,
+            self._config.defaults,
+            self._config.limits,
+            init_info,
+            loras=loras,
+            model=model,
+            native_size=family.native_size,
+        )
         self._check_engine(params)
         if params.callback_url is not None:
             # Refused here, with a 400, rather than silently dropped when the task ends.

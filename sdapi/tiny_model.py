@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from sdapi.stages import Stages
 
@@ -74,28 +74,44 @@ def tiny_vocab_size() -> int:
     return 2 * 256 + 2
 
 
-def build_tiny_pipeline_components() -> dict[str, object]:
-    """Create the tiny model's torch modules with fixed random weights (not yet saved)."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+# SD 2.x 768-v (v-prediction) and SDXL base schedulers, as their model pages ship them.
+SD2V_SCHEDULER_CONFIG = {
+    **SD15_SCHEDULER_CONFIG,
+    "_class_name": "DDIMScheduler",
+    "clip_sample": False,
+    "prediction_type": "v_prediction",
+}
+SDXL_SCHEDULER_CONFIG = {
+    **SD15_SCHEDULER_CONFIG,
+    "_class_name": "EulerDiscreteScheduler",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
+FAMILIES = ("sd15", "sd2-v", "sdxl")
 
-    torch.manual_seed(TINY_MODEL_SEED)
-    # Attention only at the lowest resolution keeps a 512x512 image to a few seconds on two cores.
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
+
+def _text_encoder_config(hidden_act: str = "quick_gelu") -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=tiny_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act=hidden_act,
+        bos_token_id=tiny_vocab_size() - 2,
+        eos_token_id=tiny_vocab_size() - 1,
+        pad_token_id=tiny_vocab_size() - 1,
     )
-    torch.manual_seed(TINY_MODEL_SEED + 1)
-    vae = AutoencoderKL(
+
+
+def _tiny_vae(scaling_factor: float = 0.18215) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -106,31 +122,73 @@ def build_tiny_pipeline_components() -> dict[str, object]:
         norm_num_groups=8,
         sample_size=512,
         mid_block_add_attention=False,
+        scaling_factor=scaling_factor,
     )
-    torch.manual_seed(TINY_MODEL_SEED + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=tiny_vocab_size(),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=tiny_vocab_size() - 2,
-            eos_token_id=tiny_vocab_size() - 1,
-            pad_token_id=tiny_vocab_size() - 1,
+
+
+def build_tiny_pipeline_components(family: str = "sd15") -> dict[str, object]:
+    """Create the tiny model's torch modules with fixed random weights (not yet saved): SD 1.5's layout, SD 2.x's
+    (linear attention projections, OpenCLIP's gelu, 768-pixel native size) or SDXL's (two text encoders, the
+    size/crop micro-conditioning, 1024-pixel native size)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(TINY_MODEL_SEED)
+    if family == "sdxl":
+        # SDXL's block layout (no attention in the first block, two resnets per block, more transformer layers
+        # deeper down) at toy widths.
+        unet = UNet2DConditionModel(
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(16, 32, 32),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 1, 2),
+            attention_head_dim=(2, 4, 4),
+            use_linear_projection=True,
+            cross_attention_dim=64,  # the two text encoders' hidden states side by side
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,  # six size/crop numbers + the pooled text embedding
+            norm_num_groups=8,
         )
-    )
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    else:
+        # Attention only at the lowest resolution keeps a 512x512 image to a few seconds on two cores.
+        unet = UNet2DConditionModel(
+            sample_size=96 if family == "sd2-v" else 64,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(16, 32, 32),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+            use_linear_projection=family == "sd2-v",
+        )
+    torch.manual_seed(TINY_MODEL_SEED + 1)
+    vae = _tiny_vae(0.13025 if family == "sdxl" else 0.18215)
+    torch.manual_seed(TINY_MODEL_SEED + 2)
+    text_encoder = CLIPTextModel(_text_encoder_config("gelu" if family == "sd2-v" else "quick_gelu"))
+    components: dict[str, object] = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    if family == "sdxl":
+        torch.manual_seed(TINY_MODEL_SEED + 3)
+        components["text_encoder_2"] = CLIPTextModelWithProjection(_text_encoder_config("gelu"))
+    return components
 
 
-def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = None) -> Path:
-    """Write the tiny pipeline in diffusers format to `target`, atomically, showing its stages on `progress`
-    (None: silent); return the folder."""
+def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = None, family: str = "sd15") -> Path:
+    """Write the tiny pipeline of `family` (sd15, sd2-v or sdxl) in diffusers format to `target`, atomically,
+    showing its stages on `progress` (None: silent); return the folder."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     with Stages(4, progress) as stages:
         stages.stage("loading diffusers")
-        from diffusers import PNDMScheduler, StableDiffusionPipeline
+        import diffusers
         from transformers import CLIPTokenizer
 
         target_path = Path(target)
@@ -140,17 +198,25 @@ def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = No
             stages.stage("writing the tokenizer")
             write_tokenizer(staging / "_tokenizer_src")
             tokenizer = CLIPTokenizer.from_pretrained(str(staging / "_tokenizer_src"))
-            stages.stage("building the UNet, VAE and text encoder")
-            scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
-            components = build_tiny_pipeline_components()
-            pipeline = StableDiffusionPipeline(
-                tokenizer=tokenizer,
-                scheduler=scheduler,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-                **components,
-            )
+            stages.stage(f"building the {family} UNet, VAE and text encoder(s)")
+            config = {"sd15": SD15_SCHEDULER_CONFIG, "sd2-v": SD2V_SCHEDULER_CONFIG, "sdxl": SDXL_SCHEDULER_CONFIG}
+            scheduler_config = config[family]
+            scheduler = getattr(diffusers, str(scheduler_config["_class_name"])).from_config(scheduler_config)
+            components = build_tiny_pipeline_components(family)
+            pipeline: Any
+            if family == "sdxl":
+                pipeline = diffusers.StableDiffusionXLPipeline(
+                    tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler, add_watermarker=False, **components
+                )
+            else:
+                pipeline = diffusers.StableDiffusionPipeline(
+                    tokenizer=tokenizer,
+                    scheduler=scheduler,
+                    safety_checker=None,
+                    feature_extractor=None,
+                    requires_safety_checker=False,
+                    **components,
+                )
             stages.stage(f"saving to {target_path}")
             pipeline.save_pretrained(str(staging / "model"), safe_serialization=True)
             if target_path.exists():

@@ -35,7 +35,6 @@ from sdapi.errors import (
 from sdapi.generation_thread import GenerationThread
 from sdapi.images import CONTENT_TYPES, encode_image, open_init_image
 from sdapi.logs import task_context
-from sdapi.model_sources import model_name
 from sdapi.provenance import ModelInfo, image_record
 from sdapi.storage import ImageStorage
 from sdapi.store import InitImageStore, Lease, TaskStore, ThroughputLog
@@ -117,8 +116,8 @@ class Worker:
         self._current: Lease | None = None
         self._running: _Run | None = None
         self.model_error: str | None = None
-        # The sha256 of the model's weights, for the images' generation records (None: a hub id).
-        self._model_sha256: str | None = None
+        # Model name -> the sha256 of its weights, for the images' generation records (None: a hub id).
+        self._model_hashes: dict[str, str | None] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -182,23 +181,18 @@ class Worker:
             await self._wakeup.sleep(IDLE_POLL_SECONDS)
 
     async def _load_model(self) -> None:
-        began = time.perf_counter()
         try:
             await self._generation.submit(self._engine.load)
-            metrics.MODEL_LOAD_SECONDS.labels(engine=self._engine.name).observe(time.perf_counter() - began)
-            metrics.MODEL_LOADS.labels(engine=self._engine.name, outcome="loaded").inc()
             # Hashing the weights reads them once (seconds for a large model), off the event loop.
-            self._model_sha256 = await asyncio.to_thread(model_weights_sha256, self._config.model.path)
+            await asyncio.to_thread(self._model_info, self._config.default_model.name)
             # Off the event loop: it may read every LoRA file to check it fits the model.
             await asyncio.to_thread(self._on_model_loaded)
         except ModelLoadFailed as error:
             self.model_error = error.message
             logger.error("model not loaded: %s", error.message)
-            metrics.MODEL_LOADS.labels(engine=self._engine.name, outcome="failed").inc()
         except Exception as error:
             self.model_error = f"模型加载失败：{type(error).__name__}: {error}"
             logger.exception("model not loaded")
-            metrics.MODEL_LOADS.labels(engine=self._engine.name, outcome="failed").inc()
 
     def check_cancel(self) -> None:
         """A client asked to cancel a running task: report now (and learn whether it is this one)."""
@@ -248,7 +242,7 @@ class Worker:
         if finished.status is TaskStatus.COMPLETED and finished.engine is not None:
             metrics.TASKS_COMPLETED.labels(dialect=finished.dialect, engine=finished.engine).inc()
             size = metrics.size_class(params.width, params.height)
-            model = model_name(self._config.model.path)
+            model = params.model or self._config.default_model.name
             metrics.RUN_SECONDS.labels(engine=finished.engine, model=model, size_class=size).observe(elapsed)
             if run is not None and run.generation_seconds and run.progress.total_steps:
                 step = run.generation_seconds / run.progress.total_steps
@@ -383,7 +377,7 @@ class Worker:
                     params,
                     index,
                     task.id,
-                    ModelInfo(self._config.model.path, self._model_sha256),
+                    self._model_info(params.model or self._config.default_model.name),
                     generated.engine,
                     details.get("dtype", ""),
                     details.get("scheduler", ""),
@@ -405,6 +399,12 @@ class Worker:
                 )
             )
         return stored, generated.engine
+
+    def _model_info(self, name: str) -> ModelInfo:
+        """What the image records say of model `name`: its source and the hash of its weights (read once)."""
+        if name not in self._model_hashes:
+            self._model_hashes[name] = model_weights_sha256(self._config.model_config(name).path)
+        return ModelInfo(self._config.model_config(name).path, self._model_hashes[name])
 
     def _save(self, data: bytes, extension: str) -> str:
         """Store one image, retrying storage failures with doubling waits.

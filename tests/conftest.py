@@ -20,6 +20,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SD 2.x's layout with v-prediction, 768-pixel native size."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd2-v", family="sd2-v")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SDXL base's layout: two text encoders, size micro-conditioning, 1024-pixel native size."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", family="sdxl")
+
+
+@pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[InProcessService]:
     """One real service (uvicorn on loopback, SQLite file, local images) shared by the read-mostly tests."""
     with in_process(tmp_path_factory.mktemp("service"), tiny_model) as running:

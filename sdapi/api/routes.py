@@ -23,6 +23,8 @@ from sdapi.api.schemas import (
     GenerateResponse,
     HealthResponse,
     LoraListResponse,
+    ModelListResponse,
+    ModelResponse,
     SchedulerEntry,
     SchedulerListResponse,
     TaskListResponse,
@@ -270,6 +272,19 @@ async def schedulers(state: State) -> SchedulerListResponse:
         ],
         default=default,
     )
+
+
+@get(
+    "/models",
+    summary="模型列表",
+    description="本服务提供的模型：名称、家族、原生尺寸、来源、sha256、引擎、是否已载入、是否默认。",
+    tags=["models"],
+    security=[{"APIKeyHeader": []}],
+    responses=_ERRORS,
+)
+async def models(state: State) -> ModelListResponse:
+    views = await _runtime(state).models()
+    return ModelListResponse(models=[msgspec.convert(view, ModelResponse, from_attributes=True) for view in views])
 
 
 class LoraController(Controller):

@@ -91,6 +91,7 @@ class TaskResponse(msgspec.Struct):
     request_id: Annotated[
         str | None, msgspec.Meta(description="创建任务的请求的 X-Request-ID（日志中每一行都带有它）")
     ] = None
+    model: Annotated[str | None, msgspec.Meta(description="生成图片的模型名称（GET /api/v1/models）")] = None
 
 
 class CallbackAttemptResponse(msgspec.Struct):
@@ -150,6 +151,21 @@ class SchedulerListResponse(msgspec.Struct):
     default: Annotated[
         str | None, msgspec.Meta(description="scheduler 为 null 时使用的（defaults.scheduler；null 表示模型自带的）")
     ]
+
+
+class ModelResponse(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(description="模型名称（请求的 model 字段）")]
+    family: Annotated[str, msgspec.Meta(description="模型家族：sd1、sd2、sdxl")]
+    native_size: Annotated[list[int], msgspec.Meta(description="原生尺寸 [宽, 高]：请求与配置都未给出尺寸时使用")]
+    source: Annotated[str, msgspec.Meta(description="模型来源（目录、文件或 hub id）")]
+    sha256: Annotated[str | None, msgspec.Meta(description="权重的 sha256（hub id 为 null）")]
+    engines: Annotated[list[str], msgspec.Meta(description="可用的引擎：torch、onnx")]
+    loaded: Annotated[bool, msgspec.Meta(description="是否已有 worker 载入内存")]
+    default: Annotated[bool, msgspec.Meta(description="是否为默认模型（请求未指定 model 时使用）")]
+
+
+class ModelListResponse(msgspec.Struct):
+    models: list[ModelResponse]
 
 
 class LoraListResponse(msgspec.Struct):
@@ -244,6 +260,7 @@ def task_response(view: TaskView) -> TaskResponse:
         estimated_start_at=None if view.estimated_start_at is None else iso(view.estimated_start_at),
         owner=task.owner,
         request_id=task.request_id,
+        model=task.params.model,
         images=[
             ImageResponse(
                 url=url, seed=image.seed, width=image.width, height=image.height, bytes=image.bytes, sha256=image.sha256

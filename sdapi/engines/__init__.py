@@ -24,7 +24,9 @@ class Generated:
 class Engine(Protocol):
     """Makes images. `generate` runs on the generation thread, one call at a time."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """torch, onnx, auto (a router)...: for /health, metrics and the task's engine."""
 
     @property
     def loaded(self) -> bool:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from sdapi.config import Config
+from sdapi.config import Config, ModelConfig
 from sdapi.engines import Engine
 from sdapi.engines.devices import choose_device, choose_dtype
 from sdapi.engines.onnx_engine import OnnxEngine
+from sdapi.engines.pool import ModelPool
 from sdapi.engines.router import EngineRouter
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.request import LoraSpec
@@ -28,16 +29,25 @@ def prefers_onnx(config: Config) -> bool:
     return not (device == "cpu" and choose_dtype(config.model.dtype, device) == torch.bfloat16)
 
 
-def build_engine(config: Config, lora_files: Callable[[LoraSpec], Path]) -> Engine:
-    """torch alone, or the ONNX export with torch behind it, as model.engine and model.onnx_path say."""
+def build_engine(config: Config, lora_files: Callable[[LoraSpec], Path]) -> ModelPool:
+    """The worker's engine: every configured model, each loaded when first needed (ModelPool)."""
+
+    def make(name: str) -> Engine:
+        return build_model_engine(config, config.model_config(name), lora_files)
+
+    return ModelPool(config, make, choose_device(config.model.device))
+
+
+def build_model_engine(config: Config, model: ModelConfig, lora_files: Callable[[LoraSpec], Path]) -> Engine:
+    """One model's engine: torch alone, or its ONNX export with torch behind it, as its engine and onnx_path say."""
 
     def make_torch() -> Engine:
-        return TorchEngine(config.model, lora_files, config.loras.cache_size)
+        return TorchEngine(model, lora_files, config.loras.cache_size)
 
-    if config.model.engine == "torch" or config.model.onnx_path is None:
+    if model.engine == "torch" or model.onnx_path is None:
         return make_torch()
-    onnx = OnnxEngine(config.model, config.onnx, config.tensorrt_cache_path)
-    if config.model.engine == "onnx":
+    onnx = OnnxEngine(model, config.onnx, config.tensorrt_cache_path)
+    if model.engine == "onnx":
         return EngineRouter(onnx, None)
     return EngineRouter(
         onnx, make_torch, prefer=prefers_onnx(config), fallback_on_failure=config.onnx.fallback_to_torch

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from sdapi.errors import ModelLoadFailed
+from sdapi.model_families import Family, ModelFamily, detect_family
 from sdapi.model_sources import describe_source, is_local_path
 
 logger = logging.getLogger(__name__)
@@ -28,27 +29,32 @@ def route_library_logs() -> None:
 
 
 def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None = None) -> Any:
-    """A StableDiffusionPipeline in `dtype` on the CPU; raise ModelLoadFailed with what is wrong."""
-    from diffusers import StableDiffusionPipeline
+    """The text-to-image pipeline of the model at `path` (SD 1.x/2.x: StableDiffusionPipeline; SDXL base:
+    StableDiffusionXLPipeline) in `dtype` on the CPU; raise ModelLoadFailed with what is wrong or not served."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     route_library_logs()
     kind = describe_source(path)
-    options: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    if kind == "single-file" and not Path(path).is_file():
+        raise ModelLoadFailed(f"模型文件不存在：{path}")
+    if kind == "folder" and not (Path(path) / "model_index.json").is_file():
+        raise ModelLoadFailed(f"模型目录缺少 model_index.json，不是 diffusers 格式：{path}")
+    if kind == "hub" and is_local_path(path):
+        raise ModelLoadFailed(f"模型路径不存在：{path}")
+    detected = detect_family(path)  # refuses SD3, Flux, refiners, inpainting models before loading anything
+    pipeline_class = StableDiffusionXLPipeline if detected.family is Family.SDXL else StableDiffusionPipeline
+    options: dict[str, Any] = {"torch_dtype": dtype}
+    if pipeline_class is StableDiffusionPipeline:
+        options |= {"safety_checker": None, "requires_safety_checker": False}
+    else:
+        options["add_watermarker"] = False
     try:
         if kind == "single-file":
-            if not Path(path).is_file():
-                raise ModelLoadFailed(f"模型文件不存在：{path}")
             if single_file_config:
                 options["config"] = single_file_config
-            pipeline = StableDiffusionPipeline.from_single_file(path, **options)
-        elif kind == "folder":
-            if not (Path(path) / "model_index.json").is_file():
-                raise ModelLoadFailed(f"模型目录缺少 model_index.json，不是 diffusers 格式：{path}")
-            pipeline = StableDiffusionPipeline.from_pretrained(path, **options)
+            pipeline = pipeline_class.from_single_file(path, **options)
         else:
-            if is_local_path(path):
-                raise ModelLoadFailed(f"模型路径不存在：{path}")
-            pipeline = StableDiffusionPipeline.from_pretrained(path, **options)
+            pipeline = pipeline_class.from_pretrained(path, **options)
     except ModelLoadFailed:
         raise
     except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, hub errors...
@@ -56,3 +62,19 @@ def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None 
         raise ModelLoadFailed(f"模型加载失败（{kind}：{path}）：{type(error).__name__}: {error}") from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def loaded_family(pipeline: Any) -> ModelFamily:
+    """The family of a loaded pipeline, read from its own modules (a single file's SD 2.x prediction type and
+    native size are only known here)."""
+    unet = pipeline.unet.config
+    if hasattr(pipeline, "text_encoder_2"):
+        family = Family.SDXL
+    elif unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024:
+        family = Family.SD2
+    else:
+        family = Family.SD1
+    side = int(unet.sample_size) * 8
+    return ModelFamily(
+        family=family, native_size=(side, side), prediction=str(pipeline.scheduler.config.get("prediction_type"))
+    )

@@ -69,6 +69,11 @@ def run_request(
         else:
             arguments["width"] = params.width
             arguments["height"] = params.height
+        if hasattr(pipeline, "text_encoder_2"):
+            # SDXL's micro-conditioning: an uncropped picture made at the size asked for (the output's size, also
+            # for image-to-image), which is what SDXL's training associates with whole, well-framed images.
+            size = (params.height, params.width)
+            arguments |= {"original_size": size, "target_size": size, "crops_coords_top_left": (0, 0)}
         if on_step is not None:
             arguments["callback_on_step_end"] = _step_reporter(on_step, index, len(batches), len(images))
         images.extend(pipeline(**arguments).images)

@@ -15,11 +15,12 @@ from sdapi.config import ModelConfig
 from sdapi.engines import Generated
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
-from sdapi.engines.loading import load_pipeline
+from sdapi.engines.loading import load_pipeline, loaded_family
 from sdapi.engines.pipeline_runs import StepCallback, run_request
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
+from sdapi.model_families import ModelFamily
 from sdapi.params import GenerationParams
 from sdapi.request import LoraSpec
 
@@ -44,24 +45,26 @@ class TorchEngine:
         self._image_to_image: Any = None
         self._scheduler_config: Any = None
         self._loaded = threading.Event()
+        self.family: ModelFamily | None = None  # known once loaded
 
     @property
     def loaded(self) -> bool:
         return self._loaded.is_set()
 
     def load(self) -> None:
-        from diffusers import StableDiffusionImg2ImgPipeline
+        from diffusers import AutoPipelineForImage2Image
 
         pipeline = load_pipeline(self._model.path, self.dtype, self._model.single_file_config)
         pipeline.to(self.device)
+        self.family = loaded_family(pipeline)
         # from_pipe shares the already-loaded modules: image-to-image costs no second load or memory.
-        self._image_to_image = StableDiffusionImg2ImgPipeline.from_pipe(pipeline)
+        self._image_to_image = AutoPipelineForImage2Image.from_pipe(pipeline)
         self._image_to_image.set_progress_bar_config(disable=True)
         self._text_to_image = pipeline
         # Kept pristine: every request builds its scheduler from this, so none leaks into the next.
         self._scheduler_config = pipeline.scheduler.config
         if self._lora_files is not None:
-            targets = adapter_targets(pipeline.unet, pipeline.text_encoder)
+            targets = adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
             self.adapters = AdapterManager(targets, self._lora_files, self._lora_cache_size)
         self._loaded.set()
         logger.info("torch engine ready: %s on %s in %s", self._model.path, self.device, dtype_name(self.dtype))
@@ -75,7 +78,10 @@ class TorchEngine:
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
         if self._text_to_image is None:
             return {}
-        return target_shapes(adapter_targets(self._text_to_image.unet, self._text_to_image.text_encoder))
+        pipeline = self._text_to_image
+        return target_shapes(
+            adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
+        )
 
     def check(self, params: GenerationParams) -> None:
         """Every size and LoRA set the params rules allow runs on torch, given a LoRA folder to read from."""

@@ -21,6 +21,8 @@ from safetensors.torch import load_file
 
 KOHYA_UNET_PREFIX = "lora_unet_"
 KOHYA_TEXT_ENCODER_PREFIX = "lora_te_"
+# kohya's prefixes for each part: SDXL files name the two text encoders lora_te1_ and lora_te2_.
+KOHYA_PREFIXES = {"unet": KOHYA_UNET_PREFIX, "text_encoder": KOHYA_TEXT_ENCODER_PREFIX, "text_encoder_2": "lora_te2_"}
 # Names that mark a file made for SDXL (original SGM block names, two text encoders).
 _SDXL_MARKERS = (
     "lora_unet_input_blocks_",
@@ -49,7 +51,9 @@ _KOHYA_SUFFIXES = {
     "lokr_t2": "lokr",
 }
 # diffusers/PEFT layout: unet.<module path>.lora_A.weight / lora_B.weight (optionally .alpha).
-_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(unet|text_encoder)\.(.+)\.(lora_A\.weight|lora_B\.weight|alpha)$")
+_PEFT_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(unet|text_encoder|text_encoder_2)\.(.+)\.(lora_A\.weight|lora_B\.weight|alpha)$"
+)
 
 
 class AdapterFileError(ValueError):
@@ -82,8 +86,7 @@ class ModuleFactors:
 
 def kohya_module_key(part: str, module_path: str) -> str:
     """kohya's name for a diffusers module: ("unet", "down_blocks.0.attentions.0.proj_in") -> "lora_unet_down_..."."""
-    prefix = KOHYA_UNET_PREFIX if part == "unet" else KOHYA_TEXT_ENCODER_PREFIX
-    return prefix + module_path.replace(".", "_")
+    return KOHYA_PREFIXES[part] + module_path.replace(".", "_")
 
 
 def part_of(module_key: str) -> str:
@@ -91,7 +94,13 @@ def part_of(module_key: str) -> str:
 
 
 def looks_like_sdxl(keys: Iterable[str]) -> bool:
+    """Whether module keys (kohya naming, as group_factors returns them) are an SDXL file's."""
     return any(key.startswith(_SDXL_MARKERS) for key in keys)
+
+
+def family_of(modules: Mapping[str, ModuleFactors]) -> str:
+    """ "sdxl" or "sd" (SD 1.x/2.x, which only the shapes tell apart): the family a file was made for."""
+    return "sdxl" if looks_like_sdxl(modules) else "sd"
 
 
 def group_factors(tensors: Mapping[str, torch.Tensor]) -> dict[str, ModuleFactors]:
@@ -199,9 +208,15 @@ def deltas_for_model(
 ) -> dict[str, torch.Tensor]:
     """ΔW at weight 1.0 (fp32, CPU) for every module of a file, shaped for the model; raise AdapterFileError when
     the file does not fit the model (made for another family, a module the model lacks, a shape that differs)."""
-    if looks_like_sdxl(modules):
-        raise AdapterFileError("为 SDXL 制作（input_blocks/te1/te2 键），当前模型为 SD 1.x/2.x")
+    model_is_sdxl = any(name.startswith("lora_te2_") for name in module_shapes)
+    file_is_sdxl = looks_like_sdxl(modules)
     missing = [name for name in modules if name not in module_shapes]
+    if file_is_sdxl and not model_is_sdxl:
+        raise AdapterFileError("为 SDXL 制作（input_blocks/te1/te2 键），当前模型为 SD 1.x/2.x")
+    if missing and model_is_sdxl and not file_is_sdxl:
+        raise AdapterFileError(
+            f"为 SD 1.x/2.x 制作，当前模型为 SDXL（{len(missing)} 个模块不在模型中，例如 {missing[0]}）"
+        )
     if missing:
         raise AdapterFileError(f"{len(missing)} 个模块不在模型中（not in the model），例如 {missing[0]}")
     return {key: compute_delta(key, factors, torch.Size(module_shapes[key])) for key, factors in modules.items()}

@@ -16,6 +16,7 @@ import msgspec
 from sdapi.config import LorasConfig
 from sdapi.digests import sha256_file
 from sdapi.errors import InvalidParameter
+from sdapi.model_families import Family, ModelFamily
 from sdapi.request import LoraRequest, LoraSpec
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class LoraEntry(msgspec.Struct, frozen=True):
     fits: bool | None  # None until the model is loaded
     error: str | None  # why the file cannot be used
     modules: int = 0
+    family: str | None = None  # sdxl | sd (SD 1.x/2.x): what the file was made for; None when unreadable
 
 
 class _Scanned(msgspec.Struct, frozen=True):
@@ -45,7 +47,7 @@ class _Scanned(msgspec.Struct, frozen=True):
 def _scan_file(path: Path, max_bytes: int) -> _Scanned:
     # files.py reads tensors with torch: imported when there is a file to read, so an API node with no LoRA folder
     # never imports torch.
-    from sdapi.loras.files import AdapterFileError, file_kind, group_factors, part_of, read_adapter_file
+    from sdapi.loras.files import AdapterFileError, family_of, file_kind, group_factors, part_of, read_adapter_file
 
     size = path.stat().st_size
     sha = sha256_file(path)
@@ -60,7 +62,11 @@ def _scan_file(path: Path, max_bytes: int) -> _Scanned:
             read_error = str(error)
         else:
             entry = msgspec.structs.replace(
-                entry, type=file_kind(modules), parts=sorted({part_of(key) for key in modules}), modules=len(modules)
+                entry,
+                type=file_kind(modules),
+                parts=sorted({part_of(key) for key in modules}),
+                modules=len(modules),
+                family=family_of(modules),
             )
     if read_error is not None:
         entry = msgspec.structs.replace(entry, fits=False, error=read_error)
@@ -133,8 +139,13 @@ class LoraLibrary:
             raise InvalidParameter("loras", f"LoRA {spec.name} 已被删除或修改（提交后文件内容变化）")
         return scanned.path
 
-    def resolve(self, requested: Sequence[LoraRequest]) -> tuple[LoraSpec, ...]:
-        """Defaults plus the request's LoRAs (the request's weight wins), each checked; raise InvalidParameter."""
+    def resolve(
+        self, requested: Sequence[LoraRequest], model: ModelFamily | None = None, fits_checked: bool = True
+    ) -> tuple[LoraSpec, ...]:
+        """Defaults plus the request's LoRAs (the request's weight wins), each checked; raise InvalidParameter.
+
+        `model`: the family of the model the request runs on (a file made for another family is refused);
+        `fits_checked`: whether the loaded model the fits were decided against is that model (set_model)."""
         if len(requested) > self._config.max_per_request:
             raise InvalidParameter("loras", f"loras 最多 {self._config.max_per_request} 个，收到 {len(requested)} 个")
         names = [item.name for item in requested]
@@ -149,7 +160,18 @@ class LoraLibrary:
                 if scanned is None:
                     available = ", ".join(sorted(self._files)) or "（无）"
                     raise InvalidParameter("loras", f"LoRA 不存在：{name!r}。可用：{available}")
-                if scanned.entry.error is not None:
-                    raise InvalidParameter("loras", f"LoRA {name} 不可用：{scanned.entry.error}")
+                error = scanned.read_error or (scanned.entry.error if fits_checked else None)
+                if error is None and model is not None and scanned.entry.family is not None:
+                    error = _family_mismatch(scanned.entry.family, model)
+                if error is not None:
+                    raise InvalidParameter("loras", f"LoRA {name} 不可用：{error}")
                 specs.append(LoraSpec(name=name, weight=weight, sha256=scanned.full_sha256))
         return tuple(specs)
+
+
+def _family_mismatch(file_family: str, model: ModelFamily) -> str | None:
+    """Why a file made for `file_family` (sdxl | sd) cannot run on `model`, or None."""
+    if (file_family == "sdxl") == (model.family is Family.SDXL):
+        return None
+    made_for = "SDXL" if file_family == "sdxl" else "SD 1.x/2.x"
+    return f"为 {made_for} 制作，所选模型为 {model.family.label}"

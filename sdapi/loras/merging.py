@@ -16,7 +16,15 @@ import torch
 
 from sdapi import metrics
 from sdapi.errors import ErrorCode, GenerationFailed
-from sdapi.loras.files import AdapterFileError, deltas_for_model, group_factors, kohya_module_key, read_adapter_file
+from sdapi.loras.files import (
+    KOHYA_UNET_PREFIX,
+    AdapterFileError,
+    deltas_for_model,
+    group_factors,
+    kohya_module_key,
+    read_adapter_file,
+)
+from sdapi.loras.sgm_names import sgm_name
 from sdapi.request import LoraSpec
 
 logger = logging.getLogger(__name__)
@@ -24,13 +32,25 @@ logger = logging.getLogger(__name__)
 ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)
 
 
-def adapter_targets(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Every module a kohya-layout file can name, by its kohya key."""
+def adapter_targets(
+    unet: torch.nn.Module, text_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module | None = None
+) -> dict[str, torch.nn.Module]:
+    """Every module a kohya-layout file can name, by its kohya key. An SDXL model (one with `text_encoder_2`) is
+    also reachable by the names kohya writes SDXL files with: the UNet's original block names and lora_te1_ for
+    the first text encoder; a module then has two keys."""
     targets: dict[str, torch.nn.Module] = {}
-    for part, root in (("unet", unet), ("text_encoder", text_encoder)):
+    sdxl = text_encoder_2 is not None
+    roots = [("unet", unet), ("text_encoder", text_encoder)] + ([("text_encoder_2", text_encoder_2)] if sdxl else [])
+    for part, root in roots:
+        assert root is not None
         for path, module in root.named_modules():
-            if isinstance(module, ADAPTABLE):
-                targets[kohya_module_key(part, path)] = module
+            if not isinstance(module, ADAPTABLE):
+                continue
+            targets[kohya_module_key(part, path)] = module
+            if sdxl and part == "unet" and (original := sgm_name(unet, path)) is not None:
+                targets[KOHYA_UNET_PREFIX + original.replace(".", "_")] = module
+            if sdxl and part == "text_encoder":
+                targets["lora_te1_" + path.replace(".", "_")] = module
     return targets
 
 
@@ -47,6 +67,10 @@ class AdapterManager:
     ) -> None:
         self._targets = targets
         self._shapes = target_shapes(targets)
+        # One name per module: an SDXL module has two keys (diffusers and original names), and two files naming it
+        # differently must still add up on the one weight, saved and restored once.
+        first_key: dict[int, str] = {}
+        self._canonical = {key: first_key.setdefault(id(module), key) for key, module in targets.items()}
         self._path_for = path_for
         self._cache_size = cache_size
         self._deltas: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()  # by file sha256
@@ -62,7 +86,8 @@ class AdapterManager:
             self.restore()
             totals: dict[str, torch.Tensor] = {}
             for spec in specs:
-                for key, delta in self._prepared(spec).items():
+                for name, delta in self._prepared(spec).items():
+                    key = self._canonical[name]
                     scaled = delta.float() * spec.weight
                     totals[key] = totals[key] + scaled if key in totals else scaled
             for key, total in totals.items():

@@ -60,7 +60,7 @@ def test_make_tiny_model_without_a_terminal_prints_plain_lines(tmp_path):
     assert lines[:4] == [
         "[1/4] loading diffusers",
         "[2/4] writing the tokenizer",
-        "[3/4] building the UNet, VAE and text encoder",
+        "[3/4] building the sd15 UNet, VAE and text encoder(s)",
         f"[4/4] saving to {tmp_path / 'tiny'}",
     ]
     assert lines[4].startswith("done in") and "\r" not in result.stderr

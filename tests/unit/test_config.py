@@ -16,8 +16,30 @@ def test_defaults_and_relative_paths_resolve_against_the_config_folder(tmp_path)
     assert config.data_dir == str(tmp_path / "conf" / "data")
     assert config.model.path == str(tmp_path / "conf" / "models" / "x")
     assert config.api.key_header == "X-API-Key"
-    assert (config.defaults.width, config.defaults.height, config.defaults.strength) == (512, 512, 0.75)
+    # No default size: a request without one gets its model's native size.
+    assert (config.defaults.width, config.defaults.height, config.defaults.strength) == (None, None, 0.75)
     assert config.database_path.parent == config.images_path.parent
+
+
+def test_models_list_the_default_and_share_the_model_settings(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "api:\n  keys: [k]\nmodel:\n  device: cpu\n  batch_size: 2\n  max_loaded: 1\n"
+        "models:\n  - {name: base, path: ./a}\n  - {name: xl, path: ./b, onnx_path: ./b-onnx, default: true}\n"
+    )
+    config = load_config(path, environ={})
+    assert [entry.name for entry in config.model_entries] == ["base", "xl"] and config.default_model.name == "xl"
+    xl = config.model_config("xl")
+    assert (xl.path, xl.onnx_path, xl.batch_size, xl.device) == (
+        str(tmp_path / "b"),
+        str(tmp_path / "b-onnx"),
+        2,
+        "cpu",
+    )
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text("api:\n  keys: [k]\nmodel:\n  path: ./m\n")
+    [entry] = load_config(legacy, environ={}).model_entries
+    assert (entry.name, entry.path, entry.default) == ("default", str(tmp_path / "m"), True)
 
 
 def test_single_file_config_resolves_like_every_other_path_unless_it_is_a_hub_id(tmp_path):
@@ -53,6 +75,12 @@ def test_environment_keys_replace_the_file():
         ({"api": {"keys": ["k"]}, "defaults": {"width": 4096}}, "'defaults.width'"),
         ({"api": {"keys": ["k"]}, "model": {"dtype": "int8"}}, "'model.dtype'"),
         ({"api": {"keys": [""]}}, "'api.keys'"),
+        (
+            {"api": {"keys": ["k"]}, "models": [{"name": "a", "path": "x"}, {"name": "a", "path": "y"}]},
+            "names a model twice",
+        ),
+        ({"api": {"keys": ["k"]}, "models": [{"name": "bad name", "path": "x"}]}, "'models[0].name'"),
+        ({"api": {"keys": ["k"]}, "models": [{"name": "a", "path": "x", "engine": "onnx"}]}, "'models[0].onnx_path'"),
     ],
 )
 def test_bad_values_name_the_key(raw, named):
