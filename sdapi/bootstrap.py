@@ -267,7 +267,8 @@ class Runtime:
     async def models(self) -> list[ModelView]:
         """The configured models, each marked loaded when this process or a live worker has it in memory."""
         live = await self.stores.nodes.live(self.config.queue.lease_seconds)
-        loaded = set(self.describe().models_loaded) | {name for node in live for name in node.models_loaded}
+        others = {name for node in live if node.id != self.node_id for name in node.models_loaded}
+        loaded = set(self.describe().models_loaded) | others  # this process's own entry is fresher than its beat
         # Hashing a model's weights the first time reads them: off the event loop.
         return await asyncio.to_thread(self.catalog.views, loaded)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import io
 import json
 import re
@@ -40,8 +39,7 @@ from sdapi.api.dialects import (
 from sdapi.api.errors import status_for
 from sdapi.bootstrap import Runtime
 from sdapi.callers import callers_by_key
-from sdapi.config import Config
-from sdapi.digests import model_weights_sha256
+from sdapi.config import DEFAULT_MODEL_NAME, Config
 from sdapi.errors import (
     AuthenticationFailed,
     ErrorCode,
@@ -176,11 +174,12 @@ class _Translated:
 
 
 class _Model(msgspec.Struct, frozen=True):
-    """The served model as A1111 names it."""
+    """A served model as A1111 names it."""
 
     name: str
     sha256: str | None
     filename: str
+    served: str  # its name in sdapi (the native `model`)
 
     @property
     def title(self) -> str:
@@ -193,21 +192,33 @@ class _Model(msgspec.Struct, frozen=True):
         return value in names
 
 
-@functools.lru_cache(maxsize=4)
-def _model_named(path: str) -> _Model:
-    """The model at `path` as A1111 lists it; its weights are hashed once (a big UNet takes seconds)."""
-    return _Model(name=model_name(path), sha256=model_weights_sha256(path), filename=path)
+def _listed(runtime: Runtime) -> list[_Model]:
+    """The served models, the default first. A single unnamed model (config `model.path`) shows its folder or file
+    name, as A1111 shows a checkpoint's; configured ones show their names. Hashing a model's weights the first time
+    reads them: call this off the event loop."""
+    models = []
+    for entry in sorted(runtime.config.model_entries, key=lambda entry: not entry.default):
+        shown = model_name(entry.path) if entry.name == DEFAULT_MODEL_NAME else entry.name
+        models.append(_Model(shown, runtime.catalog.sha256(entry.name), entry.path, entry.name))
+    return models
 
 
-async def _model(runtime: Runtime) -> _Model:
-    return await asyncio.to_thread(_model_named, runtime.config.model.path)
+async def _models(runtime: Runtime) -> list[_Model]:
+    return await asyncio.to_thread(_listed, runtime)
+
+
+def _checkpoint(body: dict[str, Any], models: list[_Model]) -> _Model:
+    """The model override_settings.sd_model_checkpoint names (A1111's per-request model), else the default."""
+    settings = body.get("override_settings")
+    wanted = settings.get("sd_model_checkpoint") if isinstance(settings, dict) else None
+    return next((model for model in models if wanted is not None and model.named_by(wanted)), models[0])
 
 
 def _is_empty(value: object) -> bool:
     return value is None or value is False or value == 0 or value in ("", [], {})
 
 
-def _check_options(body: dict[str, Any], model: _Model) -> None:
+def _check_options(body: dict[str, Any], models: list[_Model]) -> None:
     """Refuse (422, naming them) the options this service would otherwise have to ignore while they are set."""
     known = set(A1111Generation.__struct_fields__) | _HARMLESS | set(_NEUTRAL)
     refused = [key for key, neutral in _NEUTRAL.items() if key in body and body[key] not in neutral]
@@ -222,7 +233,7 @@ def _check_options(body: dict[str, Any], model: _Model) -> None:
         refused.append("override_settings")
     else:
         for key, value in settings.items():
-            if key == "sd_model_checkpoint" and model.named_by(value):
+            if key == "sd_model_checkpoint" and any(model.named_by(value) for model in models):
                 continue
             if value not in _NEUTRAL_SETTINGS.get(key, ()):
                 refused.append(f"override_settings.{key}")
@@ -308,13 +319,13 @@ def _init_image(encoded: str, mode: int, width: int | None, height: int | None) 
     return f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
 
 
-def _translate(body: dict[str, Any], model: _Model, image_to_image: bool) -> _Translated:
+def _translate(body: dict[str, Any], models: list[_Model], image_to_image: bool) -> _Translated:
     try:
         # strict=False: A1111's own server (pydantic) reads "20" as 20, and some clients send numbers as strings.
         fields = msgspec.convert(body, A1111Generation, strict=False)
     except msgspec.ValidationError as error:
         raise InvalidParameter("body", str(error)) from None
-    _check_options(body, model)
+    _check_options(body, models)
     scheduler, karras_sampler = _sampler(fields)
     karras = _schedule_type(fields) or karras_sampler
     count = fields.batch_size * fields.n_iter
@@ -343,6 +354,7 @@ def _translate(body: dict[str, Any], model: _Model, image_to_image: bool) -> _Tr
         "num_images": count,
         "output_format": "png",
         "loras": [msgspec.to_builtins(lora) for lora in loras] or None,
+        "model": _checkpoint(body, models).served,
     }
     if image_to_image:
         native |= {"init_image": init_image, "strength": fields.denoising_strength}
@@ -359,8 +371,9 @@ def _translate(body: dict[str, Any], model: _Model, image_to_image: bool) -> _Tr
 
 async def _generate(request: Request[Any, Any, Any], body: dict[str, Any], image_to_image: bool) -> dict[str, Any]:
     runtime = runtime_of(request)
-    model = await _model(runtime)
-    translated = _translate(body, model, image_to_image)
+    models = await _models(runtime)
+    translated = _translate(body, models, image_to_image)
+    model = _checkpoint(body, models)
     view = await run_to_end(request, translated.native, dialect="a1111")
     task = view.task
     if task.error_code is ErrorCode.CANCELLED:  # interrupted (POST /interrupt): A1111 answers without failing
@@ -473,9 +486,8 @@ async def schedulers() -> list[dict[str, Any]]:
     ]
 
 
-@get("/sd-models", summary="AUTOMATIC1111: 模型列表（当前模型及其哈希）")
+@get("/sd-models", summary="AUTOMATIC1111: 模型列表（默认模型在前，附哈希）")
 async def sd_models(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
-    model = await _model(runtime_of(request))
     return [
         {
             "title": model.title,
@@ -485,6 +497,7 @@ async def sd_models(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
             "filename": model.filename,
             "config": None,
         }
+        for model in await _models(runtime_of(request))
     ]
 
 
@@ -500,7 +513,7 @@ async def loras(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
 
 @get("/options", summary="AUTOMATIC1111: 读取设置（当前模型等）")
 async def read_options(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return _options(await _model(runtime_of(request)))
+    return _options((await _models(runtime_of(request)))[0])
 
 
 def _options(model: _Model) -> dict[str, Any]:
@@ -519,11 +532,11 @@ def _options(model: _Model) -> dict[str, Any]:
     "/options",
     status_code=200,
     summary="AUTOMATIC1111: 写入设置（只读：仅接受与当前值相同的设置）",
-    description="设置在 config.yaml 中修改。可发送 sd_model_checkpoint（当前模型）和 GET /options 中的当前值；"
-    "其他设置返回 422 并列出名称。",
+    description="设置在 config.yaml 中修改。可发送 sd_model_checkpoint（默认模型）和 GET /options 中的当前值；"
+    "其他设置返回 422 并列出名称。要为一个请求选择其他模型，请在请求的 override_settings.sd_model_checkpoint 中指定。",
 )
 async def write_options(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
-    model = await _model(runtime_of(request))
+    model = (await _models(runtime_of(request)))[0]
     current = _options(model)
     refused = [
         key
@@ -531,7 +544,11 @@ async def write_options(data: dict[str, Any], request: Request[Any, Any, Any]) -
         if not (key == "sd_model_checkpoint" and model.named_by(value)) and current.get(key) != value
     ]
     if refused:
-        raise InvalidParameter(refused[0], f"设置只读（在 config.yaml 中修改）：{', '.join(refused)}")
+        raise InvalidParameter(
+            refused[0],
+            f"设置只读（在 config.yaml 中修改）：{', '.join(refused)}。"
+            "为单个请求选择模型：override_settings.sd_model_checkpoint",
+        )
     return {}
 
 

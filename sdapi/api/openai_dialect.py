@@ -23,7 +23,7 @@ from sdapi.api.dialects import ClientGone, CompatTimeout, image_bytes, run_to_en
 from sdapi.api.errors import status_for
 from sdapi.bootstrap import Runtime
 from sdapi.callers import callers_by_key
-from sdapi.config import Config
+from sdapi.config import DEFAULT_MODEL_NAME, Config
 from sdapi.errors import (
     InvalidParameter,
     RequestValidationFailed,
@@ -80,7 +80,9 @@ def _size(size: str | None) -> tuple[int | None, int | None]:
     return int(width), int(height)
 
 
-def _native(body: ImageGenerationRequest, init_image: str | None = None, strength: float | None = None) -> Any:
+def _native(
+    body: ImageGenerationRequest, model: str | None, init_image: str | None = None, strength: float | None = None
+) -> Any:
     width, height = _size(body.size)
     fields: dict[str, Any] = {
         "prompt": body.prompt,
@@ -96,6 +98,7 @@ def _native(body: ImageGenerationRequest, init_image: str | None = None, strengt
         "init_image": init_image,
         "strength": strength,
         "loras": body.loras,
+        "model": model,
     }
     try:
         return msgspec.convert({k: v for k, v in fields.items() if v is not None}, GenerationRequest)
@@ -103,9 +106,23 @@ def _native(body: ImageGenerationRequest, init_image: str | None = None, strengt
         raise InvalidParameter("body", str(error)) from None
 
 
-def _check_model(config: Config, model: str | None) -> None:
-    if model is not None and model not in (config.compat.model_id, "default"):
-        raise TaskNotFound(f"模型不存在：{model!r}。可用模型：{config.compat.model_id}（GET /v1/models）")
+def _model_ids(config: Config) -> list[str]:
+    """What GET /v1/models lists: compat.model_id (the default model), then each configured model by name."""
+    names = [entry.name for entry in config.model_entries]
+    # The one model of a `model.path` config is "default": compat.model_id already stands for it.
+    return [
+        config.compat.model_id,
+        *(name for name in names if name not in (config.compat.model_id, DEFAULT_MODEL_NAME)),
+    ]
+
+
+def _model(config: Config, model: str | None) -> str | None:
+    """The native model for OpenAI's `model` (None: the default); raise TaskNotFound (404) for an unknown id."""
+    if model is None or model in (config.compat.model_id, "default"):
+        return None
+    if model in {entry.name for entry in config.model_entries}:
+        return model
+    raise TaskNotFound(f"模型不存在：{model!r}。可用模型：{', '.join(_model_ids(config))}（GET /v1/models）")
 
 
 async def _generate_and_answer(
@@ -136,8 +153,8 @@ class DialectTaskFailed(SdapiError):
 
 @post("/images/generations", status_code=200, summary="OpenAI: images.generate")
 async def generations(data: ImageGenerationRequest, request: Request[Any, Any, Any]) -> dict[str, Any]:
-    _check_model(runtime_of(request).config, data.model)
-    return await _generate_and_answer(request, _native(data), data)
+    model = _model(runtime_of(request).config, data.model)
+    return await _generate_and_answer(request, _native(data, model), data)
 
 
 @post("/images/edits", status_code=200, summary="OpenAI: images.edit（图生图）")
@@ -162,16 +179,19 @@ async def edits(
         strength = float(data["strength"]) if data.get("strength") is not None else None
     except (msgspec.ValidationError, ValueError) as error:
         raise InvalidParameter("body", str(error)) from None
-    _check_model(runtime_of(request).config, body.model)
+    model = _model(runtime_of(request).config, body.model)
     mime = "jpeg" if raw[:3] == b"\xff\xd8\xff" else "png"
     init_image = f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
-    return await _generate_and_answer(request, _native(body, init_image, strength), body)
+    return await _generate_and_answer(request, _native(body, model, init_image, strength), body)
 
 
 @get("/models", summary="OpenAI: models.list")
 async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    model_id = runtime_of(request).config.compat.model_id
-    return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "sdapi"}]}
+    ids = _model_ids(runtime_of(request).config)
+    return {
+        "object": "list",
+        "data": [{"id": id_, "object": "model", "created": 0, "owned_by": "sdapi"} for id_ in ids],
+    }
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> Response[object]:
