@@ -28,6 +28,29 @@ def model_modules(model_dir: Path) -> dict[str, torch.nn.Module]:
     return modules
 
 
+def sdxl_modules(model_dir: Path) -> dict[str, torch.nn.Module]:
+    """kohya key -> module for an SDXL model, named as kohya-ss writes SDXL files: the UNet's original block names
+    (lora_unet_input_blocks_4_1_...), lora_te1_ and lora_te2_ for the two text encoders."""
+    from transformers import CLIPTextModelWithProjection
+
+    from sdapi.loras.sgm_names import sgm_name
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+    modules = {}
+    for path, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d) and (original := sgm_name(unet, path)):
+            modules["lora_unet_" + original.replace(".", "_")] = module
+    encoders = (
+        ("lora_te1_", CLIPTextModel.from_pretrained(model_dir / "text_encoder")),
+        ("lora_te2_", CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2")),
+    )
+    for prefix, root in encoders:
+        for path, module in root.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                modules[prefix + path.replace(".", "_")] = module
+    return modules
+
+
 def pick_targets(modules: dict[str, torch.nn.Module], parts: tuple[str, ...], convs: bool) -> list[str]:
     """Attention projections (and, with `convs`, the resnet 3x3 convolutions) of the chosen parts."""
     chosen = []
