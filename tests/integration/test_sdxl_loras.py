@@ -21,7 +21,7 @@ from sdapi.testing.factories import make_params
 from sdapi.testing.services import fetch_pixels as pixels
 from sdapi.testing.services import generate as run
 from sdapi.testing.services import in_process, mean_abs_diff
-from tests.integration.test_loras import _expected_delta
+from tests.integration.test_loras import _decided_entries, _expected_delta
 
 PARAMS = {"prompt": "a castle", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 42}
 
@@ -68,7 +68,7 @@ def test_the_original_block_names_are_the_ones_diffusers_maps(tiny_sdxl, sdxl_lo
         module_key = renumbered.split(".", 1)[0]
         for old, new in renames:
             module_key = module_key.replace(old, new)
-        assert targets[module_key] is targets[original.split(".", 1)[0]], (original, diffusers_key)
+        assert targets[module_key] is targets[original.split(".", 1)[0]], (original, renumbered)
 
 
 def test_a_kohya_sdxl_lora_matches_diffusers_own_loader(tiny_sdxl, sdxl_loras):
@@ -156,12 +156,15 @@ def test_the_peft_layout_with_text_encoder_2_means_the_same(tiny_sdxl, sdxl_lora
     assert mean_abs_diff(as_kohya, as_peft) < 0.01
 
 
-def test_over_http_an_sdxl_lora_fits_sdxl_and_not_sd15(tmp_path, tiny_sdxl, sdxl_loras):
-    with in_process(tmp_path, tiny_sdxl, loras={"dir": str(sdxl_loras)}, model={"dtype": "float32"}) as service:
-        with service.client() as client:
-            entries = {entry["name"]: entry for entry in client.get("/api/v1/loras").json()["loras"]}
-            assert entries["xl_loha"]["family"] == "sdxl" and entries["xl_loha"]["type"] == "loha"
-            plain = run(client, **PARAMS)
-            styled = run(client, **PARAMS, loras=[{"name": "xl_lokr", "weight": 1.0}])
-            assert styled["status"] == "completed", styled
-            assert mean_abs_diff(pixels(plain["result_url"]), pixels(styled["result_url"])) > 1.0
+def test_over_http_an_sdxl_lokr_is_listed_and_applied(tmp_path, tiny_sdxl, sdxl_loras):
+    with (
+        in_process(tmp_path, tiny_sdxl, loras={"dir": str(sdxl_loras)}, model={"dtype": "float32"}) as service,
+        service.client() as client,
+    ):
+        entries = _decided_entries(client)  # fits are decided just after the model loads
+        assert entries["xl_loha"]["family"] == "sdxl" and entries["xl_loha"]["type"] == "loha"
+        assert entries["xl_loha"]["fits"] is True
+        plain = run(client, **PARAMS)
+        styled = run(client, **PARAMS, loras=[{"name": "xl_lokr", "weight": 1.0}])
+        assert styled["status"] == "completed", styled
+        assert mean_abs_diff(pixels(plain["result_url"]), pixels(styled["result_url"])) > 1.0
