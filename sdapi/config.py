@@ -17,7 +17,7 @@ import yaml
 
 from sdapi.errors import ConfigError
 from sdapi.model_sources import is_local_path
-from sdapi.request import SCHEDULER_NAMES, LoraRequest
+from sdapi.request import ACCEPTED_SCHEDULERS, LoraRequest
 
 # Keys shipped in config.yaml that only work for a local try-out start with this marker.
 PLACEHOLDER_KEY_PREFIX = "change-me"
@@ -409,10 +409,10 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("config key 'api.keys' contains an empty key")
     if len({entry.key for entry in entries}) != len(entries):
         raise ConfigError("config key 'api.keys' lists a key twice")
-    if config.defaults.scheduler is not None and config.defaults.scheduler not in SCHEDULER_NAMES:
+    if config.defaults.scheduler is not None and config.defaults.scheduler not in ACCEPTED_SCHEDULERS:
         raise ConfigError(
             f"config key 'defaults.scheduler': unknown scheduler {config.defaults.scheduler!r}; "
-            f"choose one of {', '.join(SCHEDULER_NAMES)}"
+            f"choose one of {', '.join(ACCEPTED_SCHEDULERS)}"
         )
     if config.model.engine == "onnx" and not config.model.onnx_path:
         raise ConfigError("config key 'model.onnx_path' is required when 'model.engine' is onnx")

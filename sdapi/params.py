@@ -10,12 +10,14 @@ import msgspec
 from sdapi.config import DefaultsConfig, LimitsConfig
 from sdapi.errors import InvalidParameter
 from sdapi.request import (
+    ACCEPTED_SCHEDULERS,
     KARRAS_SCHEDULERS,
     MAX_SEED,
     OUTPUT_FORMATS,
-    SCHEDULER_NAMES,
+    SCHEDULER_OPTIONS,
     GenerationRequest,
     LoraSpec,
+    SchedulerOptionValue,
 )
 
 MIN_SIDE = 64
@@ -45,6 +47,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     use_karras_sigmas: bool = False
     # The name of the model (config `models:`) that makes the images; None (tasks from before): the default.
     model: str | None = None
+    # Settings for the scheduler class (SCHEDULER_OPTIONS says which each class takes).
+    scheduler_options: dict[str, SchedulerOptionValue] = msgspec.field(default_factory=dict)
     seed: int
     output_format: str
     init_image: InitImageInfo | None = None
@@ -84,6 +88,17 @@ def check_karras(scheduler: str, use_karras_sigmas: bool) -> None:
         )
 
 
+def check_scheduler_options(scheduler: str, options: dict[str, SchedulerOptionValue]) -> None:
+    """Raise InvalidParameter naming the scheduler_options `scheduler` does not take."""
+    allowed = SCHEDULER_OPTIONS.get(scheduler, frozenset())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        available = ", ".join(sorted(allowed)) or "（无）"
+        raise InvalidParameter(
+            "scheduler_options", f"{scheduler} 不接受 scheduler_options：{', '.join(unknown)}。可用：{available}"
+        )
+
+
 def output_side(input_side: int) -> int:
     """Image-to-image output side: the input's side rounded down to a multiple of 8."""
     return input_side - input_side % 8
@@ -107,15 +122,17 @@ def resolve_params(
             "output_format",
             f"output_format 不支持：{request.output_format!r}。可选：{', '.join(OUTPUT_FORMATS)}",
         )
-    if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
+    if request.scheduler is not None and request.scheduler not in ACCEPTED_SCHEDULERS:
         raise InvalidParameter(
             "scheduler",
-            f"scheduler 不支持：{request.scheduler!r}。可选：{', '.join(SCHEDULER_NAMES)}",
+            f"scheduler 不支持：{request.scheduler!r}。可选：{', '.join(ACCEPTED_SCHEDULERS)}",
         )
     scheduler = request.scheduler if request.scheduler is not None else defaults.scheduler
     use_karras_sigmas = bool(request.use_karras_sigmas)
+    options = dict(request.scheduler_options or {})
     if scheduler is not None:  # the model's own scheduler is checked by the engine, which knows it
         check_karras(scheduler, use_karras_sigmas)
+        check_scheduler_options(scheduler, options)
     steps = request.num_inference_steps or defaults.num_inference_steps
     if steps > limits.max_inference_steps:
         raise InvalidParameter(
@@ -151,6 +168,7 @@ def resolve_params(
         scheduler=scheduler,
         use_karras_sigmas=use_karras_sigmas,
         model=model,
+        scheduler_options=options,
         seed=seed,
         output_format=output_format,
         init_image=init_image,

@@ -26,6 +26,11 @@ A1111_SAMPLER_NAMES = {
     "HeunDiscreteScheduler": "Heun",
     "KDPM2DiscreteScheduler": "DPM2",
     "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "UniPCMultistepScheduler": "UniPC",
+    "DEISMultistepScheduler": "DEIS",
+    "DPMSolverSinglestepScheduler": "DPM++ SDE",
+    "LCMScheduler": "LCM",
+    "TCDScheduler": "TCD",
 }
 JSON_CHUNK = "sdapi"
 INFOTEXT_CHUNK = "parameters"

@@ -20,17 +20,177 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler",
 )
+# Accepted besides the contract's nine: UniPC, DEIS, DPM-Solver singlestep, and LCM and TCD for few-step models
+# (LCM/Turbo/Lightning checkpoints and LoRAs).
+EXTRA_SCHEDULER_NAMES: tuple[str, ...] = (
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+)
+ACCEPTED_SCHEDULERS: tuple[str, ...] = SCHEDULER_NAMES + EXTRA_SCHEDULER_NAMES
+# What `scheduler_options` may set on each class: the settings model pages tell users to copy (sigma spacing,
+# solver order and type, timestep spacing, prediction type...), each one the class's own constructor takes (a unit
+# test holds this table to diffusers' signatures). Training-time settings (betas, train timesteps) are not offered.
+SCHEDULER_OPTIONS: dict[str, frozenset[str]] = {
+    "DPMSolverMultistepScheduler": frozenset(
+        {
+            "algorithm_type",
+            "euler_at_final",
+            "final_sigmas_type",
+            "lower_order_final",
+            "prediction_type",
+            "rescale_betas_zero_snr",
+            "solver_order",
+            "solver_type",
+            "steps_offset",
+            "thresholding",
+            "timestep_spacing",
+            "use_beta_sigmas",
+            "use_exponential_sigmas",
+            "use_karras_sigmas",
+            "use_lu_lambdas",
+        }
+    ),
+    "DDIMScheduler": frozenset(
+        {
+            "clip_sample",
+            "prediction_type",
+            "rescale_betas_zero_snr",
+            "set_alpha_to_one",
+            "steps_offset",
+            "thresholding",
+            "timestep_spacing",
+        }
+    ),
+    "EulerDiscreteScheduler": frozenset(
+        {
+            "final_sigmas_type",
+            "interpolation_type",
+            "prediction_type",
+            "rescale_betas_zero_snr",
+            "steps_offset",
+            "timestep_spacing",
+            "timestep_type",
+            "use_beta_sigmas",
+            "use_exponential_sigmas",
+            "use_karras_sigmas",
+        }
+    ),
+    "EulerAncestralDiscreteScheduler": frozenset(
+        {"prediction_type", "rescale_betas_zero_snr", "steps_offset", "timestep_spacing"}
+    ),
+    "PNDMScheduler": frozenset(
+        {"prediction_type", "set_alpha_to_one", "skip_prk_steps", "steps_offset", "timestep_spacing"}
+    ),
+    "LMSDiscreteScheduler": frozenset(
+        {
+            "prediction_type",
+            "steps_offset",
+            "timestep_spacing",
+            "use_beta_sigmas",
+            "use_exponential_sigmas",
+            "use_karras_sigmas",
+        }
+    ),
+    "HeunDiscreteScheduler": frozenset(
+        {
+            "clip_sample",
+            "prediction_type",
+            "steps_offset",
+            "timestep_spacing",
+            "use_beta_sigmas",
+            "use_exponential_sigmas",
+            "use_karras_sigmas",
+        }
+    ),
+    "KDPM2DiscreteScheduler": frozenset(
+        {
+            "prediction_type",
+            "steps_offset",
+            "timestep_spacing",
+            "use_beta_sigmas",
+            "use_exponential_sigmas",
+            "use_karras_sigmas",
+        }
+    ),
+    "KDPM2AncestralDiscreteScheduler": frozenset(
+        {
+            "prediction_type",
+            "steps_offset",
+            "timestep_spacing",
+            "use_beta_sigmas",
+            "use_exponential_sigmas",
+            "use_karras_sigmas",
+        }
+    ),
+    "UniPCMultistepScheduler": frozenset(
+        {
+            "disable_corrector",
+            "final_sigmas_type",
+            "lower_order_final",
+            "prediction_type",
+            "rescale_betas_zero_snr",
+            "solver_order",
+            "solver_type",
+            "steps_offset",
+            "thresholding",
+            "timestep_spacing",
+            "use_beta_sigmas",
+            "use_exponential_sigmas",
+            "use_karras_sigmas",
+        }
+    ),
+    "DEISMultistepScheduler": frozenset(
+        {
+            "algorithm_type",
+            "lower_order_final",
+            "prediction_type",
+            "solver_order",
+            "solver_type",
+            "steps_offset",
+            "thresholding",
+            "timestep_spacing",
+            "use_beta_sigmas",
+            "use_exponential_sigmas",
+            "use_karras_sigmas",
+        }
+    ),
+    "DPMSolverSinglestepScheduler": frozenset(
+        {
+            "algorithm_type",
+            "final_sigmas_type",
+            "lower_order_final",
+            "prediction_type",
+            "solver_order",
+            "solver_type",
+            "thresholding",
+            "use_beta_sigmas",
+            "use_exponential_sigmas",
+            "use_karras_sigmas",
+        }
+    ),
+    "LCMScheduler": frozenset(
+        {
+            "clip_sample",
+            "original_inference_steps",
+            "prediction_type",
+            "rescale_betas_zero_snr",
+            "set_alpha_to_one",
+            "steps_offset",
+            "thresholding",
+            "timestep_scaling",
+            "timestep_spacing",
+        }
+    ),
+}
+SCHEDULER_OPTIONS["TCDScheduler"] = SCHEDULER_OPTIONS["LCMScheduler"]  # TCD takes exactly LCM's settings
 # The schedulers that can space their sigmas the Karras way (AUTOMATIC1111's "Karras" schedule type).
 KARRAS_SCHEDULERS: frozenset[str] = frozenset(
-    {
-        "DPMSolverMultistepScheduler",
-        "EulerDiscreteScheduler",
-        "LMSDiscreteScheduler",
-        "HeunDiscreteScheduler",
-        "KDPM2DiscreteScheduler",
-        "KDPM2AncestralDiscreteScheduler",
-    }
+    name for name, options in SCHEDULER_OPTIONS.items() if "use_karras_sigmas" in options
 )
+SchedulerOptionValue = bool | int | float | str
 OUTPUT_FORMATS = ("png", "jpg", "jpeg")
 MAX_IMAGES = 10
 # Seeds are unsigned 32-bit integers, as in A1111 and most clients; image k of a batch uses seed + k.
@@ -102,7 +262,19 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     strength: (
         Annotated[float, msgspec.Meta(ge=0.0, le=1.0, description="图生图强度，范围0.0-1.0。仅图生图有效")] | None
     ) = None
-    scheduler: Annotated[str | None, msgspec.Meta(description="采样方法名称：" + "、".join(SCHEDULER_NAMES))] = None
+    scheduler: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="采样方法名称：" + "、".join(SCHEDULER_NAMES) + "；另可用：" + "、".join(EXTRA_SCHEDULER_NAMES)
+        ),
+    ] = None
+    scheduler_options: Annotated[
+        dict[str, SchedulerOptionValue] | None,
+        msgspec.Meta(
+            description="采样方法的设置（例如 use_karras_sigmas、timestep_spacing、use_lu_lambdas、solver_order），"
+            "只能设置所选采样方法接受的项，否则返回 400 并列出可用项"
+        ),
+    ] = None
     use_karras_sigmas: Annotated[
         bool | None,
         msgspec.Meta(

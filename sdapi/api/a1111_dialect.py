@@ -257,7 +257,7 @@ def _sampler(fields: A1111Generation) -> tuple[str | None, bool]:
     karras = name.lower().endswith(" karras")
     base = name[: -len(" karras")] if karras else name
     for sampler, scheduler in SAMPLERS.items():
-        if base.lower() in (sampler.lower(), *SAMPLER_ALIASES[sampler]) or base == scheduler:
+        if base.lower() in (sampler.lower(), *SAMPLER_ALIASES.get(sampler, ())) or base == scheduler:
             return scheduler, karras
     raise InvalidParameter("sampler_name", f"sampler_name 不支持：{name!r}。可选：{', '.join(SAMPLERS)}")
 
@@ -475,7 +475,7 @@ async def img2img(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict
 
 @get("/samplers", summary="AUTOMATIC1111: 采样器列表")
 async def samplers() -> list[dict[str, Any]]:
-    return [{"name": name, "aliases": list(SAMPLER_ALIASES[name]), "options": {}} for name in SAMPLERS]
+    return [{"name": name, "aliases": list(SAMPLER_ALIASES.get(name, ())), "options": {}} for name in SAMPLERS]
 
 
 @get("/schedulers", summary="AUTOMATIC1111: 调度类型（Schedule type）列表")

@@ -38,7 +38,7 @@ from sdapi.api.validation import strict_body
 from sdapi.bootstrap import Runtime
 from sdapi.images import CONTENT_TYPES
 from sdapi.provenance import A1111_SAMPLER_NAMES
-from sdapi.request import KARRAS_SCHEDULERS, SCHEDULER_NAMES, GenerationRequest
+from sdapi.request import ACCEPTED_SCHEDULERS, KARRAS_SCHEDULERS, GenerationRequest
 from sdapi.storage.local import IMAGE_ROUTE
 from sdapi.tasks import TaskStatus
 
@@ -268,7 +268,7 @@ async def schedulers(state: State) -> SchedulerListResponse:
     return SchedulerListResponse(
         schedulers=[
             SchedulerEntry(name=name, a1111_name=A1111_SAMPLER_NAMES[name], karras=name in KARRAS_SCHEDULERS)
-            for name in SCHEDULER_NAMES
+            for name in ACCEPTED_SCHEDULERS
         ],
         default=default,
     )

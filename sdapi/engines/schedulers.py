@@ -6,8 +6,9 @@ from typing import Any
 
 import diffusers
 
-from sdapi.params import GenerationParams, check_karras
-from sdapi.request import SCHEDULER_NAMES
+from sdapi.errors import InvalidParameter
+from sdapi.params import GenerationParams, check_karras, check_scheduler_options
+from sdapi.request import ACCEPTED_SCHEDULERS
 
 
 def scheduler_name(params: GenerationParams, base_config: Any) -> str:
@@ -16,18 +17,27 @@ def scheduler_name(params: GenerationParams, base_config: Any) -> str:
 
 
 def check_scheduler(params: GenerationParams, base_config: Any) -> None:
-    """Raise InvalidParameter when the request asks for Karras sigmas from a scheduler without them. The API checks
-    a named scheduler; this also covers the model's own one, which only the engine knows."""
-    check_karras(scheduler_name(params, base_config), params.use_karras_sigmas)
+    """Raise InvalidParameter when the request's Karras sigmas or scheduler_options do not suit the scheduler, or
+    its option values make no schedule. The API checks what it can of a named scheduler; this also covers the
+    model's own one, which only the engine knows."""
+    make_scheduler(params, base_config)
 
 
 def make_scheduler(params: GenerationParams, base_config: Any) -> Any:
-    """A new scheduler for `params` built from the model's config, so no state leaks between requests."""
+    """A new scheduler for `params` built from the model's config, so no state leaks between requests (a
+    v-prediction model's config keeps its scheduler v-prediction); raise InvalidParameter for options it refuses."""
     name = scheduler_name(params, base_config)
-    if name not in SCHEDULER_NAMES and name != base_config.get("_class_name"):
+    if name not in ACCEPTED_SCHEDULERS and name != base_config.get("_class_name"):
         raise ValueError(f"unknown scheduler {name!r}")
-    check_scheduler(params, base_config)
-    scheduler_class = getattr(diffusers, name)
+    check_karras(name, params.use_karras_sigmas)
+    check_scheduler_options(name, params.scheduler_options)
+    options: dict[str, Any] = dict(params.scheduler_options)
     if params.use_karras_sigmas:
-        return scheduler_class.from_config(base_config, use_karras_sigmas=True)
-    return scheduler_class.from_config(base_config)
+        options["use_karras_sigmas"] = True
+    try:
+        scheduler = getattr(diffusers, name).from_config(base_config, **options)
+        scheduler.set_timesteps(params.num_inference_steps)  # what a bad value breaks, it breaks here
+    except (ValueError, TypeError, NotImplementedError, KeyError) as error:
+        given = ", ".join(f"{key}={value!r}" for key, value in params.scheduler_options.items())
+        raise InvalidParameter("scheduler_options", f"{name} 的 scheduler_options 无效（{given}）：{error}") from None
+    return scheduler

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdapi.request import SCHEDULER_NAMES
+from sdapi.request import ACCEPTED_SCHEDULERS
 from sdapi.testing.services import data_url, fetch_image, fetch_pixels, generate, gradient_image, mean_abs_diff
 
 
@@ -86,7 +86,7 @@ def test_output_formats(client, output_format, pil_format, content_type):
         assert image.size == (128, 96)
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("scheduler", ACCEPTED_SCHEDULERS)
 def test_every_scheduler_generates_and_is_deterministic(client, scheduler):
     first = generate(client, prompt="a lighthouse", seed=11, scheduler=scheduler, num_images=2)
     assert first["status"] == "completed", first
@@ -145,3 +145,21 @@ def test_image_to_image_uses_the_configured_default_strength(client):
     implicit = generate(client, prompt="anime style", init_image=init, seed=5)
     explicit = generate(client, prompt="anime style", init_image=init, seed=5, strength=0.75)
     assert np.array_equal(_pixels(implicit), _pixels(explicit))
+
+
+def test_scheduler_options_change_the_schedule_and_unknown_ones_are_refused(client):
+    base = {"prompt": "a lighthouse", "seed": 31, "scheduler": "DPMSolverMultistepScheduler"}
+    plain = _pixels(generate(client, **base))
+    trailing = generate(client, **base, scheduler_options={"timestep_spacing": "trailing", "use_lu_lambdas": True})
+    assert trailing["status"] == "completed", trailing
+    assert mean_abs_diff(plain, _pixels(trailing)) > 1.0
+    karras = _pixels(generate(client, **base, scheduler_options={"use_karras_sigmas": True}))
+    assert np.array_equal(karras, _pixels(generate(client, **base, use_karras_sigmas=True)))
+    unknown = client.post(
+        "/api/v1/generate",
+        json={**base, "scheduler": "DDIMScheduler", "scheduler_options": {"use_karras_sigmas": True}},
+    )
+    assert unknown.status_code == 400
+    assert unknown.json()["detail"].startswith("DDIMScheduler 不接受 scheduler_options：use_karras_sigmas。可用：")
+    bad_value = client.post("/api/v1/generate", json={**base, "scheduler_options": {"timestep_spacing": "sideways"}})
+    assert bad_value.status_code == 400 and "timestep_spacing" in bad_value.json()["detail"]

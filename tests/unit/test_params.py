@@ -109,3 +109,24 @@ def test_karras_sigmas_reach_the_scheduler_built_from_the_model_config():
     own = msgspec.structs.replace(params, scheduler=None)  # the model's DDIM cannot: the engine refuses
     with pytest.raises(InvalidParameter, match="DDIMScheduler"):
         make_scheduler(own, base)
+
+
+def test_the_scheduler_options_table_matches_diffusers_own_constructors():
+    import inspect
+
+    import diffusers
+
+    from sdapi.request import ACCEPTED_SCHEDULERS, SCHEDULER_OPTIONS
+
+    assert set(SCHEDULER_OPTIONS) == set(ACCEPTED_SCHEDULERS)
+    for name, options in SCHEDULER_OPTIONS.items():
+        accepted = set(inspect.signature(getattr(diffusers, name).__init__).parameters)
+        assert options <= accepted, (name, options - accepted)
+
+
+def test_scheduler_options_are_checked_against_the_chosen_class():
+    params = resolve(scheduler="UniPCMultistepScheduler", scheduler_options={"solver_order": 3})
+    assert params.scheduler_options == {"solver_order": 3}
+    with pytest.raises(InvalidParameter, match="不接受 scheduler_options：clip_sample") as refused:
+        resolve(scheduler="EulerDiscreteScheduler", scheduler_options={"clip_sample": True})
+    assert refused.value.field == "scheduler_options"
