@@ -8,7 +8,7 @@ MODEL_DIR := data/models/tiny-sd
 # Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev model run test check format bench bench-loras bench-engines bench-scale
+.PHONY: install install-dev model run test check format bench bench-loras bench-engines bench-scale bench-affinity bench-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,3 +65,7 @@ bench-engines: install-dev
 # PostgreSQL, one API node and one then two workers (one torch thread each) on the tiny model.
 bench-scale: install-dev
 	$(BIN)/python -m bench.scale
+
+# Model loads of a mixed two-model queue on two workers, with and without affinity.
+bench-affinity: install-dev
+	$(BIN)/python -m bench.affinity

@@ -172,7 +172,12 @@ class Worker:
         await self._load_model()
         while not self._stopping:
             try:
-                lease = await self._tasks.claim(self._worker_id, self._lease_seconds)
+                lease = await self._tasks.claim(
+                    self._worker_id,
+                    self._lease_seconds,
+                    self._loaded_models(),
+                    self._config.queue.affinity_max_wait_seconds,
+                )
                 if lease is not None:
                     await self._process(lease)
                     continue
@@ -399,6 +404,13 @@ class Worker:
                 )
             )
         return stored, generated.engine
+
+    def _loaded_models(self) -> list[str]:
+        """The models this worker has in memory (a pool of several; another engine serves the default alone)."""
+        loaded_models = getattr(self._engine, "loaded_models", None)
+        if callable(loaded_models):
+            return list(loaded_models())
+        return [self._config.default_model.name] if self._engine.loaded else []
 
     def _model_info(self, name: str) -> ModelInfo:
         """What the image records say of model `name`: its source and the hash of its weights (read once)."""

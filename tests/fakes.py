@@ -11,6 +11,7 @@ import itertools
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from PIL import Image
@@ -135,9 +136,14 @@ class MemoryTaskStore:
         self.db.touch()
         return sum(t.status is status and (owner is None or t.owner == owner) for t in self.db.tasks.values())
 
-    async def claim(self, worker_id: str, lease_seconds: float) -> Lease | None:
+    async def claim(
+        self, worker_id: str, lease_seconds: float, loaded: Sequence[str] = (), affinity_max_wait: float = 0.0
+    ) -> Lease | None:
         self.db.touch()
-        pending = next((t for t in self.db.tasks.values() if t.status is TaskStatus.PENDING), None)
+        waiting = [t for t in self.db.tasks.values() if t.status is TaskStatus.PENDING]
+        cutoff = datetime.now(UTC) - timedelta(seconds=affinity_max_wait)
+        first = [t for t in waiting if t.params.model is None or t.params.model in loaded or t.created_at < cutoff]
+        pending = next(iter(first if loaded and first else waiting), None)
         if pending is None:
             return None
         started = tasks.start(pending)

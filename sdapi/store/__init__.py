@@ -14,7 +14,7 @@ and workers). Both run the same lease-and-fence protocol and pass the same contr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -118,9 +118,12 @@ class TaskStore(Protocol):
     async def count(self, status: TaskStatus, owner: str | None = None) -> int:
         """How many tasks have `status` (of `owner`, when given)."""
 
-    async def claim(self, worker_id: str, lease_seconds: float) -> Lease | None:
-        """Take the oldest pending task, or None: processing, one more attempt, a new lease token, expiring
-        `lease_seconds` from now by the database clock."""
+    async def claim(
+        self, worker_id: str, lease_seconds: float, loaded: Sequence[str] = (), affinity_max_wait: float = 0.0
+    ) -> Lease | None:
+        """Take a pending task, or None: processing, one more attempt, a new lease token, expiring `lease_seconds`
+        from now by the database clock. The oldest task for one of the `loaded` models (or one that has waited more
+        than `affinity_max_wait` seconds) comes first; then the oldest of the rest. No `loaded`: the oldest."""
 
     async def renew(self, lease: Lease, lease_seconds: float) -> bool:
         """Extend the lease to `lease_seconds` from now; False when it is no longer this lease (reaped)."""

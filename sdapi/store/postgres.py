@@ -87,6 +87,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE throughput (engine TEXT PRIMARY KEY, seconds_per_work DOUBLE PRECISION NOT NULL, "
         "samples INTEGER NOT NULL)",
     ),
+    (
+        # Model affinity: which model a pending task needs, and since when it waits (database clock).
+        "ALTER TABLE tasks ADD COLUMN model TEXT",
+        "ALTER TABLE tasks ADD COLUMN submitted_at DOUBLE PRECISION",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

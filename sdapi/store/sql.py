@@ -194,8 +194,8 @@ class SqlTaskStore:
             if row is not None and int(row[0]) >= owner_max_pending:
                 return False
         await session.execute(
-            "INSERT INTO tasks (id, status, attempts, updated_at, body, init_image, owner, cost) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO tasks (id, status, attempts, updated_at, body, init_image, owner, cost, model, submitted_at) "
+            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, {self._dialect.now})",
             (
                 task.id,
                 task.status.value,
@@ -205,6 +205,7 @@ class SqlTaskStore:
                 init_image,
                 task.owner,
                 task.params.work,
+                task.params.model,
             ),
         )
         if self._dialect.notify_task:
@@ -262,16 +263,29 @@ class SqlTaskStore:
                 )
         return 0 if row is None else int(row[0])
 
-    async def claim(self, worker_id: str, lease_seconds: float) -> Lease | None:
+    async def claim(
+        self, worker_id: str, lease_seconds: float, loaded: Sequence[str] = (), affinity_max_wait: float = 0.0
+    ) -> Lease | None:
         now, token = self._dialect.now, uuid.uuid4().hex
+        order = "seq"
+        order_params: tuple[object, ...] = ()
+        if loaded:
+            # First the tasks this worker can run without loading a model (tasks from before models were recorded
+            # run anywhere) and the tasks that waited past affinity_max_wait; then the rest; oldest first in each.
+            marks = ", ".join(["%s"] * len(loaded))
+            order = (
+                f"CASE WHEN model IS NULL OR model IN ({marks}) OR COALESCE(submitted_at, 0) < {now} - %s "
+                "THEN 0 ELSE 1 END, seq"
+            )
+            order_params = (*loaded, affinity_max_wait)
         async with self._db.session(write=True) as session:
             row = await session.fetchone(
                 f"UPDATE tasks SET status = 'processing', attempts = attempts + 1, updated_at = {now}, "
                 f"lease_token = %s, lease_expires_at = {now} + %s, worker_id = %s, progress = NULL, "
                 f"started_at = {now}, cancel_requested = FALSE "
-                "WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' ORDER BY seq LIMIT 1"
+                f"WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' ORDER BY {order} LIMIT 1"
                 f"{self._dialect.skip_locked}) RETURNING {_TASK_COLUMNS}, lease_token",
-                (token, lease_seconds, worker_id),
+                (token, lease_seconds, worker_id, *order_params),
             )
         return None if row is None else _lease(row)
 

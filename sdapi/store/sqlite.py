@@ -45,7 +45,7 @@ DIALECT = Dialect(
 
 # Schema versions, in order; PRAGMA user_version holds how many have run. Version 1 is the schema from before
 # versioning (its CREATEs are IF NOT EXISTS, so a file from then upgrades in place); version 2 adds leases,
-# version 3 progress, cancellation, owners and throughput.
+# version 3 progress, cancellation, owners and throughput; version 4 the model columns of affinity.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "CREATE TABLE IF NOT EXISTS tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
@@ -79,6 +79,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE idempotency (owner TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, "
         "task_id TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (owner, key))",
         "CREATE TABLE throughput (engine TEXT PRIMARY KEY, seconds_per_work REAL NOT NULL, samples INTEGER NOT NULL)",
+    ),
+    (
+        # Model affinity: which model a pending task needs, and since when it waits (database clock).
+        "ALTER TABLE tasks ADD COLUMN model TEXT",
+        "ALTER TABLE tasks ADD COLUMN submitted_at REAL",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)

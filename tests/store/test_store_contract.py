@@ -77,6 +77,32 @@ def test_claims_take_the_oldest_pending_task_once_with_a_lease(open_stores):
     run(scenario)
 
 
+def test_claims_prefer_the_workers_loaded_models_until_a_task_waited_too_long(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            xl_old, base, xl_new, legacy = (new_task(model=m) for m in ("xl", "base", "xl", None))
+            for task in (xl_old, base, xl_new, legacy):
+                assert await stores.tasks.add(task, None, 10)
+            # A worker with "base" loaded takes base's task first, though two xl tasks are older...
+            first = await stores.tasks.claim("w", 30, loaded=["base"], affinity_max_wait=3600)
+            assert first is not None and first.task.id == base.id
+            # ...then a task from before models were recorded (it runs anywhere), then, with nothing left for
+            # its models, the oldest of the rest.
+            second = await stores.tasks.claim("w", 30, loaded=["base"], affinity_max_wait=3600)
+            assert second is not None and second.task.id == legacy.id
+            third = await stores.tasks.claim("w", 30, loaded=["base"], affinity_max_wait=3600)
+            assert third is not None and third.task.id == xl_old.id
+            # No starvation: past affinity_max_wait, the oldest task goes first whatever its model.
+            fresh_base = new_task(model="base")
+            assert await stores.tasks.add(fresh_base, None, 10)
+            fourth = await stores.tasks.claim("w", 30, loaded=["base"], affinity_max_wait=0.0)
+            assert fourth is not None and fourth.task.id == xl_new.id
+            # Without loaded models: plain oldest first.
+            assert (await stores.tasks.claim("w", 30)).task.id == fresh_base.id
+
+    run(scenario)
+
+
 def test_two_nodes_claiming_at_once_never_take_the_same_task(open_stores):
     async def scenario() -> None:
         async with opened(open_stores) as a, opened(open_stores) as b:
