@@ -26,9 +26,9 @@ import torch
 
 from sdapi import __version__
 from sdapi.digests import sha256_file
-from sdapi.engines.loading import load_pipeline
+from sdapi.engines.loading import load_pipeline, loaded_family
 from sdapi.errors import ModelLoadFailed
-from sdapi.export_manifest import ONNX_PARTS, ExportManifest, MergedLora, write_manifest
+from sdapi.export_manifest import ExportManifest, MergedLora, onnx_parts, write_manifest
 from sdapi.loras.files import AdapterFileError, check_fits
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.model_sources import is_local_path
@@ -212,8 +212,10 @@ def _export(
         raise ExportError(error.message) from None
     pipeline.to(device)
 
+    family = loaded_family(pipeline).family.value
+    parts = onnx_parts(family)
     stages.stage(f"merging {len(loras)} LoRA(s)")
-    targets = adapter_targets(pipeline.unet, pipeline.text_encoder)
+    targets = adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
     shapes = target_shapes(targets)
     merged: list[MergedLora] = []
     specs: list[LoraSpec] = []
@@ -231,7 +233,7 @@ def _export(
         from optimum.exporters.onnx import onnx_export_from_model
 
         stages.stage(
-            f"exporting {', '.join(ONNX_PARTS)} to ONNX (opset {opset}, {'fp16' if fp16 else 'fp32'}); "
+            f"exporting {', '.join(parts)} ({family}) to ONNX (opset {opset}, {'fp16' if fp16 else 'fp32'}); "
             "this is the long step"
         )
         with _each_component(stages):
@@ -250,9 +252,10 @@ def _export(
             optimization=optimization,
             versions=_versions(),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            family=family,
         )
         write_manifest(staging, manifest)
-        missing = [part for part in ONNX_PARTS if not (staging / part / "model.onnx").is_file()]
+        missing = [part for part in parts if not (staging / part / "model.onnx").is_file()]
         if missing:
             raise ExportError(f"the exporter wrote no {', '.join(missing)}")
         stages.stage(f"moving the export into place: {out}")

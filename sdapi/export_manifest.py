@@ -10,6 +10,13 @@ from sdapi.errors import ModelLoadFailed
 
 MANIFEST_NAME = "export.json"
 ONNX_PARTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# SDXL adds its second text encoder.
+SDXL_ONNX_PARTS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+
+
+def onnx_parts(family: str) -> tuple[str, ...]:
+    """The ONNX models an export of `family` (sd1 | sd2 | sdxl) holds."""
+    return SDXL_ONNX_PARTS if family == "sdxl" else ONNX_PARTS
 
 
 class MergedLora(msgspec.Struct, frozen=True):
@@ -29,6 +36,8 @@ class ExportManifest(msgspec.Struct, frozen=True, kw_only=True):
     optimization: str = "none"
     versions: dict[str, str] = {}
     created_at: str
+    # sd1 | sd2 | sdxl; exports from before families were recorded are SD 1.x.
+    family: str = "sd1"
 
     def lora_set(self) -> frozenset[tuple[str, float]]:
         """(sha256, weight) of every merged LoRA: a request routes to ONNX exactly when its set equals this."""
@@ -48,7 +57,7 @@ def read_manifest(folder: Path) -> ExportManifest:
         raise ModelLoadFailed(f"ONNX 导出目录缺少 {MANIFEST_NAME}：{folder}（请用 python -m export 生成）") from None
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as error:
         raise ModelLoadFailed(f"无法读取 {path}：{error}") from None
-    missing = [part for part in ONNX_PARTS if not (folder / part / "model.onnx").is_file()]
+    missing = [part for part in onnx_parts(manifest.family) if not (folder / part / "model.onnx").is_file()]
     if missing:
         raise ModelLoadFailed(f"ONNX 导出不完整，缺少：{', '.join(missing)}（{folder}）")
     return manifest

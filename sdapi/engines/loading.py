@@ -68,7 +68,7 @@ def loaded_family(pipeline: Any) -> ModelFamily:
     """The family of a loaded pipeline, read from its own modules (a single file's SD 2.x prediction type and
     native size are only known here)."""
     unet = pipeline.unet.config
-    if hasattr(pipeline, "text_encoder_2"):
+    if getattr(pipeline, "text_encoder_2", None) is not None:
         family = Family.SDXL
     elif unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024:
         family = Family.SD2

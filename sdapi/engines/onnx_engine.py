@@ -104,12 +104,15 @@ def shapes_from_configs(folder: Path) -> dict[str, tuple[int, ...]]:
     """LoRA target shapes of the exported model, from its configs alone (no weights are allocated)."""
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-    return target_shapes(adapter_targets(unet, text_encoder))
+        text_encoder_2 = None
+        if (folder / "text_encoder_2").is_dir():
+            text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+    return target_shapes(adapter_targets(unet, text_encoder, text_encoder_2))
 
 
 class OnnxEngine:
@@ -141,10 +144,13 @@ class OnnxEngine:
 
     def load(self) -> None:
         import onnxruntime
-        from optimum.onnxruntime import ORTStableDiffusionImg2ImgPipeline, ORTStableDiffusionPipeline
+        from optimum import onnxruntime as ort
 
         route_library_logs()
         manifest = read_manifest(self.folder)
+        sdxl = manifest.family == "sdxl"
+        text_to_image = ort.ORTStableDiffusionXLPipeline if sdxl else ort.ORTStableDiffusionPipeline
+        image_to_image = ort.ORTStableDiffusionXLImg2ImgPipeline if sdxl else ort.ORTStableDiffusionImg2ImgPipeline
         self.providers = available_providers(self._onnx.providers)
         fp16 = manifest.precision == "fp16"
         self._tensorrt_cache.mkdir(parents=True, exist_ok=True)
@@ -152,7 +158,7 @@ class OnnxEngine:
         session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         on_gpu = self.providers[0] != "CPUExecutionProvider"
         try:
-            pipeline = ORTStableDiffusionPipeline.from_pretrained(
+            pipeline = text_to_image.from_pretrained(
                 self.folder,
                 providers=self.providers,
                 provider_options=provider_options(
@@ -163,7 +169,13 @@ class OnnxEngine:
                 use_io_binding=on_gpu,
             )
             # The same sessions serve image-to-image: no second load.
-            self._image_to_image = ORTStableDiffusionImg2ImgPipeline(
+            second = {}
+            if sdxl:
+                second = {
+                    "text_encoder_2_session": pipeline.text_encoder_2.session,
+                    "tokenizer_2": pipeline.tokenizer_2,
+                }
+            self._image_to_image = image_to_image(
                 unet_session=pipeline.unet.session,
                 vae_decoder_session=pipeline.vae_decoder.session,
                 vae_encoder_session=pipeline.vae_encoder.session,
@@ -171,6 +183,7 @@ class OnnxEngine:
                 scheduler=pipeline.scheduler,
                 tokenizer=pipeline.tokenizer,
                 use_io_binding=on_gpu,
+                **second,
             )
         except Exception as error:  # onnxruntime and optimum raise many types for a bad or mismatched export
             logger.exception("loading ONNX export %s failed", self.folder)

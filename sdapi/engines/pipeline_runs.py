@@ -69,7 +69,7 @@ def run_request(
         else:
             arguments["width"] = params.width
             arguments["height"] = params.height
-        if hasattr(pipeline, "text_encoder_2"):
+        if getattr(pipeline, "text_encoder_2", None) is not None:
             # SDXL's micro-conditioning: an uncropped picture made at the size asked for (the output's size, also
             # for image-to-image), which is what SDXL's training associates with whole, well-framed images.
             size = (params.height, params.width)
