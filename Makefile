@@ -66,6 +66,10 @@ bench-engines: install-dev
 bench-scale: install-dev
 	$(BIN)/python -m bench.scale
 
+# Memory of a worker alternating 100 times between two models with max_loaded 1.
+bench-models: install-dev
+	$(BIN)/python -m bench.models
+
 # Model loads of a mixed two-model queue on two workers, with and without affinity.
 bench-affinity: install-dev
 	$(BIN)/python -m bench.affinity

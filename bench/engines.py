@@ -84,7 +84,80 @@ def build_sd15_random(target: Path) -> Path:
     return target
 
 
-def measure(engine: str, dtype: str, model: Path, export: Path, steps: tuple[int, int]) -> dict[str, float]:
+def build_sdxl_random(target: Path) -> Path:
+    """A diffusers folder with SDXL base's architecture (UNet ~2.6B parameters, CLIP ViT-L and OpenCLIP bigG text
+    encoders, the SDXL VAE layout) and fixed random weights (no download); about 14 GiB in fp32."""
+    if (target / "model_index.json").is_file():
+        return target
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from sdapi.tiny_model import SDXL_SCHEDULER_CONFIG, write_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        cross_attention_dim=2048,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=1024,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.13025,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12
+        )
+    )
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=20,
+            projection_dim=1280,
+            hidden_act="gelu",
+        )
+    )
+    write_tokenizer(target.parent / "_tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(target.parent / "_tokenizer")
+    pipeline = StableDiffusionXLPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        add_watermarker=False,
+    )
+    pipeline.save_pretrained(target)
+    return target
+
+
+def measure(
+    engine: str, dtype: str, model: Path, export: Path, steps: tuple[int, int], size: int = SIZE
+) -> dict[str, float]:
     """In this process: load one engine and time two runs."""
     import torch
 
@@ -107,7 +180,7 @@ def measure(engine: str, dtype: str, model: Path, export: Path, steps: tuple[int
     load_seconds = time.perf_counter() - started
 
     def run(count: int) -> float:
-        params = make_params(width=SIZE, height=SIZE, num_inference_steps=count, scheduler="EulerDiscreteScheduler")
+        params = make_params(width=size, height=size, num_inference_steps=count, scheduler="EulerDiscreteScheduler")
         began = time.perf_counter()
         runner.generate(params, None)
         if torch.cuda.is_available():
@@ -128,34 +201,25 @@ def measure(engine: str, dtype: str, model: Path, export: Path, steps: tuple[int
     }
 
 
-def compare(name: str, model: Path, export: Path, steps: tuple[int, int], fast_dtype: str) -> list[str]:
-    lines = [f"model: {name} ({model}), {SIZE}x{SIZE}, steps timed at {steps[0]} and {steps[1]}"]
-    for label, engine, dtype in (
+def compare(
+    name: str,
+    model: Path,
+    export: Path,
+    steps: tuple[int, int],
+    fast_dtype: str,
+    size: int = SIZE,
+    configurations: tuple[tuple[str, str, str], ...] | None = None,
+) -> list[str]:
+    lines = [f"model: {name} ({model}), {size}x{size}, steps timed at {steps[0]} and {steps[1]}"]
+    configurations = configurations or (
         ("torch fp32", "torch", "float32"),
         (f"torch {fast_dtype}", "torch", fast_dtype),
         ("onnxruntime fp32", "onnx", "float32"),
-    ):
-        output = (
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.engines",
-                    "--measure",
-                    engine,
-                    dtype,
-                    str(model),
-                    str(export),
-                    str(steps[0]),
-                    str(steps[1]),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+    )
+    for label, engine, dtype in configurations:
+        command = [sys.executable, "-m", "bench.engines", "--measure", engine, dtype, str(model), str(export)]
+        command += [str(steps[0]), str(steps[1]), str(size)]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         figures = json.loads(output)
         lines.append(
             f"  {label:18s} UNet step {figures['step_s']:.3f} s"
@@ -168,13 +232,14 @@ def compare(name: str, model: Path, export: Path, steps: tuple[int, int], fast_d
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--measure", nargs=6)
+    parser.add_argument("--measure", nargs=7)
     parser.add_argument("--workdir", type=Path, default=Path("data/bench"))
     parser.add_argument("--models", default="tiny,sd15")
     arguments = parser.parse_args()
     if arguments.measure:
-        engine, dtype, model, export, first, second = arguments.measure
-        print(json.dumps(measure(engine, dtype, Path(model), Path(export), (int(first), int(second)))))
+        engine, dtype, model, export, first, second, size = arguments.measure
+        figures = measure(engine, dtype, Path(model), Path(export), (int(first), int(second)), int(size))
+        print(json.dumps(figures))
         return
 
     import torch
@@ -188,6 +253,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {describe_machine()}", flush=True)
     for name in arguments.models.split(","):
+        if name == "sdxl":
+            # SDXL base at its native 1024x1024. Exporting a 10 GiB UNet to ONNX needs more memory than the torch
+            # engine alone; on machines without it, pass --models sdxl-torch to time torch only.
+            model = build_sdxl_random(work / "sdxl-random")
+            export = work / "sdxl-onnx"
+            if not (export / "export.json").is_file():
+                export_model(str(model), export, [])
+            compare(name, model, export, (1, 2), fast, 1024)
+            continue
+        if name == "sdxl-torch":
+            model = build_sdxl_random(work / "sdxl-random")
+            compare(name, model, work / "sdxl-onnx", (1, 2), fast, 1024, (("torch fp32", "torch", "float32"),))
+            continue
         if name == "tiny":
             model = work / "tiny-sd"
             if not (model / "model_index.json").is_file():
