@@ -62,6 +62,8 @@ def pixels(url: str) -> np.ndarray:
 def test_make_a_picture_see_its_seed_and_make_it_again(page, service, tmp_path):
     page.get_by_label("提示词", exact=True).fill("a castle on a hill")
     page.get_by_label("负面提示词").fill("fog")
+    page.get_by_label("模型").select_option("default")  # from the server's list; sets its native size
+    expect(page.get_by_label("宽度")).to_have_value("512")
     fill_small(page)
     page.get_by_label("采样方法").select_option("EulerDiscreteScheduler")
     page.get_by_role("button", name="生成").click()
@@ -72,7 +74,7 @@ def test_make_a_picture_see_its_seed_and_make_it_again(page, service, tmp_path):
     shown_seed = int(first.locator(".seed").inner_text())
     with service.client() as client:
         [task] = client.get("/api/v1/tasks?limit=1").json()["tasks"]
-    assert task["seed"] == shown_seed and task["status"] == "completed"
+    assert task["seed"] == shown_seed and task["status"] == "completed" and task["model"] == "default"
     first_url = first.locator("img").get_attribute("src")
     assert first_url == task["result_url"]
     page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
