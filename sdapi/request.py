@@ -33,159 +33,39 @@ ACCEPTED_SCHEDULERS: tuple[str, ...] = SCHEDULER_NAMES + EXTRA_SCHEDULER_NAMES
 # What `scheduler_options` may set on each class: the settings model pages tell users to copy (sigma spacing,
 # solver order and type, timestep spacing, prediction type...), each one the class's own constructor takes (a unit
 # test holds this table to diffusers' signatures). Training-time settings (betas, train timesteps) are not offered.
+_BASE = frozenset({"prediction_type", "steps_offset", "timestep_spacing"})
+_SIGMAS = frozenset({"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"})
+_SOLVER = frozenset({"solver_order", "solver_type", "lower_order_final", "thresholding"})
+_LCM = _BASE | {"clip_sample", "original_inference_steps", "rescale_betas_zero_snr", "set_alpha_to_one"}
+_LCM |= {"thresholding", "timestep_scaling"}
 SCHEDULER_OPTIONS: dict[str, frozenset[str]] = {
-    "DPMSolverMultistepScheduler": frozenset(
-        {
-            "algorithm_type",
-            "euler_at_final",
-            "final_sigmas_type",
-            "lower_order_final",
-            "prediction_type",
-            "rescale_betas_zero_snr",
-            "solver_order",
-            "solver_type",
-            "steps_offset",
-            "thresholding",
-            "timestep_spacing",
-            "use_beta_sigmas",
-            "use_exponential_sigmas",
-            "use_karras_sigmas",
-            "use_lu_lambdas",
-        }
-    ),
-    "DDIMScheduler": frozenset(
-        {
-            "clip_sample",
-            "prediction_type",
-            "rescale_betas_zero_snr",
-            "set_alpha_to_one",
-            "steps_offset",
-            "thresholding",
-            "timestep_spacing",
-        }
-    ),
-    "EulerDiscreteScheduler": frozenset(
-        {
-            "final_sigmas_type",
-            "interpolation_type",
-            "prediction_type",
-            "rescale_betas_zero_snr",
-            "steps_offset",
-            "timestep_spacing",
-            "timestep_type",
-            "use_beta_sigmas",
-            "use_exponential_sigmas",
-            "use_karras_sigmas",
-        }
-    ),
-    "EulerAncestralDiscreteScheduler": frozenset(
-        {"prediction_type", "rescale_betas_zero_snr", "steps_offset", "timestep_spacing"}
-    ),
-    "PNDMScheduler": frozenset(
-        {"prediction_type", "set_alpha_to_one", "skip_prk_steps", "steps_offset", "timestep_spacing"}
-    ),
-    "LMSDiscreteScheduler": frozenset(
-        {
-            "prediction_type",
-            "steps_offset",
-            "timestep_spacing",
-            "use_beta_sigmas",
-            "use_exponential_sigmas",
-            "use_karras_sigmas",
-        }
-    ),
-    "HeunDiscreteScheduler": frozenset(
-        {
-            "clip_sample",
-            "prediction_type",
-            "steps_offset",
-            "timestep_spacing",
-            "use_beta_sigmas",
-            "use_exponential_sigmas",
-            "use_karras_sigmas",
-        }
-    ),
-    "KDPM2DiscreteScheduler": frozenset(
-        {
-            "prediction_type",
-            "steps_offset",
-            "timestep_spacing",
-            "use_beta_sigmas",
-            "use_exponential_sigmas",
-            "use_karras_sigmas",
-        }
-    ),
-    "KDPM2AncestralDiscreteScheduler": frozenset(
-        {
-            "prediction_type",
-            "steps_offset",
-            "timestep_spacing",
-            "use_beta_sigmas",
-            "use_exponential_sigmas",
-            "use_karras_sigmas",
-        }
-    ),
-    "UniPCMultistepScheduler": frozenset(
-        {
-            "disable_corrector",
-            "final_sigmas_type",
-            "lower_order_final",
-            "prediction_type",
-            "rescale_betas_zero_snr",
-            "solver_order",
-            "solver_type",
-            "steps_offset",
-            "thresholding",
-            "timestep_spacing",
-            "use_beta_sigmas",
-            "use_exponential_sigmas",
-            "use_karras_sigmas",
-        }
-    ),
-    "DEISMultistepScheduler": frozenset(
-        {
-            "algorithm_type",
-            "lower_order_final",
-            "prediction_type",
-            "solver_order",
-            "solver_type",
-            "steps_offset",
-            "thresholding",
-            "timestep_spacing",
-            "use_beta_sigmas",
-            "use_exponential_sigmas",
-            "use_karras_sigmas",
-        }
-    ),
-    "DPMSolverSinglestepScheduler": frozenset(
-        {
-            "algorithm_type",
-            "final_sigmas_type",
-            "lower_order_final",
-            "prediction_type",
-            "solver_order",
-            "solver_type",
-            "thresholding",
-            "use_beta_sigmas",
-            "use_exponential_sigmas",
-            "use_karras_sigmas",
-        }
-    ),
-    "LCMScheduler": frozenset(
-        {
-            "clip_sample",
-            "original_inference_steps",
-            "prediction_type",
-            "rescale_betas_zero_snr",
-            "set_alpha_to_one",
-            "steps_offset",
-            "thresholding",
-            "timestep_scaling",
-            "timestep_spacing",
-        }
-    ),
+    "DPMSolverMultistepScheduler": _BASE
+    | _SIGMAS
+    | _SOLVER
+    | {"algorithm_type", "euler_at_final", "final_sigmas_type", "rescale_betas_zero_snr", "use_lu_lambdas"},
+    "DDIMScheduler": _BASE | {"clip_sample", "rescale_betas_zero_snr", "set_alpha_to_one", "thresholding"},
+    "EulerDiscreteScheduler": _BASE
+    | _SIGMAS
+    | {"final_sigmas_type", "interpolation_type", "rescale_betas_zero_snr", "timestep_type"},
+    "EulerAncestralDiscreteScheduler": _BASE | {"rescale_betas_zero_snr"},
+    "PNDMScheduler": _BASE | {"set_alpha_to_one", "skip_prk_steps"},
+    "LMSDiscreteScheduler": _BASE | _SIGMAS,
+    "HeunDiscreteScheduler": _BASE | _SIGMAS | {"clip_sample"},
+    "KDPM2DiscreteScheduler": _BASE | _SIGMAS,
+    "KDPM2AncestralDiscreteScheduler": _BASE | _SIGMAS,
+    "UniPCMultistepScheduler": _BASE
+    | _SIGMAS
+    | _SOLVER
+    | {"disable_corrector", "final_sigmas_type", "rescale_betas_zero_snr"},
+    "DEISMultistepScheduler": _BASE | _SIGMAS | _SOLVER | {"algorithm_type"},
+    # No timestep_spacing or steps_offset on this class.
+    "DPMSolverSinglestepScheduler": (_BASE - {"steps_offset", "timestep_spacing"})
+    | _SIGMAS
+    | _SOLVER
+    | {"algorithm_type", "final_sigmas_type"},
+    "LCMScheduler": _LCM,
+    "TCDScheduler": _LCM,  # TCD takes exactly LCM's settings
 }
-SCHEDULER_OPTIONS["TCDScheduler"] = SCHEDULER_OPTIONS["LCMScheduler"]  # TCD takes exactly LCM's settings
 # The schedulers that can space their sigmas the Karras way (AUTOMATIC1111's "Karras" schedule type).
 KARRAS_SCHEDULERS: frozenset[str] = frozenset(
     name for name, options in SCHEDULER_OPTIONS.items() if "use_karras_sigmas" in options
