@@ -59,8 +59,10 @@ bench-loras: install-dev
 	$(BIN)/python -m bench.loras
 
 # Builds the tiny model and a random-weight SD 1.5-architecture model (about 4 GiB) under data/bench, exports both.
+# SDXL's architecture (about 14 GiB, 1024x1024): MODELS=sdxl (exports it too) or MODELS=sdxl-torch (torch only).
+MODELS ?= tiny,sd15
 bench-engines: install-dev
-	$(BIN)/python -m bench.engines --workdir data/bench
+	$(BIN)/python -m bench.engines --workdir data/bench --models $(MODELS)
 
 # PostgreSQL, one API node and one then two workers (one torch thread each) on the tiny model.
 bench-scale: install-dev
