@@ -209,7 +209,9 @@ class Worker:
         with task_context(started.id, started.request_id):  # every line about this run names the task
             if started.started_at is not None:
                 metrics.QUEUE_WAIT.observe((started.started_at - started.created_at).total_seconds())
-            if self.model_error is not None:
+            default = self._config.default_model.name
+            if self.model_error is not None and (started.params.model or default) == default:
+                # The default model failed to load at start; another model's task still gets its own try.
                 failed = tasks.fail(started, self.model_error, ErrorCode.MODEL_NOT_LOADED)
                 if await self._settle_until_written(lease, failed):
                     self._count(failed, None, 0.0)

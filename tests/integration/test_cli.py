@@ -51,7 +51,8 @@ def test_the_shipped_config_loads_and_its_placeholder_key_is_marked():
     config = load_config(REPO_ROOT / "config.yaml", environ={})
     assert config.placeholder_keys() == config.api.keys
     assert config.model.path.endswith("data/models/tiny-sd")
-    assert (config.defaults.width, config.defaults.height, config.defaults.num_inference_steps) == (512, 512, 30)
+    # No size in the shipped config: a request without one gets its model's native size.
+    assert (config.defaults.width, config.defaults.height, config.defaults.num_inference_steps) == (None, None, 30)
 
 
 def test_a_placeholder_key_logs_a_warning_without_the_key(tmp_path, tiny_model):

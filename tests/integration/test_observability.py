@@ -89,7 +89,7 @@ def test_metrics_move_as_tasks_run_fail_and_call_back(service):
     assert moved("sdapi_tasks_completed_total", dialect="openai", engine="torch") == 1
     assert moved("sdapi_tasks_failed_total", dialect="native", error_code="cancelled") == 1
     assert moved("sdapi_queue_wait_seconds_count") >= 5
-    assert moved("sdapi_task_run_seconds_count", engine="torch", model="tiny-sd", size_class="le_512") == 5
+    assert moved("sdapi_task_run_seconds_count", engine="torch", model="default", size_class="le_512") == 5
     assert moved("sdapi_denoise_step_seconds_count", engine="torch") == 5
     assert moved("sdapi_image_encode_seconds_count", format="png") == 5
     assert moved("sdapi_image_upload_seconds_count") == 5
