@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -36,11 +37,14 @@ from sdapi.api.schemas import (
 )
 from sdapi.api.validation import strict_body
 from sdapi.bootstrap import Runtime
+from sdapi.errors import SdapiError
 from sdapi.images import CONTENT_TYPES
 from sdapi.provenance import A1111_SAMPLER_NAMES
 from sdapi.request import ACCEPTED_SCHEDULERS, KARRAS_SCHEDULERS, GenerationRequest
 from sdapi.storage.local import IMAGE_ROUTE
 from sdapi.tasks import TaskStatus
+
+logger = logging.getLogger(__name__)
 
 _ERRORS = {
     401: ResponseSpec(ErrorResponse, description="认证失败（API Key无效或缺失）"),
@@ -322,7 +326,12 @@ class LoraController(Controller):
     tags=["operations"],
 )
 async def metrics_text(state: State) -> Response[bytes]:
-    await _runtime(state).refresh_gauges()
+    try:
+        await _runtime(state).refresh_gauges()
+    except (
+        SdapiError
+    ) as error:  # the store is down: the process's own metrics still answer (the gauges keep their last values)
+        logger.warning("metrics: queue gauges not refreshed: %s", error.message)
     body, content_type = metrics.exposition()
     return Response(body, headers={"content-type": content_type})
 
