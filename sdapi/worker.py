@@ -118,6 +118,8 @@ class Worker:
         self.model_error: str | None = None
         # Model name -> the sha256 of its weights, for the images' generation records (None: a hub id).
         self._model_hashes: dict[str, str | None] = {}
+        # Models whose on-demand load failed on this worker: their tasks are no longer requeued for a load.
+        self._unloadable: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -198,6 +200,8 @@ class Worker:
         except Exception as error:
             self.model_error = f"模型加载失败：{type(error).__name__}: {error}"
             logger.exception("model not loaded")
+        if self.model_error is not None:
+            self._unloadable.add(self._config.default_model.name)
 
     def check_cancel(self) -> None:
         """A client asked to cancel a running task: report now (and learn whether it is this one)."""
@@ -207,10 +211,14 @@ class Worker:
     async def _process(self, lease: Lease) -> None:
         started = lease.task
         with task_context(started.id, started.request_id):  # every line about this run names the task
+            default = self._config.default_model.name
+            model = started.params.model or default
+            if self._must_load(model):
+                await self._requeue_while_loading(lease, model)
+                return
             if started.started_at is not None:
                 metrics.QUEUE_WAIT.observe((started.started_at - started.created_at).total_seconds())
-            default = self._config.default_model.name
-            if self.model_error is not None and (started.params.model or default) == default:
+            if self.model_error is not None and model == default:
                 # The default model failed to load at start; another model's task still gets its own try.
                 failed = tasks.fail(started, self.model_error, ErrorCode.MODEL_NOT_LOADED)
                 if await self._settle_until_written(lease, failed):
@@ -406,6 +414,29 @@ class Worker:
                 )
             )
         return stored, generated.engine
+
+    def _must_load(self, model: str) -> bool:
+        """Whether the task's model has to be loaded first (by a pool of several models; a model that failed to load
+        here is not tried again this way: its task runs, and fails saying why)."""
+        return (
+            model not in self._loaded_models()
+            and model not in self._unloadable
+            and callable(getattr(self._engine, "prepare", None))
+        )
+
+    async def _requeue_while_loading(self, lease: Lease, model: str) -> None:
+        """Give the task back to the queue (pending, the attempt not counted) and load its model: it waits there,
+        never failed, and a worker that has the model loaded may take it meanwhile. This worker's next claim then
+        prefers it (affinity)."""
+        if await self._settle_until_written(lease, tasks.retry(lease.task, count_attempt=False)):
+            self._on_change(lease.task.id)
+        logger.info("task %s waits in the queue while model %s loads", lease.task.id, model)
+        prepare = getattr(self._engine, "prepare")  # noqa: B009 - only a model pool has it (see _must_load)
+        try:
+            await self._generation.submit(lambda: prepare(model))
+        except Exception as error:  # its tasks will run and fail with the load's own message
+            self._unloadable.add(model)
+            logger.error("model %s could not be loaded: %s", model, error)
 
     def _loaded_models(self) -> list[str]:
         """The models this worker has in memory (a pool of several; another engine serves the default alone)."""

@@ -82,6 +82,10 @@ class ModelPool:
 
     # -- the pool ------------------------------------------------------------------------------------------------
 
+    def prepare(self, name: str) -> None:
+        """Load model `name` now if it is not loaded (on the generation thread, between tasks)."""
+        self._ensure(name)
+
     def loaded_models(self) -> list[str]:
         with self._lock:
             return list(self._loaded)

@@ -50,9 +50,10 @@ def test_models_are_listed_and_chosen_by_name(service):
         assert fetch_image(native["result_url"]).size == (1024, 1024)  # xl's native size, not base's
 
 
-def test_alternating_models_stays_within_max_loaded_and_reproduces(service):
+def test_alternating_models_stays_within_max_loaded_and_reproduces(service, caplog):
     engine = pool(service)
-    with service.client() as client:
+    with service.client() as client, caplog.at_level("INFO", logger="sdapi.worker"):
+        loads_before = engine.loads
         first = {name: run(client, prompt="b", seed=5, model=name, **SMALL) for name in ("base", "xl")}
         loads = engine.loads
         for _ in range(3):
@@ -61,8 +62,14 @@ def test_alternating_models_stays_within_max_loaded_and_reproduces(service):
                 assert again["status"] == "completed"
                 # A reloaded model makes the same pixels as before it was dropped.
                 assert mean_abs_diff(pixels(again["result_url"]), pixels(first[name]["result_url"])) == 0.0
+                # It waited in the queue while its model loaded: given back, not run twice, not failed.
+                assert again["attempts"] == 1
                 assert len(engine.loaded_models()) == 1 and engine.loaded_models() == [name]
         assert engine.loads == loads + 6  # max_loaded 1: every switch loads
+        requeued = [
+            record.getMessage() for record in caplog.records if "waits in the queue while model" in record.getMessage()
+        ]
+        assert len(requeued) == engine.loads - loads_before, requeued  # each load: its task waited in the queue
         listed = {m["name"]: m["loaded"] for m in client.get("/api/v1/models").json()["models"]}
         assert listed == {"base": False, "xl": True}
 
