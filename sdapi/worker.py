@@ -416,10 +416,13 @@ class Worker:
         return stored, generated.engine
 
     def _must_load(self, model: str) -> bool:
-        """Whether the task's model has to be loaded first (by a pool of several models; a model that failed to load
-        here is not tried again this way: its task runs, and fails saying why)."""
+        """Whether the task should wait in the queue while its model loads: a pool of several models lacks it, and
+        affinity is on (without it, the other workers would take the given-back task and load the model too, so the
+        task is held and the model loaded within its run). A model that failed to load here is not tried again this
+        way: its task runs, and fails saying why."""
         return (
-            model not in self._loaded_models()
+            self._config.queue.affinity_max_wait_seconds > 0
+            and model not in self._loaded_models()
             and model not in self._unloadable
             and callable(getattr(self._engine, "prepare", None))
         )
