@@ -343,6 +343,7 @@ def build_runtime(
             on_delivery=wake_sender,
             on_model_loaded=model_loaded,
             on_change=watch.changed,
+            model_sha256=catalog.sha256,
         )
     wake_worker: Callable[[], None] = worker.wake if worker is not None else lambda: None
     reaper = Reaper(

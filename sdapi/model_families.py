@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -71,11 +72,21 @@ def detect_folder(folder: Path) -> ModelFamily:
         raise _refused(f"局部重绘（inpainting）模型，UNet 输入 {unet.get('in_channels')} 通道（{folder}）")
     if index.get("text_encoder") in (None, [None, None]) and pipeline == "StableDiffusionXLPipeline":
         raise _refused(f"SDXL refiner（只有 text_encoder_2）（{folder}）")
-    family = _PIPELINES[pipeline] or (
-        Family.SD2 if unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024 else Family.SD1
-    )
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
     prediction = str(_read_json(scheduler_path).get("prediction_type", "epsilon")) if scheduler_path.is_file() else None
+    return from_unet_config(unet, sdxl=_PIPELINES[pipeline] is Family.SDXL, prediction=prediction)
+
+
+def from_unet_config(unet: Mapping[str, object], sdxl: bool, prediction: str | None) -> ModelFamily:
+    """The family of an SD pipeline from its UNet's config: SDXL by its pipeline; else SD 2.x when the UNet projects
+    attention linearly or cross-attends 1024-wide text (OpenCLIP), SD 1.x otherwise. The native side is the UNet's
+    sample size times the VAE's 8."""
+    if sdxl:
+        family = Family.SDXL
+    elif unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024:
+        family = Family.SD2
+    else:
+        family = Family.SD1
     sample_size = unet.get("sample_size")
     side = int(sample_size) * 8 if isinstance(sample_size, int) else _NATIVE_SIDE[family]
     return ModelFamily(family=family, native_size=(side, side), prediction=prediction)

@@ -21,7 +21,6 @@ import msgspec
 from sdapi import metrics, tasks
 from sdapi.config import Config
 from sdapi.deliveries import delivery_for
-from sdapi.digests import model_weights_sha256
 from sdapi.engines import Engine
 from sdapi.errors import (
     GENERIC_GENERATION_FAILURE,
@@ -94,6 +93,8 @@ class Worker:
         on_delivery: Callable[[], None] = lambda: None,
         on_model_loaded: Callable[[], None] = lambda: None,
         on_change: Callable[[str], None] = lambda task_id: None,
+        *,
+        model_sha256: Callable[[str], str | None],
     ) -> None:
         self._config = config
         self._tasks = task_store
@@ -116,8 +117,9 @@ class Worker:
         self._current: Lease | None = None
         self._running: _Run | None = None
         self.model_error: str | None = None
-        # Model name -> the sha256 of its weights, for the images' generation records (None: a hub id).
-        self._model_hashes: dict[str, str | None] = {}
+        # The sha256 of a model's weights by name, for the images' generation records (None: a hub id): the
+        # catalog's, which reads each model once per process.
+        self._model_sha256 = model_sha256
         # Models whose on-demand load failed on this worker: their tasks are no longer requeued for a load.
         self._unloadable: set[str] = set()
 
@@ -449,10 +451,8 @@ class Worker:
         return [self._config.default_model.name] if self._engine.loaded else []
 
     def _model_info(self, name: str) -> ModelInfo:
-        """What the image records say of model `name`: its source and the hash of its weights (read once)."""
-        if name not in self._model_hashes:
-            self._model_hashes[name] = model_weights_sha256(self._config.model_config(name).path)
-        return ModelInfo(self._config.model_config(name).path, self._model_hashes[name])
+        """What the image records say of model `name`: its source and the hash of its weights."""
+        return ModelInfo(self._config.model_config(name).path, self._model_sha256(name))
 
     def _save(self, data: bytes, extension: str) -> str:
         """Store one image, retrying storage failures with doubling waits.

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from sdapi.errors import ModelLoadFailed
-from sdapi.model_families import Family, ModelFamily, detect_family
+from sdapi.model_families import Family, ModelFamily, detect_family, from_unet_config
 from sdapi.model_sources import describe_source, is_local_path
 
 logger = logging.getLogger(__name__)
@@ -67,14 +67,8 @@ def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None 
 def loaded_family(pipeline: Any) -> ModelFamily:
     """The family of a loaded pipeline, read from its own modules (a single file's SD 2.x prediction type and
     native size are only known here)."""
-    unet = pipeline.unet.config
-    if getattr(pipeline, "text_encoder_2", None) is not None:
-        family = Family.SDXL
-    elif unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024:
-        family = Family.SD2
-    else:
-        family = Family.SD1
-    side = int(unet.sample_size) * 8
-    return ModelFamily(
-        family=family, native_size=(side, side), prediction=str(pipeline.scheduler.config.get("prediction_type"))
+    return from_unet_config(
+        pipeline.unet.config,
+        sdxl=getattr(pipeline, "text_encoder_2", None) is not None,
+        prediction=str(pipeline.scheduler.config.get("prediction_type")),
     )
