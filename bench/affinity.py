@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from bench.machine import describe_machine
-from sdapi.stages import Stages
-from sdapi.testing.affinity import mixed_queue_loads
-from sdapi.testing.postgres import PostgresCluster
-from sdapi.tiny_model import make_tiny_model
+from sdapi.devtools.stages import Stages
+from sdapi.devtools.testing.affinity import mixed_queue_loads
+from sdapi.devtools.testing.postgres import PostgresCluster
+from sdapi.devtools.tiny_model import make_tiny_model
 
 TASKS = 40
 

@@ -5,7 +5,8 @@ Clients poll over minimal keep-alive HTTP/1.1 connections: on a 2-core machine a
 
 (a) bare engine time for a 512x512, 20-step image; (b) the same through the HTTP API, submit to completed with
 fast polling; (c) b/a (target <= 1.10); (d) p50/p99 of GET /api/v1/tasks/{id} with 32 concurrent clients,
-idle and while a generation runs (target p99 < 50 ms).
+idle and while a generation runs (target p99 < 50 ms); (e) images per second for a queue of QUEUE tasks submitted at
+once (the generation thread only generates: the next task starts while the last one's images are encoded and stored).
 """
 
 from __future__ import annotations
@@ -20,17 +21,18 @@ import httpx
 
 from bench.machine import describe_machine
 from sdapi.config import load_config
+from sdapi.devtools.stages import Stages
+from sdapi.devtools.testing.factories import make_params
+from sdapi.devtools.testing.services import API_KEY, ServiceProcess, submit, write_config
+from sdapi.devtools.tiny_model import make_tiny_model
 from sdapi.engines.torch_engine import TorchEngine
-from sdapi.stages import Stages
-from sdapi.testing.factories import make_params
-from sdapi.testing.services import API_KEY, ServiceProcess, submit, write_config
-from sdapi.tiny_model import make_tiny_model
 
 REQUEST = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "num_inference_steps": 20, "seed": 1}
 RUNS = 7
 POLL_INTERVALS = (0.01, 0.05)
 CLIENTS = 32
 REQUESTS_PER_CLIENT = 25
+QUEUE = 20
 
 
 def load_engine(config_path: Path) -> TorchEngine:
@@ -100,13 +102,26 @@ async def poll_latencies(port: int, task_id: str) -> list[float]:
     return latencies
 
 
+def queue_images_per_second(client: httpx.Client) -> float:
+    """Submit QUEUE tasks at once, wait until every one has completed: images per second from first submit to last."""
+    started = time.perf_counter()
+    task_ids = [submit(client, **{**REQUEST, "seed": index}) for index in range(QUEUE)]
+    deadline = started + 600
+    for task_id in task_ids:
+        while (status := client.get(f"/api/v1/tasks/{task_id}").json()["status"]) not in ("completed", "failed"):
+            assert time.perf_counter() < deadline, "the queue did not drain in 10 minutes"
+            time.sleep(0.02)
+        assert status == "completed", status
+    return QUEUE / (time.perf_counter() - started)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as folder, Stages(5) as stages:
+    with tempfile.TemporaryDirectory() as folder, Stages(6) as stages:
         root = Path(folder)
         stages.stage("building the tiny model")
         model = make_tiny_model(root / "tiny-sd")
@@ -138,6 +153,9 @@ def main() -> None:
                     time.sleep(0.01)
                 busy = asyncio.run(poll_latencies(service.port, idle_task))
                 still = client.get(f"/api/v1/tasks/{busy_task}").json()["status"]
+                client.post(f"/api/v1/tasks/{busy_task}/cancel")
+                stages.stage(f"a queue of {QUEUE} tasks")
+                queue_rate = queue_images_per_second(client)
     print(f"machine: {describe_machine()}")
     print(f"(a) engine, 512x512, 20 steps, median of {RUNS}: {bare:.3f} s  (runs: {_seconds(bare_runs)})")
     for interval, runs in api_runs.items():
@@ -151,6 +169,7 @@ def main() -> None:
             "(target p99 < 50 ms)"
         )
     print(f"    (the generation was still {still} when the busy measurement ended)")
+    print(f"(e) a queue of {QUEUE} tasks of 512x512, 20 steps, submitted at once: {queue_rate:.3f} images/s")
 
 
 def _seconds(values: list[float]) -> str:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from export.exporter import DEFAULT_OPSET, ExportError, export_model, parse_lora_argument
-from sdapi.logs import mute_import_warnings
+from sdapi.observability.logs import mute_import_warnings
 
 
 def main(argv: list[str] | None = None) -> int:

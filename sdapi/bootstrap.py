@@ -1,7 +1,7 @@
 """The composition root: builds every part of a running process from the config and its role, starts and stops
 them.
 
-Roles (sdapi.nodes.Role): `all` (API and worker in one process, the default), `api` (HTTP only: no engine, no
+Roles (sdapi.core.nodes.Role): `all` (API and worker in one process, the default), `api` (HTTP only: no engine, no
 model, torch never imported) and `worker` (engine and task loop, no HTTP). Every role runs the reaper and a
 heartbeat; roles that serve HTTP also send callbacks.
 
@@ -16,39 +16,33 @@ import asyncio
 import logging
 import os
 import socket
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 
-import msgspec
-
-from sdapi import metrics
+from sdapi.background.heartbeat import Heartbeat
+from sdapi.background.metrics_publisher import MetricsPublisher
+from sdapi.background.reaper import Reaper
+from sdapi.background.retention import RetentionSweeper
+from sdapi.background.wakeup import Signals
 from sdapi.callbacks.sender import CallbackSender
-from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, system_resolver
-from sdapi.catalog import ModelCatalog, ModelView
+from sdapi.callbacks.ssrf import Resolver, system_resolver
 from sdapi.config import Config
-from sdapi.engines import Engine
+from sdapi.core.nodes import Role
+from sdapi.engines import Engine, WorkerEngine
 from sdapi.errors import ConfigError, StorageError
-from sdapi.estimates import StartEstimator
-from sdapi.heartbeat import Heartbeat
 from sdapi.loras.library import LoraLibrary
-from sdapi.metrics_publisher import MetricsPublisher
-from sdapi.nodes import NodeInfo, Role
-from sdapi.params import GenerationParams
-from sdapi.reaper import Reaper
-from sdapi.results import iso
-from sdapi.retention import RetentionSweeper
-from sdapi.service import TaskService
+from sdapi.service.admission import RequestChecks
+from sdapi.service.catalog import ModelCatalog
+from sdapi.service.estimates import StartEstimator
+from sdapi.service.status import ServiceHealth, StatusService
+from sdapi.service.tasks import TaskService
+from sdapi.service.watch import TaskWatch
 from sdapi.storage import ImageStorage
 from sdapi.storage.local import LocalImageStorage
 from sdapi.storage.minio import MinioImageStorage
 from sdapi.store import Stores
-from sdapi.tasks import TaskStatus
-from sdapi.watch import TaskWatch
-from sdapi.worker import Worker
+from sdapi.worker.loop import Worker
+from sdapi.worker.outputs import Outputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,67 +65,46 @@ def open_stores(config: Config) -> Stores:
     return open_sqlite(config.database_path)
 
 
-def _build_engine(config: Config, library: LoraLibrary) -> Engine:
+def _worker_engine(config: Config, library: LoraLibrary, given: Engine | None) -> WorkerEngine:
+    """The configured pool of models, or the engine a test or tool passed, serving the default model alone."""
     # Imported here: the engines import torch, which an API node never needs.
+    if given is not None:
+        from sdapi.engines.single import SingleModelEngine
+
+        return SingleModelEngine(given, config.default_model.name)
     from sdapi.engines.factory import build_engine
 
     return build_engine(config, library.path_for)
 
 
-@dataclass(frozen=True)
-class WorkerHealth:
-    """One live worker as /health lists it."""
-
-    id: str
-    host: str
-    device: str
-    engine: str
-    model: str
-    model_loaded: bool
-    model_error: str | None
-    current_task: str | None
-    started_at: str
-    last_heartbeat_at: str
-
-
-@dataclass(frozen=True)
-class ServiceHealth:
-    """What /health reports, gathered from the parts and from the live workers in the registry."""
-
-    model_loaded: bool
-    engine: str
-    device: str
-    dtype: str
-    providers: list[str]
-    storage: str
-    queue_pending: int
-    model_error: str | None
-    role: str
-    queue_processing: int
-    workers: list[WorkerHealth]
-
-
 @dataclass
 class Runtime:
-    """The wired parts of one running process."""
+    """The wired parts of one running process. The HTTP layer reaches only `service` and `status`."""
 
     config: Config
     role: Role
-    node_id: str
     stores: Stores
     storage: ImageStorage
+    signals: Signals
+    # The engine as built (the configured pool) or as given (tests); the worker runs it as a WorkerEngine.
     engine: Engine | None
     worker: Worker | None
     service: TaskService
+    status: StatusService
     callbacks: CallbackSender | None
     reaper: Reaper
     retention: RetentionSweeper | None
     heartbeat: Heartbeat
     library: LoraLibrary
-    catalog: ModelCatalog
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     _started: bool = field(default=False, repr=False)
     _metrics: MetricsPublisher | None = field(default=None, repr=False)
+
+    @property
+    def node_id(self) -> str:
+        return self.status.node_id
+
+    async def health(self) -> ServiceHealth:
+        return await self.status.health()
 
     async def start(self) -> None:
         """Open the database, check storage, scan the LoRA folder, then start the loops this role runs."""
@@ -153,47 +126,31 @@ class Runtime:
                     default.name,
                     self.library.directory,
                 )
-        self.heartbeat.start(self.describe)
+        self.heartbeat.start(self.status.describe)
         self.reaper.start()
         if self.retention is not None:
             self.retention.start()
+        signals = self.signals
         await self.stores.feed.start(
-            on_task=self._task_announced, on_delivery=self._delivery_announced, on_cancel=self._cancel_announced
+            on_task=signals.task_added, on_delivery=signals.delivery_due, on_cancel=signals.cancel_requested
         )
         if self.worker is not None:
             self.worker.start()
         if self.callbacks is not None:
             self.callbacks.start()
         if self.config.metrics.enabled and self.config.metrics.port is not None:
-            self._metrics = MetricsPublisher(self.config.server.host, self.config.metrics.port, self.refresh_gauges)
+            self._metrics = MetricsPublisher(
+                self.config.server.host, self.config.metrics.port, self.status.refresh_gauges
+            )
             self._metrics.start()
         self._started = True
-
-    async def refresh_gauges(self) -> None:
-        """Set the metrics that describe the whole service from the store: queue depth and live workers."""
-        for status in (TaskStatus.PENDING, TaskStatus.PROCESSING):
-            metrics.QUEUE_TASKS.labels(status=status.value).set(await self.stores.tasks.count(status))
-        live = await self.stores.nodes.live(self.config.queue.lease_seconds)
-        metrics.WORKERS_ALIVE.set(sum(1 for node in live if node.role.runs_worker))
-
-    def _task_announced(self) -> None:
-        if self.worker is not None:
-            self.worker.wake()
-
-    def _cancel_announced(self) -> None:
-        if self.worker is not None:
-            self.worker.check_cancel()
-
-    def _delivery_announced(self) -> None:
-        if self.callbacks is not None:
-            self.callbacks.wake()
 
     async def _check_shared_storage(self) -> None:
         """An API node with local storage serves images from its own data_dir: refuse to start when a live worker
         writes them somewhere else (another host, or another folder), where this node could never serve them."""
         if self.storage.name != "local":
             return
-        here = self.describe()
+        here = self.status.describe()
         for node in await self.stores.nodes.live(self.config.queue.lease_seconds):
             if node.role.runs_worker and (node.host != here.host or node.data_dir != here.data_dir):
                 raise ConfigError(
@@ -219,82 +176,6 @@ class Runtime:
                 await self._metrics.stop()
         await self.stores.database.close()
 
-    def describe(self) -> NodeInfo:
-        """This process's registry entry."""
-        details = self.engine.describe() if self.engine is not None else {}
-        return NodeInfo(
-            id=self.node_id,
-            role=self.role,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            started_at=iso(self.started_at),
-            storage=self.storage.name,
-            data_dir=str(self.config.data_path.resolve()),
-            device=details.get("device", ""),
-            dtype=details.get("dtype", ""),
-            engine=self.engine.name if self.engine is not None else "",
-            providers=tuple(name for name in details.get("providers", "").split(",") if name),
-            model=self.config.default_model.path,
-            models_loaded=tuple(name for name in details.get("models_loaded", "").split(",") if name),
-            model_loaded=self.engine is not None and self.engine.loaded,
-            model_error=self.worker.model_error if self.worker is not None else None,
-            current_task=self.worker.current_task if self.worker is not None else None,
-        )
-
-    async def health(self) -> ServiceHealth:
-        """This node's view: the model counts as loaded when this process or any live worker has it loaded."""
-        here = msgspec.structs.replace(self.describe(), heartbeat_at=time.time())  # alive: it is answering
-        live = await self.stores.nodes.live(self.config.queue.lease_seconds)
-        workers = [node for node in live if node.role.runs_worker and node.id != here.id]
-        if here.role.runs_worker:
-            workers.insert(0, here)
-        # Engine details from this process when it runs one, else from the first worker with its model loaded.
-        source = next((node for node in workers if node.model_loaded), workers[0] if workers else here)
-        return ServiceHealth(
-            model_loaded=any(node.model_loaded for node in workers),
-            engine=source.engine,
-            device=source.device,
-            dtype=source.dtype,
-            providers=list(source.providers),
-            storage=self.storage.check(),
-            queue_pending=await self.stores.tasks.count(TaskStatus.PENDING),
-            model_error=next((node.model_error for node in workers if node.model_error), None),
-            role=self.role.value,
-            queue_processing=await self.stores.tasks.count(TaskStatus.PROCESSING),
-            workers=[_worker_health(node) for node in workers],
-        )
-
-    async def models(self) -> list[ModelView]:
-        """The configured models, each marked loaded when this process or a live worker has it in memory."""
-        live = await self.stores.nodes.live(self.config.queue.lease_seconds)
-        others = {name for node in live if node.id != self.node_id for name in node.models_loaded}
-        loaded = set(self.describe().models_loaded) | others  # this process's own entry is fresher than its beat
-        # Hashing a model's weights the first time reads them: off the event loop.
-        return await asyncio.to_thread(self.catalog.views, loaded)
-
-    def image_path(self, key: str) -> Path | None:
-        """The file behind an image key when this service serves images itself (local storage), else None."""
-        return self.storage.local_path(key)
-
-
-def _worker_health(node: NodeInfo) -> WorkerHealth:
-    return WorkerHealth(
-        id=node.id,
-        host=node.host,
-        device=node.device,
-        engine=node.engine,
-        model=node.model,
-        model_loaded=node.model_loaded,
-        model_error=node.model_error,
-        current_task=node.current_task,
-        started_at=node.started_at,
-        last_heartbeat_at=iso(datetime.fromtimestamp(node.heartbeat_at, UTC)) if node.heartbeat_at else node.started_at,
-    )
-
-
-def _no_engine_check(params: GenerationParams) -> None:
-    """An API node has no engine to ask: what only the engine can refuse fails the task on the worker instead."""
-
 
 def build_runtime(
     config: Config,
@@ -312,24 +193,21 @@ def build_runtime(
     catalog = ModelCatalog(config)  # refuses a model of a kind not served before anything starts
     stores = stores or open_stores(config)
     storage = storage or build_storage(config)
-    library = LoraLibrary(config.loras, config.loras_path)
-    node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    chosen_engine = (engine or _build_engine(config, library)) if role.runs_worker else None
     resolver = resolver or system_resolver
-    callbacks = (
-        CallbackSender(config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver)
-        if role.serves_http
-        else None
-    )
-    wake_sender: Callable[[], None] = callbacks.wake if callbacks is not None else lambda: None
+    library = LoraLibrary(config.loras, config.loras_path)
+    signals = Signals()
+    node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    worker_engine = _worker_engine(config, library, engine) if role.runs_worker else None
+    worker: Worker | None = None
+    status = StatusService(config, role, node_id, stores, storage, catalog, library, worker_engine, lambda: worker)
     heartbeat = Heartbeat(stores.nodes, config.queue.lease_seconds)
     watch = TaskWatch(stores.tasks)
-    worker = None
-    if chosen_engine is not None:
-        engine_for_library = chosen_engine
+    signals.on_task_changed(watch.changed)
+    if worker_engine is not None:
+        loaded_engine = worker_engine
 
         def model_loaded() -> None:
-            library.set_model(engine_for_library.adapter_shapes())
+            library.set_model(loaded_engine.adapter_shapes())
             heartbeat.beat_now()
 
         worker = Worker(
@@ -337,53 +215,36 @@ def build_runtime(
             stores.tasks,
             stores.init_images,
             stores.throughput,
-            chosen_engine,
-            storage,
+            worker_engine,
+            Outputs(config, storage, catalog.sha256),
+            signals,
             worker_id=node_id,
-            on_delivery=wake_sender,
             on_model_loaded=model_loaded,
-            on_change=watch.changed,
-            model_sha256=catalog.sha256,
         )
-    wake_worker: Callable[[], None] = worker.wake if worker is not None else lambda: None
-    reaper = Reaper(
-        stores.tasks,
-        config.queue.max_attempts,
-        config.queue.lease_seconds,
-        on_requeue=wake_worker,
-        on_delivery=wake_sender,
-    )
+        signals.on_task_added(worker.wake)
+        signals.on_cancel_requested(worker.report_cancel_now)
+    callbacks = None
+    if role.serves_http:
+        callbacks = CallbackSender(
+            config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver
+        )
+        signals.on_delivery_due(callbacks.wake)
+    checks = RequestChecks(config, catalog, library, worker_engine, resolver)
+    estimator = StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds)
     days = config.retention.days
-    service = TaskService(
-        config,
-        stores.tasks,
-        stores.init_images,
-        stores.outbox,
-        storage,
-        wake_worker,
-        wake_sender,
-        worker.check_cancel if worker is not None else lambda: None,
-        CallbackPolicy.from_config(config.callbacks),
-        library,
-        chosen_engine.check if chosen_engine is not None else _no_engine_check,
-        StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds),
-        watch,
-        catalog,
-        resolver,
-    )
     return Runtime(
         config=config,
         role=role,
-        node_id=node_id,
         stores=stores,
         storage=storage,
-        engine=chosen_engine,
+        signals=signals,
+        engine=(engine or worker_engine) if role.runs_worker else None,
         worker=worker,
-        service=service,
+        service=TaskService(config, stores, storage, checks, estimator, watch, signals),
+        status=status,
         callbacks=callbacks,
-        reaper=reaper,
+        reaper=Reaper(stores.tasks, config.queue.max_attempts, config.queue.lease_seconds, signals),
         retention=None if days is None else RetentionSweeper(stores.tasks, storage, days),
         heartbeat=heartbeat,
         library=library,
-        catalog=catalog,
     )

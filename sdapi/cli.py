@@ -36,11 +36,11 @@ def _load(arguments: argparse.Namespace) -> Config | None:
     except ConfigError as error:
         print(f"sdapi: {error.message}", file=sys.stderr)
         return None
-    from sdapi.logs import configure_logging
+    from sdapi.observability.logs import configure_logging
 
     configure_logging(config.log_level, config.log_format)
     try:
-        from sdapi.catalog import ModelCatalog
+        from sdapi.service.catalog import ModelCatalog
 
         ModelCatalog(config)  # a model of a kind this service does not serve: one line, before anything starts
         asyncio.run(_migrate(config))
@@ -66,7 +66,7 @@ def _serve(arguments: argparse.Namespace) -> int:
     import uvicorn
 
     from sdapi.api.app import create_app
-    from sdapi.nodes import Role
+    from sdapi.core.nodes import Role
 
     config = _load(arguments)
     if config is None:
@@ -102,7 +102,7 @@ def _worker(arguments: argparse.Namespace) -> int:
 async def _run_worker(config: Config) -> None:
     """A worker without HTTP: runs until SIGTERM or SIGINT, then stops as `sdapi serve` does."""
     from sdapi.bootstrap import build_runtime
-    from sdapi.nodes import Role
+    from sdapi.core.nodes import Role
 
     runtime = build_runtime(config, role=Role.WORKER)
     stop = asyncio.Event()
@@ -122,8 +122,8 @@ async def _run_worker(config: Config) -> None:
 
 
 def _make_tiny_model(arguments: argparse.Namespace) -> int:
-    from sdapi.logs import mute_import_warnings
-    from sdapi.tiny_model import make_tiny_model
+    from sdapi.devtools.tiny_model import make_tiny_model
+    from sdapi.observability.logs import mute_import_warnings
 
     mute_import_warnings()
     path = make_tiny_model(arguments.directory, progress=sys.stderr, family=arguments.family)

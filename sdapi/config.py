@@ -15,9 +15,10 @@ from typing import Annotated, Literal
 import msgspec
 import yaml
 
+from sdapi.core.model_sources import is_local_path
+from sdapi.core.request import LoraRequest
+from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
 from sdapi.errors import ConfigError
-from sdapi.model_sources import is_local_path
-from sdapi.request import ACCEPTED_SCHEDULERS, LoraRequest
 
 # Keys shipped in config.yaml that only work for a local try-out start with this marker.
 PLACEHOLDER_KEY_PREFIX = "change-me"

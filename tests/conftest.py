@@ -9,9 +9,9 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from sdapi.testing.postgres import PostgresCluster
-from sdapi.testing.services import InProcessService, free_port, in_process
-from sdapi.tiny_model import make_tiny_model
+from sdapi.devtools.testing.postgres import PostgresCluster
+from sdapi.devtools.testing.services import InProcessService, free_port, in_process
+from sdapi.devtools.tiny_model import make_tiny_model
 
 
 @pytest.fixture(scope="session")

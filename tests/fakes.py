@@ -16,15 +16,15 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from PIL import Image
 
-from sdapi import tasks
-from sdapi.deliveries import Delivery, DeliveryStatus
-from sdapi.engines import Generated
+from sdapi.core import tasks
+from sdapi.core.deliveries import Delivery, DeliveryStatus
+from sdapi.core.nodes import NodeInfo
+from sdapi.core.params import GenerationParams
+from sdapi.core.tasks import Progress, Task, TaskStatus
+from sdapi.engines import EngineDescription, Generated
 from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import TaskNotFound, TaskStoreError
-from sdapi.nodes import NodeInfo
-from sdapi.params import GenerationParams
 from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, NoChangeFeed, Stores, TaskRecord
-from sdapi.tasks import Progress, Task, TaskStatus
 
 
 class MemoryDatabase:
@@ -401,8 +401,8 @@ class FakeEngine:
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
 
-    def describe(self) -> dict[str, str]:
-        return {"device": "none", "dtype": "none"}
+    def describe(self) -> EngineDescription:
+        return EngineDescription(device="none", dtype="none")
 
     def check(self, params: GenerationParams) -> None:
         pass

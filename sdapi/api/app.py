@@ -1,32 +1,37 @@
-"""create_app: the HTTP service around the Runtime that sdapi.bootstrap builds. Tests call it too."""
+"""create_app: the HTTP service around the Runtime that sdapi.bootstrap builds. Tests call it too. The routes reach
+the task service and the status service (app.state.service, app.state.status), and the config handed to them."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from litestar import Litestar, Router
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 
 from sdapi.api import routes
-from sdapi.api.a1111_dialect import a1111_router
 from sdapi.api.auth import api_key_guard
 from sdapi.api.body_limit import body_limit_middleware
+from sdapi.api.dialects.a1111 import a1111_router
+from sdapi.api.dialects.openai import openai_router
 from sdapi.api.docs import StrictStructSchemaPlugin, assets_router, openapi_config
 from sdapi.api.errors import handle_http_exception, handle_sdapi_error, handle_unexpected
-from sdapi.api.openai_dialect import openai_router
 from sdapi.api.request_ids import echo_request_id, request_id_middleware
 from sdapi.bootstrap import build_runtime
 from sdapi.callbacks.ssrf import Resolver
-from sdapi.callers import callers_by_key
 from sdapi.config import Config
-from sdapi.engines import Engine
+from sdapi.core.callers import callers_by_key
+from sdapi.core.nodes import Role
 from sdapi.errors import SdapiError
-from sdapi.nodes import Role
 from sdapi.storage import ImageStorage
 from sdapi.store import Stores
+
+if TYPE_CHECKING:  # the HTTP layer passes an engine through to the composition root; it never runs one
+    from sdapi.engines import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +59,9 @@ def create_app(
                 "replace it (or set SDAPI_API_KEYS) before anyone else can reach this service"
             )
         runtime = build_runtime(config, engine, resolver, stores, storage, role=role)
-        app.state.runtime = runtime
+        app.state.runtime = runtime  # for tests that look inside; the routes reach only these two:
+        app.state.service = runtime.service
+        app.state.status = runtime.status
         await runtime.start()
         try:
             yield
@@ -92,7 +99,8 @@ def create_app(
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },
+        state=State({"config": config}),
         debug=False,
-        # Logging is set up once by the CLI (sdapi.logs): Litestar must not replace the root handlers.
+        # Logging is set up once by the CLI (sdapi.observability.logs): Litestar must not replace the root handlers.
         logging_config=None,
     )

@@ -86,7 +86,12 @@ def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException)
     return Response({"detail": error.detail}, status_code=error.status_code, headers=error.headers or {})
 
 
+def log_unexpected(request: Request[Any, Any, Any], error: Exception) -> None:
+    """Log a real fault with its traceback (never sent to the client)."""
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
+
+
 def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[object]:
     """A real fault: logged with its traceback, answered without one."""
-    logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    log_unexpected(request, error)
     return Response({"detail": INTERNAL_ERROR_DETAIL}, status_code=500)

@@ -11,7 +11,7 @@ from typing import Any
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from sdapi.logs import REQUEST_ID_HEADER, request_context, request_id_from
+from sdapi.observability.logs import REQUEST_ID_HEADER, request_context, request_id_from
 
 _HEADER = REQUEST_ID_HEADER.lower().encode("ascii")
 _STATE_KEY = "sdapi_request_id"

@@ -1,8 +1,7 @@
-"""Route handlers: decode, call one function of the runtime or its service, encode. Nothing else."""
+"""Route handlers: decode, call one function of the task service or the status service, encode. Nothing else."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -15,7 +14,6 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
-from sdapi import metrics
 from sdapi.api.auth import caller_of
 from sdapi.api.schemas import (
     TASK_CREATED_MESSAGE,
@@ -36,13 +34,14 @@ from sdapi.api.schemas import (
     task_response,
 )
 from sdapi.api.validation import strict_body
-from sdapi.bootstrap import Runtime
+from sdapi.core.request import GenerationRequest
+from sdapi.core.tasks import TaskStatus
 from sdapi.errors import SdapiError
-from sdapi.images import CONTENT_TYPES
-from sdapi.provenance import A1111_SAMPLER_NAMES
-from sdapi.request import ACCEPTED_SCHEDULERS, KARRAS_SCHEDULERS, GenerationRequest
+from sdapi.media.images import CONTENT_TYPES
+from sdapi.observability import metrics
+from sdapi.service.status import StatusService
+from sdapi.service.tasks import TaskService
 from sdapi.storage.local import IMAGE_ROUTE
-from sdapi.tasks import TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +58,14 @@ _CANCEL_ERRORS = {
 }
 
 
-def _runtime(state: State) -> Runtime:
-    runtime: Runtime = state.runtime
-    return runtime
+def _service(state: State) -> TaskService:
+    service: TaskService = state.service
+    return service
+
+
+def _status(state: State) -> StatusService:
+    status: StatusService = state.status
+    return status
 
 
 def _base_url(request: Request[Any, Any, Any]) -> str:
@@ -70,7 +74,7 @@ def _base_url(request: Request[Any, Any, Any]) -> str:
 
 @get(["/health", "/api/health"], summary="健康检查", description="检查服务状态和模型加载情况。无需 API Key。")
 async def health(state: State) -> HealthResponse:
-    return health_response(await _runtime(state).health())
+    return health_response(await _status(state).health())
 
 
 class TaskController(Controller):
@@ -112,7 +116,7 @@ class TaskController(Controller):
             ),
         ] = None,
     ) -> GenerateResponse:
-        service = _runtime(request.app.state).service
+        service = _service(request.app.state)
         task = await service.submit(data, _base_url(request), caller_of(request), idempotency_key)
         return GenerateResponse(task_id=task.id, status=task.status.value, message=TASK_CREATED_MESSAGE)
 
@@ -131,7 +135,7 @@ class TaskController(Controller):
             Parameter(description="可选：最多等待的秒数（0–60）。任务结束或时间到时再返回，省去频繁轮询", ge=0, le=60),
         ] = None,
     ) -> TaskResponse:
-        service = _runtime(request.app.state).service
+        service = _service(request.app.state)
         if wait:
             return task_response(await service.wait(task_id, wait, _base_url(request), caller_of(request)))
         return task_response(await service.get(task_id, _base_url(request), caller_of(request)))
@@ -146,7 +150,7 @@ class TaskController(Controller):
         responses={404: ResponseSpec(ErrorResponse, description="任务不存在"), **_ERRORS},
     )
     async def task_events(self, task_id: str, request: Request[Any, Any, Any]) -> ServerSentEvent:
-        service = _runtime(request.app.state).service
+        service = _service(request.app.state)
         caller, base_url = caller_of(request), _base_url(request)
         await service.get(task_id, base_url, caller)  # a 404 before the stream starts
 
@@ -180,7 +184,7 @@ class TaskController(Controller):
         limit: Annotated[int, Parameter(description="每页条数（1–100）")] = 20,
         cursor: Annotated[str | None, Parameter(description="上一页返回的 next_cursor")] = None,
     ) -> TaskListResponse:
-        service = _runtime(request.app.state).service
+        service = _service(request.app.state)
         page = await service.list(
             caller_of(request), _base_url(request), None if status is None else TaskStatus(status), limit, cursor
         )
@@ -197,7 +201,7 @@ class TaskController(Controller):
         responses=_CANCEL_ERRORS,
     )
     async def cancel_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
-        service = _runtime(request.app.state).service
+        service = _service(request.app.state)
         return task_response(await service.cancel(task_id, _base_url(request), caller_of(request)))
 
     @get(
@@ -207,7 +211,7 @@ class TaskController(Controller):
         responses={404: ResponseSpec(ErrorResponse, description="任务不存在，或任务没有回调"), **_ERRORS},
     )
     async def callback_log(self, task_id: str, request: Request[Any, Any, Any]) -> CallbackLogResponse:
-        service = _runtime(request.app.state).service
+        service = _service(request.app.state)
         return callback_log_response(await service.callback_log(task_id, caller_of(request)))
 
     @post(
@@ -225,7 +229,7 @@ class TaskController(Controller):
         },
     )
     async def redeliver(self, task_id: str, request: Request[Any, Any, Any]) -> CallbackLogResponse:
-        service = _runtime(request.app.state).service
+        service = _service(request.app.state)
         return callback_log_response(await service.redeliver(task_id, caller_of(request)))
 
     @post(
@@ -244,7 +248,7 @@ class TaskController(Controller):
         },
     )
     async def rerun_task(self, task_id: str, request: Request[Any, Any, Any]) -> GenerateResponse:
-        task = await _runtime(request.app.state).service.rerun(task_id, _base_url(request), caller_of(request))
+        task = await _service(request.app.state).rerun(task_id, _base_url(request), caller_of(request))
         return GenerateResponse(task_id=task.id, status=task.status.value, message=TASK_CREATED_MESSAGE)
 
     @delete(
@@ -255,7 +259,7 @@ class TaskController(Controller):
         responses=_CANCEL_ERRORS,
     )
     async def delete_task(self, task_id: str, request: Request[Any, Any, Any]) -> TaskResponse:
-        service = _runtime(request.app.state).service
+        service = _service(request.app.state)
         return task_response(await service.cancel(task_id, _base_url(request), caller_of(request)))
 
 
@@ -268,13 +272,13 @@ class TaskController(Controller):
     responses=_ERRORS,
 )
 async def schedulers(state: State) -> SchedulerListResponse:
-    default = _runtime(state).config.defaults.scheduler
+    listing = _status(state).schedulers()
     return SchedulerListResponse(
         schedulers=[
-            SchedulerEntry(name=name, a1111_name=A1111_SAMPLER_NAMES[name], karras=name in KARRAS_SCHEDULERS)
-            for name in ACCEPTED_SCHEDULERS
+            SchedulerEntry(name=name, a1111_name=a1111_name, karras=karras)
+            for name, a1111_name, karras in listing.schedulers
         ],
-        default=default,
+        default=listing.default,
     )
 
 
@@ -287,7 +291,7 @@ async def schedulers(state: State) -> SchedulerListResponse:
     responses=_ERRORS,
 )
 async def models(state: State) -> ModelListResponse:
-    views = await _runtime(state).models()
+    views = await _status(state).models()
     return ModelListResponse(models=[msgspec.convert(view, ModelResponse, from_attributes=True) for view in views])
 
 
@@ -305,7 +309,7 @@ class LoraController(Controller):
         responses=_ERRORS,
     )
     async def list_loras(self, state: State) -> LoraListResponse:
-        return LoraListResponse(loras=_runtime(state).library.entries())
+        return LoraListResponse(loras=_status(state).loras())
 
     @post(
         "/refresh",
@@ -315,8 +319,7 @@ class LoraController(Controller):
         responses=_ERRORS,
     )
     async def refresh(self, state: State) -> LoraListResponse:
-        library = _runtime(state).library
-        return LoraListResponse(loras=await asyncio.to_thread(library.scan))
+        return LoraListResponse(loras=await _status(state).rescan_loras())
 
 
 @get(
@@ -327,7 +330,7 @@ class LoraController(Controller):
 )
 async def metrics_text(state: State) -> Response[bytes]:
     try:
-        await _runtime(state).refresh_gauges()
+        await _status(state).refresh_gauges()
     except (
         SdapiError
     ) as error:  # the store is down: the process's own metrics still answer (the gauges keep their last values)
@@ -339,7 +342,7 @@ async def metrics_text(state: State) -> Response[bytes]:
 @get(f"{IMAGE_ROUTE}/{{key:str}}", include_in_schema=False)
 async def image_file(key: str, state: State) -> File:
     """Images from local storage. Public by design (the seed: image URLs are public); keys are unguessable."""
-    path = _runtime(state).image_path(key)
+    path = _status(state).image_path(key)
     if path is None:
         raise NotFoundException("图片不存在")
     return File(path, content_disposition_type="inline", media_type=CONTENT_TYPES[path.suffix.lstrip(".")])

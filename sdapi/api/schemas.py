@@ -7,12 +7,12 @@ from typing import Annotated
 
 import msgspec
 
-from sdapi.bootstrap import ServiceHealth
-from sdapi.deliveries import Delivery, DeliveryStatus
+from sdapi.core.deliveries import Delivery, DeliveryStatus
+from sdapi.core.results import iso
+from sdapi.core.tasks import Progress
 from sdapi.loras.library import LoraEntry
-from sdapi.results import iso
-from sdapi.service import TaskView
-from sdapi.tasks import Progress
+from sdapi.service.status import ServiceHealth
+from sdapi.service.tasks import TaskView
 
 TASK_CREATED_MESSAGE = "任务已创建，正在处理中"
 

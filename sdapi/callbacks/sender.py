@@ -19,18 +19,19 @@ from typing import Any
 import httpx
 import msgspec
 
-from sdapi import __version__, metrics
+from sdapi import __version__
+from sdapi.background.wakeup import Wakeup
 from sdapi.callbacks.signing import signature_headers
 from sdapi.callbacks.ssrf import CallbackPolicy, CallbackRefused, Resolver, resolve_target, system_resolver
 from sdapi.config import CallbacksConfig
-from sdapi.deliveries import Delivery, DeliveryStatus, after_attempt
+from sdapi.core.deliveries import Delivery, DeliveryStatus, after_attempt
+from sdapi.core.results import iso, public_base_url, result_urls
+from sdapi.core.tasks import Task, TaskStatus
 from sdapi.errors import SdapiError
-from sdapi.logs import set_request_id, task_context
-from sdapi.results import iso, public_base_url, result_urls
+from sdapi.observability import metrics
+from sdapi.observability.logs import set_request_id, task_context
 from sdapi.storage import ImageStorage
 from sdapi.store import CallbackOutbox, DeliveryClaim, TaskStore
-from sdapi.tasks import Task, TaskStatus
-from sdapi.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Engine: turns GenerationParams into images. torch_engine.py (diffusers) is the reference engine; onnx_engine.py
 runs an export through ONNX Runtime; router.py sends each request to one of them; factory.py decides, from the
-config, which engines a service has. Every engine turns its vendor's exceptions into sdapi errors (failures.py)."""
+config, which engines a service has; pool.py serves several models as the worker's one engine, single.py one
+engine given as it is. Every engine turns its vendor's exceptions into sdapi errors (failures.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
 from PIL import Image
 
-from sdapi.params import GenerationParams
+from sdapi.core.params import GenerationParams
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,19 @@ class Generated:
 
     images: list[Image.Image]
     engine: str
+
+
+class EngineDescription(msgspec.Struct, frozen=True, kw_only=True):
+    """What an engine says of itself for /health and the node registry."""
+
+    device: str = ""
+    dtype: str = ""
+    # ONNX Runtime's execution providers in use (ONNX only).
+    providers: tuple[str, ...] = ()
+    # The class of the model's own scheduler (what "default" means for this model).
+    scheduler: str = ""
+    # The models in memory now (a pool of several; a single engine names its own once loaded).
+    models_loaded: tuple[str, ...] = ()
 
 
 class Engine(Protocol):
@@ -38,7 +53,7 @@ class Engine(Protocol):
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Modules LoRA files may target (kohya name -> weight shape); empty before load()."""
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> EngineDescription:
         """Device, dtype, providers and the like, for /health."""
 
     def check(self, params: GenerationParams) -> None:
@@ -58,3 +73,19 @@ class Engine(Protocol):
 
         `on_step(steps done, total steps, images done)` is called after every denoising step; what it raises
         (TaskCancelled) stops the run and comes out of generate unchanged."""
+
+
+class WorkerEngine(Engine, Protocol):
+    """The engine a worker runs: one Engine that may serve several models (engines/pool.py), or one model alone
+    (engines/single.py). Everything the worker asks of its engine is here."""
+
+    @property
+    def loads_on_demand(self) -> bool:
+        """Whether a model that is not loaded can be loaded between tasks (prepare), so that its task may wait in
+        the queue meanwhile."""
+
+    def loaded_models(self) -> list[str]:
+        """The names of the models in memory now."""
+
+    def prepare(self, model: str) -> None:
+        """Load `model` now if it is not loaded (on the generation thread, between tasks); raise ModelLoadFailed."""

@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 
 from sdapi.config import Config, ModelConfig
+from sdapi.core.request import LoraSpec
 from sdapi.engines import Engine
 from sdapi.engines.devices import choose_device, choose_dtype
 from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.engines.pool import ModelPool
 from sdapi.engines.router import EngineRouter
 from sdapi.engines.torch_engine import TorchEngine
-from sdapi.request import LoraSpec
 
 
 def prefers_onnx(config: Config) -> bool:

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
+from sdapi.core.params import GenerationParams
 from sdapi.errors import GENERIC_GENERATION_FAILURE, ErrorCode, GenerationFailed, SdapiError
-from sdapi.params import GenerationParams
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
+from sdapi.core.model_sources import describe_source, is_local_path
 from sdapi.errors import ModelLoadFailed
-from sdapi.model_families import Family, ModelFamily, detect_family, from_unet_config
-from sdapi.model_sources import describe_source, is_local_path
+from sdapi.models.families import Family, ModelFamily, detect_family, from_unet_config
 
 logger = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ from typing import Any
 from PIL import Image
 
 from sdapi.config import ModelConfig, OnnxConfig
-from sdapi.engines import Generated
+from sdapi.core.params import GenerationParams
+from sdapi.engines import EngineDescription, Generated
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.loading import route_library_logs
 from sdapi.engines.pipeline_runs import StepCallback, run_request
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
-from sdapi.export_manifest import ExportManifest, read_manifest
 from sdapi.loras.merging import adapter_targets, target_shapes
-from sdapi.params import GenerationParams
+from sdapi.models.export_manifest import ExportManifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -204,17 +204,15 @@ class OnnxEngine:
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
         return self._shapes
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> EngineDescription:
         precision = self.manifest.precision if self.manifest else ""
         on_cpu = not self.providers or self.providers[0] == "CPUExecutionProvider"
-        details = {
-            "device": "cpu" if on_cpu else self._model.device if ":" in self._model.device else "cuda",
-            "dtype": {"fp16": "float16", "fp32": "float32"}.get(precision, ""),
-            "providers": ",".join(self.providers),
-        }
-        if self._scheduler_config is not None:
-            details["scheduler"] = str(self._scheduler_config["_class_name"])
-        return details
+        return EngineDescription(
+            device="cpu" if on_cpu else self._model.device if ":" in self._model.device else "cuda",
+            dtype={"fp16": "float16", "fp32": "float32"}.get(precision, ""),
+            providers=tuple(self.providers),
+            scheduler="" if self._scheduler_config is None else str(self._scheduler_config["_class_name"]),
+        )
 
     def check(self, params: GenerationParams) -> None:
         """The export serves exactly its merged LoRA set, at sides that are multiples of `side_multiple`.

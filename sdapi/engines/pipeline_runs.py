@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdapi import metrics
+from sdapi.core.params import GenerationParams
 from sdapi.engines.schedulers import make_scheduler
-from sdapi.params import GenerationParams
+from sdapi.observability import metrics
 
 
 def chunk(seeds: list[int], size: int) -> list[list[int]]:

@@ -11,15 +11,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import msgspec
 import torch
 from PIL import Image
 
-from sdapi import metrics
 from sdapi.config import Config
-from sdapi.engines import Engine, Generated
+from sdapi.core.params import GenerationParams
+from sdapi.engines import Engine, EngineDescription, Generated
 from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import ModelLoadFailed
-from sdapi.params import GenerationParams
+from sdapi.observability import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,9 @@ class ModelPool:
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
         return self._engine_of(self.default).adapter_shapes()
 
-    def describe(self) -> dict[str, str]:
-        details = dict(self._engine_of(self.default).describe())
-        details["models_loaded"] = ",".join(self.loaded_models())
-        return details
+    def describe(self) -> EngineDescription:
+        details = self._engine_of(self.default).describe()
+        return msgspec.structs.replace(details, models_loaded=tuple(self.loaded_models()))
 
     def check(self, params: GenerationParams) -> None:
         engine = self._engine_of(params.model or self.default)
@@ -81,6 +81,10 @@ class ModelPool:
         return self._ensure(params.model or self.default).generate(params, init_image, on_step)
 
     # -- the pool ------------------------------------------------------------------------------------------------
+
+    @property
+    def loads_on_demand(self) -> bool:
+        return True
 
     def prepare(self, name: str) -> None:
         """Load model `name` now if it is not loaded (on the generation thread, between tasks)."""

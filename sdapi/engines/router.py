@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from sdapi.engines import Engine, Generated
+from sdapi.core.params import GenerationParams
+from sdapi.engines import Engine, EngineDescription, Generated
 from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import GenerationFailed, InvalidParameter
-from sdapi.params import GenerationParams
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class EngineRouter:
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
         return self.preferred.adapter_shapes()
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> EngineDescription:
         return self.preferred.describe()
 
     def check(self, params: GenerationParams) -> None:

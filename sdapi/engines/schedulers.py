@@ -6,9 +6,9 @@ from typing import Any
 
 import diffusers
 
+from sdapi.core.params import GenerationParams, check_karras, check_scheduler_options
+from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
 from sdapi.errors import InvalidParameter
-from sdapi.params import GenerationParams, check_karras, check_scheduler_options
-from sdapi.request import ACCEPTED_SCHEDULERS
 
 
 def scheduler_name(params: GenerationParams, base_config: Any) -> str:

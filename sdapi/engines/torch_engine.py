@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from sdapi.config import ModelConfig
-from sdapi.engines import Generated
+from sdapi.core.params import GenerationParams
+from sdapi.core.request import LoraSpec
+from sdapi.engines import EngineDescription, Generated
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.loading import load_pipeline, loaded_family
@@ -20,9 +22,7 @@ from sdapi.engines.pipeline_runs import StepCallback, run_request
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
-from sdapi.model_families import ModelFamily
-from sdapi.params import GenerationParams
-from sdapi.request import LoraSpec
+from sdapi.models.families import ModelFamily
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +69,9 @@ class TorchEngine:
         self._loaded.set()
         logger.info("torch engine ready: %s on %s in %s", self._model.path, self.device, dtype_name(self.dtype))
 
-    def describe(self) -> dict[str, str]:
-        details = {"device": self.device, "dtype": dtype_name(self.dtype)}
-        if self._scheduler_config is not None:
-            details["scheduler"] = str(self._scheduler_config["_class_name"])
-        return details
+    def describe(self) -> EngineDescription:
+        scheduler = "" if self._scheduler_config is None else str(self._scheduler_config["_class_name"])
+        return EngineDescription(device=self.device, dtype=dtype_name(self.dtype), scheduler=scheduler)
 
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
         if self._text_to_image is None:

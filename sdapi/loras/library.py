@@ -14,10 +14,10 @@ from pathlib import Path
 import msgspec
 
 from sdapi.config import LorasConfig
-from sdapi.digests import sha256_file
+from sdapi.core.request import LoraRequest, LoraSpec
 from sdapi.errors import InvalidParameter
-from sdapi.model_families import Family, ModelFamily
-from sdapi.request import LoraRequest, LoraSpec
+from sdapi.models.digests import sha256_file
+from sdapi.models.families import Family, ModelFamily
 
 logger = logging.getLogger(__name__)
 

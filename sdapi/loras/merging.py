@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sdapi import metrics
+from sdapi.core.request import LoraSpec
 from sdapi.errors import ErrorCode, GenerationFailed
 from sdapi.loras.files import (
     KOHYA_UNET_PREFIX,
@@ -25,7 +25,7 @@ from sdapi.loras.files import (
     read_adapter_file,
 )
 from sdapi.loras.sgm_names import sgm_name
-from sdapi.request import LoraSpec
+from sdapi.observability import metrics
 
 logger = logging.getLogger(__name__)
 

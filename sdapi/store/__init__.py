@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sdapi.deliveries import Delivery
-from sdapi.nodes import NodeInfo
-from sdapi.tasks import Progress, Task, TaskStatus
+from sdapi.core.deliveries import Delivery
+from sdapi.core.nodes import NodeInfo
+from sdapi.core.tasks import Progress, Task, TaskStatus
 
 SCHEMA_TOO_NEW = (
     "the {database} schema is at version {found}, newer than this sdapi knows ({known}): "
@@ -78,7 +78,7 @@ class DeliveryClaim:
 
 
 class TaskStore(Protocol):
-    """Durable storage of tasks. Transitions are decided in sdapi.tasks; the store persists them under leases."""
+    """Durable storage of tasks. Transitions are decided in sdapi.core.tasks; the store persists them under leases."""
 
     async def add(
         self, task: Task, init_image: bytes | None, max_pending: int, owner_max_pending: int | None = None

@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 import msgspec
 
-from sdapi.deliveries import Delivery, DeliveryStatus
+from sdapi.core.deliveries import Delivery, DeliveryStatus
+from sdapi.core.nodes import NodeInfo
+from sdapi.core.tasks import Progress, Task, TaskStatus
 from sdapi.errors import TASK_NOT_FOUND_MESSAGE, TaskNotFound
-from sdapi.nodes import NodeInfo
 from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, TaskRecord
-from sdapi.tasks import Progress, Task, TaskStatus
 
 _encoder = msgspec.json.Encoder()
 _task_decoder = msgspec.json.Decoder(Task)

@@ -14,8 +14,8 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from sdapi.testing.adapter_files import model_modules, write_adapter
-from sdapi.testing.services import API_KEY, gradient_image, in_process
+from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
+from sdapi.devtools.testing.services import API_KEY, gradient_image, in_process
 
 OTHER_KEY = "sk-a1111-other"
 SMALL = {"width": 64, "height": 64, "steps": 3}

@@ -9,8 +9,8 @@ import io
 import pytest
 from PIL import Image
 
-from sdapi.request import SCHEDULER_NAMES
-from sdapi.testing.services import data_url, gradient_image
+from sdapi.core.schedulers import SCHEDULER_NAMES
+from sdapi.devtools.testing.services import data_url, gradient_image
 
 VALID = {"prompt": "a cat"}
 

@@ -16,7 +16,7 @@ from flask import Flask, request
 from werkzeug.serving import make_server
 
 from sdapi.config import ModelConfig
-from sdapi.testing.services import ServiceProcess, in_process, submit, wait_for_task, write_config
+from sdapi.devtools.testing.services import ServiceProcess, in_process, submit, wait_for_task, write_config
 from tests.integration.test_failures import FaultyTorchEngine
 from tests.receivers import CallbackReceiver
 
@@ -233,7 +233,7 @@ async def _stub_resolver(host, port):
 
 def test_ssrf_vectors_are_refused_at_submit_with_no_connection_made(tmp_path, tiny_model):
     from sdapi.config import load_config
-    from sdapi.testing.services import InProcessService
+    from sdapi.devtools.testing.services import InProcessService
 
     config = load_config(write_config(tmp_path, tiny_model))  # default policy: nothing internal allowed
     with CallbackReceiver() as receiver, InProcessService(config, resolver=_stub_resolver) as service:
@@ -251,7 +251,7 @@ def test_ssrf_vectors_are_refused_at_submit_with_no_connection_made(tmp_path, ti
 
 def test_an_allowed_host_name_is_delivered_to_the_address_it_resolved_to(tmp_path, tiny_model):
     from sdapi.config import load_config
-    from sdapi.testing.services import InProcessService
+    from sdapi.devtools.testing.services import InProcessService
 
     config = load_config(write_config(tmp_path, tiny_model, callbacks={"allowed_hosts": ["receiver.example.test"]}))
     with CallbackReceiver() as receiver, InProcessService(config, resolver=_stub_resolver) as service:

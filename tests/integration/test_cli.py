@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from sdapi.testing.services import REPO_ROOT, ServiceProcess, free_port, generate, write_config
+from sdapi.devtools.testing.services import REPO_ROOT, ServiceProcess, free_port, generate, write_config
 
 
 def _serve(config_path):
@@ -118,8 +118,8 @@ def test_an_api_node_never_imports_torch(tmp_path, tiny_model):
 import asyncio, sys
 from sdapi.bootstrap import build_runtime
 from sdapi.config import load_config
-from sdapi.nodes import Role
-from sdapi.request import GenerationRequest
+from sdapi.core.nodes import Role
+from sdapi.core.request import GenerationRequest
 
 async def main():
     runtime = build_runtime(load_config({str(config)!r}), role=Role.API)

@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from sdapi.testing.services import API_KEY, REPO_ROOT, gradient_image, in_process, wait_for_task
+from sdapi.devtools.testing.services import API_KEY, REPO_ROOT, gradient_image, in_process, wait_for_task
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from sdapi.config import load_config
-from sdapi.testing.services import REPO_ROOT
+from sdapi.devtools.testing.services import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 

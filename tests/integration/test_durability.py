@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from sdapi.testing.services import API_KEY, ServiceProcess, in_process, submit, wait_for_task, write_config
+from sdapi.devtools.testing.services import API_KEY, ServiceProcess, in_process, submit, wait_for_task, write_config
 
 # ~2-5 s on two cores with the tiny model: long enough to kill or poll a task mid-run.
 LONG = {"prompt": "a long one", "width": 512, "height": 512, "num_inference_steps": 120, "seed": 1}

@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from sdapi.model_families import Family, UnsupportedModel, detect_family
-from sdapi.testing.services import (
+from sdapi.devtools.testing.services import (
     REPO_ROOT,
     data_url,
     fetch_image,
@@ -21,7 +20,8 @@ from sdapi.testing.services import (
     mean_abs_diff,
     write_config,
 )
-from sdapi.testing.services import generate as run
+from sdapi.devtools.testing.services import generate as run
+from sdapi.models.families import Family, UnsupportedModel, detect_family
 
 FAST = {"num_inference_steps": 3}
 

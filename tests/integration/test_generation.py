@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdapi.request import ACCEPTED_SCHEDULERS
-from sdapi.testing.services import data_url, fetch_image, fetch_pixels, generate, gradient_image, mean_abs_diff
+from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
+from sdapi.devtools.testing.services import data_url, fetch_image, fetch_pixels, generate, gradient_image, mean_abs_diff
 
 
 def _pixels(body, index=None):

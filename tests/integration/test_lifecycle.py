@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdapi.provenance import read_user_comment
-from sdapi.testing.adapter_files import model_modules, write_adapter
-from sdapi.testing.services import (
+from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
+from sdapi.devtools.testing.services import (
     data_url,
     fetch_pixels,
     generate,
@@ -23,6 +22,7 @@ from sdapi.testing.services import (
     submit,
     wait_for_task,
 )
+from sdapi.media.provenance import read_user_comment
 from tests.receivers import CallbackReceiver
 
 # Seconds on this machine: long enough to cancel mid-run and to queue a second task behind it.

@@ -12,17 +12,17 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from sdapi.config import ModelConfig
-from sdapi.engines.torch_engine import TorchEngine
-from sdapi.request import LoraSpec
-from sdapi.testing.adapter_files import (
+from sdapi.core.request import LoraSpec
+from sdapi.devtools.testing.adapter_files import (
     model_modules,
     write_adapter,
     write_peft_copy,
     write_sdxl_style,
     write_wrong_shapes,
 )
-from sdapi.testing.factories import make_params
-from sdapi.testing.services import fetch_pixels, generate, in_process, mean_abs_diff
+from sdapi.devtools.testing.factories import make_params
+from sdapi.devtools.testing.services import fetch_pixels, generate, in_process, mean_abs_diff
+from sdapi.engines.torch_engine import TorchEngine
 
 GOOD = ("style_lora", "style_loha", "style_lokr", "te_only", "unet_lora", "peft_lora")
 BROKEN = ("sdxl_style", "wrong_shapes", "corrupt", "unknown_keys", "nan_values", "too_large")

@@ -11,7 +11,7 @@ from minio import Minio
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from sdapi.testing.services import free_port, generate, in_process
+from sdapi.devtools.testing.services import free_port, generate, in_process
 from tests.receivers import PresignGateway
 
 ACCESS_KEY = "sdapi-test-access"

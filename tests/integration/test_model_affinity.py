@@ -3,7 +3,7 @@ queue that alternates between two models costs a few model loads instead of one 
 
 from __future__ import annotations
 
-from sdapi.testing.affinity import mixed_queue_loads
+from sdapi.devtools.testing.affinity import mixed_queue_loads
 
 TASKS = 16
 

@@ -12,8 +12,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sdapi.testing.adapter_files import model_modules, write_adapter
-from sdapi.testing.services import (
+from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
+from sdapi.devtools.testing.services import (
     API_KEY,
     REPO_ROOT,
     ServiceProcess,
@@ -174,7 +174,7 @@ def test_log_prompts_puts_prompts_in_the_task_line(tmp_path, tiny_model, caplog)
 def test_the_grafana_dashboard_queries_only_metrics_sdapi_exports():
     from prometheus_client import REGISTRY
 
-    import sdapi.metrics  # noqa: F401  (declares the metrics)
+    import sdapi.observability.metrics  # noqa: F401  (declares the metrics)
 
     dashboard = json.loads((REPO_ROOT / "deploy" / "grafana" / "sdapi-dashboard.json").read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]

@@ -15,13 +15,9 @@ import pytest
 import export.exporter as exporter
 from export.exporter import ExportError, LoraArgument, export_model, parse_lora_argument
 from sdapi.config import ModelConfig, OnnxConfig, load_config
-from sdapi.engines.onnx_engine import OnnxEngine
-from sdapi.engines.router import EngineRouter
-from sdapi.engines.torch_engine import TorchEngine
-from sdapi.errors import GenerationFailed
-from sdapi.request import SCHEDULER_NAMES
-from sdapi.testing.adapter_files import model_modules, write_adapter, write_sdxl_style, write_wrong_shapes
-from sdapi.testing.services import (
+from sdapi.core.schedulers import SCHEDULER_NAMES
+from sdapi.devtools.testing.adapter_files import model_modules, write_adapter, write_sdxl_style, write_wrong_shapes
+from sdapi.devtools.testing.services import (
     REPO_ROOT,
     InProcessService,
     data_url,
@@ -35,6 +31,10 @@ from sdapi.testing.services import (
     wait_for_task,
     write_config,
 )
+from sdapi.engines.onnx_engine import OnnxEngine
+from sdapi.engines.router import EngineRouter
+from sdapi.engines.torch_engine import TorchEngine
+from sdapi.errors import GenerationFailed
 
 PARITY = 1.0  # mean absolute pixel difference on 0-255, the bound
 FP32 = {"dtype": "float32"}

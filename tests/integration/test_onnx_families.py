@@ -8,10 +8,10 @@ import json
 import pytest
 
 from export.exporter import LoraArgument, export_model
-from sdapi.testing.adapter_files import model_modules, sdxl_modules, write_adapter
-from sdapi.testing.services import data_url, fetch_image, gradient_image, in_process, mean_abs_diff
-from sdapi.testing.services import fetch_pixels as pixels
-from sdapi.testing.services import generate as run
+from sdapi.devtools.testing.adapter_files import model_modules, sdxl_modules, write_adapter
+from sdapi.devtools.testing.services import data_url, fetch_image, gradient_image, in_process, mean_abs_diff
+from sdapi.devtools.testing.services import fetch_pixels as pixels
+from sdapi.devtools.testing.services import generate as run
 
 PARITY = 1.0
 FAST = {"prompt": "a harbour at night", "seed": 7, "width": 64, "height": 64, "num_inference_steps": 3}

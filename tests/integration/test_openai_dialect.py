@@ -12,8 +12,8 @@ import openai
 import pytest
 from PIL import Image
 
-from sdapi.testing.adapter_files import model_modules, write_adapter
-from sdapi.testing.services import API_KEY, gradient_image, in_process
+from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
+from sdapi.devtools.testing.services import API_KEY, gradient_image, in_process
 
 FAST = {"num_inference_steps": 3}
 

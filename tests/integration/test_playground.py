@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
-from sdapi.testing.adapter_files import model_modules, write_adapter
-from sdapi.testing.services import API_KEY, gradient_image, in_process
+from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
+from sdapi.devtools.testing.services import API_KEY, gradient_image, in_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 

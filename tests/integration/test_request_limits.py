@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdapi.testing.services import fetch_image, in_process, submit, wait_for_task
+from sdapi.devtools.testing.services import fetch_image, in_process, submit, wait_for_task
 
 SMALL_LIMIT = 1_000_000
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from minio import Minio
 
-from sdapi.testing.postgres import PostgresCluster
-from sdapi.testing.services import API_KEY, ServiceProcess, WorkerProcess, submit, wait_for_task, write_config
+from sdapi.devtools.testing.postgres import PostgresCluster
+from sdapi.devtools.testing.services import API_KEY, ServiceProcess, WorkerProcess, submit, wait_for_task, write_config
 from tests.receivers import CallbackReceiver
 
 ACCESS_KEY = "scale-out-access"
@@ -333,8 +333,8 @@ def test_an_api_node_with_local_storage_refuses_workers_that_keep_images_elsewhe
 
     from sdapi.bootstrap import build_runtime
     from sdapi.config import load_config
+    from sdapi.core.nodes import NodeInfo, Role
     from sdapi.errors import ConfigError
-    from sdapi.nodes import NodeInfo, Role
 
     dsn = postgres.new_database()
     config = load_config(write_config(tmp_path, tiny_model, store={"backend": "postgres", "postgres": {"dsn": dsn}}))

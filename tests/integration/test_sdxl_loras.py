@@ -14,13 +14,13 @@ from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_dif
 from safetensors.torch import load_file, save_file
 
 from sdapi.config import ModelConfig
+from sdapi.core.request import LoraSpec
+from sdapi.devtools.testing.adapter_files import RANK, sdxl_modules, write_adapter
+from sdapi.devtools.testing.factories import make_params
+from sdapi.devtools.testing.services import fetch_pixels as pixels
+from sdapi.devtools.testing.services import generate as run
+from sdapi.devtools.testing.services import in_process, mean_abs_diff
 from sdapi.engines.torch_engine import TorchEngine
-from sdapi.request import LoraSpec
-from sdapi.testing.adapter_files import RANK, sdxl_modules, write_adapter
-from sdapi.testing.factories import make_params
-from sdapi.testing.services import fetch_pixels as pixels
-from sdapi.testing.services import generate as run
-from sdapi.testing.services import in_process, mean_abs_diff
 from tests.integration.test_loras import _decided_entries, _expected_delta
 
 PARAMS = {"prompt": "a castle", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 42}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sdapi.testing.adapter_files import model_modules, write_adapter
-from sdapi.testing.services import fetch_image, in_process, mean_abs_diff
-from sdapi.testing.services import fetch_pixels as pixels
-from sdapi.testing.services import generate as run
+from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
+from sdapi.devtools.testing.services import fetch_image, in_process, mean_abs_diff
+from sdapi.devtools.testing.services import fetch_pixels as pixels
+from sdapi.devtools.testing.services import generate as run
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 
@@ -88,7 +88,7 @@ def test_the_dialects_map_their_model_fields(service):
     import openai
     import webuiapi
 
-    from sdapi.testing.services import API_KEY
+    from sdapi.devtools.testing.services import API_KEY
 
     client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=API_KEY, max_retries=0)
     assert [model.id for model in client.models.list().data] == ["sdapi", "base", "xl"]

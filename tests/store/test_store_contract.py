@@ -14,16 +14,16 @@ import msgspec
 import psycopg
 import pytest
 
-from sdapi import tasks
-from sdapi.deliveries import DeliveryStatus, after_attempt, new_delivery
+from sdapi.core import tasks
+from sdapi.core.deliveries import DeliveryStatus, after_attempt, new_delivery
+from sdapi.core.nodes import NodeInfo, Role
+from sdapi.core.tasks import Progress, Task, TaskStatus
+from sdapi.devtools.testing.factories import make_params
+from sdapi.devtools.testing.postgres import PostgresCluster
 from sdapi.errors import TaskNotFound, TaskStoreError
-from sdapi.nodes import NodeInfo, Role
 from sdapi.store import IdempotencyKey, Lease, Stores
 from sdapi.store.postgres import open_postgres
 from sdapi.store.sqlite import open_sqlite
-from sdapi.tasks import Progress, Task, TaskStatus
-from sdapi.testing.factories import make_params
-from sdapi.testing.postgres import PostgresCluster
 
 Opener = Callable[[], Stores]
 

@@ -13,7 +13,7 @@ from minio.error import S3Error
 from sdapi.callbacks.signing import sign
 from sdapi.callbacks.ssrf import CallbackPolicy, CallbackRefused, parse_ip_literal, resolve_target, split_url
 from sdapi.config import MinioConfig
-from sdapi.deliveries import DeliveryStatus, after_attempt, backoff_seconds, new_delivery
+from sdapi.core.deliveries import DeliveryStatus, after_attempt, backoff_seconds, new_delivery
 from sdapi.storage.minio import _describe
 from tests.receivers import verify
 

@@ -8,9 +8,9 @@ import msgspec
 import pytest
 
 from sdapi.config import DefaultsConfig, LimitsConfig
+from sdapi.core.params import InitImageInfo, output_side, resolve_params
+from sdapi.core.request import GenerationRequest
 from sdapi.errors import InvalidParameter
-from sdapi.params import InitImageInfo, output_side, resolve_params
-from sdapi.request import GenerationRequest
 
 DEFAULTS = DefaultsConfig(
     width=512, height=384, num_inference_steps=30, guidance_scale=7.5, strength=0.75, scheduler="EulerDiscreteScheduler"
@@ -116,7 +116,7 @@ def test_the_scheduler_options_table_matches_diffusers_own_constructors():
 
     import diffusers
 
-    from sdapi.request import ACCEPTED_SCHEDULERS, SCHEDULER_OPTIONS
+    from sdapi.core.schedulers import ACCEPTED_SCHEDULERS, SCHEDULER_OPTIONS
 
     assert set(SCHEDULER_OPTIONS) == set(ACCEPTED_SCHEDULERS)
     for name, options in SCHEDULER_OPTIONS.items():

@@ -7,6 +7,7 @@ outage in the middle of the loop, a shutdown while a record is in flight, two su
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import pytest
 
 from sdapi.bootstrap import Runtime, build_runtime
 from sdapi.config import Config, config_from_mapping
-from sdapi.deliveries import DeliveryStatus
+from sdapi.core.deliveries import DeliveryStatus
+from sdapi.core.request import GenerationRequest
+from sdapi.core.tasks import TaskStatus
 from sdapi.errors import QueueFull, ServiceError
-from sdapi.request import GenerationRequest
-from sdapi.tasks import TaskStatus
+from sdapi.worker.generation_thread import GENERATION_THREAD_NAME
 from tests.fakes import FakeEngine, MemoryDatabase, MemoryOutbox, MemoryStorage, MemoryTaskStore, memory_stores
 from tests.receivers import CallbackReceiver
 
@@ -168,3 +170,63 @@ def test_a_delivery_whose_outcome_could_not_be_recorded_is_sent_again_under_the_
         assert database.tasks[task.id].status is TaskStatus.COMPLETED
 
     _run(scenario)
+
+
+class SlowStorage(MemoryStorage):
+    """Image storage whose uploads wait until `release` is set (a slow or far-away bucket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.uploading = threading.Event()
+
+    def save(self, data: bytes, extension: str, content_type: str) -> str:
+        self.uploading.set()
+        assert self.release.wait(timeout=60), "the test never released the upload"
+        return super().save(data, extension, content_type)
+
+
+def test_the_next_task_generates_while_the_last_ones_images_upload(tmp_path):
+    stores, _, database = memory_stores()
+    storage = SlowStorage()
+    engine = FakeEngine()
+    runtime = build_runtime(_config(tmp_path), engine=engine, stores=stores, storage=storage)
+
+    async def scenario() -> None:
+        await runtime.start()
+        first = await runtime.service.submit(GenerationRequest(prompt="first"), None)
+        second = await runtime.service.submit(GenerationRequest(prompt="second"), None)
+        # The first task's upload is held; the engine still starts (and here finishes) the second task.
+        await _until(lambda: storage.uploading.is_set() and engine.runs == 2)
+        assert database.tasks[first.id].status is TaskStatus.PROCESSING
+        assert not storage.objects  # nothing stored yet: the first upload is still waiting
+        storage.release.set()
+        await _until(lambda: all(database.tasks[task.id].status is TaskStatus.COMPLETED for task in (first, second)))
+        assert len(storage.objects) == 2
+        await runtime.stop()
+
+    try:
+        _run(scenario)
+    finally:
+        storage.release.set()
+
+
+def test_the_generation_thread_does_no_storage_io(tmp_path):
+    stores, _, database = memory_stores()
+    threads: set[str] = set()
+
+    class RecordingStorage(MemoryStorage):
+        def save(self, data: bytes, extension: str, content_type: str) -> str:
+            threads.add(threading.current_thread().name)
+            return super().save(data, extension, content_type)
+
+    runtime = build_runtime(_config(tmp_path), engine=FakeEngine(), stores=stores, storage=RecordingStorage())
+
+    async def scenario() -> None:
+        await runtime.start()
+        task = await runtime.service.submit(GenerationRequest(prompt="where is it stored", num_images=2), None)
+        await _until(lambda: database.tasks[task.id].status is TaskStatus.COMPLETED)
+        await runtime.stop()
+
+    _run(scenario)
+    assert threads and GENERATION_THREAD_NAME not in threads

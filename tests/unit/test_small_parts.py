@@ -14,12 +14,12 @@ from PIL import Image
 from sdapi.api.auth import find_caller
 from sdapi.api.errors import status_for
 from sdapi.api.validation import describe
-from sdapi.callers import Caller
+from sdapi.core.callers import Caller
+from sdapi.core.params import GenerationRequest
 from sdapi.engines.devices import choose_dtype, cpu_has_native_bf16
 from sdapi.engines.pipeline_runs import chunk
 from sdapi.errors import GenerationFailed, InvalidParameter, QueueFull, RequestValidationFailed, TaskNotFound
-from sdapi.images import decode_init_image, encode_image
-from sdapi.params import GenerationRequest
+from sdapi.media.images import decode_init_image, encode_image
 
 
 def _describe(raw):
@@ -105,7 +105,7 @@ def test_error_table():
 
 
 def test_model_sources_are_told_apart(tmp_path):
-    from sdapi.model_sources import describe_source
+    from sdapi.core.model_sources import describe_source
 
     (tmp_path / "folder").mkdir()
     assert describe_source(str(tmp_path / "folder")) == "folder"

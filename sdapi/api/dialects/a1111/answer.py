@@ -1,0 +1,81 @@
+"""AUTOMATIC1111's answer to txt2img/img2img: the images, the parameters as it echoes them, and `info` (a JSON
+string with seeds, sampler and infotexts)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC
+from typing import Any
+
+from sdapi import __version__
+from sdapi.api.dialects.a1111.models import Checkpoint
+from sdapi.api.dialects.a1111.translate import Translated
+from sdapi.media.provenance import parse_infotext, read_embedded
+from sdapi.service.tasks import TaskView
+
+
+def infotext_of(raw: bytes) -> str:
+    infotext, _record = read_embedded(raw)
+    return infotext or ""
+
+
+def answer(
+    translated: Translated,
+    view: TaskView,
+    images: list[str],
+    infotexts: list[str],
+    model: Checkpoint,
+    interrupted: bool = False,
+) -> dict[str, Any]:
+    """A1111's response: the images, the request echoed (without its images) and `info`, a JSON string."""
+    params, fields = view.task.params, translated.fields
+    seeds = params.image_seeds()
+    sampler = translated.sampler_name
+    if sampler is None and infotexts and infotexts[0]:
+        sampler = parse_infotext(infotexts[0]).get("Sampler")
+    started = view.task.started_at or view.task.created_at
+    info = {
+        "prompt": fields.prompt,
+        "all_prompts": [fields.prompt] * len(seeds),
+        "negative_prompt": fields.negative_prompt,
+        "all_negative_prompts": [fields.negative_prompt] * len(seeds),
+        "seed": params.seed,
+        "all_seeds": seeds,
+        "subseed": params.seed,
+        "all_subseeds": seeds,
+        "subseed_strength": 0,
+        "width": params.width,
+        "height": params.height,
+        "sampler_name": sampler,
+        "scheduler": translated.schedule_type,
+        "cfg_scale": params.guidance_scale,
+        "steps": params.num_inference_steps,
+        "batch_size": fields.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": model.name,
+        "sd_model_hash": model.sha256[:10] if model.sha256 else None,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": params.strength,
+        "extra_generation_params": {"Lora": [f"{lora.name}:{lora.weight:g}" for lora in params.loras]}
+        if params.loras
+        else {},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": [],
+        "job_timestamp": started.astimezone(UTC).strftime("%Y%m%d%H%M%S"),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": f"sdapi {__version__}",
+        # sdapi's additions: the task behind this answer, and whether POST /interrupt stopped it.
+        "task_id": view.task.id,
+        "engine": view.task.engine,
+        "interrupted": interrupted,
+    }
+    parameters = dict(translated.body)
+    if "init_images" in parameters and not fields.include_init_images:
+        parameters["init_images"] = None
+    return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}

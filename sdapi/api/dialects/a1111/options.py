@@ -1,0 +1,100 @@
+"""What AUTOMATIC1111 clients read about the service: samplers, schedule types, models, LoRAs, scripts, and the
+options (read-only here: set in config.yaml)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get, post
+
+from sdapi.api.dialects.a1111.models import Checkpoint, served_checkpoints
+from sdapi.api.dialects.a1111.translate import SAMPLER_ALIASES, SAMPLERS, SCHEDULE_TYPES
+from sdapi.api.dialects.common import (
+    status_of,
+)
+from sdapi.errors import (
+    InvalidParameter,
+)
+
+
+@get("/samplers", summary="AUTOMATIC1111: 采样器列表")
+async def samplers() -> list[dict[str, Any]]:
+    return [{"name": name, "aliases": list(SAMPLER_ALIASES.get(name, ())), "options": {}} for name in SAMPLERS]
+
+
+@get("/schedulers", summary="AUTOMATIC1111: 调度类型（Schedule type）列表")
+async def schedulers() -> list[dict[str, Any]]:
+    return [
+        {"name": name, "label": name.capitalize(), "aliases": None, "default_rho": 7.0 if karras else -1.0}
+        for name, karras in SCHEDULE_TYPES.items()
+    ]
+
+
+@get("/sd-models", summary="AUTOMATIC1111: 模型列表（默认模型在前，附哈希）")
+async def sd_models(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "title": model.title,
+            "model_name": model.name,
+            "hash": model.sha256[:10] if model.sha256 else None,
+            "sha256": model.sha256,
+            "filename": model.filename,
+            "config": None,
+        }
+        for model in await served_checkpoints(request)
+    ]
+
+
+@get("/loras", summary="AUTOMATIC1111: LoRA 列表（可在提示词中以 <lora:名称:权重> 使用）")
+async def loras(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": entry.name, "alias": entry.name, "path": entry.name, "metadata": {"type": entry.type}}
+        for entry in status_of(request).loras()
+        if entry.error is None and entry.fits is not False
+    ]
+
+
+@get("/options", summary="AUTOMATIC1111: 读取设置（当前模型等）")
+async def read_options(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return options_of((await served_checkpoints(request))[0])
+
+
+def options_of(model: Checkpoint) -> dict[str, Any]:
+    """The settings A1111 clients read: fixed here, set in config.yaml."""
+    return {
+        "sd_model_checkpoint": model.title,
+        "sd_checkpoint_hash": model.sha256,
+        "samples_format": "png",
+        "CLIP_stop_at_last_layers": 1,
+        "eta_noise_seed_delta": 0,
+        "sd_vae": "Automatic",
+    }
+
+
+@post(
+    "/options",
+    status_code=200,
+    summary="AUTOMATIC1111: 写入设置（只读：仅接受与当前值相同的设置）",
+    description="设置在 config.yaml 中修改。可发送 sd_model_checkpoint（默认模型）和 GET /options 中的当前值；"
+    "其他设置返回 422 并列出名称。要为一个请求选择其他模型，请在请求的 override_settings.sd_model_checkpoint 中指定。",
+)
+async def write_options(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
+    model = (await served_checkpoints(request))[0]
+    current = options_of(model)
+    refused = [
+        key
+        for key, value in data.items()
+        if not (key == "sd_model_checkpoint" and model.named_by(value)) and current.get(key) != value
+    ]
+    if refused:
+        raise InvalidParameter(
+            refused[0],
+            f"设置只读（在 config.yaml 中修改）：{', '.join(refused)}。"
+            "为单个请求选择模型：override_settings.sd_model_checkpoint",
+        )
+    return {}
+
+
+@get("/scripts", summary="AUTOMATIC1111: 脚本列表（sdapi 没有脚本）")
+async def scripts() -> dict[str, list[str]]:
+    return {"txt2img": [], "img2img": []}

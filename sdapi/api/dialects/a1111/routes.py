@@ -1,0 +1,223 @@
+"""The /sdapi/v1 routes: each decodes, calls the translation and the native service, answers in A1111's shape,
+and every error comes back in A1111's error shape."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.exceptions import HTTPException
+
+from sdapi.api.auth import api_key_guard, caller_of
+from sdapi.api.dialects.a1111.answer import answer, infotext_of
+from sdapi.api.dialects.a1111.models import checkpoint_of, served_checkpoints
+from sdapi.api.dialects.a1111.options import (
+    loras,
+    read_options,
+    samplers,
+    schedulers,
+    scripts,
+    sd_models,
+    write_options,
+)
+from sdapi.api.dialects.a1111.translate import translate
+from sdapi.api.dialects.common import (
+    DialectTaskFailed,
+    base_url_of,
+    cancel_quietly,
+    classify,
+    run_to_end,
+    service_of,
+)
+from sdapi.api.errors import INTERNAL_ERROR_DETAIL, log_unexpected
+from sdapi.config import Config
+from sdapi.core.callers import callers_by_key
+from sdapi.core.tasks import TaskStatus
+from sdapi.errors import (
+    ErrorCode,
+    InvalidParameter,
+    SdapiError,
+)
+from sdapi.media.provenance import parse_infotext, read_embedded
+from sdapi.service.tasks import MAX_PAGE, TaskView
+
+
+async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_to_image: bool) -> dict[str, Any]:
+    models = await served_checkpoints(request)
+    translated = translate(body, models, image_to_image)
+    model = checkpoint_of(body, models)
+    view = await run_to_end(request, translated.native, dialect="a1111")
+    task = view.task
+    if task.error_code is ErrorCode.CANCELLED:  # interrupted (POST /interrupt): A1111 answers without failing
+        return answer(translated, view, [], [], model, interrupted=True)
+    if task.error_message is not None:
+        raise DialectTaskFailed(task.error_message, task.error_code)
+    stored = await service_of(request).image_bytes(view)
+    infotexts = [infotext_of(raw) for raw in stored]
+    images = [base64.b64encode(raw).decode("ascii") for raw in stored] if translated.fields.send_images else []
+    if translated.fields.include_init_images and translated.init_image is not None:
+        images.append(translated.init_image.split(",", 1)[1])
+    return answer(translated, view, images, infotexts, model)
+
+
+@post("/txt2img", status_code=200, summary="AUTOMATIC1111: txt2img（文生图）")
+async def txt2img(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return await generate(request, data, image_to_image=False)
+
+
+@post("/img2img", status_code=200, summary="AUTOMATIC1111: img2img（图生图）")
+async def img2img(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return await generate(request, data, image_to_image=True)
+
+
+@get("/progress", summary="AUTOMATIC1111: 调用者正在运行的任务的进度与剩余时间")
+async def progress(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    view = await _running_task(request)
+    state = {
+        "skipped": False,
+        "interrupted": False,
+        "stopping_generation": False,
+        "job": "",
+        "job_count": 0,
+        "job_timestamp": "0",
+        "job_no": 0,
+        "sampling_step": 0,
+        "sampling_steps": 0,
+    }
+    if view is None:
+        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+    task = view.task
+    fraction = task.progress.step / task.progress.total_steps if task.progress and task.progress.total_steps else 0.0
+    elapsed = (datetime.now(UTC) - (task.started_at or task.created_at)).total_seconds()
+    eta = elapsed / fraction * (1 - fraction) if fraction > 0 else 0.0
+    state |= {
+        "job": f"task({task.id})",
+        "job_count": task.params.num_images,
+        "job_timestamp": (task.started_at or task.created_at).astimezone(UTC).strftime("%Y%m%d%H%M%S"),
+        "job_no": task.progress.images_done if task.progress else 0,
+        "sampling_step": task.progress.step if task.progress else 0,
+        "sampling_steps": task.progress.total_steps if task.progress else task.params.num_inference_steps,
+    }
+    return {
+        "progress": round(fraction, 4),
+        "eta_relative": round(eta, 2),
+        "state": state,
+        "current_image": None,
+        "textinfo": None,
+        "current_task": task.id,
+    }
+
+
+async def _running_tasks(request: Request[Any, Any, Any]) -> list[TaskView]:
+    """The caller's own processing tasks (an admin's or a shared key's too: only those its key created)."""
+    caller = caller_of(request)
+    page = await service_of(request).list(caller, base_url_of(request), TaskStatus.PROCESSING, MAX_PAGE)
+    return [view for view in page.tasks if view.task.owner == caller.name]
+
+
+async def _running_task(request: Request[Any, Any, Any]) -> TaskView | None:
+    running = await _running_tasks(request)
+    return running[0] if running else None
+
+
+@post("/interrupt", status_code=200, summary="AUTOMATIC1111: 中断调用者正在运行的任务（不影响其他 Key 的任务）")
+async def interrupt(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    caller, base_url = caller_of(request), base_url_of(request)
+    running = await _running_tasks(request)
+    for view in running:
+        await cancel_quietly(service_of(request), view.task.id, base_url, caller)
+    return {"interrupted": [view.task.id for view in running]}
+
+
+class PngInfoRequest(msgspec.Struct):
+    image: str
+
+
+@post("/png-info", status_code=200, summary="AUTOMATIC1111: 读取图片中嵌入的生成参数")
+async def png_info(data: PngInfoRequest) -> dict[str, Any]:
+    payload = data.image.split(",", 1)[1] if data.image.startswith("data:") else data.image
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        infotext, record = read_embedded(raw)
+    except (binascii.Error, ValueError, OSError):
+        raise InvalidParameter("image", "image 不是有效的 base64 图片") from None
+    items: dict[str, Any] = {}
+    if infotext is not None:
+        items["parameters"] = infotext
+    if record is not None:
+        items["sdapi"] = record
+    return {
+        "info": infotext or "",
+        "items": items,
+        "parameters": parse_infotext(infotext) if infotext else {},
+    }
+
+
+def _error(status: int, error: str, detail: str) -> Response[object]:
+    """A1111's error body: {"error", "detail", "body", "errors"} (what its API middleware answers)."""
+    headers = {"WWW-Authenticate": 'Basic realm="sdapi"'} if status == 401 else {}
+    return Response(
+        {"error": error, "detail": detail, "body": "", "errors": detail}, status_code=status, headers=headers
+    )
+
+
+def _sdapi_error(request: Request[Any, Any, Any], error: SdapiError) -> Response[object]:
+    failure = classify(error)
+    if failure.kind == "client_gone":
+        return _error(499, "ClientGone", failure.message)
+    if failure.kind == "timeout":
+        return _error(504, "Timeout", failure.message)
+    if failure.kind == "task_failed":
+        code = failure.code.value if failure.code else "internal"
+        return _error(422 if failure.code is ErrorCode.INVALID_INPUT else 500, code, failure.message)
+    if failure.kind == "server":
+        return _error(failure.status, failure.name, failure.message)
+    if failure.kind == "validation":
+        message = f"{failure.field}: {failure.message}" if failure.field else failure.message
+        return _error(422, "ValidationError", message)
+    if failure.kind == "unauthorized":
+        return _error(401, "Unauthorized", failure.message)
+    # A1111 answers a request it cannot serve with 422; a full queue stays a 429 (with Retry-After).
+    response = _error(422 if failure.status == 400 else failure.status, failure.name, failure.message)
+    if failure.retry_after is not None:
+        response.headers["Retry-After"] = str(failure.retry_after)
+    return response
+
+
+def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[object]:
+    """A real fault: logged with its traceback (as the native API does), answered in this dialect's shape."""
+    log_unexpected(request, error)
+    return _error(500, "InternalError", INTERNAL_ERROR_DETAIL)
+
+
+def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[object]:
+    status = 422 if error.status_code == 400 else error.status_code
+    return _error(status, type(error).__name__, str(error.detail))
+
+
+def a1111_router(config: Config) -> Router:
+    return Router(
+        path="/sdapi/v1",
+        route_handlers=[
+            txt2img,
+            img2img,
+            samplers,
+            schedulers,
+            sd_models,
+            loras,
+            read_options,
+            write_options,
+            progress,
+            interrupt,
+            png_info,
+            scripts,
+        ],
+        guards=[api_key_guard(callers_by_key(config.api), config.api.key_header, basic=True)],
+        tags=["automatic1111"],
+        security=[{"BasicAuth": []}, {"APIKeyHeader": []}],
+        exception_handlers={SdapiError: _sdapi_error, HTTPException: _http_error, Exception: _unexpected},
+    )

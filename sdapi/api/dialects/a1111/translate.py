@@ -1,0 +1,296 @@
+"""AUTOMATIC1111's txt2img/img2img request, decoded and translated to the native GenerationRequest: samplers by
+A1111 name, schedule types, <lora:…> prompt tags, the init image's resize mode, and the options refused only when set
+to a value that would change the picture."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+from PIL import Image, ImageOps
+
+from sdapi.api.dialects.a1111.models import Checkpoint, checkpoint_of
+from sdapi.core.request import MAX_IMAGES, MAX_SEED, GenerationRequest, LoraRequest
+from sdapi.core.schedulers import A1111_SAMPLER_NAMES
+from sdapi.errors import (
+    InvalidParameter,
+)
+
+# A1111's sampler names (what its /samplers lists) for the nine schedulers, with the aliases it also accepts.
+SAMPLERS: dict[str, str] = {name: scheduler for scheduler, name in A1111_SAMPLER_NAMES.items()}
+SAMPLER_ALIASES: dict[str, tuple[str, ...]] = {
+    "DPM++ 2M": ("k_dpmpp_2m",),
+    "Euler a": ("k_euler_a", "k_euler_ancestral"),
+    "Euler": ("k_euler",),
+    "LMS": ("k_lms",),
+    "Heun": ("k_heun",),
+    "DPM2": ("k_dpm_2",),
+    "DPM2 a": ("k_dpm_2_a",),
+    "DDIM": ("ddim",),
+    "PLMS": ("plms",),
+}
+# A1111's schedule types ("scheduler" in its API) that sdapi has: the scheduler's own spacing, or Karras sigmas.
+SCHEDULE_TYPES = {"automatic": False, "karras": True}
+
+# Options sdapi does not implement, with the values that leave the picture as sdapi makes it (A1111's defaults and
+# what its clients send). Any other value is refused with a 422 naming the option.
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "enable_hr": (False, None),
+    "restore_faces": (False, None),
+    "tiling": (False, None),
+    "subseed_strength": (0, None),
+    "seed_resize_from_h": (0, -1, None),
+    "seed_resize_from_w": (0, -1, None),
+    "styles": ([], None),
+    "script_name": (None, ""),
+    # Diffusers' ancestral samplers add their full noise (A1111's eta 1); DDIM runs deterministic (eta 0).
+    "eta": (None, 0, 1),
+    "s_churn": (0, None),
+    "s_tmax": (0, None),
+    "s_tmin": (0, None),
+    "s_noise": (1, None),
+    "mask": (None, ""),
+    "initial_noise_multiplier": (1, None),
+    "refiner_checkpoint": (None, ""),
+    "refiner_switch_at": (None, 0),
+    "disable_extra_networks": (False, None),
+}
+# Fields that change nothing here: where A1111 saves files, whether it returns grids, options of features that are
+# off (high-res fix while enable_hr is false, inpainting without a mask, scripts without a script_name).
+_HARMLESS = {
+    "save_images",
+    "do_not_save_samples",
+    "do_not_save_grid",
+    "override_settings_restore_afterwards",
+    "subseed",
+    "firstphase_width",
+    "firstphase_height",
+    "hr_scale",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "hr_resize_x",
+    "hr_resize_y",
+    "hr_checkpoint_name",
+    "hr_sampler_name",
+    "hr_scheduler",
+    "hr_prompt",
+    "hr_negative_prompt",
+    "hr_additional_modules",
+    "mask_blur",
+    "mask_blur_x",
+    "mask_blur_y",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "inpainting_mask_invert",
+    "image_cfg_scale",  # only instruct-pix2pix models read it
+    "script_args",
+    "comments",
+    "force_task_id",
+    "infotext",
+}
+# override_settings that may be sent with these values (the model sdapi serves is checked separately).
+_NEUTRAL_SETTINGS: dict[str, tuple[Any, ...]] = {
+    "CLIP_stop_at_last_layers": (1,),
+    "eta_noise_seed_delta": (0,),
+    "samples_format": ("png",),
+    "sd_vae": ("Automatic", "None", None),
+}
+_LORA_TAG = re.compile(r"<(lora|lyco|hypernet):([^>]*)>", re.IGNORECASE)
+_RESIZE_MODES = {0: "just resize", 1: "crop and resize"}
+
+
+class A1111Generation(msgspec.Struct, kw_only=True):
+    """The fields of /txt2img and /img2img that sdapi maps onto a GenerationRequest (A1111's names and defaults)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    sampler_name: str | None = None
+    sampler_index: str | None = None
+    scheduler: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 1
+    n_iter: Annotated[int, msgspec.Meta(ge=1)] = 1
+    denoising_strength: float | None = None
+    init_images: list[str] | None = None
+    resize_mode: int = 0
+    include_init_images: bool = False
+    send_images: bool = True
+    override_settings: dict[str, Any] | None = None
+    alwayson_scripts: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Translated:
+    """A decoded A1111 request: the native request, and what the answer echoes."""
+
+    native: GenerationRequest
+    body: dict[str, Any]
+    fields: A1111Generation
+    sampler_name: str | None
+    schedule_type: str
+    init_image: str | None = None
+
+
+def _is_empty(value: object) -> bool:
+    return value is None or value is False or value == 0 or value in ("", [], {})
+
+
+def check_options(body: dict[str, Any], models: list[Checkpoint]) -> None:
+    """Refuse (422, naming them) the options this service would otherwise have to ignore while they are set."""
+    known = set(A1111Generation.__struct_fields__) | _HARMLESS | set(_NEUTRAL)
+    refused = [key for key, neutral in _NEUTRAL.items() if key in body and body[key] not in neutral]
+    refused += sorted(key for key, value in body.items() if key not in known and not _is_empty(value))
+    scripts = body.get("alwayson_scripts") or {}
+    if not isinstance(scripts, dict):
+        refused.append("alwayson_scripts")
+    else:  # a script sent switched off ({"args": []} or {"args": [false]}) is fine; any other is not served here
+        refused += [f"alwayson_scripts.{name}" for name, value in scripts.items() if not _script_off(value)]
+    settings = body.get("override_settings") or {}
+    if not isinstance(settings, dict):
+        refused.append("override_settings")
+    else:
+        for key, value in settings.items():
+            if key == "sd_model_checkpoint" and any(model.named_by(value) for model in models):
+                continue
+            if value not in _NEUTRAL_SETTINGS.get(key, ()):
+                refused.append(f"override_settings.{key}")
+    if refused:
+        raise InvalidParameter(
+            refused[0], f"不支持的选项：{', '.join(refused)}。sdapi 不实现这些功能，请去掉它们或使用默认值"
+        )
+
+
+def _script_off(value: object) -> bool:
+    args = value.get("args") if isinstance(value, dict) else None
+    return args in ([], [False], None)
+
+
+def _sampler(fields: A1111Generation) -> tuple[str | None, bool]:
+    """The diffusers scheduler of A1111's sampler name (None: the configured default), and whether the name itself
+    asks for Karras sigmas (the older "DPM++ 2M Karras" style)."""
+    name = fields.sampler_name or fields.sampler_index
+    if not name:
+        return None, False
+    karras = name.lower().endswith(" karras")
+    base = name[: -len(" karras")] if karras else name
+    for sampler, scheduler in SAMPLERS.items():
+        if base.lower() in (sampler.lower(), *SAMPLER_ALIASES.get(sampler, ())) or base == scheduler:
+            return scheduler, karras
+    raise InvalidParameter("sampler_name", f"sampler_name 不支持：{name!r}。可选：{', '.join(SAMPLERS)}")
+
+
+def _schedule_type(fields: A1111Generation) -> bool:
+    name = (fields.scheduler or "automatic").lower()
+    if name not in SCHEDULE_TYPES:
+        known = ", ".join(label.capitalize() for label in SCHEDULE_TYPES)
+        raise InvalidParameter("scheduler", f"scheduler 不支持：{fields.scheduler!r}。可选：{known}")
+    return SCHEDULE_TYPES[name]
+
+
+def lora_tags(prompt: str) -> tuple[str, list[LoraRequest]]:
+    """The prompt without its `<lora:NAME:WEIGHT>` tags (also `<lyco:…>`, the LyCORIS extension's spelling), and
+    the LoRAs they name; the weight defaults to 1. Raise InvalidParameter for a tag sdapi cannot apply."""
+    loras: list[LoraRequest] = []
+    for kind, inside in _LORA_TAG.findall(prompt):
+        if kind.lower() == "hypernet":
+            raise InvalidParameter("prompt", f"不支持 hypernetwork：<{kind}:{inside}>")
+        name, *weights = inside.split(":")
+        if len(set(weights)) > 1 or any("=" in weight for weight in weights):
+            raise InvalidParameter(
+                "prompt", f"<{kind}:{inside}>：只支持 <lora:名称:权重>（文本编码器与 UNet 同一权重）"
+            )
+        try:
+            weight = float(weights[0]) if weights else 1.0
+        except ValueError:
+            raise InvalidParameter("prompt", f"<{kind}:{inside}>：权重不是数字") from None
+        try:
+            loras.append(msgspec.convert({"name": name.strip(), "weight": weight}, LoraRequest))
+        except msgspec.ValidationError as error:
+            raise InvalidParameter("prompt", f"<{kind}:{inside}>：{error}") from None
+    return " ".join(_LORA_TAG.sub(" ", prompt).split()), loras
+
+
+def _init_image(encoded: str, mode: int, width: int | None, height: int | None) -> str:
+    """A1111's init image (base64, with or without a data-URL prefix) as a native data URL, resized to width x
+    height the way A1111's resize_mode says (0 stretches, 1 scales to cover and crops the middle)."""
+    payload = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        with Image.open(io.BytesIO(raw)) as opened:
+            image_format = opened.format
+            size = opened.size
+            if width and height and size != (width, height):
+                if mode not in _RESIZE_MODES:
+                    modes = ", ".join(f"{key} ({name})" for key, name in _RESIZE_MODES.items())
+                    raise InvalidParameter("resize_mode", f"resize_mode 不支持：{mode}。可选：{modes}")
+                rgb = opened.convert("RGB")
+                resized = rgb.resize((width, height)) if mode == 0 else ImageOps.fit(rgb, (width, height))
+                buffer = io.BytesIO()
+                resized.save(buffer, format="PNG")
+                raw, image_format = buffer.getvalue(), "PNG"
+    except InvalidParameter:
+        raise
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError):
+        raise InvalidParameter("init_images", "init_images[0] 不是有效的 base64 PNG/JPEG 图片") from None
+    mime = "jpeg" if image_format == "JPEG" else "png"
+    return f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
+
+
+def translate(body: dict[str, Any], models: list[Checkpoint], image_to_image: bool) -> Translated:
+    try:
+        # strict=False: A1111's own server (pydantic) reads "20" as 20, and some clients send numbers as strings.
+        fields = msgspec.convert(body, A1111Generation, strict=False)
+    except msgspec.ValidationError as error:
+        raise InvalidParameter("body", str(error)) from None
+    check_options(body, models)
+    scheduler, karras_sampler = _sampler(fields)
+    karras = _schedule_type(fields) or karras_sampler
+    count = fields.batch_size * fields.n_iter
+    if count > MAX_IMAGES:
+        raise InvalidParameter(
+            "batch_size", f"batch_size × n_iter 无效：{fields.batch_size} × {fields.n_iter}。乘积范围 1-{MAX_IMAGES}"
+        )
+    if not 0 <= fields.seed <= MAX_SEED and fields.seed != -1:
+        raise InvalidParameter("seed", f"seed 无效：{fields.seed}。范围 0-{MAX_SEED}，-1 表示随机")
+    prompt, loras = lora_tags(fields.prompt)
+    init_image = None
+    if image_to_image:
+        if not fields.init_images:
+            raise InvalidParameter("init_images", "img2img 需要 init_images（一张 base64 图片）")
+        if len(fields.init_images) > 1:
+            raise InvalidParameter("init_images", "只支持一张 init_images")
+        init_image = _init_image(fields.init_images[0], fields.resize_mode, fields.width, fields.height)
+    native: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": fields.negative_prompt or None,
+        "seed": None if fields.seed == -1 else fields.seed,
+        "scheduler": scheduler,
+        "use_karras_sigmas": karras or None,
+        "num_inference_steps": fields.steps,
+        "guidance_scale": fields.cfg_scale,
+        "num_images": count,
+        "output_format": "png",
+        "loras": [msgspec.to_builtins(lora) for lora in loras] or None,
+        "model": checkpoint_of(body, models).served,
+    }
+    if image_to_image:
+        native |= {"init_image": init_image, "strength": fields.denoising_strength}
+    else:
+        native |= {"width": fields.width, "height": fields.height}
+    try:
+        request = msgspec.convert({k: v for k, v in native.items() if v is not None}, GenerationRequest)
+    except msgspec.ValidationError as error:
+        raise InvalidParameter("body", str(error)) from None
+    label = "Karras" if karras else "Automatic"
+    sampler_name = A1111_SAMPLER_NAMES.get(scheduler) if scheduler else None
+    return Translated(request, body, fields, sampler_name, label, init_image)

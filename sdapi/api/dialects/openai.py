@@ -1,0 +1,236 @@
+"""The OpenAI Images API under /v1, a thin translation onto the native task pipeline: decode OpenAI's request, map it
+to a GenerationRequest, submit it as the caller's task, wait for the task to end, answer in OpenAI's shape. Nothing
+here generates, validates or stores: the native service does, and its errors come back in OpenAI's error shape.
+
+`OpenAI(base_url="http://host:8000/v1", api_key=KEY)` works unchanged; sdapi's own controls (negative_prompt, seed,
+num_inference_steps, guidance_scale, scheduler, loras, strength) travel in the SDK's `extra_body`.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
+from litestar.params import Body
+
+from sdapi.api.auth import api_key_guard
+from sdapi.api.dialects.common import DialectTaskFailed, classify, config_of, run_to_end, service_of
+from sdapi.api.errors import INTERNAL_ERROR_DETAIL, log_unexpected
+from sdapi.config import DEFAULT_MODEL_NAME, Config
+from sdapi.core.callers import callers_by_key
+from sdapi.core.request import GenerationRequest, LoraRequest
+from sdapi.errors import (
+    InvalidParameter,
+    SdapiError,
+    TaskNotFound,
+)
+from sdapi.service.tasks import TaskService, TaskView
+
+# OpenAI's error `type` for each status the SDK maps to an exception class.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_error",
+    504: "timeout",
+}
+
+
+class ImageGenerationRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/images/generations: OpenAI's fields, and sdapi's own through the SDK's extra_body."""
+
+    prompt: str
+    n: Annotated[int, msgspec.Meta(ge=1, le=10)] = 1
+    size: str | None = None  # "WxH", or "auto"/None for the configured default
+    response_format: Literal["url", "b64_json"] = "url"
+    output_format: Literal["png", "jpeg"] = "png"
+    model: str | None = None
+    user: str | None = None
+    # Accepted for OpenAI clients that always send them; they do not change what sdapi makes.
+    quality: str | None = None
+    style: str | None = None
+    moderation: str | None = None
+    background: str | None = None
+    # sdapi's own controls, same names and rules as POST /api/v1/generate.
+    negative_prompt: str | None = None
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    scheduler: str | None = None
+    loras: list[LoraRequest] | None = None
+
+
+def _size(size: str | None) -> tuple[int | None, int | None]:
+    if size is None or size == "auto":
+        return None, None
+    width, separator, height = size.partition("x")
+    if not separator or not width.isdigit() or not height.isdigit():
+        raise InvalidParameter("size", f"size 无效：{size!r}。格式为 宽x高，例如 512x512，或 auto")
+    return int(width), int(height)
+
+
+def _native(
+    body: ImageGenerationRequest, model: str | None, init_image: str | None = None, strength: float | None = None
+) -> Any:
+    width, height = _size(body.size)
+    fields: dict[str, Any] = {
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt,
+        "width": width,
+        "height": height,
+        "num_inference_steps": body.num_inference_steps,
+        "guidance_scale": body.guidance_scale,
+        "seed": body.seed,
+        "num_images": body.n,
+        "scheduler": body.scheduler,
+        "output_format": "jpg" if body.output_format == "jpeg" else "png",
+        "init_image": init_image,
+        "strength": strength,
+        "loras": body.loras,
+        "model": model,
+    }
+    try:
+        return msgspec.convert({k: v for k, v in fields.items() if v is not None}, GenerationRequest)
+    except msgspec.ValidationError as error:
+        raise InvalidParameter("body", str(error)) from None
+
+
+def _model_ids(config: Config) -> list[str]:
+    """What GET /v1/models lists: compat.model_id (the default model), then each configured model by name."""
+    names = [entry.name for entry in config.model_entries]
+    # The one model of a `model.path` config is "default": compat.model_id already stands for it.
+    return [
+        config.compat.model_id,
+        *(name for name in names if name not in (config.compat.model_id, DEFAULT_MODEL_NAME)),
+    ]
+
+
+def _model(config: Config, model: str | None) -> str | None:
+    """The native model for OpenAI's `model` (None: the default); raise TaskNotFound (404) for an unknown id."""
+    if model is None or model in (config.compat.model_id, "default"):
+        return None
+    if model in {entry.name for entry in config.model_entries}:
+        return model
+    raise TaskNotFound(f"模型不存在：{model!r}。可用模型：{', '.join(_model_ids(config))}（GET /v1/models）")
+
+
+async def _generate_and_answer(
+    request: Request[Any, Any, Any], native: GenerationRequest, body: ImageGenerationRequest
+) -> dict[str, Any]:
+    """Run as the caller's task to its end, then answer OpenAI's way (a failed task is an error)."""
+    view = await run_to_end(request, native, dialect="openai")
+    if view.task.error_message is not None:
+        raise DialectTaskFailed(view.task.error_message)
+    return {
+        "created": int(view.task.created_at.timestamp()),
+        "data": await _images(service_of(request), view, body.response_format),
+        "output_format": body.output_format,
+        "size": f"{view.task.params.width}x{view.task.params.height}",
+    }
+
+
+async def _images(service: TaskService, view: TaskView, response_format: str) -> list[dict[str, Any]]:
+    if response_format == "url":
+        return [{"url": url, "revised_prompt": None} for url in view.image_urls or []]
+    data = await service.image_bytes(view)
+    return [{"b64_json": base64.b64encode(raw).decode("ascii"), "revised_prompt": None} for raw in data]
+
+
+@post("/images/generations", status_code=200, summary="OpenAI: images.generate")
+async def generations(data: ImageGenerationRequest, request: Request[Any, Any, Any]) -> dict[str, Any]:
+    model = _model(config_of(request), data.model)
+    return await _generate_and_answer(request, _native(data, model), data)
+
+
+@post("/images/edits", status_code=200, summary="OpenAI: images.edit（图生图）")
+async def edits(
+    data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
+    request: Request[Any, Any, Any],
+) -> dict[str, Any]:
+    if data.get("mask") is not None:
+        raise InvalidParameter("mask", "不支持 mask（局部重绘）：请去掉 mask，整张图片按 strength 重新生成")
+    upload = data.get("image") or data.get("image[]")
+    if isinstance(upload, list):
+        if len(upload) != 1:
+            raise InvalidParameter("image", "只支持一张 image")
+        upload = upload[0]
+    if not isinstance(upload, UploadFile):
+        raise InvalidParameter("image", "缺少 image 文件（PNG 或 JPEG）")
+    raw = await upload.read()
+    fields = {key: value for key, value in data.items() if key not in ("image", "image[]", "mask", "strength")}
+    try:
+        # Multipart fields arrive as strings: strict=False lets msgspec read "2" as 2 and "6.5" as 6.5.
+        body = msgspec.convert(fields, ImageGenerationRequest, strict=False)
+        strength = float(data["strength"]) if data.get("strength") is not None else None
+    except (msgspec.ValidationError, ValueError) as error:
+        raise InvalidParameter("body", str(error)) from None
+    model = _model(config_of(request), body.model)
+    mime = "jpeg" if raw[:3] == b"\xff\xd8\xff" else "png"
+    init_image = f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
+    return await _generate_and_answer(request, _native(body, model, init_image, strength), body)
+
+
+@get("/models", summary="OpenAI: models.list")
+async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    ids = _model_ids(config_of(request))
+    return {
+        "object": "list",
+        "data": [{"id": id_, "object": "model", "created": 0, "owned_by": "sdapi"} for id_ in ids],
+    }
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> Response[object]:
+    body = {
+        "error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}
+    }
+    return Response(body, status_code=status)
+
+
+def _sdapi_error(request: Request[Any, Any, Any], error: SdapiError) -> Response[object]:
+    failure = classify(error)
+    if failure.kind == "client_gone":
+        return _error(499, failure.message, code="client_closed_request")
+    if failure.kind == "timeout":
+        return _error(504, failure.message, code="timeout")
+    if failure.kind == "task_failed":
+        return _error(500, failure.message, code="generation_failed")
+    if failure.kind == "server":
+        return _error(failure.status, failure.message)
+    if failure.kind == "validation":
+        message = f"{failure.field}: {failure.message}" if failure.field else failure.message
+        return _error(400, message, failure.field)
+    response = _error(failure.status, failure.message, failure.field, code=failure.name)
+    if failure.retry_after is not None:
+        response.headers["Retry-After"] = str(failure.retry_after)
+    return response
+
+
+def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[object]:
+    """A real fault: logged with its traceback (as the native API does), answered in this dialect's shape."""
+    log_unexpected(request, error)
+    return _error(500, INTERNAL_ERROR_DETAIL)
+
+
+def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[object]:
+    status = 400 if error.status_code == 422 else error.status_code
+    return _error(status, str(error.detail), code=None)
+
+
+def openai_router(config: Config) -> Router:
+    return Router(
+        path="/v1",
+        route_handlers=[generations, edits, models],
+        guards=[api_key_guard(callers_by_key(config.api), config.api.key_header, bearer=True)],
+        tags=["openai"],
+        security=[{"BearerKey": []}, {"APIKeyHeader": []}],
+        exception_handlers={SdapiError: _sdapi_error, HTTPException: _http_error, Exception: _unexpected},
+    )

@@ -1,0 +1,172 @@
+"""The rules that turn a client's GenerationRequest into GenerationParams, what the engine runs. Pure: no files,
+no torch (`python -c "import sdapi.core.params"` loads neither)."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from sdapi.core.request import MAX_SEED, OUTPUT_FORMATS, GenerationRequest, LoraSpec
+from sdapi.core.schedulers import ACCEPTED_SCHEDULERS, KARRAS_SCHEDULERS, SCHEDULER_OPTIONS, SchedulerOptionValue
+from sdapi.errors import InvalidParameter
+
+if TYPE_CHECKING:  # the config is read above the core and handed down; the core only names its types
+    from sdapi.config import DefaultsConfig, LimitsConfig
+
+MIN_SIDE = 64
+
+
+class InitImageInfo(msgspec.Struct, frozen=True):
+    """What the service keeps about a decoded init image next to its bytes."""
+
+    width: int
+    height: int
+    format: str  # "png" | "jpeg": the stored bytes are decoded as this format only
+
+
+class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
+    """A request with every default applied and every rule checked: what the engine runs."""
+
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    num_images: int
+    num_inference_steps: int
+    guidance_scale: float
+    strength: float | None  # only for image-to-image
+    scheduler: str | None  # None: the model's own scheduler
+    # Karras sigma spacing; only for KARRAS_SCHEDULERS (the engine checks the model's own scheduler).
+    use_karras_sigmas: bool = False
+    # The name of the model (config `models:`) that makes the images; None (tasks from before): the default.
+    model: str | None = None
+    # Settings for the scheduler class (SCHEDULER_OPTIONS says which each class takes).
+    scheduler_options: dict[str, SchedulerOptionValue] = msgspec.field(default_factory=dict)
+    seed: int
+    output_format: str
+    init_image: InitImageInfo | None = None
+    callback_url: str | None = None
+    loras: tuple[LoraSpec, ...] = ()
+
+    @property
+    def is_image_to_image(self) -> bool:
+        return self.init_image is not None
+
+    @property
+    def work(self) -> float:
+        """How much denoising the request asks for, in megapixel-steps (what generation time grows with): the
+        queue's estimates multiply it by measured seconds per megapixel-step."""
+        steps = self.num_inference_steps * (self.strength if self.is_image_to_image and self.strength else 1.0)
+        return steps * self.width * self.height * self.num_images / 1e6
+
+    def image_seeds(self) -> list[int]:
+        """The seed of each image: image k starts from the latents of seed + k."""
+        return [self.seed + k for k in range(self.num_images)]
+
+
+def _check_side(field: str, value: int, maximum: int) -> None:
+    if value % 8 != 0 or not MIN_SIDE <= value <= maximum:
+        raise InvalidParameter(
+            field,
+            f"{field} 无效：{value}。必须是8的倍数，范围 {MIN_SIDE}-{maximum}",
+        )
+
+
+def check_karras(scheduler: str, use_karras_sigmas: bool) -> None:
+    """Raise InvalidParameter when Karras sigmas are asked of a scheduler class without them."""
+    if use_karras_sigmas and scheduler not in KARRAS_SCHEDULERS:
+        raise InvalidParameter(
+            "use_karras_sigmas",
+            f"{scheduler} 不支持 use_karras_sigmas。支持的采样方法：{', '.join(sorted(KARRAS_SCHEDULERS))}",
+        )
+
+
+def check_scheduler_options(scheduler: str, options: dict[str, SchedulerOptionValue]) -> None:
+    """Raise InvalidParameter naming the scheduler_options `scheduler` does not take."""
+    allowed = SCHEDULER_OPTIONS.get(scheduler, frozenset())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        available = ", ".join(sorted(allowed)) or "（无）"
+        raise InvalidParameter(
+            "scheduler_options", f"{scheduler} 不接受 scheduler_options：{', '.join(unknown)}。可用：{available}"
+        )
+
+
+def output_side(input_side: int) -> int:
+    """Image-to-image output side: the input's side rounded down to a multiple of 8."""
+    return input_side - input_side % 8
+
+
+def resolve_params(
+    request: GenerationRequest,
+    defaults: DefaultsConfig,
+    limits: LimitsConfig,
+    init_image: InitImageInfo | None = None,
+    rng: random.Random | None = None,
+    loras: tuple[LoraSpec, ...] = (),
+    model: str | None = None,
+    native_size: tuple[int, int] = (512, 512),
+) -> GenerationParams:
+    """Apply config defaults (and, for a size neither gives, the model's `native_size`) to a decoded request for
+    `model`, and check the rules the schema cannot; raise InvalidParameter."""
+    output_format = request.output_format.lower()
+    if output_format not in OUTPUT_FORMATS:
+        raise InvalidParameter(
+            "output_format",
+            f"output_format 不支持：{request.output_format!r}。可选：{', '.join(OUTPUT_FORMATS)}",
+        )
+    if request.scheduler is not None and request.scheduler not in ACCEPTED_SCHEDULERS:
+        raise InvalidParameter(
+            "scheduler",
+            f"scheduler 不支持：{request.scheduler!r}。可选：{', '.join(ACCEPTED_SCHEDULERS)}",
+        )
+    scheduler = request.scheduler if request.scheduler is not None else defaults.scheduler
+    use_karras_sigmas = bool(request.use_karras_sigmas)
+    options = dict(request.scheduler_options or {})
+    if scheduler is not None:  # the model's own scheduler is checked by the engine, which knows it
+        check_karras(scheduler, use_karras_sigmas)
+        check_scheduler_options(scheduler, options)
+    steps = request.num_inference_steps or defaults.num_inference_steps
+    if steps > limits.max_inference_steps:
+        raise InvalidParameter(
+            "num_inference_steps",
+            f"num_inference_steps 无效：{steps}。范围 1-{limits.max_inference_steps}",
+        )
+    if init_image is None:
+        width = request.width or defaults.width or native_size[0]
+        height = request.height or defaults.height or native_size[1]
+        _check_side("width", width, limits.max_width)
+        _check_side("height", height, limits.max_height)
+        strength = None
+    else:
+        # The seed: width/height only apply to text-to-image; the output takes the input's size.
+        width, height = output_side(init_image.width), output_side(init_image.height)
+        if not (MIN_SIDE <= width <= limits.max_width and MIN_SIDE <= height <= limits.max_height):
+            raise InvalidParameter(
+                "init_image",
+                f"init_image 尺寸不支持：{init_image.width}x{init_image.height}。"
+                f"宽度范围 {MIN_SIDE}-{limits.max_width}，高度范围 {MIN_SIDE}-{limits.max_height}",
+            )
+        strength = request.strength if request.strength is not None else defaults.strength
+    seed = request.seed if request.seed is not None else (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    return GenerationParams(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=width,
+        height=height,
+        num_images=request.num_images,
+        num_inference_steps=steps,
+        guidance_scale=request.guidance_scale if request.guidance_scale is not None else defaults.guidance_scale,
+        strength=strength,
+        scheduler=scheduler,
+        use_karras_sigmas=use_karras_sigmas,
+        model=model,
+        scheduler_options=options,
+        seed=seed,
+        output_format=output_format,
+        init_image=init_image,
+        callback_url=request.callback_url,
+        loras=loras,
+    )

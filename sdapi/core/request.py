@@ -1,0 +1,130 @@
+"""What a client may put in a request, as value types with their ranges: the generation request, its LoRA entries
+and the ranges of every field. Pure: config.py and params.py build on these (the sampler tables are in schedulers.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from sdapi.core.schedulers import EXTRA_SCHEDULER_NAMES, KARRAS_SCHEDULERS, SCHEDULER_NAMES, SchedulerOptionValue
+
+OUTPUT_FORMATS = ("png", "jpg", "jpeg")
+MAX_IMAGES = 10
+# Seeds are unsigned 32-bit integers, as in A1111 and most clients; image k of a batch uses seed + k.
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 10_000
+# A LoRA's weight lies in [-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT], in requests, in loras.defaults and in exports.
+MAX_LORA_WEIGHT = 2.0
+
+
+class LoraRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One entry of a request's `loras` list (and of the config's `loras.defaults`)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, description="LoRA 名称（loras.dir 中的文件名，不含扩展名）")]
+    weight: Annotated[
+        float, msgspec.Meta(ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT, description="权重，范围 -2 到 2")
+    ] = 1.0
+
+
+class LoraSpec(msgspec.Struct, frozen=True):
+    """A resolved LoRA of a task: the file's content hash pins exactly what was validated and will be applied."""
+
+    name: str
+    weight: float
+    sha256: str
+
+
+class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of POST /api/v1/generate, field for field as the API document defines it."""
+
+    prompt: Annotated[
+        str,
+        msgspec.Meta(min_length=1, max_length=MAX_PROMPT_CHARS, description="提示词，描述要生成的图片内容"),
+    ]
+    init_image: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="初始图片的base64编码（包含 data:image/png;base64, 或 data:image/jpeg;base64, 前缀）。"
+            "提供此参数时执行图生图"
+        ),
+    ] = None
+    negative_prompt: (
+        Annotated[
+            str,
+            msgspec.Meta(max_length=MAX_PROMPT_CHARS, description="负面提示词，描述不希望在图片中出现的内容"),
+        ]
+        | None
+    ) = None
+    width: (
+        Annotated[
+            int,
+            msgspec.Meta(gt=0, description="图片宽度（像素，8的倍数）。仅文生图有效；null 时用配置 defaults.width"),
+        ]
+        | None
+    ) = None
+    height: (
+        Annotated[
+            int,
+            msgspec.Meta(gt=0, description="图片高度（像素，8的倍数）。仅文生图有效；null 时用配置 defaults.height"),
+        ]
+        | None
+    ) = None
+    num_images: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMAGES, description="生成图片张数，范围：1-10")] = 1
+    num_inference_steps: (
+        Annotated[int, msgspec.Meta(ge=1, description="推理步数，建议20-50；null 时用配置默认值")] | None
+    ) = None
+    guidance_scale: (
+        Annotated[float, msgspec.Meta(ge=0.0, le=30.0, description="引导强度（CFG Scale），0-30，建议7.0-12.0")] | None
+    ) = None
+    strength: (
+        Annotated[float, msgspec.Meta(ge=0.0, le=1.0, description="图生图强度，范围0.0-1.0。仅图生图有效")] | None
+    ) = None
+    scheduler: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="采样方法名称：" + "、".join(SCHEDULER_NAMES) + "；另可用：" + "、".join(EXTRA_SCHEDULER_NAMES)
+        ),
+    ] = None
+    scheduler_options: Annotated[
+        dict[str, SchedulerOptionValue] | None,
+        msgspec.Meta(
+            description="采样方法的设置（例如 use_karras_sigmas、timestep_spacing、use_lu_lambdas、solver_order），"
+            "只能设置所选采样方法接受的项，否则返回 400 并列出可用项"
+        ),
+    ] = None
+    use_karras_sigmas: Annotated[
+        bool | None,
+        msgspec.Meta(
+            description="按 Karras 方式安排噪声步长（AUTOMATIC1111 的 Karras 调度类型）。仅以下采样方法支持："
+            + "、".join(sorted(KARRAS_SCHEDULERS))
+        ),
+    ] = None
+    seed: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=MAX_SEED,
+                description="随机种子（0-4294967295）。相同seed与参数生成相同图片；第k张图片使用 seed+k；"
+                "不指定时随机选取并记录在任务上",
+            ),
+        ]
+        | None
+    ) = None
+    output_format: Annotated[str, msgspec.Meta(description="输出图片格式，可选：png、jpg、jpeg")] = "png"
+    callback_url: Annotated[
+        str | None, msgspec.Meta(description="回调URL。生成完成后将结果通过POST请求推送到该URL")
+    ] = None
+    model: Annotated[
+        str | None,
+        msgspec.Meta(description="模型名称（GET /api/v1/models 列出可用模型）；不指定时使用默认模型"),
+    ] = None
+    loras: Annotated[
+        list[LoraRequest] | None,
+        msgspec.Meta(
+            description="本次请求使用的 LoRA/LoHa/LoKr 列表：[{name, weight}]，weight 范围 -2 到 2（默认 1.0）。"
+            "配置 loras.defaults 中的 LoRA 总会加上；同名时以请求的权重为准"
+        ),
+    ] = None

@@ -1,0 +1,62 @@
+"""One engine serving one model, as the worker's engine: what tests and tools pass to build_runtime in place of the
+configured pool. It never loads another model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+from PIL import Image
+
+from sdapi.core.params import GenerationParams
+from sdapi.engines import Engine, EngineDescription, Generated
+from sdapi.errors import ModelLoadFailed
+
+
+class SingleModelEngine:
+    """`engine`, serving the model named `model` and no other."""
+
+    def __init__(self, engine: Engine, model: str) -> None:
+        self._engine = engine
+        self._model = model
+
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine.loaded
+
+    @property
+    def loads_on_demand(self) -> bool:
+        return False
+
+    def load(self) -> None:
+        self._engine.load()
+
+    def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self._engine.adapter_shapes()
+
+    def describe(self) -> EngineDescription:
+        return msgspec.structs.replace(self._engine.describe(), models_loaded=tuple(self.loaded_models()))
+
+    def check(self, params: GenerationParams) -> None:
+        self._engine.check(params)
+
+    def generate(
+        self,
+        params: GenerationParams,
+        init_image: Image.Image | None,
+        on_step: Callable[[int, int, int], None] | None = None,
+    ) -> Generated:
+        return self._engine.generate(params, init_image, on_step)
+
+    def loaded_models(self) -> list[str]:
+        return [self._model] if self._engine.loaded else []
+
+    def prepare(self, model: str) -> None:
+        if model != self._model:
+            raise ModelLoadFailed(f"模型加载失败：此引擎只提供模型 {self._model}，不能加载 {model}")
+        if not self._engine.loaded:
+            self._engine.load()

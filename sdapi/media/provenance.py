@@ -1,0 +1,168 @@
+"""What made an image, written into the image itself: AUTOMATIC1111's infotext (the `parameters` PNG text chunk that
+"PNG info" tools and model sites read) and sdapi's full record as JSON (an `sdapi` PNG text chunk); a JPEG carries
+the infotext and the JSON in its EXIF UserComment. output.embed_parameters: false leaves images bare."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+import msgspec
+from PIL import ExifTags, Image, PngImagePlugin
+
+from sdapi import __version__
+from sdapi.core.params import GenerationParams
+from sdapi.core.schedulers import A1111_SAMPLER_NAMES
+
+JSON_CHUNK = "sdapi"
+INFOTEXT_CHUNK = "parameters"
+# EXIF UserComment with the "UNICODE" character code: UTF-16 text, as AUTOMATIC1111 writes it (piexif's helper).
+_UNICODE_PREFIX = b"UNICODE\x00"
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    source: str
+    sha256: str | None
+
+
+class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The full record of one image (the JSON chunk)."""
+
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    guidance_scale: float
+    scheduler: str | None
+    width: int
+    height: int
+    strength: float | None
+    model: ModelInfo
+    loras: list[dict[str, Any]]
+    engine: str
+    dtype: str
+    sdapi_version: str
+    task_id: str
+    use_karras_sigmas: bool = False
+
+
+def image_record(
+    params: GenerationParams, index: int, task_id: str, model: ModelInfo, engine: str, dtype: str, scheduler: str
+) -> ImageRecord:
+    """The record of image `index` of a task (its seed is the task's seed + index)."""
+    return ImageRecord(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        seed=params.seed + index,
+        steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        scheduler=params.scheduler or scheduler,
+        width=params.width,
+        height=params.height,
+        strength=params.strength if params.is_image_to_image else None,
+        model=model,
+        loras=[{"name": spec.name, "sha256": spec.sha256, "weight": spec.weight} for spec in params.loras],
+        engine=engine,
+        dtype=dtype,
+        sdapi_version=__version__,
+        task_id=task_id,
+        use_karras_sigmas=params.use_karras_sigmas,
+    )
+
+
+def infotext(record: ImageRecord) -> str:
+    """AUTOMATIC1111's "parameters" text: the prompt, the negative prompt, then one line of `Key: value` pairs."""
+    lines = [record.prompt]
+    if record.negative_prompt:
+        lines.append(f"Negative prompt: {record.negative_prompt}")
+    pairs = [
+        ("Steps", record.steps),
+        ("Sampler", A1111_SAMPLER_NAMES.get(record.scheduler or "", record.scheduler or "")),
+        ("Schedule type", "Karras" if record.use_karras_sigmas else "Automatic"),
+        ("CFG scale", record.guidance_scale),
+        ("Seed", record.seed),
+        ("Size", f"{record.width}x{record.height}"),
+    ]
+    if record.model.sha256:
+        pairs.append(("Model hash", record.model.sha256[:10]))
+    pairs.append(("Model", record.model.source.rstrip("/").rsplit("/", 1)[-1]))
+    if record.strength is not None:
+        pairs.append(("Denoising strength", record.strength))
+    if record.loras:
+        hashes = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in record.loras)
+        pairs.append(("Lora hashes", json.dumps(hashes, ensure_ascii=False)))
+    pairs.append(("Version", f"sdapi {record.sdapi_version}"))
+    lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
+    return "\n".join(lines)
+
+
+def encode_with_record(image: Image.Image, output_format: str, quality: int, record: ImageRecord | None) -> bytes:
+    """PNG or JPEG bytes, carrying `record` when given."""
+    buffer = io.BytesIO()
+    if output_format == "png":
+        info = None
+        if record is not None:
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt(INFOTEXT_CHUNK, infotext(record))
+            info.add_itxt(JSON_CHUNK, msgspec.json.encode(record).decode())
+        image.save(buffer, format="PNG", pnginfo=info)
+        return buffer.getvalue()
+    rgb = image.convert("RGB")
+    if record is None:
+        rgb.save(buffer, format="JPEG", quality=quality)
+        return buffer.getvalue()
+    exif = Image.Exif()
+    comment = infotext(record) + "\n" + msgspec.json.encode(record).decode()
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = _UNICODE_PREFIX + comment.encode("utf-16-be")
+    rgb.save(buffer, format="JPEG", quality=quality, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def read_user_comment(image: Image.Image) -> str | None:
+    """The text of a JPEG's EXIF UserComment (as written above), or None."""
+    raw = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
+    if not isinstance(raw, bytes) or not raw.startswith(_UNICODE_PREFIX):
+        return None
+    return raw[len(_UNICODE_PREFIX) :].decode("utf-16-be")
+
+
+def read_embedded(raw: bytes) -> tuple[str | None, str | None]:
+    """The infotext and the JSON record embedded in image bytes by encode_with_record: from a PNG's text chunks or
+    a JPEG's EXIF UserComment. (None, None) for an image without them; raise OSError for bytes that are no image."""
+    with Image.open(io.BytesIO(raw)) as image:
+        if image.format == "PNG":
+            chunks = getattr(image, "text", {})
+            return chunks.get(INFOTEXT_CHUNK), chunks.get(JSON_CHUNK)
+        comment = read_user_comment(image) if image.format == "JPEG" else None
+    if comment is None:
+        return None, None
+    text, _newline, last = comment.rpartition("\n")
+    if text and last.startswith("{"):
+        return text, last
+    return comment, None
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """AUTOMATIC1111's infotext read back into fields: "Prompt", "Negative prompt", then each `Key: value` of its
+    last line ("Size" also as "Size-1"/"Size-2", as A1111 reads it). Quoted values keep their quotes' content."""
+    lines = text.split("\n")
+    settings = lines.pop() if len(lines) > 1 and re.match(r"^\w[\w ]*: ", lines[-1]) else ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in lines:
+        if line.startswith("Negative prompt: ") or negative:
+            negative.append(line.removeprefix("Negative prompt: "))
+        else:
+            prompt.append(line)
+    fields = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _SETTING.findall(settings):
+        fields[key] = json.loads(value) if value.startswith('"') else value
+    if "x" in fields.get("Size", ""):
+        fields["Size-1"], fields["Size-2"] = fields["Size"].split("x", 1)
+    return fields
+
+
+# One `Key: value` pair of an infotext's settings line; a value is either JSON-quoted or runs to the next comma.
+_SETTING = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')

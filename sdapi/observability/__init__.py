@@ -1,0 +1,1 @@
+"""What operators watch: the Prometheus metrics (metrics.py) and the log format with task and request ids (logs.py)."""

@@ -1,0 +1,112 @@
+"""A generated task's images on their way out: encoded in the requested format with their generation record (unless
+output.embed_parameters is off), stored with retries, described for the task. Runs on a worker thread of its own,
+never on the generation thread, so the engine can start the next task meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+
+from sdapi.config import Config
+from sdapi.core.tasks import StoredImage, Task
+from sdapi.engines import EngineDescription
+from sdapi.errors import SdapiError, StorageError
+from sdapi.media.images import CONTENT_TYPES, encode_image
+from sdapi.media.provenance import ModelInfo, image_record
+from sdapi.observability import metrics
+from sdapi.storage import ImageStorage
+
+logger = logging.getLogger("sdapi.worker")
+
+
+class Outputs:
+    """Encodes and stores the images of finished runs."""
+
+    def __init__(self, config: Config, storage: ImageStorage, model_sha256: Callable[[str], str | None]) -> None:
+        self._config = config
+        self._storage = storage
+        # The sha256 of a model's weights by name, for the images' generation records (None: a hub id): the
+        # catalog's, which reads each model once per process.
+        self._model_sha256 = model_sha256
+
+    async def store(
+        self, task: Task, images: Sequence[Image.Image], engine: str, details: EngineDescription
+    ) -> list[StoredImage]:
+        """Encode and store every image of `task` (off the event loop); raise StorageError once retries are spent,
+        having deleted the images of this task already stored."""
+        return await asyncio.to_thread(self._store, task, images, engine, details)
+
+    async def delete(self, task_id: str, keys: Sequence[str]) -> None:
+        """Remove the images of a run whose outcome will not be written (lost lease, cancel after generation)."""
+        if not keys:
+            return
+        try:
+            await asyncio.to_thread(self._storage.delete, keys)
+        except SdapiError as error:
+            logger.error("task %s: deleting the images of a dropped run failed: %s", task_id, error.message)
+
+    def model_info(self, name: str) -> ModelInfo:
+        """What the image records say of model `name`: its source and the hash of its weights."""
+        return ModelInfo(self._config.model_config(name).path, self._model_sha256(name))
+
+    def _store(
+        self, task: Task, images: Sequence[Image.Image], engine: str, details: EngineDescription
+    ) -> list[StoredImage]:
+        model = self.model_info(task.params.model or self._config.default_model.name)
+        stored: list[StoredImage] = []
+        try:
+            for index, image in enumerate(images):
+                stored.append(self._store_one(task, index, image, model, engine, details))
+        except StorageError:
+            if stored:  # the task fails: no image of it may stay behind
+                try:
+                    self._storage.delete([image.key for image in stored])
+                except StorageError as error:
+                    logger.error("task %s: deleting the images of a failed upload failed: %s", task.id, error.message)
+            raise
+        return stored
+
+    def _store_one(
+        self, task: Task, index: int, image: Image.Image, model: ModelInfo, engine: str, details: EngineDescription
+    ) -> StoredImage:
+        params = task.params
+        extension = params.output_format
+        record = None
+        if self._config.output.embed_parameters:
+            record = image_record(params, index, task.id, model, engine, details.dtype, details.scheduler)
+        encoding = time.perf_counter()
+        data = encode_image(image, extension, record)
+        uploading = time.perf_counter()
+        metrics.ENCODE_SECONDS.labels(format=extension).observe(uploading - encoding)
+        key = self._save(data, extension)
+        metrics.UPLOAD_SECONDS.observe(time.perf_counter() - uploading)
+        return StoredImage(
+            key=key,
+            seed=params.seed + index,
+            width=image.width,
+            height=image.height,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+    def _save(self, data: bytes, extension: str) -> str:
+        """Store one image, retrying storage failures with doubling waits.
+
+        Budget with the defaults (4 tries from 0.5 s): 0.5 + 1 + 2 = 3.5 s of waiting, plus each try's timeout.
+        The task is reported completed only once every image is stored.
+        """
+        settings = self._config.storage
+        for attempt in range(1, settings.upload_attempts + 1):
+            try:
+                return self._storage.save(data, extension, CONTENT_TYPES[extension])
+            except StorageError as error:
+                if attempt == settings.upload_attempts:
+                    raise
+                logger.warning("upload try %d failed: %s", attempt, error.message)
+                time.sleep(settings.retry_backoff_seconds * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
