@@ -116,7 +116,9 @@ class Runtime:
             logger.error("image storage not ready: %s", error.message)
         if self.role is Role.API:
             await self._check_shared_storage()
-        # Hashing and checking every file may take a while for a big folder: off the event loop.
+        # Hashing and checking every file may take a while for a big folder: off the event loop. Each model's
+        # LoRA targets come from its files first (headers only), so every role decides fits alike.
+        await asyncio.to_thread(self._learn_lora_targets)
         await asyncio.to_thread(self.library.scan)
         known = {entry.name for entry in self.library.entries()}
         for default in self.config.loras.defaults:
@@ -144,6 +146,13 @@ class Runtime:
             )
             self._metrics.start()
         self._started = True
+
+    def _learn_lora_targets(self) -> None:
+        catalog = self.status.catalog
+        for name in catalog.names:
+            targets = catalog.lora_targets(name)
+            if targets is not None:
+                self.library.set_model(targets, None if name == catalog.default else name)
 
     async def _check_shared_storage(self) -> None:
         """An API node with local storage serves images from its own data_dir: refuse to start when a live worker
@@ -229,7 +238,7 @@ def build_runtime(
             config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver
         )
         signals.on_delivery_due(callbacks.wake)
-    checks = RequestChecks(config, catalog, library, worker_engine, resolver)
+    checks = RequestChecks(config, catalog, library, resolver)
     estimator = StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds)
     days = config.retention.days
     return Runtime(

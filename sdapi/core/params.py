@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from sdapi.core.request import MAX_SEED, OUTPUT_FORMATS, GenerationRequest, LoraSpec
-from sdapi.core.schedulers import ACCEPTED_SCHEDULERS, KARRAS_SCHEDULERS, SCHEDULER_OPTIONS, SchedulerOptionValue
+from sdapi.core.schedulers import (
+    ACCEPTED_SCHEDULERS,
+    CLASS_CHOICES,
+    KARRAS_SCHEDULERS,
+    OPTION_SPECS,
+    SCHEDULER_OPTIONS,
+    SIGMA_SPACINGS,
+    SchedulerOptionValue,
+)
 from sdapi.errors import InvalidParameter
 
 if TYPE_CHECKING:  # the config is read above the core and handed down; the core only names its types
@@ -83,8 +91,11 @@ def check_karras(scheduler: str, use_karras_sigmas: bool) -> None:
         )
 
 
-def check_scheduler_options(scheduler: str, options: dict[str, SchedulerOptionValue]) -> None:
-    """Raise InvalidParameter naming the scheduler_options `scheduler` does not take."""
+def check_scheduler_options(
+    scheduler: str, options: dict[str, SchedulerOptionValue], num_inference_steps: int | None = None
+) -> None:
+    """Raise InvalidParameter naming the scheduler_options `scheduler` does not take, or a value outside the
+    option's type and bounds (sdapi.core.schedulers.OPTION_SPECS)."""
     allowed = SCHEDULER_OPTIONS.get(scheduler, frozenset())
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -92,6 +103,30 @@ def check_scheduler_options(scheduler: str, options: dict[str, SchedulerOptionVa
         raise InvalidParameter(
             "scheduler_options", f"{scheduler} 不接受 scheduler_options：{', '.join(unknown)}。可用：{available}"
         )
+    for name, value in sorted(options.items()):
+        problem = OPTION_SPECS[name].problem(value, CLASS_CHOICES.get((scheduler, name)))
+        if problem is not None:
+            raise InvalidParameter(
+                "scheduler_options", f"{scheduler} 的 scheduler_options 无效：{name}={value!r} {problem}"
+            )
+    if (
+        scheduler in ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler")
+        and options.get("algorithm_type") in ("dpmsolver", "sde-dpmsolver")
+        and options.get("final_sigmas_type", "zero") == "zero"
+    ):  # diffusers: these first-order variants cannot end the schedule at sigma 0
+        raise InvalidParameter(
+            "scheduler_options", "algorithm_type dpmsolver / sde-dpmsolver 需要同时设置 final_sigmas_type: sigma_min"
+        )
+    original = options.get("original_inference_steps")
+    if isinstance(original, int) and num_inference_steps is not None and original < num_inference_steps:
+        # LCM and TCD pick their steps from an original schedule of this many: it cannot be shorter
+        raise InvalidParameter(
+            "scheduler_options",
+            f"original_inference_steps（{original}）不能小于 num_inference_steps（{num_inference_steps}）",
+        )
+    spacings = [name for name in SIGMA_SPACINGS if options.get(name) is True]
+    if len(spacings) > 1:
+        raise InvalidParameter("scheduler_options", f"scheduler_options 只能选一种 sigma 间隔：{', '.join(spacings)}")
 
 
 def output_side(input_side: int) -> int:
@@ -108,6 +143,7 @@ def resolve_params(
     loras: tuple[LoraSpec, ...] = (),
     model: str | None = None,
     native_size: tuple[int, int] = (512, 512),
+    own_scheduler: str | None = None,
 ) -> GenerationParams:
     """Apply config defaults (and, for a size neither gives, the model's `native_size`) to a decoded request for
     `model`, and check the rules the schema cannot; raise InvalidParameter."""
@@ -125,15 +161,18 @@ def resolve_params(
     scheduler = request.scheduler if request.scheduler is not None else defaults.scheduler
     use_karras_sigmas = bool(request.use_karras_sigmas)
     options = dict(request.scheduler_options or {})
-    if scheduler is not None:  # the model's own scheduler is checked by the engine, which knows it
-        check_karras(scheduler, use_karras_sigmas)
-        check_scheduler_options(scheduler, options)
     steps = request.num_inference_steps or defaults.num_inference_steps
     if steps > limits.max_inference_steps:
         raise InvalidParameter(
             "num_inference_steps",
             f"num_inference_steps 无效：{steps}。范围 1-{limits.max_inference_steps}",
         )
+    # Without a named scheduler the model's own runs: checked here when the catalog knows its class (from the
+    # model's scheduler_config.json), else by the engine once the model is loaded.
+    checked = scheduler if scheduler is not None else own_scheduler
+    if checked is not None:
+        check_karras(checked, use_karras_sigmas)
+        check_scheduler_options(checked, options, steps)
     if init_image is None:
         width = request.width or defaults.width or native_size[0]
         height = request.height or defaults.height or native_size[1]

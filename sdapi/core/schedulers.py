@@ -4,6 +4,8 @@ infotexts). Pure: engines/schedulers.py builds the diffusers classes from these 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # The contract's nine sampler names (the seed's table): diffusers scheduler classes.
 SCHEDULER_NAMES: tuple[str, ...] = (
     "DPMSolverMultistepScheduler",
@@ -49,10 +51,8 @@ SCHEDULER_OPTIONS: dict[str, frozenset[str]] = {
     "HeunDiscreteScheduler": _BASE | _SIGMAS | {"clip_sample"},
     "KDPM2DiscreteScheduler": _BASE | _SIGMAS,
     "KDPM2AncestralDiscreteScheduler": _BASE | _SIGMAS,
-    "UniPCMultistepScheduler": _BASE
-    | _SIGMAS
-    | _SOLVER
-    | {"disable_corrector", "final_sigmas_type", "rescale_betas_zero_snr"},
+    # (UniPC's disable_corrector is a list of step indices, which no option value can be: not offered.)
+    "UniPCMultistepScheduler": _BASE | _SIGMAS | _SOLVER | {"final_sigmas_type", "rescale_betas_zero_snr"},
     "DEISMultistepScheduler": _BASE | _SIGMAS | _SOLVER | {"algorithm_type"},
     # No timestep_spacing or steps_offset on this class.
     "DPMSolverSinglestepScheduler": (_BASE - {"steps_offset", "timestep_spacing"})
@@ -67,6 +67,72 @@ KARRAS_SCHEDULERS: frozenset[str] = frozenset(
     name for name, options in SCHEDULER_OPTIONS.items() if "use_karras_sigmas" in options
 )
 SchedulerOptionValue = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """What one scheduler option may be: its type, and its range or its allowed values (diffusers' own meaning)."""
+
+    kind: type[bool] | type[int] | type[float] | type[str]
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def problem(self, value: SchedulerOptionValue, choices: tuple[str, ...] | None = None) -> str | None:
+        """Why `value` is not allowed (a short Chinese phrase for the 400), or None when it is."""
+        allowed = choices or self.choices
+        if self.kind is bool:
+            return None if isinstance(value, bool) else "须为 true 或 false"
+        if self.kind is str:
+            if not isinstance(value, str) or value not in allowed:
+                return f"须为以下之一：{', '.join(allowed)}"
+            return None
+        # bool is an int in Python: refuse it where a number is meant.
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if not numeric or (self.kind is int and not isinstance(value, int)):
+            return "须为整数" if self.kind is int else "须为数字"
+        assert isinstance(value, int | float)
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            return f"须在 {self.minimum:g} 到 {self.maximum:g} 之间"
+        return None
+
+
+# Each option's type and bounds, checked before any scheduler is built: a value outside them is a 400 at submit, on
+# every node alike (an API node builds no scheduler). The ranges are diffusers' meaning of the option: solver orders
+# 1-3, a timestep offset inside the 1000 training steps, LCM's original schedule of at most 1000 steps.
+OPTION_SPECS: dict[str, OptionSpec] = {
+    "prediction_type": OptionSpec(str, choices=("epsilon", "v_prediction", "sample")),
+    "steps_offset": OptionSpec(int, 0, 999),
+    "timestep_spacing": OptionSpec(str, choices=("linspace", "leading", "trailing")),
+    "use_karras_sigmas": OptionSpec(bool),
+    "use_exponential_sigmas": OptionSpec(bool),
+    "use_beta_sigmas": OptionSpec(bool),
+    "solver_order": OptionSpec(int, 1, 3),
+    "solver_type": OptionSpec(str, choices=("midpoint", "heun")),
+    "lower_order_final": OptionSpec(bool),
+    "thresholding": OptionSpec(bool),
+    "algorithm_type": OptionSpec(str, choices=("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")),
+    "euler_at_final": OptionSpec(bool),
+    "final_sigmas_type": OptionSpec(str, choices=("zero", "sigma_min")),
+    "rescale_betas_zero_snr": OptionSpec(bool),
+    "use_lu_lambdas": OptionSpec(bool),
+    "clip_sample": OptionSpec(bool),
+    "set_alpha_to_one": OptionSpec(bool),
+    "interpolation_type": OptionSpec(str, choices=("linear", "log_linear")),
+    "timestep_type": OptionSpec(str, choices=("discrete", "continuous")),
+    "skip_prk_steps": OptionSpec(bool),
+    "original_inference_steps": OptionSpec(int, 1, 1000),
+    "timestep_scaling": OptionSpec(float, 0.001, 1000),
+}
+# Where a class allows other values of an option than OPTION_SPECS says (its own solvers and algorithms).
+CLASS_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("UniPCMultistepScheduler", "solver_type"): ("bh1", "bh2"),
+    ("DEISMultistepScheduler", "solver_type"): ("logrho",),
+    ("DEISMultistepScheduler", "algorithm_type"): ("deis",),
+    ("DPMSolverSinglestepScheduler", "algorithm_type"): ("dpmsolver", "dpmsolver++", "sde-dpmsolver++"),
+}
+# At most one way of spacing sigmas at a time (diffusers refuses two).
+SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 # AUTOMATIC1111's sampler names for every accepted scheduler (what its infotext's "Sampler:" says).
 A1111_SAMPLER_NAMES = {

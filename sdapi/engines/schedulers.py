@@ -30,7 +30,7 @@ def make_scheduler(params: GenerationParams, base_config: Any) -> Any:
     if name not in ACCEPTED_SCHEDULERS and name != base_config.get("_class_name"):
         raise ValueError(f"unknown scheduler {name!r}")
     check_karras(name, params.use_karras_sigmas)
-    check_scheduler_options(name, params.scheduler_options)
+    check_scheduler_options(name, params.scheduler_options, params.num_inference_steps)
     options: dict[str, Any] = dict(params.scheduler_options)
     if params.use_karras_sigmas:
         options["use_karras_sigmas"] = True

@@ -96,6 +96,10 @@ class LoraLibrary:
         self.directory = directory
         self._files: dict[str, _Scanned] = {}
         self._model_shapes: Mapping[str, tuple[int, ...]] | None = None
+        # The adapter targets of the other served models, by name, and what each file's check against them found
+        # (by the file's sha256, so a changed file is checked again): None when it fits, else why not.
+        self._other_shapes: dict[str, Mapping[str, tuple[int, ...]]] = {}
+        self._other_fits: dict[tuple[str, str], str | None] = {}
         self._lock = threading.Lock()
 
     def scan(self) -> list[LoraEntry]:
@@ -120,8 +124,13 @@ class LoraLibrary:
         with self._lock:
             return [scanned.entry for scanned in self._files.values()]
 
-    def set_model(self, module_shapes: Mapping[str, tuple[int, ...]]) -> None:
-        """The loaded model's adapter targets (kohya name -> weight shape): decides each file's `fits`."""
+    def set_model(self, module_shapes: Mapping[str, tuple[int, ...]], model: str | None = None) -> None:
+        """A model's adapter targets (kohya name -> weight shape). For the default model (`model` None) they decide
+        each file's `fits` in entries(); for another model, whether a request for it may use a file."""
+        if model is not None:
+            with self._lock:
+                self._other_shapes[model] = module_shapes
+            return
         with self._lock:
             self._model_shapes = module_shapes
             files = self._files
@@ -140,12 +149,13 @@ class LoraLibrary:
         return scanned.path
 
     def resolve(
-        self, requested: Sequence[LoraRequest], model: ModelFamily | None = None, fits_checked: bool = True
+        self, requested: Sequence[LoraRequest], model: ModelFamily | None = None, other_model: str | None = None
     ) -> tuple[LoraSpec, ...]:
         """Defaults plus the request's LoRAs (the request's weight wins), each checked; raise InvalidParameter.
 
         `model`: the family of the model the request runs on (a file made for another family is refused);
-        `fits_checked`: whether the loaded model the fits were decided against is that model (set_model)."""
+        `other_model`: its name when it is not the default model (its fits are checked against its own targets,
+        when set_model gave them; this may read the files: call it off the event loop)."""
         if len(requested) > self._config.max_per_request:
             raise InvalidParameter("loras", f"loras 最多 {self._config.max_per_request} 个，收到 {len(requested)} 个")
         names = [item.name for item in requested]
@@ -160,13 +170,26 @@ class LoraLibrary:
                 if scanned is None:
                     available = ", ".join(sorted(self._files)) or "（无）"
                     raise InvalidParameter("loras", f"LoRA 不存在：{name!r}。可用：{available}")
-                error = scanned.read_error or (scanned.entry.error if fits_checked else None)
+                # The entry's own error is its fit to the default model: it speaks for the default only.
+                error = scanned.read_error if other_model is not None else scanned.read_error or scanned.entry.error
                 if error is None and model is not None and scanned.entry.family is not None:
                     error = _family_mismatch(scanned.entry.family, model)
+                if error is None and other_model is not None:
+                    error = self._fit_error(scanned, other_model)
                 if error is not None:
                     raise InvalidParameter("loras", f"LoRA {name} 不可用：{error}")
                 specs.append(LoraSpec(name=name, weight=weight, sha256=scanned.full_sha256))
         return tuple(specs)
+
+    def _fit_error(self, scanned: _Scanned, model: str) -> str | None:
+        """Why `scanned` does not fit `model` (None: it fits, or the model's targets are not known); under the lock."""
+        shapes = self._other_shapes.get(model)
+        if shapes is None:
+            return None
+        key = (model, scanned.full_sha256)
+        if key not in self._other_fits:
+            self._other_fits[key] = _with_fits(scanned, shapes).entry.error
+        return self._other_fits[key]
 
 
 def _family_mismatch(file_family: str, model: ModelFamily) -> str | None:

@@ -24,7 +24,7 @@ from sdapi.loras.files import (
     kohya_module_key,
     read_adapter_file,
 )
-from sdapi.loras.sgm_names import sgm_name
+from sdapi.loras.sgm_names import UnetLayout, sgm_name
 from sdapi.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -41,13 +41,14 @@ def adapter_targets(
     targets: dict[str, torch.nn.Module] = {}
     sdxl = text_encoder_2 is not None
     roots = [("unet", unet), ("text_encoder", text_encoder)] + ([("text_encoder_2", text_encoder_2)] if sdxl else [])
+    layout = UnetLayout.from_config(unet.config)
     for part, root in roots:
         assert root is not None
         for path, module in root.named_modules():
             if not isinstance(module, ADAPTABLE):
                 continue
             targets[kohya_module_key(part, path)] = module
-            if sdxl and part == "unet" and (original := sgm_name(unet, path)) is not None:
+            if sdxl and part == "unet" and (original := sgm_name(layout, path)) is not None:
                 targets[KOHYA_UNET_PREFIX + original.replace(".", "_")] = module
             if sdxl and part == "text_encoder":
                 targets["lora_te1_" + path.replace(".", "_")] = module

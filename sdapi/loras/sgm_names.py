@@ -6,8 +6,8 @@ holds for any UNet in that layout, SDXL's and the tiny test model's alike."""
 from __future__ import annotations
 
 import re
-
-import torch
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 # ResnetBlock2D's modules under their original names.
 _RESNET = {
@@ -41,11 +41,24 @@ def _resnet_inner(rest: str | None) -> str | None:
     return f"{renamed}.{tail}" if tail else renamed
 
 
-def sgm_name(unet: torch.nn.Module, path: str) -> str | None:
+class UnetLayout(NamedTuple):
+    """What the names depend on: resnets per down block, and which up blocks have attention (their upsampler's
+    index follows the attention). Read from the UNet's config, so a model on disk needs no torch to be named."""
+
+    layers_per_block: int
+    up_blocks_with_attention: tuple[bool, ...]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> UnetLayout:
+        up_types = config.get("up_block_types") or ()
+        return cls(int(config["layers_per_block"]), tuple("Attn" in str(kind) for kind in up_types))
+
+
+def sgm_name(layout: UnetLayout, path: str) -> str | None:
     """The original name of the UNet module at diffusers `path`, or None when it has none."""
     if path in _FIXED:
         return _FIXED[path]
-    per_block = int(unet.config.layers_per_block)
+    per_block = layout.layers_per_block
     found = _BLOCK.match(path)
     if found is not None:
         direction, block, kind, index, rest = found[1], int(found[2]), found[3], int(found[4]), found[5]
@@ -57,7 +70,7 @@ def sgm_name(unet: torch.nn.Module, path: str) -> str | None:
         else:
             base = block * (per_block + 1)
             if kind == "upsamplers":
-                has_attention = hasattr(unet.up_blocks[block], "attentions")
+                has_attention = layout.up_blocks_with_attention[block]
                 return f"output_blocks.{base + per_block}.{2 if has_attention else 1}.conv" if rest == "conv" else None
             prefix = "output_blocks"
         if kind == "resnets":

@@ -6,7 +6,8 @@ owned by one module and raises InvalidParameter (a 400) naming the field:
 3. model: the requested model exists and is served (sdapi.service.catalog);
 4. LoRAs: each exists, is of the model's family and fits it (sdapi.loras.library);
 5. scheduler and its options, sizes, seeds, defaults (sdapi.core.params);
-6. engine capability: what the engine can serve, e.g. an ONNX-only export's sizes and LoRA set (sdapi.engines);
+6. engine capability: what the model's engine can serve, from its files (an ONNX-only export's sizes and LoRA set,
+   its own scheduler in step 5): sdapi.service.catalog;
 7. callback target: the URL resolves to an address callbacks may reach (sdapi.callbacks.ssrf).
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Protocol
 
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target
 from sdapi.config import Config
@@ -23,12 +23,6 @@ from sdapi.core.request import GenerationRequest
 from sdapi.loras.library import LoraLibrary
 from sdapi.media.images import decode_init_image
 from sdapi.service.catalog import ModelCatalog
-
-
-class EngineCapability(Protocol):
-    """Step 6: what an engine can serve; raise InvalidParameter for what it cannot."""
-
-    def check(self, params: GenerationParams) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -40,21 +34,20 @@ class Admitted:
 
 
 class RequestChecks:
-    """Runs the steps above for one request. `engine` is the worker's engine in a process that runs one; an API node
-    (serve --role api) has none, and a request only an engine can refuse fails on the worker as invalid_input."""
+    """Runs the steps above for one request. Every step decides from the config, the catalog's reading of the model
+    files and the LoRA library, never from a loaded engine: an API node (serve --role api) refuses exactly what
+    `sdapi serve` refuses. What only a loaded model can tell fails the task on the worker as invalid_input."""
 
     def __init__(
         self,
         config: Config,
         catalog: ModelCatalog,
         library: LoraLibrary,
-        engine: EngineCapability | None,
         resolver: Resolver,
     ) -> None:
         self._config = config
         self._catalog = catalog
         self._library = library
-        self._engine = engine
         self._resolver = resolver
         self._callback_policy = CallbackPolicy.from_config(config.callbacks)
 
@@ -67,8 +60,10 @@ class RequestChecks:
                 decode_init_image, request.init_image, self._config.limits.max_init_image_pixels
             )
         model, family = self._catalog.resolve(request.model)
-        # The LoRA fits were decided against the default model (the one a worker loads first).
-        loras = self._library.resolve(request.loras or [], family, fits_checked=model == self._catalog.default)
+        capability = self._catalog.capability(model)
+        other_model = None if model == self._catalog.default else model
+        # Checking a file against another model's targets reads it: off the event loop.
+        loras = await asyncio.to_thread(self._library.resolve, request.loras or [], family, other_model)
         params = resolve_params(
             request,
             self._config.defaults,
@@ -77,9 +72,9 @@ class RequestChecks:
             loras=loras,
             model=model,
             native_size=family.native_size,
+            own_scheduler=capability.own_scheduler,
         )
-        if self._engine is not None:
-            self._engine.check(params)
+        capability.check(params)
         if params.callback_url is not None:
             # Refused here, with a 400, rather than silently dropped when the task ends.
             await resolve_target(

@@ -1,16 +1,24 @@
 """The models this service serves, as requests and GET /api/v1/models see them: each configured model's name, its
-family (detected from disk at start-up, where a model of a kind not served is refused), native size and engines."""
+family (detected from disk at start-up, where a model of a kind not served is refused), native size and engines,
+and what its files say an engine can serve (its own scheduler, an ONNX-only export's LoRA set and sizes), so that
+an API node refuses exactly what a worker would, without loading anything."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from pathlib import Path
 
 import msgspec
 
-from sdapi.config import Config
+from sdapi.config import Config, ModelEntry
+from sdapi.core.model_sources import describe_source
+from sdapi.core.params import GenerationParams
 from sdapi.errors import InvalidParameter, ModelLoadFailed
+from sdapi.loras.targets import disk_targets
 from sdapi.models.digests import model_weights_sha256
+from sdapi.models.export_manifest import read_manifest
 from sdapi.models.families import Family, ModelFamily, UnsupportedModel, detect_family
 
 logger = logging.getLogger(__name__)
@@ -32,14 +40,100 @@ class ModelView(msgspec.Struct, frozen=True):
     default: bool
 
 
+class OnnxOnly(msgspec.Struct, frozen=True):
+    """What a model served by its ONNX export alone (engine: onnx) can run: the LoRA set merged into the export,
+    at sides that are multiples of `side_multiple` (the UNet's downsampling)."""
+
+    lora_set: frozenset[tuple[str, float]]
+    merged: str  # "name:weight, ..." for the message
+    side_multiple: int
+
+
+class Capability(msgspec.Struct, frozen=True):
+    """What a model's files say an engine can serve; None where the files do not tell (checked by the worker)."""
+
+    # The class of the model's own scheduler (what runs when a request names none).
+    own_scheduler: str | None = None
+    onnx_only: OnnxOnly | None = None
+
+    def check(self, params: GenerationParams) -> None:
+        """Step 6 of the request checks: raise InvalidParameter for what the model's engine cannot serve (the same
+        messages the engines give)."""
+        onnx = self.onnx_only
+        if onnx is None:
+            return
+        hint = "（其他组合或尺寸需要 model.engine: auto 或 torch，当前为 onnx）"
+        if frozenset((spec.sha256, spec.weight) for spec in params.loras) != onnx.lora_set:
+            message = f"ONNX 导出只能使用导出时合并的 LoRA 组合（{onnx.merged or '无'}）"
+            raise InvalidParameter("loras", message + hint)
+        if params.width % onnx.side_multiple or params.height % onnx.side_multiple:
+            raise InvalidParameter(
+                "width",
+                f"width/height 无效：{params.width}x{params.height}。ONNX 引擎要求宽高为 {onnx.side_multiple} 的倍数"
+                + hint,
+            )
+
+
+def _json(path: Path) -> dict[str, object] | None:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _own_scheduler(folder: Path) -> str | None:
+    config = _json(folder / "scheduler" / "scheduler_config.json")
+    name = config.get("_class_name") if config else None
+    return name if isinstance(name, str) else None
+
+
+def _onnx_only(entry: ModelEntry) -> OnnxOnly | None:
+    if entry.engine != "onnx" or entry.onnx_path is None:
+        return None
+    folder = Path(entry.onnx_path)
+    try:
+        manifest = read_manifest(folder)
+    except ModelLoadFailed:
+        return None  # the worker fails to load it and says why
+    unet, vae = _json(folder / "unet" / "config.json"), _json(folder / "vae_decoder" / "config.json")
+    unet_blocks = unet.get("block_out_channels") if unet else None
+    vae_blocks = vae.get("block_out_channels") if vae else None
+    if not isinstance(unet_blocks, list) or not isinstance(vae_blocks, list):
+        return None
+    # The VAE's scale factor times the UNet's own downsampling, as the ONNX engine computes it from its pipeline.
+    side_multiple = 2 ** (len(vae_blocks) - 1) * 2 ** (len(unet_blocks) - 1)
+    merged = ", ".join(f"{lora.name}:{lora.weight:g}" for lora in manifest.loras)
+    return OnnxOnly(lora_set=manifest.lora_set(), merged=merged, side_multiple=side_multiple)
+
+
+def _capability(entry: ModelEntry) -> Capability:
+    onnx_only = _onnx_only(entry)
+    if onnx_only is not None and entry.onnx_path is not None:
+        return Capability(own_scheduler=_own_scheduler(Path(entry.onnx_path)), onnx_only=onnx_only)
+    folder = Path(entry.path) if describe_source(entry.path) == "folder" else None
+    return Capability(own_scheduler=_own_scheduler(folder) if folder else None)
+
+
 class ModelCatalog:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._entries = {entry.name: entry for entry in config.model_entries}
         self.default = config.default_model.name
         self._families = {name: self._detect(entry.path) for name, entry in self._entries.items()}
+        self._capabilities = {name: _capability(entry) for name, entry in self._entries.items()}
         self._hashes: dict[str, str | None] = {}
         self._lock = threading.Lock()
+
+    def capability(self, name: str) -> Capability:
+        """What model `name`'s files say its engine can serve (read at start-up)."""
+        return self._capabilities[name]
+
+    def lora_targets(self, name: str) -> dict[str, tuple[int, ...]] | None:
+        """The modules LoRA files may target in model `name`, from its files (None: not readable this way). Reads
+        safetensors headers: call it off the event loop."""
+        source = self._entries[name].path
+        return disk_targets(Path(source)) if describe_source(source) == "folder" else None
 
     @staticmethod
     def _detect(path: str) -> ModelFamily:

@@ -100,7 +100,7 @@ class StatusService:
         self.node_id = node_id
         self._stores = stores
         self._storage = storage
-        self._catalog = catalog
+        self.catalog = catalog
         self._library = library
         self._engine = engine
         # The worker is built after this service (it reports to the same registry): asked for when needed.
@@ -160,11 +160,11 @@ class StatusService:
         others = {name for node in live if node.id != self.node_id for name in node.models_loaded}
         loaded = set(self.describe().models_loaded) | others  # this process's own entry is fresher than its beat
         # Hashing a model's weights the first time reads them: off the event loop.
-        return await asyncio.to_thread(self._catalog.views, loaded)
+        return await asyncio.to_thread(self.catalog.views, loaded)
 
     def model_sha256(self, name: str) -> str | None:
         """The sha256 of model `name`'s weights (None for a hub id); the first call reads them: off the event loop."""
-        return self._catalog.sha256(name)
+        return self.catalog.sha256(name)
 
     def loras(self) -> list[LoraEntry]:
         """The LoRA library as last scanned."""

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from sdapi.config import DefaultsConfig, LimitsConfig
-from sdapi.core.params import InitImageInfo, output_side, resolve_params
+from sdapi.core.params import InitImageInfo, check_scheduler_options, output_side, resolve_params
 from sdapi.core.request import GenerationRequest
 from sdapi.errors import InvalidParameter
 
@@ -130,3 +130,69 @@ def test_scheduler_options_are_checked_against_the_chosen_class():
     with pytest.raises(InvalidParameter, match="不接受 scheduler_options：clip_sample") as refused:
         resolve(scheduler="EulerDiscreteScheduler", scheduler_options={"clip_sample": True})
     assert refused.value.field == "scheduler_options"
+
+
+def _edge_values(name: str, scheduler: str) -> list[object]:
+    from sdapi.core.schedulers import CLASS_CHOICES, OPTION_SPECS
+
+    spec = OPTION_SPECS[name]
+    if spec.kind is bool:
+        return [True, False]
+    if spec.kind is str:
+        return list(CLASS_CHOICES.get((scheduler, name), spec.choices))
+    return [spec.minimum if spec.kind is float else int(spec.minimum), spec.maximum]
+
+
+def test_every_option_value_within_its_bounds_makes_a_schedule():
+    """The declared bounds are no wider than diffusers: every edge value of every option a class takes, when the
+    checks accept it, builds a 20-step schedule (on SD 1.5's scheduler settings)."""
+    import diffusers
+
+    from sdapi.core.schedulers import OPTION_SPECS, SCHEDULER_OPTIONS
+
+    base = {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "steps_offset": 1,
+    }
+    assert set().union(*SCHEDULER_OPTIONS.values()) <= set(OPTION_SPECS)
+    failures = []
+    for scheduler, options in SCHEDULER_OPTIONS.items():
+        for name in sorted(options):
+            for value in _edge_values(name, scheduler):
+                try:
+                    check_scheduler_options(scheduler, {name: value}, 20)
+                except InvalidParameter:
+                    continue  # refused at submit: a combination rule of ours
+                try:
+                    getattr(diffusers, scheduler).from_config(base, **{name: value}).set_timesteps(20)
+                except Exception as error:
+                    failures.append((scheduler, name, value, f"{type(error).__name__}: {error}"))
+    assert not failures, failures
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"solver_order": 0}, "solver_order=0"),
+        ({"solver_order": 10**12}, "solver_order"),
+        ({"solver_order": True}, "须为整数"),
+        ({"steps_offset": 2**63}, "steps_offset"),
+        ({"prediction_type": 5}, "prediction_type"),
+        ({"timestep_spacing": "sideways"}, "timestep_spacing"),
+        ({"use_karras_sigmas": "yes"}, "true 或 false"),
+        ({"use_karras_sigmas": True, "use_beta_sigmas": True}, "sigma"),
+    ],
+)
+def test_scheduler_option_values_outside_their_bounds_are_refused(options, fragment):
+    with pytest.raises(InvalidParameter, match=fragment) as refused:
+        resolve(scheduler="DPMSolverMultistepScheduler", scheduler_options=options)
+    assert refused.value.field == "scheduler_options"
+
+
+def test_lcm_options_are_bounded():
+    with pytest.raises(InvalidParameter, match="original_inference_steps"):
+        resolve(scheduler="LCMScheduler", scheduler_options={"original_inference_steps": 0})
+    assert resolve(scheduler="LCMScheduler", scheduler_options={"original_inference_steps": 50}).scheduler_options

@@ -112,3 +112,22 @@ def test_model_sources_are_told_apart(tmp_path):
     assert describe_source(str(tmp_path / "model.safetensors")) == "single-file"
     assert describe_source(str(tmp_path / "model.CKPT")) == "single-file"
     assert describe_source("runwayml/stable-diffusion-v1-5") == "hub"
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd2-v", "sdxl"])
+def test_lora_targets_read_from_disk_are_those_of_the_loaded_model(tmp_path, family):
+    """An API node decides LoRA fits from the model's files; a worker from the loaded modules: the same names and
+    shapes for every family."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from sdapi.devtools.tiny_model import make_tiny_model
+    from sdapi.loras.merging import adapter_targets, target_shapes
+    from sdapi.loras.targets import disk_targets
+
+    folder = make_tiny_model(tmp_path / family, family=family)
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline = pipeline_class.from_pretrained(folder)
+    loaded = target_shapes(
+        adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
+    )
+    assert disk_targets(folder) == loaded

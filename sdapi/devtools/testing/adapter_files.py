@@ -33,12 +33,14 @@ def sdxl_modules(model_dir: Path) -> dict[str, torch.nn.Module]:
     (lora_unet_input_blocks_4_1_...), lora_te1_ and lora_te2_ for the two text encoders."""
     from transformers import CLIPTextModelWithProjection
 
-    from sdapi.loras.sgm_names import sgm_name
+    from sdapi.loras.sgm_names import UnetLayout, sgm_name
 
     unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
     modules = {}
     for path, module in unet.named_modules():
-        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d) and (original := sgm_name(unet, path)):
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d) and (
+            original := sgm_name(UnetLayout.from_config(unet.config), path)
+        ):
             modules["lora_unet_" + original.replace(".", "_")] = module
     encoders = (
         ("lora_te1_", CLIPTextModel.from_pretrained(model_dir / "text_encoder")),

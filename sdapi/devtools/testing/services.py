@@ -29,7 +29,7 @@ from sdapi.engines import Engine
 
 API_KEY = "test-key-0123456789"
 # The checkout this editable install runs from: child services start there, as a user would run them.
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def free_port() -> int:

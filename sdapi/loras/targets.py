@@ -1,0 +1,69 @@
+"""The modules a LoRA file may target in a model on disk, with their weight shapes, read from the model's
+safetensors headers and UNet config: no weight is read and no torch is imported, so an API node decides whether a
+file fits a model exactly as a worker that loaded it does (engines name the same modules from the loaded model:
+sdapi.loras.merging.adapter_targets, and a test holds the two to each other)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from sdapi.loras.files import KOHYA_PREFIXES, KOHYA_UNET_PREFIX, kohya_module_key
+from sdapi.loras.sgm_names import UnetLayout, sgm_name
+from sdapi.models.families import safetensors_keys
+
+# The weight files of each part of a diffusers folder (one file, or shards listed by an index).
+_WEIGHTS = {
+    "unet": "diffusion_pytorch_model.safetensors",
+    "text_encoder": "model.safetensors",
+    "text_encoder_2": "model.safetensors",
+}
+
+
+def _part_shapes(folder: Path, file_name: str) -> dict[str, list[int]] | None:
+    single = folder / file_name
+    if single.is_file():
+        return safetensors_keys(single)
+    index = folder / (file_name + ".index.json")
+    if not index.is_file():
+        return None  # .bin weights (or none): cannot be read without unpickling
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    shapes: dict[str, list[int]] = {}
+    for shard in shards:
+        shapes.update(safetensors_keys(folder / shard))
+    return shapes
+
+
+def disk_targets(model_folder: Path) -> dict[str, tuple[int, ...]] | None:
+    """kohya key -> weight shape of every Linear and Conv2d module of the diffusers folder's UNet and text
+    encoders (with SDXL's second names, as adapter_targets gives them); None when the weights cannot be read this
+    way (a single-file checkpoint, .bin weights, an unreadable header)."""
+    try:
+        parts = {
+            part: _part_shapes(model_folder / part, file_name)
+            for part, file_name in _WEIGHTS.items()
+            if (model_folder / part).is_dir()
+        }
+        unet_config = json.loads((model_folder / "unet" / "config.json").read_text())
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    if parts.get("unet") is None or parts.get("text_encoder") is None or any(v is None for v in parts.values()):
+        return None
+    sdxl = "text_encoder_2" in parts
+    layout = UnetLayout.from_config(unet_config)
+    targets: dict[str, tuple[int, ...]] = {}
+    for part, shapes in parts.items():
+        assert shapes is not None
+        for key, shape in shapes.items():
+            # Linear weights are 2-D, Conv2d weights 4-D; a text encoder's other 2-D weights are its embeddings.
+            if not key.endswith(".weight") or len(shape) not in (2, 4) or (part != "unet" and ".embeddings." in key):
+                continue
+            path = key.removesuffix(".weight")
+            targets[kohya_module_key(part, path)] = tuple(shape)
+            if sdxl and part == "unet" and (original := sgm_name(layout, path)) is not None:
+                targets[KOHYA_UNET_PREFIX + original.replace(".", "_")] = tuple(shape)
+            if sdxl and part == "text_encoder":
+                targets["lora_te1_" + path.replace(".", "_")] = tuple(shape)
+    assert set(KOHYA_PREFIXES) >= set(parts)
+    return targets
