@@ -1,4 +1,5 @@
-"""The error tree of sdapi, split by who must act. No HTTP codes here: api/errors.py maps these to responses.
+"""The error tree of sdapi, split by who must act. The codes in the tree are what api/errors.py (the one table that
+knows HTTP) answers each with; nothing in this module knows HTTP.
 
 SdapiError
 ├── RequestError            the client must change something: answered 4xx, never retried as is
@@ -22,8 +23,9 @@ SdapiError
     │   └── StoreUnavailable        503 with Retry-After: unreachable, restarting, locked; nodes reconnect
     └── InvalidTransition           a bug: a task was asked to move where its status does not allow
 
-Vendor exceptions (sqlite3, psycopg, minio/urllib3, httpx, torch, onnxruntime) are translated into these inside the one
-module that talks to each vendor; nothing above those modules catches a vendor exception.
+Vendor exceptions (sqlite3, psycopg, minio/urllib3, httpx, torch, onnxruntime, Pillow) are translated into these
+inside the one module that talks to each vendor; nothing above those modules catches a vendor exception, except the
+AUTOMATIC1111 dialect, which resizes an init image itself (its resize modes) and turns Pillow's errors into a 422.
 """
 
 from __future__ import annotations

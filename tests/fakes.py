@@ -39,7 +39,8 @@ class MemoryDatabase:
         self.claims: dict[str, tuple[str, float]] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.cancel_requests: set[str] = set()
-        self.idempotency: dict[tuple[str, str], tuple[str, str]] = {}
+        # (owner, key) -> (task id, fingerprint, expiry)
+        self.idempotency: dict[tuple[str, str], tuple[str, str, float]] = {}
         self.outage = False
         self.closed = False
         self.calls = 0
@@ -85,11 +86,14 @@ class MemoryTaskStore:
         idempotency: IdempotencyKey,
     ) -> Admission:
         known = self.db.idempotency.get((idempotency.owner, idempotency.key))
+        if known is not None and known[2] < time.time():  # expired: the key is free again
+            known = None
         if known is not None:
             return Admission(False, existing_task_id=known[0], same_request=known[1] == idempotency.fingerprint)
         if not await self.add(task, init_image, max_pending, owner_max_pending):
             return Admission(False)
-        self.db.idempotency[(idempotency.owner, idempotency.key)] = (task.id, idempotency.fingerprint)
+        expires = time.time() + idempotency.ttl_seconds
+        self.db.idempotency[(idempotency.owner, idempotency.key)] = (task.id, idempotency.fingerprint, expires)
         return Admission(True)
 
     async def get(self, task_id: str) -> Task:
@@ -103,12 +107,14 @@ class MemoryTaskStore:
         seq = order.index(task.id) + 1
         ahead = [t for t in self.db.tasks.values() if t.status is TaskStatus.PENDING and order.index(t.id) + 1 < seq]
         pending = task.status is TaskStatus.PENDING
+        # As the SQL stores: running tasks count half their work (on average they are half done).
+        running = sum(t.params.work for t in self.db.tasks.values() if t.status is TaskStatus.PROCESSING) / 2
         return TaskRecord(
             task=task,
             delivery=next((d for d in self.db.deliveries.values() if d.task_id == task.id), None),
             seq=seq,
             queue_position=len(ahead) if pending else None,
-            work_ahead=sum(t.params.work for t in ahead) if pending else None,
+            work_ahead=sum(t.params.work for t in ahead) + running if pending else None,
         )
 
     async def read(self, task_id: str) -> TaskRecord:
@@ -190,7 +196,7 @@ class MemoryTaskStore:
             self.db.deliveries[delivery.id] = delivery
         return True
 
-    async def report(self, lease: Lease, progress: Progress) -> bool:
+    async def report_progress(self, lease: Lease, progress: Progress) -> bool:
         self.db.touch()
         if not self._holds(lease):
             return False
@@ -220,6 +226,8 @@ class MemoryTaskStore:
         old = [t for t in self.db.tasks.values() if t.status.is_terminal and t.updated_at.timestamp() < cutoff][:limit]
         for task in old:
             del self.db.tasks[task.id]
+            for delivery in [d for d in self.db.deliveries.values() if d.task_id == task.id]:
+                del self.db.deliveries[delivery.id]
         return old
 
     async def expired(self, limit: int) -> list[Lease]:
@@ -310,7 +318,9 @@ class MemoryThroughput:
 
     async def record(self, engine: str, seconds_per_work: float) -> None:
         self.db.touch()
-        self.measured[engine] = seconds_per_work
+        # The same moving average as the SQL stores (newest measurement weighs 0.3).
+        previous = self.measured.get(engine)
+        self.measured[engine] = seconds_per_work if previous is None else previous * 0.7 + seconds_per_work * 0.3
 
     async def rates(self) -> dict[str, float]:
         self.db.touch()
@@ -334,8 +344,10 @@ class MemoryNodes:
         self.db.nodes.pop(node_id, None)
 
 
-def memory_stores() -> tuple[Stores, MemoryTaskStore, MemoryDatabase]:
-    database = MemoryDatabase()
+def memory_stores(database: MemoryDatabase | None = None) -> tuple[Stores, MemoryTaskStore, MemoryDatabase]:
+    """The stores of one node over `database` (a new one by default): another call on the same database is another
+    node, as the store contract suite uses them."""
+    database = database or MemoryDatabase()
     tasks = MemoryTaskStore(database)
     stores = Stores(
         tasks=tasks,

@@ -3,7 +3,7 @@
 pending --start--> processing --complete--> completed
                              --fail------> failed
                              --retry-----> pending   (the run was cut short: crash or shutdown)
-pending --fail--> failed                             (e.g. the model could not be loaded)
+pending --cancel-> failed                             (a client cancelled it before a worker took it)
 
 A finished task (completed or failed) never changes state again. Every transition stamps updated_at; start stamps
 started_at, the end finished_at. A failed task carries an error_code (sdapi.errors.ErrorCode) beside its message.

@@ -21,7 +21,7 @@ from sdapi.core.params import GenerationParams
 from sdapi.engines import EngineDescription, Generated
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.loading import route_library_logs
-from sdapi.engines.pipeline_runs import StepCallback, run_request
+from sdapi.engines.pipeline_runs import StepCallback, make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.loras.merging import adapter_targets, target_shapes
@@ -244,5 +244,5 @@ class OnnxEngine:
             raise GenerationFailed(refused.message, ErrorCode.INVALID_INPUT) from None
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
         with engine_errors(params, describe=lambda error: f"ONNX 推理失败：{type(error).__name__}"):
-            images = run_request(*pipelines, params, init_image, self._model.batch_size, on_step)
+            images = make_images(*pipelines, params, init_image, self._model.batch_size, on_step)
         return Generated(images, self.name)

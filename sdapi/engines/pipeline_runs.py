@@ -33,7 +33,7 @@ def cpu_generators(seeds: list[int]) -> list[torch.Generator]:
 StepCallback = Callable[[int, int, int], None]
 
 
-def run_request(
+def make_images(
     text_to_image: Any,
     image_to_image: Any,
     scheduler_config: Any,

@@ -18,7 +18,7 @@ from sdapi.engines import EngineDescription, Generated
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.loading import load_pipeline, loaded_family
-from sdapi.engines.pipeline_runs import StepCallback, run_request
+from sdapi.engines.pipeline_runs import StepCallback, make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
@@ -104,4 +104,4 @@ class TorchEngine:
         elif params.loras:
             raise GenerationFailed("此引擎未配置 LoRA", ErrorCode.INVALID_INPUT)
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
-        return run_request(*pipelines, params, init_image, self._model.batch_size, on_step)
+        return make_images(*pipelines, params, init_image, self._model.batch_size, on_step)

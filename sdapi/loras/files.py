@@ -19,10 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-KOHYA_UNET_PREFIX = "lora_unet_"
-KOHYA_TEXT_ENCODER_PREFIX = "lora_te_"
-# kohya's prefixes for each part: SDXL files name the two text encoders lora_te1_ and lora_te2_.
-KOHYA_PREFIXES = {"unet": KOHYA_UNET_PREFIX, "text_encoder": KOHYA_TEXT_ENCODER_PREFIX, "text_encoder_2": "lora_te2_"}
+from sdapi.loras.names import KOHYA_UNET_PREFIX, kohya_module_key
+
 # Names that mark a file made for SDXL (original SGM block names, two text encoders).
 _SDXL_MARKERS = (
     "lora_unet_input_blocks_",
@@ -82,11 +80,6 @@ class ModuleFactors:
 
     kind: str  # lora | loha | lokr
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def kohya_module_key(part: str, module_path: str) -> str:
-    """kohya's name for a diffusers module: ("unet", "down_blocks.0.attentions.0.proj_in") -> "lora_unet_down_..."."""
-    return KOHYA_PREFIXES[part] + module_path.replace(".", "_")
 
 
 def part_of(module_key: str) -> str:

@@ -16,14 +16,8 @@ import torch
 
 from sdapi.core.request import LoraSpec
 from sdapi.errors import ErrorCode, GenerationFailed
-from sdapi.loras.files import (
-    KOHYA_UNET_PREFIX,
-    AdapterFileError,
-    deltas_for_model,
-    group_factors,
-    kohya_module_key,
-    read_adapter_file,
-)
+from sdapi.loras.files import AdapterFileError, deltas_for_model, group_factors, read_adapter_file
+from sdapi.loras.names import KOHYA_UNET_PREFIX, kohya_module_key
 from sdapi.loras.sgm_names import UnetLayout, sgm_name
 from sdapi.observability import metrics
 

@@ -9,7 +9,7 @@ import json
 import struct
 from pathlib import Path
 
-from sdapi.loras.files import KOHYA_PREFIXES, KOHYA_UNET_PREFIX, kohya_module_key
+from sdapi.loras.names import KOHYA_PREFIXES, KOHYA_UNET_PREFIX, kohya_module_key
 from sdapi.loras.sgm_names import UnetLayout, sgm_name
 from sdapi.models.families import safetensors_keys
 

@@ -78,7 +78,9 @@ class DeliveryClaim:
 
 
 class TaskStore(Protocol):
-    """Durable storage of tasks. Transitions are decided in sdapi.core.tasks; the store persists them under leases."""
+    """Durable storage of tasks. Transitions are decided in sdapi.core.tasks and persisted here under leases, with
+    two the store makes itself, each in one statement so that no two nodes can both win it: the claim (pending ->
+    processing, attempts + 1, a new lease) and the reaper's return of an expired lease."""
 
     async def add(
         self, task: Task, init_image: bytes | None, max_pending: int, owner_max_pending: int | None = None
@@ -133,7 +135,7 @@ class TaskStore(Protocol):
         processing; `delivery` is recorded in the same transaction. A finished task's init image is dropped in
         the same write. Return whether it was written: False means the lease was lost and nothing changed."""
 
-    async def report(self, lease: Lease, progress: Progress) -> bool:
+    async def report_progress(self, lease: Lease, progress: Progress) -> bool:
         """Record a running task's progress under its lease; return whether a client asked to cancel it (False
         too when the lease is no longer this one: renew says that)."""
 

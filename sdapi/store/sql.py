@@ -319,7 +319,7 @@ class SqlTaskStore:
                     await session.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
         return [_task_decoder.decode(bytes(row[1])) for row in rows]
 
-    async def report(self, lease: Lease, progress: Progress) -> bool:
+    async def report_progress(self, lease: Lease, progress: Progress) -> bool:
         async with self._db.session(write=True) as session:
             row = await session.fetchone(
                 "UPDATE tasks SET progress = %s WHERE id = %s AND lease_token = %s AND status = 'processing' "

@@ -77,7 +77,7 @@ class TaskRun:
         """Report the progress once more and say whether a cancel was asked for (False while the store is down:
         the run's outcome stands)."""
         try:
-            return await self._tasks.report(self.lease, self.progress)
+            return await self._tasks.report_progress(self.lease, self.progress)
         except SdapiError:
             return False
 
@@ -87,7 +87,7 @@ class TaskRun:
         while True:
             await self._wakeup.sleep(PROGRESS_SECONDS)
             try:
-                if await self._tasks.report(self.lease, self.progress):
+                if await self._tasks.report_progress(self.lease, self.progress):
                     self.cancel.set()
                 self._signals.task_changed(self.task_id)
             except SdapiError as error:  # progress is best effort; the lease keeper owns the task's fate

@@ -1,5 +1,6 @@
-"""One contract for both stores: SQLite and PostgreSQL (a real server) must behave alike on claim, renew, reap,
-fenced settle, the outbox's claims, admission, the node registry and migrations."""
+"""One contract for every store: SQLite, PostgreSQL (a real server) and the in-memory fake the unit tests use must
+behave alike on claim, renew, reap, fenced settle, the outbox's claims, admission and the node registry; the two
+databases also on migrations (which the fake does not have: those tests take `open_sql_stores`)."""
 
 from __future__ import annotations
 
@@ -24,19 +25,33 @@ from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.store import IdempotencyKey, Lease, Stores
 from sdapi.store.postgres import open_postgres
 from sdapi.store.sqlite import open_sqlite
+from tests.fakes import MemoryDatabase, memory_stores
 
 Opener = Callable[[], Stores]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def open_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """Opens another set of stores (another "node") on one fresh database of the parametrised kind."""
-    if request.param == "sqlite":
+def _opener(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    if kind == "memory":
+        database = MemoryDatabase()
+        return lambda: memory_stores(database)[0]
+    if kind == "sqlite":
         path = tmp_path / "tasks.sqlite3"
         return lambda: open_sqlite(path)
     cluster: PostgresCluster = request.getfixturevalue("postgres")
     dsn = cluster.new_database()
     return lambda: open_postgres(dsn, 4)
+
+
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
+def open_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens another set of stores (another "node") on one fresh database of the parametrised kind."""
+    return _opener(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_sql_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """`open_stores` for the two databases alone: schema migrations, which the in-memory fake does not have."""
+    return _opener(request.param, request, tmp_path)
 
 
 @asynccontextmanager
@@ -273,7 +288,9 @@ def test_unknown_tasks_are_not_found(open_stores):
     run(scenario)
 
 
-def test_a_schema_newer_than_this_sdapi_is_refused(open_stores, tmp_path):
+def test_a_schema_newer_than_this_sdapi_is_refused(open_sql_stores, tmp_path):
+    open_stores = open_sql_stores
+
     async def scenario() -> None:
         async with opened(open_stores) as stores:
             # What a newer sdapi would leave behind.
@@ -291,7 +308,9 @@ def test_a_schema_newer_than_this_sdapi_is_refused(open_stores, tmp_path):
     run(scenario)
 
 
-def test_nodes_starting_together_migrate_once(open_stores):
+def test_nodes_starting_together_migrate_once(open_sql_stores):
+    open_stores = open_sql_stores
+
     async def scenario() -> None:
         nodes = [open_stores() for _ in range(6)]
         await asyncio.gather(*(node.database.open() for node in nodes))
@@ -340,11 +359,11 @@ def test_progress_reports_carry_cancel_requests_to_the_lease_holder(open_stores)
             lease = await worker_node.tasks.claim("w", 30)
             assert lease is not None and lease.task.started_at is not None and lease.task.progress is None
             progress = Progress(step=3, total_steps=10, images_done=0, num_images=1)
-            assert not await worker_node.tasks.report(lease, progress)
+            assert not await worker_node.tasks.report_progress(lease, progress)
             assert (await api_node.tasks.get(task.id)).progress == progress
             assert await api_node.tasks.request_cancel(task.id)
-            assert await worker_node.tasks.report(lease, progress)  # the worker learns of it
-            assert not await worker_node.tasks.report(Lease(lease.task, "stale"), progress)  # only the holder
+            assert await worker_node.tasks.report_progress(lease, progress)  # the worker learns of it
+            assert not await worker_node.tasks.report_progress(Lease(lease.task, "stale"), progress)  # only the holder
             assert await worker_node.tasks.settle(lease, tasks.cancel(lease.task))
             assert not await api_node.tasks.request_cancel(task.id)  # ended
 

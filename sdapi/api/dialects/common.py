@@ -1,6 +1,8 @@
 """What the compatibility dialects (OpenAI, AUTOMATIC1111) share: run a native request as the caller's task and
-wait for its end, cancelling it when the client disconnects or compat.wait_seconds runs out, and read the bytes of
-its images. Each dialect decodes and encodes its own shapes around this; none generates, validates or stores."""
+wait for its end, cancelling it when the client disconnects or compat.wait_seconds runs out; the one
+DialectTaskFailed; and the one classification of sdapi's errors (`classify`) that each dialect renders in its own
+shape. Each dialect decodes and encodes its own shapes around this and checks only its own fields; the native
+request checks (sdapi.service.admission) decide the rest, and none generates or stores."""
 
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def base_url_of(request: Request[Any, Any, Any]) -> str:
     return str(request.base_url).rstrip("/")
 
 
-async def run_to_end(request: Request[Any, Any, Any], native: GenerationRequest, dialect: str) -> TaskView:
+async def submit_and_wait(request: Request[Any, Any, Any], native: GenerationRequest, dialect: str) -> TaskView:
     """Submit `native` as the caller's task (through `dialect`) and return it once ended (completed or failed,
     cancelled included).
     Raise ClientGone when the client disconnects first and CompatTimeout past compat.wait_seconds: both cancel it."""

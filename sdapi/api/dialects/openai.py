@@ -19,7 +19,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import Body
 
 from sdapi.api.auth import api_key_guard
-from sdapi.api.dialects.common import DialectTaskFailed, classify, config_of, run_to_end, service_of
+from sdapi.api.dialects.common import DialectTaskFailed, classify, config_of, service_of, submit_and_wait
 from sdapi.api.errors import INTERNAL_ERROR_DETAIL, log_unexpected
 from sdapi.config import DEFAULT_MODEL_NAME, Config
 from sdapi.core.callers import callers_by_key
@@ -127,7 +127,7 @@ async def _generate_and_answer(
     request: Request[Any, Any, Any], native: GenerationRequest, body: ImageGenerationRequest
 ) -> dict[str, Any]:
     """Run as the caller's task to its end, then answer OpenAI's way (a failed task is an error)."""
-    view = await run_to_end(request, native, dialect="openai")
+    view = await submit_and_wait(request, native, dialect="openai")
     if view.task.error_message is not None:
         raise DialectTaskFailed(view.task.error_message)
     return {

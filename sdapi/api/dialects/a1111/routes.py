@@ -30,8 +30,8 @@ from sdapi.api.dialects.common import (
     base_url_of,
     cancel_quietly,
     classify,
-    run_to_end,
     service_of,
+    submit_and_wait,
 )
 from sdapi.api.errors import INTERNAL_ERROR_DETAIL, log_unexpected
 from sdapi.config import Config
@@ -50,7 +50,7 @@ async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_
     models = await served_checkpoints(request)
     translated = translate(body, models, image_to_image)
     model = checkpoint_of(body, models)
-    view = await run_to_end(request, translated.native, dialect="a1111")
+    view = await submit_and_wait(request, translated.native, dialect="a1111")
     task = view.task
     if task.error_code is ErrorCode.CANCELLED:  # interrupted (POST /interrupt): A1111 answers without failing
         return answer(translated, view, [], [], model, interrupted=True)

@@ -21,7 +21,7 @@ from sdapi.errors import (
     InvalidParameter,
 )
 
-# A1111's sampler names (what its /samplers lists) for the nine schedulers, with the aliases it also accepts.
+# A1111's sampler names (what its /samplers lists) for every accepted scheduler, with the aliases it also accepts.
 SAMPLERS: dict[str, str] = {name: scheduler for scheduler, name in A1111_SAMPLER_NAMES.items()}
 SAMPLER_ALIASES: dict[str, tuple[str, ...]] = {
     "DPM++ 2M": ("k_dpmpp_2m",),
