@@ -214,22 +214,9 @@ def build_runtime(
     signals.on_task_changed(watch.changed)
     if worker_engine is not None:
         loaded_engine = worker_engine
-
-        def model_loaded() -> None:
-            library.set_model(loaded_engine.adapter_shapes())
-            heartbeat.beat_now()
-
-        worker = Worker(
-            config,
-            stores.tasks,
-            stores.init_images,
-            stores.throughput,
-            worker_engine,
-            Outputs(config, storage, catalog.sha256),
-            signals,
-            worker_id=node_id,
-            on_model_loaded=model_loaded,
-        )
+        signals.on_model_loaded(lambda: library.set_model(loaded_engine.adapter_shapes()))
+        signals.on_model_loaded(heartbeat.beat_now)
+        worker = Worker(config, stores, worker_engine, Outputs(config, storage, catalog.sha256), signals, node_id)
         signals.on_task_added(worker.wake)
         signals.on_cancel_requested(worker.report_cancel_now)
     callbacks = None

@@ -70,8 +70,9 @@ Listener = Callable[[], None]
 class Signals:
     """The one way the parts of a process tell each other that something was just written, so the part that acts on
     it looks now rather than at its next poll: a task was added (the worker), a delivery is due (the callback
-    sender), a cancel was asked for (the worker's running task), a task changed (waiting clients). The store's
-    change feed (LISTEN/NOTIFY) raises the same signals for what other processes wrote.
+    sender), a cancel was asked for (the worker's running task), a task changed (waiting clients), the worker's
+    model loaded (the LoRA library and the registry entry). The store's change feed (LISTEN/NOTIFY) raises the same
+    signals for what other processes wrote.
 
     A signal without listeners does nothing: an API node has no worker to wake."""
 
@@ -80,6 +81,7 @@ class Signals:
         self._delivery_due: list[Listener] = []
         self._cancel_requested: list[Listener] = []
         self._task_changed: list[Callable[[str], None]] = []
+        self._model_loaded: list[Listener] = []
 
     def on_task_added(self, listener: Listener) -> None:
         self._task_added.append(listener)
@@ -92,6 +94,9 @@ class Signals:
 
     def on_task_changed(self, listener: Callable[[str], None]) -> None:
         self._task_changed.append(listener)
+
+    def on_model_loaded(self, listener: Listener) -> None:
+        self._model_loaded.append(listener)
 
     def task_added(self) -> None:
         for listener in self._task_added:
@@ -108,3 +113,8 @@ class Signals:
     def task_changed(self, task_id: str) -> None:
         for listener in self._task_changed:
             listener(task_id)
+
+    def model_loaded(self) -> None:
+        """The worker's default model finished loading (listeners may read files: call it off the event loop)."""
+        for listener in self._model_loaded:
+            listener()

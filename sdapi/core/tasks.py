@@ -57,6 +57,9 @@ class StoredImage(msgspec.Struct, frozen=True, kw_only=True):
     height: int
     bytes: int
     sha256: str
+    # The generation parameters as AUTOMATIC1111's infotext, exactly as embedded in the image ("" when
+    # output.embed_parameters is off, or for images stored before this was recorded).
+    infotext: str = ""
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):

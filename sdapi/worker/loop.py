@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 import msgspec
 from PIL import Image
@@ -36,7 +35,7 @@ from sdapi.errors import (
 from sdapi.media.images import open_init_image
 from sdapi.observability import metrics
 from sdapi.observability.logs import task_context
-from sdapi.store import InitImageStore, Lease, TaskStore, ThroughputLog
+from sdapi.store import Lease, Stores
 from sdapi.worker.generation_thread import GenerationThread
 from sdapi.worker.outputs import Outputs
 from sdapi.worker.run import TaskRun
@@ -58,25 +57,21 @@ class Worker:
     def __init__(
         self,
         config: Config,
-        task_store: TaskStore,
-        init_images: InitImageStore,
-        throughput: ThroughputLog,
+        stores: Stores,
         engine: WorkerEngine,
         outputs: Outputs,
         signals: Signals,
         worker_id: str,
-        on_model_loaded: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
-        self._tasks = task_store
-        self._init_images = init_images
-        self._throughput = throughput
+        self._tasks = stores.tasks
+        self._init_images = stores.init_images
+        self._throughput = stores.throughput
         self._engine = engine
         self._outputs = outputs
         self._signals = signals
         self._worker_id = worker_id
         self._lease_seconds = config.queue.lease_seconds
-        self._on_model_loaded = on_model_loaded
         self._wakeup = Wakeup()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -182,7 +177,7 @@ class Worker:
             # Hashing the weights reads them once (seconds for a large model), off the event loop.
             await asyncio.to_thread(self._outputs.model_info, self._config.default_model.name)
             # Off the event loop: it may read every LoRA file to check it fits the model.
-            await asyncio.to_thread(self._on_model_loaded)
+            await asyncio.to_thread(self._signals.model_loaded)
         except ModelLoadFailed as error:
             self.model_error = error.message
             logger.error("model not loaded: %s", error.message)

@@ -17,7 +17,7 @@ from sdapi.core.tasks import StoredImage, Task
 from sdapi.engines import EngineDescription
 from sdapi.errors import SdapiError, StorageError
 from sdapi.media.images import CONTENT_TYPES, encode_image
-from sdapi.media.provenance import ModelInfo, image_record
+from sdapi.media.provenance import ModelInfo, image_record, infotext
 from sdapi.observability import metrics
 from sdapi.storage import ImageStorage
 
@@ -92,6 +92,7 @@ class Outputs:
             height=image.height,
             bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
+            infotext=infotext(record) if record is not None else "",
         )
 
     def _save(self, data: bytes, extension: str) -> str:

@@ -42,13 +42,13 @@ def _opener(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Opener
     return lambda: open_postgres(dsn, 4)
 
 
-@pytest.fixture(params=["sqlite", "postgres", "memory"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
 def open_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     """Opens another set of stores (another "node") on one fresh database of the parametrised kind."""
     return _opener(request.param, request, tmp_path)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def open_sql_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     """`open_stores` for the two databases alone: schema migrations, which the in-memory fake does not have."""
     return _opener(request.param, request, tmp_path)

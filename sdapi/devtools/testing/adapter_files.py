@@ -7,7 +7,9 @@ Module names are mapped from the diffusers UNet and CLIP text encoder the way ko
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
@@ -181,3 +183,20 @@ def write_wrong_shapes(path: Path, modules: dict[str, torch.nn.Module]) -> None:
         },
         str(path),
     )
+
+
+def expected_delta(tensors: dict[str, torch.Tensor], module_key: str, kind: str, shape: tuple[int, ...]) -> Any:
+    """ΔW straight from the file's tensors with numpy, following the published formulas (the tests' oracle)."""
+    t: dict[str, Any] = {
+        k.split(".", 1)[1]: v.double().numpy() for k, v in tensors.items() if k.startswith(module_key + ".")
+    }
+    if kind == "lora":
+        rank = t["lora_down.weight"].shape[0]
+        delta = t["lora_up.weight"].reshape(shape[0], rank) @ t["lora_down.weight"].reshape(rank, -1)
+        return delta.reshape(shape) * float(t["alpha"]) / rank
+    if kind == "loha":
+        rank = t["hada_w1_b"].shape[0]
+        delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
+        return delta.reshape(shape) * float(t["alpha"]) / rank
+    w2 = t["lokr_w2_a"] @ t["lokr_w2_b"]
+    return np.kron(t["lokr_w1"], w2).reshape(shape) * float(t["alpha"]) / t["lokr_w2_b"].shape[0]

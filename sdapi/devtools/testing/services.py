@@ -26,6 +26,7 @@ from sdapi.api.app import create_app
 from sdapi.callbacks.ssrf import Resolver
 from sdapi.config import Config, load_config
 from sdapi.engines import Engine
+from sdapi.storage import ImageStorage
 
 API_KEY = "test-key-0123456789"
 # The checkout this editable install runs from: child services start there, as a user would run them.
@@ -97,11 +98,17 @@ class Service:
 class InProcessService(Service):
     """The real app from create_app, served by uvicorn on a loopback port from a background thread."""
 
-    def __init__(self, config: Config, engine: Engine | None = None, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine | None = None,
+        resolver: Resolver | None = None,
+        storage: ImageStorage | None = None,
+    ) -> None:
         self.config = config
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(config, engine=engine, resolver=resolver)
+        self.app = create_app(config, engine=engine, resolver=resolver, storage=storage)
         self._server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         )
@@ -287,3 +294,13 @@ def in_process(
     with InProcessService(config, engine=engine) as service:
         service.wait_ready()
         yield service
+
+
+def decided_loras(client: httpx.Client) -> dict[str, dict[str, Any]]:
+    """The library listing once every file's fit is decided (checked right after the model loads)."""
+    deadline = time.monotonic() + 30
+    while True:
+        entries = client.get("/api/v1/loras").json()["loras"]
+        if all(entry["fits"] is not None for entry in entries) or time.monotonic() > deadline:
+            return {entry["name"]: entry for entry in entries}
+        time.sleep(0.05)

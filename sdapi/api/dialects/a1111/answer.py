@@ -10,13 +10,8 @@ from typing import Any
 from sdapi import __version__
 from sdapi.api.dialects.a1111.models import Checkpoint
 from sdapi.api.dialects.a1111.translate import Translated
-from sdapi.media.provenance import parse_infotext, read_embedded
+from sdapi.media.provenance import parse_infotext
 from sdapi.service.tasks import TaskView
-
-
-def infotext_of(raw: bytes) -> str:
-    infotext, _record = read_embedded(raw)
-    return infotext or ""
 
 
 def answer(
@@ -27,7 +22,8 @@ def answer(
     model: Checkpoint,
     interrupted: bool = False,
 ) -> dict[str, Any]:
-    """A1111's response: the images, the request echoed (without its images) and `info`, a JSON string."""
+    """A1111's response: the images, the request echoed (without its images) and `info`, a JSON string, all from
+    the task (its parameters, seeds and the infotexts recorded with its images)."""
     params, fields = view.task.params, translated.fields
     seeds = params.image_seeds()
     sampler = translated.sampler_name

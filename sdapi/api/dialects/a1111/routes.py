@@ -13,7 +13,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
 from sdapi.api.auth import api_key_guard, caller_of
-from sdapi.api.dialects.a1111.answer import answer, infotext_of
+from sdapi.api.dialects.a1111.answer import answer
 from sdapi.api.dialects.a1111.models import checkpoint_of, served_checkpoints
 from sdapi.api.dialects.a1111.options import (
     loras,
@@ -56,9 +56,11 @@ async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_
         return answer(translated, view, [], [], model, interrupted=True)
     if task.error_message is not None:
         raise DialectTaskFailed(task.error_message, task.error_code)
-    stored = await service_of(request).image_bytes(view)
-    infotexts = [infotext_of(raw) for raw in stored]
-    images = [base64.b64encode(raw).decode("ascii") for raw in stored] if translated.fields.send_images else []
+    # The infotexts come from the task (recorded as the images were written): the images are read only to be sent.
+    infotexts = [image.infotext for image in task.images]
+    images = []
+    if translated.fields.send_images:
+        images = [base64.b64encode(raw).decode("ascii") for raw in await service_of(request).image_bytes(view)]
     if translated.fields.include_init_images and translated.init_image is not None:
         images.append(translated.init_image.split(",", 1)[1])
     return answer(translated, view, images, infotexts, model)

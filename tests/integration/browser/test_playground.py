@@ -1,0 +1,163 @@
+"""The playground page in a real headless browser (Debian's chromium, driven by Playwright), against the real
+service: controls found by their labels, as a screen reader would."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
+
+from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
+from sdapi.devtools.testing.services import API_KEY, gradient_image
+
+pytestmark = [pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def service(make_service, tmp_path_factory, tiny_model):
+    loras = tmp_path_factory.mktemp("playground-loras")
+    write_adapter(loras / "ink.safetensors", model_modules(tiny_model), "lora", seed=5)
+    return make_service("playground", loras={"dir": str(loras)})
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert CHROMIUM.exists(), "chromium is missing: .ci/run installs it (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where chromium's sandbox cannot start.
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture()
+def page(browser, service):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    opened.goto(f"{service.url}/")
+    opened.get_by_label("API Key").fill(API_KEY)
+    opened.get_by_label("API Key").press("Tab")  # the key is saved and the lists load on change
+    yield opened
+    context.close()
+
+
+def fill_small(page: Page, steps: int = 3) -> None:
+    page.get_by_label("宽度").fill("128")
+    page.get_by_label("高度").fill("96")
+    page.get_by_label("步数").fill(str(steps))
+
+
+def pixels(url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(httpx.get(url).content)).convert("RGB"))
+
+
+def test_make_a_picture_see_its_seed_and_make_it_again(page, service, tmp_path):
+    page.get_by_label("提示词", exact=True).fill("a castle on a hill")
+    page.get_by_label("负面提示词").fill("fog")
+    page.get_by_label("模型").select_option("default")  # from the server's list; sets its native size
+    expect(page.get_by_label("宽度")).to_have_value("512")
+    fill_small(page)
+    page.get_by_label("采样方法").select_option("EulerDiscreteScheduler")
+    page.get_by_role("button", name="生成").click()
+    first = page.locator("#gallery figure").first
+    expect(first.locator("img")).to_be_visible(timeout=60_000)
+    expect(page.locator("#status")).to_contain_text("完成")
+    assert first.locator("img").evaluate("img => img.complete && img.naturalWidth") == 128
+    shown_seed = int(first.locator(".seed").inner_text())
+    with service.client() as client:
+        [task] = client.get("/api/v1/tasks?limit=1").json()["tasks"]
+    assert task["seed"] == shown_seed and task["status"] == "completed" and task["model"] == "default"
+    first_url = first.locator("img").get_attribute("src")
+    assert first_url == task["result_url"]
+    page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
+
+    # Reuse loads the image's parameters back into the form; generating again gives the same picture.
+    page.get_by_label("提示词", exact=True).fill("something else")
+    first.get_by_role("button", name="复用参数").click()
+    expect(page.get_by_label("种子")).to_have_value(str(shown_seed))
+    expect(page.get_by_label("提示词", exact=True)).to_have_value("a castle on a hill")
+    expect(page.get_by_label("采样方法")).to_have_value("EulerDiscreteScheduler")
+    page.get_by_role("button", name="生成").click()
+    expect(page.locator("#gallery figure")).to_have_count(2, timeout=60_000)
+    again = page.locator("#gallery figure").first.locator("img").get_attribute("src")
+    assert again != first_url and np.array_equal(pixels(again), pixels(first_url))
+
+
+def test_a_lora_and_a_dropped_init_image(page, service, tmp_path):
+    page.get_by_text("LoRA 风格").click()
+    page.get_by_label("ink · lora").check()
+    page.get_by_label("ink 权重").fill("0.5")
+    buffer = io.BytesIO()
+    gradient_image(96, 64).save(buffer, format="PNG")
+    page.locator("#drop").evaluate(
+        """(zone, data) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "photo.png", { type: "image/png" }));
+            zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        }""",
+        base64.b64encode(buffer.getvalue()).decode(),
+    )
+    expect(page.get_by_label("重绘强度")).to_be_visible()
+    page.get_by_label("重绘强度").evaluate(
+        "(slider) => { slider.value = '0.6'; slider.dispatchEvent(new Event('input')); }"
+    )
+    page.get_by_label("提示词", exact=True).fill("repaint it")
+    page.get_by_label("步数").fill("4")
+    page.get_by_role("button", name="生成").click()
+    expect(page.locator("#status")).to_contain_text("完成", timeout=60_000)
+    image = page.locator("#gallery figure").first.locator("img")
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 64]
+    with service.client() as client:
+        [task] = client.get("/api/v1/tasks?limit=1").json()["tasks"]
+    assert task["loras"] == [{"name": "ink", "weight": 0.5}]
+
+
+def test_cancel_a_long_task(page):
+    page.get_by_label("提示词", exact=True).fill("a very long one")
+    page.get_by_label("宽度").fill("512")
+    page.get_by_label("高度").fill("512")
+    page.get_by_label("步数").fill("150")
+    page.get_by_role("button", name="生成").click()
+    expect(page.locator("#status")).to_contain_text(re.compile("生成中|排队中"), timeout=30_000)
+    page.get_by_role("button", name="取消").click()
+    expect(page.locator("#status")).to_have_text("已取消", timeout=30_000)
+    expect(page.get_by_role("button", name="生成")).to_be_enabled()
+
+
+def test_api_errors_are_shown_in_the_apis_words(page):
+    page.get_by_label("提示词", exact=True).fill("x")
+    page.get_by_label("宽度").fill("100")
+    page.get_by_role("button", name="生成").click()
+    expect(page.get_by_role("alert")).to_contain_text("width 无效：100。必须是8的倍数")
+    page.get_by_label("API Key").fill("not-a-key")
+    page.get_by_label("API Key").press("Tab")
+    page.get_by_label("宽度").fill("128")
+    page.get_by_role("button", name="生成").click()
+    expect(page.get_by_role("alert")).to_have_text("API Key 无效")
+
+
+def test_english_and_a_phone_width(page, tmp_path):
+    page.get_by_role("button", name="Language").click()
+    expect(page.get_by_label("Prompt", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="Generate")).to_be_visible()
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.get_by_label("Prompt", exact=True).fill("a boat")
+    page.get_by_label("Width").fill("128")
+    page.get_by_label("Height").fill("96")
+    page.get_by_label("Steps").fill("2")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status")).to_contain_text("Done", timeout=60_000)
+    # Nothing runs off the side of a phone screen.
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    page.get_by_role("button", name="Language").click()  # back to Chinese for the other tests' stored choice

@@ -1,0 +1,24 @@
+"""LoRA targets read from a model's files are those of the loaded model."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd2-v", "sdxl"])
+def test_lora_targets_read_from_disk_are_those_of_the_loaded_model(tmp_path, family):
+    """An API node decides LoRA fits from the model's files; a worker from the loaded modules: the same names and
+    shapes for every family."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from sdapi.devtools.tiny_model import make_tiny_model
+    from sdapi.loras.merging import adapter_targets, target_shapes
+    from sdapi.loras.targets import disk_targets
+
+    folder = make_tiny_model(tmp_path / family, family=family)
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline = pipeline_class.from_pretrained(folder)
+    loaded = target_shapes(
+        adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
+    )
+    assert disk_targets(folder) == loaded
