@@ -11,6 +11,7 @@ SdapiError
 │   ├── NoCallback                  404  the delivery log of a task without a callback
 │   ├── DeliveryInProgress          409  a redelivery while the callback is still being delivered
 │   ├── RequestTooLarge             413
+│   ├── ClientDisconnected          499  the client left mid-body (logged at INFO: nothing went wrong here)
 │   ├── RequestValidationFailed     422  the body does not match the schema
 │   └── QueueFull                   429  with Retry-After
 ├── TaskCancelled           a client cancelled the task: its run stops between denoising steps
@@ -119,6 +120,10 @@ class RequestTooLarge(RequestError):
             f"请求体过大：上限 {limit_bytes} 字节（{limit_bytes / 2**20:.1f} MiB，limits.max_request_bytes）"
         )
         self.limit_bytes = limit_bytes
+
+
+class ClientDisconnected(RequestError):
+    """The client went away before its request body arrived: nothing was done, and nobody reads the answer."""
 
 
 class QueueFull(RequestError):

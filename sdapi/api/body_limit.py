@@ -1,4 +1,5 @@
-"""The request body limit (limits.max_request_bytes), answered with a 413 the client can read.
+"""The request body limit (limits.max_request_bytes), answered with a 413 the client can read, and the one place that
+notices a client leaving before its body has arrived (ClientDisconnected: logged at INFO, not as a server fault).
 
 A server that stops reading an oversized upload and answers at once makes most clients see a connection reset
 rather than the answer (they are still sending). So the rest of an oversized body is read and thrown away, up to
@@ -10,7 +11,7 @@ from __future__ import annotations
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
-from sdapi.errors import RequestTooLarge
+from sdapi.errors import ClientDisconnected, RequestTooLarge
 
 DRAIN_FACTOR = 4
 
@@ -46,11 +47,14 @@ def _content_length(scope: Scope) -> int | None:
 
 
 def _counting(receive: Receive, limit: int) -> Receive:
-    """`receive` that raises RequestTooLarge once a body without a (truthful) Content-Length passes `limit`."""
+    """`receive` that raises RequestTooLarge once a body without a (truthful) Content-Length passes `limit`, and
+    ClientDisconnected when the client leaves before its body is complete (a disconnect after it is the dialects'
+    to notice: a client that stopped waiting)."""
     seen = 0
+    complete = False
 
     async def wrapped() -> ReceiveMessage:
-        nonlocal seen
+        nonlocal seen, complete
         message = await receive()
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
@@ -58,6 +62,9 @@ def _counting(receive: Receive, limit: int) -> Receive:
                 if message.get("more_body", False):
                     await _drain(receive, limit * DRAIN_FACTOR)
                 raise RequestTooLarge(limit)
+            complete = not message.get("more_body", False)
+        elif message["type"] == "http.disconnect" and not complete:
+            raise ClientDisconnected("客户端在请求体发送完之前断开")
         return message
 
     return wrapped

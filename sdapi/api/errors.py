@@ -10,6 +10,7 @@ from litestar.exceptions import HTTPException
 
 from sdapi.errors import (
     AuthenticationFailed,
+    ClientDisconnected,
     DeliveryInProgress,
     IdempotencyKeyReused,
     InvalidParameter,
@@ -43,6 +44,8 @@ STATUS_BY_ERROR: dict[type[SdapiError], int] = {
     NoCallback: 404,
     DeliveryInProgress: 409,
     RequestTooLarge: 413,
+    # nginx's code for a client that closed the request: no client receives it.
+    ClientDisconnected: 499,
     RequestValidationFailed: 422,
     QueueFull: 429,
     RequestError: 400,
@@ -68,6 +71,8 @@ def handle_sdapi_error(request: Request[Any, Any, Any], error: SdapiError) -> Re
         headers["Retry-After"] = str(error.retry_after)
     elif isinstance(error, AuthenticationFailed):
         headers["WWW-Authenticate"] = "APIKey"
+    elif isinstance(error, ClientDisconnected):
+        logger.info("%s %s: the client disconnected before its body arrived", request.method, request.url.path)
     elif isinstance(error, StoreUnavailable):
         logger.error("%s %s: %s", request.method, request.url.path, error.message)
         headers["Retry-After"] = str(STORE_RETRY_AFTER_SECONDS)

@@ -1,12 +1,18 @@
-"""Decoding the init_image data URL and encoding output images. Pure: bytes in, bytes or PIL out."""
+"""Decoding client images within the limits and encoding output images. Pure: bytes in, bytes or PIL out.
+
+Every image a client sends (the native init_image, OpenAI's and A1111's init images, A1111's png-info) is opened
+through `open_image`, which reads the header only and refuses other formats and more than the configured pixels
+before a single pixel is decoded."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import re
 import warnings
+from collections.abc import Iterator
 
 from PIL import Image
 
@@ -18,6 +24,33 @@ _DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg);base64,", re.IGNORECASE)
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg"}
 CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}
 JPEG_QUALITY = 95
+
+
+@contextlib.contextmanager
+def open_image(raw: bytes, max_pixels: int, field: str) -> Iterator[Image.Image]:
+    """The PNG or JPEG in `raw`, opened lazily (only its header is read here); raise InvalidParameter naming `field`
+    for another format, an undecodable file, or more than `max_pixels` pixels, before any pixel is decoded."""
+    try:
+        # Pillow warns (and past twice its own limit, raises) on decompression bombs; the size is checked here, from
+        # the header, against the configured limit instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw), formats=list(_PIL_FORMATS))
+    except Image.DecompressionBombError:
+        raise InvalidParameter(field, f"{field} 太大：超过上限 {max_pixels} 像素") from None
+    except (OSError, SyntaxError, ValueError):
+        raise InvalidParameter(field, f"{field} 无法解码为 PNG 或 JPEG 图片") from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise InvalidParameter(field, f"{field} 太大：{width}x{height} 像素，超过上限 {max_pixels} 像素")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                yield image
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            # Decoding the pixels failed (a truncated or corrupt file behind a valid header).
+            raise InvalidParameter(field, f"{field} 无法解码为 PNG 或 JPEG 图片") from None
 
 
 def decode_init_image(data_url: str, max_pixels: int) -> tuple[bytes, InitImageInfo]:
@@ -35,26 +68,10 @@ def decode_init_image(data_url: str, max_pixels: int) -> tuple[bytes, InitImageI
         raise InvalidParameter("init_image", "init_image 不是有效的 base64 编码") from None
     if not raw:
         raise InvalidParameter("init_image", "init_image 为空")
-    try:
-        # Pillow warns (and past twice the limit, raises) on decompression bombs; we check the size ourselves
-        # from the header before decoding any pixels.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as image:
-                image_format = _PIL_FORMATS.get(image.format or "")
-                width, height = image.size
-                if image_format is None:
-                    raise InvalidParameter("init_image", f"init_image 图片格式不支持：{image.format}。支持：PNG、JPEG")
-                if width * height > max_pixels:
-                    raise InvalidParameter(
-                        "init_image",
-                        f"init_image 太大：{width}x{height} 像素，超过上限 {max_pixels} 像素",
-                    )
-                image.load()
-    except InvalidParameter:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise InvalidParameter("init_image", "init_image 无法解码为 PNG 或 JPEG 图片") from None
+    with open_image(raw, max_pixels, "init_image") as image:
+        image_format = _PIL_FORMATS[image.format or ""]
+        width, height = image.size
+        image.load()
     return raw, InitImageInfo(width=width, height=height, format=image_format)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -80,6 +81,9 @@ def fingerprint(request: GenerationRequest) -> str:
     return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
 
 
+_CURSOR = re.compile(r"seq:([0-9]{1,18})", re.ASCII)
+
+
 def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
 
@@ -88,11 +92,12 @@ def decode_cursor(cursor: str) -> int:
     """The queue position a cursor continues after; raise InvalidParameter for anything not made by encode_cursor."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, number = text.partition(":")
-        if prefix == "seq" and number.isdigit():
-            return int(number)
     except (ValueError, UnicodeDecodeError):
-        pass
+        text = ""
+    # ASCII digits, at most 18 of them: a queue position both databases' 64-bit integers hold.
+    found = _CURSOR.fullmatch(text)
+    if found is not None:
+        return int(found[1])
     raise InvalidParameter("cursor", "cursor 无效：请使用上一页返回的 next_cursor")
 
 

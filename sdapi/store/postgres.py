@@ -160,7 +160,13 @@ class PostgresDatabase:
         with _translated():
             await self._pool.open(wait=False)
         self._opened = True
-        await self._migrate()
+        try:
+            await self._migrate()
+        except BaseException:
+            # A refused migration (a schema from a newer sdapi), or the database gone meanwhile: close the pool
+            # before the error propagates, so no connection (nor the pool's worker tasks) outlives the failed start.
+            await self.close()
+            raise
 
     @asynccontextmanager
     async def session(self, *, write: bool) -> AsyncIterator[_PostgresSession]:

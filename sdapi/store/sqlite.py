@@ -179,7 +179,11 @@ class SqliteDatabase:
             # isolation_level=None: autocommit; a write session BEGINs itself. timeout: how long to wait for the
             # write lock another process holds.
             db = sqlite3.connect(str(self._path), check_same_thread=False, isolation_level=None, timeout=10.0)
-            _prepare(db, self._path)
+            try:
+                _prepare(db, self._path)
+            except BaseException:
+                db.close()  # a refused migration leaves no open file behind
+                raise
         self._db = db
 
     @asynccontextmanager

@@ -5,6 +5,7 @@ databases also on migrations (which the fake does not have: those tests take `op
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
+import psutil
 import psycopg
 import pytest
 
@@ -304,6 +306,38 @@ def test_a_schema_newer_than_this_sdapi_is_refused(open_sql_stores, tmp_path):
         with pytest.raises(TaskStoreError, match="version 99, newer than this sdapi knows"):
             async with opened(open_stores):
                 pass
+
+    run(scenario)
+
+
+def test_a_refused_open_closes_what_it_opened(open_sql_stores, tmp_path):
+    """A store whose open() fails (here: a schema from a newer sdapi) leaves no connection or file open behind."""
+
+    async def scenario() -> None:
+        async with opened(open_sql_stores) as stores:
+            database = stores.database
+            if hasattr(database, "dsn"):
+                with psycopg.connect(database.dsn, autocommit=True) as connection:
+                    connection.execute("INSERT INTO schema_migrations (version) VALUES (99)")
+            else:
+                with contextlib.closing(sqlite3.connect(tmp_path / "tasks.sqlite3")) as connection:
+                    connection.execute("PRAGMA user_version = 99")  # (sqlite3's own `with` would not close it)
+        refused = open_sql_stores()
+        with pytest.raises(TaskStoreError, match="newer than this sdapi knows"):
+            await asyncio.wait_for(refused.database.open(), timeout=60)
+        if hasattr(database, "dsn"):
+            others = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            deadline = time.monotonic() + 30
+            with psycopg.connect(database.dsn, autocommit=True) as connection:
+                while (row := connection.execute(others).fetchone()) is not None and row[0] > 0:
+                    assert time.monotonic() < deadline, f"{row[0]} connection(s) left open"
+                    await asyncio.sleep(0.1)
+        else:
+            opened_files = {Path(item.path) for item in psutil.Process().open_files()}
+            assert (tmp_path / "tasks.sqlite3") not in opened_files
+        await asyncio.wait_for(refused.database.close(), timeout=30)  # closing again is harmless
 
     run(scenario)
 

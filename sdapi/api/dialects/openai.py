@@ -1,6 +1,7 @@
 """The OpenAI Images API under /v1, a thin translation onto the native task pipeline: decode OpenAI's request, map it
 to a GenerationRequest, submit it as the caller's task, wait for the task to end, answer in OpenAI's shape. Nothing
-here generates, validates or stores: the native service does, and its errors come back in OpenAI's error shape.
+here generates or stores; the native request checks decide what is served, this module only OpenAI's own fields
+(through msgspec and sdapi.api.dialects.fields), and every error, unexpected ones too, comes back in OpenAI's shape.
 
 `OpenAI(base_url="http://host:8000/v1", api_key=KEY)` works unchanged; sdapi's own controls (negative_prompt, seed,
 num_inference_steps, guidance_scale, scheduler, loras, strength) travel in the SDK's `extra_body`.
@@ -19,6 +20,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import Body
 
 from sdapi.api.auth import api_key_guard
+from sdapi.api.dialects import fields as fields_parser
 from sdapi.api.dialects.common import DialectTaskFailed, classify, config_of, service_of, submit_and_wait
 from sdapi.api.errors import INTERNAL_ERROR_DETAIL, log_unexpected
 from sdapi.config import DEFAULT_MODEL_NAME, Config
@@ -69,19 +71,10 @@ class ImageGenerationRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields
     loras: list[LoraRequest] | None = None
 
 
-def _size(size: str | None) -> tuple[int | None, int | None]:
-    if size is None or size == "auto":
-        return None, None
-    width, separator, height = size.partition("x")
-    if not separator or not width.isdigit() or not height.isdigit():
-        raise InvalidParameter("size", f"size 无效：{size!r}。格式为 宽x高，例如 512x512，或 auto")
-    return int(width), int(height)
-
-
 def _native(
     body: ImageGenerationRequest, model: str | None, init_image: str | None = None, strength: float | None = None
 ) -> Any:
-    width, height = _size(body.size)
+    width, height = fields_parser.size(body.size)
     fields: dict[str, Any] = {
         "prompt": body.prompt,
         "negative_prompt": body.negative_prompt,
@@ -151,7 +144,12 @@ async def generations(data: ImageGenerationRequest, request: Request[Any, Any, A
     return await _generate_and_answer(request, _native(data, model), data)
 
 
-@post("/images/edits", status_code=200, summary="OpenAI: images.edit（图生图）")
+async def _form_decodes(request: Request[Any, Any, Any]) -> None:
+    """before_request of /images/edits: every text part decodes, checked before the framework parses the form."""
+    fields_parser.check_form_text(await request.body(), request.headers.get("content-type", ""))
+
+
+@post("/images/edits", status_code=200, summary="OpenAI: images.edit（图生图）", before_request=_form_decodes)
 async def edits(
     data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
     request: Request[Any, Any, Any],
@@ -166,12 +164,15 @@ async def edits(
     if not isinstance(upload, UploadFile):
         raise InvalidParameter("image", "缺少 image 文件（PNG 或 JPEG）")
     raw = await upload.read()
-    fields = {key: value for key, value in data.items() if key not in ("image", "image[]", "mask", "strength")}
+    # Every other part must be one text field; strength is a number, read by its own parser.
+    fields = {
+        key: fields_parser.form_text(data, key) for key in data if key not in ("image", "image[]", "mask", "strength")
+    }
+    strength = fields_parser.form_number(data, "strength")
     try:
         # Multipart fields arrive as strings: strict=False lets msgspec read "2" as 2 and "6.5" as 6.5.
         body = msgspec.convert(fields, ImageGenerationRequest, strict=False)
-        strength = float(data["strength"]) if data.get("strength") is not None else None
-    except (msgspec.ValidationError, ValueError) as error:
+    except msgspec.ValidationError as error:
         raise InvalidParameter("body", str(error)) from None
     model = _model(config_of(request), body.model)
     mime = "jpeg" if raw[:3] == b"\xff\xd8\xff" else "png"

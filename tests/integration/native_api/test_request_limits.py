@@ -6,13 +6,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
+import time
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from sdapi.devtools.testing.services import fetch_image, submit, wait_for_task
+from sdapi.devtools.testing.services import API_KEY, fetch_image, submit, wait_for_task
 
 SMALL_LIMIT = 1_000_000
 
@@ -85,3 +87,22 @@ def test_the_schema_says_request_bodies_allow_no_other_properties(client):
     response = client.post("/api/v1/generate", json={"prompt": "x", "not_a_field": 1})
     assert response.status_code == 422
     assert submit(client, prompt="x")
+
+
+def test_a_client_that_leaves_mid_body_is_logged_at_info_not_as_an_error(small_limit_service, caplog):
+    """Nothing went wrong on the server: the line says so at INFO, and the service goes on serving."""
+    url = httpx.URL(small_limit_service.url)
+    with caplog.at_level("INFO"):
+        with socket.create_connection((url.host, url.port), timeout=30) as connection:
+            connection.sendall(
+                b"POST /api/v1/generate HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n" + b'{"prompt": "half a bo'
+            )
+        deadline = time.monotonic() + 30
+        while not any("disconnected before its body arrived" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.05)
+        with small_limit_service.client() as client:
+            assert client.get("/health").status_code == 200
+    about = [r for r in caplog.records if "/api/v1/generate" in r.getMessage()]
+    assert about and all(record.levelname == "INFO" for record in about), [(r.levelname, r.getMessage()) for r in about]

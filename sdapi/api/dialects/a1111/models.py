@@ -30,6 +30,9 @@ class Checkpoint(msgspec.Struct, frozen=True):
         return f"{self.name} [{self.sha256[:10]}]" if self.sha256 else self.name
 
     def named_by(self, value: object) -> bool:
+        """Whether `value` (any JSON a client sent) names this checkpoint: only a string can."""
+        if not isinstance(value, str):
+            return False
         names = {self.name, self.title, self.filename}
         if self.sha256:
             names |= {self.sha256, self.sha256[:10]}

@@ -3,6 +3,7 @@ and every error comes back in A1111's error shape."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from sdapi.api.dialects.common import (
     base_url_of,
     cancel_quietly,
     classify,
+    config_of,
     service_of,
     submit_and_wait,
 )
@@ -42,13 +44,14 @@ from sdapi.errors import (
     InvalidParameter,
     SdapiError,
 )
+from sdapi.media.images import open_image
 from sdapi.media.provenance import parse_infotext, read_embedded
 from sdapi.service.tasks import MAX_PAGE, TaskView
 
 
 async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_to_image: bool) -> dict[str, Any]:
     models = await served_checkpoints(request)
-    translated = translate(body, models, image_to_image)
+    translated = translate(body, models, image_to_image, config_of(request).limits)
     model = checkpoint_of(body, models)
     view = await submit_and_wait(request, translated.native, dialect="a1111")
     task = view.task
@@ -140,13 +143,14 @@ class PngInfoRequest(msgspec.Struct):
 
 
 @post("/png-info", status_code=200, summary="AUTOMATIC1111: 读取图片中嵌入的生成参数")
-async def png_info(data: PngInfoRequest) -> dict[str, Any]:
+async def png_info(data: PngInfoRequest, request: Request[Any, Any, Any]) -> dict[str, Any]:
     payload = data.image.split(",", 1)[1] if data.image.startswith("data:") else data.image
     try:
         raw = base64.b64decode(payload, validate=True)
-        infotext, record = read_embedded(raw)
-    except (binascii.Error, ValueError, OSError):
+    except (binascii.Error, ValueError):
         raise InvalidParameter("image", "image 不是有效的 base64 图片") from None
+    # Its size from the header within the init image limit, before anything is decoded (off the event loop).
+    infotext, record = await asyncio.to_thread(_embedded, raw, config_of(request).limits.max_init_image_pixels)
     items: dict[str, Any] = {}
     if infotext is not None:
         items["parameters"] = infotext
@@ -157,6 +161,15 @@ async def png_info(data: PngInfoRequest) -> dict[str, Any]:
         "items": items,
         "parameters": parse_infotext(infotext) if infotext else {},
     }
+
+
+def _embedded(raw: bytes, max_pixels: int) -> tuple[str | None, str | None]:
+    with open_image(raw, max_pixels, "image") as image:
+        image.load()  # PNG text chunks may follow the pixels
+    try:
+        return read_embedded(raw)
+    except (OSError, ValueError, SyntaxError):
+        raise InvalidParameter("image", "image 无法解码为 PNG 或 JPEG 图片") from None
 
 
 def _error(status: int, error: str, detail: str) -> Response[object]:

@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from sdapi.api.dialects.a1111.models import Checkpoint, checkpoint_of
+from sdapi.config import LimitsConfig
+from sdapi.core.params import MIN_SIDE
 from sdapi.core.request import MAX_IMAGES, MAX_SEED, GenerationRequest, LoraRequest
 from sdapi.core.schedulers import A1111_SAMPLER_NAMES
 from sdapi.errors import (
     InvalidParameter,
 )
+from sdapi.media.images import open_image
 
 # A1111's sampler names (what its /samplers lists) for every accepted scheduler, with the aliases it also accepts.
 SAMPLERS: dict[str, str] = {name: scheduler for scheduler, name in A1111_SAMPLER_NAMES.items()}
@@ -220,33 +223,39 @@ def lora_tags(prompt: str) -> tuple[str, list[LoraRequest]]:
     return " ".join(_LORA_TAG.sub(" ", prompt).split()), loras
 
 
-def _init_image(encoded: str, mode: int, width: int | None, height: int | None) -> str:
+def _init_image(encoded: str, mode: int, width: int | None, height: int | None, limits: LimitsConfig) -> str:
     """A1111's init image (base64, with or without a data-URL prefix) as a native data URL, resized to width x
-    height the way A1111's resize_mode says (0 stretches, 1 scales to cover and crops the middle)."""
+    height the way A1111's resize_mode says (0 stretches, 1 scales to cover and crops the middle). The image's size
+    is checked from its header, and the resize target against the limits, before any pixel is decoded."""
     payload = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
     try:
         raw = base64.b64decode(payload, validate=True)
-        with Image.open(io.BytesIO(raw)) as opened:
-            image_format = opened.format
-            size = opened.size
-            if width and height and size != (width, height):
-                if mode not in _RESIZE_MODES:
-                    modes = ", ".join(f"{key} ({name})" for key, name in _RESIZE_MODES.items())
-                    raise InvalidParameter("resize_mode", f"resize_mode 不支持：{mode}。可选：{modes}")
-                rgb = opened.convert("RGB")
-                resized = rgb.resize((width, height)) if mode == 0 else ImageOps.fit(rgb, (width, height))
-                buffer = io.BytesIO()
-                resized.save(buffer, format="PNG")
-                raw, image_format = buffer.getvalue(), "PNG"
-    except InvalidParameter:
-        raise
-    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError):
+    except (binascii.Error, ValueError):
         raise InvalidParameter("init_images", "init_images[0] 不是有效的 base64 PNG/JPEG 图片") from None
+    with open_image(raw, limits.max_init_image_pixels, "init_images") as opened:
+        image_format = opened.format
+        if width and height and opened.size != (width, height):
+            if mode not in _RESIZE_MODES:
+                modes = ", ".join(f"{key} ({name})" for key, name in _RESIZE_MODES.items())
+                raise InvalidParameter("resize_mode", f"resize_mode 不支持：{mode}。可选：{modes}")
+            _check_target(width, height, limits)
+            rgb = opened.convert("RGB")
+            resized = rgb.resize((width, height)) if mode == 0 else ImageOps.fit(rgb, (width, height))
+            buffer = io.BytesIO()
+            resized.save(buffer, format="PNG")
+            raw, image_format = buffer.getvalue(), "PNG"
     mime = "jpeg" if image_format == "JPEG" else "png"
     return f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
 
 
-def translate(body: dict[str, Any], models: list[Checkpoint], image_to_image: bool) -> Translated:
+def _check_target(width: int, height: int, limits: LimitsConfig) -> None:
+    """A resize target within the sizes the service makes (limits.max_width/max_height)."""
+    for field, side, maximum in (("width", width, limits.max_width), ("height", height, limits.max_height)):
+        if not MIN_SIDE <= side <= maximum:
+            raise InvalidParameter(field, f"{field} 无效：{side}。范围 {MIN_SIDE}-{maximum}")
+
+
+def translate(body: dict[str, Any], models: list[Checkpoint], image_to_image: bool, limits: LimitsConfig) -> Translated:
     try:
         # strict=False: A1111's own server (pydantic) reads "20" as 20, and some clients send numbers as strings.
         fields = msgspec.convert(body, A1111Generation, strict=False)
@@ -269,7 +278,7 @@ def translate(body: dict[str, Any], models: list[Checkpoint], image_to_image: bo
             raise InvalidParameter("init_images", "img2img 需要 init_images（一张 base64 图片）")
         if len(fields.init_images) > 1:
             raise InvalidParameter("init_images", "只支持一张 init_images")
-        init_image = _init_image(fields.init_images[0], fields.resize_mode, fields.width, fields.height)
+        init_image = _init_image(fields.init_images[0], fields.resize_mode, fields.width, fields.height, limits)
     native: dict[str, Any] = {
         "prompt": prompt,
         "negative_prompt": fields.negative_prompt or None,
