@@ -239,7 +239,7 @@ def build_runtime(
         service=TaskService(config, stores, storage, checks, estimator, watch, signals),
         status=status,
         callbacks=callbacks,
-        reaper=Reaper(stores.tasks, config.queue.max_attempts, config.queue.lease_seconds, signals),
+        reaper=Reaper(stores.tasks, config.queue.max_attempts, config.queue.lease_seconds, signals, storage),
         retention=None if days is None else RetentionSweeper(stores.tasks, storage, days),
         heartbeat=heartbeat,
         library=library,

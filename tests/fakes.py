@@ -39,6 +39,8 @@ class MemoryDatabase:
         self.claims: dict[str, tuple[str, float]] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.cancel_requests: set[str] = set()
+        # task id -> the keys its current run staged
+        self.staged: dict[str, tuple[str, ...]] = {}
         # (owner, key) -> (task id, fingerprint, expiry)
         self.idempotency: dict[tuple[str, str], tuple[str, str, float]] = {}
         self.outage = False
@@ -143,10 +145,19 @@ class MemoryTaskStore:
         return sum(t.status is status and (owner is None or t.owner == owner) for t in self.db.tasks.values())
 
     async def claim(
-        self, worker_id: str, lease_seconds: float, loaded: Sequence[str] = (), affinity_max_wait: float = 0.0
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        loaded: Sequence[str] = (),
+        affinity_max_wait: float = 0.0,
+        skip: Sequence[str] = (),
     ) -> Lease | None:
         self.db.touch()
-        waiting = [t for t in self.db.tasks.values() if t.status is TaskStatus.PENDING]
+        waiting = [
+            t
+            for t in self.db.tasks.values()
+            if t.status is TaskStatus.PENDING and (t.params.model is None or t.params.model not in skip)
+        ]
         cutoff = datetime.now(UTC) - timedelta(seconds=affinity_max_wait)
         first = [t for t in waiting if t.params.model is None or t.params.model in loaded or t.created_at < cutoff]
         pending = next(iter(first if loaded and first else waiting), None)
@@ -190,10 +201,18 @@ class MemoryTaskStore:
             return False
         self.db.tasks[task.id] = task
         del self.db.leases[task.id]
+        self.db.staged.pop(task.id, None)
         if task.status.is_terminal:
             self.db.init_images[task.id] = None
         if delivery is not None:
             self.db.deliveries[delivery.id] = delivery
+        return True
+
+    async def stage(self, lease: Lease, keys: Sequence[str]) -> bool:
+        self.db.touch()
+        if not self._holds(lease):
+            return False
+        self.db.staged[lease.task.id] = tuple(keys)
         return True
 
     async def report_progress(self, lease: Lease, progress: Progress) -> bool:
@@ -234,7 +253,7 @@ class MemoryTaskStore:
         self.db.touch()
         now = time.time()
         return [
-            Lease(self.db.tasks[task_id], token)
+            Lease(self.db.tasks[task_id], token, self.db.staged.get(task_id, ()))
             for task_id, (token, expires) in self.db.leases.items()
             if expires < now
         ][:limit]
@@ -373,10 +392,11 @@ class MemoryStorage:
     def prepare(self) -> None:
         pass
 
-    def save(self, data: bytes, extension: str, content_type: str) -> str:
-        key = f"image-{next(self._keys)}.{extension}"
+    def new_key(self, extension: str) -> str:
+        return f"image-{next(self._keys)}.{extension}"
+
+    def save(self, key: str, data: bytes, content_type: str) -> None:
         self.objects[key] = data
-        return key
 
     def read(self, key: str) -> bytes:
         return self.objects[key]

@@ -162,6 +162,10 @@ class ModelResponse(msgspec.Struct):
     engines: Annotated[list[str], msgspec.Meta(description="可用的引擎：torch、onnx")]
     loaded: Annotated[bool, msgspec.Meta(description="是否已有 worker 载入内存")]
     default: Annotated[bool, msgspec.Meta(description="是否为默认模型（请求未指定 model 时使用）")]
+    load_errors: Annotated[
+        dict[str, str],
+        msgspec.Meta(description="无法载入此模型的在线 worker（worker ID -> 原因）；其任务交给能载入的 worker"),
+    ] = {}
 
 
 class ModelListResponse(msgspec.Struct):
@@ -183,6 +187,10 @@ class WorkerResponse(msgspec.Struct):
     current_task: Annotated[str | None, msgspec.Meta(description="正在运行的任务ID")]
     started_at: Annotated[str, msgspec.Meta(description="进程启动时间（ISO 8601，UTC）")]
     last_heartbeat_at: Annotated[str, msgspec.Meta(description="最近一次心跳（数据库时钟）")]
+    models_failed: Annotated[
+        dict[str, str],
+        msgspec.Meta(description="此 worker 无法载入的模型（名称 -> 原因）：其任务留给其他 worker，并按退避重试"),
+    ] = {}
 
 
 class HealthResponse(msgspec.Struct):

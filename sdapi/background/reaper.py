@@ -7,15 +7,18 @@ lease, so two reapers, or a reaper racing the worker's own renewal or completion
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from sdapi.background.wakeup import BatchLoop, Signals
 from sdapi.core import tasks
 from sdapi.core.deliveries import delivery_for
+from sdapi.errors import SdapiError
 from sdapi.observability import metrics
 from sdapi.observability.logs import task_context
-from sdapi.store import TaskStore
+from sdapi.storage import ImageStorage
+from sdapi.store import Lease, TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +33,14 @@ class Reaper:
         max_attempts: int,
         lease_seconds: float,
         signals: Signals,
+        storage: ImageStorage,
     ) -> None:
         self._tasks = task_store
         self._max_attempts = max_attempts
         # Looked at three times per lease: an expired task waits at most a third of a lease for its reap.
         self._loop = BatchLoop("reaper", lease_seconds / 3, self.reap_once, BATCH)
         self._signals = signals
+        self._storage = storage
 
     def start(self) -> None:
         self._loop.start()
@@ -51,6 +56,7 @@ class Reaper:
             delivery = delivery_for(recovered, time.time())
             if not await self._tasks.reap(lease, recovered, delivery):
                 continue  # renewed, finished or reaped by another node meanwhile
+            await self._delete_staged(lease)
             with task_context(lease.task.id, lease.task.request_id):
                 logger.warning(
                     "task %s: its worker's lease expired during attempt %d; now %s",
@@ -66,3 +72,12 @@ class Reaper:
             else:
                 self._signals.task_added()
         return len(expired)
+
+    async def _delete_staged(self, lease: Lease) -> None:
+        """The images the lost run staged (and may have uploaded) belong to no task now: delete them."""
+        if not lease.staged_keys:
+            return
+        try:
+            await asyncio.to_thread(self._storage.delete, lease.staged_keys)
+        except SdapiError as error:
+            logger.error("task %s: deleting the images of its lost run failed: %s", lease.task.id, error.message)

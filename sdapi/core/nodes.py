@@ -45,6 +45,9 @@ class NodeInfo(msgspec.Struct, frozen=True, kw_only=True):
     # The models (config names) this worker has in memory.
     models_loaded: tuple[str, ...] = ()
     model_error: str | None = None
+    # Models this worker could not load (name -> why); it leaves their tasks to workers that can, and tries again
+    # with backoff.
+    models_failed: dict[str, str] = {}
     current_task: str | None = None
     # Unix time of the last heartbeat, by the database clock; set by the registry when read.
     heartbeat_at: float = 0.0

@@ -38,6 +38,8 @@ class ModelView(msgspec.Struct, frozen=True):
     engines: list[str]
     loaded: bool
     default: bool
+    # The live workers that could not load it (worker id -> why); they leave its tasks to the others.
+    load_errors: dict[str, str] = {}
 
 
 class OnnxOnly(msgspec.Struct, frozen=True):
@@ -166,8 +168,9 @@ class ModelCatalog:
             self._hashes[name] = digest
         return digest
 
-    def views(self, loaded: set[str]) -> list[ModelView]:
-        """Every model as GET /api/v1/models lists it; `loaded`: the names some live worker has in memory."""
+    def views(self, loaded: set[str], failures: dict[str, dict[str, str]] | None = None) -> list[ModelView]:
+        """Every model as GET /api/v1/models lists it; `loaded`: the names some live worker has in memory;
+        `failures`: model -> {worker id: why it could not load it}."""
         views = []
         for name, entry in self._entries.items():
             family = self._families[name]
@@ -184,6 +187,7 @@ class ModelCatalog:
                     engines=engines,
                     loaded=name in loaded,
                     default=name == self.default,
+                    load_errors=(failures or {}).get(name, {}),
                 )
             )
         return views

@@ -38,6 +38,9 @@ class WorkerState(Protocol):
     @property
     def current_task(self) -> str | None: ...
 
+    @property
+    def models_failed(self) -> dict[str, str]: ...
+
 
 @dataclass(frozen=True)
 class WorkerHealth:
@@ -50,6 +53,7 @@ class WorkerHealth:
     model: str
     model_loaded: bool
     model_error: str | None
+    models_failed: dict[str, str]
     current_task: str | None
     started_at: str
     last_heartbeat_at: str
@@ -127,6 +131,7 @@ class StatusService:
             models_loaded=details.models_loaded,
             model_loaded=self._engine is not None and self._engine.loaded,
             model_error=worker.model_error if worker is not None else None,
+            models_failed=worker.models_failed if worker is not None else {},
             current_task=worker.current_task if worker is not None else None,
         )
 
@@ -158,9 +163,14 @@ class StatusService:
         worker has it in memory."""
         live = await self._stores.nodes.live(self._config.queue.lease_seconds)
         others = {name for node in live if node.id != self.node_id for name in node.models_loaded}
-        loaded = set(self.describe().models_loaded) | others  # this process's own entry is fresher than its beat
+        here = self.describe()  # this process's own entry is fresher than its beat
+        loaded = set(here.models_loaded) | others
+        failures: dict[str, dict[str, str]] = {}
+        for node in [here, *(node for node in live if node.id != here.id)]:
+            for name, message in node.models_failed.items():
+                failures.setdefault(name, {})[node.id] = message
         # Hashing a model's weights the first time reads them: off the event loop.
-        return await asyncio.to_thread(self.catalog.views, loaded)
+        return await asyncio.to_thread(self.catalog.views, loaded, failures)
 
     def model_sha256(self, name: str) -> str | None:
         """The sha256 of model `name`'s weights (None for a hub id); the first call reads them: off the event loop."""
@@ -201,6 +211,7 @@ def _worker_health(node: NodeInfo) -> WorkerHealth:
         model=node.model,
         model_loaded=node.model_loaded,
         model_error=node.model_error,
+        models_failed=dict(node.models_failed),
         current_task=node.current_task,
         started_at=node.started_at,
         last_heartbeat_at=iso(datetime.fromtimestamp(node.heartbeat_at, UTC)) if node.heartbeat_at else node.started_at,

@@ -16,8 +16,12 @@ class ImageStorage(Protocol):
     def prepare(self) -> None:
         """At start-up: check the storage and create what is missing (a bucket). Raise StorageError."""
 
-    def save(self, data: bytes, extension: str, content_type: str) -> str:
-        """Store one image; return its key. Raise StorageError."""
+    def new_key(self, extension: str) -> str:
+        """A fresh, unguessable key for an image of this extension (chosen before the upload, so that a run can
+        record the keys it is about to write)."""
+
+    def save(self, key: str, data: bytes, content_type: str) -> None:
+        """Store one image under `key`. Raise StorageError."""
 
     def read(self, key: str) -> bytes:
         """The stored bytes of an image (for answers that carry images inline). Raise StorageError."""

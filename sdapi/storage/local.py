@@ -29,8 +29,10 @@ class LocalImageStorage:
         except OSError as error:
             raise StorageError(f"cannot create image folder {self.directory}: {error.strerror}") from None
 
-    def save(self, data: bytes, extension: str, content_type: str) -> str:
-        key = new_image_key(extension)
+    def new_key(self, extension: str) -> str:
+        return new_image_key(extension)
+
+    def save(self, key: str, data: bytes, content_type: str) -> None:
         try:
             # Write to a temporary name and rename, so a reader never sees half an image.
             handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".incoming-")
@@ -39,7 +41,6 @@ class LocalImageStorage:
             os.replace(temporary, self.directory / key)
         except OSError as error:
             raise StorageError(f"本地图片存储写入失败：{error.strerror}") from None
-        return key
 
     def read(self, key: str) -> bytes:
         path = self.local_path(key)

@@ -119,11 +119,12 @@ class MinioImageStorage:
             }
         )
 
-    def save(self, data: bytes, extension: str, content_type: str) -> str:
-        key = f"{self._config.prefix}{new_image_key(extension)}"
+    def new_key(self, extension: str) -> str:
+        return f"{self._config.prefix}{new_image_key(extension)}"
+
+    def save(self, key: str, data: bytes, content_type: str) -> None:
         with self._translated():
             self._client.put_object(self._config.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
-        return key
 
     def read(self, key: str) -> bytes:
         with self._translated():

@@ -34,6 +34,8 @@ class Lease:
 
     task: Task
     token: str
+    # The image keys the run holding it staged before uploading (as expired() reads them): what the reaper deletes.
+    staged_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,17 @@ class TaskStore(Protocol):
         """How many tasks have `status` (of `owner`, when given)."""
 
     async def claim(
-        self, worker_id: str, lease_seconds: float, loaded: Sequence[str] = (), affinity_max_wait: float = 0.0
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        loaded: Sequence[str] = (),
+        affinity_max_wait: float = 0.0,
+        skip: Sequence[str] = (),
     ) -> Lease | None:
         """Take a pending task, or None: processing, one more attempt, a new lease token, expiring `lease_seconds`
         from now by the database clock. The oldest task for one of the `loaded` models (or one that has waited more
-        than `affinity_max_wait` seconds) comes first; then the oldest of the rest. No `loaded`: the oldest."""
+        than `affinity_max_wait` seconds) comes first; then the oldest of the rest. No `loaded`: the oldest. Tasks
+        of the `skip` models (which this worker cannot load now) are left to other workers."""
 
     async def renew(self, lease: Lease, lease_seconds: float) -> bool:
         """Extend the lease to `lease_seconds` from now; False when it is no longer this lease (reaped)."""
@@ -134,6 +142,10 @@ class TaskStore(Protocol):
         """Write `task` (completed, failed, or pending again) if the lease is still current and the task still
         processing; `delivery` is recorded in the same transaction. A finished task's init image is dropped in
         the same write. Return whether it was written: False means the lease was lost and nothing changed."""
+
+    async def stage(self, lease: Lease, keys: Sequence[str]) -> bool:
+        """Record, under the lease, the image keys the run is about to upload (settle and reap clear them); False
+        when the lease is no longer this one (nothing recorded: the run must not upload)."""
 
     async def report_progress(self, lease: Lease, progress: Progress) -> bool:
         """Record a running task's progress under its lease; return whether a client asked to cancel it (False

@@ -92,6 +92,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN model TEXT",
         "ALTER TABLE tasks ADD COLUMN submitted_at DOUBLE PRECISION",
     ),
+    (
+        # The image keys a run is about to write, recorded before it uploads: the reaper deletes them when the run's
+        # lease expires (a worker killed between upload and settle leaves no object behind).
+        "ALTER TABLE tasks ADD COLUMN staged_keys TEXT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -13,6 +13,7 @@ Times are unix seconds (float); the `now` of leases, heartbeats and updated_at i
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -264,9 +265,16 @@ class SqlTaskStore:
         return 0 if row is None else int(row[0])
 
     async def claim(
-        self, worker_id: str, lease_seconds: float, loaded: Sequence[str] = (), affinity_max_wait: float = 0.0
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        loaded: Sequence[str] = (),
+        affinity_max_wait: float = 0.0,
+        skip: Sequence[str] = (),
     ) -> Lease | None:
         now, token = self._dialect.now, uuid.uuid4().hex
+        # Tasks from before models were recorded (model NULL) run anywhere: they are never skipped.
+        skipping = f" AND (model IS NULL OR model NOT IN ({', '.join(['%s'] * len(skip))}))" if skip else ""
         order = "seq"
         order_params: tuple[object, ...] = ()
         if loaded:
@@ -283,9 +291,9 @@ class SqlTaskStore:
                 f"UPDATE tasks SET status = 'processing', attempts = attempts + 1, updated_at = {now}, "
                 f"lease_token = %s, lease_expires_at = {now} + %s, worker_id = %s, progress = NULL, "
                 f"started_at = {now}, cancel_requested = FALSE "
-                f"WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' ORDER BY {order} LIMIT 1"
+                f"WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending'{skipping} ORDER BY {order} LIMIT 1"
                 f"{self._dialect.skip_locked}) RETURNING {_TASK_COLUMNS}, lease_token",
-                (token, lease_seconds, worker_id, *order_params),
+                (token, lease_seconds, worker_id, *skip, *order_params),
             )
         return None if row is None else _lease(row)
 
@@ -319,6 +327,14 @@ class SqlTaskStore:
                     await session.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
         return [_task_decoder.decode(bytes(row[1])) for row in rows]
 
+    async def stage(self, lease: Lease, keys: Sequence[str]) -> bool:
+        async with self._db.session(write=True) as session:
+            staged = await session.execute(
+                "UPDATE tasks SET staged_keys = %s WHERE id = %s AND lease_token = %s AND status = 'processing'",
+                (_encoder.encode(list(keys)).decode(), lease.task.id, lease.token),
+            )
+        return staged == 1
+
     async def report_progress(self, lease: Lease, progress: Progress) -> bool:
         async with self._db.session(write=True) as session:
             row = await session.fetchone(
@@ -351,11 +367,14 @@ class SqlTaskStore:
     async def expired(self, limit: int) -> list[Lease]:
         async with self._db.session(write=False) as session:
             rows = await session.fetchall(
-                f"SELECT {_TASK_COLUMNS}, lease_token FROM tasks WHERE status = 'processing' "
+                f"SELECT {_TASK_COLUMNS}, lease_token, staged_keys FROM tasks WHERE status = 'processing' "
                 f"AND (lease_expires_at IS NULL OR lease_expires_at < {self._dialect.now}) ORDER BY seq LIMIT %s",
                 (limit,),
             )
-        return [_lease(row) for row in rows]
+        return [
+            Lease(task=_task(row), token=row[6] or "", staged_keys=tuple(json.loads(row[7])) if row[7] else ())
+            for row in rows
+        ]
 
     async def reap(self, lease: Lease, task: Task, delivery: Delivery | None = None) -> bool:
         return await self._write_fenced(lease, task, delivery, only_if_expired=True)
@@ -373,6 +392,7 @@ class SqlTaskStore:
                 f"UPDATE tasks SET status = %s, attempts = %s, updated_at = {now}, body = %s, progress = %s, "
                 "started_at = %s, "
                 "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
+                "staged_keys = NULL, "
                 f"init_image = CASE WHEN %s THEN NULL ELSE init_image END WHERE {condition}",
                 (
                     task.status.value,

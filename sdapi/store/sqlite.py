@@ -45,7 +45,8 @@ DIALECT = Dialect(
 
 # Schema versions, in order; PRAGMA user_version holds how many have run. Version 1 is the schema from before
 # versioning (its CREATEs are IF NOT EXISTS, so a file from then upgrades in place); version 2 adds leases,
-# version 3 progress, cancellation, owners and throughput; version 4 the model columns of affinity.
+# version 3 progress, cancellation, owners and throughput; version 4 the model columns of affinity; version 5 the
+# keys a run stages before uploading.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "CREATE TABLE IF NOT EXISTS tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
@@ -84,6 +85,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Model affinity: which model a pending task needs, and since when it waits (database clock).
         "ALTER TABLE tasks ADD COLUMN model TEXT",
         "ALTER TABLE tasks ADD COLUMN submitted_at REAL",
+    ),
+    (
+        # The image keys a run is about to write, recorded before it uploads: the reaper deletes them when the run's
+        # lease expires (a worker killed between upload and settle leaves no object behind).
+        "ALTER TABLE tasks ADD COLUMN staged_keys TEXT",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -22,6 +22,7 @@ from sdapi.background.wakeup import Signals, Wakeup
 from sdapi.config import Config
 from sdapi.core import tasks
 from sdapi.core.deliveries import delivery_for
+from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Task, TaskStatus
 from sdapi.engines import Generated, WorkerEngine
 from sdapi.errors import (
@@ -31,12 +32,14 @@ from sdapi.errors import (
     ModelLoadFailed,
     SdapiError,
     TaskCancelled,
+    TaskStoreError,
 )
 from sdapi.media.images import open_init_image
 from sdapi.observability import metrics
 from sdapi.observability.logs import task_context
 from sdapi.store import Lease, Stores
 from sdapi.worker.generation_thread import GenerationThread
+from sdapi.worker.model_loads import FailedLoads
 from sdapi.worker.outputs import Outputs
 from sdapi.worker.run import TaskRun
 
@@ -67,6 +70,7 @@ class Worker:
         self._tasks = stores.tasks
         self._init_images = stores.init_images
         self._throughput = stores.throughput
+        self._nodes = stores.nodes
         self._engine = engine
         self._outputs = outputs
         self._signals = signals
@@ -80,8 +84,8 @@ class Worker:
         self._generating: TaskRun | None = None
         self._finishing: tuple[TaskRun, asyncio.Task[None]] | None = None
         self.model_error: str | None = None
-        # Models whose on-demand load failed on this worker: their tasks are no longer requeued for a load.
-        self._unloadable: set[str] = set()
+        # Models this worker failed to load: their tasks go to workers that can, while a new try waits its backoff.
+        self._loads = FailedLoads(worker_id)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -131,6 +135,11 @@ class Worker:
                 )
 
     @property
+    def models_failed(self) -> dict[str, str]:
+        """The models this worker could not load, and why (for the node registry)."""
+        return self._loads.failing()
+
+    @property
     def busy(self) -> bool:
         """Whether a task is being generated or finished now."""
         return bool(self._runs())
@@ -154,11 +163,13 @@ class Worker:
         try:
             while not self._stopping:
                 try:
+                    skip = self._loads.to_skip(await self._live_nodes()) if self._loads.any() else []
                     lease = await self._tasks.claim(
                         self._worker_id,
                         self._lease_seconds,
                         self._engine.loaded_models(),
                         self._config.queue.affinity_max_wait_seconds,
+                        skip,
                     )
                     if lease is not None:
                         await self._process(lease)
@@ -185,7 +196,7 @@ class Worker:
             self.model_error = f"模型加载失败：{type(error).__name__}: {error}"
             logger.exception("model not loaded")
         if self.model_error is not None:
-            self._unloadable.add(self._config.default_model.name)
+            self._loads.record(self._config.default_model.name, self.model_error)
 
     async def _process(self, lease: Lease) -> None:
         started = lease.task
@@ -197,13 +208,28 @@ class Worker:
                 return
             if started.started_at is not None:
                 metrics.QUEUE_WAIT.observe((started.started_at - started.created_at).total_seconds())
-            if self.model_error is not None and model == default:
-                # The default model failed to load at start; another model's task still gets its own try.
-                failed = tasks.fail(started, self.model_error, ErrorCode.MODEL_NOT_LOADED)
-                if await self._settle_until_written(lease, failed):
-                    self._count(failed, None, 0.0)
+            failure = self._loads.message(model)
+            if failure is not None and self._loads.waiting(model):
+                await self._refuse_unloadable(lease, model, failure)
                 return
             await self._generate_then_hand_off(lease)
+
+    async def _refuse_unloadable(self, lease: Lease, model: str, failure: str) -> None:
+        """A task of a model this worker failed to load: back to the queue when another live worker may load it
+        (this claim raced the registry), else failed, saying why (no live worker can run it)."""
+        try:
+            elsewhere = self._loads.loadable_elsewhere(model, await self._live_nodes())
+        except SdapiError:
+            elsewhere = True  # the registry is unreadable: keep the task rather than fail it
+        if elsewhere:
+            await self._settle_until_written(lease, tasks.retry(lease.task, count_attempt=False))
+            return
+        failed = tasks.fail(lease.task, failure, ErrorCode.MODEL_NOT_LOADED)
+        if await self._settle_until_written(lease, failed):
+            self._count(failed, None, 0.0)
+
+    async def _live_nodes(self) -> list[NodeInfo]:
+        return await self._nodes.live(self._lease_seconds)
 
     async def _generate_then_hand_off(self, lease: Lease) -> None:
         """Generate the task's images on the generation thread, then start its finishing and return, so the loop can
@@ -282,7 +308,14 @@ class Worker:
         for meanwhile; failed when storing failed."""
         started = run.lease.task
         try:
-            images = await self._outputs.store(started, generated.images, generated.engine, self._engine.describe())
+            keys = self._outputs.new_keys(started, len(generated.images))
+            # Recorded before any upload: if this process dies before the outcome is written, the reaper deletes
+            # these keys with the expired lease, so no stored image is left that no task refers to.
+            if not await self._tasks.stage(run.lease, keys):
+                return self._ended_without_images(run, TaskStoreError("任务租约已失效：另一个 worker 接手了此任务"))
+            images = await self._outputs.store(
+                started, generated.images, keys, generated.engine, self._engine.describe()
+            )
         except SdapiError as error:
             return self._ended_without_images(run, error)
         keys = [image.key for image in images]
@@ -359,7 +392,7 @@ class Worker:
             self._config.queue.affinity_max_wait_seconds > 0
             and self._engine.loads_on_demand
             and model not in self._engine.loaded_models()
-            and model not in self._unloadable
+            and not self._loads.waiting(model)
         )
 
     async def _requeue_while_loading(self, lease: Lease, model: str) -> None:
@@ -371,9 +404,16 @@ class Worker:
         logger.info("task %s waits in the queue while model %s loads", lease.task.id, model)
         try:
             await self._generation.submit(lambda: self._engine.prepare(model))
-        except Exception as error:  # its tasks will run and fail with the load's own message
-            self._unloadable.add(model)
-            logger.error("model %s could not be loaded: %s", model, error)
+        except Exception as error:  # its tasks go to other workers, or fail with this message if none can run them
+            message = (
+                error.message if isinstance(error, SdapiError) else f"模型加载失败：{type(error).__name__}: {error}"
+            )
+            self._loads.record(model, message)
+            logger.error("model %s could not be loaded: %s", model, message)
+            return
+        self._loads.succeeded(model)
+        if model == self._config.default_model.name:
+            self.model_error = None
 
 
 def _log_unexpected(finishing: asyncio.Task[None]) -> None:

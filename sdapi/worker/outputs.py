@@ -34,12 +34,16 @@ class Outputs:
         # catalog's, which reads each model once per process.
         self._model_sha256 = model_sha256
 
+    def new_keys(self, task: Task, count: int) -> list[str]:
+        """The keys `count` images of `task` will be stored under (staged on the task before uploading)."""
+        return [self._storage.new_key(task.params.output_format) for _ in range(count)]
+
     async def store(
-        self, task: Task, images: Sequence[Image.Image], engine: str, details: EngineDescription
+        self, task: Task, images: Sequence[Image.Image], keys: Sequence[str], engine: str, details: EngineDescription
     ) -> list[StoredImage]:
-        """Encode and store every image of `task` (off the event loop); raise StorageError once retries are spent,
-        having deleted the images of this task already stored."""
-        return await asyncio.to_thread(self._store, task, images, engine, details)
+        """Encode and store every image of `task` under its staged key (off the event loop); raise StorageError
+        once retries are spent, having deleted the images of this task already stored."""
+        return await asyncio.to_thread(self._store, task, images, keys, engine, details)
 
     async def delete(self, task_id: str, keys: Sequence[str]) -> None:
         """Remove the images of a run whose outcome will not be written (lost lease, cancel after generation)."""
@@ -55,13 +59,13 @@ class Outputs:
         return ModelInfo(self._config.model_config(name).path, self._model_sha256(name))
 
     def _store(
-        self, task: Task, images: Sequence[Image.Image], engine: str, details: EngineDescription
+        self, task: Task, images: Sequence[Image.Image], keys: Sequence[str], engine: str, details: EngineDescription
     ) -> list[StoredImage]:
         model = self.model_info(task.params.model or self._config.default_model.name)
         stored: list[StoredImage] = []
         try:
-            for index, image in enumerate(images):
-                stored.append(self._store_one(task, index, image, model, engine, details))
+            for index, (image, key) in enumerate(zip(images, keys, strict=True)):
+                stored.append(self._store_one(task, index, image, key, model, engine, details))
         except StorageError:
             if stored:  # the task fails: no image of it may stay behind
                 try:
@@ -72,7 +76,14 @@ class Outputs:
         return stored
 
     def _store_one(
-        self, task: Task, index: int, image: Image.Image, model: ModelInfo, engine: str, details: EngineDescription
+        self,
+        task: Task,
+        index: int,
+        image: Image.Image,
+        key: str,
+        model: ModelInfo,
+        engine: str,
+        details: EngineDescription,
     ) -> StoredImage:
         params = task.params
         extension = params.output_format
@@ -83,7 +94,7 @@ class Outputs:
         data = encode_image(image, extension, record)
         uploading = time.perf_counter()
         metrics.ENCODE_SECONDS.labels(format=extension).observe(uploading - encoding)
-        key = self._save(data, extension)
+        self._save(key, data, extension)
         metrics.UPLOAD_SECONDS.observe(time.perf_counter() - uploading)
         return StoredImage(
             key=key,
@@ -95,7 +106,7 @@ class Outputs:
             infotext=infotext(record) if record is not None else "",
         )
 
-    def _save(self, data: bytes, extension: str) -> str:
+    def _save(self, key: str, data: bytes, extension: str) -> None:
         """Store one image, retrying storage failures with doubling waits.
 
         Budget with the defaults (4 tries from 0.5 s): 0.5 + 1 + 2 = 3.5 s of waiting, plus each try's timeout.
@@ -104,10 +115,10 @@ class Outputs:
         settings = self._config.storage
         for attempt in range(1, settings.upload_attempts + 1):
             try:
-                return self._storage.save(data, extension, CONTENT_TYPES[extension])
+                self._storage.save(key, data, CONTENT_TYPES[extension])
+                return
             except StorageError as error:
                 if attempt == settings.upload_attempts:
                     raise
                 logger.warning("upload try %d failed: %s", attempt, error.message)
                 time.sleep(settings.retry_backoff_seconds * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")

@@ -120,6 +120,24 @@ def test_claims_prefer_the_workers_loaded_models_until_a_task_waited_too_long(op
     run(scenario)
 
 
+def test_claims_leave_the_tasks_of_skipped_models_to_other_workers(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            broken, legacy, base = (new_task(model=m) for m in ("broken", None, "base"))
+            for task in (broken, legacy, base):
+                assert await stores.tasks.add(task, None, 10)
+            # A worker that cannot load "broken" never takes its task; a task without a model runs anywhere.
+            first = await stores.tasks.claim("a", 30, loaded=["base"], skip=["broken"])
+            second = await stores.tasks.claim("a", 30, skip=["broken"])
+            assert {first.task.id, second.task.id} == {legacy.id, base.id}
+            assert await stores.tasks.claim("a", 30, skip=["broken", "other"]) is None
+            # Another worker, which can, takes it.
+            taken = await stores.tasks.claim("b", 30, skip=["other"])
+            assert taken is not None and taken.task.id == broken.id
+
+    run(scenario)
+
+
 def test_two_nodes_claiming_at_once_never_take_the_same_task(open_stores):
     async def scenario() -> None:
         async with opened(open_stores) as a, opened(open_stores) as b:
@@ -198,6 +216,34 @@ def test_expired_leases_are_reaped_and_the_late_worker_is_fenced_out(open_stores
             assert await stores.tasks.settle(fresh, tasks.complete(fresh.task, ["k.png"], "torch"))
             final = await stores.tasks.get(task.id)
             assert final.result_keys == ("k.png",) and final.attempts == 2
+
+    run(scenario)
+
+
+def test_staged_keys_are_fenced_read_with_an_expired_lease_and_cleared_by_the_outcome(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            lost, kept = new_task(), new_task()
+            assert await stores.tasks.add(lost, None, 10) and await stores.tasks.add(kept, None, 10)
+            stale = await stores.tasks.claim("killed", 0.2)
+            assert stale is not None and stale.task.id == lost.id
+            assert await stores.tasks.stage(stale, ["a.png", "b.png"])
+            assert not await stores.tasks.stage(Lease(stale.task, "not-the-lease"), ["c.png"])
+            await asyncio.sleep(0.4)
+            [expired] = await stores.tasks.expired(10)
+            assert expired.staged_keys == ("a.png", "b.png")
+            assert await stores.tasks.reap(expired, tasks.recover_interrupted(expired.task, max_attempts=3))
+            again = await stores.tasks.claim("healthy", 30)
+            assert again is not None and again.task.id == lost.id
+            assert not await stores.tasks.stage(stale, ["late.png"])  # the old run is fenced out
+            # A run that settles leaves nothing staged: were its lease to expire later, there is nothing to delete.
+            assert await stores.tasks.stage(again, ["d.png"])
+            assert await stores.tasks.settle(again, tasks.complete(again.task, ["d.png"], "torch"))
+            other = await stores.tasks.claim("healthy", 0.2)
+            assert other is not None and other.task.id == kept.id
+            await asyncio.sleep(0.4)
+            [unstaged] = await stores.tasks.expired(10)
+            assert unstaged.task.id == kept.id and unstaged.staged_keys == ()
 
     run(scenario)
 

@@ -180,10 +180,10 @@ class SlowStorage(MemoryStorage):
         self.release = threading.Event()
         self.uploading = threading.Event()
 
-    def save(self, data: bytes, extension: str, content_type: str) -> str:
+    def save(self, key: str, data: bytes, content_type: str) -> None:
         self.uploading.set()
         assert self.release.wait(timeout=60), "the test never released the upload"
-        return super().save(data, extension, content_type)
+        super().save(key, data, content_type)
 
 
 def test_the_next_task_generates_while_the_last_ones_images_upload(tmp_path):
@@ -216,9 +216,9 @@ def test_the_generation_thread_does_no_storage_io(tmp_path):
     threads: set[str] = set()
 
     class RecordingStorage(MemoryStorage):
-        def save(self, data: bytes, extension: str, content_type: str) -> str:
+        def save(self, key: str, data: bytes, content_type: str) -> None:
             threads.add(threading.current_thread().name)
-            return super().save(data, extension, content_type)
+            super().save(key, data, content_type)
 
     runtime = build_runtime(_config(tmp_path), engine=FakeEngine(), stores=stores, storage=RecordingStorage())
 
