@@ -8,7 +8,7 @@ MODEL_DIR := data/models/tiny-sd
 # Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev model run test check format bench bench-loras bench-engines bench-scale bench-affinity bench-models
+.PHONY: install install-dev model run test check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,3 +75,7 @@ bench-models: install-dev
 # Model loads of a mixed two-model queue on two workers, with and without affinity.
 bench-affinity: install-dev
 	$(BIN)/python -m bench.affinity
+
+# 1,000 small tasks through one node with callbacks and retention on: memory, descriptors, database and images.
+bench-soak: install-dev
+	$(BIN)/python -m bench.soak

@@ -128,7 +128,9 @@ class Worker:
             # A clean shutdown is not the task's fault: give back the attempt it was using. If its outcome was
             # written meanwhile, the lease is gone and this write changes nothing.
             try:
-                await self._settle(run.lease, tasks.retry(run.lease.task, count_attempt=False))
+                if await self._settle(run.lease, tasks.retry(run.lease.task, count_attempt=False)):
+                    # Its images, some perhaps uploaded, belong to no task now (the settle cleared the staging).
+                    await self._outputs.delete(run.task_id, run.staged_keys)
             except SdapiError as error:
                 logger.error(
                     "shutdown: task %s stays processing until its lease expires: %s", run.task_id, error.message
@@ -313,6 +315,7 @@ class Worker:
             # these keys with the expired lease, so no stored image is left that no task refers to.
             if not await self._tasks.stage(run.lease, keys):
                 return self._ended_without_images(run, TaskStoreError("任务租约已失效：另一个 worker 接手了此任务"))
+            run.staged_keys = keys
             images = await self._outputs.store(
                 started, generated.images, keys, generated.engine, self._engine.describe()
             )

@@ -33,6 +33,8 @@ class TaskRun:
         self.cancel = threading.Event()
         # How long the engine took (for the queue's estimates); 0 until it has run.
         self.generation_seconds = 0.0
+        # The image keys this run recorded on its task before uploading (deleted if the run is given up).
+        self.staged_keys: list[str] = []
         self._tasks = task_store
         self._lease_seconds = lease_seconds
         self._signals = signals

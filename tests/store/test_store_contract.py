@@ -336,19 +336,23 @@ def test_unknown_tasks_are_not_found(open_stores):
     run(scenario)
 
 
+def _leave_a_newer_schema(stores: Stores, tmp_path: Path) -> None:
+    """What a newer sdapi would leave behind: schema version 99."""
+    database = stores.database
+    if hasattr(database, "dsn"):
+        with psycopg.connect(database.dsn, autocommit=True) as connection:
+            connection.execute("INSERT INTO schema_migrations (version) VALUES (99)")
+    else:
+        with contextlib.closing(sqlite3.connect(tmp_path / "tasks.sqlite3")) as connection:
+            connection.execute("PRAGMA user_version = 99")  # (sqlite3's own `with` would not close it)
+
+
 def test_a_schema_newer_than_this_sdapi_is_refused(open_sql_stores, tmp_path):
     open_stores = open_sql_stores
 
     async def scenario() -> None:
         async with opened(open_stores) as stores:
-            # What a newer sdapi would leave behind.
-            database = stores.database
-            if hasattr(database, "dsn"):
-                with psycopg.connect(database.dsn, autocommit=True) as connection:
-                    connection.execute("INSERT INTO schema_migrations (version) VALUES (99)")
-            else:
-                with sqlite3.connect(tmp_path / "tasks.sqlite3") as connection:
-                    connection.execute("PRAGMA user_version = 99")
+            _leave_a_newer_schema(stores, tmp_path)
         with pytest.raises(TaskStoreError, match="version 99, newer than this sdapi knows"):
             async with opened(open_stores):
                 pass
@@ -362,12 +366,7 @@ def test_a_refused_open_closes_what_it_opened(open_sql_stores, tmp_path):
     async def scenario() -> None:
         async with opened(open_sql_stores) as stores:
             database = stores.database
-            if hasattr(database, "dsn"):
-                with psycopg.connect(database.dsn, autocommit=True) as connection:
-                    connection.execute("INSERT INTO schema_migrations (version) VALUES (99)")
-            else:
-                with contextlib.closing(sqlite3.connect(tmp_path / "tasks.sqlite3")) as connection:
-                    connection.execute("PRAGMA user_version = 99")  # (sqlite3's own `with` would not close it)
+            _leave_a_newer_schema(stores, tmp_path)
         refused = open_sql_stores()
         with pytest.raises(TaskStoreError, match="newer than this sdapi knows"):
             await asyncio.wait_for(refused.database.open(), timeout=60)
