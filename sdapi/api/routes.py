@@ -254,7 +254,10 @@ class TaskController(Controller):
     @delete(
         "/tasks/{task_id:str}",
         summary="取消任务（POST /tasks/{task_id}/cancel 的别名）",
-        description="与 POST /api/v1/tasks/{task_id}/cancel 相同。",
+        description=(
+            "与 POST /api/v1/tasks/{task_id}/cancel 相同：取消任务，而不是删除它。任务记录保留，之后仍可用 "
+            "GET /api/v1/tasks/{task_id} 查询（status 为 failed，error_code 为 cancelled）。"
+        ),
         status_code=200,
         responses=_CANCEL_ERRORS,
     )
