@@ -5,6 +5,7 @@ broken path for the second model)."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,8 @@ def deployment(tmp_path_factory, tiny_model: Path, tiny_sd2v: Path, postgres) ->
     common = {
         "data_dir": str(root / "data"),
         "store": {"backend": "postgres", "postgres": {"dsn": postgres.new_database()}},
-        "queue": {"lease_seconds": 3},
+        # Long leases: a worker frozen with SIGSTOP stays live in the registry meanwhile (heartbeats are a lease).
+        "queue": {"lease_seconds": 30},
     }
 
     def models(second: Path) -> list[dict[str, object]]:
@@ -59,24 +61,35 @@ def _alive(api: ServiceProcess) -> bool:
 
 
 def test_the_worker_that_can_load_the_model_runs_all_of_its_tasks(deployment):
-    api = deployment["api"]
+    api, able = deployment["api"], deployment["able"]
     with api.client() as client:
-        ids = [submit(client, **SMALL, model="second", seed=n) for n in range(6)]
+        # The able worker is frozen (still live in the registry), so the failing one claims a task of "second",
+        # fails to load it, and from then on leaves those tasks in the queue for the able one.
+        able.send(signal.SIGSTOP)
+        try:
+            ids = [submit(client, **SMALL, model="second", seed=n) for n in range(6)]
+
+            def failing_worker() -> dict[str, object] | None:
+                workers = client.get("/health").json()["workers"]
+                return next((worker for worker in workers if worker["models_failed"]), None)
+
+            failing = _until(failing_worker, "the failing worker never reported its failed load")
+            assert set(failing["models_failed"]) == {"second"} and failing["models_failed"]["second"]
+            time.sleep(1)  # not a wait for a condition: the tasks must stay pending, not fail, while it is alone
+            assert {client.get(f"/api/v1/tasks/{task_id}").json()["status"] for task_id in ids} == {"pending"}
+        finally:
+            able.send(signal.SIGCONT)
         ids += [submit(client, **SMALL, seed=10 + n) for n in range(2)]
         bodies = [wait_for_task(client, task_id, timeout=300) for task_id in ids]
         assert all(body["status"] == "completed" for body in bodies), bodies
-        workers = client.get("/health").json()["workers"]
-        failing = [worker for worker in workers if worker["models_failed"]]
-        assert len(failing) == 1 and set(failing[0]["models_failed"]) == {"second"}
-        assert isinstance(failing[0]["models_failed"]["second"], str) and failing[0]["models_failed"]["second"]
         listed = {model["name"]: model for model in client.get("/api/v1/models").json()["models"]}
-        assert set(listed["second"]["load_errors"]) == {failing[0]["id"]} and listed["default"]["load_errors"] == {}
+        assert set(listed["second"]["load_errors"]) == {failing["id"]} and listed["default"]["load_errors"] == {}
     assert "could not be loaded" in deployment["failing"].log()
 
 
 def test_with_no_live_worker_able_to_load_it_the_task_fails_model_not_loaded(deployment):
     api, able = deployment["api"], deployment["able"]
-    able.send(15)  # SIGTERM: a graceful stop, which leaves the registry
+    able.send(signal.SIGTERM)  # a graceful stop, which leaves the registry
     able.process.wait(timeout=60)
     with api.client() as client:
         _until(lambda: len(client.get("/health").json()["workers"]) == 1, "the able worker left the registry")
