@@ -64,6 +64,7 @@ class MemoryTaskStore:
         self.db = database
         # Terminal writes to fail before one succeeds, and an event that holds terminal writes until set.
         self.failing_terminal_writes = 0
+        self.failing_stages = 0  # stagings of image keys to fail before one succeeds
         self.terminal_write_gate: asyncio.Event | None = None
 
     async def add(
@@ -210,6 +211,9 @@ class MemoryTaskStore:
 
     async def stage(self, lease: Lease, keys: Sequence[str]) -> bool:
         self.db.touch()
+        if self.failing_stages > 0:
+            self.failing_stages -= 1
+            raise TaskStoreError("任务数据库错误：database is locked (fake)")
         if not self._holds(lease):
             return False
         self.db.staged[lease.task.id] = tuple(keys)

@@ -313,7 +313,7 @@ class Worker:
             keys = self._outputs.new_keys(started, len(generated.images))
             # Recorded before any upload: if this process dies before the outcome is written, the reaper deletes
             # these keys with the expired lease, so no stored image is left that no task refers to.
-            if not await self._tasks.stage(run.lease, keys):
+            if not await self._stage_until_written(run.lease, keys):
                 return self._ended_without_images(run, TaskStoreError("任务租约已失效：另一个 worker 接手了此任务"))
             run.staged_keys = keys
             images = await self._outputs.store(
@@ -372,6 +372,18 @@ class Worker:
             if delivery is not None:
                 self._signals.delivery_due()
         return written
+
+    async def _stage_until_written(self, lease: Lease, keys: list[str]) -> bool:
+        """Record the keys about to be uploaded, retried while the task store fails (as settling is: an outage of
+        the database is not the task's fault); False when the lease was lost."""
+        wait = RECORD_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await self._tasks.stage(lease, keys)
+            except SdapiError as error:
+                logger.error("task %s: staging its images failed, retrying in %.1fs: %s", lease.task.id, wait, error)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
 
     async def _settle_until_written(self, lease: Lease, task: Task) -> bool:
         """`_settle`, retried while the task store fails (see RECORD_RETRY_*), until it answers or stop() cancels."""

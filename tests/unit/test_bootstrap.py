@@ -230,3 +230,19 @@ def test_the_generation_thread_does_no_storage_io(tmp_path):
 
     _run(scenario)
     assert threads and GENERATION_THREAD_NAME not in threads
+
+
+def test_a_store_outage_while_staging_the_images_does_not_fail_the_task(tmp_path):
+    runtime, tasks, database, storage = _runtime(tmp_path)
+    tasks.failing_stages = 3  # the database is away just as the run records the keys it is about to upload
+
+    async def scenario() -> None:
+        await runtime.start()
+        task = await runtime.service.submit(GenerationRequest(prompt="through the outage", num_images=2), None)
+        await _until(lambda: database.tasks[task.id].status.is_terminal)
+        finished = database.tasks[task.id]
+        assert finished.status is TaskStatus.COMPLETED and finished.attempts == 1
+        assert set(finished.result_keys) == set(storage.objects)
+        await runtime.stop()
+
+    _run(scenario)
