@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from PIL import Image
@@ -374,27 +375,13 @@ class Worker:
         return written
 
     async def _stage_until_written(self, lease: Lease, keys: list[str]) -> bool:
-        """Record the keys about to be uploaded, retried while the task store fails (as settling is: an outage of
-        the database is not the task's fault); False when the lease was lost."""
-        wait = RECORD_RETRY_FIRST_SECONDS
-        while True:
-            try:
-                return await self._tasks.stage(lease, keys)
-            except SdapiError as error:
-                logger.error("task %s: staging its images failed, retrying in %.1fs: %s", lease.task.id, wait, error)
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
+        """Record the keys about to be uploaded, retried as settling is (an outage of the database is not the
+        task's fault); False when the lease was lost."""
+        return await _until_written(lambda: self._tasks.stage(lease, keys), f"task {lease.task.id}: staging its images")
 
     async def _settle_until_written(self, lease: Lease, task: Task) -> bool:
         """`_settle`, retried while the task store fails (see RECORD_RETRY_*), until it answers or stop() cancels."""
-        wait = RECORD_RETRY_FIRST_SECONDS
-        while True:
-            try:
-                return await self._settle(lease, task)
-            except SdapiError as error:
-                logger.error("task %s: recording %s failed, retrying in %.1fs: %s", task.id, task.status, wait, error)
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
+        return await _until_written(lambda: self._settle(lease, task), f"task {task.id}: recording {task.status}")
 
     # -- models --------------------------------------------------------------------------------------------
 
@@ -429,6 +416,19 @@ class Worker:
         self._loads.succeeded(model)
         if model == self._config.default_model.name:
             self.model_error = None
+
+
+async def _until_written(write: Callable[[], Awaitable[bool]], what: str) -> bool:
+    """`write()`, retried while the task store fails: waits double from RECORD_RETRY_FIRST_SECONDS to
+    RECORD_RETRY_MAX_SECONDS and stay there, until it answers (True, or False for a lost lease) or is cancelled."""
+    wait = RECORD_RETRY_FIRST_SECONDS
+    while True:
+        try:
+            return await write()
+        except SdapiError as error:
+            logger.error("%s failed, retrying in %.1fs: %s", what, wait, error)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
 
 
 def _log_unexpected(finishing: asyncio.Task[None]) -> None:
