@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 
 from sdapi.api import routes
+from sdapi.api.allow import complete_allow
 from sdapi.api.auth import api_key_guard
 from sdapi.api.body_limit import body_limit_middleware
 from sdapi.api.dialects.a1111 import a1111_router
@@ -91,7 +92,7 @@ def create_app(
         openapi_config=openapi_config(config.api.key_header),
         plugins=[StrictStructSchemaPlugin()],
         middleware=[request_id_middleware, DefineMiddleware(body_limit_middleware(limit))],
-        before_send=[echo_request_id],
+        before_send=[echo_request_id, complete_allow],
         # The middleware answers first; Litestar's own limit stays as a backstop at the same size.
         request_max_body_size=limit,
         exception_handlers={

@@ -84,17 +84,54 @@ def assets_router() -> Router | None:
     return create_static_files_router(path=ASSETS_ROUTE, directories=[folder], include_in_schema=False)
 
 
-class StrictStructSchemaPlugin(StructSchemaPlugin):
-    """Request bodies that refuse unknown fields (msgspec's forbid_unknown_fields) say so in the schema, with
-    `additionalProperties: false`, so generated clients and schema-driven fuzzers agree with the service.
+# msgspec's constraint names and the Schema attributes that state them in JSON Schema.
+_CONSTRAINTS = {
+    "ge": "minimum",
+    "le": "maximum",
+    "gt": "exclusive_minimum",
+    "lt": "exclusive_maximum",
+    "min_length": "min_length",
+    "max_length": "max_length",
+    "pattern": "pattern",
+}
+_ITEM_CONSTRAINTS = {"min_length": "min_items", "max_length": "max_items"}
 
-    Litestar's own Struct plugin leaves additionalProperties unset; this subclass (of a class Litestar does not
-    export publicly) adds the one attribute. tests check /openapi.json, so an upgrade that breaks it shows up.
+
+class StrictStructSchemaPlugin(StructSchemaPlugin):
+    """Struct schemas that say what the service checks, so generated clients and schema-driven fuzzers agree
+    with it. Litestar's own Struct plugin (this subclasses a class Litestar does not export publicly; tests check
+    /openapi.json, so an upgrade that breaks it shows up) misses two things:
+
+    - bodies that refuse unknown fields (msgspec's forbid_unknown_fields) get `additionalProperties: false`;
+    - an optional field's bounds (`Annotated[int, Meta(gt=0)] | None`) are dropped from its non-null branch:
+      they are put back, so `"width": 0` is documented as invalid, as the service answers it.
     """
 
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
         schema = super().to_openapi_schema(field_definition, schema_creator)
         info = msgspec.inspect.type_info(field_definition.type_)
-        if isinstance(info, msgspec.inspect.StructType) and info.forbid_unknown_fields:
+        if not isinstance(info, msgspec.inspect.StructType):
+            return schema
+        if info.forbid_unknown_fields:
             schema.additional_properties = False
+        for field in info.fields:
+            documented = (schema.properties or {}).get(field.encode_name)
+            if isinstance(documented, Schema) and isinstance(field.type, msgspec.inspect.UnionType):
+                _restore_optional_bounds(documented, field.type)
         return schema
+
+
+def _restore_optional_bounds(documented: Schema, union: msgspec.inspect.UnionType) -> None:
+    """Copy the constraints of `X | None`'s X onto the one non-null branch of its documented oneOf."""
+    constrained = [member for member in union.types if not isinstance(member, msgspec.inspect.NoneType)]
+    branches = [branch for branch in documented.one_of or [] if isinstance(branch, Schema) and branch.type != "null"]
+    if len(constrained) != 1 or len(branches) != 1:
+        return
+    member, branch = constrained[0], branches[0]
+    if isinstance(member, msgspec.inspect.Metadata):  # Annotated[..., Meta(description=...)]
+        member = member.type
+    names = _ITEM_CONSTRAINTS if isinstance(member, msgspec.inspect.ListType) else _CONSTRAINTS
+    for constraint, attribute in names.items():
+        value = getattr(member, constraint, None)
+        if value is not None and getattr(branch, attribute, None) is None:
+            setattr(branch, attribute, value)

@@ -9,12 +9,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.enums import MediaType
 from litestar.exceptions import NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
 from sdapi.api.auth import caller_of
+from sdapi.api.error_docs import error_responses
 from sdapi.api.schemas import (
     TASK_CREATED_MESSAGE,
     CallbackLogResponse,
@@ -40,22 +42,20 @@ from sdapi.errors import SdapiError
 from sdapi.media.images import CONTENT_TYPES
 from sdapi.observability import metrics
 from sdapi.service.status import StatusService
-from sdapi.service.tasks import TaskService
+from sdapi.service.tasks import MAX_PAGE, TaskService
 from sdapi.storage.local import IMAGE_ROUTE
 
 logger = logging.getLogger(__name__)
 
-_ERRORS = {
-    401: ResponseSpec(ErrorResponse, description="认证失败（API Key无效或缺失）"),
-    500: ResponseSpec(ErrorResponse, description="服务器内部错误"),
-}
+
+def _errors(*statuses: int, **described: str) -> dict[int, ResponseSpec]:
+    """The native API's documented errors: `{"detail": ...}`, 401 and 500 on every operation behind the key."""
+    return error_responses(ErrorResponse, *statuses, 401, 500, **described)
 
 
-_CANCEL_ERRORS = {
-    404: ResponseSpec(ErrorResponse, description="任务不存在"),
-    409: ResponseSpec(ErrorResponse, description="任务已结束，无法取消"),
-    **_ERRORS,
-}
+# Every operation that reads a task answers 503 while the task database is unreachable.
+_TASK_ERRORS = _errors(400, 404, 503)
+_CANCEL_ERRORS = _errors(400, 404, 409, 503, s409="任务已结束，无法取消")
 
 
 def _service(state: State) -> TaskService:
@@ -91,12 +91,8 @@ class TaskController(Controller):
         status_code=200,
         before_request=strict_body(GenerationRequest),
         responses={
-            400: ResponseSpec(ErrorResponse, description="请求参数错误"),
-            409: ResponseSpec(ErrorResponse, description="Idempotency-Key 已用于不同的请求"),
-            413: ResponseSpec(ErrorResponse, description="请求体过大（上限见 limits.max_request_bytes）"),
+            **_errors(400, 409, 413, 429, 503, s409="Idempotency-Key 已用于不同的请求"),
             422: ResponseSpec(ValidationErrorResponse, description="参数验证失败"),
-            429: ResponseSpec(ErrorResponse, description="任务队列已满，稍后重试（见 Retry-After）"),
-            **_ERRORS,
         },
     )
     async def generate(
@@ -124,7 +120,7 @@ class TaskController(Controller):
         "/tasks/{task_id:str}",
         summary="查询任务状态",
         description="查询图片生成任务的状态和结果。",
-        responses={404: ResponseSpec(ErrorResponse, description="任务不存在"), **_ERRORS},
+        responses=_TASK_ERRORS,
     )
     async def get_task(
         self,
@@ -132,7 +128,13 @@ class TaskController(Controller):
         request: Request[Any, Any, Any],
         wait: Annotated[
             float | None,
-            Parameter(description="可选：最多等待的秒数（0–60）。任务结束或时间到时再返回，省去频繁轮询", ge=0, le=60),
+            Parameter(
+                description="可选：最多等待的秒数（0–60）。任务结束或时间到时再返回，省去频繁轮询",
+                ge=0,
+                le=60,
+                # Litestar leaves a bound of 0 out of the schema (it tests the bound for truth): stated here.
+                schema_extra={"minimum": 0},
+            ),
         ] = None,
     ) -> TaskResponse:
         service = _service(request.app.state)
@@ -147,7 +149,8 @@ class TaskController(Controller):
             "Server-Sent Events：先发一个 status 事件（完整任务体），之后状态变化时发 status、进度变化时发 progress，"
             "任务结束时发最后一个 done 事件后关闭连接。无变化时每 15 秒发一条注释保持连接。"
         ),
-        responses={404: ResponseSpec(ErrorResponse, description="任务不存在"), **_ERRORS},
+        responses=_TASK_ERRORS,
+        media_type="text/event-stream",
     )
     async def task_events(self, task_id: str, request: Request[Any, Any, Any]) -> ServerSentEvent:
         service = _service(request.app.state)
@@ -172,7 +175,7 @@ class TaskController(Controller):
             "本 API Key 创建的任务（admin Key 可见全部），按创建时间从新到旧，游标分页：把 next_cursor 作为 cursor "
             "传入取下一页，期间新提交的任务不会打乱分页。"
         ),
-        responses={400: ResponseSpec(ErrorResponse, description="参数错误（limit 超出范围、cursor 无效）"), **_ERRORS},
+        responses=_errors(400, 503, s400="参数错误（limit 超出范围、cursor 无效）"),
     )
     async def list_tasks(
         self,
@@ -181,7 +184,11 @@ class TaskController(Controller):
             Literal["pending", "processing", "completed", "failed"] | None,
             Parameter(description="只列出此状态的任务"),
         ] = None,
-        limit: Annotated[int, Parameter(description="每页条数（1–100）")] = 20,
+        limit: Annotated[
+            # Documented here, checked by the service (its message names the range).
+            int,
+            Parameter(description="每页条数（1–100）", schema_extra={"minimum": 1, "maximum": MAX_PAGE}),
+        ] = 20,
         cursor: Annotated[str | None, Parameter(description="上一页返回的 next_cursor")] = None,
     ) -> TaskListResponse:
         service = _service(request.app.state)
@@ -208,7 +215,7 @@ class TaskController(Controller):
         "/tasks/{task_id:str}/callback",
         summary="回调投递记录",
         description="任务回调的投递状态与每一次尝试（时间、HTTP 状态或错误、耗时）。",
-        responses={404: ResponseSpec(ErrorResponse, description="任务不存在，或任务没有回调"), **_ERRORS},
+        responses=_errors(400, 404, 503, s404="任务不存在，或任务没有回调"),
     )
     async def callback_log(self, task_id: str, request: Request[Any, Any, Any]) -> CallbackLogResponse:
         service = _service(request.app.state)
@@ -222,11 +229,7 @@ class TaskController(Controller):
             "供丢失了回调的接收方使用。"
         ),
         status_code=200,
-        responses={
-            404: ResponseSpec(ErrorResponse, description="任务不存在，或任务没有回调"),
-            409: ResponseSpec(ErrorResponse, description="回调仍在投递中"),
-            **_ERRORS,
-        },
+        responses=_errors(400, 404, 409, 503, s404="任务不存在，或任务没有回调", s409="回调仍在投递中"),
     )
     async def redeliver(self, task_id: str, request: Request[Any, Any, Any]) -> CallbackLogResponse:
         service = _service(request.app.state)
@@ -240,12 +243,7 @@ class TaskController(Controller):
             "图生图任务结束后不保留 init_image，只能在结束前重新运行。"
         ),
         status_code=200,
-        responses={
-            400: ResponseSpec(ErrorResponse, description="无法重新运行（已结束的图生图任务）"),
-            404: ResponseSpec(ErrorResponse, description="任务不存在"),
-            429: ResponseSpec(ErrorResponse, description="任务队列已满，稍后重试（见 Retry-After）"),
-            **_ERRORS,
-        },
+        responses=_errors(400, 404, 429, 503, s400="无法重新运行（已结束的图生图任务）"),
     )
     async def rerun_task(self, task_id: str, request: Request[Any, Any, Any]) -> GenerateResponse:
         task = await _service(request.app.state).rerun(task_id, _base_url(request), caller_of(request))
@@ -272,7 +270,7 @@ class TaskController(Controller):
     description="可在 scheduler 中使用的采样方法，及其 AUTOMATIC1111 名称和是否支持 use_karras_sigmas。",
     tags=["tasks"],
     security=[{"APIKeyHeader": []}],
-    responses=_ERRORS,
+    responses=_errors(),
 )
 async def schedulers(state: State) -> SchedulerListResponse:
     listing = _status(state).schedulers()
@@ -291,7 +289,7 @@ async def schedulers(state: State) -> SchedulerListResponse:
     description="本服务提供的模型：名称、家族、原生尺寸、来源、sha256、引擎、是否已载入、是否默认。",
     tags=["models"],
     security=[{"APIKeyHeader": []}],
-    responses=_ERRORS,
+    responses=_errors(503),
 )
 async def models(state: State) -> ModelListResponse:
     views = await _status(state).models()
@@ -309,7 +307,7 @@ class LoraController(Controller):
         "/",
         summary="LoRA 列表",
         description="loras.dir 中的文件：类型、作用部分、大小、sha256、是否适配当前模型。",
-        responses=_ERRORS,
+        responses=_errors(),
     )
     async def list_loras(self, state: State) -> LoraListResponse:
         return LoraListResponse(loras=_status(state).loras())
@@ -319,7 +317,7 @@ class LoraController(Controller):
         summary="重新扫描 LoRA",
         description="重新扫描 loras.dir 并返回新的列表。",
         status_code=200,
-        responses=_ERRORS,
+        responses=_errors(),
     )
     async def refresh(self, state: State) -> LoraListResponse:
         return LoraListResponse(loras=await _status(state).rescan_loras())
@@ -330,6 +328,7 @@ class LoraController(Controller):
     summary="Prometheus 指标",
     description="Prometheus 文本格式的运行指标（metrics.enabled；metrics.port 设置时改在该端口提供）。无需 API Key。",
     tags=["operations"],
+    media_type=MediaType.TEXT,
 )
 async def metrics_text(state: State) -> Response[bytes]:
     try:

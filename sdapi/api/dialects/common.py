@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
+from litestar.exceptions import HTTPException
 
 from sdapi.api.auth import caller_of
 from sdapi.api.errors import status_for
@@ -46,6 +47,18 @@ class CompatTimeout(SdapiError):
 
 class ClientGone(SdapiError):
     """The client disconnected while waiting; its task was cancelled (nobody receives this answer)."""
+
+
+def framework_error_message(error: HTTPException) -> tuple[str, str | None]:
+    """The message and field of an error Litestar raised before the handler ran. Its detail alone is only
+    "Validation failed for POST /path"; the reason ("Expected `str` of length >= 1") and the field are in `extra`."""
+    extra = error.extra if isinstance(error.extra, list) else []
+    first = extra[0] if extra and isinstance(extra[0], dict) else {}
+    reason, field = first.get("message"), first.get("key")
+    if not isinstance(reason, str):
+        return str(error.detail), None
+    field = field if isinstance(field, str) and field else None
+    return (f"{field}: {reason}" if field else reason), field
 
 
 def service_of(request: Request[Any, Any, Any]) -> TaskService:

@@ -17,11 +17,20 @@ from litestar import Request, Response, Router, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body
 
 from sdapi.api.auth import api_key_guard
 from sdapi.api.dialects import fields as fields_parser
-from sdapi.api.dialects.common import DialectTaskFailed, classify, config_of, service_of, submit_and_wait
+from sdapi.api.dialects.common import (
+    DialectTaskFailed,
+    classify,
+    config_of,
+    framework_error_message,
+    service_of,
+    submit_and_wait,
+)
+from sdapi.api.error_docs import error_responses
 from sdapi.api.errors import INTERNAL_ERROR_DETAIL, log_unexpected
 from sdapi.config import DEFAULT_MODEL_NAME, Config
 from sdapi.core.callers import callers_by_key
@@ -47,10 +56,32 @@ _ERROR_TYPES = {
 }
 
 
+class OpenAIErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(msgspec.Struct):
+    """OpenAI's error body, `{"error": {"message", "type", "param", "code"}}` (rendered by `_error`)."""
+
+    error: OpenAIErrorDetail
+
+
+def _openai_errors(*statuses: int, **described: str) -> dict[int, ResponseSpec]:
+    """A /v1 operation's documented errors: 401 and 500 on every one (all sit behind the key)."""
+    return error_responses(OpenAIErrorBody, *statuses, 401, 500, **described)
+
+
+# An unknown `model` is OpenAI's 404; 504 when the wait for the task runs out.
+_GENERATION_ERRORS = _openai_errors(400, 404, 413, 429, 503, 504, s404="模型不存在（见 GET /v1/models）")
+
+
 class ImageGenerationRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /v1/images/generations: OpenAI's fields, and sdapi's own through the SDK's extra_body."""
 
-    prompt: str
+    prompt: Annotated[str, msgspec.Meta(min_length=1)]
     n: Annotated[int, msgspec.Meta(ge=1, le=10)] = 1
     size: str | None = None  # "WxH", or "auto"/None for the configured default
     response_format: Literal["url", "b64_json"] = "url"
@@ -138,7 +169,7 @@ async def _images(service: TaskService, view: TaskView, response_format: str) ->
     return [{"b64_json": base64.b64encode(raw).decode("ascii"), "revised_prompt": None} for raw in data]
 
 
-@post("/images/generations", status_code=200, summary="OpenAI: images.generate")
+@post("/images/generations", status_code=200, summary="OpenAI: images.generate", responses=_GENERATION_ERRORS)
 async def generations(data: ImageGenerationRequest, request: Request[Any, Any, Any]) -> dict[str, Any]:
     model = _model(config_of(request), data.model)
     return await _generate_and_answer(request, _native(data, model), data)
@@ -149,7 +180,13 @@ async def _form_decodes(request: Request[Any, Any, Any]) -> None:
     fields_parser.check_form_text(await request.body(), request.headers.get("content-type", ""))
 
 
-@post("/images/edits", status_code=200, summary="OpenAI: images.edit（图生图）", before_request=_form_decodes)
+@post(
+    "/images/edits",
+    status_code=200,
+    summary="OpenAI: images.edit（图生图）",
+    before_request=_form_decodes,
+    responses=_GENERATION_ERRORS,
+)
 async def edits(
     data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
     request: Request[Any, Any, Any],
@@ -180,7 +217,7 @@ async def edits(
     return await _generate_and_answer(request, _native(body, model, init_image, strength), body)
 
 
-@get("/models", summary="OpenAI: models.list")
+@get("/models", summary="OpenAI: models.list", responses=_openai_errors())
 async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
     ids = _model_ids(config_of(request))
     return {
@@ -223,7 +260,8 @@ def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[o
 
 def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[object]:
     status = 400 if error.status_code == 422 else error.status_code
-    return _error(status, str(error.detail), code=None)
+    message, field = framework_error_message(error)
+    return _error(status, message, field)
 
 
 def openai_router(config: Config) -> Router:

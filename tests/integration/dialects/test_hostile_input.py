@@ -203,3 +203,14 @@ def test_a_native_init_image_over_the_pixel_limit_is_400(service, bomb):
     bomb_url = "data:image/png;base64," + base64.b64encode(bomb).decode()
     response = httpx.post(f"{service.url}/api/v1/generate", json={"prompt": "a", "init_image": bomb_url}, headers=KEY)
     assert response.status_code == 400 and "13000x13000" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"prompt": ""}, "prompt"), ({"prompt": "a", "n": 11}, "n"), ({"prompt": "a", "n": "many"}, "n")],
+)
+def test_openai_framework_validation_names_the_field_and_the_reason(service, body, field):
+    """Litestar's own detail is only "Validation failed for POST ..."; the answer carries the reason and field."""
+    error = _openai_error(httpx.post(f"{service.url}/v1/images/generations", json=body, headers=BEARER))
+    assert error["param"] == field
+    assert str(error["message"]).startswith(f"{field}: ") and "Validation failed" not in str(error["message"])

@@ -161,3 +161,49 @@ def test_openapi_schema_describes_every_field(service):
             )
             assert described, f"{name}.{field} has no description"
     assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+
+
+def test_documented_errors_have_the_bodies_the_service_answers(service, client):
+    schema = httpx.get(service.url + "/openapi.json").json()
+
+    def body_schema(path: str, method: str, status: str) -> dict:
+        content = schema["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        ref = content["$ref"].rsplit("/", 1)[-1]
+        return schema["components"]["schemas"][ref]
+
+    # The native API's 400 is the contract's {"detail": "..."}, not Litestar's {"status_code", "detail", "extra"}.
+    native = body_schema("/api/v1/tasks/{task_id}", "get", "400")
+    assert set(native["properties"]) == {"detail"}
+    answered = client.get("/api/v1/tasks/x", params={"wait": "soon"})
+    assert answered.status_code == 400 and set(answered.json()) == {"detail"}
+    for path, method in [("/v1/images/generations", "post"), ("/v1/models", "get")]:
+        assert set(body_schema(path, method, "401")["properties"]) == {"error"}
+    for path, method in [("/sdapi/v1/txt2img", "post"), ("/sdapi/v1/sd-models", "get")]:
+        assert set(body_schema(path, method, "401")["properties"]) == {"error", "detail", "body", "errors"}
+    assert {"400", "401", "413", "422", "429", "503"} <= set(schema["paths"]["/api/v1/generate"]["post"]["responses"])
+    # An optional field keeps its bounds in the schema (Litestar drops them from the non-null branch).
+    width = schema["components"]["schemas"]["GenerationRequest"]["properties"]["width"]
+    assert {"type": "integer", "exclusiveMinimum": 0} in width["oneOf"]
+
+
+def test_options_allow_lists_every_method_of_the_path(client):
+    for path, methods in [
+        ("/api/v1/tasks/some-task", {"GET", "DELETE", "OPTIONS"}),
+        ("/sdapi/v1/options", {"GET", "POST", "OPTIONS"}),
+        ("/api/v1/generate", {"POST", "OPTIONS"}),
+    ]:
+        answered = client.options(path, auth=("any", client.headers["X-API-Key"]))
+        assert answered.status_code == 204, path
+        assert set(answered.headers["allow"].split(", ")) == methods, path
+
+
+def test_a_whole_float_is_an_integer_and_a_fraction_is_refused(client):
+    """JSON does not tell 64 from 64.0 (nor does JSON Schema): Python clients send `128 / 2` as 64.0."""
+    created = client.post("/api/v1/generate", json={"prompt": "a lake", "width": 64.0, "num_inference_steps": 2.0})
+    assert created.status_code == 200, created.text
+    task = wait_for_task(client, created.json()["task_id"])
+    assert task["status"] == "completed"
+    assert fetch_image(task["result_url"]).size[0] == 64
+    refused = client.post("/api/v1/generate", json={"prompt": "a lake", "width": 64.5})
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", "width"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request, get, post
 
+from sdapi.api.dialects.a1111.errors import a1111_errors
 from sdapi.api.dialects.a1111.models import Checkpoint, served_checkpoints
 from sdapi.api.dialects.a1111.translate import SAMPLER_ALIASES, SAMPLERS, SCHEDULE_TYPES
 from sdapi.api.dialects.common import (
@@ -17,12 +18,12 @@ from sdapi.errors import (
 )
 
 
-@get("/samplers", summary="AUTOMATIC1111: 采样器列表")
+@get("/samplers", summary="AUTOMATIC1111: 采样器列表", responses=a1111_errors())
 async def samplers() -> list[dict[str, Any]]:
     return [{"name": name, "aliases": list(SAMPLER_ALIASES.get(name, ())), "options": {}} for name in SAMPLERS]
 
 
-@get("/schedulers", summary="AUTOMATIC1111: 调度类型（Schedule type）列表")
+@get("/schedulers", summary="AUTOMATIC1111: 调度类型（Schedule type）列表", responses=a1111_errors())
 async def schedulers() -> list[dict[str, Any]]:
     return [
         {"name": name, "label": name.capitalize(), "aliases": None, "default_rho": 7.0 if karras else -1.0}
@@ -30,7 +31,7 @@ async def schedulers() -> list[dict[str, Any]]:
     ]
 
 
-@get("/sd-models", summary="AUTOMATIC1111: 模型列表（默认模型在前，附哈希）")
+@get("/sd-models", summary="AUTOMATIC1111: 模型列表（默认模型在前，附哈希）", responses=a1111_errors(503))
 async def sd_models(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return [
         {
@@ -45,7 +46,7 @@ async def sd_models(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     ]
 
 
-@get("/loras", summary="AUTOMATIC1111: LoRA 列表（可在提示词中以 <lora:名称:权重> 使用）")
+@get("/loras", summary="AUTOMATIC1111: LoRA 列表（可在提示词中以 <lora:名称:权重> 使用）", responses=a1111_errors(503))
 async def loras(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return [
         {"name": entry.name, "alias": entry.name, "path": entry.name, "metadata": {"type": entry.type}}
@@ -54,7 +55,7 @@ async def loras(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     ]
 
 
-@get("/options", summary="AUTOMATIC1111: 读取设置（当前模型等）")
+@get("/options", summary="AUTOMATIC1111: 读取设置（当前模型等）", responses=a1111_errors(503))
 async def read_options(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return options_of((await served_checkpoints(request))[0])
 
@@ -74,6 +75,7 @@ def options_of(model: Checkpoint) -> dict[str, Any]:
 @post(
     "/options",
     status_code=200,
+    responses=a1111_errors(413, 422, 503),
     summary="AUTOMATIC1111: 写入设置（只读：仅接受与当前值相同的设置）",
     description="设置在 config.yaml 中修改。可发送 sd_model_checkpoint（默认模型）和 GET /options 中的当前值；"
     "其他设置返回 422 并列出名称。要为一个请求选择其他模型，请在请求的 override_settings.sd_model_checkpoint 中指定。",
@@ -95,6 +97,6 @@ async def write_options(data: dict[str, Any], request: Request[Any, Any, Any]) -
     return {}
 
 
-@get("/scripts", summary="AUTOMATIC1111: 脚本列表（sdapi 没有脚本）")
+@get("/scripts", summary="AUTOMATIC1111: 脚本列表（sdapi 没有脚本）", responses=a1111_errors())
 async def scripts() -> dict[str, list[str]]:
     return {"txt2img": [], "img2img": []}

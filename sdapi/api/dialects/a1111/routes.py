@@ -15,6 +15,7 @@ from litestar.exceptions import HTTPException
 
 from sdapi.api.auth import api_key_guard, caller_of
 from sdapi.api.dialects.a1111.answer import answer
+from sdapi.api.dialects.a1111.errors import GENERATION_ERRORS, a1111_errors
 from sdapi.api.dialects.a1111.models import checkpoint_of, served_checkpoints
 from sdapi.api.dialects.a1111.options import (
     loras,
@@ -32,6 +33,7 @@ from sdapi.api.dialects.common import (
     cancel_quietly,
     classify,
     config_of,
+    framework_error_message,
     service_of,
     submit_and_wait,
 )
@@ -69,17 +71,17 @@ async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_
     return answer(translated, view, images, infotexts, model)
 
 
-@post("/txt2img", status_code=200, summary="AUTOMATIC1111: txt2img（文生图）")
+@post("/txt2img", status_code=200, summary="AUTOMATIC1111: txt2img（文生图）", responses=GENERATION_ERRORS)
 async def txt2img(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
     return await generate(request, data, image_to_image=False)
 
 
-@post("/img2img", status_code=200, summary="AUTOMATIC1111: img2img（图生图）")
+@post("/img2img", status_code=200, summary="AUTOMATIC1111: img2img（图生图）", responses=GENERATION_ERRORS)
 async def img2img(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
     return await generate(request, data, image_to_image=True)
 
 
-@get("/progress", summary="AUTOMATIC1111: 调用者正在运行的任务的进度与剩余时间")
+@get("/progress", summary="AUTOMATIC1111: 调用者正在运行的任务的进度与剩余时间", responses=a1111_errors(503))
 async def progress(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = await _running_task(request)
     state = {
@@ -129,7 +131,12 @@ async def _running_task(request: Request[Any, Any, Any]) -> TaskView | None:
     return running[0] if running else None
 
 
-@post("/interrupt", status_code=200, summary="AUTOMATIC1111: 中断调用者正在运行的任务（不影响其他 Key 的任务）")
+@post(
+    "/interrupt",
+    status_code=200,
+    summary="AUTOMATIC1111: 中断调用者正在运行的任务（不影响其他 Key 的任务）",
+    responses=a1111_errors(503),
+)
 async def interrupt(request: Request[Any, Any, Any]) -> dict[str, Any]:
     caller, base_url = caller_of(request), base_url_of(request)
     running = await _running_tasks(request)
@@ -142,7 +149,7 @@ class PngInfoRequest(msgspec.Struct):
     image: str
 
 
-@post("/png-info", status_code=200, summary="AUTOMATIC1111: 读取图片中嵌入的生成参数")
+@post("/png-info", status_code=200, summary="AUTOMATIC1111: 读取图片中嵌入的生成参数", responses=a1111_errors(413, 422))
 async def png_info(data: PngInfoRequest, request: Request[Any, Any, Any]) -> dict[str, Any]:
     payload = data.image.split(",", 1)[1] if data.image.startswith("data:") else data.image
     try:
@@ -211,7 +218,8 @@ def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[o
 
 def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[object]:
     status = 422 if error.status_code == 400 else error.status_code
-    return _error(status, type(error).__name__, str(error.detail))
+    message, _ = framework_error_message(error)
+    return _error(status, type(error).__name__, message)
 
 
 def a1111_router(config: Config) -> Router:
