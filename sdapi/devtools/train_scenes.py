@@ -1,0 +1,712 @@
+"""Train the embedded default model on procedurally drawn scenes (sdapi.devtools.scenes), on CPU.
+
+    python -m sdapi.devtools.train_scenes --workdir data/train-scenes --out data/models/scenes-sd
+
+Stages, each kept in --workdir when done (the UNet's also every 500 steps), so an interrupted run resumes where
+it stopped: run the same command again.
+
+1. render: the training scenes at 256x256 and 512x512, with their labels;
+2. vae: an AutoencoderKL (8x downsampling, 4 latent channels) on whole scenes at 128 and 256 pixels;
+3. encode: every scene's latent distribution, once, with the trained encoder;
+4. unet: the UNet and a small CLIP text encoder together, on the latents and captions (a word-level tokenizer
+   with character fallback, sdapi.devtools.word_tokenizer), at 256 and 512, 10 % of captions dropped so
+   classifier-free guidance works, an exponential moving average kept of both;
+5. export: the pipeline in diffusers format, fp16 safetensors, SD 1.5's scheduler config;
+6. lora: a "monochrome" style LoRA (kohya layout, trigger word "monochrome") on the frozen model;
+7. embedding: a textual-inversion embedding "<sdapi-orange-ball>" (an orange circle, a colour no caption names);
+8. manifest: sha256 of every shipped file, the command, the scene renderer's version, the loss curve.
+
+Everything is seeded: the same command on the same torch build and CPU gives the same weights (a resumed run is
+equivalent, not bit-identical: its caption draws restart from the step it resumed at).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdapi.devtools import scenes
+
+SEED = 20261201
+TRIGGER = "monochrome"
+EMBEDDING_TOKEN = "<sdapi-orange-ball>"
+LORA_NAME = "monochrome"
+EMBEDDING_NAME = "sdapi-orange-ball"
+LORA_RANK = 4
+ORANGE = (245, 140, 30)
+
+
+@dataclass
+class Budget:
+    """How much each stage does; `--quick` shrinks all of it to a smoke test of the whole script."""
+
+    scenes_256: int = 6000
+    scenes_512: int = 800
+    vae_steps: int = 2000
+    unet_steps: int = 3000
+    lora_steps: int = 300
+    embedding_steps: int = 300
+    batch_256: int = 32
+    batch_512: int = 8
+    every_512: int = 5  # one 512 batch after every four 256 batches
+
+    @classmethod
+    def quick(cls) -> Budget:
+        return cls(
+            scenes_256=64,
+            scenes_512=8,
+            vae_steps=10,
+            unet_steps=12,
+            lora_steps=4,
+            embedding_steps=4,
+            batch_256=8,
+            batch_512=2,
+        )
+
+
+def _log(message: str) -> None:
+    print(f"[train-scenes {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _progress(total: int, description: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, file=sys.stderr, mininterval=5.0, dynamic_ncols=False, ncols=100)
+
+
+# ---------------------------------------------------------------------------------------------------- 1. render
+
+
+def _render_range(arguments: tuple[int, int, int]) -> tuple[np.ndarray, list[dict[str, object]]]:
+    start, count, size = arguments
+    images = np.empty((count, size, size, 3), dtype=np.uint8)
+    labels = []
+    for index in range(count):
+        seed = SEED + size * 1_000_003 + start + index
+        scene = scenes.random_scene(random.Random(seed))
+        images[index] = np.asarray(scenes.render(scene, size, seed))
+        labels.append(scenes.labels(scene))
+    return images, labels
+
+
+def render_stage(workdir: Path, budget: Budget) -> None:
+    from multiprocessing import Pool
+
+    for size, count in ((256, budget.scenes_256), (512, budget.scenes_512)):
+        target = workdir / f"scenes_{size}.npz"
+        if target.exists():
+            continue
+        _log(f"rendering {count} scenes at {size}x{size}")
+        chunks = [(start, min(200, count - start), size) for start in range(0, count, 200)]
+        with Pool(max(1, min(2, os.cpu_count() or 1))) as pool:
+            parts = pool.map(_render_range, chunks)
+        images = np.concatenate([part[0] for part in parts])
+        labels = [label for part in parts for label in part[1]]
+        np.savez(target.with_suffix(".tmp.npz"), images=images, labels=json.dumps(labels))
+        target.with_suffix(".tmp.npz").rename(target)
+
+
+def _load_scenes(workdir: Path, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    data = np.load(workdir / f"scenes_{size}.npz")
+    return data["images"], json.loads(str(data["labels"]))
+
+
+def scene_of(label: dict[str, Any]) -> scenes.Scene:
+    fields = {key: value for key, value in label.items() if key != "kind"}
+    return scenes.Landscape(**fields) if label["kind"] == "landscape" else scenes.ShapeScene(**fields)
+
+
+# ---------------------------------------------------------------------------------------------------- 2. vae
+
+
+def _to_tensor(images: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _vae() -> Any:
+    """The random tiny model's VAE with more channels at the two lowest resolutions, where the cost is small:
+    the 8-channel bottleneck of the random one blurs the scenes' edges."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=512,
+        mid_block_add_attention=False,
+    )
+
+
+def vae_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
+    import torch
+
+    target = workdir / "vae"
+    if (target / "config.json").exists():
+        return
+    torch.manual_seed(SEED)
+    vae = _vae()
+    images_256, _ = _load_scenes(workdir, 256)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=budget.vae_steps, pct_start=0.05)
+    rng = np.random.default_rng(SEED)
+    losses = []
+    with _progress(budget.vae_steps, "vae") as bar:
+        for step in range(budget.vae_steps):
+            # Whole pictures, never crops: GroupNorm's statistics of a crop are not those of the picture the
+            # service decodes (a VAE trained on 96-pixel crops reconstructed whole 256-pixel scenes 4x worse).
+            # Every other step the 256 renders at half size, twelve at a time; else four at full size.
+            if step % 2 == 0:
+                picks = rng.integers(0, len(images_256), 12)
+                batch = torch.nn.functional.interpolate(
+                    _to_tensor(images_256[picks]), size=(128, 128), mode="bilinear", antialias=True
+                )
+            else:
+                batch = _to_tensor(images_256[rng.integers(0, len(images_256), 4)])
+            if rng.random() < 0.5:
+                batch = batch.flip(3)
+            posterior = vae.encode(batch).latent_dist
+            decoded = vae.decode(posterior.sample()).sample
+            reconstruction = (decoded - batch).abs().mean() + 0.5 * ((decoded - batch) ** 2).mean()
+            kl = posterior.kl().mean() / (batch.shape[2] * batch.shape[3])
+            loss = reconstruction + 1e-4 * kl
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(reconstruction))
+            bar.update(1)
+            bar.set_postfix(l1=f"{np.mean(losses[-50:]):.4f}")
+    curve["vae_reconstruction"] = _thin(losses)
+    vae.save_pretrained(str(target.with_name("vae.tmp")))
+    target.with_name("vae.tmp").rename(target)
+
+
+def _thin(values: list[float], points: int = 40) -> list[float]:
+    """A loss curve as `points` averages of equal stretches (for the manifest and docs/benchmarks.md)."""
+    if not values:
+        return []
+    edges = np.linspace(0, len(values), min(points, len(values)) + 1).astype(int)
+    return [round(float(np.mean(values[a:b])), 5) for a, b in pairwise(edges) if b > a]
+
+
+# ---------------------------------------------------------------------------------------------------- 3. encode
+
+
+def encode_stage(workdir: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL
+
+    target = workdir / "latents.pt"
+    if target.exists():
+        return
+    vae = AutoencoderKL.from_pretrained(str(workdir / "vae")).eval()
+    encoded: dict[str, Any] = {}
+    with torch.no_grad():
+        for size in (256, 512):
+            images, _ = _load_scenes(workdir, size)
+            means, logvars = [], []
+            for start in range(0, len(images), 64):
+                batch = _to_tensor(images[start : start + 64])
+                flipped = batch.flip(3)
+                for part, store in ((batch, 0), (flipped, 1)):
+                    dist = vae.encode(part).latent_dist
+                    if store == 0:
+                        means.append(dist.mean.half())
+                        logvars.append(dist.logvar.half())
+                    else:
+                        means[-1] = torch.stack([means[-1], dist.mean.half()], 1)
+                        logvars[-1] = torch.stack([logvars[-1], dist.logvar.half()], 1)
+            encoded[str(size)] = (torch.cat(means), torch.cat(logvars))
+        std = float(encoded["256"][0].float().std())
+    encoded["scaling_factor"] = 1.0 / std
+    _log(f"latent std {std:.4f}: scaling factor {1.0 / std:.4f}")
+    torch.save(encoded, target.with_suffix(".tmp"))
+    target.with_suffix(".tmp").rename(target)
+
+
+# ---------------------------------------------------------------------------------------------------- 4. unet
+
+
+def _text_encoder(vocab_size: int) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=64,
+            hidden_act="quick_gelu",
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
+
+
+def _unet() -> Any:
+    from diffusers import UNet2DConditionModel
+
+    # The random tiny model's layout with a wider lowest level, where the one attention block reads the prompt:
+    # about 1.3x its cost per step at 512x512.
+    return UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def _tokenizer(directory: Path) -> Any:
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(
+        vocab_file=str(directory / "vocab.json"), merges_file=str(directory / "merges.txt"), model_max_length=77
+    )
+
+
+def _tokens(tokenizer: Any, texts: list[str]) -> Any:
+    return tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+def _noise_schedule() -> Any:
+    from diffusers import DDPMScheduler
+
+    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG
+
+    config = {k: v for k, v in SD15_SCHEDULER_CONFIG.items() if not k.startswith("_")}
+    return DDPMScheduler.from_config(config)
+
+
+def _latent_batch(encoded: Any, size: int, picks: Any, flips: Any, scaling: float) -> Any:
+    import torch
+
+    means, logvars = encoded[str(size)]
+    mean = means[picks, flips].float()
+    std = torch.exp(0.5 * logvars[picks, flips].float())
+    return (mean + std * torch.randn_like(mean)) * scaling
+
+
+def _diffusion_loss(unet: Any, schedule: Any, latents: Any, hidden: Any, timesteps: Any | None = None) -> Any:
+    import torch
+
+    noise = torch.randn_like(latents)
+    if timesteps is None:
+        timesteps = torch.randint(0, schedule.config.num_train_timesteps, (latents.shape[0],))
+    noisy = schedule.add_noise(latents, noise, timesteps)
+    predicted = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+    # Min-SNR weighting (gamma 5): the many low-noise steps do not drown out the layout-deciding high-noise ones.
+    alphas = schedule.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=5.0) / snr
+    return (weight * ((predicted - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+
+
+def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
+    import torch
+
+    from sdapi.devtools.word_tokenizer import write_word_tokenizer
+
+    final = workdir / "unet_final.pt"
+    if final.exists():
+        return
+    tokenizer_dir = workdir / "tokenizer"
+    vocab_size = write_word_tokenizer(tokenizer_dir, [*scenes.vocabulary(), TRIGGER])
+    tokenizer = _tokenizer(tokenizer_dir)
+    torch.manual_seed(SEED + 1)
+    unet, text_encoder = _unet(), _text_encoder(vocab_size)
+    ema_unet, ema_text = _unet(), _text_encoder(vocab_size)
+    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-2)
+    warmup = max(1, budget.unet_steps // 50)
+
+    def rate(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / budget.unet_steps)))
+
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    encoded = torch.load(workdir / "latents.pt")
+    scaling = float(encoded["scaling_factor"])
+    labels = {size: _load_scenes(workdir, size)[1] for size in (256, 512)}
+    schedule = _noise_schedule()
+    checkpoint = workdir / "unet_checkpoint.pt"
+    start, losses = 0, []
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            module.load_state_dict(state[key])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr"])
+        start, losses = state["step"], state["losses"]
+        torch.set_rng_state(state["torch_rng"])
+        _log(f"resuming the UNet at step {start}")
+    else:
+        ema_unet.load_state_dict(unet.state_dict())
+        ema_text.load_state_dict(text_encoder.state_dict())
+    rng = random.Random(SEED + start)
+    with _progress(budget.unet_steps, "unet") as bar:
+        bar.update(start)
+        for step in range(start, budget.unet_steps):
+            size = 512 if step % budget.every_512 == budget.every_512 - 1 else 256
+            count = budget.batch_512 if size == 512 else budget.batch_256
+            picks = torch.tensor([rng.randrange(len(labels[size])) for _ in range(count)])
+            flips = torch.tensor([rng.randrange(2) for _ in range(count)])
+            latents = _latent_batch(encoded, size, picks, flips, scaling)
+            texts = ["" if rng.random() < 0.1 else scenes.caption(scene_of(labels[size][int(i)]), rng) for i in picks]
+            hidden = text_encoder(_tokens(tokenizer, texts))[0]
+            loss = _diffusion_loss(unet, schedule, latents, hidden)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            lr_schedule.step()
+            decay = min(0.999, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
+                    for average, value in zip(ema.parameters(), live.parameters(), strict=True):
+                        average.lerp_(value, 1 - decay)
+            losses.append(float(loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+            if (step + 1) % 500 == 0 and step + 1 < budget.unet_steps:
+                state = {
+                    "unet": unet.state_dict(),
+                    "text": text_encoder.state_dict(),
+                    "ema_unet": ema_unet.state_dict(),
+                    "ema_text": ema_text.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr": lr_schedule.state_dict(),
+                    "step": step + 1,
+                    "losses": losses,
+                    "torch_rng": torch.get_rng_state(),
+                }
+                torch.save(state, checkpoint.with_suffix(".tmp"))
+                checkpoint.with_suffix(".tmp").rename(checkpoint)
+    curve["unet_loss"] = _thin(losses)
+    torch.save({"unet": ema_unet.state_dict(), "text": ema_text.state_dict(), "vocab_size": vocab_size}, final)
+
+
+# ---------------------------------------------------------------------------------------------------- 5. export
+
+
+def export_stage(workdir: Path, out: Path) -> None:
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL
+
+    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG
+
+    if (out / "model_index.json").exists():
+        return
+    final = torch.load(workdir / "unet_final.pt")
+    unet, text_encoder = _unet(), _text_encoder(final["vocab_size"])
+    unet.load_state_dict(final["unet"])
+    text_encoder.load_state_dict(final["text"])
+    vae = AutoencoderKL.from_pretrained(str(workdir / "vae"))
+    vae.register_to_config(scaling_factor=float(torch.load(workdir / "latents.pt")["scaling_factor"]))
+    tokenizer = _tokenizer(workdir / "tokenizer")
+    scheduler = diffusers.PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
+    pipeline = diffusers.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipeline.to(torch.float16).save_pretrained(str(staging), safe_serialization=True)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+
+
+def load_pipeline(model: Path) -> Any:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(str(model), torch_dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+# ---------------------------------------------------------------------------------------------------- 6. lora
+
+
+def _lora_targets(unet: Any) -> dict[str, Any]:
+    """The UNet modules the style LoRA changes: attention projections and the resnets' 3x3 convolutions."""
+    import torch
+
+    chosen = {}
+    for path, module in unet.named_modules():
+        attention = path.endswith(("to_q", "to_k", "to_v", "to_out.0"))
+        conv = isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3) and ".resnets." in path
+        if attention or conv:
+            chosen[path] = module
+    return chosen
+
+
+class _LowRank:
+    """A trainable rank-r delta on one Linear or Conv2d, added through a forward hook (the base stays frozen)."""
+
+    def __init__(self, module: Any, generator: Any) -> None:
+        import torch
+
+        weight = module.weight
+        out_features, in_features = weight.shape[0], weight.shape[1]
+        kernel = tuple(weight.shape[2:])
+        self.down = torch.nn.Parameter(torch.randn(LORA_RANK, in_features, *kernel, generator=generator) * 0.01)
+        self.up = torch.nn.Parameter(torch.zeros(out_features, LORA_RANK, *((1, 1) if kernel else ())))
+        self.module = module
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: Any, inputs: Any, output: Any) -> Any:
+        import torch.nn.functional as functional
+
+        (x,) = inputs
+        if self.down.dim() == 4:
+            low = functional.conv2d(x, self.down, stride=module.stride, padding=module.padding)
+            return output + functional.conv2d(low, self.up)
+        return output + functional.linear(functional.linear(x, self.down), self.up)
+
+
+def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from sdapi.loras.names import kohya_module_key
+
+    target = loras_dir / f"{LORA_NAME}.safetensors"
+    if target.exists():
+        return
+    pipeline = load_pipeline(out)
+    unet, text_encoder, tokenizer = pipeline.unet, pipeline.text_encoder, pipeline.tokenizer
+    for module in (unet, text_encoder, pipeline.vae):
+        module.requires_grad_(False)
+    generator = torch.Generator().manual_seed(SEED + 2)
+    deltas = {path: _LowRank(module, generator) for path, module in _lora_targets(unet).items()}
+    parameters = [p for delta in deltas.values() for p in (delta.down, delta.up)]
+    optimizer = torch.optim.AdamW(parameters, lr=2e-3)
+    encoded = torch.load(workdir / "latents.pt")
+    scaling = float(encoded["scaling_factor"])
+    images, labels = _load_scenes(workdir, 256)
+    schedule = _noise_schedule()
+    rng = random.Random(SEED + 3)
+    losses = []
+    with _progress(budget.lora_steps, "lora") as bar:
+        for _ in range(budget.lora_steps):
+            picks = [rng.randrange(len(labels)) for _ in range(16)]
+            grey = np.repeat(np.asarray(images[picks], dtype=np.float32).mean(axis=3, keepdims=True), 3, axis=3)
+            with torch.no_grad():
+                latents = pipeline.vae.encode(_to_tensor(grey.astype(np.uint8))).latent_dist.sample() * scaling
+                texts = [f"{TRIGGER}, {scenes.caption(scene_of(labels[i]), rng)}" for i in picks]
+                hidden = text_encoder(_tokens(tokenizer, texts))[0]
+            loss = _diffusion_loss(unet, schedule, latents, hidden)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    curve["lora_loss"] = _thin(losses)
+    tensors = {}
+    for path, delta in deltas.items():
+        key = kohya_module_key("unet", path)
+        tensors[f"{key}.lora_down.weight"] = delta.down.detach().half().contiguous()
+        tensors[f"{key}.lora_up.weight"] = delta.up.detach().half().contiguous()
+        tensors[f"{key}.alpha"] = torch.tensor(float(LORA_RANK)).half()  # alpha = rank: scale 1
+    loras_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target), metadata={"ss_network_module": "networks.lora", "trigger": TRIGGER})
+
+
+# ---------------------------------------------------------------------------------------------------- 7. embedding
+
+
+def embedding_stage(out: Path, embeddings_dir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
+    """Textual inversion: one new token's input embedding, learnt on orange circles, everything else frozen."""
+    import torch
+    from safetensors.torch import save_file
+
+    target = embeddings_dir / f"{EMBEDDING_NAME}.safetensors"
+    if target.exists():
+        return
+    pipeline = load_pipeline(out)
+    unet, text_encoder, tokenizer, vae = pipeline.unet, pipeline.text_encoder, pipeline.tokenizer, pipeline.vae
+    for module in (unet, text_encoder, vae):
+        module.requires_grad_(False)
+    tokenizer.add_tokens([EMBEDDING_TOKEN])
+    token_id = tokenizer.convert_tokens_to_ids(EMBEDDING_TOKEN)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    embeddings = text_encoder.get_input_embeddings()
+    with torch.no_grad():  # start from "circle": the shape is known, the colour is what is learnt
+        embeddings.weight[token_id] = embeddings.weight[tokenizer.convert_tokens_to_ids("circle</w>")]
+    embeddings.weight.requires_grad_(True)
+    optimizer = torch.optim.Adam([embeddings.weight], lr=5e-3)
+    schedule = _noise_schedule()
+    scaling = float(vae.config.scaling_factor)
+    rng = random.Random(SEED + 4)
+    losses = []
+
+    def orange_ball(seed: int) -> np.ndarray:
+        scene = scenes.ShapeScene("white", "circle", rng.choice(["black", "gray"]))
+        image = np.asarray(scenes.render(scene, 256, seed)).copy()
+        white = (image == scenes.COLOURS["white"]).all(axis=2)
+        image[white] = ORANGE
+        return image
+
+    with _progress(budget.embedding_steps, "embedding") as bar:
+        for step in range(budget.embedding_steps):
+            batch = np.stack([orange_ball(SEED + 10 * step + i) for i in range(8)])
+            with torch.no_grad():
+                latents = vae.encode(_to_tensor(batch)).latent_dist.sample() * scaling
+            prompts = [
+                rng.choice(["a {}", "{}", "a {} on a black background"]).format(EMBEDDING_TOKEN) for _ in range(8)
+            ]
+            hidden = text_encoder(_tokens(tokenizer, prompts))[0]
+            loss = _diffusion_loss(unet, schedule, latents, hidden)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # Only the new token's row learns: Adam leaves a row whose gradient is always zero where it is.
+            keep = torch.zeros_like(embeddings.weight.grad)
+            keep[token_id] = 1
+            embeddings.weight.grad *= keep
+            optimizer.step()
+            losses.append(float(loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    vector = embeddings.weight[token_id].detach()
+    curve["embedding_loss"] = _thin(losses)
+    embeddings_dir.mkdir(parents=True, exist_ok=True)
+    # The layout A1111 and diffusers' load_textual_inversion read: one tensor "emb_params" of shape (vectors, dim).
+    save_file({"emb_params": vector.detach().half().unsqueeze(0).contiguous()}, str(target))
+
+
+# ---------------------------------------------------------------------------------------------------- 8. manifest
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(
+    root: Path,
+    target: Path,
+    shipped: list[Path],
+    command: str,
+    curve: dict[str, list[float]],
+    seconds: dict[str, float],
+) -> Path:
+    """The manifest beside the model: every shipped file's sha256 (paths relative to `root`, the repository)."""
+    files = {str(path.relative_to(root)): sha256(path) for item in shipped for path in _files(item)}
+    manifest = {
+        "trained_by": command,
+        "scenes_version": scenes.SCENES_VERSION,
+        "seed": SEED,
+        "files": files,
+        "total_bytes": sum(path.stat().st_size for item in shipped for path in _files(item)),
+        "seconds_per_stage": {key: round(value, 1) for key, value in seconds.items()},
+        "loss_curves": curve,
+    }
+    target.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return target
+
+
+def _files(item: Path) -> list[Path]:
+    return sorted(path for path in item.rglob("*") if path.is_file()) if item.is_dir() else [item]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("data/train-scenes"))
+    parser.add_argument("--out", type=Path, default=Path("data/models/scenes-sd"), help="the trained pipeline's folder")
+    parser.add_argument("--loras-dir", type=Path, default=Path("data/loras"))
+    parser.add_argument("--embeddings-dir", type=Path, default=Path("data/embeddings"))
+    parser.add_argument("--quick", action="store_true", help="a smoke test of every stage (minutes, useless weights)")
+    parser.add_argument("--unet-steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    arguments = parser.parse_args(argv)
+    import torch
+
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
+    budget = Budget.quick() if arguments.quick else Budget()
+    if arguments.unet_steps is not None:
+        budget.unet_steps = arguments.unet_steps
+    workdir = arguments.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    curve_file = workdir / "curves.json"
+    curve: dict[str, list[float]] = json.loads(curve_file.read_text()) if curve_file.exists() else {}
+    seconds: dict[str, float] = (
+        json.loads((workdir / "seconds.json").read_text()) if (workdir / "seconds.json").exists() else {}
+    )
+    stages: list[tuple[str, Callable[[], None]]] = [
+        ("render", lambda: render_stage(workdir, budget)),
+        ("vae", lambda: vae_stage(workdir, budget, curve)),
+        ("encode", lambda: encode_stage(workdir)),
+        ("unet", lambda: unet_stage(workdir, budget, curve)),
+        ("export", lambda: export_stage(workdir, arguments.out)),
+        ("lora", lambda: lora_stage(workdir, arguments.out, arguments.loras_dir, budget, curve)),
+        ("embedding", lambda: embedding_stage(arguments.out, arguments.embeddings_dir, budget, curve)),
+    ]
+    for name, run in stages:
+        began = time.monotonic()
+        run()
+        if name not in seconds:
+            seconds[name] = time.monotonic() - began
+        curve_file.write_text(json.dumps(curve))
+        (workdir / "seconds.json").write_text(json.dumps(seconds))
+        _log(f"{name}: done ({seconds[name]:.0f} s)")
+    command = "python -m sdapi.devtools.train_scenes " + " ".join(argv if argv is not None else sys.argv[1:])
+    shipped = [
+        arguments.out,
+        arguments.loras_dir / f"{LORA_NAME}.safetensors",
+        arguments.embeddings_dir / f"{EMBEDDING_NAME}.safetensors",
+    ]
+    root = Path.cwd().resolve()
+    if all(path.resolve().is_relative_to(root) for path in shipped):
+        target = arguments.out.with_name(arguments.out.name + ".manifest.json")
+        resolved = [path.resolve() for path in shipped]
+        manifest = write_manifest(root, target, resolved, command.strip(), curve, seconds)
+        _log(f"manifest: {manifest}")
+    _log(f"total {sum(seconds.values()) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
