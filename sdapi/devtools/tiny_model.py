@@ -108,7 +108,7 @@ def _text_encoder_config(hidden_act: str = "quick_gelu") -> Any:
     )
 
 
-def _tiny_vae(scaling_factor: float = 0.18215) -> Any:
+def _tiny_vae(scaling_factor: float = 0.18215, block_out_channels: tuple[int, ...] = (8, 16, 16, 16)) -> Any:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -116,7 +116,7 @@ def _tiny_vae(scaling_factor: float = 0.18215) -> Any:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
+        block_out_channels=block_out_channels,
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,

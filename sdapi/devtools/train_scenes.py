@@ -23,7 +23,6 @@ equivalent, not bit-identical: its caption draws restart from the step it resume
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from sdapi.devtools import scenes
+from sdapi.devtools.default_model import sha256_of
 
 SEED = 20261201
 TRIGGER = "monochrome"
@@ -141,21 +141,10 @@ def _to_tensor(images: np.ndarray) -> Any:
 
 def _vae() -> Any:
     """The random tiny model's VAE with more channels at the two lowest resolutions, where the cost is small:
-    the 8-channel bottleneck of the random one blurs the scenes' edges."""
-    from diffusers import AutoencoderKL
+    the 16-channel bottleneck of the random one blurs the scenes' edges."""
+    from sdapi.devtools.tiny_model import _tiny_vae
 
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=512,
-        mid_block_add_attention=False,
-    )
+    return _tiny_vae(block_out_channels=(8, 16, 32, 32))
 
 
 def vae_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
@@ -616,14 +605,6 @@ def embedding_stage(out: Path, embeddings_dir: Path, budget: Budget, curve: dict
 # ---------------------------------------------------------------------------------------------------- 8. manifest
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(
     root: Path,
     target: Path,
@@ -633,7 +614,7 @@ def write_manifest(
     seconds: dict[str, float],
 ) -> Path:
     """The manifest beside the model: every shipped file's sha256 (paths relative to `root`, the repository)."""
-    files = {str(path.relative_to(root)): sha256(path) for item in shipped for path in _files(item)}
+    files = {str(path.relative_to(root)): sha256_of(path) for item in shipped for path in _files(item)}
     manifest = {
         "trained_by": command,
         "scenes_version": scenes.SCENES_VERSION,
