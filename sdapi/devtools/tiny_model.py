@@ -90,21 +90,24 @@ SDXL_SCHEDULER_CONFIG = {
 FAMILIES = ("sd15", "sd2-v", "sdxl")
 
 
-def _text_encoder_config(hidden_act: str = "quick_gelu") -> Any:
+def _text_encoder_config(hidden_act: str = "quick_gelu", vocab_size: int | None = None, width: int = 32) -> Any:
+    """A 2-layer CLIP text encoder `width` wide; the special tokens are the vocabulary's last two ids (the
+    end-of-text token highest, where CLIP pools)."""
     from transformers import CLIPTextConfig
 
+    vocab_size = tiny_vocab_size() if vocab_size is None else vocab_size
     return CLIPTextConfig(
-        vocab_size=tiny_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=77,
-        projection_dim=32,
+        projection_dim=width,
         hidden_act=hidden_act,
-        bos_token_id=tiny_vocab_size() - 2,
-        eos_token_id=tiny_vocab_size() - 1,
-        pad_token_id=tiny_vocab_size() - 1,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
     )
 
 
@@ -123,6 +126,31 @@ def _tiny_vae(scaling_factor: float = 0.18215, block_out_channels: tuple[int, ..
         sample_size=512,
         mid_block_add_attention=False,
         scaling_factor=scaling_factor,
+    )
+
+
+def sd_unet(
+    block_out_channels: tuple[int, int, int] = (16, 32, 32),
+    cross_attention_dim: int = 32,
+    sample_size: int = 64,
+    linear_projection: bool = False,
+) -> Any:
+    """The SD 1.x/2.x UNet layout at toy sizes. Attention only at the lowest resolution keeps a 512x512 image to
+    a few seconds on two cores."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        use_linear_projection=linear_projection,
     )
 
 
@@ -156,20 +184,7 @@ def build_tiny_pipeline_components(family: str = "sd15") -> dict[str, object]:
             norm_num_groups=8,
         )
     else:
-        # Attention only at the lowest resolution keeps a 512x512 image to a few seconds on two cores.
-        unet = UNet2DConditionModel(
-            sample_size=96 if family == "sd2-v" else 64,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(16, 32, 32),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=8,
-            use_linear_projection=family == "sd2-v",
-        )
+        unet = sd_unet(sample_size=96 if family == "sd2-v" else 64, linear_projection=family == "sd2-v")
     torch.manual_seed(TINY_MODEL_SEED + 1)
     vae = _tiny_vae(0.13025 if family == "sdxl" else 0.18215)
     torch.manual_seed(TINY_MODEL_SEED + 2)

@@ -120,9 +120,14 @@ def render_stage(workdir: Path, budget: Budget) -> None:
         target.with_suffix(".tmp.npz").rename(target)
 
 
-def _load_scenes(workdir: Path, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    data = np.load(workdir / f"scenes_{size}.npz")
-    return data["images"], json.loads(str(data["labels"]))
+def _load_labels(workdir: Path, size: int) -> list[dict[str, Any]]:
+    """The scenes' labels alone (an .npz reads each array on access: the images stay on disk)."""
+    return list(json.loads(str(np.load(workdir / f"scenes_{size}.npz")["labels"])))
+
+
+def _load_images(workdir: Path, size: int) -> np.ndarray:
+    images: np.ndarray = np.load(workdir / f"scenes_{size}.npz")["images"]
+    return images
 
 
 def scene_of(label: dict[str, Any]) -> scenes.Scene:
@@ -155,7 +160,7 @@ def vae_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> N
         return
     torch.manual_seed(SEED)
     vae = _vae()
-    images_256, _ = _load_scenes(workdir, 256)
+    images_256 = _load_images(workdir, 256)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=budget.vae_steps, pct_start=0.05)
     rng = np.random.default_rng(SEED)
@@ -214,19 +219,14 @@ def encode_stage(workdir: Path) -> None:
     encoded: dict[str, Any] = {}
     with torch.no_grad():
         for size in (256, 512):
-            images, _ = _load_scenes(workdir, size)
+            images = _load_images(workdir, size)
             means, logvars = [], []
             for start in range(0, len(images), 64):
                 batch = _to_tensor(images[start : start + 64])
-                flipped = batch.flip(3)
-                for part, store in ((batch, 0), (flipped, 1)):
-                    dist = vae.encode(part).latent_dist
-                    if store == 0:
-                        means.append(dist.mean.half())
-                        logvars.append(dist.logvar.half())
-                    else:
-                        means[-1] = torch.stack([means[-1], dist.mean.half()], 1)
-                        logvars[-1] = torch.stack([logvars[-1], dist.logvar.half()], 1)
+                # Each scene as drawn and mirrored: index [scene, flip] of the stored tensors.
+                dists = [vae.encode(part).latent_dist for part in (batch, batch.flip(3))]
+                means.append(torch.stack([dist.mean.half() for dist in dists], 1))
+                logvars.append(torch.stack([dist.logvar.half() for dist in dists], 1))
             encoded[str(size)] = (torch.cat(means), torch.cat(logvars))
         std = float(encoded["256"][0].float().std())
     encoded["scaling_factor"] = 1.0 / std
@@ -239,42 +239,19 @@ def encode_stage(workdir: Path) -> None:
 
 
 def _text_encoder(vocab_size: int) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=64,
-            hidden_act="quick_gelu",
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-        )
-    )
+    from sdapi.devtools.tiny_model import _text_encoder_config
+
+    return CLIPTextModel(_text_encoder_config("quick_gelu", vocab_size=vocab_size, width=64))
 
 
 def _unet() -> Any:
-    from diffusers import UNet2DConditionModel
+    from sdapi.devtools.tiny_model import sd_unet
 
     # The random tiny model's layout with a wider lowest level, where the one attention block reads the prompt:
     # about 1.3x its cost per step at 512x512.
-    return UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    return sd_unet(block_out_channels=(16, 32, 64), cross_attention_dim=64)
 
 
 def _tokenizer(directory: Path) -> Any:
@@ -346,7 +323,7 @@ def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     encoded = torch.load(workdir / "latents.pt")
     scaling = float(encoded["scaling_factor"])
-    labels = {size: _load_scenes(workdir, size)[1] for size in (256, 512)}
+    labels = {size: _load_labels(workdir, size) for size in (256, 512)}
     schedule = _noise_schedule()
     checkpoint = workdir / "unet_checkpoint.pt"
     start, losses = 0, []
@@ -510,7 +487,7 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     optimizer = torch.optim.AdamW(parameters, lr=2e-3)
     encoded = torch.load(workdir / "latents.pt")
     scaling = float(encoded["scaling_factor"])
-    images, labels = _load_scenes(workdir, 256)
+    images, labels = _load_images(workdir, 256), _load_labels(workdir, 256)
     schedule = _noise_schedule()
     rng = random.Random(SEED + 3)
     losses = []
