@@ -10,7 +10,7 @@
 # against the majors the pinned wheels require, read from their metadata.
 ARG VARIANT=gpu
 
-# -- build: a virtual environment with sdapi and its pinned dependencies, and the tiny model ----------------------
+# -- build: a virtual environment with sdapi and its pinned dependencies, and the default model ------------------
 FROM ubuntu:24.04 AS build
 ARG VARIANT
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -35,9 +35,13 @@ RUN python3 -m venv /opt/venv \
         deploy/install-deps.sh /opt/venv/bin/python gpu; \
     fi \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
-# The embedded tiny model, so the image starts on its own; mount a config that points model.path at /models for
-# real pictures.
-RUN /opt/venv/bin/sdapi make-tiny-model /app/data/models/tiny-sd
+# The embedded default model (trained on drawn scenes, committed with its sha256 manifest), its style LoRA and its
+# embedding, so the image starts on its own; mount a config that points model.path at /models for real pictures.
+COPY models ./models
+COPY data/loras ./data/loras
+COPY data/embeddings ./data/embeddings
+RUN /opt/venv/bin/sdapi install-default-model /app/data/models/scenes-sd --shipped /src/models/scenes-sd \
+    && cp -r /src/data/loras /src/data/embeddings /app/data/
 
 # -- runtime bases ---------------------------------------------------------------------------------------------
 FROM nvidia/cuda:13.0.1-base-ubuntu24.04 AS runtime-gpu

@@ -88,7 +88,35 @@ def seconds_per_image(model: Path, folder: Path, size: int, steps: int, count: i
 def _images(client, **body) -> list[Image.Image]:  # type: ignore[no-untyped-def]
     task = generate(client, **body)
     assert task["status"] == "completed", task
-    return [fetch_image(url) for url in task["result_urls"]]
+    # The contract's rule: one image is result_url (result_urls null), several are result_urls.
+    return [fetch_image(url) for url in task["result_urls"] or [task["result_url"]]]
+
+
+CONTRACT_EXAMPLE = {
+    "prompt": "a beautiful landscape with mountains and lakes, sunset, highly detailed, 4k",
+    "width": 512,
+    "height": 512,
+    "guidance_scale": 7.5,
+    "num_inference_steps": 30,
+}
+
+
+def save_contract_example(client, folder: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The API document's text-to-image example for seeds 1-3, side by side, and the same with the style LoRA."""
+    rows = []
+    for extra in ({}, {"loras": [{"name": "monochrome", "weight": 1.0}]}):
+        body = {**CONTRACT_EXAMPLE, **extra}
+        if extra:
+            body["prompt"] = "monochrome, " + str(body["prompt"])
+        rows.append([_images(client, **body, seed=seed)[0] for seed in (1, 2, 3)])
+    sheet = Image.new("RGB", (512 * 3, 512 * len(rows)))
+    for row, images in enumerate(rows):
+        for column, image in enumerate(images):
+            sheet.paste(image, (512 * column, 512 * row))
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "contract-example.png"
+    sheet.save(target, optimize=True)
+    return target
 
 
 def main() -> None:
@@ -101,7 +129,7 @@ def main() -> None:
     prompts = held_out_prompts(arguments.prompts)
     generated: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
     ceiling: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
-    with tempfile.TemporaryDirectory() as folder, Stages(7) as stages:
+    with tempfile.TemporaryDirectory() as folder, Stages(8) as stages:
         stages.stage("calibrating the scorer on rendered scenes")
         scorer = scene_stats.calibrated_scorer()
         for index, (_, scene) in enumerate(prompts):
@@ -132,6 +160,9 @@ def main() -> None:
                             generated[attribute].append(predicted[attribute] == getattr(scene, attribute))
                     stages.detail(f"{index + 1}/{len(prompts)}")
                 per_image = (time.perf_counter() - began) / (len(prompts) * SEEDS)
+
+                stages.stage("the contract's example prompt at 512x512 and its body's 30 steps: docs/default-model/")
+                save_contract_example(client, REPO / "docs" / "default-model")
 
                 stages.stage("negative prompt: 'a lake' with and without negative 'water'")
                 water_without, water_with = [], []

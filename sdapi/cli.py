@@ -1,4 +1,5 @@
-"""Command line: `sdapi serve [--role all|api]`, `sdapi worker`, `sdapi make-tiny-model`, and the client commands
+"""Command line: `sdapi serve [--role all|api]`, `sdapi worker`, `sdapi make-tiny-model`,
+`sdapi install-default-model`, and the client commands
 `sdapi generate`, `sdapi tasks`, `sdapi cancel` for a running service."""
 
 from __future__ import annotations
@@ -128,6 +129,18 @@ def _make_tiny_model(arguments: argparse.Namespace) -> int:
     mute_import_warnings()
     path = make_tiny_model(arguments.directory, progress=sys.stderr, family=arguments.family)
     print(f"tiny model written to {path}")
+    return 0
+
+
+def _install_default_model(arguments: argparse.Namespace) -> int:
+    from sdapi.devtools.default_model import SHIPPED_MODEL, ManifestMismatch, install_default_model
+
+    try:
+        path = install_default_model(Path(arguments.directory), arguments.shipped or SHIPPED_MODEL)
+    except ManifestMismatch as error:
+        print(f"sdapi: the shipped default model does not match its manifest: {error}", file=sys.stderr)
+        return 1
+    print(f"default model installed to {path} (sha256 sums checked)")
     return 0
 
 
@@ -266,6 +279,19 @@ def parser() -> argparse.ArgumentParser:
         "--family", choices=["sd15", "sd2-v", "sdxl"], default="sd15", help="architecture (default: sd15)"
     )
     tiny.set_defaults(run=_make_tiny_model)
+
+    default = commands.add_parser(
+        "install-default-model",
+        help="copy the trained default model shipped in the repository to a folder, its sha256 sums checked",
+    )
+    default.add_argument("directory", help="folder to install it to (config.yaml's model.path)")
+    default.add_argument(
+        "--shipped",
+        type=Path,
+        default=None,
+        help="the shipped pipeline folder (default: this checkout's models/scenes-sd)",
+    )
+    default.set_defaults(run=_install_default_model)
     _add_client_commands(commands)
     return root
 

@@ -82,7 +82,7 @@ class MetricsConfig(_Section, frozen=True):
 
 class ModelConfig(_Section, frozen=True):
     # A local diffusers folder, a hub id, or a single-file .safetensors/.ckpt checkpoint.
-    path: str = "./data/models/tiny-sd"
+    path: str = "./data/models/scenes-sd"
     # auto: ONNX for requests whose LoRA set equals the export's merged set, unless the torch engine runs in bf16
     # on a CPU (measured faster there); torch otherwise. onnx: only the export. torch: never ONNX.
     engine: Literal["auto", "onnx", "torch"] = "auto"

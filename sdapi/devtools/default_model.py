@@ -15,6 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+SHIPPED_MODEL = REPOSITORY / "models" / "scenes-sd"
+
 
 class ManifestMismatch(RuntimeError):
     """A shipped file is missing or its sha256 differs from the manifest's."""
@@ -44,9 +47,15 @@ def verify(manifest_path: Path) -> dict[str, str]:
     return files
 
 
-def install_default_model(source: Path, manifest_path: Path, target: Path) -> Path:
-    """Verify the shipped files, then copy the pipeline folder `source` to `target` (replacing it)."""
-    verify(manifest_path)
+def manifest_of(source: Path) -> Path:
+    """The manifest beside a shipped pipeline folder: models/scenes-sd -> models/scenes-sd.manifest.json."""
+    return source.with_name(source.name + ".manifest.json")
+
+
+def install_default_model(target: Path, source: Path = SHIPPED_MODEL, manifest_path: Path | None = None) -> Path:
+    """Verify the shipped files, then copy the pipeline folder `source` to `target` (replacing it). The style LoRA
+    and the embedding stay where they ship (data/loras, data/embeddings: the config's default folders)."""
+    verify(manifest_path or manifest_of(source))
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".default-model-", dir=target.parent))
     try:

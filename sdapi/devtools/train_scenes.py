@@ -505,8 +505,9 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     deltas = {path: _LowRank(module, generator) for path, module in _lora_targets(unet).items()}
     parameters = [p for delta in deltas.values() for p in (delta.down, delta.up)]
     # Greyness is a shift of the latents' colour channels, decided in the first, noisiest steps, where an ε loss
-    # hardly sees it: the LoRA's loss is weighted as an x0 loss there (1/SNR, up to 200x). With the base model's
-    # weighting, 600 steps lowered the saturation by 7 %.
+    # hardly sees it: the LoRA's loss is weighted as an x0 loss there (1/SNR, up to 200x). This is still too weak
+    # (it lowers the saturation by about 5 %; the base weighting for 600 steps by 7 %), and training only on
+    # t >= 600 at a 4x higher rate desaturated by 25 % but wrecked the pictures: an open problem, docs/benchmarks.md.
     optimizer = torch.optim.AdamW(parameters, lr=5e-3)
     encoded = torch.load(workdir / "latents.pt")
     scaling = float(encoded["scaling_factor"])

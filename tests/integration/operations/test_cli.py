@@ -1,4 +1,5 @@
-"""The command line: config errors stop the service naming the key; the placeholder key warns; the tiny model."""
+"""The command line: config errors stop the service naming the key; the placeholder key warns; the tiny model;
+installing the shipped default model."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_the_shipped_config_loads_and_its_placeholder_key_is_marked():
 
     config = load_config(REPO_ROOT / "config.yaml", environ={})
     assert config.placeholder_keys() == config.api.keys
-    assert config.model.path.endswith("data/models/tiny-sd")
+    assert config.model.path.endswith("data/models/scenes-sd")
     # No size in the shipped config: a request without one gets its model's native size.
     assert (config.defaults.width, config.defaults.height, config.defaults.num_inference_steps) == (None, None, 30)
 
@@ -83,6 +84,35 @@ def test_make_tiny_model_is_deterministic(tmp_path):
     ]:
         assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
     assert (tmp_path / "a" / "model_index.json").is_file()
+
+
+def test_install_default_model_copies_the_shipped_model_and_refuses_a_corrupt_one(tmp_path):
+    import shutil
+
+    def install(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "sdapi", "install-default-model", *extra],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    result = install(str(tmp_path / "installed"))
+    assert result.returncode == 0, result.stderr
+    shipped = REPO_ROOT / "models" / "scenes-sd"
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "installed" / weights).read_bytes() == (shipped / weights).read_bytes()
+    # A copy of the shipped tree whose UNet is a Git LFS pointer (what a clone without LFS would hold).
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "models", copy / "models")
+    shutil.copytree(REPO_ROOT / "data" / "loras", copy / "data" / "loras")
+    shutil.copytree(REPO_ROOT / "data" / "embeddings", copy / "data" / "embeddings")
+    (copy / "models" / "scenes-sd" / weights).write_text("version https://git-lfs.github.com/spec/v1\n")
+    result = install(str(tmp_path / "refused"), "--shipped", str(copy / "models" / "scenes-sd"))
+    assert result.returncode == 1
+    assert f"models/scenes-sd/{weights}" in result.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 def test_a_worker_with_a_bad_device_or_an_unreachable_database_stops_with_one_line(tmp_path, tiny_model):

@@ -92,7 +92,7 @@ def test_installing_checks_every_sum_and_names_the_file_that_differs(tmp_path):
     files = {f"models/m/{p}": sha256_of(repo / "models" / "m" / p) for p in ("unet/w.safetensors", "model_index.json")}
     manifest = repo / "models" / "m.manifest.json"
     manifest.write_text(json.dumps({"files": files}))
-    installed = install_default_model(repo / "models" / "m", manifest, tmp_path / "data" / "m")
+    installed = install_default_model(tmp_path / "data" / "m", repo / "models" / "m", manifest)
     assert (installed / "unet" / "w.safetensors").read_bytes() == b"weights"
     (repo / "models" / "m" / "unet" / "w.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1")
     with pytest.raises(ManifestMismatch, match=r"unet/w\.safetensors"):
