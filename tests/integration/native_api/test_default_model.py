@@ -1,6 +1,6 @@
 """The trained default model over HTTP: its prompts and its style LoRA change what it draws in the way their words
-say, measured with the pixel statistics of sdapi.devtools.scene_stats (not only "the pixels
-changed"). The committed weights are used as they ship, their sums checked against the manifest first."""
+say, measured with the pixel statistics of sdapi.devtools.scene_stats (not only "the pixels changed"). The
+committed weights are used as they ship, their sums checked against the manifest first."""
 
 from __future__ import annotations
 
