@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from sdapi.devtools import scenes
-from sdapi.devtools.default_model import sha256_of
+from sdapi.devtools.default_model import manifest_of, sha256_of
 
 SEED = 20261201
 TRIGGER = "monochrome"
@@ -683,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     root = Path.cwd().resolve()
     if all(path.resolve().is_relative_to(root) for path in shipped):
-        target = arguments.out.with_name(arguments.out.name + ".manifest.json")
+        target = manifest_of(arguments.out)
         resolved = [path.resolve() for path in shipped]
         manifest = write_manifest(root, target, resolved, command.strip(), curve, seconds)
         _log(f"manifest: {manifest}")
