@@ -28,6 +28,7 @@ from sdapi.callbacks.sender import CallbackSender
 from sdapi.callbacks.ssrf import Resolver, system_resolver
 from sdapi.config import Config
 from sdapi.core.nodes import Role
+from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.engines import Engine, WorkerEngine
 from sdapi.errors import ConfigError, StorageError
 from sdapi.loras.library import LoraLibrary
@@ -65,7 +66,9 @@ def open_stores(config: Config) -> Stores:
     return open_sqlite(config.database_path)
 
 
-def _worker_engine(config: Config, library: LoraLibrary, given: Engine | None) -> WorkerEngine:
+def _worker_engine(
+    config: Config, library: LoraLibrary, embeddings: EmbeddingLibrary, given: Engine | None
+) -> WorkerEngine:
     """The configured pool of models, or the engine a test or tool passed, serving the default model alone."""
     # Imported here: the engines import torch, which an API node never needs.
     if given is not None:
@@ -74,7 +77,7 @@ def _worker_engine(config: Config, library: LoraLibrary, given: Engine | None) -
         return SingleModelEngine(given, config.default_model.name)
     from sdapi.engines.factory import build_engine
 
-    return build_engine(config, library.path_for)
+    return build_engine(config, library.path_for, embeddings.path_for)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Runtime:
     retention: RetentionSweeper | None
     heartbeat: Heartbeat
     library: LoraLibrary
+    embeddings: EmbeddingLibrary
     _started: bool = field(default=False, repr=False)
     _metrics: MetricsPublisher | None = field(default=None, repr=False)
 
@@ -107,7 +111,8 @@ class Runtime:
         return await self.status.health()
 
     async def start(self) -> None:
-        """Open the database, check storage, scan the LoRA folder, then start the loops this role runs."""
+        """Open the database, check storage, scan the LoRA and embedding folders, then start the loops this role
+        runs."""
         await self.stores.database.open()
         try:
             self.storage.prepare()
@@ -120,6 +125,7 @@ class Runtime:
         # LoRA targets come from its files first (headers only), so every role decides fits alike.
         await asyncio.to_thread(self._learn_lora_targets)
         await asyncio.to_thread(self.library.scan)
+        await asyncio.to_thread(self.embeddings.scan)
         known = {entry.name for entry in self.library.entries()}
         for default in self.config.loras.defaults:
             if default.name not in known:
@@ -204,11 +210,14 @@ def build_runtime(
     storage = storage or build_storage(config)
     resolver = resolver or system_resolver
     library = LoraLibrary(config.loras, config.loras_path)
+    embeddings = EmbeddingLibrary(config.embeddings_path, config.embeddings.max_file_mb)
     signals = Signals()
     node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    worker_engine = _worker_engine(config, library, engine) if role.runs_worker else None
+    worker_engine = _worker_engine(config, library, embeddings, engine) if role.runs_worker else None
     worker: Worker | None = None
-    status = StatusService(config, role, node_id, stores, storage, catalog, library, worker_engine, lambda: worker)
+    status = StatusService(
+        config, role, node_id, stores, storage, catalog, library, embeddings, worker_engine, lambda: worker
+    )
     heartbeat = Heartbeat(stores.nodes, config.queue.lease_seconds)
     watch = TaskWatch(stores.tasks)
     signals.on_task_changed(watch.changed)
@@ -225,7 +234,7 @@ def build_runtime(
             config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver
         )
         signals.on_delivery_due(callbacks.wake)
-    checks = RequestChecks(config, catalog, library, resolver)
+    checks = RequestChecks(config, catalog, library, resolver, embeddings)
     estimator = StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds)
     days = config.retention.days
     return Runtime(
@@ -243,4 +252,5 @@ def build_runtime(
         retention=None if days is None else RetentionSweeper(stores.tasks, storage, days),
         heartbeat=heartbeat,
         library=library,
+        embeddings=embeddings,
     )

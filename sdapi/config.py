@@ -270,6 +270,14 @@ class LorasConfig(_Section, frozen=True):
     max_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 1024.0
 
 
+class EmbeddingsConfig(_Section, frozen=True):
+    # Folder of textual-inversion embeddings (.safetensors, .pt, .bin); null: data_dir/embeddings. A prompt uses
+    # one by writing its name (the file's stem).
+    dir: str | None = None
+    # Larger files are listed with an error and refused on use (embeddings are kilobytes).
+    max_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 50.0
+
+
 class Config(_Section, frozen=True):
     data_dir: str = "./data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -295,6 +303,7 @@ class Config(_Section, frozen=True):
     storage: StorageConfig = StorageConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
     loras: LorasConfig = LorasConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
 
     @property
     def data_path(self) -> Path:
@@ -315,6 +324,10 @@ class Config(_Section, frozen=True):
     @property
     def loras_path(self) -> Path:
         return Path(self.loras.dir) if self.loras.dir else self.data_path / "loras"
+
+    @property
+    def embeddings_path(self) -> Path:
+        return Path(self.embeddings.dir) if self.embeddings.dir else self.data_path / "embeddings"
 
     @property
     def model_entries(self) -> list[ModelEntry]:
@@ -360,9 +373,10 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
     data_dir = raw.get("data_dir", "./data")
     if isinstance(data_dir, str):
         raw["data_dir"] = str((base / Path(data_dir).expanduser()).resolve())
-    loras = raw.get("loras")
-    if isinstance(loras, dict) and isinstance(loras.get("dir"), str):
-        loras["dir"] = str((base / Path(loras["dir"]).expanduser()).resolve())
+    for folder_section in ("loras", "embeddings"):
+        section = raw.get(folder_section)
+        if isinstance(section, dict) and isinstance(section.get("dir"), str):
+            section["dir"] = str((base / Path(section["dir"]).expanduser()).resolve())
     models = raw.get("models")
     for model in [raw.get("model"), *(models if isinstance(models, list) else [])]:
         if not isinstance(model, dict):

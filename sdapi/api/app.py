@@ -71,7 +71,13 @@ def create_app(
 
     api_v1 = Router(
         path="/api/v1",
-        route_handlers=[routes.TaskController, routes.LoraController, routes.schedulers, routes.models],
+        route_handlers=[
+            routes.TaskController,
+            routes.LoraController,
+            routes.EmbeddingController,
+            routes.schedulers,
+            routes.models,
+        ],
         guards=[api_key_guard(callers_by_key(config.api), config.api.key_header)],
     )
     route_handlers: list[object] = [

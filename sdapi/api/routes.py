@@ -20,6 +20,7 @@ from sdapi.api.error_docs import error_responses
 from sdapi.api.schemas import (
     TASK_CREATED_MESSAGE,
     CallbackLogResponse,
+    EmbeddingListResponse,
     ErrorResponse,
     GenerateResponse,
     HealthResponse,
@@ -321,6 +322,34 @@ class LoraController(Controller):
     )
     async def refresh(self, state: State) -> LoraListResponse:
         return LoraListResponse(loras=await _status(state).rescan_loras())
+
+
+class EmbeddingController(Controller):
+    """The textual-inversion embedding library; mounted under /api/v1 behind the API key guard."""
+
+    path = "/embeddings"
+    tags = ("embeddings",)
+    security = ({"APIKeyHeader": []},)
+
+    @get(
+        "/",
+        summary="嵌入（textual inversion）列表",
+        description="embeddings.dir 中的文件：向量数、文本编码器宽度、家族、大小、sha256、是否适配默认模型。"
+        "在提示词或负面提示词中写出嵌入的名称（文件名，不含扩展名）即可使用。",
+        responses=_errors(),
+    )
+    async def list_embeddings(self, state: State) -> EmbeddingListResponse:
+        return EmbeddingListResponse(embeddings=_status(state).embeddings())
+
+    @post(
+        "/refresh",
+        summary="重新扫描嵌入",
+        description="重新扫描 embeddings.dir 并返回新的列表。",
+        status_code=200,
+        responses=_errors(),
+    )
+    async def refresh(self, state: State) -> EmbeddingListResponse:
+        return EmbeddingListResponse(embeddings=await _status(state).rescan_embeddings())
 
 
 @get(

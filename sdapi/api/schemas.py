@@ -10,6 +10,7 @@ import msgspec
 from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.results import iso
 from sdapi.core.tasks import Progress
+from sdapi.embeddings.library import EmbeddingEntry
 from sdapi.loras.library import LoraEntry
 from sdapi.service.status import ServiceHealth
 from sdapi.service.tasks import TaskView
@@ -60,6 +61,9 @@ class TaskResponse(msgspec.Struct):
     ]
     engine: Annotated[str | None, msgspec.Meta(description="生成图片的引擎（torch 或 onnx），完成后有值")] = None
     loras: Annotated[list[LoraUsed], msgspec.Meta(description="本任务使用的 LoRA（含配置的默认 LoRA）及其权重")] = []
+    embeddings: Annotated[
+        list[str], msgspec.Meta(description="提示词或负面提示词中写出的嵌入（textual inversion）名称")
+    ] = []
     callback_status: Annotated[
         str | None, msgspec.Meta(description="回调投递状态：pending、delivered、failed；无 callback_url 时为 null")
     ] = None
@@ -176,6 +180,10 @@ class LoraListResponse(msgspec.Struct):
     loras: Annotated[list[LoraEntry], msgspec.Meta(description="loras.dir 中的 LoRA 文件")]
 
 
+class EmbeddingListResponse(msgspec.Struct):
+    embeddings: Annotated[list[EmbeddingEntry], msgspec.Meta(description="embeddings.dir 中的嵌入文件")]
+
+
 class WorkerResponse(msgspec.Struct):
     id: Annotated[str, msgspec.Meta(description="工作进程ID（主机名-进程号-随机后缀）")]
     host: Annotated[str, msgspec.Meta(description="所在主机")]
@@ -258,6 +266,7 @@ def task_response(view: TaskView) -> TaskResponse:
         attempts=task.attempts,
         engine=task.engine,
         loras=[LoraUsed(name=spec.name, weight=spec.weight) for spec in task.params.loras],
+        embeddings=[spec.name for spec in task.params.embeddings],
         callback_status=None if delivery is None else delivery.status.value,
         callback_attempts=None if delivery is None else delivery.attempts,
         error_code=None if task.error_code is None else task.error_code.value,

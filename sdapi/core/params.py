@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from sdapi.core.request import MAX_SEED, OUTPUT_FORMATS, GenerationRequest, LoraSpec
+from sdapi.core.request import MAX_SEED, OUTPUT_FORMATS, EmbeddingSpec, GenerationRequest, LoraSpec
 from sdapi.core.schedulers import (
     ACCEPTED_SCHEDULERS,
     CLASS_CHOICES,
@@ -57,6 +57,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     init_image: InitImageInfo | None = None
     callback_url: str | None = None
     loras: tuple[LoraSpec, ...] = ()
+    # The textual-inversion embeddings the prompt or negative prompt names (sdapi.embeddings.library).
+    embeddings: tuple[EmbeddingSpec, ...] = ()
 
     @property
     def is_image_to_image(self) -> bool:
@@ -141,6 +143,7 @@ def resolve_params(
     init_image: InitImageInfo | None = None,
     rng: random.Random | None = None,
     loras: tuple[LoraSpec, ...] = (),
+    embeddings: tuple[EmbeddingSpec, ...] = (),
     model: str | None = None,
     native_size: tuple[int, int] = (512, 512),
     own_scheduler: str | None = None,
@@ -208,4 +211,5 @@ def resolve_params(
         init_image=init_image,
         callback_url=request.callback_url,
         loras=loras,
+        embeddings=embeddings,
     )

@@ -36,6 +36,13 @@ class LoraSpec(msgspec.Struct, frozen=True):
     sha256: str
 
 
+class EmbeddingSpec(msgspec.Struct, frozen=True):
+    """A textual-inversion embedding a task's prompt names, pinned to the content that was checked."""
+
+    name: str
+    sha256: str
+
+
 class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Body of POST /api/v1/generate, field for field as the API document defines it."""
 

@@ -9,6 +9,7 @@ import torch
 
 from sdapi.config import Config, ModelConfig
 from sdapi.core.request import LoraSpec
+from sdapi.embeddings.loading import EmbeddingFiles
 from sdapi.engines import Engine
 from sdapi.engines.devices import choose_device, choose_dtype
 from sdapi.engines.onnx_engine import OnnxEngine
@@ -29,20 +30,27 @@ def prefers_onnx(config: Config) -> bool:
     return not (device == "cpu" and choose_dtype(config.model.dtype, device) == torch.bfloat16)
 
 
-def build_engine(config: Config, lora_files: Callable[[LoraSpec], Path]) -> ModelPool:
+def build_engine(
+    config: Config, lora_files: Callable[[LoraSpec], Path], embedding_files: EmbeddingFiles | None = None
+) -> ModelPool:
     """The worker's engine: every configured model, each loaded when first needed (ModelPool)."""
 
     def make(name: str) -> Engine:
-        return build_model_engine(config, config.model_config(name), lora_files)
+        return build_model_engine(config, config.model_config(name), lora_files, embedding_files)
 
     return ModelPool(config, make, choose_device(config.model.device))
 
 
-def build_model_engine(config: Config, model: ModelConfig, lora_files: Callable[[LoraSpec], Path]) -> Engine:
+def build_model_engine(
+    config: Config,
+    model: ModelConfig,
+    lora_files: Callable[[LoraSpec], Path],
+    embedding_files: EmbeddingFiles | None = None,
+) -> Engine:
     """One model's engine: torch alone, or its ONNX export with torch behind it, as its engine and onnx_path say."""
 
     def make_torch() -> Engine:
-        return TorchEngine(model, lora_files, config.loras.cache_size)
+        return TorchEngine(model, lora_files, config.loras.cache_size, embedding_files)
 
     if model.engine == "torch" or model.onnx_path is None:
         return make_torch()

@@ -25,7 +25,7 @@ from sdapi.engines.pipeline_runs import StepCallback, make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.loras.merging import adapter_targets, target_shapes
-from sdapi.models.export_manifest import ExportManifest, read_manifest
+from sdapi.models.export_manifest import ONNX_NO_EMBEDDINGS, ExportManifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +217,11 @@ class OnnxEngine:
     def check(self, params: GenerationParams) -> None:
         """The export serves exactly its merged LoRA set, at sides that are multiples of `side_multiple`.
 
-        Before load() nothing is known of the export, so nothing is refused.
+        Textual-inversion embeddings are always refused: the exported text encoder's vocabulary is fixed.
+        Before load() nothing else is known of the export, so nothing else is refused.
         """
+        if params.embeddings:
+            raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS)
         if self.manifest is None:
             return
         wanted = frozenset((spec.sha256, spec.weight) for spec in params.loras)

@@ -14,6 +14,7 @@ from PIL import Image
 from sdapi.config import ModelConfig
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import LoraSpec
+from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
 from sdapi.engines import EngineDescription, Generated
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
@@ -33,10 +34,16 @@ class TorchEngine:
     name = "torch"
 
     def __init__(
-        self, model: ModelConfig, lora_files: Callable[[LoraSpec], Path] | None = None, lora_cache_size: int = 8
+        self,
+        model: ModelConfig,
+        lora_files: Callable[[LoraSpec], Path] | None = None,
+        lora_cache_size: int = 8,
+        embedding_files: EmbeddingFiles | None = None,
     ) -> None:
         self._model = model
         self._lora_files = lora_files
+        self._embedding_files = embedding_files
+        self._embeddings: PipelineEmbeddings | None = None
         self._lora_cache_size = lora_cache_size
         self.adapters: AdapterManager | None = None
         self.device = choose_device(model.device)
@@ -63,6 +70,8 @@ class TorchEngine:
         self._text_to_image = pipeline
         # Kept pristine: every request builds its scheduler from this, so none leaks into the next.
         self._scheduler_config = pipeline.scheduler.config
+        # Image-to-image shares the text encoders and tokenizers: embeddings loaded once serve both.
+        self._embeddings = PipelineEmbeddings(pipeline, self._embedding_files)
         if self._lora_files is not None:
             targets = adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
             self.adapters = AdapterManager(targets, self._lora_files, self._lora_cache_size)
@@ -85,6 +94,8 @@ class TorchEngine:
         """Every size and LoRA set the params rules allow runs on torch, given a LoRA folder to read from."""
         if params.loras and self._lora_files is None:
             raise InvalidParameter("loras", "此引擎未配置 LoRA")
+        if params.embeddings and self._embedding_files is None:
+            raise InvalidParameter("prompt", "此引擎未配置嵌入（embeddings）")
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
 
@@ -103,5 +114,7 @@ class TorchEngine:
             self.adapters.activate(params.loras)
         elif params.loras:
             raise GenerationFailed("此引擎未配置 LoRA", ErrorCode.INVALID_INPUT)
+        assert self._embeddings is not None  # set by load()
+        params = self._embeddings.apply(params)
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
         return make_images(*pipelines, params, init_image, self._model.batch_size, on_step)

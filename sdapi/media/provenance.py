@@ -46,6 +46,7 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     sdapi_version: str
     task_id: str
     use_karras_sigmas: bool = False
+    embeddings: list[dict[str, Any]] = []  # {name, sha256} of each textual-inversion embedding the prompts name
 
 
 def image_record(
@@ -69,6 +70,7 @@ def image_record(
         sdapi_version=__version__,
         task_id=task_id,
         use_karras_sigmas=params.use_karras_sigmas,
+        embeddings=[{"name": spec.name, "sha256": spec.sha256} for spec in params.embeddings],
     )
 
 
@@ -93,6 +95,9 @@ def infotext(record: ImageRecord) -> str:
     if record.loras:
         hashes = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in record.loras)
         pairs.append(("Lora hashes", json.dumps(hashes, ensure_ascii=False)))
+    if record.embeddings:
+        hashes = ", ".join(f"{embedding['name']}: {embedding['sha256'][:12]}" for embedding in record.embeddings)
+        pairs.append(("TI hashes", json.dumps(hashes, ensure_ascii=False)))
     pairs.append(("Version", f"sdapi {record.sdapi_version}"))
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)

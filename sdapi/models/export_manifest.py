@@ -12,6 +12,8 @@ MANIFEST_NAME = "export.json"
 ONNX_PARTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 # SDXL adds its second text encoder.
 SDXL_ONNX_PARTS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+# Why an export never serves a prompt naming textual-inversion embeddings (those run on torch).
+ONNX_NO_EMBEDDINGS = "ONNX 导出的文本编码器词表固定，不能使用提示词中的嵌入（textual inversion）"
 
 
 def onnx_parts(family: str) -> tuple[str, ...]:

@@ -4,7 +4,8 @@ owned by one module and raises InvalidParameter (a 400) naming the field:
 1. schema: the msgspec Struct the route or dialect decoded (sdapi.core.request), before this runs;
 2. limits: the init image's size and pixels, from its header before decoding (sdapi.media.images);
 3. model: the requested model exists and is served (sdapi.service.catalog);
-4. LoRAs: each exists, is of the model's family and fits it (sdapi.loras.library);
+4. LoRAs: each exists, is of the model's family and fits it (sdapi.loras.library); the embeddings the prompts
+   name fit the model's text encoders (sdapi.embeddings.library);
 5. scheduler and its options, sizes, seeds, defaults (sdapi.core.params);
 6. engine capability: what the model's engine can serve, from its files (an ONNX-only export's sizes and LoRA set,
    its own scheduler in step 5): sdapi.service.catalog;
@@ -20,6 +21,7 @@ from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target
 from sdapi.config import Config
 from sdapi.core.params import GenerationParams, InitImageInfo, resolve_params
 from sdapi.core.request import GenerationRequest
+from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.loras.library import LoraLibrary
 from sdapi.media.images import decode_init_image
 from sdapi.service.catalog import ModelCatalog
@@ -44,10 +46,12 @@ class RequestChecks:
         catalog: ModelCatalog,
         library: LoraLibrary,
         resolver: Resolver,
+        embeddings: EmbeddingLibrary,
     ) -> None:
         self._config = config
         self._catalog = catalog
         self._library = library
+        self._embeddings = embeddings
         self._resolver = resolver
         self._callback_policy = CallbackPolicy.from_config(config.callbacks)
 
@@ -64,12 +68,16 @@ class RequestChecks:
         other_model = None if model == self._catalog.default else model
         # Checking a file against another model's targets reads it: off the event loop.
         loras = await asyncio.to_thread(self._library.resolve, request.loras or [], family, other_model)
+        embeddings = self._embeddings.named_in(
+            [request.prompt, request.negative_prompt], self._catalog.text_widths(model)
+        )
         params = resolve_params(
             request,
             self._config.defaults,
             self._config.limits,
             init_info,
             loras=loras,
+            embeddings=embeddings,
             model=model,
             native_size=family.native_size,
             own_scheduler=capability.own_scheduler,

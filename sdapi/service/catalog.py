@@ -18,7 +18,7 @@ from sdapi.core.params import GenerationParams
 from sdapi.errors import InvalidParameter, ModelLoadFailed
 from sdapi.loras.targets import disk_targets
 from sdapi.models.digests import model_weights_sha256
-from sdapi.models.export_manifest import read_manifest
+from sdapi.models.export_manifest import ONNX_NO_EMBEDDINGS, read_manifest
 from sdapi.models.families import Family, ModelFamily, UnsupportedModel, detect_family
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Capability(msgspec.Struct, frozen=True):
         if onnx is None:
             return
         hint = "（其他组合或尺寸需要 model.engine: auto 或 torch，当前为 onnx）"
+        if params.embeddings:
+            raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS + hint)
         if frozenset((spec.sha256, spec.weight) for spec in params.loras) != onnx.lora_set:
             message = f"ONNX 导出只能使用导出时合并的 LoRA 组合（{onnx.merged or '无'}）"
             raise InvalidParameter("loras", message + hint)
@@ -136,6 +138,23 @@ class ModelCatalog:
         safetensors headers: call it off the event loop."""
         source = self._entries[name].path
         return disk_targets(Path(source)) if describe_source(source) == "folder" else None
+
+    def text_widths(self, name: str) -> tuple[int, ...] | None:
+        """The widths of model `name`'s text encoders (what an embedding must match), from its folder's configs;
+        None when its files do not say (a single file or hub id: the worker checks once loaded)."""
+        source = self._entries[name].path
+        if describe_source(source) != "folder":
+            return None
+        widths = []
+        for part in ("text_encoder", "text_encoder_2"):
+            config = _json(Path(source) / part / "config.json")
+            if config is None:
+                continue
+            width = config.get("hidden_size")
+            if not isinstance(width, int):
+                return None
+            widths.append(width)
+        return tuple(widths) or None
 
     @staticmethod
     def _detect(path: str) -> ModelFamily:

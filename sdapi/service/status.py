@@ -21,6 +21,7 @@ from sdapi.core.nodes import NodeInfo, Role
 from sdapi.core.results import iso
 from sdapi.core.schedulers import A1111_SAMPLER_NAMES, ACCEPTED_SCHEDULERS, KARRAS_SCHEDULERS
 from sdapi.core.tasks import TaskStatus
+from sdapi.embeddings.library import EmbeddingEntry, EmbeddingLibrary
 from sdapi.engines import EngineDescription, WorkerEngine
 from sdapi.loras.library import LoraEntry, LoraLibrary
 from sdapi.observability import metrics
@@ -96,6 +97,7 @@ class StatusService:
         storage: ImageStorage,
         catalog: ModelCatalog,
         library: LoraLibrary,
+        embeddings: EmbeddingLibrary,
         engine: WorkerEngine | None,
         worker: Callable[[], WorkerState | None],
     ) -> None:
@@ -106,6 +108,7 @@ class StatusService:
         self._storage = storage
         self.catalog = catalog
         self._library = library
+        self._embeddings = embeddings
         self._engine = engine
         # The worker is built after this service (it reports to the same registry): asked for when needed.
         self._worker = worker
@@ -183,6 +186,15 @@ class StatusService:
     async def rescan_loras(self) -> list[LoraEntry]:
         """Scan loras.dir again (reads and hashes new files: off the event loop)."""
         return await asyncio.to_thread(self._library.scan)
+
+    def embeddings(self) -> list[EmbeddingEntry]:
+        """The embedding library as last scanned, each file's fit decided against the default model."""
+        return self._embeddings.entries(self.catalog.text_widths(self.catalog.default))
+
+    async def rescan_embeddings(self) -> list[EmbeddingEntry]:
+        """Scan embeddings.dir again (reads and hashes new files: off the event loop)."""
+        await asyncio.to_thread(self._embeddings.scan)
+        return self.embeddings()
 
     def schedulers(self) -> SchedulerListing:
         return SchedulerListing(

@@ -9,6 +9,7 @@ import pytest
 
 from sdapi.config import ModelConfig, OnnxConfig, load_config
 from sdapi.core.schedulers import SCHEDULER_NAMES
+from sdapi.devtools.testing.embedding_files import vectors, write_a1111_safetensors
 from sdapi.devtools.testing.services import (
     InProcessService,
     data_url,
@@ -133,10 +134,29 @@ def test_onnx_batches_formats_and_the_seed_rule(onnx_service):
         assert mean_abs_diff(_pixels(png, k), _pixels(single)) <= 1.0
 
 
+def test_prompts_naming_an_embedding_run_on_torch(onnx_service, torch_service):
+    """The export's text encoder has a fixed vocabulary: such a prompt runs on torch, which says so in `engine`.
+    The file arrives after start-up: the refresh finds it, the worker reads it on first use."""
+    results = []
+    for service in (onnx_service, torch_service):
+        write_a1111_safetensors(service.config.embeddings_path / "late-style.safetensors", vectors(2, 32, seed=8))
+        with service.client() as client:
+            assert "late-style" in {e["name"] for e in client.post("/api/v1/embeddings/refresh").json()["embeddings"]}
+        results.append(_run(service, prompt="a harbour at night, late-style"))
+    routed, reference = results
+    assert routed["engine"] == "torch" and routed["embeddings"] == ["late-style"]
+    assert mean_abs_diff(_pixels(routed), _pixels(reference)) == 0.0
+    assert _run(onnx_service)["engine"] == "onnx"  # the next plain prompt goes back to the export
+
+
 def test_engine_onnx_refuses_other_lora_sets_at_submit(tmp_path, tiny_model, lora_folder, merged_export):
     model = {**FP32, "engine": "onnx", "onnx_path": str(merged_export)}
+    (tmp_path / "data" / "embeddings").mkdir(parents=True)
+    write_a1111_safetensors(tmp_path / "data" / "embeddings" / "some-style.safetensors", vectors(1, 32, seed=1))
     with in_process(tmp_path, tiny_model, model=model, loras={"dir": str(lora_folder)}) as service:
         with service.client() as client:
+            named = client.post("/api/v1/generate", json={"prompt": "by some-style"})
+            assert named.status_code == 400 and "textual inversion" in named.json()["detail"]
             response = client.post("/api/v1/generate", json={"prompt": "x", "loras": [{"name": "style_lora"}]})
             assert response.status_code == 400
             assert "style_loha:0.8" in response.json()["detail"]

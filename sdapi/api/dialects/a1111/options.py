@@ -55,6 +55,25 @@ async def loras(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     ]
 
 
+@get(
+    "/embeddings",
+    summary="AUTOMATIC1111: 嵌入（textual inversion）列表：loaded 可用，skipped 不适配当前模型或无法读取",
+    responses=a1111_errors(503),
+)
+async def embeddings(request: Request[Any, Any, Any]) -> dict[str, dict[str, Any]]:
+    listing: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
+    for entry in status_of(request).embeddings():
+        usable = entry.error is None and entry.fits is not False
+        listing["loaded" if usable else "skipped"][entry.name] = {
+            "step": None,
+            "sd_checkpoint": None,
+            "sd_checkpoint_name": None,
+            "shape": entry.widths[0] if entry.widths else 0,
+            "vectors": entry.vectors,
+        }
+    return listing
+
+
 @get("/options", summary="AUTOMATIC1111: 读取设置（当前模型等）", responses=a1111_errors(503))
 async def read_options(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return options_of((await served_checkpoints(request))[0])

@@ -18,6 +18,7 @@ from sdapi.api.dialects.a1111.answer import answer
 from sdapi.api.dialects.a1111.errors import GENERATION_ERRORS, a1111_errors
 from sdapi.api.dialects.a1111.models import checkpoint_of, served_checkpoints
 from sdapi.api.dialects.a1111.options import (
+    embeddings,
     loras,
     read_options,
     samplers,
@@ -232,6 +233,7 @@ def a1111_router(config: Config) -> Router:
             schedulers,
             sd_models,
             loras,
+            embeddings,
             read_options,
             write_options,
             progress,
