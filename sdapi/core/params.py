@@ -34,6 +34,22 @@ class InitImageInfo(msgspec.Struct, frozen=True):
     format: str  # "png" | "jpeg": the stored bytes are decoded as this format only
 
 
+class InpaintParams(msgspec.Struct, frozen=True, kw_only=True):
+    """How an image-to-image task repaints part of its init image (a mask, outpainting margins, or both)."""
+
+    masked: bool  # a mask_image was given (else only the outpainting margins repaint)
+    invert: bool = False
+    blur: int = 4
+    area: str = "whole"  # whole | masked
+    padding: int = 32
+    content: str = "original"  # original | fill | latent_noise | latent_nothing
+    outpaint: tuple[int, int, int, int] = (0, 0, 0, 0)  # left, top, right, bottom
+
+    @property
+    def outpaints(self) -> bool:
+        return any(self.outpaint)
+
+
 class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     """A request with every default applied and every rule checked: what the engine runs."""
 
@@ -59,6 +75,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     loras: tuple[LoraSpec, ...] = ()
     # The textual-inversion embeddings the prompt or negative prompt names (sdapi.embeddings.library).
     embeddings: tuple[EmbeddingSpec, ...] = ()
+    # Inpainting and outpainting (with init_image); None: plain image-to-image or text-to-image.
+    inpaint: InpaintParams | None = None
 
     @property
     def is_image_to_image(self) -> bool:
@@ -176,6 +194,7 @@ def resolve_params(
     if checked is not None:
         check_karras(checked, use_karras_sigmas)
         check_scheduler_options(checked, options, steps)
+    inpaint = _inpaint(request, init_image)
     if init_image is None:
         width = request.width or defaults.width or native_size[0]
         height = request.height or defaults.height or native_size[1]
@@ -183,12 +202,16 @@ def resolve_params(
         _check_side("height", height, limits.max_height)
         strength = None
     else:
-        # The seed: width/height only apply to text-to-image; the output takes the input's size.
-        width, height = output_side(init_image.width), output_side(init_image.height)
+        # The seed: width/height only apply to text-to-image; the output takes the input's size (grown by the
+        # outpainting margins).
+        left, top, right, bottom = inpaint.outpaint if inpaint is not None else (0, 0, 0, 0)
+        width = output_side(init_image.width + left + right)
+        height = output_side(init_image.height + top + bottom)
         if not (MIN_SIDE <= width <= limits.max_width and MIN_SIDE <= height <= limits.max_height):
+            field = "outpaint" if inpaint is not None and inpaint.outpaints else "init_image"
             raise InvalidParameter(
-                "init_image",
-                f"init_image 尺寸不支持：{init_image.width}x{init_image.height}。"
+                field,
+                f"{field} 尺寸不支持：{init_image.width + left + right}x{init_image.height + top + bottom}。"
                 f"宽度范围 {MIN_SIDE}-{limits.max_width}，高度范围 {MIN_SIDE}-{limits.max_height}",
             )
         strength = request.strength if request.strength is not None else defaults.strength
@@ -212,4 +235,28 @@ def resolve_params(
         callback_url=request.callback_url,
         loras=loras,
         embeddings=embeddings,
+        inpaint=inpaint,
+    )
+
+
+def _inpaint(request: GenerationRequest, init_image: InitImageInfo | None) -> InpaintParams | None:
+    """The request's inpainting and outpainting settings; raise InvalidParameter for ones without an init image or
+    margins that are not multiples of 8."""
+    outpaint = request.outpaint
+    if request.mask_image is None and outpaint is None:
+        return None
+    field = "mask_image" if request.mask_image is not None else "outpaint"
+    if init_image is None:
+        raise InvalidParameter(field, f"{field} 需要 init_image（局部重绘与扩图都在初始图片上进行）")
+    margins = (0, 0, 0, 0) if outpaint is None else (outpaint.left, outpaint.top, outpaint.right, outpaint.bottom)
+    if any(margin % 8 for margin in margins):
+        raise InvalidParameter("outpaint", f"outpaint 的 left/top/right/bottom 必须是8的倍数，收到 {list(margins)}")
+    return InpaintParams(
+        masked=request.mask_image is not None,
+        invert=request.mask_invert,
+        blur=request.mask_blur,
+        area=request.inpaint_area,
+        padding=request.inpaint_padding,
+        content=request.masked_content,
+        outpaint=margins,
     )

@@ -4,7 +4,7 @@ and the ranges of every field. Pure: config.py and params.py build on these (the
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -41,6 +41,21 @@ class EmbeddingSpec(msgspec.Struct, frozen=True):
 
     name: str
     sha256: str
+
+
+MaskedContent = Literal["original", "fill", "latent_noise", "latent_nothing"]
+InpaintArea = Literal["whole", "masked"]
+MAX_MASK_BLUR = 64
+MAX_INPAINT_PADDING = 256
+
+
+class Outpaint(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How far the canvas grows on each side, in pixels (multiples of 8); the original sits at (left, top)."""
+
+    left: Annotated[int, msgspec.Meta(ge=0, description="左侧扩展像素（8的倍数）")] = 0
+    right: Annotated[int, msgspec.Meta(ge=0, description="右侧扩展像素（8的倍数）")] = 0
+    top: Annotated[int, msgspec.Meta(ge=0, description="上方扩展像素（8的倍数）")] = 0
+    bottom: Annotated[int, msgspec.Meta(ge=0, description="下方扩展像素（8的倍数）")] = 0
 
 
 class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -127,6 +142,42 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     model: Annotated[
         str | None,
         msgspec.Meta(description="模型名称（GET /api/v1/models 列出可用模型）；不指定时使用默认模型"),
+    ] = None
+    mask_image: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="局部重绘蒙版的base64编码（data:image/png;base64, 或 data:image/jpeg;base64, 前缀），与 "
+            "init_image 同尺寸：白色重绘、黑色保留、灰色部分重绘；带透明通道时按透明度读取（不透明处重绘）。"
+            "需要 init_image"
+        ),
+    ] = None
+    mask_invert: Annotated[bool, msgspec.Meta(description="反转蒙版（黑色重绘、白色保留）")] = False
+    mask_blur: Annotated[
+        int, msgspec.Meta(ge=0, le=MAX_MASK_BLUR, description="蒙版边缘模糊半径（像素，0-64），默认 4")
+    ] = 4
+    inpaint_area: Annotated[
+        InpaintArea,
+        msgspec.Meta(
+            description="重绘区域：whole（整张图片）或 masked（只裁出蒙版区域加 inpaint_padding，"
+            "以模型原生尺寸重绘后贴回）"
+        ),
+    ] = "whole"
+    inpaint_padding: Annotated[
+        int, msgspec.Meta(ge=0, le=MAX_INPAINT_PADDING, description="inpaint_area=masked 时蒙版外扩的像素（0-256）")
+    ] = 32
+    masked_content: Annotated[
+        MaskedContent,
+        msgspec.Meta(
+            description="重绘区域的初始内容：original（原图）、fill（用周围颜色填充）、latent_noise（随机噪声）、"
+            "latent_nothing（空白）"
+        ),
+    ] = "original"
+    outpaint: Annotated[
+        Outpaint | None,
+        msgspec.Meta(
+            description="向外扩展画布：{left, right, top, bottom}（像素，8的倍数），新增区域为重绘区域，原图区域保留。"
+            "需要 init_image"
+        ),
     ] = None
     loras: Annotated[
         list[LoraRequest] | None,

@@ -41,20 +41,46 @@ def make_images(
     init_image: Image.Image | None,
     batch_size: int,
     on_step: StepCallback | None = None,
+    inpaint: Any = None,
+    native_size: tuple[int, int] = (512, 512),
 ) -> list[Image.Image]:
     """The request's images: a fresh scheduler from the model's config, image k from seed + k, in batches.
     `on_step` hears of every denoising step (the pipeline's callback_on_step_end; ONNX pipelines are diffusers
-    pipelines too)."""
-    pipeline = image_to_image if init_image is not None else text_to_image
-    pipeline.scheduler = make_scheduler(params, scheduler_config)
+    pipelines too). An inpainting task's `init_image` is RGBA, its alpha the mask: it runs on `inpaint`
+    (sdapi.engines.inpainting), rendering a masked-only area at `native_size`'s area."""
     strength = params.strength
     if init_image is not None and strength is not None and int(params.num_inference_steps * strength) < 1:
         # No denoising step at this strength: the seed's "0.0 几乎不修改" — the input comes back unchanged.
-        return [init_image.copy() for _ in range(params.num_images)]
+        return [init_image.convert("RGB") for _ in range(params.num_images)]
+    if params.inpaint is not None:
+        from sdapi.engines.inpainting import make_edited_images
+
+        assert init_image is not None and inpaint is not None  # the worker opens the mask; the engine checks
+        inpaint.scheduler = make_scheduler(params, scheduler_config)
+        return make_edited_images(inpaint, params, init_image, on_step, native_size)
+    pipeline = image_to_image if init_image is not None else text_to_image
+    pipeline.scheduler = make_scheduler(params, scheduler_config)
+    if init_image is not None:
+        arguments: dict[str, Any] = {"image": init_image, "strength": params.strength}
+    else:
+        arguments = {"width": params.width, "height": params.height}
+    return run_batches(pipeline, params, arguments, batch_size, on_step, (params.width, params.height))
+
+
+def run_batches(
+    pipeline: Any,
+    params: GenerationParams,
+    arguments: dict[str, Any],
+    batch_size: int,
+    on_step: StepCallback | None,
+    size: tuple[int, int],
+) -> list[Image.Image]:
+    """Run `pipeline` with `arguments` (its image inputs) for every image of the request, image k from seed + k,
+    in batches of `batch_size`; `size` (width, height) is the picture the pipeline makes."""
     images: list[Image.Image] = []
     batches = chunk(params.image_seeds(), batch_size)
     for index, seeds in enumerate(batches):
-        arguments: dict[str, Any] = {
+        batch_arguments: dict[str, Any] = {
             "prompt": params.prompt,
             "negative_prompt": params.negative_prompt,
             "num_inference_steps": params.num_inference_steps,
@@ -62,21 +88,20 @@ def make_images(
             "num_images_per_prompt": len(seeds),
             "generator": cpu_generators(seeds),
             "output_type": "pil",
+            **arguments,
         }
-        if init_image is not None:
-            arguments["image"] = init_image
-            arguments["strength"] = params.strength
-        else:
-            arguments["width"] = params.width
-            arguments["height"] = params.height
         if getattr(pipeline, "text_encoder_2", None) is not None:
             # SDXL's micro-conditioning: an uncropped picture made at the size asked for (the output's size, also
             # for image-to-image), which is what SDXL's training associates with whole, well-framed images.
-            size = (params.height, params.width)
-            arguments |= {"original_size": size, "target_size": size, "crops_coords_top_left": (0, 0)}
+            height_width = (size[1], size[0])
+            batch_arguments |= {
+                "original_size": height_width,
+                "target_size": height_width,
+                "crops_coords_top_left": (0, 0),
+            }
         if on_step is not None:
-            arguments["callback_on_step_end"] = _step_reporter(on_step, index, len(batches), len(images))
-        images.extend(pipeline(**arguments).images)
+            batch_arguments["callback_on_step_end"] = _step_reporter(on_step, index, len(batches), len(images))
+        images.extend(pipeline(**batch_arguments).images)
     report_gpu_memory()
     return images
 

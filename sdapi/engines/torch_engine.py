@@ -50,6 +50,7 @@ class TorchEngine:
         self.dtype = choose_dtype(model.dtype, self.device)
         self._text_to_image: Any = None
         self._image_to_image: Any = None
+        self._inpaint: Any = None
         self._scheduler_config: Any = None
         self._loaded = threading.Event()
         self.family: ModelFamily | None = None  # known once loaded
@@ -59,7 +60,7 @@ class TorchEngine:
         return self._loaded.is_set()
 
     def load(self) -> None:
-        from diffusers import AutoPipelineForImage2Image
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
         pipeline = load_pipeline(self._model.path, self.dtype, self._model.single_file_config)
         pipeline.to(self.device)
@@ -67,6 +68,8 @@ class TorchEngine:
         # from_pipe shares the already-loaded modules: image-to-image costs no second load or memory.
         self._image_to_image = AutoPipelineForImage2Image.from_pipe(pipeline)
         self._image_to_image.set_progress_bar_config(disable=True)
+        self._inpaint = AutoPipelineForInpainting.from_pipe(pipeline)
+        self._inpaint.set_progress_bar_config(disable=True)
         self._text_to_image = pipeline
         # Kept pristine: every request builds its scheduler from this, so none leaks into the next.
         self._scheduler_config = pipeline.scheduler.config
@@ -117,4 +120,13 @@ class TorchEngine:
         assert self._embeddings is not None  # set by load()
         params = self._embeddings.apply(params)
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
-        return make_images(*pipelines, params, init_image, self._model.batch_size, on_step)
+        assert self.family is not None  # set by load()
+        return make_images(
+            *pipelines,
+            params,
+            init_image,
+            self._model.batch_size,
+            on_step,
+            inpaint=self._inpaint,
+            native_size=self.family.native_size,
+        )

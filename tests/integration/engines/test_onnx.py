@@ -149,6 +149,17 @@ def test_prompts_naming_an_embedding_run_on_torch(onnx_service, torch_service):
     assert _run(onnx_service)["engine"] == "onnx"  # the next plain prompt goes back to the export
 
 
+def test_inpainting_runs_on_torch_and_says_so(onnx_service, torch_service):
+    from PIL import Image
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    body = {"init_image": data_url(gradient_image(64, 64)), "mask_image": data_url(mask), "strength": 0.8}
+    routed, reference = _run(onnx_service, **body), _run(torch_service, **body)
+    assert routed["engine"] == "torch"
+    assert mean_abs_diff(_pixels(routed), _pixels(reference)) == 0.0
+
+
 def test_engine_onnx_refuses_other_lora_sets_at_submit(tmp_path, tiny_model, lora_folder, merged_export):
     model = {**FP32, "engine": "onnx", "onnx_path": str(merged_export)}
     (tmp_path / "data" / "embeddings").mkdir(parents=True)
