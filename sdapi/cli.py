@@ -276,7 +276,10 @@ def parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny-model", help="write the tiny random test model (diffusers format)")
     tiny.add_argument("directory", help="folder to write the model to")
     tiny.add_argument(
-        "--family", choices=["sd15", "sd2-v", "sdxl"], default="sd15", help="architecture (default: sd15)"
+        "--family",
+        choices=["sd15", "sd2-v", "sdxl", "sd15-inpaint", "sdxl-inpaint"],
+        default="sd15",
+        help="architecture (default: sd15; the -inpaint ones have an inpainting checkpoint's 9-channel UNet)",
     )
     tiny.set_defaults(run=_make_tiny_model)
 

@@ -170,6 +170,9 @@ class ModelResponse(msgspec.Struct):
         dict[str, str],
         msgspec.Meta(description="无法载入此模型的在线 worker（worker ID -> 原因）；其任务交给能载入的 worker"),
     ] = {}
+    inpainting: Annotated[
+        bool, msgspec.Meta(description="局部重绘（inpainting）模型（UNet 输入 9 通道）；文生图、图生图也可用")
+    ] = False
 
 
 class ModelListResponse(msgspec.Struct):

@@ -87,7 +87,7 @@ SDXL_SCHEDULER_CONFIG = {
     "interpolation_type": "linear",
     "use_karras_sigmas": False,
 }
-FAMILIES = ("sd15", "sd2-v", "sdxl")
+FAMILIES = ("sd15", "sd2-v", "sdxl", "sd15-inpaint", "sdxl-inpaint")
 
 
 def _text_encoder_config(hidden_act: str = "quick_gelu", vocab_size: int | None = None, width: int = 32) -> Any:
@@ -134,6 +134,7 @@ def sd_unet(
     cross_attention_dim: int = 32,
     sample_size: int = 64,
     linear_projection: bool = False,
+    in_channels: int = 4,
 ) -> Any:
     """The SD 1.x/2.x UNet layout at toy sizes. Attention only at the lowest resolution keeps a 512x512 image to
     a few seconds on two cores."""
@@ -141,7 +142,7 @@ def sd_unet(
 
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=4,
+        in_channels=in_channels,  # 9 for an inpainting UNet: latents, the mask, the masked image's latents
         out_channels=4,
         block_out_channels=block_out_channels,
         layers_per_block=1,
@@ -163,12 +164,14 @@ def build_tiny_pipeline_components(family: str = "sd15") -> dict[str, object]:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(TINY_MODEL_SEED)
+    inpainting = family.endswith("-inpaint")
+    family = family.removesuffix("-inpaint")
     if family == "sdxl":
         # SDXL's block layout (no attention in the first block, two resnets per block, more transformer layers
         # deeper down) at toy widths.
         unet = UNet2DConditionModel(
             sample_size=128,
-            in_channels=4,
+            in_channels=9 if inpainting else 4,
             out_channels=4,
             block_out_channels=(16, 32, 32),
             layers_per_block=2,
@@ -184,7 +187,11 @@ def build_tiny_pipeline_components(family: str = "sd15") -> dict[str, object]:
             norm_num_groups=8,
         )
     else:
-        unet = sd_unet(sample_size=96 if family == "sd2-v" else 64, linear_projection=family == "sd2-v")
+        unet = sd_unet(
+            sample_size=96 if family == "sd2-v" else 64,
+            linear_projection=family == "sd2-v",
+            in_channels=9 if inpainting else 4,
+        )
     torch.manual_seed(TINY_MODEL_SEED + 1)
     vae = _tiny_vae(0.13025 if family == "sdxl" else 0.18215)
     torch.manual_seed(TINY_MODEL_SEED + 2)
@@ -197,8 +204,9 @@ def build_tiny_pipeline_components(family: str = "sd15") -> dict[str, object]:
 
 
 def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = None, family: str = "sd15") -> Path:
-    """Write the tiny pipeline of `family` (sd15, sd2-v or sdxl) in diffusers format to `target`, atomically,
-    showing its stages on `progress` (None: silent); return the folder."""
+    """Write the tiny pipeline of `family` (sd15, sd2-v or sdxl; sd15-inpaint or sdxl-inpaint for an inpainting
+    checkpoint's 9-channel UNet) in diffusers format to `target`, atomically, showing its stages on `progress`
+    (None: silent); return the folder."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     with Stages(4, progress) as stages:
@@ -215,16 +223,21 @@ def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = No
             tokenizer = CLIPTokenizer.from_pretrained(str(staging / "_tokenizer_src"))
             stages.stage(f"building the {family} UNet, VAE and text encoder(s)")
             config = {"sd15": SD15_SCHEDULER_CONFIG, "sd2-v": SD2V_SCHEDULER_CONFIG, "sdxl": SDXL_SCHEDULER_CONFIG}
-            scheduler_config = config[family]
+            scheduler_config = config[family.removesuffix("-inpaint")]
             scheduler = getattr(diffusers, str(scheduler_config["_class_name"])).from_config(scheduler_config)
             components = build_tiny_pipeline_components(family)
             pipeline: Any
-            if family == "sdxl":
-                pipeline = diffusers.StableDiffusionXLPipeline(
+            inpainting = family.endswith("-inpaint")
+            if family.startswith("sdxl"):
+                sdxl_class = (
+                    diffusers.StableDiffusionXLInpaintPipeline if inpainting else diffusers.StableDiffusionXLPipeline
+                )
+                pipeline = sdxl_class(
                     tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler, add_watermarker=False, **components
                 )
             else:
-                pipeline = diffusers.StableDiffusionPipeline(
+                sd_class = diffusers.StableDiffusionInpaintPipeline if inpainting else diffusers.StableDiffusionPipeline
+                pipeline = sd_class(
                     tokenizer=tokenizer,
                     scheduler=scheduler,
                     safety_checker=None,

@@ -29,9 +29,15 @@ def route_library_logs() -> None:
 
 
 def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None = None) -> Any:
-    """The text-to-image pipeline of the model at `path` (SD 1.x/2.x: StableDiffusionPipeline; SDXL base:
-    StableDiffusionXLPipeline) in `dtype` on the CPU; raise ModelLoadFailed with what is wrong or not served."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """The pipeline of the model at `path` (SD 1.x/2.x: StableDiffusionPipeline; SDXL base:
+    StableDiffusionXLPipeline; an inpainting checkpoint: their inpainting pipelines) in `dtype` on the CPU; raise
+    ModelLoadFailed with what is wrong or not served."""
+    from diffusers import (
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLInpaintPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     route_library_logs()
     kind = describe_source(path)
@@ -41,10 +47,14 @@ def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None 
         raise ModelLoadFailed(f"模型目录缺少 model_index.json，不是 diffusers 格式：{path}")
     if kind == "hub" and is_local_path(path):
         raise ModelLoadFailed(f"模型路径不存在：{path}")
-    detected = detect_family(path)  # refuses SD3, Flux, refiners, inpainting models before loading anything
-    pipeline_class = StableDiffusionXLPipeline if detected.family is Family.SDXL else StableDiffusionPipeline
+    detected = detect_family(path)  # refuses SD3, Flux, refiners before loading anything
+    sdxl = detected.family is Family.SDXL
+    if detected.inpainting:
+        pipeline_class = StableDiffusionXLInpaintPipeline if sdxl else StableDiffusionInpaintPipeline
+    else:
+        pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     options: dict[str, Any] = {"torch_dtype": dtype}
-    if pipeline_class is StableDiffusionPipeline:
+    if not sdxl:
         options |= {"safety_checker": None, "requires_safety_checker": False}
     else:
         options["add_watermarker"] = False

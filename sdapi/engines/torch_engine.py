@@ -8,11 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import torch
 from PIL import Image
 
 from sdapi.config import ModelConfig
-from sdapi.core.params import GenerationParams
+from sdapi.core.params import GenerationParams, InpaintParams
 from sdapi.core.request import LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
 from sdapi.engines import EngineDescription, Generated
@@ -26,6 +27,18 @@ from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.models.families import ModelFamily
 
 logger = logging.getLogger(__name__)
+
+
+def as_edit(params: GenerationParams, init_image: Image.Image | None) -> tuple[GenerationParams, Image.Image]:
+    """A text- or image-to-image request as an inpainting checkpoint runs it: everything repainted (a full mask,
+    unblurred), on the init image or, for text-to-image, a grey canvas at full strength."""
+    if init_image is None:
+        edit = Image.new("RGBA", (params.width, params.height), (127, 127, 127, 255))
+        params = msgspec.structs.replace(params, strength=1.0)
+    else:
+        edit = init_image.convert("RGBA")
+        edit.putalpha(255)
+    return msgspec.structs.replace(params, inpaint=InpaintParams(masked=True, blur=0)), edit
 
 
 class TorchEngine:
@@ -65,11 +78,15 @@ class TorchEngine:
         pipeline = load_pipeline(self._model.path, self.dtype, self._model.single_file_config)
         pipeline.to(self.device)
         self.family = loaded_family(pipeline)
-        # from_pipe shares the already-loaded modules: image-to-image costs no second load or memory.
-        self._image_to_image = AutoPipelineForImage2Image.from_pipe(pipeline)
-        self._image_to_image.set_progress_bar_config(disable=True)
-        self._inpaint = AutoPipelineForInpainting.from_pipe(pipeline)
-        self._inpaint.set_progress_bar_config(disable=True)
+        if self.family.inpainting:
+            # An inpainting checkpoint runs everything on its inpainting pipeline (as_edit below).
+            self._image_to_image = self._inpaint = pipeline
+        else:
+            # from_pipe shares the already-loaded modules: these cost no second load or memory.
+            self._image_to_image = AutoPipelineForImage2Image.from_pipe(pipeline)
+            self._image_to_image.set_progress_bar_config(disable=True)
+            self._inpaint = AutoPipelineForInpainting.from_pipe(pipeline)
+            self._inpaint.set_progress_bar_config(disable=True)
         self._text_to_image = pipeline
         # Kept pristine: every request builds its scheduler from this, so none leaks into the next.
         self._scheduler_config = pipeline.scheduler.config
@@ -117,10 +134,11 @@ class TorchEngine:
             self.adapters.activate(params.loras)
         elif params.loras:
             raise GenerationFailed("此引擎未配置 LoRA", ErrorCode.INVALID_INPUT)
-        assert self._embeddings is not None  # set by load()
+        assert self._embeddings is not None and self.family is not None  # set by load()
         params = self._embeddings.apply(params)
+        if self.family.inpainting and params.inpaint is None:
+            params, init_image = as_edit(params, init_image)
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
-        assert self.family is not None  # set by load()
         return make_images(
             *pipelines,
             params,

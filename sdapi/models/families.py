@@ -32,15 +32,25 @@ class ModelFamily(msgspec.Struct, frozen=True):
     native_size: tuple[int, int]
     # epsilon or v_prediction (SD 2.x 768 models); None when only loading the model can tell (a single file).
     prediction: str | None = None
+    # An inpainting checkpoint: its UNet takes the mask and the masked image's latents too (9 input channels).
+    inpainting: bool = False
 
 
-SERVED = "SD 1.x、SD 2.x、SDXL base（StableDiffusionPipeline、StableDiffusionXLPipeline）"
+SERVED = (
+    "SD 1.x、SD 2.x、SDXL base 及其局部重绘（inpainting）模型"
+    "（StableDiffusionPipeline、StableDiffusionXLPipeline、StableDiffusionInpaintPipeline、"
+    "StableDiffusionXLInpaintPipeline）"
+)
 _NATIVE_SIDE = {Family.SD1: 512, Family.SD2: 768, Family.SDXL: 1024}
 _PIPELINES = {
     "StableDiffusionPipeline": None,  # SD 1.x or 2.x: the UNet tells
     "StableDiffusionImg2ImgPipeline": None,
     "StableDiffusionXLPipeline": Family.SDXL,
+    "StableDiffusionInpaintPipeline": None,
+    "StableDiffusionXLInpaintPipeline": Family.SDXL,
 }
+# UNet input channels: 4 latents; an inpainting UNet adds the mask (1) and the masked image's latents (4).
+_UNET_INPUTS = (4, 9)
 
 
 class UnsupportedModel(ModelLoadFailed):
@@ -68,8 +78,8 @@ def detect_folder(folder: Path) -> ModelFamily:
     if pipeline not in _PIPELINES:
         raise _refused(f"{pipeline}（{folder}）")
     unet = _read_json(folder / "unet" / "config.json") if (folder / "unet" / "config.json").is_file() else {}
-    if unet.get("in_channels", 4) != 4:
-        raise _refused(f"局部重绘（inpainting）模型，UNet 输入 {unet.get('in_channels')} 通道（{folder}）")
+    if unet.get("in_channels", 4) not in _UNET_INPUTS:
+        raise _refused(f"UNet 输入 {unet.get('in_channels')} 通道（{folder}）")
     if index.get("text_encoder") in (None, [None, None]) and pipeline == "StableDiffusionXLPipeline":
         raise _refused(f"SDXL refiner（只有 text_encoder_2）（{folder}）")
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
@@ -89,7 +99,8 @@ def from_unet_config(unet: Mapping[str, object], sdxl: bool, prediction: str | N
         family = Family.SD1
     sample_size = unet.get("sample_size")
     side = int(sample_size) * 8 if isinstance(sample_size, int) else _NATIVE_SIDE[family]
-    return ModelFamily(family=family, native_size=(side, side), prediction=prediction)
+    inpainting = unet.get("in_channels", 4) == 9
+    return ModelFamily(family=family, native_size=(side, side), prediction=prediction, inpainting=inpainting)
 
 
 def safetensors_keys(path: Path) -> dict[str, list[int]]:
@@ -110,16 +121,20 @@ def detect_single_file(path: Path) -> ModelFamily:
     except (OSError, ValueError, struct.error) as error:
         raise ModelLoadFailed(f"无法读取模型文件 {path}：{error}") from None
     conv_in = keys.get("model.diffusion_model.input_blocks.0.0.weight", [0, 4])
-    if len(conv_in) > 1 and conv_in[1] != 4:
-        raise _refused(f"局部重绘（inpainting）模型，UNet 输入 {conv_in[1]} 通道（{path.name}）")
+    channels = conv_in[1] if len(conv_in) > 1 else 4
+    if channels not in _UNET_INPUTS:
+        raise _refused(f"UNet 输入 {channels} 通道（{path.name}）")
+    inpainting = channels == 9
     if any(key.startswith("conditioner.embedders.1.") for key in keys):
         if not any(key.startswith("conditioner.embedders.0.") for key in keys):
             raise _refused(f"SDXL refiner（{path.name}）")
-        return ModelFamily(family=Family.SDXL, native_size=(1024, 1024), prediction="epsilon")
+        return ModelFamily(family=Family.SDXL, native_size=(1024, 1024), prediction="epsilon", inpainting=inpainting)
     if any(key.startswith("cond_stage_model.model.") for key in keys):  # OpenCLIP: SD 2.x (768-v most often)
-        return ModelFamily(family=Family.SD2, native_size=(768, 768))
+        # SD 2 inpainting is a 512-pixel epsilon model; the 768-v base is the usual 2.x single file otherwise.
+        side = 512 if inpainting else 768
+        return ModelFamily(family=Family.SD2, native_size=(side, side), inpainting=inpainting)
     if any(key.startswith("cond_stage_model.transformer.") for key in keys):
-        return ModelFamily(family=Family.SD1, native_size=(512, 512), prediction="epsilon")
+        return ModelFamily(family=Family.SD1, native_size=(512, 512), prediction="epsilon", inpainting=inpainting)
     if any(
         key.startswith(("model.diffusion_model.joint_blocks.", "double_blocks.", "transformer_blocks.")) for key in keys
     ):

@@ -40,6 +40,7 @@ class ModelView(msgspec.Struct, frozen=True):
     default: bool
     # The live workers that could not load it (worker id -> why); they leave its tasks to the others.
     load_errors: dict[str, str] = {}
+    inpainting: bool = False  # an inpainting checkpoint (9-channel UNet)
 
 
 class OnnxOnly(msgspec.Struct, frozen=True):
@@ -209,6 +210,7 @@ class ModelCatalog:
                     loaded=name in loaded,
                     default=name == self.default,
                     load_errors=(failures or {}).get(name, {}),
+                    inpainting=family.inpainting,
                 )
             )
         return views

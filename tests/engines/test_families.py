@@ -30,11 +30,11 @@ def test_detection(tiny_model, tiny_sd2v, tiny_sdxl, tmp_path):
 
 
 def test_an_unsupported_model_is_refused_at_start_up(tmp_path):
-    inpainting = tmp_path / "inpaint"
-    (inpainting / "unet").mkdir(parents=True)
-    (inpainting / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    (inpainting / "unet" / "config.json").write_text(json.dumps({"in_channels": 9}))
-    config = write_config(tmp_path / "svc", inpainting)
+    odd = tmp_path / "odd-unet"
+    (odd / "unet").mkdir(parents=True)
+    (odd / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (odd / "unet" / "config.json").write_text(json.dumps({"in_channels": 8}))  # neither 4 nor inpainting's 9
+    config = write_config(tmp_path / "svc", odd)
     refused = subprocess.run(
         [sys.executable, "-m", "sdapi", "serve", "--config", str(config), "--port", str(free_port())],
         cwd=REPO_ROOT,
@@ -43,4 +43,4 @@ def test_an_unsupported_model_is_refused_at_start_up(tmp_path):
         timeout=120,
     )
     assert refused.returncode == 2
-    assert "不支持的模型：局部重绘（inpainting）模型" in refused.stderr and "SDXL base" in refused.stderr
+    assert "不支持的模型：UNet 输入 8 通道" in refused.stderr and "SDXL base" in refused.stderr

@@ -151,3 +151,22 @@ def test_inpainting_on_the_other_families(make_service, request, family_model):
     kept = _kept(mask, 4)
     assert np.array_equal(out[kept], init[kept])
     assert np.abs(out[~kept] - init[~kept]).mean() > 1.0
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny_sd15_inpaint", "tiny_sdxl_inpaint"])
+def test_an_inpainting_checkpoint_loads_and_serves_every_mode(make_service, request, checkpoint):
+    running = make_service(f"served-{checkpoint}", request.getfixturevalue(checkpoint))
+    mask = _mask(box=(16, 16, 48, 48), size=(64, 64))
+    with running.client() as client:
+        (model,) = client.get("/api/v1/models").json()["models"]
+        assert model["inpainting"] is True and model["loaded"] is True
+        text = generate(client, prompt="a castle", width=64, height=64, seed=1, num_inference_steps=3)
+        assert text["status"] == "completed" and fetch_pixels(text["result_url"]).shape == (64, 64, 3)
+        _, redone, init = _edit(client, init=gradient_image(64, 64), num_inference_steps=3)
+        assert np.abs(redone - init).mean() > 1.0
+        _, out, init = _edit(client, init=gradient_image(64, 64), mask_image=data_url(mask), num_inference_steps=3)
+        _, again, _ = _edit(client, init=gradient_image(64, 64), mask_image=data_url(mask), num_inference_steps=3)
+    assert np.array_equal(out, again)
+    kept = _kept(mask, 4)
+    assert np.array_equal(out[kept], init[kept])
+    assert np.abs(out[~kept] - init[~kept]).mean() > 1.0
