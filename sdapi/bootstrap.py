@@ -42,6 +42,7 @@ from sdapi.storage import ImageStorage
 from sdapi.storage.local import LocalImageStorage
 from sdapi.storage.minio import MinioImageStorage
 from sdapi.store import Stores
+from sdapi.upscalers.library import UpscalerLibrary
 from sdapi.worker.loop import Worker
 from sdapi.worker.outputs import Outputs
 
@@ -67,7 +68,11 @@ def open_stores(config: Config) -> Stores:
 
 
 def _worker_engine(
-    config: Config, library: LoraLibrary, embeddings: EmbeddingLibrary, given: Engine | None
+    config: Config,
+    library: LoraLibrary,
+    embeddings: EmbeddingLibrary,
+    upscalers: UpscalerLibrary,
+    given: Engine | None,
 ) -> WorkerEngine:
     """The configured pool of models, or the engine a test or tool passed, serving the default model alone."""
     # Imported here: the engines import torch, which an API node never needs.
@@ -77,7 +82,7 @@ def _worker_engine(
         return SingleModelEngine(given, config.default_model.name)
     from sdapi.engines.factory import build_engine
 
-    return build_engine(config, library.path_for, embeddings.path_for)
+    return build_engine(config, library.path_for, embeddings.path_for, upscalers.path_for)
 
 
 @dataclass
@@ -100,6 +105,7 @@ class Runtime:
     heartbeat: Heartbeat
     library: LoraLibrary
     embeddings: EmbeddingLibrary
+    upscalers: UpscalerLibrary
     _started: bool = field(default=False, repr=False)
     _metrics: MetricsPublisher | None = field(default=None, repr=False)
 
@@ -111,8 +117,8 @@ class Runtime:
         return await self.status.health()
 
     async def start(self) -> None:
-        """Open the database, check storage, scan the LoRA and embedding folders, then start the loops this role
-        runs."""
+        """Open the database, check storage, scan the LoRA, embedding and upscaler folders, then start the loops
+        this role runs."""
         await self.stores.database.open()
         try:
             self.storage.prepare()
@@ -126,6 +132,7 @@ class Runtime:
         await asyncio.to_thread(self._learn_lora_targets)
         await asyncio.to_thread(self.library.scan)
         await asyncio.to_thread(self.embeddings.scan)
+        await asyncio.to_thread(self.upscalers.scan)
         known = {entry.name for entry in self.library.entries()}
         for default in self.config.loras.defaults:
             if default.name not in known:
@@ -211,12 +218,13 @@ def build_runtime(
     resolver = resolver or system_resolver
     library = LoraLibrary(config.loras, config.loras_path)
     embeddings = EmbeddingLibrary(config.embeddings_path, config.embeddings.max_file_mb)
+    upscalers = UpscalerLibrary(config.upscalers_path, config.upscalers.max_file_mb)
     signals = Signals()
     node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    worker_engine = _worker_engine(config, library, embeddings, engine) if role.runs_worker else None
+    worker_engine = _worker_engine(config, library, embeddings, upscalers, engine) if role.runs_worker else None
     worker: Worker | None = None
     status = StatusService(
-        config, role, node_id, stores, storage, catalog, library, embeddings, worker_engine, lambda: worker
+        config, role, node_id, stores, storage, catalog, library, embeddings, upscalers, worker_engine, lambda: worker
     )
     heartbeat = Heartbeat(stores.nodes, config.queue.lease_seconds)
     watch = TaskWatch(stores.tasks)
@@ -234,7 +242,7 @@ def build_runtime(
             config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver
         )
         signals.on_delivery_due(callbacks.wake)
-    checks = RequestChecks(config, catalog, library, resolver, embeddings)
+    checks = RequestChecks(config, catalog, library, resolver, embeddings, upscalers)
     estimator = StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds)
     days = config.retention.days
     return Runtime(
@@ -253,4 +261,5 @@ def build_runtime(
         heartbeat=heartbeat,
         library=library,
         embeddings=embeddings,
+        upscalers=upscalers,
     )

@@ -278,6 +278,13 @@ class EmbeddingsConfig(_Section, frozen=True):
     max_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 50.0
 
 
+class UpscalersConfig(_Section, frozen=True):
+    # Folder of neural upscalers (ESRGAN-family .pth/.safetensors) for the high-resolution pass and the A1111
+    # extras; null: data_dir/upscalers.
+    dir: str | None = None
+    max_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 512.0
+
+
 class Config(_Section, frozen=True):
     data_dir: str = "./data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -304,6 +311,7 @@ class Config(_Section, frozen=True):
     callbacks: CallbacksConfig = CallbacksConfig()
     loras: LorasConfig = LorasConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
+    upscalers: UpscalersConfig = UpscalersConfig()
 
     @property
     def data_path(self) -> Path:
@@ -328,6 +336,10 @@ class Config(_Section, frozen=True):
     @property
     def embeddings_path(self) -> Path:
         return Path(self.embeddings.dir) if self.embeddings.dir else self.data_path / "embeddings"
+
+    @property
+    def upscalers_path(self) -> Path:
+        return Path(self.upscalers.dir) if self.upscalers.dir else self.data_path / "upscalers"
 
     @property
     def model_entries(self) -> list[ModelEntry]:
@@ -373,7 +385,7 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
     data_dir = raw.get("data_dir", "./data")
     if isinstance(data_dir, str):
         raw["data_dir"] = str((base / Path(data_dir).expanduser()).resolve())
-    for folder_section in ("loras", "embeddings"):
+    for folder_section in ("loras", "embeddings", "upscalers"):
         section = raw.get(folder_section)
         if isinstance(section, dict) and isinstance(section.get("dir"), str):
             section["dir"] = str((base / Path(section["dir"]).expanduser()).resolve())

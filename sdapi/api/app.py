@@ -75,6 +75,7 @@ def create_app(
             routes.TaskController,
             routes.LoraController,
             routes.EmbeddingController,
+            routes.UpscalerController,
             routes.schedulers,
             routes.models,
         ],

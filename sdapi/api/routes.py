@@ -31,6 +31,7 @@ from sdapi.api.schemas import (
     SchedulerListResponse,
     TaskListResponse,
     TaskResponse,
+    UpscalerListResponse,
     ValidationErrorResponse,
     callback_log_response,
     health_response,
@@ -350,6 +351,28 @@ class EmbeddingController(Controller):
     )
     async def refresh(self, state: State) -> EmbeddingListResponse:
         return EmbeddingListResponse(embeddings=await _status(state).rescan_embeddings())
+
+
+class UpscalerController(Controller):
+    """The upscalers of the high-resolution pass; mounted under /api/v1 behind the API key guard."""
+
+    path = "/upscalers"
+    tags = ("upscalers",)
+    security = ({"APIKeyHeader": []},)
+
+    @get(
+        "/",
+        summary="放大方法列表",
+        description="hires.upscaler 可用的放大方法：latent（潜空间插值）、pixel（像素插值）与 upscalers.dir 中的"
+        "神经网络放大模型（ESRGAN/Real-ESRGAN 的 .pth/.safetensors），附放大倍数、大小、sha256。",
+        responses=_errors(),
+    )
+    async def list_upscalers(self, state: State) -> UpscalerListResponse:
+        return UpscalerListResponse(upscalers=_status(state).upscalers())
+
+    @post("/refresh", summary="重新扫描放大模型", status_code=200, responses=_errors())
+    async def refresh(self, state: State) -> UpscalerListResponse:
+        return UpscalerListResponse(upscalers=await _status(state).rescan_upscalers())
 
 
 @get(

@@ -14,6 +14,7 @@ from sdapi.embeddings.library import EmbeddingEntry
 from sdapi.loras.library import LoraEntry
 from sdapi.service.status import ServiceHealth
 from sdapi.service.tasks import TaskView
+from sdapi.upscalers.library import UpscalerEntry
 
 TASK_CREATED_MESSAGE = "任务已创建，正在处理中"
 
@@ -185,6 +186,10 @@ class LoraListResponse(msgspec.Struct):
 
 class EmbeddingListResponse(msgspec.Struct):
     embeddings: Annotated[list[EmbeddingEntry], msgspec.Meta(description="embeddings.dir 中的嵌入文件")]
+
+
+class UpscalerListResponse(msgspec.Struct):
+    upscalers: Annotated[list[UpscalerEntry], msgspec.Meta(description="内置放大方法与 upscalers.dir 中的模型")]
 
 
 class WorkerResponse(msgspec.Struct):

@@ -4,11 +4,20 @@ no torch (`python -c "import sdapi.core.params"` loads neither)."""
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from sdapi.core.request import MAX_SEED, OUTPUT_FORMATS, EmbeddingSpec, GenerationRequest, LoraSpec
+from sdapi.core.request import (
+    LATENT_UPSCALERS,
+    MAX_SEED,
+    OUTPUT_FORMATS,
+    PIXEL_UPSCALERS,
+    EmbeddingSpec,
+    GenerationRequest,
+    LoraSpec,
+)
 from sdapi.core.schedulers import (
     ACCEPTED_SCHEDULERS,
     CLASS_CHOICES,
@@ -50,6 +59,22 @@ class InpaintParams(msgspec.Struct, frozen=True, kw_only=True):
         return any(self.outpaint)
 
 
+class HiresParams(msgspec.Struct, frozen=True, kw_only=True):
+    """The high-resolution second pass of a text-to-image task: the final size, how to upscale, how to denoise."""
+
+    width: int
+    height: int
+    upscaler: str  # a LATENT_UPSCALERS or PIXEL_UPSCALERS name, or a neural upscaler's (upscalers.dir)
+    steps: int
+    strength: float
+    prompt: str | None = None  # None: the task's prompt
+    negative_prompt: str | None = None
+
+    @property
+    def in_latents(self) -> bool:
+        return self.upscaler in LATENT_UPSCALERS
+
+
 class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     """A request with every default applied and every rule checked: what the engine runs."""
 
@@ -77,6 +102,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     embeddings: tuple[EmbeddingSpec, ...] = ()
     # Inpainting and outpainting (with init_image); None: plain image-to-image or text-to-image.
     inpaint: InpaintParams | None = None
+    # The high-resolution second pass (text-to-image): the images come out at its size, not width x height.
+    hires: HiresParams | None = None
 
     @property
     def is_image_to_image(self) -> bool:
@@ -87,7 +114,17 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
         """How much denoising the request asks for, in megapixel-steps (what generation time grows with): the
         queue's estimates multiply it by measured seconds per megapixel-step."""
         steps = self.num_inference_steps * (self.strength if self.is_image_to_image and self.strength else 1.0)
-        return steps * self.width * self.height * self.num_images / 1e6
+        work = steps * self.width * self.height
+        if self.hires is not None:
+            work += self.hires.steps * self.hires.strength * self.hires.width * self.hires.height
+        return work * self.num_images / 1e6
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images the task makes (width, height): the second pass's when it has one."""
+        if self.hires is not None:
+            return self.hires.width, self.hires.height
+        return self.width, self.height
 
     def image_seeds(self) -> list[int]:
         """The seed of each image: image k starts from the latents of seed + k."""
@@ -165,9 +202,11 @@ def resolve_params(
     model: str | None = None,
     native_size: tuple[int, int] = (512, 512),
     own_scheduler: str | None = None,
+    upscalers: Collection[str] = (),
 ) -> GenerationParams:
     """Apply config defaults (and, for a size neither gives, the model's `native_size`) to a decoded request for
-    `model`, and check the rules the schema cannot; raise InvalidParameter."""
+    `model`, and check the rules the schema cannot; raise InvalidParameter. `upscalers`: the neural upscalers'
+    names (upscalers.dir) a second pass may use."""
     output_format = request.output_format.lower()
     if output_format not in OUTPUT_FORMATS:
         raise InvalidParameter(
@@ -215,6 +254,11 @@ def resolve_params(
                 f"宽度范围 {MIN_SIDE}-{limits.max_width}，高度范围 {MIN_SIDE}-{limits.max_height}",
             )
         strength = request.strength if request.strength is not None else defaults.strength
+    hires = None
+    if request.hires is not None:
+        if init_image is not None:
+            raise InvalidParameter("hires", "hires（高分辨率第二遍）只用于文生图，不能与 init_image 同用")
+        hires = _hires(request, width, height, steps, limits, upscalers)
     seed = request.seed if request.seed is not None else (rng or random.SystemRandom()).randint(0, MAX_SEED)
     return GenerationParams(
         prompt=request.prompt,
@@ -236,6 +280,53 @@ def resolve_params(
         loras=loras,
         embeddings=embeddings,
         inpaint=inpaint,
+        hires=hires,
+    )
+
+
+def _round8(value: float) -> int:
+    return max(round(value / 8) * 8, 8)
+
+
+def _hires(
+    request: GenerationRequest, width: int, height: int, steps: int, limits: LimitsConfig, upscalers: Collection[str]
+) -> HiresParams:
+    """The second pass's settings: its size from width/height (one of them: the other keeps the aspect ratio) or
+    scale (default 2), rounded to multiples of 8 and within the limits; its upscaler known."""
+    hires = request.hires
+    assert hires is not None
+    if hires.width is not None or hires.height is not None:
+        final_width = hires.width or _round8(hires.height * width / height if hires.height else width)
+        final_height = hires.height or _round8(final_width * height / width)
+    else:
+        scale = hires.scale if hires.scale is not None else 2.0
+        final_width, final_height = _round8(width * scale), _round8(height * scale)
+    if final_width % 8 or final_height % 8:
+        raise InvalidParameter("hires", f"hires 的 width/height 必须是8的倍数，收到 {final_width}x{final_height}")
+    if not (MIN_SIDE <= final_width <= limits.max_width and MIN_SIDE <= final_height <= limits.max_height):
+        raise InvalidParameter(
+            "hires",
+            f"hires 放大后的尺寸 {final_width}x{final_height} 超出范围：宽度 {MIN_SIDE}-{limits.max_width}"
+            f"（limits.max_width），高度 {MIN_SIDE}-{limits.max_height}（limits.max_height）",
+        )
+    known = [*LATENT_UPSCALERS, *PIXEL_UPSCALERS, *sorted(upscalers)]
+    if hires.upscaler not in known:
+        raise InvalidParameter("hires", f"hires.upscaler 不支持：{hires.upscaler!r}。可选：{', '.join(known)}")
+    second_steps = hires.steps or steps
+    if second_steps > limits.max_inference_steps:
+        raise InvalidParameter("hires", f"hires.steps 无效：{second_steps}。范围 1-{limits.max_inference_steps}")
+    if int(second_steps * hires.strength) < 1:
+        raise InvalidParameter(
+            "hires", f"hires.strength（{hires.strength}）× steps（{second_steps}）不足一步：第二遍没有可运行的步数"
+        )
+    return HiresParams(
+        width=final_width,
+        height=final_height,
+        upscaler=hires.upscaler,
+        steps=second_steps,
+        strength=hires.strength,
+        prompt=hires.prompt,
+        negative_prompt=hires.negative_prompt,
     )
 
 

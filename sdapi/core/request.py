@@ -58,6 +58,51 @@ class Outpaint(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     bottom: Annotated[int, msgspec.Meta(ge=0, description="下方扩展像素（8的倍数）")] = 0
 
 
+# The built-in upscalers of the high-resolution pass: the latent ones resize the first pass's latents (torch's
+# interpolation modes; A1111's "Latent …" names), the others its decoded pixels. Neural upscalers add their names.
+LATENT_UPSCALERS = {
+    "latent": ("bilinear", False),
+    "latent-antialiased": ("bilinear", True),
+    "latent-bicubic": ("bicubic", False),
+    "latent-bicubic-antialiased": ("bicubic", True),
+    "latent-nearest": ("nearest", False),
+    "latent-nearest-exact": ("nearest-exact", False),
+}
+PIXEL_UPSCALERS = ("lanczos", "nearest")
+MAX_HIRES_SCALE = 4.0
+
+
+class HiresRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The high-resolution second pass: upscale the first picture, then denoise it again at `strength`."""
+
+    scale: Annotated[float, msgspec.Meta(ge=1.0, le=MAX_HIRES_SCALE, description="放大倍数（1-4），默认 2")] | None = (
+        None
+    )
+    width: Annotated[int, msgspec.Meta(gt=0, description="放大后的宽度（代替 scale；8的倍数）")] | None = None
+    height: Annotated[int, msgspec.Meta(gt=0, description="放大后的高度（代替 scale；8的倍数）")] | None = None
+    upscaler: Annotated[
+        str,
+        msgspec.Meta(
+            description="放大方法："
+            + "、".join([*LATENT_UPSCALERS, *PIXEL_UPSCALERS])
+            + "，或 upscalers.dir 中的神经网络放大模型（GET /api/v1/upscalers）"
+        ),
+    ] = "latent"
+    steps: (
+        Annotated[int, msgspec.Meta(ge=1, description="第二遍的推理步数；默认与 num_inference_steps 相同")] | None
+    ) = None
+    strength: Annotated[float, msgspec.Meta(ge=0.0, le=1.0, description="第二遍的重绘强度（0-1），默认 0.7")] = 0.7
+    prompt: (
+        Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_CHARS, description="第二遍的提示词；默认同 prompt")] | None
+    ) = None
+    negative_prompt: (
+        Annotated[
+            str, msgspec.Meta(max_length=MAX_PROMPT_CHARS, description="第二遍的负面提示词；默认同 negative_prompt")
+        ]
+        | None
+    ) = None
+
+
 class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Body of POST /api/v1/generate, field for field as the API document defines it."""
 
@@ -177,6 +222,13 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         msgspec.Meta(
             description="向外扩展画布：{left, right, top, bottom}（像素，8的倍数），新增区域为重绘区域，原图区域保留。"
             "需要 init_image"
+        ),
+    ] = None
+    hires: Annotated[
+        HiresRequest | None,
+        msgspec.Meta(
+            description="高分辨率第二遍（hires fix，仅文生图）：{scale 或 width/height, upscaler, steps, strength}。"
+            "先按 width/height 生成，放大后再以 strength 重绘；输出为放大后的尺寸"
         ),
     ] = None
     loras: Annotated[

@@ -76,11 +76,20 @@ class PipelineEmbeddings:
         """`params` with each embedding's name in the prompts replaced by its loaded token."""
         if not params.embeddings:
             return params
-        prompt, negative = params.prompt, params.negative_prompt
-        for spec in params.embeddings:
-            token = self._load(spec)
-            pattern = name_pattern(spec.name)  # the token has no backslash: safe as a replacement
-            prompt = pattern.sub(token, prompt)
-            if negative is not None:
-                negative = pattern.sub(token, negative)
-        return msgspec.structs.replace(params, prompt=prompt, negative_prompt=negative)
+        replacements = [(name_pattern(spec.name), self._load(spec)) for spec in params.embeddings]
+
+        def rewrite(text: str | None) -> str | None:
+            for pattern, token in replacements:  # the token has no backslash: safe as a replacement
+                text = None if text is None else pattern.sub(token, text)
+            return text
+
+        hires = params.hires
+        if hires is not None:
+            hires = msgspec.structs.replace(
+                hires, prompt=rewrite(hires.prompt), negative_prompt=rewrite(hires.negative_prompt)
+            )
+        prompt = rewrite(params.prompt)
+        assert prompt is not None
+        return msgspec.structs.replace(
+            params, prompt=prompt, negative_prompt=rewrite(params.negative_prompt), hires=hires
+        )

@@ -12,6 +12,7 @@ from sdapi.core.request import LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles
 from sdapi.engines import Engine
 from sdapi.engines.devices import choose_device, choose_dtype
+from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.engines.pool import ModelPool
 from sdapi.engines.router import EngineRouter
@@ -31,12 +32,21 @@ def prefers_onnx(config: Config) -> bool:
 
 
 def build_engine(
-    config: Config, lora_files: Callable[[LoraSpec], Path], embedding_files: EmbeddingFiles | None = None
+    config: Config,
+    lora_files: Callable[[LoraSpec], Path],
+    embedding_files: EmbeddingFiles | None = None,
+    upscaler_files: Callable[[str], Path] | None = None,
 ) -> ModelPool:
-    """The worker's engine: every configured model, each loaded when first needed (ModelPool)."""
+    """The worker's engine: every configured model, each loaded when first needed (ModelPool), all sharing the
+    neural upscalers."""
+    upscalers = None
+    if upscaler_files is not None:
+        from sdapi.upscalers.running import NeuralUpscalers
+
+        upscalers = NeuralUpscalers(upscaler_files, choose_device(config.model.device)).upscale
 
     def make(name: str) -> Engine:
-        return build_model_engine(config, config.model_config(name), lora_files, embedding_files)
+        return build_model_engine(config, config.model_config(name), lora_files, embedding_files, upscalers)
 
     return ModelPool(config, make, choose_device(config.model.device))
 
@@ -46,11 +56,12 @@ def build_model_engine(
     model: ModelConfig,
     lora_files: Callable[[LoraSpec], Path],
     embedding_files: EmbeddingFiles | None = None,
+    neural_upscale: NeuralUpscale | None = None,
 ) -> Engine:
     """One model's engine: torch alone, or its ONNX export with torch behind it, as its engine and onnx_path say."""
 
     def make_torch() -> Engine:
-        return TorchEngine(model, lora_files, config.loras.cache_size, embedding_files)
+        return TorchEngine(model, lora_files, config.loras.cache_size, embedding_files, neural_upscale)
 
     if model.engine == "torch" or model.onnx_path is None:
         return make_torch()

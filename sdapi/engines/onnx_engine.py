@@ -25,7 +25,13 @@ from sdapi.engines.pipeline_runs import StepCallback, make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.loras.merging import adapter_targets, target_shapes
-from sdapi.models.export_manifest import ONNX_NO_EMBEDDINGS, ONNX_NO_INPAINTING, ExportManifest, read_manifest
+from sdapi.models.export_manifest import (
+    ONNX_NO_EMBEDDINGS,
+    ONNX_NO_HIRES,
+    ONNX_NO_INPAINTING,
+    ExportManifest,
+    read_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +230,8 @@ class OnnxEngine:
             raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS)
         if params.inpaint is not None:
             raise InvalidParameter("mask_image", ONNX_NO_INPAINTING)
+        if params.hires is not None:
+            raise InvalidParameter("hires", ONNX_NO_HIRES)
         if self.manifest is None:
             return
         wanted = frozenset((spec.sha256, spec.weight) for spec in params.loras)

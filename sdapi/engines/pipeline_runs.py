@@ -43,15 +43,21 @@ def make_images(
     on_step: StepCallback | None = None,
     inpaint: Any = None,
     native_size: tuple[int, int] = (512, 512),
+    neural_upscale: Callable[[str, Image.Image], Image.Image] | None = None,
 ) -> list[Image.Image]:
     """The request's images: a fresh scheduler from the model's config, image k from seed + k, in batches.
     `on_step` hears of every denoising step (the pipeline's callback_on_step_end; ONNX pipelines are diffusers
     pipelines too). An inpainting task's `init_image` is RGBA, its alpha the mask: it runs on `inpaint`
-    (sdapi.engines.inpainting), rendering a masked-only area at `native_size`'s area."""
+    (sdapi.engines.inpainting), rendering a masked-only area at `native_size`'s area. A task with a second pass runs
+    it (sdapi.engines.hires), with `neural_upscale` for the neural upscalers."""
     strength = params.strength
     if init_image is not None and strength is not None and int(params.num_inference_steps * strength) < 1:
         # No denoising step at this strength: the seed's "0.0 几乎不修改" — the input comes back unchanged.
         return [init_image.convert("RGB") for _ in range(params.num_images)]
+    if params.hires is not None:
+        from sdapi.engines.hires import make_hires_images
+
+        return make_hires_images(text_to_image, image_to_image, scheduler_config, params, on_step, neural_upscale)
     if params.inpaint is not None:
         from sdapi.engines.inpainting import make_edited_images
 

@@ -14,11 +14,12 @@ from PIL import Image
 
 from sdapi.config import ModelConfig
 from sdapi.core.params import GenerationParams, InpaintParams
-from sdapi.core.request import LoraSpec
+from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
 from sdapi.engines import EngineDescription, Generated
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
+from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.loading import load_pipeline, loaded_family
 from sdapi.engines.pipeline_runs import StepCallback, make_images
 from sdapi.engines.schedulers import check_scheduler
@@ -52,8 +53,10 @@ class TorchEngine:
         lora_files: Callable[[LoraSpec], Path] | None = None,
         lora_cache_size: int = 8,
         embedding_files: EmbeddingFiles | None = None,
+        neural_upscale: NeuralUpscale | None = None,
     ) -> None:
         self._model = model
+        self._neural_upscale = neural_upscale
         self._lora_files = lora_files
         self._embedding_files = embedding_files
         self._embeddings: PipelineEmbeddings | None = None
@@ -116,6 +119,10 @@ class TorchEngine:
             raise InvalidParameter("loras", "此引擎未配置 LoRA")
         if params.embeddings and self._embedding_files is None:
             raise InvalidParameter("prompt", "此引擎未配置嵌入（embeddings）")
+        hires = params.hires
+        neural = hires is not None and not hires.in_latents and hires.upscaler not in PIXEL_UPSCALERS
+        if neural and self._neural_upscale is None:
+            raise InvalidParameter("hires", "此引擎未配置神经网络放大模型（upscalers）")
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
 
@@ -147,4 +154,5 @@ class TorchEngine:
             on_step,
             inpaint=self._inpaint,
             native_size=self.family.native_size,
+            neural_upscale=self._neural_upscale,
         )

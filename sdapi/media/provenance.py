@@ -47,6 +47,8 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str
     use_karras_sigmas: bool = False
     embeddings: list[dict[str, Any]] = []  # {name, sha256} of each textual-inversion embedding the prompts name
+    # The second pass: {width, height, upscaler, steps, strength, prompt, negative_prompt}; None without one.
+    hires: dict[str, Any] | None = None
 
 
 def image_record(
@@ -71,6 +73,7 @@ def image_record(
         task_id=task_id,
         use_karras_sigmas=params.use_karras_sigmas,
         embeddings=[{"name": spec.name, "sha256": spec.sha256} for spec in params.embeddings],
+        hires=None if params.hires is None else msgspec.structs.asdict(params.hires),
     )
 
 
@@ -92,6 +95,14 @@ def infotext(record: ImageRecord) -> str:
     pairs.append(("Model", record.model.source.rstrip("/").rsplit("/", 1)[-1]))
     if record.strength is not None:
         pairs.append(("Denoising strength", record.strength))
+    if record.hires is not None:  # A1111's names for its second pass
+        hires = record.hires
+        pairs.append(("Denoising strength", hires["strength"]))
+        pairs.append(("Hires resize", f"{hires['width']}x{hires['height']}"))
+        pairs.append(("Hires steps", hires["steps"]))
+        pairs.append(("Hires upscaler", hires["upscaler"]))
+        if hires.get("prompt") is not None:
+            pairs.append(("Hires prompt", json.dumps(hires["prompt"], ensure_ascii=False)))
     if record.loras:
         hashes = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in record.loras)
         pairs.append(("Lora hashes", json.dumps(hashes, ensure_ascii=False)))

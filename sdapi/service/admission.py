@@ -26,6 +26,7 @@ from sdapi.loras.library import LoraLibrary
 from sdapi.media.images import decode_init_image, decode_mask_image
 from sdapi.media.masks import pack
 from sdapi.service.catalog import ModelCatalog
+from sdapi.upscalers.library import UpscalerLibrary
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,13 @@ class RequestChecks:
         library: LoraLibrary,
         resolver: Resolver,
         embeddings: EmbeddingLibrary,
+        upscalers: UpscalerLibrary,
     ) -> None:
         self._config = config
         self._catalog = catalog
         self._library = library
         self._embeddings = embeddings
+        self._upscalers = upscalers
         self._resolver = resolver
         self._callback_policy = CallbackPolicy.from_config(config.callbacks)
 
@@ -73,9 +76,10 @@ class RequestChecks:
         other_model = None if model == self._catalog.default else model
         # Checking a file against another model's targets reads it: off the event loop.
         loras = await asyncio.to_thread(self._library.resolve, request.loras or [], family, other_model)
-        embeddings = self._embeddings.named_in(
-            [request.prompt, request.negative_prompt], self._catalog.text_widths(model)
-        )
+        prompts = [request.prompt, request.negative_prompt]
+        if request.hires is not None:
+            prompts += [request.hires.prompt, request.hires.negative_prompt]
+        embeddings = self._embeddings.named_in(prompts, self._catalog.text_widths(model))
         params = resolve_params(
             request,
             self._config.defaults,
@@ -86,6 +90,7 @@ class RequestChecks:
             model=model,
             native_size=family.native_size,
             own_scheduler=capability.own_scheduler,
+            upscalers=self._upscalers.usable(),
         )
         capability.check(params)
         if params.callback_url is not None:

@@ -28,6 +28,7 @@ from sdapi.observability import metrics
 from sdapi.service.catalog import ModelCatalog, ModelView
 from sdapi.storage import ImageStorage
 from sdapi.store import Stores
+from sdapi.upscalers.library import UpscalerEntry, UpscalerLibrary
 
 
 class WorkerState(Protocol):
@@ -98,6 +99,7 @@ class StatusService:
         catalog: ModelCatalog,
         library: LoraLibrary,
         embeddings: EmbeddingLibrary,
+        upscalers: UpscalerLibrary,
         engine: WorkerEngine | None,
         worker: Callable[[], WorkerState | None],
     ) -> None:
@@ -109,6 +111,7 @@ class StatusService:
         self.catalog = catalog
         self._library = library
         self._embeddings = embeddings
+        self._upscalers = upscalers
         self._engine = engine
         # The worker is built after this service (it reports to the same registry): asked for when needed.
         self._worker = worker
@@ -195,6 +198,14 @@ class StatusService:
         """Scan embeddings.dir again (reads and hashes new files: off the event loop)."""
         await asyncio.to_thread(self._embeddings.scan)
         return self.embeddings()
+
+    def upscalers(self) -> list[UpscalerEntry]:
+        """The built-in upscalers and upscalers.dir as last scanned."""
+        return self._upscalers.entries()
+
+    async def rescan_upscalers(self) -> list[UpscalerEntry]:
+        await asyncio.to_thread(self._upscalers.scan)
+        return self.upscalers()
 
     def schedulers(self) -> SchedulerListing:
         return SchedulerListing(
