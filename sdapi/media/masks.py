@@ -29,6 +29,20 @@ def mask_from_image(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
+def mask_from_transparency(image: Image.Image) -> Image.Image | None:
+    """OpenAI's mask convention as sdapi's mask: fully transparent pixels (alpha 0) are edited, the rest kept.
+    None when the image has no alpha channel to read."""
+    if not (image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)):
+        return None
+    alpha = image.convert("RGBA").getchannel("A")
+    return alpha.point(lambda value: 255 if value == 0 else 0)
+
+
+def rounded(mask: Image.Image) -> Image.Image:
+    """The mask made black and white at half grey, as A1111's mask_round."""
+    return mask.point(lambda value: 255 if value > 127 else 0)
+
+
 def encode_mask(mask: Image.Image) -> bytes:
     buffer = io.BytesIO()
     mask.save(buffer, format="PNG")

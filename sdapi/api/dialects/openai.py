@@ -4,11 +4,13 @@ here generates or stores; the native request checks decide what is served, this 
 (through msgspec and sdapi.api.dialects.fields), and every error, unexpected ones too, comes back in OpenAI's shape.
 
 `OpenAI(base_url="http://host:8000/v1", api_key=KEY)` works unchanged; sdapi's own controls (negative_prompt, seed,
-num_inference_steps, guidance_scale, scheduler, loras, strength) travel in the SDK's `extra_body`.
+num_inference_steps, guidance_scale, scheduler, loras, strength; with an edit's mask also mask_blur, inpaint_area,
+masked_content) travel in the SDK's `extra_body`. An edit's mask repaints its fully transparent pixels.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Annotated, Any, Literal
 
@@ -40,6 +42,8 @@ from sdapi.errors import (
     SdapiError,
     TaskNotFound,
 )
+from sdapi.media.images import open_image
+from sdapi.media.masks import encode_mask, mask_from_transparency
 from sdapi.service.tasks import TaskService, TaskView
 
 # OpenAI's error `type` for each status the SDK maps to an exception class.
@@ -100,10 +104,18 @@ class ImageGenerationRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields
     guidance_scale: float | None = None
     scheduler: str | None = None
     loras: list[LoraRequest] | None = None
+    # images.edit with a mask: the native inpainting settings (masked_content defaults to fill here).
+    mask_blur: int | None = None
+    inpaint_area: str | None = None
+    masked_content: str | None = None
 
 
 def _native(
-    body: ImageGenerationRequest, model: str | None, init_image: str | None = None, strength: float | None = None
+    body: ImageGenerationRequest,
+    model: str | None,
+    init_image: str | None = None,
+    strength: float | None = None,
+    mask_image: str | None = None,
 ) -> Any:
     width, height = fields_parser.size(body.size)
     fields: dict[str, Any] = {
@@ -119,6 +131,11 @@ def _native(
         "output_format": "jpg" if body.output_format == "jpeg" else "png",
         "init_image": init_image,
         "strength": strength,
+        # OpenAI repaints the transparent area from scratch: all of it denoised, starting from its surroundings.
+        "mask_image": mask_image,
+        "masked_content": (body.masked_content or "fill") if mask_image is not None else None,
+        "mask_blur": body.mask_blur,
+        "inpaint_area": body.inpaint_area,
         "loras": body.loras,
         "model": model,
     }
@@ -183,7 +200,7 @@ async def _form_decodes(request: Request[Any, Any, Any]) -> None:
 @post(
     "/images/edits",
     status_code=200,
-    summary="OpenAI: images.edit（图生图）",
+    summary="OpenAI: images.edit（图生图；带 mask 时局部重绘：mask 完全透明处重新生成，其余保留）",
     before_request=_form_decodes,
     responses=_GENERATION_ERRORS,
 )
@@ -191,8 +208,6 @@ async def edits(
     data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
     request: Request[Any, Any, Any],
 ) -> dict[str, Any]:
-    if data.get("mask") is not None:
-        raise InvalidParameter("mask", "不支持 mask（局部重绘）：请去掉 mask，整张图片按 strength 重新生成")
     upload = data.get("image") or data.get("image[]")
     if isinstance(upload, list):
         if len(upload) != 1:
@@ -214,7 +229,33 @@ async def edits(
     model = _model(config_of(request), body.model)
     mime = "jpeg" if raw[:3] == b"\xff\xd8\xff" else "png"
     init_image = f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
-    return await _generate_and_answer(request, _native(body, model, init_image, strength), body)
+    mask_image = None
+    if data.get("mask") is not None:
+        mask_upload = data["mask"]
+        if not isinstance(mask_upload, UploadFile):
+            raise InvalidParameter("mask", "mask 必须是 PNG 文件（透明处为要编辑的区域）")
+        max_pixels = config_of(request).limits.max_init_image_pixels
+        mask_image = await asyncio.to_thread(_native_mask, raw, await mask_upload.read(), max_pixels)
+        if strength is None:
+            strength = 1.0  # OpenAI's edit redraws the transparent area entirely
+    native = _native(body, model, init_image, strength, mask_image)
+    return await _generate_and_answer(request, native, body)
+
+
+def _native_mask(image_raw: bytes, mask_raw: bytes, max_pixels: int) -> str:
+    """OpenAI's mask (a PNG whose fully transparent pixels are edited) as a native mask_image data URL; raise
+    InvalidParameter naming `mask` for a mask without alpha or of another size than the image."""
+    with open_image(image_raw, max_pixels, "image") as image:
+        size = image.size
+    with open_image(mask_raw, max_pixels, "mask") as opened:
+        if opened.size != size:
+            raise InvalidParameter(
+                "mask", f"mask 尺寸 {opened.width}x{opened.height} 与 image 的 {size[0]}x{size[1]} 不一致"
+            )
+        mask = mask_from_transparency(opened)
+    if mask is None:
+        raise InvalidParameter("mask", "mask 必须带透明通道（alpha）：完全透明的像素为要编辑的区域")
+    return "data:image/png;base64," + base64.b64encode(encode_mask(mask)).decode("ascii")
 
 
 @get("/models", summary="OpenAI: models.list", responses=_openai_errors())

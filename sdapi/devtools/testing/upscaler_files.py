@@ -17,7 +17,8 @@ def tiny_rrdb(scale: int = 4, width: int = 8, blocks: int = 1, growth: int = 4, 
     network = RRDBNet(3 if scale == 4 else 12, 3, width, blocks, growth, ups=2)
     for parameter in network.parameters():  # small weights: a picture in, a picture (not saturated) out
         parameter.data.mul_(0.3)
-    return network.eval()
+    network.eval()
+    return network
 
 
 def old_layout(state: dict[str, torch.Tensor], blocks: int) -> dict[str, torch.Tensor]:

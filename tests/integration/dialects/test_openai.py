@@ -77,7 +77,7 @@ def test_models_and_an_unknown_model(client):
         client.images.generate(prompt="x", model="dall-e-3", extra_body=FAST)
 
 
-def test_edit_runs_image_to_image_and_a_mask_is_refused(client):
+def test_edit_runs_image_to_image_and_a_mask_without_alpha_is_refused(client):
     buffer = io.BytesIO()
     gradient_image(96, 64).save(buffer, format="PNG")
     edited = client.images.edit(
@@ -88,10 +88,41 @@ def test_edit_runs_image_to_image_and_a_mask_is_refused(client):
         client.images.edit(
             image=("in.png", buffer.getvalue(), "image/png"), prompt="x", extra_body={"guidance_scale": "lots"}
         )
-    with pytest.raises(openai.BadRequestError, match="mask"):
+    with pytest.raises(openai.BadRequestError, match="alpha"):
         client.images.edit(
             image=("in.png", buffer.getvalue(), "image/png"), mask=("m.png", buffer.getvalue(), "image/png"), prompt="x"
         )
+
+
+def _png(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_edit_with_a_mask_repaints_only_its_transparent_pixels(client):
+    picture = gradient_image(96, 64)
+    mask = Image.new("RGBA", (96, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (24, 16, 72, 48))  # the transparent hole is what is edited
+    edited = client.images.edit(
+        image=("in.png", _png(picture), "image/png"),
+        mask=("mask.png", _png(mask), "image/png"),
+        prompt="a window",
+        extra_body={**FAST, "mask_blur": 0},
+    )
+    out = np.asarray(Image.open(io.BytesIO(httpx.get(edited.data[0].url).content)).convert("RGB"), dtype=float)
+    original = np.asarray(picture, dtype=float)
+    hole = np.zeros((64, 96), bool)
+    hole[16:48, 24:72] = True
+    assert np.array_equal(out[~hole], original[~hole])
+    assert np.abs(out[hole] - original[hole]).mean() > 5.0
+    with pytest.raises(openai.BadRequestError, match="mask") as refused:
+        client.images.edit(
+            image=("in.png", _png(picture), "image/png"),
+            mask=("mask.png", _png(mask.resize((48, 32))), "image/png"),
+            prompt="x",
+        )
+    assert refused.value.body["param"] == "mask" and "48x32" in refused.value.body["message"]
 
 
 def test_errors_raise_the_sdk_exception_classes_with_the_message(client, service):
