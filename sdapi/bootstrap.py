@@ -35,6 +35,7 @@ from sdapi.loras.library import LoraLibrary
 from sdapi.service.admission import RequestChecks
 from sdapi.service.catalog import ModelCatalog
 from sdapi.service.estimates import StartEstimator
+from sdapi.service.extras import Extras
 from sdapi.service.status import ServiceHealth, StatusService
 from sdapi.service.tasks import TaskService
 from sdapi.service.watch import TaskWatch
@@ -87,7 +88,7 @@ def _worker_engine(
 
 @dataclass
 class Runtime:
-    """The wired parts of one running process. The HTTP layer reaches only `service` and `status`."""
+    """The wired parts of one running process. The HTTP layer reaches only `service`, `status` and `extras`."""
 
     config: Config
     role: Role
@@ -106,6 +107,7 @@ class Runtime:
     library: LoraLibrary
     embeddings: EmbeddingLibrary
     upscalers: UpscalerLibrary
+    extras: Extras
     _started: bool = field(default=False, repr=False)
     _metrics: MetricsPublisher | None = field(default=None, repr=False)
 
@@ -262,4 +264,5 @@ def build_runtime(
         library=library,
         embeddings=embeddings,
         upscalers=upscalers,
+        extras=Extras(config, upscalers),
     )

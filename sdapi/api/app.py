@@ -1,5 +1,6 @@
 """create_app: the HTTP service around the Runtime that sdapi.bootstrap builds. Tests call it too. The routes reach
-the task service and the status service (app.state.service, app.state.status), and the config handed to them."""
+the task service, the status service and the extras (app.state.service, .status, .extras), and the config handed
+to them."""
 
 from __future__ import annotations
 
@@ -60,9 +61,10 @@ def create_app(
                 "replace it (or set SDAPI_API_KEYS) before anyone else can reach this service"
             )
         runtime = build_runtime(config, engine, resolver, stores, storage, role=role)
-        app.state.runtime = runtime  # for tests that look inside; the routes reach only these two:
+        app.state.runtime = runtime  # for tests that look inside; the routes reach only these three:
         app.state.service = runtime.service
         app.state.status = runtime.status
+        app.state.extras = runtime.extras
         await runtime.start()
         try:
             yield

@@ -23,9 +23,12 @@ _LENGTH = struct.Struct(">Q")
 
 
 def mask_from_image(image: Image.Image) -> Image.Image:
-    """The repaint mask ("L") of a client's image: its alpha where it has transparency, else its luminance."""
+    """The repaint mask ("L") of a client's image: its alpha where it has transparency (an alpha channel that is
+    not opaque everywhere, as A1111 decides), else its luminance."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        return image.convert("RGBA").getchannel("A")
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema() != (255, 255):
+            return alpha
     return image.convert("L")
 
 

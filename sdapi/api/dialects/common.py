@@ -27,6 +27,7 @@ from sdapi.errors import (
     SdapiError,
     TaskAlreadyFinished,
 )
+from sdapi.service.extras import Extras
 from sdapi.service.status import StatusService
 from sdapi.service.tasks import TaskService, TaskView
 
@@ -69,6 +70,11 @@ def service_of(request: Request[Any, Any, Any]) -> TaskService:
 def status_of(request: Request[Any, Any, Any]) -> StatusService:
     status: StatusService = request.app.state.status
     return status
+
+
+def extras_of(request: Request[Any, Any, Any]) -> Extras:
+    extras: Extras = request.app.state.extras
+    return extras
 
 
 def config_of(request: Request[Any, Any, Any]) -> Config:

@@ -129,17 +129,17 @@ def test_lists_models_samplers_schedulers_loras_and_options(api):
 
 def test_options_that_change_the_picture_are_refused_by_name_and_harmless_ones_accepted(api, service):
     with pytest.raises(RuntimeError) as refused:
-        api.txt2img(prompt="x", enable_hr=True, restore_faces=True, **SMALL)
+        api.txt2img(prompt="x", tiling=True, restore_faces=True, **SMALL)
     status, text = refused.value.args
-    assert status == 422 and "enable_hr" in text and "restore_faces" in text
+    assert status == 422 and "tiling" in text and "restore_faces" in text
     with pytest.raises(RuntimeError, match="ADetailer"):
         api.txt2img(prompt="x", alwayson_scripts={"ADetailer": {"args": [True, {}]}}, **SMALL)
     with pytest.raises(
         RuntimeError, match="Euler a, PLMS, LMS, Heun, DPM2, DPM2 a"
     ):  # an unknown sampler lists the known
         api.txt2img(prompt="x", sampler_name="Restart", **SMALL)
-    with pytest.raises(RuntimeError, match="mask"):
-        api.img2img(images=[gradient_image(64, 64)], mask_image=gradient_image(64, 64), prompt="x", **SMALL)
+    with pytest.raises(RuntimeError, match="initial_noise_multiplier"):
+        api.img2img(images=[gradient_image(64, 64)], initial_noise_multiplier=0.5, prompt="x", **SMALL)
     fine = api.txt2img(prompt="x", save_images=True, do_not_save_grid=True, seed=1, **SMALL)
     assert len(fine.images) == 1
     with pytest.raises(RuntimeError) as too_many:

@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException
 from sdapi.api.auth import api_key_guard, caller_of
 from sdapi.api.dialects.a1111.answer import answer
 from sdapi.api.dialects.a1111.errors import GENERATION_ERRORS, a1111_errors
+from sdapi.api.dialects.a1111.extras import extra_batch_images, extra_single_image, latent_upscale_modes, upscalers
 from sdapi.api.dialects.a1111.models import checkpoint_of, served_checkpoints
 from sdapi.api.dialects.a1111.options import (
     embeddings,
@@ -36,6 +37,7 @@ from sdapi.api.dialects.common import (
     config_of,
     framework_error_message,
     service_of,
+    status_of,
     submit_and_wait,
 )
 from sdapi.api.errors import INTERNAL_ERROR_DETAIL, log_unexpected
@@ -54,7 +56,12 @@ from sdapi.service.tasks import MAX_PAGE, TaskView
 
 async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_to_image: bool) -> dict[str, Any]:
     models = await served_checkpoints(request)
-    translated = translate(body, models, image_to_image, config_of(request).limits)
+    neural = {
+        entry.name: entry.scale
+        for entry in status_of(request).upscalers()
+        if entry.kind == "neural" and entry.error is None
+    }
+    translated = translate(body, models, image_to_image, config_of(request).limits, neural)
     model = checkpoint_of(body, models)
     view = await submit_and_wait(request, translated.native, dialect="a1111")
     task = view.task
@@ -234,6 +241,10 @@ def a1111_router(config: Config) -> Router:
             sd_models,
             loras,
             embeddings,
+            upscalers,
+            latent_upscale_modes,
+            extra_single_image,
+            extra_batch_images,
             read_options,
             write_options,
             progress,

@@ -23,6 +23,7 @@ from sdapi.errors import (
     InvalidParameter,
 )
 from sdapi.media.images import open_image
+from sdapi.media.masks import encode_mask, mask_from_image, rounded
 
 # A1111's sampler names (what its /samplers lists) for every accepted scheduler, with the aliases it also accepts.
 SAMPLERS: dict[str, str] = {name: scheduler for scheduler, name in A1111_SAMPLER_NAMES.items()}
@@ -43,7 +44,6 @@ SCHEDULE_TYPES = {"automatic": False, "karras": True}
 # Options sdapi does not implement, with the values that leave the picture as sdapi makes it (A1111's defaults and
 # what its clients send). Any other value is refused with a 422 naming the option.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "enable_hr": (False, None),
     "restore_faces": (False, None),
     "tiling": (False, None),
     "subseed_strength": (0, None),
@@ -57,14 +57,13 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "s_tmax": (0, None),
     "s_tmin": (0, None),
     "s_noise": (1, None),
-    "mask": (None, ""),
     "initial_noise_multiplier": (1, None),
     "refiner_checkpoint": (None, ""),
     "refiner_switch_at": (None, 0),
     "disable_extra_networks": (False, None),
 }
-# Fields that change nothing here: where A1111 saves files, whether it returns grids, options of features that are
-# off (high-res fix while enable_hr is false, inpainting without a mask, scripts without a script_name).
+# Fields that change nothing here: where A1111 saves files, whether it returns grids, the old first-pass size
+# fields, the second pass's own sampler and checkpoint (it uses the first pass's), scripts without a script_name.
 _HARMLESS = {
     "save_images",
     "do_not_save_samples",
@@ -73,24 +72,10 @@ _HARMLESS = {
     "subseed",
     "firstphase_width",
     "firstphase_height",
-    "hr_scale",
-    "hr_upscaler",
-    "hr_second_pass_steps",
-    "hr_resize_x",
-    "hr_resize_y",
     "hr_checkpoint_name",
     "hr_sampler_name",
     "hr_scheduler",
-    "hr_prompt",
-    "hr_negative_prompt",
     "hr_additional_modules",
-    "mask_blur",
-    "mask_blur_x",
-    "mask_blur_y",
-    "inpainting_fill",
-    "inpaint_full_res",
-    "inpaint_full_res_padding",
-    "inpainting_mask_invert",
     "image_cfg_scale",  # only instruct-pix2pix models read it
     "script_args",
     "comments",
@@ -104,6 +89,17 @@ _NEUTRAL_SETTINGS: dict[str, tuple[Any, ...]] = {
     "samples_format": ("png",),
     "sd_vae": ("Automatic", "None", None),
 }
+# A1111's inpainting_fill values, and its names for the latent upscalers of the second pass.
+INPAINTING_FILL = {0: "fill", 1: "original", 2: "latent_noise", 3: "latent_nothing"}
+LATENT_UPSCALE_MODES = {
+    "Latent": "latent",
+    "Latent (antialiased)": "latent-antialiased",
+    "Latent (bicubic)": "latent-bicubic",
+    "Latent (bicubic antialiased)": "latent-bicubic-antialiased",
+    "Latent (nearest)": "latent-nearest",
+    "Latent (nearest-exact)": "latent-nearest-exact",
+}
+PIXEL_UPSCALER_NAMES = {"None": "lanczos", "Lanczos": "lanczos", "Nearest": "nearest"}
 _LORA_TAG = re.compile(r"<(lora|lyco|hypernet):([^>]*)>", re.IGNORECASE)
 _RESIZE_MODES = {0: "just resize", 1: "crop and resize"}
 
@@ -130,6 +126,25 @@ class A1111Generation(msgspec.Struct, kw_only=True):
     send_images: bool = True
     override_settings: dict[str, Any] | None = None
     alwayson_scripts: dict[str, Any] | None = None
+    # img2img inpainting (A1111's API defaults).
+    mask: str | None = None
+    mask_blur: int | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    # txt2img's high-resolution pass.
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
 
 
 @dataclass(frozen=True)
@@ -223,15 +238,50 @@ def lora_tags(prompt: str) -> tuple[str, list[LoraRequest]]:
     return " ".join(_LORA_TAG.sub(" ", prompt).split()), loras
 
 
+def _decoded(encoded: str, field: str) -> bytes:
+    payload = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidParameter(field, f"{field} 不是有效的 base64 PNG/JPEG 图片") from None
+
+
+def upscaler_for(name: str | None, neural: dict[str, float | None]) -> str:
+    """The native upscaler of A1111's hr_upscaler name: its Latent modes, Lanczos and Nearest by name; a neural
+    upscaler installed under that name (case aside); else, for the names of A1111's own neural upscalers
+    ("R-ESRGAN 4x+", "ESRGAN_4x", …), the first installed neural upscaler of that scale, or of any; else Lanczos."""
+    if not name:
+        return "latent"  # A1111's default hr_upscaler
+    if name in LATENT_UPSCALE_MODES:
+        return LATENT_UPSCALE_MODES[name]
+    if name in PIXEL_UPSCALER_NAMES:
+        return PIXEL_UPSCALER_NAMES[name]
+    for installed in neural:
+        if installed.lower() == name.lower():
+            return installed
+    scale = re.search(r"(\d)x", name)
+    same_scale = [n for n, factor in neural.items() if scale and factor == float(scale.group(1))]
+    return (same_scale or list(neural) or ["lanczos"])[0]
+
+
+def _mask(encoded: str, fields: A1111Generation, image_size: tuple[int, int], limits: LimitsConfig) -> str:
+    """A1111's mask as a native mask_image: read as A1111 reads it (alpha where not opaque, else luminance),
+    rounded to black and white with mask_round, and resized as the init image was."""
+    with open_image(_decoded(encoded, "mask"), limits.max_init_image_pixels, "mask") as opened:
+        mask = mask_from_image(opened)
+    if fields.mask_round:
+        mask = rounded(mask)
+    if mask.size != image_size:
+        width, height = image_size
+        mask = mask.resize((width, height)) if fields.resize_mode == 0 else ImageOps.fit(mask, (width, height))
+    return "data:image/png;base64," + base64.b64encode(encode_mask(mask)).decode("ascii")
+
+
 def _init_image(encoded: str, mode: int, width: int | None, height: int | None, limits: LimitsConfig) -> str:
     """A1111's init image (base64, with or without a data-URL prefix) as a native data URL, resized to width x
     height the way A1111's resize_mode says (0 stretches, 1 scales to cover and crops the middle). The image's size
     is checked from its header, and the resize target against the limits, before any pixel is decoded."""
-    payload = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
-    try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidParameter("init_images", "init_images[0] 不是有效的 base64 PNG/JPEG 图片") from None
+    raw = _decoded(encoded, "init_images")
     with open_image(raw, limits.max_init_image_pixels, "init_images") as opened:
         image_format = opened.format
         if width and height and opened.size != (width, height):
@@ -255,7 +305,49 @@ def _check_target(width: int, height: int, limits: LimitsConfig) -> None:
             raise InvalidParameter(field, f"{field} 无效：{side}。范围 {MIN_SIDE}-{maximum}")
 
 
-def translate(body: dict[str, Any], models: list[Checkpoint], image_to_image: bool, limits: LimitsConfig) -> Translated:
+def _inpainting(fields: A1111Generation, init_image: str, limits: LimitsConfig) -> dict[str, Any]:
+    """The native inpainting fields of an img2img request with a mask."""
+    assert fields.mask is not None
+    with open_image(_decoded(init_image, "init_images"), limits.max_init_image_pixels, "init_images") as opened:
+        size = opened.size
+    if fields.inpainting_fill not in INPAINTING_FILL:
+        raise InvalidParameter("inpainting_fill", f"inpainting_fill 不支持：{fields.inpainting_fill}。可选：0-3")
+    # One blur radius here: mask_blur when sent, else the larger of A1111's separate x and y radii.
+    blur = fields.mask_blur if fields.mask_blur is not None else max(fields.mask_blur_x, fields.mask_blur_y)
+    return {
+        "mask_image": _mask(fields.mask, fields, size, limits),
+        "mask_blur": blur,
+        "mask_invert": bool(fields.inpainting_mask_invert),
+        "masked_content": INPAINTING_FILL[fields.inpainting_fill],
+        "inpaint_area": "masked" if fields.inpaint_full_res else "whole",
+        "inpaint_padding": fields.inpaint_full_res_padding,
+    }
+
+
+def _hires(fields: A1111Generation, neural: dict[str, float | None]) -> dict[str, Any]:
+    """The native second pass of a txt2img request with enable_hr."""
+    hires: dict[str, Any] = {
+        "upscaler": upscaler_for(fields.hr_upscaler, neural),
+        "steps": fields.hr_second_pass_steps or None,
+        "strength": fields.denoising_strength if fields.denoising_strength is not None else 0.7,
+        "prompt": fields.hr_prompt or None,
+        "negative_prompt": fields.hr_negative_prompt or None,
+    }
+    if fields.hr_resize_x or fields.hr_resize_y:
+        hires |= {"width": fields.hr_resize_x or None, "height": fields.hr_resize_y or None}
+    else:
+        hires["scale"] = fields.hr_scale
+    return {key: value for key, value in hires.items() if value is not None}
+
+
+def translate(
+    body: dict[str, Any],
+    models: list[Checkpoint],
+    image_to_image: bool,
+    limits: LimitsConfig,
+    neural: dict[str, float | None] | None = None,
+) -> Translated:
+    """`neural`: the installed neural upscalers (name -> scale) hr_upscaler names may map to."""
     try:
         # strict=False: A1111's own server (pydantic) reads "20" as 20, and some clients send numbers as strings.
         fields = msgspec.convert(body, A1111Generation, strict=False)
@@ -293,9 +385,14 @@ def translate(body: dict[str, Any], models: list[Checkpoint], image_to_image: bo
         "model": checkpoint_of(body, models).served,
     }
     if image_to_image:
+        assert init_image is not None
         native |= {"init_image": init_image, "strength": fields.denoising_strength}
+        if fields.mask:
+            native |= _inpainting(fields, init_image, limits)
     else:
         native |= {"width": fields.width, "height": fields.height}
+        if fields.enable_hr:
+            native["hires"] = _hires(fields, neural or {})
     try:
         request = msgspec.convert({k: v for k, v in native.items() if v is not None}, GenerationRequest)
     except msgspec.ValidationError as error:
