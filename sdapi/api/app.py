@@ -22,6 +22,7 @@ from sdapi.api.dialects.a1111 import a1111_router
 from sdapi.api.dialects.openai import openai_router
 from sdapi.api.docs import StrictStructSchemaPlugin, assets_router, openapi_config
 from sdapi.api.errors import handle_http_exception, handle_sdapi_error, handle_unexpected
+from sdapi.api.playground import favicon
 from sdapi.api.request_ids import echo_request_id, request_id_middleware
 from sdapi.bootstrap import build_runtime
 from sdapi.callbacks.ssrf import Resolver
@@ -87,6 +88,7 @@ def create_app(
         routes.health,
         api_v1,
         routes.image_file,
+        favicon,
         openai_router(config),
         a1111_router(config),
     ]

@@ -53,7 +53,7 @@ def page(browser, service):
 def fill_small(page: Page, steps: int = 3) -> None:
     page.get_by_label("宽度").fill("128")
     page.get_by_label("高度").fill("96")
-    page.get_by_label("步数").fill(str(steps))
+    page.get_by_label("步数", exact=True).fill(str(steps))
 
 
 def pixels(url: str) -> np.ndarray:
@@ -92,12 +92,10 @@ def test_make_a_picture_see_its_seed_and_make_it_again(page, service, tmp_path):
     assert again != first_url and np.array_equal(pixels(again), pixels(first_url))
 
 
-def test_a_lora_and_a_dropped_init_image(page, service, tmp_path):
-    page.get_by_text("LoRA 风格").click()
-    page.get_by_label("ink · lora").check()
-    page.get_by_label("ink 权重").fill("0.5")
+def drop_image(page: Page, image: Image.Image) -> None:
+    """Drop `image` on the init image zone, as a file dragged from the desktop."""
     buffer = io.BytesIO()
-    gradient_image(96, 64).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     page.locator("#drop").evaluate(
         """(zone, data) => {
             const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
@@ -107,12 +105,19 @@ def test_a_lora_and_a_dropped_init_image(page, service, tmp_path):
         }""",
         base64.b64encode(buffer.getvalue()).decode(),
     )
+
+
+def test_a_lora_and_a_dropped_init_image(page, service, tmp_path):
+    page.get_by_text("LoRA 风格").click()
+    page.get_by_label("ink · lora").check()
+    page.get_by_label("ink 权重").fill("0.5")
+    drop_image(page, gradient_image(96, 64))
     expect(page.get_by_label("重绘强度")).to_be_visible()
     page.get_by_label("重绘强度").evaluate(
         "(slider) => { slider.value = '0.6'; slider.dispatchEvent(new Event('input')); }"
     )
     page.get_by_label("提示词", exact=True).fill("repaint it")
-    page.get_by_label("步数").fill("4")
+    page.get_by_label("步数", exact=True).fill("4")
     page.get_by_role("button", name="生成").click()
     expect(page.locator("#status")).to_contain_text("完成", timeout=60_000)
     image = page.locator("#gallery figure").first.locator("img")
@@ -122,11 +127,70 @@ def test_a_lora_and_a_dropped_init_image(page, service, tmp_path):
     assert task["loras"] == [{"name": "ink", "weight": 0.5}]
 
 
+def test_draw_a_mask_on_the_init_image_and_get_it_inpainted(page, service):
+    picture = gradient_image(96, 64)
+    drop_image(page, picture)
+    page.get_by_text("局部重绘与扩图").click()
+    canvas = page.get_by_label("蒙版画布")
+    expect(canvas).to_be_visible()
+    page.get_by_label("笔刷大小").evaluate("(slider) => { slider.value = '12'; slider.dispatchEvent(new Event('input')); }")
+    page.get_by_label("边缘模糊").fill("0")
+    box = canvas.bounding_box()
+    middle_y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.35, middle_y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.65, middle_y, steps=8)
+    page.mouse.up()
+    page.get_by_label("重绘强度").evaluate("(slider) => { slider.value = '1'; slider.dispatchEvent(new Event('input')); }")
+    page.get_by_label("提示词", exact=True).fill("a red stripe")
+    page.get_by_label("步数", exact=True).fill("4")
+    page.get_by_role("button", name="生成").click()
+    expect(page.locator("#status")).to_contain_text("完成", timeout=60_000)
+    out = pixels(page.locator("#gallery figure").first.locator("img").get_attribute("src")).astype(float)
+    original = np.asarray(picture, dtype=float)
+    assert out.shape == original.shape
+    # The stroke runs across the middle: the top and bottom bands are the init image's, the stroke is redrawn.
+    assert np.array_equal(out[:16], original[:16]) and np.array_equal(out[-16:], original[-16:])
+    assert np.abs(out[28:36, 40:56] - original[28:36, 40:56]).mean() > 5.0
+
+
+def test_the_second_pass_makes_the_picture_larger(page):
+    page.get_by_label("提示词", exact=True).fill("a harbour")
+    fill_small(page)
+    page.get_by_text("高分辨率第二遍").click()
+    page.get_by_label("启用（先生成，放大后再重绘）").check()
+    page.get_by_label("放大方法").select_option("lanczos")
+    page.get_by_label("第二遍步数").fill("4")
+    page.get_by_role("button", name="生成").click()
+    expect(page.locator("#status")).to_contain_text("完成", timeout=60_000)
+    image = page.locator("#gallery figure").first.locator("img")
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [256, 192]
+
+
+def test_no_request_of_a_page_load_fails_and_the_header_fits_a_phone(browser, service):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    failed = []
+    page.on("response", lambda response: failed.append(response.url) if response.status >= 400 else None)
+    page.goto(f"{service.url}/")
+    page.wait_for_load_state("networkidle")
+    assert failed == []
+    icon = httpx.get(f"{service.url}/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    for language in ("English", "中文"):
+        title = page.locator("header h1").bounding_box()
+        switch = page.get_by_role("button", name="Language").bounding_box()
+        assert abs(title["y"] - switch["y"]) < title["height"], language  # one line, not wrapped
+        assert switch["x"] + switch["width"] <= 390
+        page.get_by_role("button", name="Language").click()
+    context.close()
+
+
 def test_cancel_a_long_task(page):
     page.get_by_label("提示词", exact=True).fill("a very long one")
     page.get_by_label("宽度").fill("512")
     page.get_by_label("高度").fill("512")
-    page.get_by_label("步数").fill("150")
+    page.get_by_label("步数", exact=True).fill("150")
     page.get_by_role("button", name="生成").click()
     expect(page.locator("#status")).to_contain_text(re.compile("生成中|排队中"), timeout=30_000)
     page.get_by_role("button", name="取消").click()
@@ -154,7 +218,7 @@ def test_english_and_a_phone_width(page, tmp_path):
     page.get_by_label("Prompt", exact=True).fill("a boat")
     page.get_by_label("Width").fill("128")
     page.get_by_label("Height").fill("96")
-    page.get_by_label("Steps").fill("2")
+    page.get_by_label("Steps", exact=True).fill("2")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#status")).to_contain_text("Done", timeout=60_000)
     # Nothing runs off the side of a phone screen.
