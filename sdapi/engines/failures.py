@@ -31,9 +31,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def out_of_memory_message(params: GenerationParams) -> str:
-    return (
-        f"生成失败：显存/内存不足（{params.width}x{params.height}，{params.num_images} 张）。请减小图片尺寸或张数后重试"
-    )
+    """Names the size that ran out: the final one, when a second pass makes the images larger."""
+    width, height = params.output_size
+    second = "（高分辨率第二遍）" if params.hires is not None else ""
+    return f"生成失败：显存/内存不足（{width}x{height}{second}，{params.num_images} 张）。请减小图片尺寸或张数后重试"
 
 
 def _generic(_: Exception) -> str:

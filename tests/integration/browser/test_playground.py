@@ -133,7 +133,9 @@ def test_draw_a_mask_on_the_init_image_and_get_it_inpainted(page, service):
     page.get_by_text("局部重绘与扩图").click()
     canvas = page.get_by_label("蒙版画布")
     expect(canvas).to_be_visible()
-    page.get_by_label("笔刷大小").evaluate("(slider) => { slider.value = '12'; slider.dispatchEvent(new Event('input')); }")
+    page.get_by_label("笔刷大小").evaluate(
+        "(slider) => { slider.value = '12'; slider.dispatchEvent(new Event('input')); }"
+    )
     page.get_by_label("边缘模糊").fill("0")
     box = canvas.bounding_box()
     middle_y = box["y"] + box["height"] / 2
@@ -141,7 +143,9 @@ def test_draw_a_mask_on_the_init_image_and_get_it_inpainted(page, service):
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.65, middle_y, steps=8)
     page.mouse.up()
-    page.get_by_label("重绘强度").evaluate("(slider) => { slider.value = '1'; slider.dispatchEvent(new Event('input')); }")
+    page.get_by_label("重绘强度").evaluate(
+        "(slider) => { slider.value = '1'; slider.dispatchEvent(new Event('input')); }"
+    )
     page.get_by_label("提示词", exact=True).fill("a red stripe")
     page.get_by_label("步数", exact=True).fill("4")
     page.get_by_role("button", name="生成").click()

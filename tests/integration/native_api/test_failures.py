@@ -30,6 +30,10 @@ def test_out_of_memory_and_crashes_fail_the_task_and_the_worker_goes_on(tmp_path
         assert oom["status"] == "failed"
         assert "不足" in oom["error_message"] and "256x256" in oom["error_message"]
         assert oom["error_code"] == "out_of_memory"
+        second_pass = generate(client, prompt="oom", width=128, height=128, hires={"scale": 3})
+        assert (
+            second_pass["error_code"] == "out_of_memory" and "384x384（高分辨率第二遍）" in second_pass["error_message"]
+        )
         crash = generate(client, prompt="crash")
         assert crash["status"] == "failed"
         assert crash["error_message"] == "生成过程中发生错误"  # no internals in the user-facing message
