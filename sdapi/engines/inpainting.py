@@ -12,11 +12,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from PIL import Image
 
-from sdapi.core.params import GenerationParams
+from sdapi.core.params import GenerationParams, InpaintParams
 from sdapi.engines.pipeline_runs import StepCallback, run_batches
 from sdapi.media import masks
+
+
+def as_edit(params: GenerationParams, init_image: Image.Image | None) -> tuple[GenerationParams, Image.Image]:
+    """A text- or image-to-image request as an inpainting checkpoint runs it: everything repainted (a full mask,
+    unblurred), on the init image or, for text-to-image, a grey canvas at full strength."""
+    if init_image is None:
+        edit = Image.new("RGBA", (params.width, params.height), (127, 127, 127, 255))
+        params = msgspec.structs.replace(params, strength=1.0)
+    else:
+        edit = init_image.convert("RGBA")
+        edit.putalpha(255)
+    return msgspec.structs.replace(params, inpaint=InpaintParams(masked=True, blur=0)), edit
 
 
 def starting_image(original: Image.Image, mask: Image.Image, params: GenerationParams) -> Image.Image:
@@ -42,8 +55,10 @@ def make_edited_images(
     edit: Image.Image,
     on_step: StepCallback | None,
     native_size: tuple[int, int],
+    side_multiple: int = 8,
 ) -> list[Image.Image]:
-    """The images of an inpainting task whose init image `edit` is RGBA, alpha the mask (255 repaints)."""
+    """The images of an inpainting task whose init image `edit` is RGBA, alpha the mask (255 repaints); a
+    masked-only crop renders at sides that are multiples of `side_multiple`."""
     settings = params.inpaint
     assert settings is not None
     original, mask = edit.convert("RGB"), edit.getchannel("A")
@@ -54,7 +69,7 @@ def make_edited_images(
     if settings.area == "masked":
         box = masks.crop_region(soft, settings.padding, native_size[0] / native_size[1])
         limit = (native_size[0] * 2, native_size[1] * 2)
-        size = masks.render_size(box, native_size, limit)
+        size = masks.render_size(box, native_size, limit, side_multiple)
         image = start.crop(box).resize(size, Image.Resampling.LANCZOS)
         mask_image = soft.crop(box).resize(size, Image.Resampling.BILINEAR)
     else:

@@ -20,6 +20,7 @@ from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.core.params import GenerationParams
 from sdapi.engines import EngineDescription, Generated
 from sdapi.engines.failures import engine_errors
+from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import route_library_logs
 from sdapi.engines.pipeline_runs import StepCallback, make_images
 from sdapi.engines.schedulers import check_scheduler
@@ -28,7 +29,6 @@ from sdapi.loras.merging import adapter_targets, target_shapes
 from sdapi.models.export_manifest import (
     ONNX_NO_EMBEDDINGS,
     ONNX_NO_HIRES,
-    ONNX_NO_INPAINTING,
     ExportManifest,
     read_manifest,
 )
@@ -137,7 +137,10 @@ class OnnxEngine:
         self.manifest: ExportManifest | None = None
         self._text_to_image: Any = None
         self._image_to_image: Any = None
+        self._inpaint: Any = None
         self._scheduler_config: Any = None
+        self._native_size = (512, 512)
+        self.inpainting = False  # an inpainting checkpoint's export (9-channel UNet): every request is a repaint
         self._shapes: dict[str, tuple[int, ...]] = {}
         # Image sides the exported UNet can take: its upsamplers double fixed sizes, so the latent must divide by
         # 2 per downsampling block (torch's UNet adapts to odd sizes; the traced graph cannot).
@@ -157,6 +160,7 @@ class OnnxEngine:
         sdxl = manifest.family == "sdxl"
         text_to_image = ort.ORTStableDiffusionXLPipeline if sdxl else ort.ORTStableDiffusionPipeline
         image_to_image = ort.ORTStableDiffusionXLImg2ImgPipeline if sdxl else ort.ORTStableDiffusionImg2ImgPipeline
+        inpaint = ort.ORTStableDiffusionXLInpaintPipeline if sdxl else ort.ORTStableDiffusionInpaintPipeline
         self.providers = available_providers(self._onnx.providers)
         fp16 = manifest.precision == "fp16"
         self._tensorrt_cache.mkdir(parents=True, exist_ok=True)
@@ -181,20 +185,23 @@ class OnnxEngine:
                     "text_encoder_2_session": pipeline.text_encoder_2.session,
                     "tokenizer_2": pipeline.tokenizer_2,
                 }
-            self._image_to_image = image_to_image(
-                unet_session=pipeline.unet.session,
-                vae_decoder_session=pipeline.vae_decoder.session,
-                vae_encoder_session=pipeline.vae_encoder.session,
-                text_encoder_session=pipeline.text_encoder.session,
-                scheduler=pipeline.scheduler,
-                tokenizer=pipeline.tokenizer,
-                use_io_binding=on_gpu,
+            sessions = {
+                "unet_session": pipeline.unet.session,
+                "vae_decoder_session": pipeline.vae_decoder.session,
+                "vae_encoder_session": pipeline.vae_encoder.session,
+                "text_encoder_session": pipeline.text_encoder.session,
+                "scheduler": pipeline.scheduler,
+                "tokenizer": pipeline.tokenizer,
+                "use_io_binding": on_gpu,
                 **second,
-            )
+            }
+            self._image_to_image = image_to_image(**sessions)
+            # Inpainting too: latent masking on a 4-channel UNet, the mask in view on an inpainting export's.
+            self._inpaint = inpaint(**sessions)
         except Exception as error:  # onnxruntime and optimum raise many types for a bad or mismatched export
             logger.exception("loading ONNX export %s failed", self.folder)
             raise ModelLoadFailed(f"ONNX 模型加载失败（{self.folder}）：{type(error).__name__}: {error}") from None
-        for part in (pipeline, self._image_to_image):
+        for part in (pipeline, self._image_to_image, self._inpaint):
             part.set_progress_bar_config(disable=True)
         self._text_to_image = pipeline
         # What the UNet session really runs on (ONNX Runtime may have set a provider aside), for /health.
@@ -203,6 +210,9 @@ class OnnxEngine:
         self._shapes = shapes_from_configs(self.folder)
         blocks = len(pipeline.unet.config["block_out_channels"])
         self.side_multiple = pipeline.vae_scale_factor * 2 ** (blocks - 1)
+        side = int(pipeline.unet.config["sample_size"]) * pipeline.vae_scale_factor
+        self._native_size = (side, side)
+        self.inpainting = pipeline.unet.config["in_channels"] == 9
         self.manifest = manifest
         self._loaded.set()
         logger.info("ONNX engine ready: %s (%s) on %s", self.folder, manifest.precision, ", ".join(self.providers))
@@ -223,13 +233,12 @@ class OnnxEngine:
     def check(self, params: GenerationParams) -> None:
         """The export serves exactly its merged LoRA set, at sides that are multiples of `side_multiple`.
 
-        Textual-inversion embeddings are always refused: the exported text encoder's vocabulary is fixed.
+        Textual-inversion embeddings are always refused (the exported text encoder's vocabulary is fixed), and so
+        is the second pass (it resizes latents and may run a neural upscaler).
         Before load() nothing else is known of the export, so nothing else is refused.
         """
         if params.embeddings:
             raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS)
-        if params.inpaint is not None:
-            raise InvalidParameter("mask_image", ONNX_NO_INPAINTING)
         if params.hires is not None:
             raise InvalidParameter("hires", ONNX_NO_HIRES)
         if self.manifest is None:
@@ -255,7 +264,18 @@ class OnnxEngine:
             self.check(params)
         except InvalidParameter as refused:
             raise GenerationFailed(refused.message, ErrorCode.INVALID_INPUT) from None
+        if self.inpainting and params.inpaint is None:
+            params, init_image = as_edit(params, init_image)
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
         with engine_errors(params, describe=lambda error: f"ONNX 推理失败：{type(error).__name__}"):
-            images = make_images(*pipelines, params, init_image, self._model.batch_size, on_step)
+            images = make_images(
+                *pipelines,
+                params,
+                init_image,
+                self._model.batch_size,
+                on_step,
+                inpaint=self._inpaint,
+                native_size=self._native_size,
+                side_multiple=self.side_multiple,  # the traced UNet's: a masked-only crop renders at such sides
+            )
         return Generated(images, self.name)

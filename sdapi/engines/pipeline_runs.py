@@ -44,6 +44,7 @@ def make_images(
     inpaint: Any = None,
     native_size: tuple[int, int] = (512, 512),
     neural_upscale: Callable[[str, Image.Image], Image.Image] | None = None,
+    side_multiple: int = 8,
 ) -> list[Image.Image]:
     """The request's images: a fresh scheduler from the model's config, image k from seed + k, in batches.
     `on_step` hears of every denoising step (the pipeline's callback_on_step_end; ONNX pipelines are diffusers
@@ -63,7 +64,7 @@ def make_images(
 
         assert init_image is not None and inpaint is not None  # the worker opens the mask; the engine checks
         inpaint.scheduler = make_scheduler(params, scheduler_config)
-        return make_edited_images(inpaint, params, init_image, on_step, native_size)
+        return make_edited_images(inpaint, params, init_image, on_step, native_size, side_multiple)
     pipeline = image_to_image if init_image is not None else text_to_image
     pipeline.scheduler = make_scheduler(params, scheduler_config)
     if init_image is not None:

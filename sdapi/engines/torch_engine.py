@@ -8,18 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import torch
 from PIL import Image
 
 from sdapi.config import ModelConfig
-from sdapi.core.params import GenerationParams, InpaintParams
+from sdapi.core.params import GenerationParams
 from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
 from sdapi.engines import EngineDescription, Generated
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.hires import NeuralUpscale
+from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import load_pipeline, loaded_family
 from sdapi.engines.pipeline_runs import StepCallback, make_images
 from sdapi.engines.schedulers import check_scheduler
@@ -28,18 +28,6 @@ from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.models.families import ModelFamily
 
 logger = logging.getLogger(__name__)
-
-
-def as_edit(params: GenerationParams, init_image: Image.Image | None) -> tuple[GenerationParams, Image.Image]:
-    """A text- or image-to-image request as an inpainting checkpoint runs it: everything repainted (a full mask,
-    unblurred), on the init image or, for text-to-image, a grey canvas at full strength."""
-    if init_image is None:
-        edit = Image.new("RGBA", (params.width, params.height), (127, 127, 127, 255))
-        params = msgspec.structs.replace(params, strength=1.0)
-    else:
-        edit = init_image.convert("RGBA")
-        edit.putalpha(255)
-    return msgspec.structs.replace(params, inpaint=InpaintParams(masked=True, blur=0)), edit
 
 
 class TorchEngine:

@@ -118,15 +118,18 @@ def crop_region(mask: Image.Image, padding: int, aspect: float) -> tuple[int, in
     return left, top, right, bottom
 
 
-def render_size(box: tuple[int, int, int, int], native: tuple[int, int], limit: tuple[int, int]) -> tuple[int, int]:
-    """The size a crop is rendered at: the model's native area with the crop's aspect ratio, sides multiples of 8
-    within [64, limit]."""
+def render_size(
+    box: tuple[int, int, int, int], native: tuple[int, int], limit: tuple[int, int], multiple: int = 8
+) -> tuple[int, int]:
+    """The size a crop is rendered at: the model's native area with the crop's aspect ratio, sides multiples of
+    `multiple` (8, or what a traced UNet needs) within [max(64, multiple), limit]."""
     width, height = box[2] - box[0], box[3] - box[1]
     area = native[0] * native[1]
     scaled_width = math.sqrt(area * width / height)
+    smallest = max(64, multiple)
 
     def side(value: float, maximum: int) -> int:
-        return int(min(max(round(value / 8) * 8, 64), maximum - maximum % 8))
+        return int(min(max(round(value / multiple) * multiple, smallest), max(maximum - maximum % multiple, smallest)))
 
     return side(scaled_width, limit[0]), side(area / scaled_width, limit[1])
 

@@ -14,8 +14,6 @@ ONNX_PARTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 SDXL_ONNX_PARTS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
 # Why an export never serves a prompt naming textual-inversion embeddings (those run on torch).
 ONNX_NO_EMBEDDINGS = "ONNX 导出的文本编码器词表固定，不能使用提示词中的嵌入（textual inversion）"
-# Inpainting and outpainting run on torch: exports hold no inpainting pipeline yet.
-ONNX_NO_INPAINTING = "ONNX 导出不支持局部重绘与扩图（mask_image、outpaint），需要 torch 引擎"
 # The second pass resizes latents and may run a neural upscaler: torch runs it.
 ONNX_NO_HIRES = "ONNX 导出不支持高分辨率第二遍（hires），需要 torch 引擎"
 

@@ -18,7 +18,7 @@ from sdapi.core.params import GenerationParams
 from sdapi.errors import InvalidParameter, ModelLoadFailed
 from sdapi.loras.targets import disk_targets
 from sdapi.models.digests import model_weights_sha256
-from sdapi.models.export_manifest import ONNX_NO_EMBEDDINGS, ONNX_NO_HIRES, ONNX_NO_INPAINTING, read_manifest
+from sdapi.models.export_manifest import ONNX_NO_EMBEDDINGS, ONNX_NO_HIRES, read_manifest
 from sdapi.models.families import Family, ModelFamily, UnsupportedModel, detect_family
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,6 @@ class Capability(msgspec.Struct, frozen=True):
         hint = "（其他组合或尺寸需要 model.engine: auto 或 torch，当前为 onnx）"
         if params.embeddings:
             raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS + hint)
-        if params.inpaint is not None:
-            raise InvalidParameter("mask_image", ONNX_NO_INPAINTING + hint)
         if params.hires is not None:
             raise InvalidParameter("hires", ONNX_NO_HIRES + hint)
         if frozenset((spec.sha256, spec.weight) for spec in params.loras) != onnx.lora_set:

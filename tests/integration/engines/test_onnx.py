@@ -149,15 +149,40 @@ def test_prompts_naming_an_embedding_run_on_torch(onnx_service, torch_service):
     assert _run(onnx_service)["engine"] == "onnx"  # the next plain prompt goes back to the export
 
 
-def test_inpainting_runs_on_torch_and_says_so(onnx_service, torch_service):
+def _masked_body(size=64, **extra):
     from PIL import Image
 
-    mask = Image.new("L", (64, 64), 0)
+    mask = Image.new("L", (size, size), 0)
     mask.paste(255, (16, 16, 48, 48))
-    body = {"init_image": data_url(gradient_image(64, 64)), "mask_image": data_url(mask), "strength": 0.8}
-    routed, reference = _run(onnx_service, **body), _run(torch_service, **body)
-    assert routed["engine"] == "torch"
-    assert mean_abs_diff(_pixels(routed), _pixels(reference)) == 0.0
+    return {"init_image": data_url(gradient_image(size, size)), "mask_image": data_url(mask), "strength": 0.8} | extra
+
+
+@pytest.mark.parametrize("area", ["whole", "masked"])
+def test_inpainting_runs_on_the_export_and_matches_torch(onnx_service, torch_service, area):
+    body = _masked_body(inpaint_area=area, inpaint_padding=8)
+    onnx, reference = _run(onnx_service, **body), _run(torch_service, **body)
+    assert onnx["engine"] == "onnx" and reference["engine"] == "torch"
+    assert mean_abs_diff(_pixels(onnx), _pixels(reference)) <= PARITY
+
+
+def test_an_inpainting_checkpoints_export_serves_every_mode(tmp_path_factory, tiny_sd15_inpaint, inpaint_export):
+    exported = in_process(
+        tmp_path_factory.mktemp("inpaint-onnx"), tiny_sd15_inpaint, model={**FP32, "onnx_path": str(inpaint_export)}
+    )
+    on_torch = in_process(
+        tmp_path_factory.mktemp("inpaint-torch"), tiny_sd15_inpaint, model={**FP32, "engine": "torch"}
+    )
+    with exported as onnx_service, on_torch as torch_service:
+        masked = _masked_body()
+        onnx, reference = _run(onnx_service, **masked), _run(torch_service, **masked)
+        assert onnx["engine"] == "onnx" and mean_abs_diff(_pixels(onnx), _pixels(reference)) <= PARITY
+        # Text- and image-to-image repaint everything (a full mask): the export serves them too. With nothing of
+        # the picture kept, ONNX Runtime's and torch's rounding differences grow through this random model's
+        # steps (measured 0.6 and 1.2 mean, 6 and 15 at most), so these are compared more loosely.
+        for body in ({"width": 64, "height": 64}, {"init_image": data_url(gradient_image(64, 64))}):
+            onnx, reference = _run(onnx_service, **body), _run(torch_service, **body)
+            assert onnx["engine"] == "onnx" and _pixels(onnx).shape == (64, 64, 3), body.keys()
+            assert mean_abs_diff(_pixels(onnx), _pixels(reference)) <= 3 * PARITY, body.keys()
 
 
 def test_engine_onnx_refuses_other_lora_sets_at_submit(tmp_path, tiny_model, lora_folder, merged_export):
