@@ -90,8 +90,10 @@ def test_a_grey_mask_blends_and_a_batch_follows_the_seed_rule(client):
 
 
 @pytest.mark.parametrize("area", ["whole", "masked"])
-def test_outpainting_grows_the_canvas_and_keeps_the_original(client, area):
-    _, out, init = _edit(client, outpaint={"left": 16, "right": 32, "top": 8}, inpaint_area=area)
+@pytest.mark.parametrize("content", ["original", "fill", "latent_noise", "latent_nothing"])
+def test_outpainting_grows_the_canvas_and_keeps_the_original(client, area, content):
+    margins = {"left": 16, "right": 32, "top": 8}
+    _, out, init = _edit(client, outpaint=margins, inpaint_area=area, masked_content=content)
     assert out.shape == (HEIGHT + 8, WIDTH + 48, 3)
     margins = Image.new("L", (WIDTH + 48, HEIGHT + 8), 255)
     margins.paste(0, (16, 8, 16 + WIDTH, 8 + HEIGHT))
