@@ -18,7 +18,8 @@ from PIL import Image, ImageOps
 
 from sdapi.core.params import GenerationParams, InitImageInfo
 from sdapi.errors import InvalidParameter
-from sdapi.media.masks import check_mask_size, encode_mask, mask_from_image, outpaint_canvas, unpack
+from sdapi.media import attachments
+from sdapi.media.masks import check_mask_size, encode_mask, mask_from_image, outpaint_canvas
 from sdapi.media.provenance import ImageRecord, encode_with_record
 
 _DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg);base64,", re.IGNORECASE)
@@ -108,12 +109,15 @@ def _open_rgb(raw: bytes, info: InitImageInfo) -> Image.Image:
     return rgb
 
 
-def open_edit_images(blob: bytes, params: GenerationParams) -> Image.Image:
+def open_edit_images(parts: dict[str, bytes], params: GenerationParams) -> Image.Image:
     """An inpainting or outpainting task's stored init image and mask, on the output's canvas: RGBA, whose alpha is
     the mask (255 repaints), inverted as asked, not yet blurred. The engines read inpainting masks this way."""
     assert params.init_image is not None and params.inpaint is not None
-    raw, mask = unpack(blob)
-    image = _open_rgb(raw, params.init_image)
+    image = _open_rgb(parts[attachments.INIT], params.init_image)
+    mask = None
+    if attachments.MASK in parts:
+        with Image.open(io.BytesIO(parts[attachments.MASK]), formats=["PNG"]) as stored:
+            mask = stored.convert("L")
     settings = params.inpaint
     if mask is not None and settings.invert:
         mask = ImageOps.invert(mask)

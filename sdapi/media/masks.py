@@ -1,25 +1,20 @@
 """Masks for inpainting and outpainting, as pure image operations (PIL and numpy): reading a client's mask, keeping
-it beside the init image's bytes, and the steps around the denoising (the canvas, blur, crop, fill, composite).
+it as PNG, and the steps around the denoising (the canvas, blur, crop, fill, composite).
 
 A mask is an 8-bit greyscale image of the init image's size: 255 repaints, 0 keeps, grey is partial. A client's
 mask with transparency is read by its alpha channel (opaque repaints), as AUTOMATIC1111 reads it; one without, by
-its luminance.
+its luminance. The mask is stored beside the init image (sdapi.media.attachments) until the task ends.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import struct
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from sdapi.errors import InvalidParameter
-
-# Stored init images of inpainting tasks: this prefix, the init image's length, its bytes, then the mask as PNG.
-_PACKED = b"sdapi-mask\x00"
-_LENGTH = struct.Struct(">Q")
 
 
 def mask_from_image(image: Image.Image) -> Image.Image:
@@ -50,21 +45,6 @@ def encode_mask(mask: Image.Image) -> bytes:
     buffer = io.BytesIO()
     mask.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def pack(init_bytes: bytes, mask_png: bytes) -> bytes:
-    """One blob for the init-image store: the client's init image bytes unchanged, and the mask."""
-    return _PACKED + _LENGTH.pack(len(init_bytes)) + init_bytes + mask_png
-
-
-def unpack(blob: bytes) -> tuple[bytes, Image.Image | None]:
-    """The init image bytes and the mask ("L") of a stored blob; a blob without a mask is the init image alone."""
-    if not blob.startswith(_PACKED):
-        return blob, None
-    start = len(_PACKED) + _LENGTH.size
-    (length,) = _LENGTH.unpack_from(blob, len(_PACKED))
-    with Image.open(io.BytesIO(blob[start + length :]), formats=["PNG"]) as mask:
-        return blob[start : start + length], mask.convert("L")
 
 
 def outpaint_canvas(

@@ -23,8 +23,8 @@ from sdapi.core.params import GenerationParams, InitImageInfo, resolve_params
 from sdapi.core.request import GenerationRequest
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.loras.library import LoraLibrary
+from sdapi.media import attachments
 from sdapi.media.images import decode_init_image, decode_mask_image
-from sdapi.media.masks import pack
 from sdapi.service.catalog import ModelCatalog
 from sdapi.upscalers.library import UpscalerLibrary
 
@@ -66,11 +66,14 @@ class RequestChecks:
             # Decoding a large image takes a while: off the event loop, so other requests are not held up.
             max_pixels = self._config.limits.max_init_image_pixels
             raw, info = await asyncio.to_thread(decode_init_image, request.init_image, max_pixels)
+            parts = {attachments.INIT: raw}
             if request.mask_image is not None:
-                # Kept beside the init image in the one stored blob (sdapi.media.masks.pack), as PNG.
+                # Kept beside the init image in the one stored blob (sdapi.media.attachments), as PNG.
                 size = (info.width, info.height)
-                raw = pack(raw, await asyncio.to_thread(decode_mask_image, request.mask_image, max_pixels, size))
-            init_bytes, init_info = raw, info
+                parts[attachments.MASK] = await asyncio.to_thread(
+                    decode_mask_image, request.mask_image, max_pixels, size
+                )
+            init_bytes, init_info = attachments.pack(parts), info
         model, family = self._catalog.resolve(request.model)
         capability = self._catalog.capability(model)
         other_model = None if model == self._catalog.default else model

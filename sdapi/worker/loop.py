@@ -35,6 +35,7 @@ from sdapi.errors import (
     TaskCancelled,
     TaskStoreError,
 )
+from sdapi.media import attachments
 from sdapi.media.images import open_edit_images, open_init_image
 from sdapi.observability import metrics
 from sdapi.observability.logs import task_context
@@ -280,10 +281,11 @@ class Worker:
         params = task.params
         init_image: Image.Image | None = None
         if init_bytes is not None and params.init_image is not None:
+            parts = attachments.unpack(init_bytes)
             if params.inpaint is not None:  # the mask travels as the init image's alpha channel
-                init_image = open_edit_images(init_bytes, params)
+                init_image = open_edit_images(parts, params)
             else:
-                init_image = open_init_image(init_bytes, params.init_image, params.width, params.height)
+                init_image = open_init_image(parts[attachments.INIT], params.init_image, params.width, params.height)
         began = time.perf_counter()
         generated = self._engine.generate(params, init_image, run.on_step)
         run.generation_seconds = time.perf_counter() - began
