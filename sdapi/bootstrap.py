@@ -27,6 +27,7 @@ from sdapi.background.wakeup import Signals
 from sdapi.callbacks.sender import CallbackSender
 from sdapi.callbacks.ssrf import Resolver, system_resolver
 from sdapi.config import Config
+from sdapi.controlnets.library import ControlNetLibrary
 from sdapi.core.nodes import Role
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.engines import Engine, WorkerEngine
@@ -73,6 +74,7 @@ def _worker_engine(
     library: LoraLibrary,
     embeddings: EmbeddingLibrary,
     upscalers: UpscalerLibrary,
+    controlnets: ControlNetLibrary,
     given: Engine | None,
 ) -> WorkerEngine:
     """The configured pool of models, or the engine a test or tool passed, serving the default model alone."""
@@ -83,7 +85,7 @@ def _worker_engine(
         return SingleModelEngine(given, config.default_model.name)
     from sdapi.engines.factory import build_engine
 
-    return build_engine(config, library.path_for, embeddings.path_for, upscalers.path_for)
+    return build_engine(config, library.path_for, embeddings.path_for, upscalers.path_for, controlnets.path_for)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Runtime:
     library: LoraLibrary
     embeddings: EmbeddingLibrary
     upscalers: UpscalerLibrary
+    controlnets: ControlNetLibrary
     extras: Extras
     _started: bool = field(default=False, repr=False)
     _metrics: MetricsPublisher | None = field(default=None, repr=False)
@@ -119,8 +122,8 @@ class Runtime:
         return await self.status.health()
 
     async def start(self) -> None:
-        """Open the database, check storage, scan the LoRA, embedding and upscaler folders, then start the loops
-        this role runs."""
+        """Open the database, check storage, scan the LoRA, embedding, upscaler and ControlNet folders, then start
+        the loops this role runs."""
         await self.stores.database.open()
         try:
             self.storage.prepare()
@@ -135,6 +138,7 @@ class Runtime:
         await asyncio.to_thread(self.library.scan)
         await asyncio.to_thread(self.embeddings.scan)
         await asyncio.to_thread(self.upscalers.scan)
+        await asyncio.to_thread(self.controlnets.scan)
         known = {entry.name for entry in self.library.entries()}
         for default in self.config.loras.defaults:
             if default.name not in known:
@@ -221,12 +225,26 @@ def build_runtime(
     library = LoraLibrary(config.loras, config.loras_path)
     embeddings = EmbeddingLibrary(config.embeddings_path, config.embeddings.max_file_mb)
     upscalers = UpscalerLibrary(config.upscalers_path, config.upscalers.max_file_mb)
+    controlnets = ControlNetLibrary(config.controlnet_path)
     signals = Signals()
     node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    worker_engine = _worker_engine(config, library, embeddings, upscalers, engine) if role.runs_worker else None
+    worker_engine = (
+        _worker_engine(config, library, embeddings, upscalers, controlnets, engine) if role.runs_worker else None
+    )
     worker: Worker | None = None
     status = StatusService(
-        config, role, node_id, stores, storage, catalog, library, embeddings, upscalers, worker_engine, lambda: worker
+        config,
+        role,
+        node_id,
+        stores,
+        storage,
+        catalog,
+        library,
+        embeddings,
+        upscalers,
+        controlnets,
+        worker_engine,
+        lambda: worker,
     )
     heartbeat = Heartbeat(stores.nodes, config.queue.lease_seconds)
     watch = TaskWatch(stores.tasks)
@@ -244,7 +262,7 @@ def build_runtime(
             config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver
         )
         signals.on_delivery_due(callbacks.wake)
-    checks = RequestChecks(config, catalog, library, resolver, embeddings, upscalers)
+    checks = RequestChecks(config, catalog, library, resolver, embeddings, upscalers, controlnets)
     estimator = StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds)
     days = config.retention.days
     return Runtime(
@@ -264,5 +282,6 @@ def build_runtime(
         library=library,
         embeddings=embeddings,
         upscalers=upscalers,
+        controlnets=controlnets,
         extras=Extras(config, upscalers),
     )

@@ -285,6 +285,19 @@ class UpscalersConfig(_Section, frozen=True):
     max_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 512.0
 
 
+class ControlNetConfig(_Section, frozen=True):
+    # Folder of ControlNet models: diffusers folders (config.json + weights) and single .safetensors files; a
+    # model's name is its folder name or file stem. null: data_dir/controlnet.
+    dir: str | None = None
+    # Most units in one request (Multi-ControlNet).
+    max_units: Annotated[int, msgspec.Meta(ge=1, le=8)] = 3
+    # ControlNet models kept loaded per worker (least recently used out).
+    cache_size: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
+    # Folder of the models the model-based preprocessors run (depth: a transformers depth-estimation model in
+    # annotators_dir/depth); null: data_dir/annotators.
+    annotators_dir: str | None = None
+
+
 class Config(_Section, frozen=True):
     data_dir: str = "./data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -312,6 +325,7 @@ class Config(_Section, frozen=True):
     loras: LorasConfig = LorasConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
     upscalers: UpscalersConfig = UpscalersConfig()
+    controlnet: ControlNetConfig = ControlNetConfig()
 
     @property
     def data_path(self) -> Path:
@@ -340,6 +354,15 @@ class Config(_Section, frozen=True):
     @property
     def upscalers_path(self) -> Path:
         return Path(self.upscalers.dir) if self.upscalers.dir else self.data_path / "upscalers"
+
+    @property
+    def controlnet_path(self) -> Path:
+        return Path(self.controlnet.dir) if self.controlnet.dir else self.data_path / "controlnet"
+
+    @property
+    def annotators_path(self) -> Path:
+        folder = self.controlnet.annotators_dir
+        return Path(folder) if folder else self.data_path / "annotators"
 
     @property
     def model_entries(self) -> list[ModelEntry]:
@@ -385,10 +408,16 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
     data_dir = raw.get("data_dir", "./data")
     if isinstance(data_dir, str):
         raw["data_dir"] = str((base / Path(data_dir).expanduser()).resolve())
-    for folder_section in ("loras", "embeddings", "upscalers"):
+    for folder_section, key in (
+        ("loras", "dir"),
+        ("embeddings", "dir"),
+        ("upscalers", "dir"),
+        ("controlnet", "dir"),
+        ("controlnet", "annotators_dir"),
+    ):
         section = raw.get(folder_section)
-        if isinstance(section, dict) and isinstance(section.get("dir"), str):
-            section["dir"] = str((base / Path(section["dir"]).expanduser()).resolve())
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            section[key] = str((base / Path(section[key]).expanduser()).resolve())
     models = raw.get("models")
     for model in [raw.get("model"), *(models if isinstance(models, list) else [])]:
         if not isinstance(model, dict):

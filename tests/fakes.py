@@ -444,7 +444,11 @@ class FakeEngine:
         pass
 
     def generate(
-        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None
+        self,
+        params: GenerationParams,
+        init_image: Image.Image | None,
+        on_step: StepCallback | None = None,
+        controls: Sequence[Image.Image] = (),
     ) -> Generated:
         self.runs += 1
         if on_step is not None:

@@ -79,6 +79,7 @@ def create_app(
             routes.LoraController,
             routes.EmbeddingController,
             routes.UpscalerController,
+            routes.ControlNetController,
             routes.schedulers,
             routes.models,
         ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -20,6 +22,8 @@ from sdapi.api.error_docs import error_responses
 from sdapi.api.schemas import (
     TASK_CREATED_MESSAGE,
     CallbackLogResponse,
+    ControlNetListResponse,
+    DetectResponse,
     EmbeddingListResponse,
     ErrorResponse,
     GenerateResponse,
@@ -38,11 +42,12 @@ from sdapi.api.schemas import (
     task_response,
 )
 from sdapi.api.validation import strict_body
-from sdapi.core.request import GenerationRequest
+from sdapi.core.request import GenerationRequest, PreprocessorOption
 from sdapi.core.tasks import TaskStatus
 from sdapi.errors import SdapiError
-from sdapi.media.images import CONTENT_TYPES
+from sdapi.media.images import CONTENT_TYPES, decode_init_image
 from sdapi.observability import metrics
+from sdapi.service.extras import Extras
 from sdapi.service.status import StatusService
 from sdapi.service.tasks import MAX_PAGE, TaskService
 from sdapi.storage.local import IMAGE_ROUTE
@@ -373,6 +378,57 @@ class UpscalerController(Controller):
     @post("/refresh", summary="重新扫描放大模型", status_code=200, responses=_errors())
     async def refresh(self, state: State) -> UpscalerListResponse:
         return UpscalerListResponse(upscalers=await _status(state).rescan_upscalers())
+
+
+class DetectRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /api/v1/controlnets/detect."""
+
+    image: Annotated[
+        str, msgspec.Meta(description="图片的base64编码（data:image/png;base64, 或 data:image/jpeg;base64, 前缀）")
+    ]
+    preprocessor: Annotated[str, msgspec.Meta(description="预处理器名称，同 controlnets[].preprocessor")] = "none"
+    preprocessor_options: dict[str, PreprocessorOption] = {}
+    mask_image: Annotated[str | None, msgspec.Meta(description="inpaint 预处理器的蒙版（同 mask_image）")] = None
+
+
+class ControlNetController(Controller):
+    """The ControlNet library and its preprocessors; mounted under /api/v1 behind the API key guard."""
+
+    path = "/controlnets"
+    tags = ("controlnets",)
+    security = ({"APIKeyHeader": []},)
+
+    @get(
+        "/",
+        summary="ControlNet 列表",
+        description="controlnet.dir 中的模型（diffusers 目录或单个 .safetensors）：名称、家族（sd 或 sdxl）、"
+        "文本宽度、大小、sha256、不可用的原因。",
+        responses=_errors(),
+    )
+    async def list_controlnets(self, state: State) -> ControlNetListResponse:
+        return ControlNetListResponse(controlnets=_status(state).controlnets())
+
+    @post("/refresh", summary="重新扫描 ControlNet", status_code=200, responses=_errors())
+    async def refresh(self, state: State) -> ControlNetListResponse:
+        return ControlNetListResponse(controlnets=await _status(state).rescan_controlnets())
+
+    @post(
+        "/detect",
+        summary="预处理预览",
+        description="返回预处理器对图片的输出（PNG data URL），即 ControlNet 单元将看到的图。",
+        status_code=200,
+        before_request=strict_body(DetectRequest),
+        responses={**_errors(400, 413), 422: ResponseSpec(ValidationErrorResponse, description="参数验证失败")},
+    )
+    async def detect(self, data: DetectRequest, state: State) -> DetectResponse:
+        limit = state.config.limits.max_init_image_pixels
+        raw, _ = await asyncio.to_thread(decode_init_image, data.image, limit, "image")
+        mask = None
+        if data.mask_image is not None:
+            mask, _ = await asyncio.to_thread(decode_init_image, data.mask_image, limit, "mask_image")
+        extras: Extras = state.extras
+        png = await extras.detect(raw, data.preprocessor, dict(data.preprocessor_options), mask)
+        return DetectResponse(image="data:image/png;base64," + base64.b64encode(png).decode("ascii"))
 
 
 @get(

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 
+from sdapi.controlnets.library import ControlNetEntry
 from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.results import iso
 from sdapi.core.tasks import Progress
@@ -190,6 +191,14 @@ class EmbeddingListResponse(msgspec.Struct):
 
 class UpscalerListResponse(msgspec.Struct):
     upscalers: Annotated[list[UpscalerEntry], msgspec.Meta(description="内置放大方法与 upscalers.dir 中的模型")]
+
+
+class ControlNetListResponse(msgspec.Struct):
+    controlnets: Annotated[list[ControlNetEntry], msgspec.Meta(description="controlnet.dir 中的模型")]
+
+
+class DetectResponse(msgspec.Struct):
+    image: Annotated[str, msgspec.Meta(description="预处理后的图片（data:image/png;base64, 前缀）")]
 
 
 class WorkerResponse(msgspec.Struct):

@@ -17,6 +17,7 @@ from sdapi.core.request import (
     EmbeddingSpec,
     GenerationRequest,
     LoraSpec,
+    PreprocessorOption,
 )
 from sdapi.core.schedulers import (
     ACCEPTED_SCHEDULERS,
@@ -75,6 +76,20 @@ class HiresParams(msgspec.Struct, frozen=True, kw_only=True):
         return self.upscaler in LATENT_UPSCALERS
 
 
+class ControlUnitSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked ControlNet unit: its model pinned by content, its image kept beside the task (control/<index>)."""
+
+    model: str
+    sha256: str
+    preprocessor: str
+    preprocessor_options: dict[str, PreprocessorOption] = msgspec.field(default_factory=dict)
+    weight: float = 1.0
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    control_mode: str = "balanced"
+    resize_mode: str = "resize"
+
+
 class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     """A request with every default applied and every rule checked: what the engine runs."""
 
@@ -104,10 +119,17 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     inpaint: InpaintParams | None = None
     # The high-resolution second pass (text-to-image): the images come out at its size, not width x height.
     hires: HiresParams | None = None
+    # ControlNet units, in the request's order (weight-0 units included: the engine leaves them out).
+    controlnets: tuple[ControlUnitSpec, ...] = ()
 
     @property
     def is_image_to_image(self) -> bool:
         return self.init_image is not None
+
+    @property
+    def keeps_images(self) -> bool:
+        """Whether the task has images stored beside it until it ends (an init image or control images)."""
+        return self.init_image is not None or bool(self.controlnets)
 
     @property
     def work(self) -> float:
@@ -203,6 +225,7 @@ def resolve_params(
     native_size: tuple[int, int] = (512, 512),
     own_scheduler: str | None = None,
     upscalers: Collection[str] = (),
+    controlnets: tuple[ControlUnitSpec, ...] = (),
 ) -> GenerationParams:
     """Apply config defaults (and, for a size neither gives, the model's `native_size`) to a decoded request for
     `model`, and check the rules the schema cannot; raise InvalidParameter. `upscalers`: the neural upscalers'
@@ -281,6 +304,7 @@ def resolve_params(
         embeddings=embeddings,
         inpaint=inpaint,
         hires=hires,
+        controlnets=controlnets,
     )
 
 

@@ -103,6 +103,46 @@ class HiresRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ) = None
 
 
+ControlMode = Literal["balanced", "prompt", "controlnet"]
+ControlResize = Literal["resize", "crop", "fill"]
+MAX_CONTROL_WEIGHT = 2.0
+PreprocessorOption = int | float | bool | str
+
+
+class ControlUnitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One ControlNet unit of a request: a model from controlnet.dir and the picture it follows."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1, description="ControlNet 名称（GET /api/v1/controlnets）")]
+    image: Annotated[
+        str, msgspec.Meta(description="控制图片的base64编码（data:image/png;base64, 或 data:image/jpeg;base64, 前缀）")
+    ]
+    preprocessor: Annotated[
+        str,
+        msgspec.Meta(
+            description="预处理器：none、canny、invert、binary、tile、shuffle、inpaint、scribble_xdog、color、depth"
+        ),
+    ] = "none"
+    preprocessor_options: Annotated[
+        dict[str, PreprocessorOption],
+        msgspec.Meta(description="预处理器的设置，例如 canny 的 {low_threshold: 100, high_threshold: 200}"),
+    ] = {}
+    weight: Annotated[
+        float, msgspec.Meta(ge=0.0, le=MAX_CONTROL_WEIGHT, description="权重（0-2）；0 等于没有此单元")
+    ] = 1.0
+    guidance_start: Annotated[float, msgspec.Meta(ge=0.0, le=1.0, description="开始生效的步数比例（0-1）")] = 0.0
+    guidance_end: Annotated[float, msgspec.Meta(ge=0.0, le=1.0, description="停止生效的步数比例（0-1）")] = 1.0
+    control_mode: Annotated[
+        ControlMode,
+        msgspec.Meta(description="balanced（平衡）、prompt（提示词更重要）、controlnet（ControlNet 更重要）"),
+    ] = "balanced"
+    resize_mode: Annotated[
+        ControlResize,
+        msgspec.Meta(
+            description="控制图片适配输出尺寸的方式：resize（拉伸）、crop（裁剪填满）、fill（完整放入并补边）"
+        ),
+    ] = "resize"
+
+
 class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Body of POST /api/v1/generate, field for field as the API document defines it."""
 
@@ -229,6 +269,13 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         msgspec.Meta(
             description="高分辨率第二遍（hires fix，仅文生图）：{scale 或 width/height, upscaler, steps, strength}。"
             "先按 width/height 生成，放大后再以 strength 重绘；输出为放大后的尺寸"
+        ),
+    ] = None
+    controlnets: Annotated[
+        list[ControlUnitRequest] | None,
+        msgspec.Meta(
+            description="ControlNet 单元列表（可多个）：[{model, image, preprocessor, preprocessor_options, weight, "
+            "guidance_start, guidance_end, control_mode, resize_mode}]；最多 controlnet.max_units 个"
         ),
     ] = None
     loras: Annotated[

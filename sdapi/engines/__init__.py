@@ -5,7 +5,7 @@ engine given as it is. Every engine turns its vendor's exceptions into sdapi err
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +68,7 @@ class Engine(Protocol):
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: Callable[[int, int, int], None] | None = None,
+        controls: Sequence[Image.Image] = (),
     ) -> Generated:
         """The `params.num_images` images for one task; raise GenerationFailed (never a vendor exception).
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from sdapi.config import Config, ModelConfig
+from sdapi.controlnets.running import ControlNetFiles
 from sdapi.core.request import LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles
 from sdapi.engines import Engine
@@ -36,6 +37,7 @@ def build_engine(
     lora_files: Callable[[LoraSpec], Path],
     embedding_files: EmbeddingFiles | None = None,
     upscaler_files: Callable[[str], Path] | None = None,
+    controlnet_files: ControlNetFiles | None = None,
 ) -> ModelPool:
     """The worker's engine: every configured model, each loaded when first needed (ModelPool), all sharing the
     neural upscalers."""
@@ -46,7 +48,9 @@ def build_engine(
         upscalers = NeuralUpscalers(upscaler_files, choose_device(config.model.device)).upscale
 
     def make(name: str) -> Engine:
-        return build_model_engine(config, config.model_config(name), lora_files, embedding_files, upscalers)
+        return build_model_engine(
+            config, config.model_config(name), lora_files, embedding_files, upscalers, controlnet_files
+        )
 
     return ModelPool(config, make, choose_device(config.model.device))
 
@@ -57,11 +61,20 @@ def build_model_engine(
     lora_files: Callable[[LoraSpec], Path],
     embedding_files: EmbeddingFiles | None = None,
     neural_upscale: NeuralUpscale | None = None,
+    controlnet_files: ControlNetFiles | None = None,
 ) -> Engine:
     """One model's engine: torch alone, or its ONNX export with torch behind it, as its engine and onnx_path say."""
 
     def make_torch() -> Engine:
-        return TorchEngine(model, lora_files, config.loras.cache_size, embedding_files, neural_upscale)
+        return TorchEngine(
+            model,
+            lora_files,
+            config.loras.cache_size,
+            embedding_files,
+            neural_upscale,
+            controlnet_files,
+            config.controlnet.cache_size,
+        )
 
     if model.engine == "torch" or model.onnx_path is None:
         return make_torch()

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import LATENT_UPSCALERS
-from sdapi.engines.pipeline_runs import StepCallback, run_batches
+from sdapi.engines.pipeline_runs import ControlRun, StepCallback, run_batches
 from sdapi.engines.schedulers import make_scheduler
 from sdapi.errors import InvalidParameter
 
@@ -55,7 +55,9 @@ def make_hires_images(
     params: GenerationParams,
     on_step: StepCallback | None,
     neural: NeuralUpscale | None = None,
+    control: ControlRun | None = None,
 ) -> list[Image.Image]:
+    """The task's images; ControlNet units (`control`) guide the first pass."""
     hires = params.hires
     assert hires is not None
     first_steps = params.num_inference_steps
@@ -73,15 +75,18 @@ def make_hires_images(
                 return None
             return lambda done, _total, _images: on_step(min(offset + done, total), total, images_done)
 
-        text_to_image.scheduler = make_scheduler(one, scheduler_config)
+        first_pipeline = control.pipeline if control is not None else text_to_image
+        first_pipeline.scheduler = make_scheduler(one, scheduler_config)
         first_arguments: dict[str, Any] = {
             "width": params.width,
             "height": params.height,
             "output_type": "latent" if hires.in_latents else "pil",
         }
+        if control is not None:
+            first_arguments |= control.arguments("image")
         first_report = report(index * per_image)
         first: Any  # a latent tensor [4, h, w] or a picture, as output_type says
-        (first,) = run_batches(text_to_image, one, first_arguments, 1, first_report, (params.width, params.height))
+        (first,) = run_batches(first_pipeline, one, first_arguments, 1, first_report, (params.width, params.height))
         if hires.in_latents:
             upscaled: Any = upscale_latents(first.unsqueeze(0), hires.upscaler, final_size)
         else:

@@ -16,7 +16,7 @@ import msgspec
 from PIL import Image
 
 from sdapi.core.params import GenerationParams, InpaintParams
-from sdapi.engines.pipeline_runs import StepCallback, run_batches
+from sdapi.engines.pipeline_runs import ControlRun, StepCallback, run_batches
 from sdapi.media import masks
 
 
@@ -56,6 +56,7 @@ def make_edited_images(
     on_step: StepCallback | None,
     native_size: tuple[int, int],
     side_multiple: int = 8,
+    control: ControlRun | None = None,
 ) -> list[Image.Image]:
     """The images of an inpainting task whose init image `edit` is RGBA, alpha the mask (255 repaints); a
     masked-only crop renders at sides that are multiples of `side_multiple`."""
@@ -74,13 +75,15 @@ def make_edited_images(
         mask_image = soft.crop(box).resize(size, Image.Resampling.BILINEAR)
     else:
         box, size, image, mask_image = None, original.size, start, soft
-    arguments = {
+    arguments: dict[str, Any] = {
         "image": image,
         "mask_image": mask_image,
         "strength": params.strength if params.strength is not None else 1.0,
         "width": size[0],
         "height": size[1],
     }
+    if control is not None:  # the control images follow the crop the masked-only area renders
+        arguments |= control.arguments("control_image", box, size if box is not None else None)
     results = []
     # One image per pipeline call: diffusers' inpainting pipelines encode the init image with the first generator
     # of a batch only, so image k of a batch would not be the picture of seed + k alone.

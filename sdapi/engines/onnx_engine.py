@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.loras.merging import adapter_targets, target_shapes
 from sdapi.models.export_manifest import (
+    ONNX_NO_CONTROL,
     ONNX_NO_EMBEDDINGS,
     ONNX_NO_HIRES,
     ExportManifest,
@@ -234,13 +236,15 @@ class OnnxEngine:
         """The export serves exactly its merged LoRA set, at sides that are multiples of `side_multiple`.
 
         Textual-inversion embeddings are always refused (the exported text encoder's vocabulary is fixed), and so
-        is the second pass (it resizes latents and may run a neural upscaler).
+        is the second pass (it resizes latents and may run a neural upscaler) and so are ControlNet units.
         Before load() nothing else is known of the export, so nothing else is refused.
         """
         if params.embeddings:
             raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS)
         if params.hires is not None:
             raise InvalidParameter("hires", ONNX_NO_HIRES)
+        if params.controlnets:
+            raise InvalidParameter("controlnets", ONNX_NO_CONTROL)
         if self.manifest is None:
             return
         wanted = frozenset((spec.sha256, spec.weight) for spec in params.loras)
@@ -256,7 +260,11 @@ class OnnxEngine:
             check_scheduler(params, self._scheduler_config)
 
     def generate(
-        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None
+        self,
+        params: GenerationParams,
+        init_image: Image.Image | None,
+        on_step: StepCallback | None = None,
+        controls: Sequence[Image.Image] = (),
     ) -> Generated:
         if not self.loaded:
             raise GenerationFailed("ONNX 模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)

@@ -8,6 +8,7 @@ both engines.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,6 +34,33 @@ def cpu_generators(seeds: list[int]) -> list[torch.Generator]:
 StepCallback = Callable[[int, int, int], None]
 
 
+@dataclass(frozen=True)
+class ControlRun:
+    """A run's ControlNet units: the pipeline of the run's kind with them attached, and each active unit's image
+    (preprocessed, at the output size) with its weight and guidance window."""
+
+    pipeline: Any
+    images: list[Image.Image]
+    scales: list[float]
+    starts: list[float]
+    ends: list[float]
+
+    def arguments(
+        self, key: str, box: tuple[int, int, int, int] | None = None, size: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
+        """The pipeline's ControlNet arguments, the images under `key` ("image" for text-to-image, "control_image"
+        otherwise), cropped to `box` and resized to `size` when a masked-only area renders a crop."""
+        images = self.images
+        if box is not None and size is not None:
+            images = [image.crop(box).resize(size, Image.Resampling.BILINEAR) for image in images]
+        return {
+            key: images,
+            "controlnet_conditioning_scale": self.scales,
+            "control_guidance_start": self.starts,
+            "control_guidance_end": self.ends,
+        }
+
+
 def make_images(
     text_to_image: Any,
     image_to_image: Any,
@@ -45,12 +73,14 @@ def make_images(
     native_size: tuple[int, int] = (512, 512),
     neural_upscale: Callable[[str, Image.Image], Image.Image] | None = None,
     side_multiple: int = 8,
+    control: ControlRun | None = None,
 ) -> list[Image.Image]:
     """The request's images: a fresh scheduler from the model's config, image k from seed + k, in batches.
     `on_step` hears of every denoising step (the pipeline's callback_on_step_end; ONNX pipelines are diffusers
     pipelines too). An inpainting task's `init_image` is RGBA, its alpha the mask: it runs on `inpaint`
     (sdapi.engines.inpainting), rendering a masked-only area at `native_size`'s area. A task with a second pass runs
-    it (sdapi.engines.hires), with `neural_upscale` for the neural upscalers."""
+    it (sdapi.engines.hires), with `neural_upscale` for the neural upscalers. With `control`, its pipeline (the
+    run's kind with the ControlNet units attached) makes the images, the second pass's first pass included."""
     strength = params.strength
     if init_image is not None and strength is not None and int(params.num_inference_steps * strength) < 1:
         # No denoising step at this strength: the seed's "0.0 几乎不修改" — the input comes back unchanged.
@@ -58,19 +88,28 @@ def make_images(
     if params.hires is not None:
         from sdapi.engines.hires import make_hires_images
 
-        return make_hires_images(text_to_image, image_to_image, scheduler_config, params, on_step, neural_upscale)
+        return make_hires_images(
+            text_to_image, image_to_image, scheduler_config, params, on_step, neural_upscale, control
+        )
     if params.inpaint is not None:
         from sdapi.engines.inpainting import make_edited_images
 
         assert init_image is not None and inpaint is not None  # the worker opens the mask; the engine checks
-        inpaint.scheduler = make_scheduler(params, scheduler_config)
-        return make_edited_images(inpaint, params, init_image, on_step, native_size, side_multiple)
+        pipeline = control.pipeline if control is not None else inpaint
+        pipeline.scheduler = make_scheduler(params, scheduler_config)
+        return make_edited_images(pipeline, params, init_image, on_step, native_size, side_multiple, control)
     pipeline = image_to_image if init_image is not None else text_to_image
+    if control is not None:
+        pipeline = control.pipeline
     pipeline.scheduler = make_scheduler(params, scheduler_config)
     if init_image is not None:
         arguments: dict[str, Any] = {"image": init_image, "strength": params.strength}
+        if control is not None:
+            arguments |= control.arguments("control_image")
     else:
         arguments = {"width": params.width, "height": params.height}
+        if control is not None:
+            arguments |= control.arguments("image")
     return run_batches(pipeline, params, arguments, batch_size, on_step, (params.width, params.height))
 
 

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 import torch
@@ -76,9 +76,13 @@ class ModelPool:
         engine.check(params)
 
     def generate(
-        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None
+        self,
+        params: GenerationParams,
+        init_image: Image.Image | None,
+        on_step: StepCallback | None = None,
+        controls: Sequence[Image.Image] = (),
     ) -> Generated:
-        return self._ensure(params.model or self.default).generate(params, init_image, on_step)
+        return self._ensure(params.model or self.default).generate(params, init_image, on_step, controls)
 
     # -- the pool ------------------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from PIL import Image
 
@@ -91,14 +91,18 @@ class EngineRouter:
             return self._fallback
 
     def generate(
-        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None
+        self,
+        params: GenerationParams,
+        init_image: Image.Image | None,
+        on_step: StepCallback | None = None,
+        controls: Sequence[Image.Image] = (),
     ) -> Generated:
         if not self.routes_to_preferred(params):
-            return self._fallback_engine().generate(params, init_image, on_step)
+            return self._fallback_engine().generate(params, init_image, on_step, controls)
         try:
-            return self.preferred.generate(params, init_image, on_step)
+            return self.preferred.generate(params, init_image, on_step, controls)
         except GenerationFailed as error:
             if not self._fallback_on_failure:
                 raise
             logger.warning("%s run failed (%s); running the task on the fallback", self.preferred.name, error.message)
-            return self._fallback_engine().generate(params, init_image, on_step)
+            return self._fallback_engine().generate(params, init_image, on_step, controls)

@@ -3,7 +3,7 @@ configured pool. It never loads another model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 from PIL import Image
@@ -49,8 +49,9 @@ class SingleModelEngine:
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: Callable[[int, int, int], None] | None = None,
+        controls: Sequence[Image.Image] = (),
     ) -> Generated:
-        return self._engine.generate(params, init_image, on_step)
+        return self._engine.generate(params, init_image, on_step, controls)
 
     def loaded_models(self) -> list[str]:
         return [self._model] if self._engine.loaded else []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from sdapi.config import ModelConfig
+from sdapi.controlnets.running import ControlNetFiles, ControlNetModels, UnitControlNets
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
@@ -21,7 +22,7 @@ from sdapi.engines.failures import engine_errors
 from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import load_pipeline, loaded_family
-from sdapi.engines.pipeline_runs import StepCallback, make_images
+from sdapi.engines.pipeline_runs import ControlRun, StepCallback, make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
@@ -42,8 +43,13 @@ class TorchEngine:
         lora_cache_size: int = 8,
         embedding_files: EmbeddingFiles | None = None,
         neural_upscale: NeuralUpscale | None = None,
+        controlnet_files: ControlNetFiles | None = None,
+        controlnet_cache_size: int = 2,
     ) -> None:
         self._model = model
+        self._controlnet_files = controlnet_files
+        self._controlnet_cache_size = controlnet_cache_size
+        self._controlnets: ControlNetModels | None = None
         self._neural_upscale = neural_upscale
         self._lora_files = lora_files
         self._embedding_files = embedding_files
@@ -81,6 +87,10 @@ class TorchEngine:
         self._text_to_image = pipeline
         # Kept pristine: every request builds its scheduler from this, so none leaks into the next.
         self._scheduler_config = pipeline.scheduler.config
+        if self._controlnet_files is not None:
+            self._controlnets = ControlNetModels(
+                self._controlnet_files, self._controlnet_cache_size, self.device, self.dtype
+            )
         # Image-to-image shares the text encoders and tokenizers: embeddings loaded once serve both.
         self._embeddings = PipelineEmbeddings(pipeline, self._embedding_files)
         if self._lora_files is not None:
@@ -111,19 +121,57 @@ class TorchEngine:
         neural = hires is not None and not hires.in_latents and hires.upscaler not in PIXEL_UPSCALERS
         if neural and self._neural_upscale is None:
             raise InvalidParameter("hires", "此引擎未配置神经网络放大模型（upscalers）")
+        if params.controlnets and self._controlnet_files is None:
+            raise InvalidParameter("controlnets", "此引擎未配置 ControlNet（controlnet.dir）")
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
 
     def generate(
-        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None = None
+        self,
+        params: GenerationParams,
+        init_image: Image.Image | None,
+        on_step: StepCallback | None = None,
+        controls: Sequence[Image.Image] = (),
     ) -> Generated:
         if not self.loaded:
             raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
         with engine_errors(params), torch.inference_mode():
-            return Generated(self._generate(params, init_image, on_step), self.name)
+            return Generated(self._generate(params, init_image, on_step, controls), self.name)
+
+    def _control_run(self, params: GenerationParams, controls: Sequence[Image.Image]) -> ControlRun | None:
+        """The request's ControlNet units with a weight, attached to a pipeline of the run's kind (None: none)."""
+        active = [(unit, image) for unit, image in zip(params.controlnets, controls, strict=True) if unit.weight > 0]
+        if not active:  # weight 0 is "without that unit": left out, so the pixels are the plain run's
+            return None
+        if self._controlnets is None:
+            raise GenerationFailed("此引擎未配置 ControlNet（controlnet.dir）", ErrorCode.INVALID_INPUT)
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+        base = self._text_to_image
+        nets = [self._controlnets.get(unit.model, unit.sha256, base.unet) for unit, _ in active]
+        units = UnitControlNets(nets, [unit.control_mode for unit, _ in active], params.guidance_scale > 1)
+        if params.inpaint is not None:
+            source, auto = self._inpaint, AutoPipelineForInpainting
+        elif params.init_image is not None:
+            source, auto = self._image_to_image, AutoPipelineForImage2Image
+        else:
+            source, auto = base, AutoPipelineForText2Image
+        pipeline = auto.from_pipe(source, controlnet=units)
+        pipeline.set_progress_bar_config(disable=True)
+        return ControlRun(
+            pipeline=pipeline,
+            images=[image for _, image in active],
+            scales=[unit.weight for unit, _ in active],
+            starts=[unit.guidance_start for unit, _ in active],
+            ends=[unit.guidance_end for unit, _ in active],
+        )
 
     def _generate(
-        self, params: GenerationParams, init_image: Image.Image | None, on_step: StepCallback | None
+        self,
+        params: GenerationParams,
+        init_image: Image.Image | None,
+        on_step: StepCallback | None,
+        controls: Sequence[Image.Image] = (),
     ) -> list[Image.Image]:
         if self.adapters is not None:
             self.adapters.activate(params.loras)
@@ -133,6 +181,7 @@ class TorchEngine:
         params = self._embeddings.apply(params)
         if self.family.inpainting and params.inpaint is None:
             params, init_image = as_edit(params, init_image)
+        control = self._control_run(params, controls) if params.controlnets else None
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
         return make_images(
             *pipelines,
@@ -143,4 +192,5 @@ class TorchEngine:
             inpaint=self._inpaint,
             native_size=self.family.native_size,
             neural_upscale=self._neural_upscale,
+            control=control,
         )

@@ -82,10 +82,11 @@ def decode_mask_image(data_url: str, max_pixels: int, size: tuple[int, int]) -> 
     return encode_mask(mask)
 
 
-def decode_init_image(data_url: str, max_pixels: int) -> tuple[bytes, InitImageInfo]:
-    """Check an init_image data URL and return its raw bytes and size; raise InvalidParameter."""
-    raw = _data_url_bytes(data_url, "init_image")
-    with open_image(raw, max_pixels, "init_image") as image:
+def decode_init_image(data_url: str, max_pixels: int, field: str = "init_image") -> tuple[bytes, InitImageInfo]:
+    """Check an init_image data URL (or another image field's, named `field`) and return its raw bytes and size;
+    raise InvalidParameter naming the field."""
+    raw = _data_url_bytes(data_url, field)
+    with open_image(raw, max_pixels, field) as image:
         image_format = _PIL_FORMATS[image.format or ""]
         width, height = image.size
         image.load()

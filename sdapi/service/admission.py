@@ -5,7 +5,8 @@ owned by one module and raises InvalidParameter (a 400) naming the field:
 2. limits: the init image's size and pixels, from its header before decoding (sdapi.media.images);
 3. model: the requested model exists and is served (sdapi.service.catalog);
 4. LoRAs: each exists, is of the model's family and fits it (sdapi.loras.library); the embeddings the prompts
-   name fit the model's text encoders (sdapi.embeddings.library);
+   name fit the model's text encoders (sdapi.embeddings.library); each ControlNet unit's model fits the model, its
+   image decodes and its preprocessor exists (sdapi.controlnets);
 5. scheduler and its options, sizes, seeds, defaults (sdapi.core.params);
 6. engine capability: what the model's engine can serve, from its files (an ONNX-only export's sizes and LoRA set,
    its own scheduler in step 5): sdapi.service.catalog;
@@ -19,12 +20,16 @@ from dataclasses import dataclass
 
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target
 from sdapi.config import Config
-from sdapi.core.params import GenerationParams, InitImageInfo, resolve_params
+from sdapi.controlnets.library import ControlNetLibrary
+from sdapi.controlnets.preprocess import check_preprocessor
+from sdapi.core.params import ControlUnitSpec, GenerationParams, InitImageInfo, resolve_params
 from sdapi.core.request import GenerationRequest
 from sdapi.embeddings.library import EmbeddingLibrary
+from sdapi.errors import InvalidParameter
 from sdapi.loras.library import LoraLibrary
 from sdapi.media import attachments
 from sdapi.media.images import decode_init_image, decode_mask_image
+from sdapi.models.families import ModelFamily
 from sdapi.service.catalog import ModelCatalog
 from sdapi.upscalers.library import UpscalerLibrary
 
@@ -50,30 +55,31 @@ class RequestChecks:
         resolver: Resolver,
         embeddings: EmbeddingLibrary,
         upscalers: UpscalerLibrary,
+        controlnets: ControlNetLibrary,
     ) -> None:
         self._config = config
         self._catalog = catalog
         self._library = library
         self._embeddings = embeddings
         self._upscalers = upscalers
+        self._controlnets = controlnets
         self._resolver = resolver
         self._callback_policy = CallbackPolicy.from_config(config.callbacks)
 
     async def check(self, request: GenerationRequest) -> Admitted:
-        init_bytes: bytes | None = None
         init_info: InitImageInfo | None = None
+        parts: dict[str, bytes] = {}
         if request.init_image is not None:
             # Decoding a large image takes a while: off the event loop, so other requests are not held up.
             max_pixels = self._config.limits.max_init_image_pixels
             raw, info = await asyncio.to_thread(decode_init_image, request.init_image, max_pixels)
-            parts = {attachments.INIT: raw}
+            parts[attachments.INIT], init_info = raw, info
             if request.mask_image is not None:
                 # Kept beside the init image in the one stored blob (sdapi.media.attachments), as PNG.
                 size = (info.width, info.height)
                 parts[attachments.MASK] = await asyncio.to_thread(
                     decode_mask_image, request.mask_image, max_pixels, size
                 )
-            init_bytes, init_info = attachments.pack(parts), info
         model, family = self._catalog.resolve(request.model)
         capability = self._catalog.capability(model)
         other_model = None if model == self._catalog.default else model
@@ -94,6 +100,7 @@ class RequestChecks:
             native_size=family.native_size,
             own_scheduler=capability.own_scheduler,
             upscalers=self._upscalers.usable(),
+            controlnets=await self._control_units(request, model, family, parts),
         )
         capability.check(params)
         if params.callback_url is not None:
@@ -101,4 +108,47 @@ class RequestChecks:
             await resolve_target(
                 params.callback_url, self._callback_policy, self._resolver, self._config.callbacks.resolve_timeout
             )
-        return Admitted(params, init_bytes)
+        return Admitted(params, attachments.pack(parts))
+
+    async def _control_units(
+        self, request: GenerationRequest, model: str, family: ModelFamily, parts: dict[str, bytes]
+    ) -> tuple[ControlUnitSpec, ...]:
+        """Check each ControlNet unit (its model fits the request's, its image decodes within the limits, its
+        preprocessor and options exist) and keep its image in `parts` as control/<index>."""
+        units = request.controlnets or []
+        limit = self._config.controlnet.max_units
+        if len(units) > limit:
+            raise InvalidParameter(
+                "controlnets", f"controlnets 最多 {limit} 个（controlnet.max_units），收到 {len(units)} 个"
+            )
+        specs = []
+        text_width = self._catalog.unet_text_width(model)
+        for index, unit in enumerate(units):
+            field = f"controlnets[{index}]"
+            _, sha256 = self._controlnets.resolve(unit.model, family, text_width, field)
+            if unit.guidance_start > unit.guidance_end:
+                raise InvalidParameter(field, f"{field}.guidance_start 不能大于 guidance_end")
+            options = check_preprocessor(
+                unit.preprocessor,
+                dict(unit.preprocessor_options),
+                f"{field}.preprocessor",
+                request.mask_image is not None,
+                self._config.annotators_path,
+            )
+            max_pixels = self._config.limits.max_init_image_pixels
+            raw, _ = await asyncio.to_thread(decode_init_image, unit.image, max_pixels, f"{field}.image")
+            parts[attachments.control(index)] = raw
+            specs.append(
+                ControlUnitSpec(
+                    model=unit.model,
+                    sha256=sha256,
+                    preprocessor=unit.preprocessor,
+                    preprocessor_options=options,
+                    weight=unit.weight,
+                    guidance_start=unit.guidance_start,
+                    guidance_end=unit.guidance_end,
+                    control_mode=unit.control_mode,
+                    resize_mode=unit.resize_mode,
+                )
+            )
+        return tuple(specs)

@@ -18,7 +18,7 @@ from sdapi.core.params import GenerationParams
 from sdapi.errors import InvalidParameter, ModelLoadFailed
 from sdapi.loras.targets import disk_targets
 from sdapi.models.digests import model_weights_sha256
-from sdapi.models.export_manifest import ONNX_NO_EMBEDDINGS, ONNX_NO_HIRES, read_manifest
+from sdapi.models.export_manifest import ONNX_NO_CONTROL, ONNX_NO_EMBEDDINGS, ONNX_NO_HIRES, read_manifest
 from sdapi.models.families import Family, ModelFamily, UnsupportedModel, detect_family
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class Capability(msgspec.Struct, frozen=True):
             raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS + hint)
         if params.hires is not None:
             raise InvalidParameter("hires", ONNX_NO_HIRES + hint)
+        if params.controlnets:
+            raise InvalidParameter("controlnets", ONNX_NO_CONTROL + hint)
         if frozenset((spec.sha256, spec.weight) for spec in params.loras) != onnx.lora_set:
             message = f"ONNX 导出只能使用导出时合并的 LoRA 组合（{onnx.merged or '无'}）"
             raise InvalidParameter("loras", message + hint)
@@ -141,6 +143,16 @@ class ModelCatalog:
         safetensors headers: call it off the event loop."""
         source = self._entries[name].path
         return disk_targets(Path(source)) if describe_source(source) == "folder" else None
+
+    def unet_text_width(self, name: str) -> int | None:
+        """The text width model `name`'s UNet attends to (its cross_attention_dim: what a ControlNet must share),
+        from its folder's config; None when its files do not say."""
+        source = self._entries[name].path
+        if describe_source(source) != "folder":
+            return None
+        config = _json(Path(source) / "unet" / "config.json")
+        width = config.get("cross_attention_dim") if config else None
+        return width if isinstance(width, int) else None
 
     def text_widths(self, name: str) -> tuple[int, ...] | None:
         """The widths of model `name`'s text encoders (what an embedding must match), from its folder's configs;

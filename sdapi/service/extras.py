@@ -1,6 +1,7 @@
-"""Upscaling a client's picture on its own, outside any task (A1111's "extras" tab): a filter or a neural upscaler
-from upscalers.dir, to a scale or an exact size. Runs in the process that answers, off the event loop; torch is
-imported only when a neural upscaler is asked for."""
+"""What the service does to a client's picture outside any task, in the process that answers, off the event loop:
+upscaling it (A1111's "extras" tab: a filter or a neural upscaler from upscalers.dir, to a scale or an exact
+size; torch is imported only when a neural upscaler is asked for), and running a ControlNet preprocessor on it
+(the detect endpoints)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sdapi.config import Config
 from sdapi.core.request import PIXEL_UPSCALERS
 from sdapi.errors import InvalidParameter
 from sdapi.media.images import open_image
+from sdapi.media.masks import mask_from_image
 from sdapi.upscalers.library import UpscalerLibrary
 
 _FILTERS = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
@@ -77,6 +79,30 @@ class Extras:
             result = Image.blend(result, resized(second), second_visibility)
         buffer = io.BytesIO()
         result.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    async def detect(
+        self, raw: bytes, preprocessor: str, options: dict[str, Any], mask_raw: bytes | None = None
+    ) -> bytes:
+        """What ControlNet preprocessor `preprocessor` makes of the picture in `raw`, as PNG bytes (what a unit
+        with it will follow); raise InvalidParameter for what the request checks would refuse."""
+        return await asyncio.to_thread(self._detect, raw, preprocessor, options, mask_raw)
+
+    def _detect(self, raw: bytes, preprocessor: str, options: dict[str, Any], mask_raw: bytes | None) -> bytes:
+        from sdapi.controlnets.preprocess import check_preprocessor, run_preprocessor
+
+        annotators = self._config.annotators_path
+        checked = check_preprocessor(preprocessor, options, "preprocessor", mask_raw is not None, annotators)
+        limit = self._config.limits.max_init_image_pixels
+        with open_image(raw, limit, "image") as opened:
+            image = opened.convert("RGB")
+        mask = None
+        if mask_raw is not None:
+            with open_image(mask_raw, limit, "mask") as opened:
+                mask = mask_from_image(opened)
+        made = run_preprocessor(preprocessor, image, checked, mask, annotators)
+        buffer = io.BytesIO()
+        made.save(buffer, format="PNG")
         return buffer.getvalue()
 
     async def upscale(

@@ -17,6 +17,7 @@ from typing import Protocol
 import msgspec
 
 from sdapi.config import Config
+from sdapi.controlnets.library import ControlNetEntry, ControlNetLibrary
 from sdapi.core.nodes import NodeInfo, Role
 from sdapi.core.results import iso
 from sdapi.core.schedulers import A1111_SAMPLER_NAMES, ACCEPTED_SCHEDULERS, KARRAS_SCHEDULERS
@@ -100,6 +101,7 @@ class StatusService:
         library: LoraLibrary,
         embeddings: EmbeddingLibrary,
         upscalers: UpscalerLibrary,
+        controlnets: ControlNetLibrary,
         engine: WorkerEngine | None,
         worker: Callable[[], WorkerState | None],
     ) -> None:
@@ -112,6 +114,7 @@ class StatusService:
         self._library = library
         self._embeddings = embeddings
         self._upscalers = upscalers
+        self._controlnets = controlnets
         self._engine = engine
         # The worker is built after this service (it reports to the same registry): asked for when needed.
         self._worker = worker
@@ -206,6 +209,14 @@ class StatusService:
     async def rescan_upscalers(self) -> list[UpscalerEntry]:
         await asyncio.to_thread(self._upscalers.scan)
         return self.upscalers()
+
+    def controlnets(self) -> list[ControlNetEntry]:
+        """controlnet.dir as last scanned."""
+        return self._controlnets.entries()
+
+    async def rescan_controlnets(self) -> list[ControlNetEntry]:
+        await asyncio.to_thread(self._controlnets.scan)
+        return self.controlnets()
 
     def schedulers(self) -> SchedulerListing:
         return SchedulerListing(

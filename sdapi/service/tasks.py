@@ -176,7 +176,7 @@ class TaskService:
         if not caller.sees(original.owner):
             raise TaskNotFound(TASK_NOT_FOUND_MESSAGE)
         init_bytes = None
-        if original.params.is_image_to_image:
+        if original.params.keeps_images:
             init_bytes = await self._init_images.get(task_id)
             if init_bytes is None:
                 raise InvalidParameter(

@@ -21,6 +21,7 @@ from PIL import Image
 
 from sdapi.background.wakeup import Signals, Wakeup
 from sdapi.config import Config
+from sdapi.controlnets.images import control_images
 from sdapi.core import tasks
 from sdapi.core.deliveries import delivery_for
 from sdapi.core.nodes import NodeInfo
@@ -263,7 +264,7 @@ class Worker:
         started = run.lease.task
         try:
             init_bytes = None
-            if started.params.is_image_to_image:
+            if started.params.keeps_images:
                 init_bytes = await self._init_images.get(started.id)
                 if init_bytes is None:
                     raise GenerationFailed("生成失败：找不到任务的初始图片")
@@ -280,14 +281,15 @@ class Worker:
         """On the generation thread: decode the init image and run the engine. Nothing else happens here."""
         params = task.params
         init_image: Image.Image | None = None
-        if init_bytes is not None and params.init_image is not None:
-            parts = attachments.unpack(init_bytes)
+        parts = attachments.unpack(init_bytes) if init_bytes is not None else {}
+        if params.init_image is not None and attachments.INIT in parts:
             if params.inpaint is not None:  # the mask travels as the init image's alpha channel
                 init_image = open_edit_images(parts, params)
             else:
                 init_image = open_init_image(parts[attachments.INIT], params.init_image, params.width, params.height)
+        controls = control_images(params, parts, self._config.annotators_path) if params.controlnets else []
         began = time.perf_counter()
-        generated = self._engine.generate(params, init_image, run.on_step)
+        generated = self._engine.generate(params, init_image, run.on_step, controls)
         run.generation_seconds = time.perf_counter() - began
         return generated
 

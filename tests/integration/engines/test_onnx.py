@@ -209,7 +209,7 @@ def test_a_missing_export_is_reported_by_health(tmp_path, tiny_model):
 
 
 class FailingOnnx(OnnxEngine):
-    def generate(self, params, init_image, on_step=None):
+    def generate(self, params, init_image, on_step=None, controls=()):
         if params.prompt == "onnx-crash":
             raise GenerationFailed("ONNX 推理失败：RuntimeException")
         return super().generate(params, init_image, on_step)

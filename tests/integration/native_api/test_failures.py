@@ -15,12 +15,12 @@ from sdapi.engines.torch_engine import TorchEngine
 class FaultyTorchEngine(TorchEngine):
     """The real torch engine, made to hit the faults a GPU deployment meets, chosen by prompt."""
 
-    def _generate(self, params, init_image, on_step):
+    def _generate(self, params, init_image, on_step, controls=()):
         if params.prompt == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         if params.prompt == "crash":
             raise RuntimeError("illegal memory access at 0xdeadbeef")
-        return super()._generate(params, init_image, on_step)
+        return super()._generate(params, init_image, on_step, controls)
 
 
 def test_out_of_memory_and_crashes_fail_the_task_and_the_worker_goes_on(tmp_path, tiny_model):
