@@ -49,6 +49,8 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     embeddings: list[dict[str, Any]] = []  # {name, sha256} of each textual-inversion embedding the prompts name
     # The second pass: {width, height, upscaler, steps, strength, prompt, negative_prompt}; None without one.
     hires: dict[str, Any] | None = None
+    # Each ControlNet unit: {model, sha256, preprocessor, preprocessor_options, weight, guidance_start, ...}.
+    controlnets: list[dict[str, Any]] = []
 
 
 def image_record(
@@ -74,7 +76,16 @@ def image_record(
         use_karras_sigmas=params.use_karras_sigmas,
         embeddings=[{"name": spec.name, "sha256": spec.sha256} for spec in params.embeddings],
         hires=None if params.hires is None else msgspec.structs.asdict(params.hires),
+        controlnets=[msgspec.structs.asdict(unit) for unit in params.controlnets],
     )
+
+
+_CONTROL_RESIZE = {"resize": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
+_CONTROL_MODES = {
+    "balanced": "Balanced",
+    "prompt": "My prompt is more important",
+    "controlnet": "ControlNet is more important",
+}
 
 
 def infotext(record: ImageRecord) -> str:
@@ -109,6 +120,19 @@ def infotext(record: ImageRecord) -> str:
     if record.embeddings:
         hashes = ", ".join(f"{embedding['name']}: {embedding['sha256'][:12]}" for embedding in record.embeddings)
         pairs.append(("TI hashes", json.dumps(hashes, ensure_ascii=False)))
+    for index, unit in enumerate(record.controlnets):  # as A1111's ControlNet extension writes its units
+        described = ", ".join(
+            [
+                f"Module: {unit['preprocessor']}",
+                f"Model: {unit['model']} [{unit['sha256'][:8]}]",
+                f"Weight: {unit['weight']}",
+                f"Resize Mode: {_CONTROL_RESIZE[unit['resize_mode']]}",
+                f"Guidance Start: {unit['guidance_start']}",
+                f"Guidance End: {unit['guidance_end']}",
+                f"Control Mode: {_CONTROL_MODES[unit['control_mode']]}",
+            ]
+        )
+        pairs.append((f"ControlNet {index}", json.dumps(described, ensure_ascii=False)))
     pairs.append(("Version", f"sdapi {record.sdapi_version}"))
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)
