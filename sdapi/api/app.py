@@ -18,7 +18,7 @@ from sdapi.api import routes
 from sdapi.api.allow import complete_allow
 from sdapi.api.auth import api_key_guard
 from sdapi.api.body_limit import body_limit_middleware
-from sdapi.api.dialects.a1111 import a1111_router
+from sdapi.api.dialects.a1111 import a1111_router, controlnet_router
 from sdapi.api.dialects.openai import openai_router
 from sdapi.api.docs import StrictStructSchemaPlugin, assets_router, openapi_config
 from sdapi.api.errors import handle_http_exception, handle_sdapi_error, handle_unexpected
@@ -92,6 +92,7 @@ def create_app(
         favicon,
         openai_router(config),
         a1111_router(config),
+        controlnet_router(config),
     ]
     if config.metrics.enabled and config.metrics.port is None:
         route_handlers.append(routes.metrics_text)

@@ -5,6 +5,8 @@ decoded by msgspec into typed Structs."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import math
 import re
@@ -90,3 +92,15 @@ def _check_text(name: str, raw: bytes, charset: str) -> None:
         raw.decode(charset)
     except UnicodeDecodeError:
         raise InvalidParameter(name, f"{name} 不是有效的 {charset[:40]} 文本") from None
+
+
+def decoded(encoded: object, field: str) -> bytes:
+    """The bytes of an A1111 base64 image (with or without a data-URL prefix); raise InvalidParameter naming
+    `field`."""
+    if not isinstance(encoded, str) or not encoded:
+        raise InvalidParameter(field, f"{field} 缺少 base64 图片")
+    payload = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidParameter(field, f"{field} 不是有效的 base64 PNG/JPEG 图片") from None

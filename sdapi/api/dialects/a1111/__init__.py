@@ -9,6 +9,6 @@ when it is set to a value that would change the picture; a field this module doe
 only while it is empty (null, false, 0, "", [] or {}).
 """
 
-from sdapi.api.dialects.a1111.routes import a1111_router
+from sdapi.api.dialects.a1111.routes import a1111_router, controlnet_router
 
-__all__ = ["a1111_router"]
+__all__ = ["a1111_router", "controlnet_router"]

@@ -5,7 +5,6 @@ native upscalers (sdapi.service.extras). Face restoration (GFPGAN, CodeFormer) i
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 import msgspec
@@ -14,6 +13,7 @@ from litestar import Request, get, post
 from sdapi.api.dialects.a1111.errors import a1111_errors
 from sdapi.api.dialects.a1111.translate import LATENT_UPSCALE_MODES, PIXEL_UPSCALER_NAMES, upscaler_for
 from sdapi.api.dialects.common import extras_of, status_of
+from sdapi.api.dialects.fields import decoded
 from sdapi.errors import InvalidParameter
 
 
@@ -89,16 +89,6 @@ def _settings(body: dict[str, Any]) -> _Extras:
     return settings
 
 
-def _raw(encoded: object, field: str) -> bytes:
-    if not isinstance(encoded, str) or not encoded:
-        raise InvalidParameter(field, f"{field} 缺少 base64 图片")
-    payload = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidParameter(field, f"{field} 不是有效的 base64 PNG/JPEG 图片") from None
-
-
 async def _upscaled(request: Request[Any, Any, Any], raw: bytes, field: str, settings: _Extras) -> str:
     neural = _neural(request)
     first = upscaler_for(settings.upscaler_1, neural)
@@ -125,7 +115,7 @@ async def _upscaled(request: Request[Any, Any, Any], raw: bytes, field: str, set
 )
 async def extra_single_image(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
     settings = _settings(data)
-    image = await _upscaled(request, _raw(data.get("image"), "image"), "image", settings)
+    image = await _upscaled(request, decoded(data.get("image"), "image"), "image", settings)
     return {"html_info": "", "image": image}
 
 
@@ -144,5 +134,5 @@ async def extra_batch_images(data: dict[str, Any], request: Request[Any, Any, An
     for index, item in enumerate(items):
         field = f"imageList[{index}]"
         encoded = item.get("data") if isinstance(item, dict) else None
-        images.append(await _upscaled(request, _raw(encoded, field), field, settings))
+        images.append(await _upscaled(request, decoded(encoded, field), field, settings))
     return {"html_info": "", "images": images}

@@ -14,6 +14,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
 from sdapi.api.auth import api_key_guard, caller_of
+from sdapi.api.dialects.a1111 import controlnet
 from sdapi.api.dialects.a1111.answer import answer
 from sdapi.api.dialects.a1111.errors import GENERATION_ERRORS, a1111_errors
 from sdapi.api.dialects.a1111.extras import extra_batch_images, extra_single_image, latent_upscale_modes, upscalers
@@ -228,6 +229,26 @@ def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Respon
     status = 422 if error.status_code == 400 else error.status_code
     message, _ = framework_error_message(error)
     return _error(status, type(error).__name__, message)
+
+
+def controlnet_router(config: Config) -> Router:
+    """The ControlNet extension's own routes, at /controlnet as the extension mounts them, with A1111's login and
+    error shape."""
+    return Router(
+        path="/controlnet",
+        route_handlers=[
+            controlnet.version,
+            controlnet.model_list,
+            controlnet.module_list,
+            controlnet.control_types,
+            controlnet.settings,
+            controlnet.detect,
+        ],
+        guards=[api_key_guard(callers_by_key(config.api), config.api.key_header, basic=True)],
+        tags=["automatic1111"],
+        security=[{"BasicAuth": []}, {"APIKeyHeader": []}],
+        exception_handlers={SdapiError: _sdapi_error, HTTPException: _http_error, Exception: _unexpected},
+    )
 
 
 def a1111_router(config: Config) -> Router:

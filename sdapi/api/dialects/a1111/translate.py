@@ -5,7 +5,6 @@ to a value that would change the picture."""
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import re
 from dataclasses import dataclass
@@ -14,7 +13,9 @@ from typing import Annotated, Any
 import msgspec
 from PIL import ImageOps
 
+from sdapi.api.dialects.a1111.controlnet import native_units
 from sdapi.api.dialects.a1111.models import Checkpoint, checkpoint_of
+from sdapi.api.dialects.fields import decoded
 from sdapi.config import LimitsConfig
 from sdapi.core.params import MIN_SIDE
 from sdapi.core.request import MAX_IMAGES, MAX_SEED, GenerationRequest, LoraRequest
@@ -172,7 +173,12 @@ def check_options(body: dict[str, Any], models: list[Checkpoint]) -> None:
     if not isinstance(scripts, dict):
         refused.append("alwayson_scripts")
     else:  # a script sent switched off ({"args": []} or {"args": [false]}) is fine; any other is not served here
-        refused += [f"alwayson_scripts.{name}" for name, value in scripts.items() if not _script_off(value)]
+        # ControlNet's units are served (sdapi.api.dialects.a1111.controlnet); any other script switched on is not.
+        refused += [
+            f"alwayson_scripts.{name}"
+            for name, value in scripts.items()
+            if name.lower() != "controlnet" and not _script_off(value)
+        ]
     settings = body.get("override_settings") or {}
     if not isinstance(settings, dict):
         refused.append("override_settings")
@@ -238,14 +244,6 @@ def lora_tags(prompt: str) -> tuple[str, list[LoraRequest]]:
     return " ".join(_LORA_TAG.sub(" ", prompt).split()), loras
 
 
-def _decoded(encoded: str, field: str) -> bytes:
-    payload = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidParameter(field, f"{field} 不是有效的 base64 PNG/JPEG 图片") from None
-
-
 def upscaler_for(name: str | None, neural: dict[str, float | None]) -> str:
     """The native upscaler of A1111's hr_upscaler name: its Latent modes, Lanczos and Nearest by name; a neural
     upscaler installed under that name (case aside); else, for the names of A1111's own neural upscalers
@@ -267,7 +265,7 @@ def upscaler_for(name: str | None, neural: dict[str, float | None]) -> str:
 def _mask(encoded: str, fields: A1111Generation, image_size: tuple[int, int], limits: LimitsConfig) -> str:
     """A1111's mask as a native mask_image: read as A1111 reads it (alpha where not opaque, else luminance),
     rounded to black and white with mask_round, and resized as the init image was."""
-    with open_image(_decoded(encoded, "mask"), limits.max_init_image_pixels, "mask") as opened:
+    with open_image(decoded(encoded, "mask"), limits.max_init_image_pixels, "mask") as opened:
         mask = mask_from_image(opened)
     if fields.mask_round:
         mask = rounded(mask)
@@ -281,7 +279,7 @@ def _init_image(encoded: str, mode: int, width: int | None, height: int | None, 
     """A1111's init image (base64, with or without a data-URL prefix) as a native data URL, resized to width x
     height the way A1111's resize_mode says (0 stretches, 1 scales to cover and crops the middle). The image's size
     is checked from its header, and the resize target against the limits, before any pixel is decoded."""
-    raw = _decoded(encoded, "init_images")
+    raw = decoded(encoded, "init_images")
     with open_image(raw, limits.max_init_image_pixels, "init_images") as opened:
         image_format = opened.format
         if width and height and opened.size != (width, height):
@@ -308,7 +306,7 @@ def _check_target(width: int, height: int, limits: LimitsConfig) -> None:
 def _inpainting(fields: A1111Generation, init_image: str, limits: LimitsConfig) -> dict[str, Any]:
     """The native inpainting fields of an img2img request with a mask."""
     assert fields.mask is not None
-    with open_image(_decoded(init_image, "init_images"), limits.max_init_image_pixels, "init_images") as opened:
+    with open_image(decoded(init_image, "init_images"), limits.max_init_image_pixels, "init_images") as opened:
         size = opened.size
     if fields.inpainting_fill not in INPAINTING_FILL:
         raise InvalidParameter("inpainting_fill", f"inpainting_fill 不支持：{fields.inpainting_fill}。可选：0-3")
@@ -384,6 +382,8 @@ def translate(
         "loras": [msgspec.to_builtins(lora) for lora in loras] or None,
         "model": checkpoint_of(body, models).served,
     }
+    pixel_side = min(fields.width, fields.height) if fields.width and fields.height else None
+    native["controlnets"] = native_units(body.get("alwayson_scripts"), init_image, pixel_side) or None
     if image_to_image:
         assert init_image is not None
         native |= {"init_image": init_image, "strength": fields.denoising_strength}
