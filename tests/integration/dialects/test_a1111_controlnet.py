@@ -12,6 +12,8 @@ from PIL import Image
 from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet
 from sdapi.devtools.testing.services import API_KEY, gradient_image
 
+# alwayson_scripts={} on every call: webuiapi adds the units to its default argument's dict, which would carry
+# them into every later call of the test run.
 SMALL = {"width": 64, "height": 64, "steps": 4, "seed": 5, "cfg_scale": 7}
 
 
@@ -43,22 +45,28 @@ def test_the_extensions_lists(api):
 
 def test_a_controlnet_unit_on_txt2img_and_img2img(api):
     model = api.controlnet_model_list()[0]
-    plain = api.txt2img(prompt="a castle", **SMALL)
+    plain = api.txt2img(prompt="a castle", alwayson_scripts={}, **SMALL)
     unit = webuiapi.ControlNetUnit(
         image=_control_picture(), module="canny", model=model, threshold_a=50, threshold_b=150
     )
-    controlled = api.txt2img(prompt="a castle", controlnet_units=[unit], **SMALL)
+    controlled = api.txt2img(prompt="a castle", controlnet_units=[unit], alwayson_scripts={}, **SMALL)
     assert controlled.image.size == (64, 64)
     assert np.abs(_pixels(controlled.image) - _pixels(plain.image)).mean() > 1.0
     assert "ControlNet 0" in controlled.info["infotexts"][0] and "Module: canny" in controlled.info["infotexts"][0]
     off = webuiapi.ControlNetUnit(image=_control_picture(), module="canny", model=model, enabled=False)
     assert np.array_equal(
-        _pixels(api.txt2img(prompt="a castle", controlnet_units=[off], **SMALL).image), _pixels(plain.image)
+        _pixels(api.txt2img(prompt="a castle", controlnet_units=[off], alwayson_scripts={}, **SMALL).image),
+        _pixels(plain.image),
     )
-    again = api.txt2img(prompt="a castle", controlnet_units=[unit], **SMALL)
+    again = api.txt2img(prompt="a castle", controlnet_units=[unit], alwayson_scripts={}, **SMALL)
     assert np.array_equal(_pixels(again.image), _pixels(controlled.image))
     edited = api.img2img(
-        images=[gradient_image(64, 64)], prompt="x", denoising_strength=0.7, controlnet_units=[unit], **SMALL
+        images=[gradient_image(64, 64)],
+        prompt="x",
+        denoising_strength=0.7,
+        controlnet_units=[unit],
+        alwayson_scripts={},
+        **SMALL,
     )
     assert edited.image.size == (64, 64)
 
@@ -77,5 +85,5 @@ def test_controlnet_detect_is_opencvs_canny(api):
 def test_a_unit_for_a_missing_model_is_a_422(api):
     unit = webuiapi.ControlNetUnit(image=_control_picture(), module="canny", model="control_v11p_sd15_canny [d14c016b]")
     with pytest.raises(RuntimeError) as refused:
-        api.txt2img(prompt="x", controlnet_units=[unit], **SMALL)
+        api.txt2img(prompt="x", controlnet_units=[unit], alwayson_scripts={}, **SMALL)
     assert refused.value.args[0] == 422 and "control_v11p_sd15_canny" in refused.value.args[1]
