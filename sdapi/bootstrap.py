@@ -32,6 +32,7 @@ from sdapi.core.nodes import Role
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.engines import Engine, WorkerEngine
 from sdapi.errors import ConfigError, StorageError
+from sdapi.ip_adapters.library import IpAdapterLibrary
 from sdapi.loras.library import LoraLibrary
 from sdapi.service.admission import RequestChecks
 from sdapi.service.catalog import ModelCatalog
@@ -75,6 +76,7 @@ def _worker_engine(
     embeddings: EmbeddingLibrary,
     upscalers: UpscalerLibrary,
     controlnets: ControlNetLibrary,
+    ip_adapters: IpAdapterLibrary,
     given: Engine | None,
 ) -> WorkerEngine:
     """The configured pool of models, or the engine a test or tool passed, serving the default model alone."""
@@ -85,7 +87,9 @@ def _worker_engine(
         return SingleModelEngine(given, config.default_model.name)
     from sdapi.engines.factory import build_engine
 
-    return build_engine(config, library.path_for, embeddings.path_for, upscalers.path_for, controlnets.path_for)
+    return build_engine(
+        config, library.path_for, embeddings.path_for, upscalers.path_for, controlnets.path_for, ip_adapters.path_for
+    )
 
 
 @dataclass
@@ -110,6 +114,7 @@ class Runtime:
     embeddings: EmbeddingLibrary
     upscalers: UpscalerLibrary
     controlnets: ControlNetLibrary
+    ip_adapters: IpAdapterLibrary
     extras: Extras
     _started: bool = field(default=False, repr=False)
     _metrics: MetricsPublisher | None = field(default=None, repr=False)
@@ -122,8 +127,8 @@ class Runtime:
         return await self.status.health()
 
     async def start(self) -> None:
-        """Open the database, check storage, scan the LoRA, embedding, upscaler and ControlNet folders, then start
-        the loops this role runs."""
+        """Open the database, check storage, scan the LoRA, embedding, upscaler, ControlNet and IP-Adapter folders,
+        then start the loops this role runs."""
         await self.stores.database.open()
         try:
             self.storage.prepare()
@@ -139,6 +144,7 @@ class Runtime:
         await asyncio.to_thread(self.embeddings.scan)
         await asyncio.to_thread(self.upscalers.scan)
         await asyncio.to_thread(self.controlnets.scan)
+        await asyncio.to_thread(self.ip_adapters.scan)
         known = {entry.name for entry in self.library.entries()}
         for default in self.config.loras.defaults:
             if default.name not in known:
@@ -226,10 +232,13 @@ def build_runtime(
     embeddings = EmbeddingLibrary(config.embeddings_path, config.embeddings.max_file_mb)
     upscalers = UpscalerLibrary(config.upscalers_path, config.upscalers.max_file_mb)
     controlnets = ControlNetLibrary(config.controlnet_path)
+    ip_adapters = IpAdapterLibrary(config.ip_adapter_path)
     signals = Signals()
     node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     worker_engine = (
-        _worker_engine(config, library, embeddings, upscalers, controlnets, engine) if role.runs_worker else None
+        _worker_engine(config, library, embeddings, upscalers, controlnets, ip_adapters, engine)
+        if role.runs_worker
+        else None
     )
     worker: Worker | None = None
     status = StatusService(
@@ -243,6 +252,7 @@ def build_runtime(
         embeddings,
         upscalers,
         controlnets,
+        ip_adapters,
         worker_engine,
         lambda: worker,
     )
@@ -262,7 +272,7 @@ def build_runtime(
             config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver
         )
         signals.on_delivery_due(callbacks.wake)
-    checks = RequestChecks(config, catalog, library, resolver, embeddings, upscalers, controlnets)
+    checks = RequestChecks(config, catalog, library, resolver, embeddings, upscalers, controlnets, ip_adapters)
     estimator = StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds)
     days = config.retention.days
     return Runtime(
@@ -283,5 +293,6 @@ def build_runtime(
         embeddings=embeddings,
         upscalers=upscalers,
         controlnets=controlnets,
+        ip_adapters=ip_adapters,
         extras=Extras(config, upscalers),
     )

@@ -298,6 +298,12 @@ class ControlNetConfig(_Section, frozen=True):
     annotators_dir: str | None = None
 
 
+class IpAdapterConfig(_Section, frozen=True):
+    # Folder of IP-Adapter files, each with an image_encoder/ folder beside it (one level of subfolders too, as
+    # the published repositories' models/ and sdxl_models/); null: data_dir/ip-adapter.
+    dir: str | None = None
+
+
 class Config(_Section, frozen=True):
     data_dir: str = "./data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -326,6 +332,7 @@ class Config(_Section, frozen=True):
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
     upscalers: UpscalersConfig = UpscalersConfig()
     controlnet: ControlNetConfig = ControlNetConfig()
+    ip_adapter: IpAdapterConfig = IpAdapterConfig()
 
     @property
     def data_path(self) -> Path:
@@ -358,6 +365,10 @@ class Config(_Section, frozen=True):
     @property
     def controlnet_path(self) -> Path:
         return Path(self.controlnet.dir) if self.controlnet.dir else self.data_path / "controlnet"
+
+    @property
+    def ip_adapter_path(self) -> Path:
+        return Path(self.ip_adapter.dir) if self.ip_adapter.dir else self.data_path / "ip-adapter"
 
     @property
     def annotators_path(self) -> Path:
@@ -414,6 +425,7 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         ("upscalers", "dir"),
         ("controlnet", "dir"),
         ("controlnet", "annotators_dir"),
+        ("ip_adapter", "dir"),
     ):
         section = raw.get(folder_section)
         if isinstance(section, dict) and isinstance(section.get(key), str):

@@ -21,7 +21,7 @@ from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import Progress, Task, TaskStatus
-from sdapi.engines import EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, Conditioning, EngineDescription, Generated
 from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, NoChangeFeed, Stores, TaskRecord
@@ -448,7 +448,7 @@ class FakeEngine:
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: StepCallback | None = None,
-        controls: Sequence[Image.Image] = (),
+        conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
         self.runs += 1
         if on_step is not None:

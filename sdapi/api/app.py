@@ -80,6 +80,7 @@ def create_app(
             routes.EmbeddingController,
             routes.UpscalerController,
             routes.ControlNetController,
+            routes.IpAdapterController,
             routes.schedulers,
             routes.models,
         ],

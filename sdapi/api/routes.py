@@ -28,6 +28,7 @@ from sdapi.api.schemas import (
     ErrorResponse,
     GenerateResponse,
     HealthResponse,
+    IpAdapterListResponse,
     LoraListResponse,
     ModelListResponse,
     ModelResponse,
@@ -429,6 +430,28 @@ class ControlNetController(Controller):
         extras: Extras = state.extras
         png = await extras.detect(raw, data.preprocessor, dict(data.preprocessor_options), mask)
         return DetectResponse(image="data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+
+
+class IpAdapterController(Controller):
+    """The IP-Adapter library; mounted under /api/v1 behind the API key guard."""
+
+    path = "/ip-adapters"
+    tags = ("ip-adapters",)
+    security = ({"APIKeyHeader": []},)
+
+    @get(
+        "/",
+        summary="IP-Adapter 列表",
+        description="ip_adapter.dir 中的 IP-Adapter（旁边需有 image_encoder/ 目录）："
+        "名称、类型、文本宽度、大小、sha256、不可用的原因。",
+        responses=_errors(),
+    )
+    async def list_ip_adapters(self, state: State) -> IpAdapterListResponse:
+        return IpAdapterListResponse(ip_adapters=_status(state).ip_adapters())
+
+    @post("/refresh", summary="重新扫描 IP-Adapter", status_code=200, responses=_errors())
+    async def refresh(self, state: State) -> IpAdapterListResponse:
+        return IpAdapterListResponse(ip_adapters=await _status(state).rescan_ip_adapters())
 
 
 @get(

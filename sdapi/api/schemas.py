@@ -12,6 +12,7 @@ from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.results import iso
 from sdapi.core.tasks import Progress
 from sdapi.embeddings.library import EmbeddingEntry
+from sdapi.ip_adapters.library import IpAdapterEntry
 from sdapi.loras.library import LoraEntry
 from sdapi.service.status import ServiceHealth
 from sdapi.service.tasks import TaskView
@@ -199,6 +200,10 @@ class ControlNetListResponse(msgspec.Struct):
 
 class DetectResponse(msgspec.Struct):
     image: Annotated[str, msgspec.Meta(description="预处理后的图片（data:image/png;base64, 前缀）")]
+
+
+class IpAdapterListResponse(msgspec.Struct):
+    ip_adapters: Annotated[list[IpAdapterEntry], msgspec.Meta(description="ip_adapter.dir 中的 IP-Adapter")]
 
 
 class WorkerResponse(msgspec.Struct):

@@ -1,5 +1,5 @@
-"""A task's control images as its ControlNet units see them: opened from what the task keeps, preprocessed, and
-fitted to the picture's size by each unit's resize_mode."""
+"""A task's conditioning pictures as the engine takes them: its ControlNet units' (opened from what the task keeps,
+preprocessed, fitted to the picture's size by each unit's resize_mode) and its IP-Adapter image prompts'."""
 
 from __future__ import annotations
 
@@ -38,9 +38,14 @@ def control_images(params: GenerationParams, parts: dict[str, bytes], annotators
         mask = _open(parts[attachments.MASK]).convert("L")
         if params.inpaint is not None and params.inpaint.invert:
             mask = ImageOps.invert(mask)
-    images = []
+    images: list[Image.Image] = []
     for index, unit in enumerate(params.controlnets):
         source = _open(parts[attachments.control(index)])
         made = run_preprocessor(unit.preprocessor, source, dict(unit.preprocessor_options), mask, annotators)
         images.append(fitted(made, (params.width, params.height), unit.resize_mode))
     return images
+
+
+def image_prompts(params: GenerationParams, parts: dict[str, bytes]) -> list[Image.Image]:
+    """Each IP-Adapter image prompt's picture (RGB; the adapter's image processor sizes it)."""
+    return [_open(parts[attachments.image_prompt(index)]) for index in range(len(params.ip_adapters))]

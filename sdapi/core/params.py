@@ -90,6 +90,14 @@ class ControlUnitSpec(msgspec.Struct, frozen=True, kw_only=True):
     resize_mode: str = "resize"
 
 
+class IpAdapterSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked image prompt: its adapter pinned by content, its image kept beside the task (ip/<index>)."""
+
+    model: str
+    sha256: str
+    weight: float = 1.0
+
+
 class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     """A request with every default applied and every rule checked: what the engine runs."""
 
@@ -121,6 +129,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     hires: HiresParams | None = None
     # ControlNet units, in the request's order (weight-0 units included: the engine leaves them out).
     controlnets: tuple[ControlUnitSpec, ...] = ()
+    # IP-Adapter image prompts (weight-0 ones included: the engine leaves them out).
+    ip_adapters: tuple[IpAdapterSpec, ...] = ()
 
     @property
     def is_image_to_image(self) -> bool:
@@ -129,7 +139,7 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def keeps_images(self) -> bool:
         """Whether the task has images stored beside it until it ends (an init image or control images)."""
-        return self.init_image is not None or bool(self.controlnets)
+        return self.init_image is not None or bool(self.controlnets) or bool(self.ip_adapters)
 
     @property
     def work(self) -> float:
@@ -226,6 +236,7 @@ def resolve_params(
     own_scheduler: str | None = None,
     upscalers: Collection[str] = (),
     controlnets: tuple[ControlUnitSpec, ...] = (),
+    ip_adapters: tuple[IpAdapterSpec, ...] = (),
 ) -> GenerationParams:
     """Apply config defaults (and, for a size neither gives, the model's `native_size`) to a decoded request for
     `model`, and check the rules the schema cannot; raise InvalidParameter. `upscalers`: the neural upscalers'
@@ -305,6 +316,7 @@ def resolve_params(
         inpaint=inpaint,
         hires=hires,
         controlnets=controlnets,
+        ip_adapters=ip_adapters,
     )
 
 

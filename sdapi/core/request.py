@@ -143,6 +143,16 @@ class ControlUnitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     ] = "resize"
 
 
+class IpAdapterRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One image prompt of a request: an IP-Adapter from ip_adapter.dir and the picture whose look it carries."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1, description="IP-Adapter 名称（GET /api/v1/ip-adapters）")]
+    image: Annotated[
+        str, msgspec.Meta(description="参考图片的base64编码（data:image/png;base64, 或 data:image/jpeg;base64, 前缀）")
+    ]
+    weight: Annotated[float, msgspec.Meta(ge=0.0, le=2.0, description="权重（0-2）；0 等于没有此图片提示")] = 1.0
+
+
 class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Body of POST /api/v1/generate, field for field as the API document defines it."""
 
@@ -277,6 +287,10 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             description="ControlNet 单元列表（可多个）：[{model, image, preprocessor, preprocessor_options, weight, "
             "guidance_start, guidance_end, control_mode, resize_mode}]；最多 controlnet.max_units 个"
         ),
+    ] = None
+    ip_adapters: Annotated[
+        list[IpAdapterRequest] | None,
+        msgspec.Meta(description="IP-Adapter 图片提示列表：[{model, image, weight}]"),
     ] = None
     loras: Annotated[
         list[LoraRequest] | None,

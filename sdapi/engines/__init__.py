@@ -5,7 +5,7 @@ engine given as it is. Every engine turns its vendor's exceptions into sdapi err
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +21,18 @@ class Generated:
 
     images: list[Image.Image]
     engine: str
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """The pictures a run follows besides its init image, in the request's order: each ControlNet unit's
+    (preprocessed, at the picture's size) and each IP-Adapter image prompt's."""
+
+    controls: tuple[Image.Image, ...] = ()
+    image_prompts: tuple[Image.Image, ...] = ()
+
+
+NO_CONDITIONING = Conditioning()
 
 
 class EngineDescription(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,7 +80,7 @@ class Engine(Protocol):
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: Callable[[int, int, int], None] | None = None,
-        controls: Sequence[Image.Image] = (),
+        conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
         """The `params.num_images` images for one task; raise GenerationFailed (never a vendor exception).
 

@@ -18,6 +18,7 @@ from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.engines.pool import ModelPool
 from sdapi.engines.router import EngineRouter
 from sdapi.engines.torch_engine import TorchEngine
+from sdapi.ip_adapters.running import IpAdapterFiles
 
 
 def prefers_onnx(config: Config) -> bool:
@@ -38,6 +39,7 @@ def build_engine(
     embedding_files: EmbeddingFiles | None = None,
     upscaler_files: Callable[[str], Path] | None = None,
     controlnet_files: ControlNetFiles | None = None,
+    ip_adapter_files: IpAdapterFiles | None = None,
 ) -> ModelPool:
     """The worker's engine: every configured model, each loaded when first needed (ModelPool), all sharing the
     neural upscalers."""
@@ -49,7 +51,13 @@ def build_engine(
 
     def make(name: str) -> Engine:
         return build_model_engine(
-            config, config.model_config(name), lora_files, embedding_files, upscalers, controlnet_files
+            config,
+            config.model_config(name),
+            lora_files,
+            embedding_files,
+            upscalers,
+            controlnet_files,
+            ip_adapter_files,
         )
 
     return ModelPool(config, make, choose_device(config.model.device))
@@ -62,6 +70,7 @@ def build_model_engine(
     embedding_files: EmbeddingFiles | None = None,
     neural_upscale: NeuralUpscale | None = None,
     controlnet_files: ControlNetFiles | None = None,
+    ip_adapter_files: IpAdapterFiles | None = None,
 ) -> Engine:
     """One model's engine: torch alone, or its ONNX export with torch behind it, as its engine and onnx_path say."""
 
@@ -74,6 +83,7 @@ def build_model_engine(
             neural_upscale,
             controlnet_files,
             config.controlnet.cache_size,
+            ip_adapter_files,
         )
 
     if model.engine == "torch" or model.onnx_path is None:

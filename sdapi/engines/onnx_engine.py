@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import logging
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from PIL import Image
 
 from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.core.params import GenerationParams
-from sdapi.engines import EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, Conditioning, EngineDescription, Generated
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import route_library_logs
@@ -243,7 +242,7 @@ class OnnxEngine:
             raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS)
         if params.hires is not None:
             raise InvalidParameter("hires", ONNX_NO_HIRES)
-        if params.controlnets:
+        if params.controlnets or params.ip_adapters:
             raise InvalidParameter("controlnets", ONNX_NO_CONTROL)
         if self.manifest is None:
             return
@@ -264,7 +263,7 @@ class OnnxEngine:
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: StepCallback | None = None,
-        controls: Sequence[Image.Image] = (),
+        conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
         if not self.loaded:
             raise GenerationFailed("ONNX 模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)

@@ -8,7 +8,7 @@ both engines.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,24 +36,30 @@ StepCallback = Callable[[int, int, int], None]
 
 @dataclass(frozen=True)
 class ControlRun:
-    """A run's ControlNet units: the pipeline of the run's kind with them attached, and each active unit's image
-    (preprocessed, at the output size) with its weight and guidance window."""
+    """A run's ControlNet units and image prompts: the pipeline of the run's kind with them attached, each active
+    unit's image (preprocessed, at the output size) with its weight and guidance window, and the image prompts."""
 
     pipeline: Any
     images: list[Image.Image]
     scales: list[float]
     starts: list[float]
     ends: list[float]
+    image_prompts: list[Image.Image] = field(default_factory=list)  # one per IP-Adapter loaded for the run
 
     def arguments(
         self, key: str, box: tuple[int, int, int, int] | None = None, size: tuple[int, int] | None = None
     ) -> dict[str, Any]:
         """The pipeline's ControlNet arguments, the images under `key` ("image" for text-to-image, "control_image"
         otherwise), cropped to `box` and resized to `size` when a masked-only area renders a crop."""
+        arguments: dict[str, Any] = {}
+        if self.image_prompts:
+            arguments["ip_adapter_image"] = self.image_prompts
         images = self.images
+        if not images:
+            return arguments
         if box is not None and size is not None:
             images = [image.crop(box).resize(size, Image.Resampling.BILINEAR) for image in images]
-        return {
+        return arguments | {
             key: images,
             "controlnet_conditioning_scale": self.scales,
             "control_guidance_start": self.starts,

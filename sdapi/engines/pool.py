@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import msgspec
 import torch
@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdapi.config import Config
 from sdapi.core.params import GenerationParams
-from sdapi.engines import Engine, EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, Conditioning, Engine, EngineDescription, Generated
 from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import ModelLoadFailed
 from sdapi.observability import metrics
@@ -80,9 +80,9 @@ class ModelPool:
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: StepCallback | None = None,
-        controls: Sequence[Image.Image] = (),
+        conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
-        return self._ensure(params.model or self.default).generate(params, init_image, on_step, controls)
+        return self._ensure(params.model or self.default).generate(params, init_image, on_step, conditioning)
 
     # -- the pool ------------------------------------------------------------------------------------------------
 

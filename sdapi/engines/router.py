@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from PIL import Image
 
 from sdapi.core.params import GenerationParams
-from sdapi.engines import Engine, EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, Conditioning, Engine, EngineDescription, Generated
 from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import GenerationFailed, InvalidParameter
 
@@ -95,14 +95,14 @@ class EngineRouter:
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: StepCallback | None = None,
-        controls: Sequence[Image.Image] = (),
+        conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
         if not self.routes_to_preferred(params):
-            return self._fallback_engine().generate(params, init_image, on_step, controls)
+            return self._fallback_engine().generate(params, init_image, on_step, conditioning)
         try:
-            return self.preferred.generate(params, init_image, on_step, controls)
+            return self.preferred.generate(params, init_image, on_step, conditioning)
         except GenerationFailed as error:
             if not self._fallback_on_failure:
                 raise
             logger.warning("%s run failed (%s); running the task on the fallback", self.preferred.name, error.message)
-            return self._fallback_engine().generate(params, init_image, on_step, controls)
+            return self._fallback_engine().generate(params, init_image, on_step, conditioning)

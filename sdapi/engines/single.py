@@ -3,13 +3,13 @@ configured pool. It never loads another model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import msgspec
 from PIL import Image
 
 from sdapi.core.params import GenerationParams
-from sdapi.engines import Engine, EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, Conditioning, Engine, EngineDescription, Generated
 from sdapi.errors import ModelLoadFailed
 
 
@@ -49,9 +49,9 @@ class SingleModelEngine:
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: Callable[[int, int, int], None] | None = None,
-        controls: Sequence[Image.Image] = (),
+        conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
-        return self._engine.generate(params, init_image, on_step, controls)
+        return self._engine.generate(params, init_image, on_step, conditioning)
 
     def loaded_models(self) -> list[str]:
         return [self._model] if self._engine.loaded else []

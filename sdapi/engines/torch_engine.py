@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from sdapi.controlnets.running import ControlNetFiles, ControlNetModels, UnitCon
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
-from sdapi.engines import EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, Conditioning, EngineDescription, Generated
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.hires import NeuralUpscale
@@ -25,6 +26,7 @@ from sdapi.engines.loading import load_pipeline, loaded_family
 from sdapi.engines.pipeline_runs import ControlRun, StepCallback, make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
+from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.models.families import ModelFamily
 
@@ -45,7 +47,10 @@ class TorchEngine:
         neural_upscale: NeuralUpscale | None = None,
         controlnet_files: ControlNetFiles | None = None,
         controlnet_cache_size: int = 2,
+        ip_adapter_files: IpAdapterFiles | None = None,
     ) -> None:
+        self._ip_adapter_files = ip_adapter_files
+        self._ip_adapters: IpAdapters | None = None
         self._model = model
         self._controlnet_files = controlnet_files
         self._controlnet_cache_size = controlnet_cache_size
@@ -87,6 +92,8 @@ class TorchEngine:
         self._text_to_image = pipeline
         # Kept pristine: every request builds its scheduler from this, so none leaks into the next.
         self._scheduler_config = pipeline.scheduler.config
+        if self._ip_adapter_files is not None:
+            self._ip_adapters = IpAdapters(self._ip_adapter_files, self.device, self.dtype)
         if self._controlnet_files is not None:
             self._controlnets = ControlNetModels(
                 self._controlnet_files, self._controlnet_cache_size, self.device, self.dtype
@@ -131,39 +138,48 @@ class TorchEngine:
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: StepCallback | None = None,
-        controls: Sequence[Image.Image] = (),
+        conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
         if not self.loaded:
             raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
         with engine_errors(params), torch.inference_mode():
-            return Generated(self._generate(params, init_image, on_step, controls), self.name)
+            return Generated(self._generate(params, init_image, on_step, conditioning), self.name)
 
-    def _control_run(self, params: GenerationParams, controls: Sequence[Image.Image]) -> ControlRun | None:
-        """The request's ControlNet units with a weight, attached to a pipeline of the run's kind (None: none)."""
-        active = [(unit, image) for unit, image in zip(params.controlnets, controls, strict=True) if unit.weight > 0]
-        if not active:  # weight 0 is "without that unit": left out, so the pixels are the plain run's
+    def _conditioned_run(self, params: GenerationParams, conditioning: Conditioning) -> ControlRun | None:
+        """The request's ControlNet units and image prompts with a weight, on a pipeline of the run's kind made
+        from the model's (after the image prompts' adapters are loaded into it); None when there are none."""
+        units = [(u, image) for u, image in zip(params.controlnets, conditioning.controls, strict=True) if u.weight > 0]
+        prompts = [
+            (p, image) for p, image in zip(params.ip_adapters, conditioning.image_prompts, strict=True) if p.weight > 0
+        ]
+        if not units and not prompts:  # weight 0 is "without it": left out, so the pixels are the plain run's
             return None
-        if self._controlnets is None:
-            raise GenerationFailed("此引擎未配置 ControlNet（controlnet.dir）", ErrorCode.INVALID_INPUT)
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
         base = self._text_to_image
-        nets = [self._controlnets.get(unit.model, unit.sha256, base.unet) for unit, _ in active]
-        units = UnitControlNets(nets, [unit.control_mode for unit, _ in active], params.guidance_scale > 1)
+        attached: dict[str, Any] = {}
+        if units:
+            if self._controlnets is None:
+                raise GenerationFailed("此引擎未配置 ControlNet（controlnet.dir）", ErrorCode.INVALID_INPUT)
+            nets = [self._controlnets.get(unit.model, unit.sha256, base.unet) for unit, _ in units]
+            modes = [unit.control_mode for unit, _ in units]
+            attached["controlnet"] = UnitControlNets(nets, modes, params.guidance_scale > 1)
         if params.inpaint is not None:
-            source, auto = self._inpaint, AutoPipelineForInpainting
+            auto: Any = AutoPipelineForInpainting
         elif params.init_image is not None:
-            source, auto = self._image_to_image, AutoPipelineForImage2Image
+            auto = AutoPipelineForImage2Image
         else:
-            source, auto = base, AutoPipelineForText2Image
-        pipeline = auto.from_pipe(source, controlnet=units)
+            auto = AutoPipelineForText2Image
+        # From the model's own pipeline: it holds the image encoder the image prompts' adapters registered.
+        pipeline = auto.from_pipe(base, **attached)
         pipeline.set_progress_bar_config(disable=True)
         return ControlRun(
             pipeline=pipeline,
-            images=[image for _, image in active],
-            scales=[unit.weight for unit, _ in active],
-            starts=[unit.guidance_start for unit, _ in active],
-            ends=[unit.guidance_end for unit, _ in active],
+            images=[image for _, image in units],
+            scales=[unit.weight for unit, _ in units],
+            starts=[unit.guidance_start for unit, _ in units],
+            ends=[unit.guidance_end for unit, _ in units],
+            image_prompts=[image for _, image in prompts],
         )
 
     def _generate(
@@ -171,7 +187,7 @@ class TorchEngine:
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: StepCallback | None,
-        controls: Sequence[Image.Image] = (),
+        conditioning: Conditioning = NO_CONDITIONING,
     ) -> list[Image.Image]:
         if self.adapters is not None:
             self.adapters.activate(params.loras)
@@ -181,16 +197,23 @@ class TorchEngine:
         params = self._embeddings.apply(params)
         if self.family.inpainting and params.inpaint is None:
             params, init_image = as_edit(params, init_image)
-        control = self._control_run(params, controls) if params.controlnets else None
-        pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
-        return make_images(
-            *pipelines,
-            params,
-            init_image,
-            self._model.batch_size,
-            on_step,
-            inpaint=self._inpaint,
-            native_size=self.family.native_size,
-            neural_upscale=self._neural_upscale,
-            control=control,
+        prompts = [prompt for prompt in params.ip_adapters if prompt.weight > 0]
+        if prompts and self._ip_adapters is None:
+            raise GenerationFailed("此引擎未配置 IP-Adapter（ip_adapter.dir）", ErrorCode.INVALID_INPUT)
+        loaded = (
+            self._ip_adapters.applied(self._text_to_image, prompts) if prompts and self._ip_adapters else nullcontext()
         )
+        with loaded:
+            control = self._conditioned_run(params, conditioning)
+            pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
+            return make_images(
+                *pipelines,
+                params,
+                init_image,
+                self._model.batch_size,
+                on_step,
+                inpaint=self._inpaint,
+                native_size=self.family.native_size,
+                neural_upscale=self._neural_upscale,
+                control=control,
+            )

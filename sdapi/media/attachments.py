@@ -1,6 +1,6 @@
 """The images a task keeps until it ends, as one blob in the init-image store: the init image's bytes as the client
-sent them, the inpainting mask (PNG), each control unit's image. A blob without the prefix is an init image alone
-(what tasks stored before there was anything else)."""
+sent them, the inpainting mask (PNG), each control unit's image, each image prompt's. A blob without the prefix is
+an init image alone (what tasks stored before there was anything else)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ INIT, MASK = "init", "mask"
 def control(index: int) -> str:
     """The part name of control unit `index`'s image."""
     return f"control/{index}"
+
+
+def image_prompt(index: int) -> str:
+    """The part name of IP-Adapter image prompt `index`'s image."""
+    return f"ip/{index}"
 
 
 def pack(parts: dict[str, bytes]) -> bytes | None:

@@ -51,6 +51,7 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     hires: dict[str, Any] | None = None
     # Each ControlNet unit: {model, sha256, preprocessor, preprocessor_options, weight, guidance_start, ...}.
     controlnets: list[dict[str, Any]] = []
+    ip_adapters: list[dict[str, Any]] = []  # {model, sha256, weight} of each image prompt
 
 
 def image_record(
@@ -77,6 +78,7 @@ def image_record(
         embeddings=[{"name": spec.name, "sha256": spec.sha256} for spec in params.embeddings],
         hires=None if params.hires is None else msgspec.structs.asdict(params.hires),
         controlnets=[msgspec.structs.asdict(unit) for unit in params.controlnets],
+        ip_adapters=[msgspec.structs.asdict(prompt) for prompt in params.ip_adapters],
     )
 
 
@@ -133,6 +135,9 @@ def infotext(record: ImageRecord) -> str:
             ]
         )
         pairs.append((f"ControlNet {index}", json.dumps(described, ensure_ascii=False)))
+    if record.ip_adapters:
+        adapters = ", ".join(f"{p['model']} [{p['sha256'][:8]}]: {p['weight']}" for p in record.ip_adapters)
+        pairs.append(("IP-Adapter", json.dumps(adapters, ensure_ascii=False)))
     pairs.append(("Version", f"sdapi {record.sdapi_version}"))
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)

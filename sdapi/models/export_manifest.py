@@ -17,7 +17,7 @@ ONNX_NO_EMBEDDINGS = "ONNX 导出的文本编码器词表固定，不能使用�
 # The second pass resizes latents and may run a neural upscaler: torch runs it.
 ONNX_NO_HIRES = "ONNX 导出不支持高分辨率第二遍（hires），需要 torch 引擎"
 # ControlNet residuals would need a UNet exported to take them as inputs: torch runs them.
-ONNX_NO_CONTROL = "ONNX 导出不支持 ControlNet，需要 torch 引擎"
+ONNX_NO_CONTROL = "ONNX 导出不支持 ControlNet 与 IP-Adapter，需要 torch 引擎"
 
 
 def onnx_parts(family: str) -> tuple[str, ...]:

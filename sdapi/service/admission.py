@@ -22,10 +22,11 @@ from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target
 from sdapi.config import Config
 from sdapi.controlnets.library import ControlNetLibrary
 from sdapi.controlnets.preprocess import check_preprocessor
-from sdapi.core.params import ControlUnitSpec, GenerationParams, InitImageInfo, resolve_params
+from sdapi.core.params import ControlUnitSpec, GenerationParams, InitImageInfo, IpAdapterSpec, resolve_params
 from sdapi.core.request import GenerationRequest
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.errors import InvalidParameter
+from sdapi.ip_adapters.library import IpAdapterLibrary
 from sdapi.loras.library import LoraLibrary
 from sdapi.media import attachments
 from sdapi.media.images import decode_init_image, decode_mask_image
@@ -56,6 +57,7 @@ class RequestChecks:
         embeddings: EmbeddingLibrary,
         upscalers: UpscalerLibrary,
         controlnets: ControlNetLibrary,
+        ip_adapters: IpAdapterLibrary,
     ) -> None:
         self._config = config
         self._catalog = catalog
@@ -63,6 +65,7 @@ class RequestChecks:
         self._embeddings = embeddings
         self._upscalers = upscalers
         self._controlnets = controlnets
+        self._ip_adapters = ip_adapters
         self._resolver = resolver
         self._callback_policy = CallbackPolicy.from_config(config.callbacks)
 
@@ -101,6 +104,7 @@ class RequestChecks:
             own_scheduler=capability.own_scheduler,
             upscalers=self._upscalers.usable(),
             controlnets=await self._control_units(request, model, family, parts),
+            ip_adapters=await self._image_prompts(request, model, parts),
         )
         capability.check(params)
         if params.callback_url is not None:
@@ -109,6 +113,22 @@ class RequestChecks:
                 params.callback_url, self._callback_policy, self._resolver, self._config.callbacks.resolve_timeout
             )
         return Admitted(params, attachments.pack(parts))
+
+    async def _image_prompts(
+        self, request: GenerationRequest, model: str, parts: dict[str, bytes]
+    ) -> tuple[IpAdapterSpec, ...]:
+        """Check each IP-Adapter image prompt (its adapter fits the request's model, its image decodes within the
+        limits) and keep its image in `parts` as ip/<index>."""
+        specs = []
+        text_width = self._catalog.unet_text_width(model)
+        for index, prompt in enumerate(request.ip_adapters or []):
+            field = f"ip_adapters[{index}]"
+            sha256 = self._ip_adapters.resolve(prompt.model, text_width, field)
+            max_pixels = self._config.limits.max_init_image_pixels
+            raw, _ = await asyncio.to_thread(decode_init_image, prompt.image, max_pixels, f"{field}.image")
+            parts[attachments.image_prompt(index)] = raw
+            specs.append(IpAdapterSpec(model=prompt.model, sha256=sha256, weight=prompt.weight))
+        return tuple(specs)
 
     async def _control_units(
         self, request: GenerationRequest, model: str, family: ModelFamily, parts: dict[str, bytes]

@@ -70,7 +70,7 @@ class Capability(msgspec.Struct, frozen=True):
             raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS + hint)
         if params.hires is not None:
             raise InvalidParameter("hires", ONNX_NO_HIRES + hint)
-        if params.controlnets:
+        if params.controlnets or params.ip_adapters:
             raise InvalidParameter("controlnets", ONNX_NO_CONTROL + hint)
         if frozenset((spec.sha256, spec.weight) for spec in params.loras) != onnx.lora_set:
             message = f"ONNX 导出只能使用导出时合并的 LoRA 组合（{onnx.merged or '无'}）"

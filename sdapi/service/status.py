@@ -24,6 +24,7 @@ from sdapi.core.schedulers import A1111_SAMPLER_NAMES, ACCEPTED_SCHEDULERS, KARR
 from sdapi.core.tasks import TaskStatus
 from sdapi.embeddings.library import EmbeddingEntry, EmbeddingLibrary
 from sdapi.engines import EngineDescription, WorkerEngine
+from sdapi.ip_adapters.library import IpAdapterEntry, IpAdapterLibrary
 from sdapi.loras.library import LoraEntry, LoraLibrary
 from sdapi.observability import metrics
 from sdapi.service.catalog import ModelCatalog, ModelView
@@ -102,6 +103,7 @@ class StatusService:
         embeddings: EmbeddingLibrary,
         upscalers: UpscalerLibrary,
         controlnets: ControlNetLibrary,
+        ip_adapters: IpAdapterLibrary,
         engine: WorkerEngine | None,
         worker: Callable[[], WorkerState | None],
     ) -> None:
@@ -115,6 +117,7 @@ class StatusService:
         self._embeddings = embeddings
         self._upscalers = upscalers
         self._controlnets = controlnets
+        self._ip_adapters = ip_adapters
         self._engine = engine
         # The worker is built after this service (it reports to the same registry): asked for when needed.
         self._worker = worker
@@ -217,6 +220,14 @@ class StatusService:
     async def rescan_controlnets(self) -> list[ControlNetEntry]:
         await asyncio.to_thread(self._controlnets.scan)
         return self.controlnets()
+
+    def ip_adapters(self) -> list[IpAdapterEntry]:
+        """ip_adapter.dir as last scanned."""
+        return self._ip_adapters.entries()
+
+    async def rescan_ip_adapters(self) -> list[IpAdapterEntry]:
+        await asyncio.to_thread(self._ip_adapters.scan)
+        return self.ip_adapters()
 
     def schedulers(self) -> SchedulerListing:
         return SchedulerListing(

@@ -21,12 +21,12 @@ from PIL import Image
 
 from sdapi.background.wakeup import Signals, Wakeup
 from sdapi.config import Config
-from sdapi.controlnets.images import control_images
+from sdapi.controlnets.images import control_images, image_prompts
 from sdapi.core import tasks
 from sdapi.core.deliveries import delivery_for
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Task, TaskStatus
-from sdapi.engines import Generated, WorkerEngine
+from sdapi.engines import Conditioning, Generated, WorkerEngine
 from sdapi.errors import (
     GENERIC_GENERATION_FAILURE,
     ErrorCode,
@@ -287,9 +287,12 @@ class Worker:
                 init_image = open_edit_images(parts, params)
             else:
                 init_image = open_init_image(parts[attachments.INIT], params.init_image, params.width, params.height)
-        controls = control_images(params, parts, self._config.annotators_path) if params.controlnets else []
+        conditioning = Conditioning(
+            controls=tuple(control_images(params, parts, self._config.annotators_path)),
+            image_prompts=tuple(image_prompts(params, parts)),
+        )
         began = time.perf_counter()
-        generated = self._engine.generate(params, init_image, run.on_step, controls)
+        generated = self._engine.generate(params, init_image, run.on_step, conditioning)
         run.generation_seconds = time.perf_counter() - began
         return generated
 

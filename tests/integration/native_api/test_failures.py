@@ -9,18 +9,19 @@ import torch
 
 from sdapi.config import ModelConfig
 from sdapi.devtools.testing.services import fetch_image, generate, in_process, submit, wait_for_task
+from sdapi.engines import NO_CONDITIONING
 from sdapi.engines.torch_engine import TorchEngine
 
 
 class FaultyTorchEngine(TorchEngine):
     """The real torch engine, made to hit the faults a GPU deployment meets, chosen by prompt."""
 
-    def _generate(self, params, init_image, on_step, controls=()):
+    def _generate(self, params, init_image, on_step, conditioning=NO_CONDITIONING):
         if params.prompt == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         if params.prompt == "crash":
             raise RuntimeError("illegal memory access at 0xdeadbeef")
-        return super()._generate(params, init_image, on_step, controls)
+        return super()._generate(params, init_image, on_step, conditioning)
 
 
 def test_out_of_memory_and_crashes_fail_the_task_and_the_worker_goes_on(tmp_path, tiny_model):
