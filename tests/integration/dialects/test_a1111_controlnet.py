@@ -10,6 +10,7 @@ import webuiapi
 from PIL import Image
 
 from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet
+from sdapi.devtools.testing.ip_adapter_files import write_tiny_ip_adapter
 from sdapi.devtools.testing.services import API_KEY, gradient_image
 
 # alwayson_scripts={} on every call: webuiapi adds the units to its default argument's dict, which would carry
@@ -27,7 +28,14 @@ def _control_picture() -> Image.Image:
 def api(make_service, tmp_path_factory, tiny_model):
     folder = tmp_path_factory.mktemp("a1111-controlnets")
     write_controlnet(folder / "tiny-canny", tiny_controlnet(tiny_model, seed=1))
-    service = make_service("a1111-controlnet", controlnet={"dir": str(folder)}, model={"dtype": "float32"})
+    adapters = tmp_path_factory.mktemp("a1111-ip-adapters")
+    write_tiny_ip_adapter(adapters, tiny_model, "tiny-ip", seed=1)
+    service = make_service(
+        "a1111-controlnet",
+        controlnet={"dir": str(folder)},
+        ip_adapter={"dir": str(adapters)},
+        model={"dtype": "float32"},
+    )
     host, port = service.url.removeprefix("http://").split(":")
     return webuiapi.WebUIApi(host=host, port=int(port), username="anyone", password=API_KEY)
 
@@ -37,14 +45,14 @@ def _pixels(image: Image.Image) -> np.ndarray:
 
 
 def test_the_extensions_lists(api):
-    (model,) = api.controlnet_model_list()
-    assert model.startswith("tiny-canny [")
+    models = api.controlnet_model_list()
+    assert [name.split(" [")[0] for name in models] == ["tiny-canny", "tiny-ip"]
     assert "canny" in api.controlnet_module_list() and "depth_midas" in api.controlnet_module_list()
     assert api.controlnet_version() == 2
 
 
 def test_a_controlnet_unit_on_txt2img_and_img2img(api):
-    model = api.controlnet_model_list()[0]
+    model = next(name for name in api.controlnet_model_list() if name.startswith("tiny-canny"))
     plain = api.txt2img(prompt="a castle", alwayson_scripts={}, **SMALL)
     unit = webuiapi.ControlNetUnit(
         image=_control_picture(), module="canny", model=model, threshold_a=50, threshold_b=150
@@ -69,6 +77,15 @@ def test_a_controlnet_unit_on_txt2img_and_img2img(api):
         **SMALL,
     )
     assert edited.image.size == (64, 64)
+
+
+def test_an_ip_adapter_unit_is_an_image_prompt(api):
+    plain = api.txt2img(prompt="a castle", alwayson_scripts={}, **SMALL)
+    adapter = next(name for name in api.controlnet_model_list() if name.startswith("tiny-ip"))
+    unit = webuiapi.ControlNetUnit(image=gradient_image(48, 48), module="ip-adapter_clip_sd15", model=adapter)
+    prompted = api.txt2img(prompt="a castle", controlnet_units=[unit], alwayson_scripts={}, **SMALL)
+    assert np.abs(_pixels(prompted.image) - _pixels(plain.image)).mean() > 1.0
+    assert "IP-Adapter" in prompted.info["infotexts"][0]
 
 
 def test_controlnet_detect_is_opencvs_canny(api):

@@ -93,15 +93,19 @@ def _options(unit: dict[str, Any], module: str, pixel_side: int | None) -> dict[
     return options
 
 
-def native_units(scripts: Any, init_image: str | None, pixel_side: int | None) -> list[dict[str, Any]]:
-    """The native ControlNet units of an A1111 request's alwayson_scripts (empty when it has none)."""
+def native_units(
+    scripts: Any, init_image: str | None, pixel_side: int | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The native ControlNet units and IP-Adapter image prompts (the extension's `ip-adapter_*` modules) of an
+    A1111 request's alwayson_scripts (empty when it has none)."""
     if not isinstance(scripts, dict):
-        return []
+        return [], []
     script = script_of(scripts)
     args = script.get("args") if isinstance(script, dict) else None
     if not isinstance(args, list):
-        return []
-    units = []
+        return [], []
+    units: list[dict[str, Any]] = []
+    prompts: list[dict[str, Any]] = []
     for index, unit in enumerate(args):
         field = f"alwayson_scripts.controlnet.args[{index}]"
         if not isinstance(unit, dict):
@@ -112,11 +116,17 @@ def native_units(scripts: Any, init_image: str | None, pixel_side: int | None) -
         if not unit.get("enabled", True) or model == "None":
             continue
         module = str(unit.get("module") or "none").lower()
-        if module not in MODULES:
-            raise InvalidParameter(field, f"{field}.module 不支持：{module!r}。可选：{', '.join(MODULES)}")
         image = unit.get("image") or unit.get("input_image")
         if isinstance(image, dict):
             image = image.get("image")
+        if module.startswith("ip-adapter"):  # an image prompt: the picture's look, not a map to follow
+            if not image:
+                raise InvalidParameter(field, f"{field}.image 缺少 IP-Adapter 的参考图片")
+            name = _HASH_SUFFIX.sub("", str(model))
+            prompts.append({"model": name, "image": _data_url(str(image)), "weight": float(unit.get("weight", 1.0))})
+            continue
+        if module not in MODULES:
+            raise InvalidParameter(field, f"{field}.module 不支持：{module!r}。可选：{', '.join(MODULES)}")
         if not image:
             if init_image is None:
                 raise InvalidParameter(field, f"{field}.image 缺少控制图片（txt2img 没有可代替的 init_images）")
@@ -134,7 +144,7 @@ def native_units(scripts: Any, init_image: str | None, pixel_side: int | None) -
                 "resize_mode": _choice(unit.get("resize_mode", 1), _RESIZE, f"{field}.resize_mode"),
             }
         )
-    return units
+    return units, prompts
 
 
 # -- the extension's routes (/controlnet/...) --------------------------------------------------------------------
@@ -146,8 +156,10 @@ async def version() -> dict[str, int]:
 
 
 def _model_names(request: Request[Any, Any, Any]) -> list[str]:
-    entries = [entry for entry in status_of(request).controlnets() if entry.error is None]
-    return [f"{entry.name} [{entry.sha256[:8]}]" for entry in entries]
+    """The ControlNets, then the IP-Adapters (the extension keeps both in its models folder), with hash suffixes."""
+    status = status_of(request)
+    entries = [*status.controlnets(), *status.ip_adapters()]
+    return [f"{entry.name} [{entry.sha256[:8]}]" for entry in entries if entry.error is None]
 
 
 @get("/model_list", summary="AUTOMATIC1111 ControlNet: 模型列表（名称 [sha256 前 8 位]）", responses=a1111_errors())
@@ -155,8 +167,12 @@ async def model_list(request: Request[Any, Any, Any]) -> dict[str, list[str]]:
     return {"model_list": _model_names(request)}
 
 
+# The extension's IP-Adapter modules: their units become image prompts (the encoder comes with the adapter).
+IP_ADAPTER_MODULES = ("ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_h", "ip-adapter_clip_g")
+
+
 def _served_modules() -> list[str]:
-    return [name for name, (preprocessor, _) in MODULES.items() if preprocessor != "openpose"]
+    return [*(name for name, (kind, _) in MODULES.items() if kind != "openpose"), *IP_ADAPTER_MODULES]
 
 
 @get("/module_list", summary="AUTOMATIC1111 ControlNet: 预处理器列表", responses=a1111_errors())
@@ -170,6 +186,7 @@ async def control_types(request: Request[Any, Any, Any]) -> dict[str, Any]:
     models = ["None", *_model_names(request)]
     kinds = {"All": _served_modules(), "Canny": ["canny"], "Depth": ["depth_midas"], "Tile": ["tile_resample"]}
     kinds |= {"Inpaint": ["inpaint_only"], "Scribble": ["scribble_xdog"], "Shuffle": ["shuffle"]}
+    kinds["IP-Adapter"] = list(IP_ADAPTER_MODULES)
     return {
         "control_types": {
             kind: {"module_list": modules, "model_list": models, "default_option": modules[0], "default_model": "None"}

@@ -383,7 +383,9 @@ def translate(
         "model": checkpoint_of(body, models).served,
     }
     pixel_side = min(fields.width, fields.height) if fields.width and fields.height else None
-    native["controlnets"] = native_units(body.get("alwayson_scripts"), init_image, pixel_side) or None
+    units, image_prompts = native_units(body.get("alwayson_scripts"), init_image, pixel_side)
+    native["controlnets"] = units or None
+    native["ip_adapters"] = image_prompts or None
     if image_to_image:
         assert init_image is not None
         native |= {"init_image": init_image, "strength": fields.denoising_strength}
