@@ -67,6 +67,8 @@ class TaskResponse(msgspec.Struct):
     embeddings: Annotated[
         list[str], msgspec.Meta(description="提示词或负面提示词中写出的嵌入（textual inversion）名称")
     ] = []
+    controlnets: Annotated[list[str], msgspec.Meta(description="本任务的 ControlNet 单元使用的模型")] = []
+    ip_adapters: Annotated[list[str], msgspec.Meta(description="本任务的图片提示使用的 IP-Adapter")] = []
     callback_status: Annotated[
         str | None, msgspec.Meta(description="回调投递状态：pending、delivered、failed；无 callback_url 时为 null")
     ] = None
@@ -289,6 +291,8 @@ def task_response(view: TaskView) -> TaskResponse:
         engine=task.engine,
         loras=[LoraUsed(name=spec.name, weight=spec.weight) for spec in task.params.loras],
         embeddings=[spec.name for spec in task.params.embeddings],
+        controlnets=[unit.model for unit in task.params.controlnets],
+        ip_adapters=[prompt.model for prompt in task.params.ip_adapters],
         callback_status=None if delivery is None else delivery.status.value,
         callback_attempts=None if delivery is None else delivery.attempts,
         error_code=None if task.error_code is None else task.error_code.value,

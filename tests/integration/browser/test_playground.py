@@ -15,6 +15,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
 from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
+from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet
 from sdapi.devtools.testing.services import API_KEY, gradient_image
 
 pytestmark = [pytest.mark.browser]
@@ -26,7 +27,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 def service(make_service, tmp_path_factory, tiny_model):
     loras = tmp_path_factory.mktemp("playground-loras")
     write_adapter(loras / "ink.safetensors", model_modules(tiny_model), "lora", seed=5)
-    return make_service("playground", loras={"dir": str(loras)})
+    controlnets = tmp_path_factory.mktemp("playground-controlnets")
+    write_controlnet(controlnets / "tiny-edges", tiny_controlnet(tiny_model, seed=1))
+    return make_service("playground", loras={"dir": str(loras)}, controlnet={"dir": str(controlnets)})
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +159,26 @@ def test_draw_a_mask_on_the_init_image_and_get_it_inpainted(page, service):
     # The stroke runs across the middle: the top and bottom bands are the init image's, the stroke is redrawn.
     assert np.array_equal(out[:16], original[:16]) and np.array_equal(out[-16:], original[-16:])
     assert np.abs(out[28:36, 40:56] - original[28:36, 40:56]).mean() > 5.0
+
+
+def test_add_a_controlnet_unit_preview_its_map_and_generate_with_it(page, service, tmp_path):
+    control = tmp_path / "edges.png"
+    gradient_image(64, 64).save(control)
+    page.get_by_text("ControlNet 与图片提示").click()
+    page.get_by_role("button", name="添加 ControlNet 单元").click()
+    page.get_by_label("ControlNet 模型 1").select_option("tiny-edges")
+    page.get_by_label("控制图片 1").set_input_files(str(control))
+    page.get_by_label("预处理器 1").select_option("canny")
+    page.get_by_label("单元权重 1").fill("0.8")
+    page.get_by_role("button", name="预览预处理").click()
+    expect(page.locator(".unit img[data-detected=true]")).to_be_visible(timeout=30_000)
+    page.get_by_label("提示词", exact=True).fill("a castle")
+    fill_small(page)
+    page.get_by_role("button", name="生成").click()
+    expect(page.locator("#status")).to_contain_text("完成", timeout=60_000)
+    with service.client() as client:
+        [task] = client.get("/api/v1/tasks?limit=1").json()["tasks"]
+    assert task["controlnets"] == ["tiny-edges"] and task["status"] == "completed"
 
 
 def test_the_second_pass_makes_the_picture_larger(page):

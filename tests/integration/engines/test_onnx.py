@@ -186,6 +186,16 @@ def test_an_inpainting_checkpoints_export_serves_every_mode(tmp_path_factory, ti
             assert mean_abs_diff(_pixels(onnx), _pixels(reference)) <= 3 * PARITY, body.keys()
 
 
+def test_controlnet_units_run_on_torch_and_say_so(onnx_service, tiny_model):
+    from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet
+
+    write_controlnet(onnx_service.config.controlnet_path / "tiny-edges", tiny_controlnet(tiny_model, seed=1))
+    with onnx_service.client() as client:
+        client.post("/api/v1/controlnets/refresh")
+    unit = {"model": "tiny-edges", "image": data_url(gradient_image(64, 64))}
+    assert _run(onnx_service, controlnets=[unit])["engine"] == "torch"
+
+
 def test_engine_onnx_refuses_other_lora_sets_at_submit(tmp_path, tiny_model, lora_folder, merged_export):
     model = {**FP32, "engine": "onnx", "onnx_path": str(merged_export)}
     (tmp_path / "data" / "embeddings").mkdir(parents=True)
