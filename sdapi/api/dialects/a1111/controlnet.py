@@ -158,8 +158,9 @@ async def version() -> dict[str, int]:
 def _model_names(request: Request[Any, Any, Any]) -> list[str]:
     """The ControlNets, then the IP-Adapters (the extension keeps both in its models folder), with hash suffixes."""
     status = status_of(request)
-    entries = [*status.controlnets(), *status.ip_adapters()]
-    return [f"{entry.name} [{entry.sha256[:8]}]" for entry in entries if entry.error is None]
+    named = [(entry.name, entry.sha256, entry.error) for entry in status.controlnets()]
+    named += [(entry.name, entry.sha256, entry.error) for entry in status.ip_adapters()]
+    return [f"{name} [{sha256[:8]}]" for name, sha256, error in named if error is None]
 
 
 @get("/model_list", summary="AUTOMATIC1111 ControlNet: 模型列表（名称 [sha256 前 8 位]）", responses=a1111_errors())
