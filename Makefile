@@ -66,6 +66,7 @@ bench-loras: install-dev
 MODELS ?= tiny,sd15
 bench-engines: install-dev
 	$(BIN)/python -m bench.engines --workdir data/bench --models $(MODELS)
+	$(BIN)/python -m bench.controlnet --workdir data/bench
 
 # PostgreSQL, one API node and one then two workers (one torch thread each) on the tiny model.
 bench-scale: install-dev
