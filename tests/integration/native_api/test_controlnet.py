@@ -180,3 +180,13 @@ def test_out_of_range_unit_settings_are_422s(control_client):
     for unit in (_unit(weight=2.5), _unit(control_mode="loud"), _unit(resize_mode="zoom")):
         response = control_client.post("/api/v1/generate", json={**BODY, "controlnets": [unit]})
         assert response.status_code == 422, response.text
+
+
+def test_an_sdxl_controlnet_on_an_sdxl_model(make_service, controlnet_dir, tiny_sdxl):
+    running = make_service("controlnet-sdxl", tiny_sdxl, controlnet={"dir": str(controlnet_dir)})
+    with running.client() as client:
+        _, plain = _run(client, None, num_inference_steps=3)
+        _, controlled = _run(client, [_unit(model="tiny-xl")], num_inference_steps=3)
+        refused = client.post("/api/v1/generate", json={**BODY, "controlnets": [_unit()]})
+    assert np.abs(controlled - plain).mean() > 1.0
+    assert refused.status_code == 400 and "SD 1.x/2.x" in refused.json()["detail"]

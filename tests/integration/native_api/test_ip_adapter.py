@@ -15,12 +15,17 @@ REFERENCE = data_url(gradient_image(48, 48))
 
 
 @pytest.fixture(scope="module")
-def ip_client(make_service, tmp_path_factory, tiny_model, tiny_sdxl):
+def adapter_dir(tmp_path_factory, tiny_model, tiny_sdxl):
     folder = tmp_path_factory.mktemp("ip-adapters")
     write_tiny_ip_adapter(folder, tiny_model, "tiny-ip", seed=1)
     write_tiny_ip_adapter(folder / "sdxl_models", tiny_sdxl, "tiny-ip-xl", seed=2)
     (folder / "broken.safetensors").write_bytes(b"not an adapter")
-    running = make_service("ip-adapter", ip_adapter={"dir": str(folder)}, model={"dtype": "float32"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ip_client(make_service, adapter_dir):
+    running = make_service("ip-adapter", ip_adapter={"dir": str(adapter_dir)}, model={"dtype": "float32"})
     with running.client() as client:
         yield client
 
@@ -71,3 +76,16 @@ def test_what_cannot_run_is_a_400(ip_client, prompt, words):
     response = ip_client.post("/api/v1/generate", json={**BODY, "ip_adapters": [prompt]})
     assert response.status_code == 400, response.text
     assert words in response.json()["detail"]
+
+
+def test_an_sdxl_image_prompt_on_an_sdxl_model(make_service, adapter_dir, tiny_sdxl):
+    """The SDXL adapter, with the image encoder of its own sdxl_models/ folder."""
+    running = make_service("ip-adapter-sdxl", tiny_sdxl, ip_adapter={"dir": str(adapter_dir)})
+    with running.client() as client:
+        plain = _run(client, None, num_inference_steps=3)
+        prompted = _run(client, [{"model": "tiny-ip-xl", "image": REFERENCE}], num_inference_steps=3)
+        refused = client.post(
+            "/api/v1/generate", json={**BODY, "ip_adapters": [{"model": "tiny-ip", "image": REFERENCE}]}
+        )
+    assert np.abs(prompted - plain).mean() > 1.0
+    assert refused.status_code == 400 and "32" in refused.json()["detail"]
