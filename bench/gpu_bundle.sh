@@ -5,8 +5,8 @@
 #
 #   bench/gpu_bundle.sh [--out DIR] [--part-mb N] [--wheels-from DIR]
 #
-# --out: where the bundle is written (default bench/gpu-bundle, ignored by git); --part-mb: the largest part
-# (default 60); --wheels-from: take the wheels from a folder instead of downloading (the tests do).
+# --out: where the bundle is written (default bench/gpu-bundle, ignored by git); --part-mb: the largest part in MB
+# (10^6 bytes; default 60); --wheels-from: take the wheels from a folder instead of downloading (the tests do).
 # On the device, `bash <out>/join.sh` joins the parts, checks every wheel's sha256, and installs them into
 # $TARGET (default /tmp/sdapi-site); bench/gpu_check.py --wheels <out>/wheels installs them itself too.
 set -euo pipefail
@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
 done
 here="$(cd "$(dirname "$0")" && pwd)"
 python="${PYTHON:-python3}"
-part_bytes="$("$python" -c "print(int(float('$part_mb') * 2**20))")"
+part_bytes="$("$python" -c "print(int(float('$part_mb') * 10**6))")"
 # What one call may carry beside the working tree that travels with it anyway.
 tree_bytes="$(git -C "$here/.." ls-files -z | (cd "$here/.." && xargs -0 stat -c %s 2>/dev/null) | awk '{s += $1} END {print s + 0}')"
 call_bytes=$(( 64 * 2**20 - tree_bytes - 2**20 ))
