@@ -5,6 +5,7 @@ OpenCV (and transformers, for depth), imported on first use.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,16 @@ def _inpaint(image: Image.Image, mask: Image.Image | None) -> np.ndarray:
     return pixels
 
 
-def _depth(image: Image.Image, annotators: Path) -> np.ndarray:
+@functools.lru_cache(maxsize=1)
+def _depth_estimator(folder: str) -> Any:
+    """transformers' depth-estimation pipeline on the model in `folder`, loaded once (it is the slow part)."""
     from transformers import pipeline
 
-    estimator = pipeline("depth-estimation", model=str(annotators / "depth"), device="cpu")
-    depth = estimator(image.convert("RGB"))["depth"]
+    return pipeline("depth-estimation", model=folder, device="cpu")
+
+
+def _depth(image: Image.Image, annotators: Path) -> np.ndarray:
+    depth = _depth_estimator(str(annotators / "depth"))(image.convert("RGB"))["depth"]
     return np.asarray(depth.convert("RGB").resize(image.size))
 
 

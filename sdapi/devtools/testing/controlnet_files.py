@@ -34,3 +34,27 @@ def write_controlnet(path: Path, controlnet: ControlNetModel, single_file: bool 
     else:
         controlnet.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def write_tiny_depth_model(folder: Path) -> Path:
+    """A tiny DPT depth-estimation model with its image processor at `folder` (what controlnet.annotators_dir/depth
+    holds), seeded random: the depth preprocessor runs through transformers' pipeline as with a real one."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(0)
+    config = DPTConfig(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 8, 8, 8],
+        fusion_hidden_size=8,
+        reassemble_factors=[4, 2, 1, 0.5],
+        head_in_index=-1,
+    )
+    DPTForDepthEstimation(config).save_pretrained(str(folder))
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(str(folder))
+    return folder

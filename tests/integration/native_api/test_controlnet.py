@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
-from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet
+from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet, write_tiny_depth_model
 from sdapi.devtools.testing.services import data_url, fetch_image, fetch_pixels, generate, gradient_image
 
 BODY = {"prompt": "a castle", "width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5, "seed": 9}
@@ -190,3 +190,16 @@ def test_an_sdxl_controlnet_on_an_sdxl_model(make_service, controlnet_dir, tiny_
         refused = client.post("/api/v1/generate", json={**BODY, "controlnets": [_unit()]})
     assert np.abs(controlled - plain).mean() > 1.0
     assert refused.status_code == 400 and "SD 1.x/2.x" in refused.json()["detail"]
+
+
+def test_the_depth_preprocessor_runs_a_transformers_depth_model(make_service, controlnet_dir, tmp_path_factory):
+    annotators = tmp_path_factory.mktemp("annotators")
+    write_tiny_depth_model(annotators / "depth")
+    running = make_service(
+        "controlnet-depth", controlnet={"dir": str(controlnet_dir), "annotators_dir": str(annotators)}
+    )
+    with running.client() as client:
+        depth = _detect(client, "depth")
+        result = generate(client, **BODY, controlnets=[_unit(model="tiny-depth", preprocessor="depth")])
+    assert depth.size == (64, 64) and np.asarray(depth).std() > 0
+    assert result["status"] == "completed", result
