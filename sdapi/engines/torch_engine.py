@@ -119,7 +119,8 @@ class TorchEngine:
         )
 
     def check(self, params: GenerationParams) -> None:
-        """Every size and LoRA set the params rules allow runs on torch, given a LoRA folder to read from."""
+        """Every size and LoRA set the params rules allow runs on torch, given the folders (LoRAs, embeddings,
+        upscalers, ControlNets, IP-Adapters) its requests name."""
         if params.loras and self._lora_files is None:
             raise InvalidParameter("loras", "此引擎未配置 LoRA")
         if params.embeddings and self._embedding_files is None:
@@ -130,6 +131,8 @@ class TorchEngine:
             raise InvalidParameter("hires", "此引擎未配置神经网络放大模型（upscalers）")
         if params.controlnets and self._controlnet_files is None:
             raise InvalidParameter("controlnets", "此引擎未配置 ControlNet（controlnet.dir）")
+        if params.ip_adapters and self._ip_adapter_files is None:
+            raise InvalidParameter("ip_adapters", "此引擎未配置 IP-Adapter（ip_adapter.dir）")
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
 
