@@ -203,3 +203,10 @@ def test_the_depth_preprocessor_runs_a_transformers_depth_model(make_service, co
         result = generate(client, **BODY, controlnets=[_unit(model="tiny-depth", preprocessor="depth")])
     assert depth.size == (64, 64) and np.asarray(depth).std() > 0
     assert result["status"] == "completed", result
+
+
+def test_a_batch_with_a_unit_follows_the_seed_rule(control_client):
+    batch = generate(control_client, **(BODY | {"num_images": 2}), controlnets=[_unit()])
+    assert batch["status"] == "completed", batch
+    _, single = _run(control_client, [_unit()], seed=BODY["seed"] + 1)
+    assert np.array_equal(fetch_pixels(batch["result_urls"][1]), single)
