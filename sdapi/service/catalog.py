@@ -124,6 +124,29 @@ def _capability(entry: ModelEntry) -> Capability:
     return Capability(own_scheduler=_own_scheduler(folder) if folder else None)
 
 
+def _unet_text_width(source: str) -> int | None:
+    if describe_source(source) != "folder":
+        return None
+    config = _json(Path(source) / "unet" / "config.json")
+    width = config.get("cross_attention_dim") if config else None
+    return width if isinstance(width, int) else None
+
+
+def _text_widths(source: str) -> tuple[int, ...] | None:
+    if describe_source(source) != "folder":
+        return None
+    widths = []
+    for part in ("text_encoder", "text_encoder_2"):
+        config = _json(Path(source) / part / "config.json")
+        if config is None:
+            continue
+        width = config.get("hidden_size")
+        if not isinstance(width, int):
+            return None
+        widths.append(width)
+    return tuple(widths) or None
+
+
 class ModelCatalog:
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -131,6 +154,9 @@ class ModelCatalog:
         self.default = config.default_model.name
         self._families = {name: self._detect(entry.path) for name, entry in self._entries.items()}
         self._capabilities = {name: _capability(entry) for name, entry in self._entries.items()}
+        # Read once here, not per request: every submit naming an embedding, ControlNet or IP-Adapter asks.
+        self._text_widths = {name: _text_widths(entry.path) for name, entry in self._entries.items()}
+        self._unet_text_widths = {name: _unet_text_width(entry.path) for name, entry in self._entries.items()}
         self._hashes: dict[str, str | None] = {}
         self._lock = threading.Lock()
 
@@ -146,30 +172,13 @@ class ModelCatalog:
 
     def unet_text_width(self, name: str) -> int | None:
         """The text width model `name`'s UNet attends to (its cross_attention_dim: what a ControlNet must share),
-        from its folder's config; None when its files do not say."""
-        source = self._entries[name].path
-        if describe_source(source) != "folder":
-            return None
-        config = _json(Path(source) / "unet" / "config.json")
-        width = config.get("cross_attention_dim") if config else None
-        return width if isinstance(width, int) else None
+        read from its folder at start-up; None when its files do not say."""
+        return self._unet_text_widths[name]
 
     def text_widths(self, name: str) -> tuple[int, ...] | None:
-        """The widths of model `name`'s text encoders (what an embedding must match), from its folder's configs;
-        None when its files do not say (a single file or hub id: the worker checks once loaded)."""
-        source = self._entries[name].path
-        if describe_source(source) != "folder":
-            return None
-        widths = []
-        for part in ("text_encoder", "text_encoder_2"):
-            config = _json(Path(source) / part / "config.json")
-            if config is None:
-                continue
-            width = config.get("hidden_size")
-            if not isinstance(width, int):
-                return None
-            widths.append(width)
-        return tuple(widths) or None
+        """The widths of model `name`'s text encoders (what an embedding must match), read from its folder at
+        start-up; None when its files do not say (a single file or hub id: the worker checks once loaded)."""
+        return self._text_widths[name]
 
     @staticmethod
     def _detect(path: str) -> ModelFamily:
