@@ -18,6 +18,7 @@ import msgspec
 from sdapi.errors import InvalidParameter
 from sdapi.models.digests import sha256_file
 from sdapi.models.families import Family, ModelFamily, safetensors_keys
+from sdapi.models.pinned import pinned_path
 
 logger = logging.getLogger(__name__)
 
@@ -153,12 +154,9 @@ class ControlNetLibrary:
     def path_for(self, name: str, sha256: str) -> Path:
         """The folder or file of a resolved model; a name this process has not seen rescans the folder first.
         Raise InvalidParameter when it is gone or changed since submit."""
+        gone = f"ControlNet {name} 已被删除或修改（提交后文件内容变化）"
+        return pinned_path(lambda: self._lookup(name), self.scan, sha256, "controlnets", gone)
+
+    def _lookup(self, name: str) -> _Scanned | None:
         with self._lock:
-            scanned = self._files.get(name)
-        if scanned is None or scanned.full_sha256 != sha256:
-            self.scan()
-            with self._lock:
-                scanned = self._files.get(name)
-        if scanned is None or scanned.full_sha256 != sha256:
-            raise InvalidParameter("controlnets", f"ControlNet {name} 已被删除或修改（提交后文件内容变化）")
-        return scanned.path
+            return self._files.get(name)

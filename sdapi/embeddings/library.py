@@ -17,6 +17,7 @@ import msgspec
 from sdapi.core.request import EmbeddingSpec
 from sdapi.errors import InvalidParameter
 from sdapi.models.digests import sha256_file
+from sdapi.models.pinned import pinned_path
 
 logger = logging.getLogger(__name__)
 
@@ -146,12 +147,9 @@ class EmbeddingLibrary:
     def path_for(self, spec: EmbeddingSpec) -> Path:
         """The file behind a resolved embedding; raise InvalidParameter when it is gone or changed since submit.
         A name this process has not seen (added after its last scan, through another node) rescans the folder."""
+        gone = f"嵌入 {spec.name} 已被删除或修改（提交后文件内容变化）"
+        return pinned_path(lambda: self._lookup(spec.name), self.scan, spec.sha256, "prompt", gone)
+
+    def _lookup(self, name: str) -> _Scanned | None:
         with self._lock:
-            scanned = self._files.get(spec.name)
-        if scanned is None or scanned.full_sha256 != spec.sha256:
-            self.scan()
-            with self._lock:
-                scanned = self._files.get(spec.name)
-        if scanned is None or scanned.full_sha256 != spec.sha256:
-            raise InvalidParameter("prompt", f"嵌入 {spec.name} 已被删除或修改（提交后文件内容变化）")
-        return scanned.path
+            return self._files.get(name)

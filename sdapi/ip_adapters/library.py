@@ -14,6 +14,7 @@ import msgspec
 from sdapi.errors import InvalidParameter
 from sdapi.models.digests import sha256_file
 from sdapi.models.families import safetensors_keys
+from sdapi.models.pinned import pinned_path
 
 logger = logging.getLogger(__name__)
 
@@ -123,12 +124,10 @@ class IpAdapterLibrary:
         return scanned.full_sha256
 
     def path_for(self, name: str, sha256: str) -> Path:
+        """The file of a resolved adapter (sdapi.models.pinned: a rescan for one this process has not seen)."""
+        gone = f"IP-Adapter {name} 已被删除或修改（提交后文件内容变化）"
+        return pinned_path(lambda: self._lookup(name), self.scan, sha256, "ip_adapters", gone)
+
+    def _lookup(self, name: str) -> _Scanned | None:
         with self._lock:
-            scanned = self._files.get(name)
-        if scanned is None or scanned.full_sha256 != sha256:
-            self.scan()
-            with self._lock:
-                scanned = self._files.get(name)
-        if scanned is None or scanned.full_sha256 != sha256:
-            raise InvalidParameter("ip_adapters", f"IP-Adapter {name} 已被删除或修改（提交后文件内容变化）")
-        return scanned.path
+            return self._files.get(name)
