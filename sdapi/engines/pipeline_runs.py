@@ -116,6 +116,10 @@ def make_images(
         arguments = {"width": params.width, "height": params.height}
         if control is not None:
             arguments |= control.arguments("image")
+    if control is not None:
+        # One image per call with ControlNet units: a batched ControlNet forward is not always bit-identical to the
+        # one-image run on the CPU (seen after other models ran in the process), and image k must be seed + k's.
+        batch_size = 1
     return run_batches(pipeline, params, arguments, batch_size, on_step, (params.width, params.height))
 
 
