@@ -163,6 +163,13 @@ class QueueConfig(_Section, frozen=True):
     # A worker takes the oldest pending task for a model it has loaded; another model's task only when none such
     # waits, or when that task has waited this long (so no model's tasks starve).
     affinity_max_wait_seconds: Annotated[float, msgspec.Meta(ge=0.0)] = 30.0
+    # Cross-request batching: a worker runs up to this many images from compatible pending tasks (same model, size,
+    # steps, scheduler, guidance, mode, LoRA set: sdapi.core.batching) as one denoising batch, each image with its
+    # own prompt and seed. 1: every task runs alone (the default until GPU figures support another).
+    batch_max: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # With batch_max > 1: how long a worker holding a task waits for companions to arrive before it runs the
+    # batch it has (0: only the tasks already pending join).
+    batch_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 25
 
 
 class OnnxConfig(_Section, frozen=True):

@@ -17,11 +17,12 @@ import msgspec
 from PIL import Image
 
 from sdapi.core import tasks
+from sdapi.core.batching import batch_key
 from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import Progress, Task, TaskStatus
-from sdapi.engines import NO_CONDITIONING, Conditioning, EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, EngineDescription, Generated, one_at_a_time
 from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, NoChangeFeed, Stores, TaskRecord
@@ -169,6 +170,23 @@ class MemoryTaskStore:
         token = uuid.uuid4().hex
         self.db.leases[started.id] = (token, time.time() + lease_seconds)
         return Lease(started, token)
+
+    async def claim_companions(self, worker_id: str, lease_seconds: float, first: Task, room: int) -> list[Lease]:
+        self.db.touch()
+        key = batch_key(first.params)
+        leases: list[Lease] = []
+        for task in list(self.db.tasks.values()):
+            if key is None or task.status is not TaskStatus.PENDING or batch_key(task.params) != key:
+                continue
+            if task.params.num_images > room:
+                continue
+            room -= task.params.num_images
+            started = tasks.start(task)
+            self.db.tasks[started.id] = started
+            token = uuid.uuid4().hex
+            self.db.leases[started.id] = (token, time.time() + lease_seconds)
+            leases.append(Lease(started, token))
+        return leases
 
     async def renew(self, lease: Lease, lease_seconds: float) -> bool:
         self.db.touch()
@@ -455,3 +473,6 @@ class FakeEngine:
             on_step(1, 1, 0)
         images = [Image.new("RGB", (params.width, params.height), (seed % 256,) * 3) for seed in params.image_seeds()]
         return Generated(images, self.name)
+
+    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+        return one_at_a_time(self, members)

@@ -13,6 +13,8 @@ import msgspec
 from PIL import Image
 
 from sdapi.core.params import GenerationParams
+from sdapi.core.tasks import CANCELLED_MESSAGE
+from sdapi.errors import TaskCancelled
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,16 @@ class Conditioning:
 
 
 NO_CONDITIONING = Conditioning()
+
+
+@dataclass(frozen=True)
+class BatchMember:
+    """One task of a cross-request batch (sdapi.core.batching): its params, its init image (image-to-image), and
+    its progress callback, which raises TaskCancelled once the task was cancelled: the task then leaves the batch."""
+
+    params: GenerationParams
+    init_image: Image.Image | None
+    on_step: Callable[[int, int, int], None]
 
 
 class EngineDescription(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,6 +98,26 @@ class Engine(Protocol):
 
         `on_step(steps done, total steps, images done)` is called after every denoising step; what it raises
         (TaskCancelled) stops the run and comes out of generate unchanged."""
+
+    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+        """The images of several tasks that share one batch key, as one denoising batch: each member's images are
+        those its own generate() would make (its prompts, image k from its seed + k). A member whose on_step raises
+        TaskCancelled has left: its entry is None, and the others run on undisturbed (its rows keep being
+        computed, so that theirs stay bit-identical). When every member has left, TaskCancelled comes out."""
+
+
+def one_at_a_time(engine: Engine, members: list[BatchMember]) -> list[Generated | None]:
+    """generate_batch for runs that cannot share a pipeline call (an inpainting checkpoint's repaints): each member
+    runs alone, in order; one cancelled is None and the rest still run."""
+    results: list[Generated | None] = []
+    for member in members:
+        try:
+            results.append(engine.generate(member.params, member.init_image, member.on_step))
+        except TaskCancelled:
+            results.append(None)
+    if all(result is None for result in results):
+        raise TaskCancelled(CANCELLED_MESSAGE)
+    return results
 
 
 class WorkerEngine(Engine, Protocol):

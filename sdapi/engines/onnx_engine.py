@@ -18,11 +18,11 @@ from PIL import Image
 
 from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.core.params import GenerationParams
-from sdapi.engines import NO_CONDITIONING, Conditioning, EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, EngineDescription, Generated, one_at_a_time
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import route_library_logs
-from sdapi.engines.pipeline_runs import StepCallback, make_images
+from sdapi.engines.pipeline_runs import StepCallback, make_batch_images, make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.loras.merging import adapter_targets, target_shapes
@@ -286,3 +286,16 @@ class OnnxEngine:
                 side_multiple=self.side_multiple,  # the traced UNet's: a masked-only crop renders at such sides
             )
         return Generated(images, self.name)
+
+    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+        first = members[0].params
+        if self.inpainting or not self.loaded:  # an inpainting export's runs are repaints: one task at a time
+            return one_at_a_time(self, members)
+        try:
+            self.check(first)  # the members share everything check looks at (their batch key)
+        except InvalidParameter as refused:
+            raise GenerationFailed(refused.message, ErrorCode.INVALID_INPUT) from None
+        pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
+        with engine_errors(first, describe=lambda error: f"ONNX 推理失败：{type(error).__name__}"):
+            batches = make_batch_images(*pipelines, members)
+        return [None if images is None else Generated(images, self.name) for images in batches]

@@ -15,7 +15,10 @@ import torch
 from PIL import Image
 
 from sdapi.core.params import GenerationParams
+from sdapi.core.tasks import CANCELLED_MESSAGE
+from sdapi.engines import BatchMember
 from sdapi.engines.schedulers import make_scheduler
+from sdapi.errors import TaskCancelled
 from sdapi.observability import metrics
 
 
@@ -87,10 +90,8 @@ def make_images(
     (sdapi.engines.inpainting), rendering a masked-only area at `native_size`'s area. A task with a second pass runs
     it (sdapi.engines.hires), with `neural_upscale` for the neural upscalers. With `control`, its pipeline (the
     run's kind with the ControlNet units attached) makes the images, the second pass's first pass included."""
-    strength = params.strength
-    if init_image is not None and strength is not None and int(params.num_inference_steps * strength) < 1:
-        # No denoising step at this strength: the seed's "0.0 几乎不修改" — the input comes back unchanged.
-        return [init_image.convert("RGB") for _ in range(params.num_images)]
+    if no_denoising(params):
+        return _unchanged(params, init_image)
     if params.hires is not None:
         from sdapi.engines.hires import make_hires_images
 
@@ -121,6 +122,18 @@ def make_images(
         # one-image run on the CPU (seen after other models ran in the process), and image k must be seed + k's.
         batch_size = 1
     return run_batches(pipeline, params, arguments, batch_size, on_step, (params.width, params.height))
+
+
+def no_denoising(params: GenerationParams) -> bool:
+    """Whether an image-to-image run's strength leaves no denoising step: the seed's "0.0 几乎不修改" — the input
+    comes back unchanged."""
+    strength = params.strength
+    return params.is_image_to_image and strength is not None and int(params.num_inference_steps * strength) < 1
+
+
+def _unchanged(params: GenerationParams, init_image: Image.Image | None) -> list[Image.Image]:
+    assert init_image is not None  # an image-to-image run has its init image (the worker opens it)
+    return [init_image.convert("RGB") for _ in range(params.num_images)]
 
 
 def run_batches(
@@ -160,6 +173,87 @@ def run_batches(
         images.extend(pipeline(**batch_arguments).images)
     report_gpu_memory()
     return images
+
+
+def make_batch_images(
+    text_to_image: Any, image_to_image: Any, scheduler_config: Any, members: list[BatchMember]
+) -> list[list[Image.Image] | None]:
+    """The images of a cross-request batch (sdapi.core.batching: every member shares the run's settings), as one
+    pipeline call; None for a member that left (cancelled) during the run.
+
+    Each member's prompts are encoded on their own, as its own run encodes them, and the batch's rows are the
+    members' images in order, each with its own CPU generator: a member's pixels are those of its run alone (as
+    the batches of one task's images are, which the seed rule's tests hold to). A member that leaves stays in the
+    batch to the end, its rows computed and thrown away, so the batch the others run in does not change shape."""
+    first = members[0].params
+    if no_denoising(first):
+        return [_unchanged(member.params, member.init_image) for member in members]
+    pipeline = image_to_image if first.is_image_to_image else text_to_image
+    pipeline.scheduler = make_scheduler(first, scheduler_config)
+    guided = first.guidance_scale > 1
+    encoded = [
+        pipeline.encode_prompt(
+            prompt=member.params.prompt,
+            device=pipeline._execution_device,
+            num_images_per_prompt=member.params.num_images,
+            do_classifier_free_guidance=guided,
+            negative_prompt=member.params.negative_prompt,
+        )
+        for member in members
+    ]
+    # (prompt, negative) embeddings, and on SDXL the pooled pair after them.
+    names = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    arguments: dict[str, Any] = {
+        name: torch.cat([parts[index] for parts in encoded]) if encoded[0][index] is not None else None
+        for index, name in enumerate(names[: len(encoded[0])])
+    }
+    seeds = [seed for member in members for seed in member.params.image_seeds()]
+    arguments |= {
+        "num_inference_steps": first.num_inference_steps,
+        "guidance_scale": first.guidance_scale,
+        "num_images_per_prompt": 1,
+        "generator": cpu_generators(seeds),
+        "output_type": "pil",
+    }
+    if first.is_image_to_image:
+        inits = [member.init_image for member in members for _ in range(member.params.num_images)]
+        arguments |= {"image": inits, "strength": first.strength}
+    else:
+        arguments |= {"width": first.width, "height": first.height}
+    if getattr(pipeline, "text_encoder_2", None) is not None:  # SDXL's micro-conditioning, as run_batches says
+        height_width = (first.height, first.width)
+        arguments |= {"original_size": height_width, "target_size": height_width, "crops_coords_top_left": (0, 0)}
+    left: set[int] = set()
+    arguments["callback_on_step_end"] = _batch_step_reporter(members, left)
+    images = pipeline(**arguments).images
+    report_gpu_memory()
+    results: list[list[Image.Image] | None] = []
+    start = 0
+    for index, member in enumerate(members):
+        end = start + member.params.num_images
+        results.append(None if index in left else images[start:end])
+        start = end
+    return results
+
+
+def _batch_step_reporter(members: list[BatchMember], left: set[int]) -> Any:
+    """A diffusers callback_on_step_end that reports each step to every member still in the batch; a member whose
+    callback raises TaskCancelled joins `left`; when all have left, the run stops."""
+
+    def reporter(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        total = int(pipeline.num_timesteps)
+        for index, member in enumerate(members):
+            if index in left:
+                continue
+            try:
+                member.on_step(step + 1, total, 0)
+            except TaskCancelled:
+                left.add(index)
+        if len(left) == len(members):
+            raise TaskCancelled(CANCELLED_MESSAGE)
+        return callback_kwargs
+
+    return reporter
 
 
 def report_gpu_memory() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdapi.config import Config
 from sdapi.core.params import GenerationParams
-from sdapi.engines import NO_CONDITIONING, Conditioning, Engine, EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, Engine, EngineDescription, Generated
 from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import ModelLoadFailed
 from sdapi.observability import metrics
@@ -83,6 +83,9 @@ class ModelPool:
         conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
         return self._ensure(params.model or self.default).generate(params, init_image, on_step, conditioning)
+
+    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+        return self._ensure(members[0].params.model or self.default).generate_batch(members)
 
     # -- the pool ------------------------------------------------------------------------------------------------
 

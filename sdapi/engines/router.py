@@ -14,7 +14,7 @@ from collections.abc import Callable
 from PIL import Image
 
 from sdapi.core.params import GenerationParams
-from sdapi.engines import NO_CONDITIONING, Conditioning, Engine, EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, Engine, EngineDescription, Generated
 from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import GenerationFailed, InvalidParameter
 
@@ -106,3 +106,15 @@ class EngineRouter:
                 raise
             logger.warning("%s run failed (%s); running the task on the fallback", self.preferred.name, error.message)
             return self._fallback_engine().generate(params, init_image, on_step, conditioning)
+
+    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+        """Routed as the first member is: the members share everything routing looks at (their batch key)."""
+        if not self.routes_to_preferred(members[0].params):
+            return self._fallback_engine().generate_batch(members)
+        try:
+            return self.preferred.generate_batch(members)
+        except GenerationFailed as error:
+            if not self._fallback_on_failure:
+                raise
+            logger.warning("%s batch failed (%s); running it on the fallback", self.preferred.name, error.message)
+            return self._fallback_engine().generate_batch(members)

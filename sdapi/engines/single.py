@@ -9,7 +9,7 @@ import msgspec
 from PIL import Image
 
 from sdapi.core.params import GenerationParams
-from sdapi.engines import NO_CONDITIONING, Conditioning, Engine, EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, Engine, EngineDescription, Generated
 from sdapi.errors import ModelLoadFailed
 
 
@@ -52,6 +52,9 @@ class SingleModelEngine:
         conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
         return self._engine.generate(params, init_image, on_step, conditioning)
+
+    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+        return self._engine.generate_batch(members)
 
     def loaded_models(self) -> list[str]:
         return [self._model] if self._engine.loaded else []

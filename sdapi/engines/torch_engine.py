@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,13 @@ from sdapi.controlnets.running import ControlNetFiles, ControlNetModels, UnitCon
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
-from sdapi.engines import NO_CONDITIONING, Conditioning, EngineDescription, Generated
+from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, EngineDescription, Generated, one_at_a_time
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import load_pipeline, loaded_family
-from sdapi.engines.pipeline_runs import ControlRun, StepCallback, make_images
+from sdapi.engines.pipeline_runs import ControlRun, StepCallback, make_batch_images, make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
@@ -147,6 +148,22 @@ class TorchEngine:
             raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
         with engine_errors(params), torch.inference_mode():
             return Generated(self._generate(params, init_image, on_step, conditioning), self.name)
+
+    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+        if not self.loaded:
+            raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
+        first = members[0].params
+        if self.adapters is not None:
+            self.adapters.activate(first.loras)  # one LoRA set: it is part of the batch key
+        elif first.loras:
+            raise GenerationFailed("此引擎未配置 LoRA", ErrorCode.INVALID_INPUT)
+        assert self._embeddings is not None and self.family is not None  # set by load()
+        if self.family.inpainting:  # its runs are repaints (as_edit): one task at a time
+            return one_at_a_time(self, members)
+        embedded = [replace(member, params=self._embeddings.apply(member.params)) for member in members]
+        with engine_errors(first), torch.inference_mode():
+            batches = make_batch_images(self._text_to_image, self._image_to_image, self._scheduler_config, embedded)
+        return [None if images is None else Generated(images, self.name) for images in batches]
 
     def _conditioned_run(self, params: GenerationParams, conditioning: Conditioning) -> ControlRun | None:
         """The request's ControlNet units and image prompts with a weight, on a pipeline of the run's kind made

@@ -42,6 +42,11 @@ RUN_SECONDS = Histogram(
     ["engine", "model", "size_class"],
     buckets=_LONG,
 )
+BATCH_TASKS = Histogram(
+    "sdapi_batch_tasks",
+    "Tasks run together in one denoising batch (queue.batch_max; 1: a task that ran alone)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+)
 STEP_SECONDS = Histogram(
     "sdapi_denoise_step_seconds", "Seconds per denoising step (a run's average)", ["engine"], buckets=_SHORT
 )

@@ -135,6 +135,11 @@ class TaskStore(Protocol):
         than `affinity_max_wait` seconds) comes first; then the oldest of the rest. No `loaded`: the oldest. Tasks
         of the `skip` models (which this worker cannot load now) are left to other workers."""
 
+    async def claim_companions(self, worker_id: str, lease_seconds: float, first: Task, room: int) -> list[Lease]:
+        """Take pending tasks that can share a denoising batch with `first` (a task this worker holds: equal
+        sdapi.core.batching keys), oldest first, while their images number at most `room` in all; each under its
+        own lease, as claim() takes one. None when `first` always runs alone."""
+
     async def renew(self, lease: Lease, lease_seconds: float) -> bool:
         """Extend the lease to `lease_seconds` from now; False when it is no longer this lease (reaped)."""
 

@@ -97,6 +97,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # lease expires (a worker killed between upload and settle leaves no object behind).
         "ALTER TABLE tasks ADD COLUMN staged_keys TEXT",
     ),
+    (
+        # Cross-request batching: tasks with equal keys can share one denoising batch (sdapi.core.batching); NULL
+        # for a task that always runs alone, and for tasks from before.
+        "ALTER TABLE tasks ADD COLUMN batch_key TEXT",
+        "CREATE INDEX tasks_by_batch_key ON tasks (batch_key, seq)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from sdapi.core.batching import batch_key
 from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Progress, Task, TaskStatus
@@ -195,8 +196,9 @@ class SqlTaskStore:
             if row is not None and int(row[0]) >= owner_max_pending:
                 return False
         await session.execute(
-            "INSERT INTO tasks (id, status, attempts, updated_at, body, init_image, owner, cost, model, submitted_at) "
-            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, {self._dialect.now})",
+            "INSERT INTO tasks "
+            "(id, status, attempts, updated_at, body, init_image, owner, cost, model, batch_key, submitted_at) "
+            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {self._dialect.now})",
             (
                 task.id,
                 task.status.value,
@@ -207,6 +209,7 @@ class SqlTaskStore:
                 task.owner,
                 task.params.work,
                 task.params.model,
+                batch_key(task.params),
             ),
         )
         if self._dialect.notify_task:
@@ -296,6 +299,38 @@ class SqlTaskStore:
                 (token, lease_seconds, worker_id, *skip, *order_params),
             )
         return None if row is None else _lease(row)
+
+    async def claim_companions(self, worker_id: str, lease_seconds: float, first: Task, room: int) -> list[Lease]:
+        key = batch_key(first.params)
+        if key is None or room < 1:
+            return []
+        now, token = self._dialect.now, uuid.uuid4().hex
+        async with self._db.session(write=True) as session:
+            # The oldest `room` candidates (no more can fit); one too large for the room left is passed over.
+            rows = await session.fetchall(
+                f"SELECT seq, body FROM tasks WHERE status = 'pending' AND batch_key = %s ORDER BY seq LIMIT %s"
+                f"{self._dialect.skip_locked}",
+                (key, room),
+            )
+            chosen: list[int] = []
+            for seq, body in rows:
+                images = _task_decoder.decode(bytes(body)).params.num_images
+                if images <= room:
+                    chosen.append(int(seq))
+                    room -= images
+            if not chosen:
+                return []
+            marks = ", ".join(["%s"] * len(chosen))
+            # One token for the batch's companions is safe: a lease is the (task id, token) pair.
+            rows = await session.fetchall(
+                f"UPDATE tasks SET status = 'processing', attempts = attempts + 1, updated_at = {now}, "
+                f"lease_token = %s, lease_expires_at = {now} + %s, worker_id = %s, progress = NULL, "
+                f"started_at = {now}, cancel_requested = FALSE "
+                f"WHERE seq IN ({marks}) AND status = 'pending' RETURNING {_TASK_COLUMNS}, lease_token, seq",
+                (token, lease_seconds, worker_id, *chosen),
+            )
+        # In queue order (RETURNING promises none).
+        return [_lease(row) for row in sorted(rows, key=lambda row: int(row[7]))]
 
     async def renew(self, lease: Lease, lease_seconds: float) -> bool:
         async with self._db.session(write=True) as session:

@@ -23,10 +23,11 @@ from sdapi.background.wakeup import Signals, Wakeup
 from sdapi.config import Config
 from sdapi.controlnets.images import control_images, image_prompts
 from sdapi.core import tasks
+from sdapi.core.batching import batch_key
 from sdapi.core.deliveries import delivery_for
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Task, TaskStatus
-from sdapi.engines import Conditioning, Generated, WorkerEngine
+from sdapi.engines import BatchMember, Conditioning, Generated, WorkerEngine
 from sdapi.errors import (
     GENERIC_GENERATION_FAILURE,
     ErrorCode,
@@ -83,9 +84,12 @@ class Worker:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._generation = GenerationThread()
-        # The run being generated, and the one whose images are being stored and whose outcome is being written.
-        self._generating: TaskRun | None = None
-        self._finishing: tuple[TaskRun, asyncio.Task[None]] | None = None
+        # The runs being generated (more than one: a cross-request batch), and those whose images are being stored
+        # and whose outcomes are being written.
+        self._generating: list[TaskRun] = []
+        self._finishing: tuple[list[TaskRun], asyncio.Task[None]] | None = None
+        # Runs that left their batch (cancelled) while it generates: their outcome is written at once.
+        self._leaving: dict[TaskRun, asyncio.Task[None]] = {}
         self.model_error: str | None = None
         # Models this worker failed to load: their tasks go to workers that can, while a new try waits its backoff.
         self._loads = FailedLoads(worker_id)
@@ -121,10 +125,10 @@ class Worker:
         self._loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
-        if self._finishing is not None:
-            self._finishing[1].cancel()
+        for finishing in [*([self._finishing[1]] if self._finishing else []), *self._leaving.values()]:
+            finishing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._finishing[1]
+                await finishing
         for run in interrupted:
             run.stop_reporting()
             logger.warning("shutdown: task %s did not finish in %.0fs; it will run again", run.task_id, grace_seconds)
@@ -156,9 +160,10 @@ class Worker:
         return runs[0].task_id if runs else None
 
     def _runs(self) -> list[TaskRun]:
-        runs = [self._generating] if self._generating is not None else []
+        runs = list(self._generating)
         if self._finishing is not None and not self._finishing[1].done():
-            runs.append(self._finishing[0])
+            runs.extend(self._finishing[0])
+        runs.extend(run for run, leaving in self._leaving.items() if not leaving.done())
         return runs
 
     # -- the loop ------------------------------------------------------------------------------------------
@@ -237,37 +242,79 @@ class Worker:
         return await self._nodes.live(self._lease_seconds)
 
     async def _generate_then_hand_off(self, lease: Lease) -> None:
-        """Generate the task's images on the generation thread, then start its finishing and return, so the loop can
-        claim the next task while this one's images are stored. Waits first for the previous finishing, if any."""
-        run = TaskRun(lease, self._tasks, self._lease_seconds, self._signals)
-        self._generating = run
-        run.start_reporting()
+        """Generate the task's images on the generation thread (with its companions' when queue.batch_max lets
+        compatible tasks share the batch), then start their finishing and return, so the loop can claim the next
+        task while these images are stored. Waits first for the previous finishing, if any."""
+        first = self._start_run(lease)
         began = time.perf_counter()
         try:
-            outcome = await self._generate(run)
+            runs = [first, *await self._companions(first)]
+            if len(runs) == 1:
+                outcomes: list[Generated | Task | None] = [await self._generate(first)]
+            else:
+                outcomes = await self._generate_batch(runs, began)
+            metrics.BATCH_TASKS.observe(len(runs))
             if self._finishing is not None:
-                await asyncio.shield(self._finishing[1])  # the bound: one task finishing at a time
+                await asyncio.shield(self._finishing[1])  # the bound: one run (or batch) finishing at a time
+            # A run that left its batch (outcome None) is being finished already.
+            finishing_runs = [
+                (run, outcome) for run, outcome in zip(runs, outcomes, strict=True) if outcome is not None
+            ]
             finishing = asyncio.get_running_loop().create_task(
-                self._finish(run, outcome, began), name=f"sdapi-finish-{run.task_id}"
+                self._finish_all(finishing_runs, began), name=f"sdapi-finish-{first.task_id}"
             )
             finishing.add_done_callback(_log_unexpected)
-            self._finishing = (run, finishing)
+            self._finishing = ([run for run, _ in finishing_runs], finishing)
         except BaseException:
-            run.stop_reporting()
+            for run in self._generating:
+                run.stop_reporting()
             raise
         finally:
-            self._generating = None
+            self._generating = []
+
+    def _start_run(self, lease: Lease) -> TaskRun:
+        """A claimed task's run, reporting its progress and renewing its lease from now on."""
+        run = TaskRun(lease, self._tasks, self._lease_seconds, self._signals)
+        self._generating.append(run)
+        run.start_reporting()
+        return run
+
+    async def _companions(self, first: TaskRun) -> list[TaskRun]:
+        """The runs of the pending tasks that can share `first`'s denoising batch (queue.batch_max images in all),
+        claimed now and for up to queue.batch_wait_ms more while the batch has room; none when batching is off or
+        `first` always runs alone."""
+        queue = self._config.queue
+        task = first.lease.task
+        room = queue.batch_max - task.params.num_images
+        if room < 1 or batch_key(task.params) is None:
+            return []
+        deadline = time.monotonic() + queue.batch_wait_ms / 1000
+        companions: list[TaskRun] = []
+        while room > 0 and not self._stopping:
+            try:
+                leases = await self._tasks.claim_companions(self._worker_id, self._lease_seconds, task, room)
+            except SdapiError as error:  # the batch runs with what it has
+                logger.error("worker: claiming companions for task %s failed: %s", task.id, error.message)
+                break
+            for lease in leases:
+                if lease.task.started_at is not None:
+                    metrics.QUEUE_WAIT.observe((lease.task.started_at - lease.task.created_at).total_seconds())
+                companions.append(self._start_run(lease))
+                room -= lease.task.params.num_images
+            left = deadline - time.monotonic()
+            if room < 1 or left <= 0:
+                break
+            await self._wakeup.sleep(left)  # nudged when a task is submitted here
+        if companions:
+            logger.info("task %s runs in one batch with %s", task.id, ", ".join(run.task_id for run in companions))
+        return companions
 
     async def _generate(self, run: TaskRun) -> Generated | Task:
         """The engine's images for a started task, or the task's outcome when it ended without them (cancelled, or
         failed with a user-safe message and its error code)."""
         started = run.lease.task
         try:
-            init_bytes = None
-            if started.params.keeps_images:
-                init_bytes = await self._init_images.get(started.id)
-                if init_bytes is None:
-                    raise GenerationFailed("生成失败：找不到任务的初始图片")
+            init_bytes = await self._stored_inputs(started)
             generated = await self._generation.submit(lambda: self._run_engine(started, init_bytes, run))
             run.generation_done()
             return generated
@@ -277,8 +324,18 @@ class Worker:
             logger.exception("task %s failed with an unexpected error", started.id)
             return tasks.fail(started, GENERIC_GENERATION_FAILURE, ErrorCode.INTERNAL)
 
-    def _run_engine(self, task: Task, init_bytes: bytes | None, run: TaskRun) -> Generated:
-        """On the generation thread: decode the init image and run the engine. Nothing else happens here."""
+    async def _stored_inputs(self, task: Task) -> bytes | None:
+        """The images stored beside the task (init image, mask, control images), None when it has none."""
+        if not task.params.keeps_images:
+            return None
+        init_bytes = await self._init_images.get(task.id)
+        if init_bytes is None:
+            raise GenerationFailed("生成失败：找不到任务的初始图片")
+        return init_bytes
+
+    def _opened_inputs(self, task: Task, init_bytes: bytes | None) -> tuple[Image.Image | None, Conditioning]:
+        """On the generation thread: the task's init image (RGBA with the mask as alpha for inpainting) and its
+        ControlNet and IP-Adapter pictures, decoded."""
         params = task.params
         init_image: Image.Image | None = None
         parts = attachments.unpack(init_bytes) if init_bytes is not None else {}
@@ -291,10 +348,118 @@ class Worker:
             controls=tuple(control_images(params, parts, self._config.annotators_path)),
             image_prompts=tuple(image_prompts(params, parts)),
         )
+        return init_image, conditioning
+
+    def _run_engine(self, task: Task, init_bytes: bytes | None, run: TaskRun) -> Generated:
+        """On the generation thread: decode the init image and run the engine. Nothing else happens here."""
+        init_image, conditioning = self._opened_inputs(task, init_bytes)
         began = time.perf_counter()
-        generated = self._engine.generate(params, init_image, run.on_step, conditioning)
+        generated = self._engine.generate(task.params, init_image, run.on_step, conditioning)
         run.generation_seconds = time.perf_counter() - began
         return generated
+
+    async def _generate_batch(self, runs: list[TaskRun], began: float) -> list[Generated | Task | None]:
+        """`_generate` for the runs of one batch: each one's images, or its outcome when it ended without them;
+        None for a run that left the batch (cancelled), whose outcome is being written already."""
+        outcomes: list[Generated | Task | None] = [None] * len(runs)
+        inputs: dict[int, bytes | None] = {}
+        for index, run in enumerate(runs):
+            try:
+                inputs[index] = await self._stored_inputs(run.lease.task)
+            except SdapiError as error:
+                outcomes[index] = self._ended_without_images(run, error)
+        left: set[TaskRun] = set()
+        loop = asyncio.get_running_loop()
+
+        def leave(run: TaskRun) -> None:  # on the event loop
+            left.add(run)
+            self._leave(run, began)
+
+        def on_step(run: TaskRun) -> Callable[[int, int, int], None]:
+            def reported(step: int, total_steps: int, images_done: int) -> None:  # on the generation thread
+                try:
+                    run.on_step(step, total_steps, images_done)
+                except TaskCancelled:
+                    loop.call_soon_threadsafe(leave, run)  # runs before the batch's result reaches the loop
+                    raise
+
+            return reported
+
+        members = {index: on_step(runs[index]) for index in inputs}
+        try:
+            results = await self._generation.submit(lambda: self._run_batch(runs, inputs, members))
+        except TaskCancelled:  # every member left
+            results = {}
+        except SdapiError as error:
+            results = {index: error for index in inputs}
+        except Exception:
+            logger.exception("the batch of %s failed with an unexpected error", ", ".join(r.task_id for r in runs))
+            results = {index: GenerationFailed(GENERIC_GENERATION_FAILURE, ErrorCode.INTERNAL) for index in inputs}
+        for index, result in results.items():
+            run = runs[index]
+            if run in left:
+                continue
+            if isinstance(result, Generated):
+                run.generation_done()
+                outcomes[index] = result
+            elif isinstance(result, SdapiError):
+                outcomes[index] = self._ended_without_images(run, result)
+            else:  # the engine let it leave without its step reporting so: it was cancelled all the same
+                leave(run)
+        return outcomes
+
+    def _run_batch(
+        self,
+        runs: list[TaskRun],
+        inputs: dict[int, bytes | None],
+        on_steps: dict[int, Callable[[int, int, int], None]],
+    ) -> dict[int, Generated | SdapiError | None]:
+        """On the generation thread: open each member's inputs and run the batch. A member whose inputs do not open
+        fails alone; each member's generation time is its share of the batch's, by images."""
+        results: dict[int, Generated | SdapiError | None] = {}
+        members: dict[int, BatchMember] = {}
+        for index, init_bytes in inputs.items():
+            task = runs[index].lease.task
+            try:
+                init_image, _ = self._opened_inputs(task, init_bytes)
+            except SdapiError as error:
+                results[index] = error
+                continue
+            members[index] = BatchMember(task.params, init_image, on_steps[index])
+        if not members:
+            return results
+        began = time.perf_counter()
+        generated = self._engine.generate_batch(list(members.values()))
+        seconds = time.perf_counter() - began
+        images = sum(member.params.num_images for member in members.values())
+        for index, result in zip(members, generated, strict=True):
+            results[index] = result
+            runs[index].generation_seconds = seconds * members[index].params.num_images / images
+        return results
+
+    def _leave(self, run: TaskRun, began: float) -> None:
+        """A run cancelled while its batch goes on: out of the batch's runs, and its outcome written now."""
+        if run in self._generating:
+            self._generating.remove(run)
+        cancelled = self._ended_without_images(run, TaskCancelled(tasks.CANCELLED_MESSAGE))
+        finishing = asyncio.get_running_loop().create_task(
+            self._finish(run, cancelled, began), name=f"sdapi-finish-{run.task_id}"
+        )
+        finishing.add_done_callback(_log_unexpected)
+        finishing.add_done_callback(lambda _: self._leaving.pop(run, None))
+        self._leaving[run] = finishing
+
+    async def _finish_all(self, finishing: list[tuple[TaskRun, Generated | Task]], began: float) -> None:
+        """`_finish` for each run of a batch, side by side (their uploads overlap)."""
+        if len(finishing) == 1:
+            await self._finish(*finishing[0], began)
+            return
+        outcomes = await asyncio.gather(
+            *(self._finish(run, outcome, began) for run, outcome in finishing), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                logger.error("finishing a task of a batch failed unexpectedly", exc_info=outcome)
 
     async def _finish(self, run: TaskRun, outcome: Generated | Task, began: float) -> None:
         """Store the images (off the generation thread), then write the outcome while the lease is ours."""
