@@ -102,8 +102,8 @@ class Engine(Protocol):
     def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
         """The images of several tasks that share one batch key, as one denoising batch: each member's images are
         those its own generate() would make (its prompts, image k from its seed + k). A member whose on_step raises
-        TaskCancelled has left: its entry is None, and the others run on undisturbed (its rows keep being
-        computed, so that theirs stay bit-identical). When every member has left, TaskCancelled comes out."""
+        TaskCancelled has left: it hears of no later step, its entry is None, and the others run on undisturbed.
+        When every member has left, TaskCancelled comes out."""
 
 
 def one_at_a_time(engine: Engine, members: list[BatchMember]) -> list[Generated | None]:

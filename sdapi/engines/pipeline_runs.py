@@ -182,9 +182,10 @@ def make_batch_images(
     pipeline call; None for a member that left (cancelled) during the run.
 
     Each member's prompts are encoded on their own, as its own run encodes them, and the batch's rows are the
-    members' images in order, each with its own CPU generator: a member's pixels are those of its run alone (as
-    the batches of one task's images are, which the seed rule's tests hold to). A member that leaves stays in the
-    batch to the end, its rows computed and thrown away, so the batch the others run in does not change shape."""
+    members' images in order, each with its own CPU generator: a member's pixels are those of its run alone, as
+    the batches of one task's images are (within the seed rule's tolerance: kernels may round a batch of rows
+    differently from one row). A member that leaves stays in the batch to the end, its rows computed and thrown
+    away: removing them would mean reshaping every tensor the pipeline and its scheduler hold between steps."""
     first = members[0].params
     if no_denoising(first):
         return [_unchanged(member.params, member.init_image) for member in members]

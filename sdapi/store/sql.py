@@ -79,6 +79,9 @@ class SqlDatabase(Protocol):
         Driver errors leave it as TaskStoreError."""
 
 
+# How many pending tasks of a batch key a companion claim looks at: as many as the largest batch can take.
+COMPANION_CANDIDATES = 64
+
 _TASK_COLUMNS = "body, status, attempts, updated_at, progress, started_at"
 
 
@@ -306,11 +309,11 @@ class SqlTaskStore:
             return []
         now, token = self._dialect.now, uuid.uuid4().hex
         async with self._db.session(write=True) as session:
-            # The oldest `room` candidates (no more can fit); one too large for the room left is passed over.
+            # Oldest first; one too large for the room left is passed over for smaller ones behind it.
             rows = await session.fetchall(
                 f"SELECT seq, body FROM tasks WHERE status = 'pending' AND batch_key = %s ORDER BY seq LIMIT %s"
                 f"{self._dialect.skip_locked}",
-                (key, room),
+                (key, COMPANION_CANDIDATES),
             )
             chosen: list[int] = []
             for seq, body in rows:

@@ -20,6 +20,7 @@ import pytest
 from sdapi.core import tasks
 from sdapi.core.deliveries import DeliveryStatus, after_attempt, new_delivery
 from sdapi.core.nodes import NodeInfo, Role
+from sdapi.core.params import HiresParams
 from sdapi.core.tasks import Progress, Task, TaskStatus
 from sdapi.devtools.testing.factories import make_params
 from sdapi.devtools.testing.postgres import PostgresCluster
@@ -134,6 +135,70 @@ def test_claims_leave_the_tasks_of_skipped_models_to_other_workers(open_stores):
             # Another worker, which can, takes it.
             taken = await stores.tasks.claim("b", 30, skip=["other"])
             assert taken is not None and taken.task.id == broken.id
+
+    run(scenario)
+
+
+def test_companions_are_the_oldest_compatible_pending_tasks_that_fit_the_room(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as stores:
+            first = new_task(prompt="first", seed=1)
+            other_size = new_task(prompt="wider", width=768)
+            big = new_task(prompt="three images", num_images=3)
+            a, b, c = (new_task(prompt=f"companion {n}", seed=n, negative_prompt="blur") for n in range(3))
+            for task in (first, other_size, big, a, b, c):
+                assert await stores.tasks.add(task, None, 10)
+            lease = await stores.tasks.claim("w", 30)
+            assert lease is not None and lease.task.id == first.id
+            # Room for two more images: the three-image task is passed over, the next two fit; the 768-wide one
+            # never shares this batch.
+            companions = await stores.tasks.claim_companions("w", 30, lease.task, room=2)
+            assert [c.task.id for c in companions] == [a.id, b.id]
+            for companion in companions:
+                assert companion.task.status is TaskStatus.PROCESSING and companion.task.attempts == 1
+                assert companion.token and await stores.tasks.renew(companion, 30)
+                stored = await stores.tasks.get(companion.task.id)
+                assert stored.status is TaskStatus.PROCESSING and stored.started_at is not None
+            # Each companion's lease fences its own task only.
+            done = tasks.complete(companions[0].task, ["k.png"], "torch")
+            assert await stores.tasks.settle(companions[0], done)
+            assert not await stores.tasks.settle(Lease(companions[1].task, companions[0].token), done)
+            assert (await stores.tasks.get(companions[1].task.id)).status is TaskStatus.PROCESSING
+            # Room for three: the three-image task now fits (c comes after it).
+            more = await stores.tasks.claim_companions("w", 30, lease.task, room=3)
+            assert [m.task.id for m in more] == [big.id]
+            assert [m.task.id for m in await stores.tasks.claim_companions("w", 30, lease.task, room=8)] == [c.id]
+            assert await stores.tasks.claim_companions("w", 30, lease.task, room=8) == []
+            # A task that always runs alone (a second pass) has no companions.
+            hires = new_task(hires=HiresParams(width=1024, height=1024, upscaler="Latent", steps=5, strength=0.5))
+            twin = new_task(hires=HiresParams(width=1024, height=1024, upscaler="Latent", steps=5, strength=0.5))
+            assert await stores.tasks.add(hires, None, 10) and await stores.tasks.add(twin, None, 10)
+            alone = await stores.tasks.claim("w", 30)
+            assert alone is not None and alone.task.id == other_size.id
+            alone = await stores.tasks.claim("w", 30)
+            assert alone is not None and alone.task.id == hires.id
+            assert await stores.tasks.claim_companions("w", 30, alone.task, room=8) == []
+
+    run(scenario)
+
+
+def test_two_workers_claiming_companions_at_once_never_share_a_task(open_stores):
+    async def scenario() -> None:
+        async with opened(open_stores) as a, opened(open_stores) as b:
+            added = [new_task(prompt=f"same batch {n}", seed=n) for n in range(16)]
+            for task in added:
+                assert await a.tasks.add(task, None, 100)
+
+            async def drain(stores: Stores, name: str) -> list[str]:
+                taken = []
+                while (lease := await stores.tasks.claim(name, 30)) is not None:
+                    taken.append(lease.task.id)
+                    taken.extend(c.task.id for c in await stores.tasks.claim_companions(name, 30, lease.task, 3))
+                return taken
+
+            taken_a, taken_b = await asyncio.gather(drain(a, "a"), drain(b, "b"))
+            assert sorted(taken_a + taken_b) == sorted(task.id for task in added)
+            assert not set(taken_a) & set(taken_b)
 
     run(scenario)
 
