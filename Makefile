@@ -9,7 +9,7 @@ SHIPPED_MODEL := models/scenes-sd
 # Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev model run test check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence train-default-model
+.PHONY: install install-dev model run test check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence bench-batching train-default-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,11 @@ bench-models: install-dev
 # Model loads of a mixed two-model queue on two workers, with and without affinity.
 bench-affinity: install-dev
 	$(BIN)/python -m bench.affinity
+
+# Cross-request batching: 32 concurrent small requests at queue.batch_max 1, 2, 4, 8 on the tiny model and on SD
+# 1.5's architecture (random weights, built under data/bench as bench-engines does).
+bench-batching: install-dev
+	$(BIN)/python -m bench.batching --workdir data/bench --models $(MODELS)
 
 # 1,000 small tasks through one node with callbacks and retention on: memory, descriptors, database and images.
 bench-soak: install-dev

@@ -8,10 +8,12 @@ the plumbing only, backend "eager"), whether another size recompiles and whether
 really used, and ONNX Runtime from an export made there (`--fp16` on CUDA; TensorRT only where its provider loads,
 else the reason). Figures: UNet steps per second (CUDA events), one image at 20 steps, images per second at batch 1
 and 4, peak memory, load and warm-up time; then a queue of 20 tasks through the real service against the bare
-engine. The contract is checked on the device: same seed same pixels, image k of a batch = seed + k, every
-scheduler runs, a LoRA swap is exact, image-to-image runs, and running out of memory gives out_of_memory and frees it.
+engine, and cross-request batching: 32 concurrent requests at queue.batch_max 1, 4 and 8. The contract is checked
+on the device: same seed same pixels, image k of a batch = seed + k, a batch's members get their own runs' pixels,
+every scheduler runs, a LoRA swap is exact, image-to-image runs, and running out of memory gives out_of_memory and
+frees it.
 
-CI runs `--device cpu --tiny --budget-seconds 60` (tests/unit/bench/test_gpu_check.py): every step of the script is
+CI runs `--device cpu --tiny --budget-seconds 60` (tests/integration/operations/test_gpu_check.py): every step is
 known to run before a GPU is lent. A step that fails is recorded with its error and the command exits 1.
 """
 
@@ -35,7 +37,10 @@ from typing import Any
 # A step is not started with less than this left of the budget: the files still get written.
 RESERVE_SECONDS = 5.0
 # The kinds of step, in the order they run (--steps picks some).
-STEP_KINDS = ("environment", "contract", "eager", "compile", "onnx", "service")
+STEP_KINDS = ("environment", "contract", "eager", "compile", "onnx", "service", "batching")
+# queue.batch_max settings the batching step compares, with 32 concurrent requests each.
+BATCHING_SETTINGS = (1, 4, 8)
+BATCHING_REQUESTS = 32
 
 
 @dataclass
@@ -337,6 +342,34 @@ def through_the_service(run: Run, model: Model, work: Path) -> dict[str, Any]:
     }
 
 
+def batching(run: Run, model: Model, work: Path) -> dict[str, Any]:
+    """Cross-request batching through the real service: 32 concurrent requests (their own prompts and seeds) at each
+    of BATCHING_SETTINGS' queue.batch_max, as `make bench-batching` does on a CPU."""
+    from bench.batching import run_queue
+    from sdapi.devtools.testing.services import in_process
+
+    dtype = "float16" if run.device == "cuda" else "float32"
+    shape = {"width": model.side, "height": model.side, "num_inference_steps": model.steps}
+    figures: dict[str, Any] = {"requests": BATCHING_REQUESTS, **shape}
+    for batch_max in BATCHING_SETTINGS:
+        if run.left < 4 * RESERVE_SECONDS:
+            figures["stopped"] = f"budget spent before batch_max {batch_max}"
+            break
+        changes = {
+            "model": {"device": run.device, "dtype": dtype, "engine": "torch"},
+            "queue": {"batch_max": batch_max, "batch_wait_ms": 25, "max_pending": 200, "lease_seconds": 600},
+        }
+        with in_process(work / f"{model.name}-batch-{batch_max}", model.path, **changes) as service:
+            queue = run_queue(service, shape, BATCHING_REQUESTS)
+        figures[f"batch_max_{batch_max}"] = {key: round(value, 3) for key, value in queue.items()}
+    alone = figures.get("batch_max_1", {}).get("images_per_second")
+    for batch_max in BATCHING_SETTINGS[1:]:
+        measured = figures.get(f"batch_max_{batch_max}")
+        if alone and measured:
+            figures[f"speedup_batch_max_{batch_max}"] = round(measured["images_per_second"] / alone, 3)
+    return figures
+
+
 def contract(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     """The contract's promises on this device."""
     import numpy as np
@@ -380,11 +413,32 @@ def contract(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     info = InitImageInfo(width=model.side, height=model.side, format="png")
     image_to_image = _params(model, num_inference_steps=steps, strength=0.6, init_image=info)
     figures["image_to_image_size"] = list(engine.generate(image_to_image, init).images[0].size)
+    figures["batch_members_match_their_own_runs"] = batch_members_match(engine, model, steps)
     if run.device == "cuda":
         figures |= out_of_memory(engine, model)
     else:
         figures["out_of_memory"] = "not checked on a CPU (it would take the machine's memory, not a device's)"
     return figures
+
+
+def batch_members_match(engine: Any, model: Model, steps: int) -> bool:
+    """Cross-request batching's promise on this device: each member of a batch (its own prompt, seed and image
+    count) gets the pixels of its own run, within the seed rule's tolerance (a mean of 1 of 255)."""
+    import numpy as np
+
+    from sdapi.engines import BatchMember
+
+    own = [
+        _params(model, num_inference_steps=steps, prompt="a red ball", seed=3),
+        _params(model, num_inference_steps=steps, prompt="a lake", negative_prompt="blur", seed=9, num_images=2),
+    ]
+    batched = engine.generate_batch([BatchMember(params, None, lambda *_: None) for params in own])
+    for params, generated in zip(own, batched, strict=True):
+        for mine, alone in zip(generated.images, engine.generate(params, None).images, strict=True):
+            difference = np.abs(np.asarray(mine, dtype=np.float64) - np.asarray(alone, dtype=np.float64)).mean()
+            if difference > 1.0:
+                return False
+    return True
 
 
 def out_of_memory(engine: Any, model: Model) -> dict[str, Any]:
@@ -486,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         run.step("onnx", f"{name}: onnx runtime", lambda model=model: measure_onnx(run, model, work))
         run.step("service", f"{name}: service queue of 20", lambda model=model: through_the_service(run, model, work))
+        run.step("batching", f"{name}: batching", lambda model=model: batching(run, model, work))
     run.write()
     print(f"[gpu-check] wrote {run.out / 'gpu-check.json'} and gpu-check.md; failed: {run.failures or 'none'}")
     return 1 if run.failures else 0

@@ -44,10 +44,15 @@ def test_the_gpu_check_runs_every_step_on_a_cpu(tmp_path):
     contract = first["results"]["tiny: contract"]
     assert contract["same_seed_same_pixels"] and contract["batch_image_k_is_seed_plus_k"]
     assert contract["lora_swap_exact"] and contract["schedulers_failed"] == []
+    assert contract["batch_members_match_their_own_runs"] is True
     # What the budget left out runs now, on its own budget: every kind of step has run once.
-    rest = _check(tmp_path, "rest", "--budget-seconds", "300", "--steps", "eager,compile,onnx,service")
+    rest = _check(tmp_path, "rest", "--budget-seconds", "300", "--steps", "eager,compile,onnx,service,batching")
     ran |= set(rest["results"])
-    for step in ("torch eager", "torch compile", "LoRA after compile", "onnx runtime", "service queue of 20"):
+    steps = ("torch eager", "torch compile", "LoRA after compile", "onnx runtime", "service queue of 20", "batching")
+    for step in steps:
         assert f"tiny: {step}" in ran, step
     assert rest["results"]["tiny: LoRA after compile"]["lora_changes_compiled_output"] is True
     assert rest["results"]["tiny: service queue of 20"]["completed"] == 20
+    batching = rest["results"]["tiny: batching"]
+    assert {"batch_max_1", "batch_max_4", "batch_max_8"} <= set(batching), batching
+    assert all(batching[f"batch_max_{n}"]["images_per_second"] > 0 for n in (1, 4, 8))
