@@ -66,6 +66,7 @@ class MemoryTaskStore:
         # Terminal writes to fail before one succeeds, and an event that holds terminal writes until set.
         self.failing_terminal_writes = 0
         self.failing_stages = 0  # stagings of image keys to fail before one succeeds
+        self.failing_companion_claims = 0  # companion claims to fail before one succeeds
         self.terminal_write_gate: asyncio.Event | None = None
 
     async def add(
@@ -173,6 +174,9 @@ class MemoryTaskStore:
 
     async def claim_companions(self, worker_id: str, lease_seconds: float, first: Task, room: int) -> list[Lease]:
         self.db.touch()
+        if self.failing_companion_claims > 0:
+            self.failing_companion_claims -= 1
+            raise TaskStoreError("任务数据库错误：database is locked (fake)")
         key = batch_key(first.params)
         leases: list[Lease] = []
         for task in list(self.db.tasks.values()):
@@ -444,6 +448,7 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.runs = 0
+        self.batches: list[int] = []  # the members of each generate_batch call
 
     @property
     def loaded(self) -> bool:
@@ -475,4 +480,5 @@ class FakeEngine:
         return Generated(images, self.name)
 
     def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+        self.batches.append(len(members))
         return one_at_a_time(self, members)

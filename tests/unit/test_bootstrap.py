@@ -246,3 +246,46 @@ def test_a_store_outage_while_staging_the_images_does_not_fail_the_task(tmp_path
         await runtime.stop()
 
     _run(scenario)
+
+
+def _batching_runtime(tmp_path: Path, **queue: object) -> tuple[Runtime, MemoryTaskStore, MemoryDatabase, FakeEngine]:
+    stores, tasks, database = memory_stores()
+    engine = FakeEngine()
+    runtime = build_runtime(_config(tmp_path, **queue), engine=engine, stores=stores, storage=MemoryStorage())
+    return runtime, tasks, database, engine
+
+
+def test_companions_that_arrive_within_the_wait_share_one_batch_and_are_recorded_each(tmp_path):
+    runtime, _, database, engine = _batching_runtime(tmp_path, batch_max=4, batch_wait_ms=10_000)
+
+    async def scenario() -> None:
+        await runtime.start()
+        # The first is claimed at once; the worker waits for companions until the batch is full (4 images).
+        submitted = [
+            await runtime.service.submit(GenerationRequest(prompt=f"task {n}", seed=n, num_images=n), None)
+            for n in (1, 2, 1)
+        ]
+        await _until(lambda: all(database.tasks[t.id].status.is_terminal for t in submitted))
+        assert engine.batches == [3]
+        for task in submitted:
+            finished = database.tasks[task.id]
+            assert finished.status is TaskStatus.COMPLETED and finished.attempts == 1
+            assert len(finished.result_keys) == task.params.num_images
+        await runtime.stop()
+
+    _run(scenario)
+
+
+def test_a_failing_companion_claim_runs_the_task_alone(tmp_path):
+    runtime, tasks, database, engine = _batching_runtime(tmp_path, batch_max=4, batch_wait_ms=0)
+    tasks.failing_companion_claims = 1
+
+    async def scenario() -> None:
+        await runtime.start()
+        task = await runtime.service.submit(GenerationRequest(prompt="alone"), None)
+        await _until(lambda: database.tasks[task.id].status.is_terminal)
+        assert database.tasks[task.id].status is TaskStatus.COMPLETED
+        assert tasks.failing_companion_claims == 0 and engine.batches == []
+        await runtime.stop()
+
+    _run(scenario)
