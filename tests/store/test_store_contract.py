@@ -182,10 +182,12 @@ def test_companions_are_the_oldest_compatible_pending_tasks_that_fit_the_room(op
     run(scenario)
 
 
-def test_two_workers_claiming_companions_at_once_never_share_a_task(open_stores):
+def _two_nodes_drain(open_stores: Opener, added: list[Task], companions: int = 0) -> None:
+    """Two nodes claim `added` at once until none is left (each claim with up to `companions` more images): every
+    task is taken, and by one node only."""
+
     async def scenario() -> None:
         async with opened(open_stores) as a, opened(open_stores) as b:
-            added = [new_task(prompt=f"same batch {n}", seed=n) for n in range(16)]
             for task in added:
                 assert await a.tasks.add(task, None, 100)
 
@@ -193,7 +195,9 @@ def test_two_workers_claiming_companions_at_once_never_share_a_task(open_stores)
                 taken = []
                 while (lease := await stores.tasks.claim(name, 30)) is not None:
                     taken.append(lease.task.id)
-                    taken.extend(c.task.id for c in await stores.tasks.claim_companions(name, 30, lease.task, 3))
+                    if companions:
+                        more = await stores.tasks.claim_companions(name, 30, lease.task, companions)
+                        taken.extend(companion.task.id for companion in more)
                 return taken
 
             taken_a, taken_b = await asyncio.gather(drain(a, "a"), drain(b, "b"))
@@ -201,26 +205,14 @@ def test_two_workers_claiming_companions_at_once_never_share_a_task(open_stores)
             assert not set(taken_a) & set(taken_b)
 
     run(scenario)
+
+
+def test_two_workers_claiming_companions_at_once_never_share_a_task(open_stores):
+    _two_nodes_drain(open_stores, [new_task(prompt=f"same batch {n}", seed=n) for n in range(16)], companions=3)
 
 
 def test_two_nodes_claiming_at_once_never_take_the_same_task(open_stores):
-    async def scenario() -> None:
-        async with opened(open_stores) as a, opened(open_stores) as b:
-            added = [new_task() for _ in range(12)]
-            for task in added:
-                assert await a.tasks.add(task, None, 100)
-
-            async def drain(stores: Stores, name: str) -> list[str]:
-                taken = []
-                while (lease := await stores.tasks.claim(name, 30)) is not None:
-                    taken.append(lease.task.id)
-                return taken
-
-            taken_a, taken_b = await asyncio.gather(drain(a, "a"), drain(b, "b"))
-            assert sorted(taken_a + taken_b) == sorted(task.id for task in added)
-            assert not set(taken_a) & set(taken_b)
-
-    run(scenario)
+    _two_nodes_drain(open_stores, [new_task() for _ in range(12)])
 
 
 def test_admission_is_atomic_across_nodes(open_stores):
