@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 from PIL import Image
@@ -385,18 +385,27 @@ class Worker:
 
             return reported
 
-        members = {index: on_step(runs[index]) for index in inputs}
+        opened = await self._generation.submit(lambda: self._open_members(runs, inputs, on_step))
+        members: dict[int, BatchMember] = {}
+        for index, member in opened.items():
+            if isinstance(member, BatchMember):
+                members[index] = member
+            else:  # its inputs did not open: it fails alone
+                outcomes[index] = self._ended_without_images(runs[index], member)
+        if not members:
+            return outcomes
+        results: Mapping[int, Generated | SdapiError | None]
         try:
-            results = await self._generation.submit(lambda: self._run_batch(runs, inputs, members))
+            results = await self._generation.submit(lambda: self._run_batch(runs, members))
         except TaskCancelled:  # every member left
             results = {}
         except SdapiError as error:
-            results = {index: error for index in inputs}
+            results = dict.fromkeys(members, error)
         except Exception:
             logger.exception("the batch of %s failed with an unexpected error", ", ".join(r.task_id for r in runs))
-            results = {index: GenerationFailed(GENERIC_GENERATION_FAILURE, ErrorCode.INTERNAL) for index in inputs}
-        for index, result in results.items():
-            run = runs[index]
+            results = dict.fromkeys(members, GenerationFailed(GENERIC_GENERATION_FAILURE, ErrorCode.INTERNAL))
+        for index in members:
+            run, result = runs[index], results.get(index)
             if run in left:
                 continue
             if isinstance(result, Generated):
@@ -408,34 +417,38 @@ class Worker:
                 leave(run)
         return outcomes
 
-    def _run_batch(
+    def _open_members(
         self,
         runs: list[TaskRun],
         inputs: dict[int, bytes | None],
-        on_steps: dict[int, Callable[[int, int, int], None]],
-    ) -> dict[int, Generated | SdapiError | None]:
-        """On the generation thread: open each member's inputs and run the batch. A member whose inputs do not open
-        fails alone; each member's generation time is its share of the batch's, by images."""
-        results: dict[int, Generated | SdapiError | None] = {}
-        members: dict[int, BatchMember] = {}
+        on_step: Callable[[TaskRun], Callable[[int, int, int], None]],
+    ) -> dict[int, BatchMember | SdapiError]:
+        """On the generation thread: each member's inputs decoded, or why they cannot be (that member fails)."""
+        opened: dict[int, BatchMember | SdapiError] = {}
         for index, init_bytes in inputs.items():
-            task = runs[index].lease.task
+            run = runs[index]
             try:
-                init_image, _ = self._opened_inputs(task, init_bytes)
+                init_image, _ = self._opened_inputs(run.lease.task, init_bytes)
             except SdapiError as error:
-                results[index] = error
+                opened[index] = error
                 continue
-            members[index] = BatchMember(task.params, init_image, on_steps[index])
-        if not members:
-            return results
+            except Exception:
+                logger.exception("task %s: opening its inputs failed unexpectedly", run.task_id)
+                opened[index] = GenerationFailed(GENERIC_GENERATION_FAILURE, ErrorCode.INTERNAL)
+                continue
+            opened[index] = BatchMember(run.lease.task.params, init_image, on_step(run))
+        return opened
+
+    def _run_batch(self, runs: list[TaskRun], members: dict[int, BatchMember]) -> dict[int, Generated | None]:
+        """On the generation thread: run the batch; each member's generation time is its share of the batch's, by
+        images (what the queue's estimates and the step metric read)."""
         began = time.perf_counter()
         generated = self._engine.generate_batch(list(members.values()))
         seconds = time.perf_counter() - began
         images = sum(member.params.num_images for member in members.values())
-        for index, result in zip(members, generated, strict=True):
-            results[index] = result
+        for index in members:
             runs[index].generation_seconds = seconds * members[index].params.num_images / images
-        return results
+        return dict(zip(members, generated, strict=True))
 
     def _leave(self, run: TaskRun, began: float) -> None:
         """A run cancelled while its batch goes on: out of the batch's runs, and its outcome written now."""

@@ -18,7 +18,8 @@ from sdapi.config import Config, config_from_mapping
 from sdapi.core.deliveries import DeliveryStatus
 from sdapi.core.request import GenerationRequest
 from sdapi.core.tasks import TaskStatus
-from sdapi.errors import QueueFull, ServiceError
+from sdapi.devtools.testing.services import data_url, gradient_image
+from sdapi.errors import ErrorCode, GenerationFailed, QueueFull, ServiceError
 from sdapi.worker.generation_thread import GENERATION_THREAD_NAME
 from tests.fakes import FakeEngine, MemoryDatabase, MemoryOutbox, MemoryStorage, MemoryTaskStore, memory_stores
 from tests.receivers import CallbackReceiver
@@ -289,3 +290,54 @@ def test_a_failing_companion_claim_runs_the_task_alone(tmp_path):
         await runtime.stop()
 
     _run(scenario)
+
+
+def test_a_member_whose_inputs_do_not_open_fails_alone(tmp_path):
+    runtime, _, database, engine = _batching_runtime(tmp_path, batch_max=3, batch_wait_ms=10_000)
+    init = data_url(gradient_image(64, 64))
+
+    async def scenario() -> None:
+        await runtime.start()
+        first = await runtime.service.submit(GenerationRequest(prompt="a", init_image=init, strength=0.5), None)
+        broken = await runtime.service.submit(GenerationRequest(prompt="b", init_image=init, strength=0.5), None)
+        database.init_images[broken.id] = b"not an image"  # read only once the batch is full
+        third = await runtime.service.submit(GenerationRequest(prompt="c", init_image=init, strength=0.5), None)
+        submitted = (first, broken, third)
+        await _until(lambda: all(database.tasks[t.id].status.is_terminal for t in submitted))
+        assert engine.batches == [2]
+        assert [database.tasks[t.id].status for t in submitted] == [
+            TaskStatus.COMPLETED,
+            TaskStatus.FAILED,
+            TaskStatus.COMPLETED,
+        ]
+        await runtime.stop()
+
+    _run(scenario)
+
+
+def test_a_batch_that_fails_fails_each_member_with_its_message(tmp_path):
+    stores, _, database = memory_stores()
+    engine = FailingBatchEngine()
+    config = _config(tmp_path, batch_max=2, batch_wait_ms=2_000)  # a task alone waits this long for companions
+    runtime = build_runtime(config, engine=engine, stores=stores, storage=MemoryStorage())
+
+    async def scenario() -> None:
+        await runtime.start()
+        submitted = [await runtime.service.submit(GenerationRequest(prompt=p), None) for p in ("x", "y")]
+        await _until(lambda: all(database.tasks[t.id].status.is_terminal for t in submitted))
+        for task in submitted:
+            failed = database.tasks[task.id]
+            assert failed.status is TaskStatus.FAILED and failed.error_message == "显存不足（fake）"
+        # The worker goes on.
+        after = await runtime.service.submit(GenerationRequest(prompt="after", width=128), None)
+        await _until(lambda: database.tasks[after.id].status is TaskStatus.COMPLETED)
+        await runtime.stop()
+
+    _run(scenario)
+
+
+class FailingBatchEngine(FakeEngine):
+    """A FakeEngine whose batches run out of memory."""
+
+    def generate_batch(self, members):
+        raise GenerationFailed("显存不足（fake）", ErrorCode.OUT_OF_MEMORY)
