@@ -351,10 +351,15 @@ def batching(run: Run, model: Model, work: Path) -> dict[str, Any]:
     dtype = "float16" if run.device == "cuda" else "float32"
     shape = {"width": model.side, "height": model.side, "num_inference_steps": model.steps}
     figures: dict[str, Any] = {"requests": BATCHING_REQUESTS, **shape}
+    # A setting is started only when it should end within the budget: the first is estimated from the service
+    # step's seconds per task (when it ran), each next one from the setting before.
+    queued = run.results.get(f"{model.name}: service queue of 20", {}).get("per_task_s")
+    expected = BATCHING_REQUESTS * queued + 30 if queued else 0.0
     for batch_max in BATCHING_SETTINGS:
-        if run.left < 4 * RESERVE_SECONDS:
-            figures["stopped"] = f"budget spent before batch_max {batch_max}"
+        if run.left < expected + RESERVE_SECONDS:
+            figures["stopped"] = f"budget left {run.left:.0f} s, batch_max {batch_max} needs about {expected:.0f} s"
             break
+        began = time.monotonic()
         changes = {
             "model": {"device": run.device, "dtype": dtype, "engine": "torch"},
             "queue": {"batch_max": batch_max, "batch_wait_ms": 25, "max_pending": 200, "lease_seconds": 600},
@@ -362,6 +367,7 @@ def batching(run: Run, model: Model, work: Path) -> dict[str, Any]:
         with in_process(work / f"{model.name}-batch-{batch_max}", model.path, **changes) as service:
             queue = run_queue(service, shape, BATCHING_REQUESTS)
         figures[f"batch_max_{batch_max}"] = {key: round(value, 3) for key, value in queue.items()}
+        expected = time.monotonic() - began
     alone = figures.get("batch_max_1", {}).get("images_per_second")
     for batch_max in BATCHING_SETTINGS[1:]:
         measured = figures.get(f"batch_max_{batch_max}")
