@@ -121,7 +121,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         request = f"{row['width']}x{row['height']}, {row['num_inference_steps']} steps, {row['dtype']}"
         lines.append(
-            f"| {row['model']} | {request} | {row['batch_max']} | {row['images_per_second']:.2f} | "
+            f"| {row['model']} | {request} | {row['batch_max']} | {row['images_per_second']:.3g} | "
             f"{row['images_per_second'] / alone[row['model']]:.2f}x | {row['p50_seconds']:.1f} s | "
             f"{row['p99_seconds']:.1f} s |"
         )

@@ -21,5 +21,5 @@ def test_the_table_compares_each_setting_with_batching_off():
     ]
     lines = table(rows).splitlines()
     assert lines[0].startswith("| model | request | batch_max |")
-    assert lines[2] == "| tiny | 256x256, 20 steps, float32 | 1 | 1.00 | 1.00x | 20.0 s | 30.0 s |"
-    assert lines[3] == "| tiny | 256x256, 20 steps, float32 | 4 | 2.50 | 2.50x | 9.0 s | 12.5 s |"
+    assert lines[2] == "| tiny | 256x256, 20 steps, float32 | 1 | 1 | 1.00x | 20.0 s | 30.0 s |"
+    assert lines[3] == "| tiny | 256x256, 20 steps, float32 | 4 | 2.5 | 2.50x | 9.0 s | 12.5 s |"
