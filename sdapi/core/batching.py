@@ -1,6 +1,6 @@
 """Which tasks may share one denoising batch (cross-request batching, `queue.batch_max`).
 
-Two tasks share a batch when one pipeline call can make both tasks' images exactly as each task's own run would: the
+Two tasks share a batch when one pipeline call can make both tasks' images as each task's own run would: the
 same model, size, steps, scheduler and its options, guidance, mode (text- or image-to-image, and the strength), LoRA
 set and embeddings. The prompts, negative prompts, seeds, image counts and init images may differ: each image keeps
 its own prompt and its own generator. Runs that are not one plain pipeline call (the second pass, inpainting,

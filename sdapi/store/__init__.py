@@ -138,7 +138,7 @@ class TaskStore(Protocol):
     async def claim_companions(self, worker_id: str, lease_seconds: float, first: Task, room: int) -> list[Lease]:
         """Take pending tasks that can share a denoising batch with `first` (a task this worker holds: equal
         sdapi.core.batching keys), oldest first, while their images number at most `room` in all; each under its
-        own lease, as claim() takes one. None when `first` always runs alone."""
+        own lease, as claim() takes one. None taken when `first` always runs alone."""
 
     async def renew(self, lease: Lease, lease_seconds: float) -> bool:
         """Extend the lease to `lease_seconds` from now; False when it is no longer this lease (reaped)."""
