@@ -15,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sdapi.devtools.testing.services import fetch_pixels, generate, in_process, mean_abs_diff, submit, wait_for_task
 from tests.receivers import CallbackReceiver
 
-# A batch starts once full (four images) or after the wait: every test here fills its batch, so the long wait only
-# keeps a busy machine's slow submits from splitting one.
-BATCHED = {"batch_max": 4, "batch_wait_ms": 10_000}
+# A batch starts once full (four images) or after the wait: every test here fills its batch within milliseconds, so
+# the wait only keeps a busy machine's slow submits from splitting one (a task alone waits it out: the lease test's
+# second run).
+BATCHED = {"batch_max": 4, "batch_wait_ms": 3_000}
 SMALL = {"width": 128, "height": 96, "num_inference_steps": 8, "scheduler": "EulerAncestralDiscreteScheduler"}
 # Seconds of batch on this machine: long enough to act on a member while it runs.
 LONG = {"width": 256, "height": 256, "num_inference_steps": 150, "scheduler": "EulerDiscreteScheduler"}
