@@ -159,15 +159,7 @@ def run_batches(
             "output_type": "pil",
             **arguments,
         }
-        if getattr(pipeline, "text_encoder_2", None) is not None:
-            # SDXL's micro-conditioning: an uncropped picture made at the size asked for (the output's size, also
-            # for image-to-image), which is what SDXL's training associates with whole, well-framed images.
-            height_width = (size[1], size[0])
-            batch_arguments |= {
-                "original_size": height_width,
-                "target_size": height_width,
-                "crops_coords_top_left": (0, 0),
-            }
+        batch_arguments |= size_conditioning(pipeline, size)
         if on_step is not None:
             batch_arguments["callback_on_step_end"] = _step_reporter(on_step, index, len(batches), len(images))
         images.extend(pipeline(**batch_arguments).images)
@@ -221,9 +213,7 @@ def make_batch_images(
         arguments |= {"image": inits, "strength": first.strength}
     else:
         arguments |= {"width": first.width, "height": first.height}
-    if getattr(pipeline, "text_encoder_2", None) is not None:  # SDXL's micro-conditioning, as run_batches says
-        height_width = (first.height, first.width)
-        arguments |= {"original_size": height_width, "target_size": height_width, "crops_coords_top_left": (0, 0)}
+    arguments |= size_conditioning(pipeline, (first.width, first.height))
     left: set[int] = set()
     arguments["callback_on_step_end"] = _batch_step_reporter(members, left)
     images = pipeline(**arguments).images
@@ -255,6 +245,16 @@ def _batch_step_reporter(members: list[BatchMember], left: set[int]) -> Any:
         return callback_kwargs
 
     return reporter
+
+
+def size_conditioning(pipeline: Any, size: tuple[int, int]) -> dict[str, Any]:
+    """SDXL's micro-conditioning for a picture of `size` (width, height): an uncropped picture made at the size asked
+    for (the output's size, also for image-to-image), which is what SDXL's training associates with whole,
+    well-framed images. Nothing for the other families."""
+    if getattr(pipeline, "text_encoder_2", None) is None:
+        return {}
+    height_width = (size[1], size[0])
+    return {"original_size": height_width, "target_size": height_width, "crops_coords_top_left": (0, 0)}
 
 
 def report_gpu_memory() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 from PIL import Image
 
@@ -19,6 +20,8 @@ from sdapi.engines.pipeline_runs import StepCallback
 from sdapi.errors import GenerationFailed, InvalidParameter
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def can_serve(engine: Engine, params: GenerationParams) -> bool:
@@ -97,24 +100,20 @@ class EngineRouter:
         on_step: StepCallback | None = None,
         conditioning: Conditioning = NO_CONDITIONING,
     ) -> Generated:
+        return self._routed(params, lambda engine: engine.generate(params, init_image, on_step, conditioning))
+
+    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+        """Routed as the first member is: the members share everything routing looks at (their batch key)."""
+        return self._routed(members[0].params, lambda engine: engine.generate_batch(members))
+
+    def _routed(self, params: GenerationParams, run: Callable[[Engine], T]) -> T:
+        """`run` on the engine `params` go to; on the fallback too when it fails there and fallback_on_failure."""
         if not self.routes_to_preferred(params):
-            return self._fallback_engine().generate(params, init_image, on_step, conditioning)
+            return run(self._fallback_engine())
         try:
-            return self.preferred.generate(params, init_image, on_step, conditioning)
+            return run(self.preferred)
         except GenerationFailed as error:
             if not self._fallback_on_failure:
                 raise
             logger.warning("%s run failed (%s); running the task on the fallback", self.preferred.name, error.message)
-            return self._fallback_engine().generate(params, init_image, on_step, conditioning)
-
-    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
-        """Routed as the first member is: the members share everything routing looks at (their batch key)."""
-        if not self.routes_to_preferred(members[0].params):
-            return self._fallback_engine().generate_batch(members)
-        try:
-            return self.preferred.generate_batch(members)
-        except GenerationFailed as error:
-            if not self._fallback_on_failure:
-                raise
-            logger.warning("%s batch failed (%s); running it on the fallback", self.preferred.name, error.message)
-            return self._fallback_engine().generate_batch(members)
+            return run(self._fallback_engine())

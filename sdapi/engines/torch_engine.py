@@ -152,18 +152,22 @@ class TorchEngine:
     def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
         if not self.loaded:
             raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
-        first = members[0].params
-        if self.adapters is not None:
-            self.adapters.activate(first.loras)  # one LoRA set: it is part of the batch key
-        elif first.loras:
-            raise GenerationFailed("此引擎未配置 LoRA", ErrorCode.INVALID_INPUT)
         assert self._embeddings is not None and self.family is not None  # set by load()
         if self.family.inpainting:  # its runs are repaints (as_edit): one task at a time
             return one_at_a_time(self, members)
-        embedded = [replace(member, params=self._embeddings.apply(member.params)) for member in members]
+        first = members[0].params
         with engine_errors(first), torch.inference_mode():
+            self._activate_loras(first.loras)  # one LoRA set: it is part of the batch key
+            embedded = [replace(member, params=self._embeddings.apply(member.params)) for member in members]
             batches = make_batch_images(self._text_to_image, self._image_to_image, self._scheduler_config, embedded)
         return [None if images is None else Generated(images, self.name) for images in batches]
+
+    def _activate_loras(self, loras: tuple[LoraSpec, ...]) -> None:
+        """Merge exactly `loras` into the model (restoring any other set first)."""
+        if self.adapters is not None:
+            self.adapters.activate(loras)
+        elif loras:
+            raise GenerationFailed("此引擎未配置 LoRA", ErrorCode.INVALID_INPUT)
 
     def _conditioned_run(self, params: GenerationParams, conditioning: Conditioning) -> ControlRun | None:
         """The request's ControlNet units and image prompts with a weight, on a pipeline of the run's kind made
@@ -209,10 +213,7 @@ class TorchEngine:
         on_step: StepCallback | None,
         conditioning: Conditioning = NO_CONDITIONING,
     ) -> list[Image.Image]:
-        if self.adapters is not None:
-            self.adapters.activate(params.loras)
-        elif params.loras:
-            raise GenerationFailed("此引擎未配置 LoRA", ErrorCode.INVALID_INPUT)
+        self._activate_loras(params.loras)
         assert self._embeddings is not None and self.family is not None  # set by load()
         params = self._embeddings.apply(params)
         if self.family.inpainting and params.inpaint is None:

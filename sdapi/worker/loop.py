@@ -216,8 +216,7 @@ class Worker:
             if self._must_load(model):
                 await self._requeue_while_loading(lease, model)
                 return
-            if started.started_at is not None:
-                metrics.QUEUE_WAIT.observe((started.started_at - started.created_at).total_seconds())
+            _observe_queue_wait(started)
             failure = self._loads.message(model)
             if failure is not None and self._loads.waiting(model):
                 await self._refuse_unloadable(lease, model, failure)
@@ -297,8 +296,7 @@ class Worker:
                 logger.error("worker: claiming companions for task %s failed: %s", task.id, error.message)
                 break
             for lease in leases:
-                if lease.task.started_at is not None:
-                    metrics.QUEUE_WAIT.observe((lease.task.started_at - lease.task.created_at).total_seconds())
+                _observe_queue_wait(lease.task)
                 companions.append(self._start_run(lease))
                 room -= lease.task.params.num_images
             left = deadline - time.monotonic()
@@ -617,6 +615,12 @@ async def _until_written(write: Callable[[], Awaitable[bool]], what: str) -> boo
             logger.error("%s failed, retrying in %.1fs: %s", what, wait, error)
             await asyncio.sleep(wait)
             wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
+
+
+def _observe_queue_wait(started: Task) -> None:
+    """How long a task that just started had waited in the queue (sdapi_queue_wait_seconds)."""
+    if started.started_at is not None:
+        metrics.QUEUE_WAIT.observe((started.started_at - started.created_at).total_seconds())
 
 
 def _log_unexpected(finishing: asyncio.Task[None]) -> None:
