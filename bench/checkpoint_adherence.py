@@ -25,6 +25,7 @@ def pipeline_from_workdir(workdir: Path):  # type: ignore[no-untyped-def]
     import torch
     from diffusers import AutoencoderKL
 
+    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG
 
     final = workdir / "unet_final.pt"
     if final.exists():
@@ -44,7 +45,7 @@ def pipeline_from_workdir(workdir: Path):  # type: ignore[no-untyped-def]
         text_encoder=text_encoder,
         tokenizer=training._tokenizer(workdir / "tokenizer"),
         unet=unet,
-        scheduler=diffusers.PNDMScheduler.from_config(training.scheduler_config()),
+        scheduler=diffusers.PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

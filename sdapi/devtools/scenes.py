@@ -6,9 +6,7 @@ ranges), water (none, a lake with its far shore, the sea to the horizon; both re
 desert, snow), trees (none, a few, a forest) and clouds. An object scene is one coloured shape (circle, square,
 triangle) on a plain background. Every scene comes with captions in the styles people write: short comma lists,
 sentences, long prompts with quality words; each names a random subset of the scene's attributes, so a prompt
-that names one attribute leaves the others to the model. One caption in seven is in Chinese (the API document is):
-transformers' CLIPTokenizer, without ftfy installed, splits Chinese text into single characters, so the vocabulary
-gives every character of the Chinese phrases its own token.
+that names one attribute leaves the others to the model.
 
 `SCENES_VERSION` changes whenever a scene or a caption drawn from a seed changes: the model manifest records it.
 """
@@ -21,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-SCENES_VERSION = 2  # 2: Chinese captions
+SCENES_VERSION = 1
 
 TIMES = ("day", "sunset", "night")
 MOUNTAINS = ("none", "green", "snowy")
@@ -250,73 +248,27 @@ QUALITY_WORDS = ["highly detailed", "4k", "beautiful", "masterpiece", "best qual
 _OPENINGS = ["a landscape with", "a beautiful landscape with", "a view of", "a painting of", "a photo of", "scenery,"]
 
 
-# The same attributes in Chinese (simplified), for the captions in Chinese.
-ZH_TIME_WORDS = {
-    "day": ["白天", "中午", "晴天", "阳光明媚", "蓝天", "白天的蓝天"],
-    "sunset": ["日落", "夕阳", "黄昏", "傍晚", "晚霞", "日落时分"],
-    "night": ["夜晚", "夜景", "月光下", "星空", "深夜", "夜空"],
-}
-ZH_MOUNTAIN_WORDS = {
-    "green": ["青山", "绿色的山", "翠绿的群山", "山脉"],
-    "snowy": ["雪山", "白雪皑皑的山峰", "积雪的山", "山脉"],
-}
-ZH_WATER_WORDS = {
-    "lake": ["湖泊", "湖", "平静的湖面", "湖水倒影", "山间的湖"],
-    "sea": ["大海", "海洋", "海边", "海水", "海面倒影"],
-}
-ZH_GROUND_WORDS = {
-    "grass": ["草地", "草原", "绿色的田野"],
-    "desert": ["沙漠", "沙丘", "沙地"],
-    "snow": ["雪地", "积雪", "冬天的雪"],
-}
-ZH_TREE_WORDS = {"few": ["树", "几棵树", "松树"], "forest": ["森林", "松林", "树林"]}
-ZH_CLOUD_WORDS = ["云", "多云的天空", "白云"]
-ZH_QUALITY_WORDS = ["高清", "细节丰富", "杰作", "最佳质量", "美丽", "4k"]
-ZH_COLOURS = {"red": "红色", "blue": "蓝色", "yellow": "黄色", "green": "绿色", "white": "白色"}
-ZH_SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
-ZH_BACKGROUNDS = {"white": "白色", "black": "黑色", "gray": "灰色"}
-CHINESE_SHARE = 1 / 7
-
-
-@dataclass(frozen=True)
-class _Words:
-    """One language's phrase tables."""
-
-    time: dict[str, list[str]]
-    mountains: dict[str, list[str]]
-    water: dict[str, list[str]]
-    ground: dict[str, list[str]]
-    trees: dict[str, list[str]]
-    clouds: list[str]
-
-
-_ENGLISH = _Words(TIME_WORDS, MOUNTAIN_WORDS, WATER_WORDS, GROUND_WORDS, TREE_WORDS, CLOUD_WORDS)
-_CHINESE = _Words(ZH_TIME_WORDS, ZH_MOUNTAIN_WORDS, ZH_WATER_WORDS, ZH_GROUND_WORDS, ZH_TREE_WORDS, ZH_CLOUD_WORDS)
-
-
-def _landscape_phrases(scene: Landscape, rng: random.Random, words: _Words = _ENGLISH) -> list[str]:
+def _landscape_phrases(scene: Landscape, rng: random.Random) -> list[str]:
     phrases = []
     # Time of day and water are named most often: the two attributes every prompt about a landscape tends to set.
     if rng.random() < 0.85:
-        phrases.append(rng.choice(words.time[scene.time]))
+        phrases.append(rng.choice(TIME_WORDS[scene.time]))
     if scene.mountains != "none" and rng.random() < 0.8:
-        phrases.append(rng.choice(words.mountains[scene.mountains]))
+        phrases.append(rng.choice(MOUNTAIN_WORDS[scene.mountains]))
     if scene.water != "none" and rng.random() < 0.8:
-        phrases.append(rng.choice(words.water[scene.water]))
+        phrases.append(rng.choice(WATER_WORDS[scene.water]))
     if rng.random() < 0.7:
-        phrases.append(rng.choice(words.ground[scene.ground]))
+        phrases.append(rng.choice(GROUND_WORDS[scene.ground]))
     if scene.trees != "none" and rng.random() < 0.7:
-        phrases.append(rng.choice(words.trees[scene.trees]))
+        phrases.append(rng.choice(TREE_WORDS[scene.trees]))
     if scene.clouds and rng.random() < 0.6:
-        phrases.append(rng.choice(words.clouds))
+        phrases.append(rng.choice(CLOUD_WORDS))
     rng.shuffle(phrases)
     return phrases
 
 
 def caption(scene: Scene, rng: random.Random) -> str:
-    """One caption for the scene, in one of the styles people write prompts in (one in seven in Chinese)."""
-    if rng.random() < CHINESE_SHARE:
-        return _chinese_caption(scene, rng)
+    """One caption for the scene, in one of the styles people write prompts in."""
     if isinstance(scene, ShapeScene):
         thing = f"a {scene.colour} {scene.shape}"
         return rng.choice(
@@ -344,26 +296,8 @@ def caption(scene: Scene, rng: random.Random) -> str:
     return f"{rng.choice(_OPENINGS)} {body}, " + ", ".join(tags)
 
 
-def _chinese_caption(scene: Scene, rng: random.Random) -> str:
-    if isinstance(scene, ShapeScene):
-        thing = f"{ZH_COLOURS[scene.colour]}的{ZH_SHAPES[scene.shape]}"
-        return rng.choice([f"一个{thing}", f"{ZH_BACKGROUNDS[scene.background]}背景上的{thing}", f"简单的{thing}"])
-    phrases = _landscape_phrases(scene, rng, _CHINESE)
-    if not phrases:
-        return rng.choice(["风景", "美丽的风景", "自然风光"])
-    style = rng.random()
-    if style < 0.4:  # a list, with the full-width comma or the enumeration comma
-        return rng.choice(["，", "、", ", "]).join(phrases)
-    if style < 0.7:  # a sentence: "a landscape with A, B and C"
-        body = phrases[0] if len(phrases) == 1 else "、".join(phrases[:-1]) + "和" + phrases[-1]
-        return rng.choice(["有{}的风景", "一幅有{}的风景画", "{}的风景"]).format(body)
-    tags = rng.sample(ZH_QUALITY_WORDS, rng.randint(1, 3))
-    return "美丽的风景，" + "，".join(phrases + tags)
-
-
 def vocabulary() -> list[str]:
-    """Every word the captions use (the tokenizer gives each its own token), and every character of the Chinese
-    captions (the tokenizer sees Chinese text one character at a time)."""
+    """Every word the captions use (the tokenizer gives each its own token)."""
     words: set[str] = set()
     texts = [*QUALITY_WORDS, *_OPENINGS, *CLOUD_WORDS, "and", "on", "background", "simple", "flat", "nature", "scenery"]
     for table in (TIME_WORDS, MOUNTAIN_WORDS, WATER_WORDS, GROUND_WORDS, TREE_WORDS):
@@ -373,10 +307,4 @@ def vocabulary() -> list[str]:
     for text in texts:
         for word in text.replace(",", " ").replace("-", " - ").split():
             words.add(word.lower())
-    chinese = [*ZH_CLOUD_WORDS, *ZH_QUALITY_WORDS, *ZH_COLOURS.values(), *ZH_SHAPES.values(), *ZH_BACKGROUNDS.values()]
-    chinese += ["一个背景上的简单", "风景美丽的自然风光", "有的风景一幅画和", "，、", "单色黑白"]
-    for table in (ZH_TIME_WORDS, ZH_MOUNTAIN_WORDS, ZH_WATER_WORDS, ZH_GROUND_WORDS, ZH_TREE_WORDS):
-        for phrases in table.values():
-            chinese.extend(phrases)
-    words.update(character for text in chinese for character in text if not character.isascii())
     return sorted(words)

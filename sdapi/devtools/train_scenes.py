@@ -11,7 +11,7 @@ it stopped: run the same command again.
 4. unet: the UNet and a small CLIP text encoder together, on the latents and captions (a word-level tokenizer
    with character fallback, sdapi.devtools.word_tokenizer), at 256 and 512, 10 % of captions dropped so
    classifier-free guidance works, an exponential moving average kept of both;
-5. export: the pipeline in diffusers format, fp16 safetensors, SD 1.5's scheduler config with v-prediction;
+5. export: the pipeline in diffusers format, fp16 safetensors, SD 1.5's scheduler config;
 6. lora: a "monochrome" style LoRA (kohya layout, trigger word "monochrome") on the frozen model;
 7. embedding: a textual-inversion embedding "<sdapi-orange-ball>" (an orange circle, a colour no caption names);
 8. manifest: sha256 of every shipped file, the command, the scene renderer's version, the loss curve.
@@ -59,12 +59,12 @@ class Budget:
     scenes_256: int = 6000
     scenes_512: int = 800
     vae_steps: int = 2000
-    unet_steps: int = 3000
+    unet_steps: int = 4500
     lora_steps: int = 400
     embedding_steps: int = 300
     batch_256: int = 32
     batch_512: int = 8
-    every_512: int = 4  # one 512 batch after every three 256 batches
+    every_512: int = 5  # one 512 batch after every four 256 batches
 
     @classmethod
     def quick(cls) -> Budget:
@@ -249,34 +249,11 @@ def _text_encoder(vocab_size: int) -> Any:
 
 
 def _unet() -> Any:
-    """SD 1.5's four-level layout (three downsamplings: 64, 32, 16 and 8 latent cells a side at 512x512) at toy
-    widths, the prompt read by cross-attention at the two lowest levels.
+    from sdapi.devtools.tiny_model import sd_unet
 
-    The first shipped model had three levels, attention only at the lowest: at 512x512 its lowest level was 16
-    cells wide, too wide for a 3x3 convolution's zero padding to tell a cell where in the picture it is, so it drew
-    two or three horizons stacked, and mountains, water and ground followed their words at chance. The fourth
-    level costs little (its cells are few), and is where the prompt meets the whole picture.
-
-    The prompt also reaches every resnet, at every level, the way a class label does in a class-conditional
-    diffusion model: `addition_embed_type="text"` pools the text encoder's states (attention pooling) and adds
-    them to the timestep embedding. Cross-attention alone at the lowest levels bound the time of day to its words
-    (a global colour) but, after 2,000 of 4,500 steps, mountains, water and ground still at chance."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32, 64, 128),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        addition_embed_type="text",
-        addition_embed_type_num_heads=4,
-    )
+    # The random tiny model's layout with a wider lowest level, where the one attention block reads the prompt:
+    # about 1.3x its cost per step at 512x512.
+    return sd_unet(block_out_channels=(16, 32, 64), cross_attention_dim=64)
 
 
 def _tokenizer(directory: Path) -> Any:
@@ -291,17 +268,13 @@ def _tokens(tokenizer: Any, texts: list[str]) -> Any:
     return tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
 
 
-def scheduler_config() -> dict[str, Any]:
-    """SD 1.5's scheduler config with v-prediction, as SD 2.x's 768 models have it (see `_diffusion_loss`)."""
-    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG
-
-    return {**SD15_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
-
-
 def _noise_schedule() -> Any:
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler.from_config({k: v for k, v in scheduler_config().items() if not k.startswith("_")})
+    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG
+
+    config = {k: v for k, v in SD15_SCHEDULER_CONFIG.items() if not k.startswith("_")}
+    return DDPMScheduler.from_config(config)
 
 
 def _latent_batch(encoded: Any, size: int, picks: Any, flips: Any, scaling: float) -> Any:
@@ -334,21 +307,16 @@ def _diffusion_loss(
         timesteps = torch.randint(0, schedule.config.num_train_timesteps, (latents.shape[0],))
     noisy = schedule.add_noise(latents, noise, timesteps)
     predicted = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-    # v-prediction (the UNet outputs sqrt(a)·noise - sqrt(1-a)·latents): at high noise its output is the picture
-    # itself, where an ε-predicting UNet must pass its input through almost exactly and say the picture in a small
-    # remainder. With ε-prediction (two runs, three and four UNet levels) the picture predicted from pure noise was
-    # the same for every prompt but "night", and mountains, water and ground followed their words at chance.
-    target = schedule.get_velocity(latents, noise, timesteps)
-    # The weights, in terms of the error of the picture predicted: min-SNR (gamma 5) keeps the many low-noise steps
-    # from drowning out the others, and the high-noise steps, where the sky's colour and the bands of water and
-    # ground are decided, weigh up to 20x more. (Without that and the offset noise a run of 3000 steps drew night,
-    # day and sunset at chance; with both, 1000 steps drew each as asked in 60 of 60 pictures.) A v error costs
-    # (1 + snr) times the picture's error, hence the division.
+    # Min-SNR weighting (gamma 5) keeps the many low-noise steps from drowning out the others; and the high-noise
+    # steps, where the sky's colour and the bands of water and ground are decided, weigh up to 20x more (their
+    # noise prediction error is small even when the picture they imply is wrong). Without it and the offset noise
+    # a run of 3000 steps drew night, day and sunset at chance from their words (40 %); with both, 1000 steps at
+    # 256 pixels drew each as asked in 60 of 60 pictures.
     alphas = schedule.alphas_cumprod[timesteps]
     snr = alphas / (1 - alphas)
     below, most = high_noise
-    weight = torch.clamp(snr, max=5.0) / (snr + 1) * torch.clamp(below / snr, 1.0, most)
-    return (weight * ((predicted - target) ** 2).mean(dim=(1, 2, 3))).mean()
+    weight = torch.clamp(snr, max=5.0) / snr * torch.clamp(below / snr, 1.0, most)
+    return (weight * ((predicted - noise) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
 def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
@@ -389,11 +357,6 @@ def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
         torch.set_rng_state(state["torch_rng"])
         _log(f"resuming the UNet at step {start}")
     else:
-        # Token embeddings of unit scale, not CLIP's 0.02: with CLIP's, every prompt enters the UNet as almost the
-        # same states (a lake, a desert, grass, snowy mountains: 0.05 apart after 2,000 steps, where night and
-        # sunset, whose words pay most, had grown 1.0 apart), and the UNet never learns to read the others.
-        with torch.no_grad():
-            text_encoder.get_input_embeddings().weight.normal_(0.0, 1.0)
         ema_unet.load_state_dict(unet.state_dict())
         ema_text.load_state_dict(text_encoder.state_dict())
     rng = random.Random(SEED + start)
@@ -447,6 +410,8 @@ def export_stage(workdir: Path, out: Path) -> None:
     import torch
     from diffusers import AutoencoderKL
 
+    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG
+
     if (out / "model_index.json").exists():
         return
     final = torch.load(workdir / "unet_final.pt")
@@ -456,7 +421,7 @@ def export_stage(workdir: Path, out: Path) -> None:
     vae = AutoencoderKL.from_pretrained(str(workdir / "vae"))
     vae.register_to_config(scaling_factor=float(torch.load(workdir / "latents.pt")["scaling_factor"]))
     tokenizer = _tokenizer(workdir / "tokenizer")
-    scheduler = diffusers.PNDMScheduler.from_config(scheduler_config())
+    scheduler = diffusers.PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
     pipeline = diffusers.StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -487,17 +452,14 @@ def load_pipeline(model: Path) -> Any:
 
 
 def _lora_targets(unet: Any) -> dict[str, Any]:
-    """The UNet modules the style LoRA changes: attention projections, the resnets' 3x3 convolutions and their
-    time-embedding projections, and the first and last convolutions. Greyness is a shift of the latents' colour
-    channels everywhere in the picture: the time-embedding projections add a per-channel shift to every resnet,
-    and conv_out writes the latent channels themselves (without these the LoRA lowered the saturation by 5 %)."""
+    """The UNet modules the style LoRA changes: attention projections and the resnets' 3x3 convolutions."""
     import torch
 
     chosen = {}
     for path, module in unet.named_modules():
         attention = path.endswith(("to_q", "to_k", "to_v", "to_out.0"))
         conv = isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3) and ".resnets." in path
-        if attention or conv or path.endswith("time_emb_proj") or path in ("conv_in", "conv_out"):
+        if attention or conv:
             chosen[path] = module
     return chosen
 
@@ -511,9 +473,7 @@ class _LowRank:
         weight = module.weight
         out_features, in_features = weight.shape[0], weight.shape[1]
         kernel = tuple(weight.shape[2:])
-        fan_in = in_features * math.prod(kernel)  # kohya's scale: the delta starts at zero, `down` does not
-        scale = 1.0 / math.sqrt(fan_in)
-        self.down = torch.nn.Parameter(torch.randn(LORA_RANK, in_features, *kernel, generator=generator) * scale)
+        self.down = torch.nn.Parameter(torch.randn(LORA_RANK, in_features, *kernel, generator=generator) * 0.01)
         self.up = torch.nn.Parameter(torch.zeros(out_features, LORA_RANK, *((1, 1) if kernel else ())))
         self.module = module
         self.handle = module.register_forward_hook(self._hook)

@@ -57,33 +57,6 @@ def test_captions_name_only_what_the_scene_has():
             assert "night" not in text and "moon" not in text
 
 
-def test_chinese_captions_are_one_in_seven_and_name_only_what_the_scene_has():
-    rng = random.Random(2)
-    chinese = 0
-    for _ in range(700):
-        scene = scenes.random_scene(rng, object_share=0.0)
-        text = scenes.caption(scene, rng)
-        if text.isascii():
-            continue
-        chinese += 1
-        if scene.water == "none":
-            assert "湖" not in text and "海" not in text, text
-        if scene.mountains == "none":
-            assert "山" not in text.replace("山间的湖", "湖") and "峰" not in text, text
-        if scene.time != "night":
-            assert not any(character in text for character in "夜月星"), text
-    assert 70 < chinese < 130
-
-
-def test_a_chinese_prompt_is_one_token_per_character(tmp_path):
-    write_word_tokenizer(tmp_path, scenes.vocabulary())
-    tokenizer = CLIPTokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"))
-    prompt = "美丽的风景，雪山和湖泊，日落"
-    ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    assert len(ids) == len(prompt)
-    assert tokenizer.decode(ids).replace(" ", "") == prompt
-
-
 def test_every_caption_word_is_one_token_and_unknown_words_fall_back_to_characters(tmp_path):
     write_word_tokenizer(tmp_path, scenes.vocabulary())
     tokenizer = CLIPTokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"))
