@@ -265,6 +265,7 @@ def lora_after_compile(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     import torch
 
     from sdapi.core.request import LoraSpec
+    from sdapi.devtools.testing.services import mean_abs_diff
     from sdapi.models.digests import sha256_file
 
     spec = LoraSpec(name=lora.stem, weight=1.0, sha256=sha256_file(lora))
@@ -278,8 +279,8 @@ def lora_after_compile(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     styled = np.asarray(compiled.generate(styled_params, None).images[0], dtype=np.float64)
     reference = np.asarray(eager.generate(styled_params, None).images[0], dtype=np.float64)
     return {
-        "lora_changes_compiled_output": bool(np.abs(styled - plain).mean() > 0.5),
-        "compiled_vs_eager_with_lora_mean_abs": round(float(np.abs(styled - reference).mean()), 3),
+        "lora_changes_compiled_output": mean_abs_diff(styled, plain) > 0.5,
+        "compiled_vs_eager_with_lora_mean_abs": round(mean_abs_diff(styled, reference), 3),
     }
 
 
@@ -382,6 +383,7 @@ def contract(run: Run, model: Model, lora: Path) -> dict[str, Any]:
 
     from sdapi.core.request import LoraSpec
     from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
+    from sdapi.devtools.testing.services import mean_abs_diff
     from sdapi.models.digests import sha256_file
 
     engine = torch_engine(run, model, lora)
@@ -409,7 +411,7 @@ def contract(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     figures["schedulers_failed"] = failed
     spec = LoraSpec(name=lora.stem, weight=1.0, sha256=sha256_file(lora))
     styled = pixels(_params(model, num_inference_steps=steps, seed=5, loras=(spec,)))
-    figures["lora_changes_pixels"] = bool(np.abs(styled - first).mean() > 0.5)
+    figures["lora_changes_pixels"] = mean_abs_diff(styled, first) > 0.5
     figures["lora_swap_exact"] = bool(np.array_equal(first, pixels(_params(model, num_inference_steps=steps, seed=5))))
     from PIL import Image
 
@@ -435,6 +437,7 @@ def batch_members_difference(engine: Any, model: Model, steps: int) -> float:
     run's; the seed rule allows 1."""
     import numpy as np
 
+    from sdapi.devtools.testing.services import mean_abs_diff
     from sdapi.engines import BatchMember
 
     own = [
@@ -443,7 +446,7 @@ def batch_members_difference(engine: Any, model: Model, steps: int) -> float:
     ]
     batched = engine.generate_batch([BatchMember(params, None, lambda *_: None) for params in own])
     differences = [
-        float(np.abs(np.asarray(mine, dtype=np.float64) - np.asarray(alone, dtype=np.float64)).mean())
+        mean_abs_diff(np.asarray(mine, dtype=np.float64), np.asarray(alone, dtype=np.float64))
         for params, generated in zip(own, batched, strict=True)
         for mine, alone in zip(generated.images, engine.generate(params, None).images, strict=True)
     ]
