@@ -33,8 +33,8 @@ def pipeline_from_workdir(workdir: Path):  # type: ignore[no-untyped-def]
         unet_state, text_state, vocab_size, step = state["unet"], state["text"], state["vocab_size"], "final"
     else:
         state = torch.load(workdir / "unet_checkpoint.pt", weights_only=False)
-        unet_state, text_state, step = state["ema_unet"], state["ema_text"], state["step"]
-        vocab_size = text_state["text_model.embeddings.token_embedding.weight"].shape[0]
+        text = torch.load(workdir / "text_encoder.pt")
+        unet_state, text_state, vocab_size, step = state["ema_unet"], text["text"], text["vocab_size"], state["step"]
     unet, text_encoder = training._unet(), training._text_encoder(vocab_size)
     unet.load_state_dict(unet_state)
     text_encoder.load_state_dict(text_state)

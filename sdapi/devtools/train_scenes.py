@@ -8,13 +8,14 @@ it stopped: run the same command again.
 1. render: the training scenes at 256x256 and 512x512, with their labels;
 2. vae: an AutoencoderKL (8x downsampling, 4 latent channels) on whole scenes at 128 and 256 pixels;
 3. encode: every scene's latent distribution, once, with the trained encoder;
-4. unet: the UNet and a small CLIP text encoder together, on the latents and captions (a word-level tokenizer
-   with character fallback, sdapi.devtools.word_tokenizer), at 256 and 512, 10 % of captions dropped so
-   classifier-free guidance works, an exponential moving average kept of both;
-5. export: the pipeline in diffusers format, fp16 safetensors, SD 1.5's scheduler config;
-6. lora: a "monochrome" style LoRA (kohya layout, trigger word "monochrome") on the frozen model;
-7. embedding: a textual-inversion embedding "<sdapi-orange-ball>" (an orange circle, a colour no caption names);
-8. manifest: sha256 of every shipped file, the command, the scene renderer's version, the loss curve.
+4. text: a small CLIP text encoder alone, taught to read a caption's scene back from it (a word-level tokenizer
+   with character fallback, sdapi.devtools.word_tokenizer);
+5. unet: the UNet on the latents and the frozen text encoder's states of their captions, at 256 and 512, 10 % of
+   captions dropped so classifier-free guidance works, an exponential moving average kept;
+6. export: the pipeline in diffusers format, fp16 safetensors, SD 1.5's scheduler config;
+7. lora: a "monochrome" style LoRA (kohya layout, trigger word "monochrome") on the frozen model;
+8. embedding: a textual-inversion embedding "<sdapi-orange-ball>" (an orange circle, a colour no caption names);
+9. manifest: sha256 of every shipped file, the command, the scene renderer's version, the loss curve.
 
 Everything is seeded: the same command on the same torch build and CPU gives the same weights (a resumed run is
 equivalent, not bit-identical: its caption draws restart from the step it resumed at).
@@ -59,6 +60,7 @@ class Budget:
     scenes_256: int = 6000
     scenes_512: int = 800
     vae_steps: int = 2000
+    text_steps: int = 800
     unet_steps: int = 4500
     lora_steps: int = 400
     embedding_steps: int = 300
@@ -72,6 +74,7 @@ class Budget:
             scenes_256=64,
             scenes_512=8,
             vae_steps=10,
+            text_steps=6,
             unet_steps=12,
             lora_steps=4,
             embedding_steps=4,
@@ -237,7 +240,24 @@ def encode_stage(workdir: Path) -> None:
     target.with_suffix(".tmp").rename(target)
 
 
-# ---------------------------------------------------------------------------------------------------- 4. unet
+# ---------------------------------------------------------------------------------------------------- 4. text
+
+# What the text encoder is taught to tell apart: each attribute of a scene, the kind of scene, and the style
+# trigger. A landscape's attributes are no question for an object scene and the reverse (their loss is masked).
+_TEXT_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "kind": ("any", ("landscape", "object")),
+    "time": ("landscape", scenes.TIMES),
+    "mountains": ("landscape", scenes.MOUNTAINS),
+    "water": ("landscape", scenes.WATERS),
+    "ground": ("landscape", scenes.GROUNDS),
+    "trees": ("landscape", scenes.TREES),
+    "clouds": ("landscape", ("False", "True")),
+    "colour": ("object", tuple(scenes.COLOURS)),
+    "shape": ("object", scenes.SHAPES),
+    "background": ("object", tuple(scenes.BACKGROUNDS)),
+    "style": ("any", ("plain", TRIGGER)),
+}
+TEXT_DROPOUT = 0.1  # the share of empty captions, as in the UNet's training
 
 
 def _text_encoder(vocab_size: int) -> Any:
@@ -246,14 +266,6 @@ def _text_encoder(vocab_size: int) -> Any:
     from sdapi.devtools.tiny_model import _text_encoder_config
 
     return CLIPTextModel(_text_encoder_config("quick_gelu", vocab_size=vocab_size, width=64))
-
-
-def _unet() -> Any:
-    from sdapi.devtools.tiny_model import sd_unet
-
-    # The random tiny model's layout with a wider lowest level, where the one attention block reads the prompt:
-    # about 1.3x its cost per step at 512x512.
-    return sd_unet(block_out_channels=(16, 32, 64), cross_attention_dim=64)
 
 
 def _tokenizer(directory: Path) -> Any:
@@ -266,6 +278,102 @@ def _tokenizer(directory: Path) -> Any:
 
 def _tokens(tokenizer: Any, texts: list[str]) -> Any:
     return tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+def _text_examples(rng: random.Random, count: int) -> tuple[list[str], dict[str, list[int]]]:
+    """`count` random scenes' captions and their classes per target (-100: not asked of that scene)."""
+    texts, classes = [], {name: [] for name in _TEXT_TARGETS}
+    for _ in range(count):
+        scene = scenes.random_scene(rng)
+        label = {key: str(value) for key, value in scenes.labels(scene).items()}
+        text = "" if rng.random() < TEXT_DROPOUT else scenes.caption(scene, rng)
+        label["style"] = "plain"
+        if text and rng.random() < 0.1:
+            text = f"{TRIGGER}, {text}" if rng.random() < 0.5 else f"{text}, {TRIGGER}"
+            label["style"] = TRIGGER
+        texts.append(text)
+        for name, (applies_to, values) in _TEXT_TARGETS.items():
+            asked = applies_to in ("any", label["kind"])
+            classes[name].append(values.index(label[name]) if asked else -100)
+    return texts, classes
+
+
+def text_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
+    """The text encoder alone, trained to predict the drawn scene from its caption.
+
+    Trained with the UNet, through the diffusion loss, the encoder learnt the time of day (a colour over the
+    whole picture, most of the loss) and left "a lake", "a desert", "grass" about as close to the empty prompt as
+    words it never saw: the UNet could not tell them apart, and drew water and ground at chance (the third round
+    in docs/benchmarks.md). Here every state from the end-of-text token on (the 74-odd positions the UNet's
+    cross-attention mostly reads) learns, through one linear head per attribute, the scene its caption implies:
+    the named attributes, and for the unnamed ones the odds the captions leave (an empty caption: the prior).
+    """
+    import torch
+
+    from sdapi.devtools.word_tokenizer import write_word_tokenizer
+
+    target = workdir / "text_encoder.pt"
+    if target.exists():
+        return
+    tokenizer_dir = workdir / "tokenizer"
+    vocab_size = write_word_tokenizer(tokenizer_dir, [*scenes.vocabulary(), TRIGGER])
+    tokenizer = _tokenizer(tokenizer_dir)
+    torch.manual_seed(SEED + 5)
+    text_encoder = _text_encoder(vocab_size)
+    width = text_encoder.config.hidden_size
+    heads = torch.nn.ModuleDict(
+        {name: torch.nn.Linear(width, len(values)) for name, (_, values) in _TEXT_TARGETS.items()}
+    )
+    parameters = [*text_encoder.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=1e-2)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=2e-3, total_steps=budget.text_steps, pct_start=0.05
+    )
+    eos = text_encoder.config.eos_token_id
+    rng = random.Random(SEED + 6)
+    losses = []
+    with _progress(budget.text_steps, "text") as bar:
+        for _ in range(budget.text_steps):
+            texts, classes = _text_examples(rng, 128)
+            ids = _tokens(tokenizer, texts)
+            states = text_encoder(ids)[0]
+            # From the first end-of-text token on, each position has seen the whole caption (CLIP's causal mask).
+            after_end = (ids == eos).long().cumsum(dim=1) > 0
+            positions = after_end.sum()
+            loss = states.new_zeros(())
+            for name, head in heads.items():
+                wanted = torch.tensor(classes[name])[:, None].expand(ids.shape)
+                wanted = torch.where(after_end, wanted, torch.full_like(wanted, -100))
+                logits = head(states)
+                loss = (
+                    loss
+                    + torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), wanted.reshape(-1), ignore_index=-100, reduction="sum"
+                    )
+                    / positions
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            lr_schedule.step()
+            losses.append(float(loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    curve["text_loss"] = _thin(losses)
+    torch.save({"text": text_encoder.state_dict(), "vocab_size": vocab_size}, target.with_suffix(".tmp"))
+    target.with_suffix(".tmp").rename(target)
+
+
+# ---------------------------------------------------------------------------------------------------- 5. unet
+
+
+def _unet() -> Any:
+    from sdapi.devtools.tiny_model import sd_unet
+
+    # The random tiny model's layout with a wider lowest level, where the one attention block reads the prompt:
+    # about 1.3x its cost per step at 512x512.
+    return sd_unet(block_out_channels=(16, 32, 64), cross_attention_dim=64)
 
 
 def _noise_schedule() -> Any:
@@ -319,21 +427,29 @@ def _diffusion_loss(
     return (weight * ((predicted - noise) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
-def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
+def frozen_text_encoder(workdir: Path) -> tuple[Any, Any, int]:
+    """The text stage's tokenizer and encoder, frozen, and the vocabulary's size."""
     import torch
 
-    from sdapi.devtools.word_tokenizer import write_word_tokenizer
+    trained = torch.load(workdir / "text_encoder.pt")
+    text_encoder = _text_encoder(trained["vocab_size"])
+    text_encoder.load_state_dict(trained["text"])
+    text_encoder.requires_grad_(False).eval()
+    return _tokenizer(workdir / "tokenizer"), text_encoder, int(trained["vocab_size"])
+
+
+def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
+    import torch
 
     final = workdir / "unet_final.pt"
     if final.exists():
         return
-    tokenizer_dir = workdir / "tokenizer"
-    vocab_size = write_word_tokenizer(tokenizer_dir, [*scenes.vocabulary(), TRIGGER])
-    tokenizer = _tokenizer(tokenizer_dir)
+    # The text encoder stays as the text stage left it: tuned through the diffusion loss it forgot the words
+    # that do not change the picture's colour (text_stage's docstring).
+    tokenizer, text_encoder, vocab_size = frozen_text_encoder(workdir)
     torch.manual_seed(SEED + 1)
-    unet, text_encoder = _unet(), _text_encoder(vocab_size)
-    ema_unet, ema_text = _unet(), _text_encoder(vocab_size)
-    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    unet, ema_unet = _unet(), _unet()
+    parameters = list(unet.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-2)
     warmup = max(1, budget.unet_steps // 50)
 
@@ -349,8 +465,8 @@ def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
     start, losses = 0, []
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
-        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
-            module.load_state_dict(state[key])
+        unet.load_state_dict(state["unet"])
+        ema_unet.load_state_dict(state["ema_unet"])
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state["lr"])
         start, losses = state["step"], state["losses"]
@@ -358,7 +474,6 @@ def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
         _log(f"resuming the UNet at step {start}")
     else:
         ema_unet.load_state_dict(unet.state_dict())
-        ema_text.load_state_dict(text_encoder.state_dict())
     rng = random.Random(SEED + start)
     with _progress(budget.unet_steps, "unet") as bar:
         bar.update(start)
@@ -369,7 +484,8 @@ def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
             flips = torch.tensor([rng.randrange(2) for _ in range(count)])
             latents = _latent_batch(encoded, size, picks, flips, scaling)
             texts = ["" if rng.random() < 0.1 else scenes.caption(scene_of(labels[size][int(i)]), rng) for i in picks]
-            hidden = text_encoder(_tokens(tokenizer, texts))[0]
+            with torch.no_grad():
+                hidden = text_encoder(_tokens(tokenizer, texts))[0]
             loss = _diffusion_loss(unet, schedule, latents, hidden)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -378,18 +494,15 @@ def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
             lr_schedule.step()
             decay = min(0.999, (1 + step) / (10 + step))
             with torch.no_grad():
-                for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
-                    for average, value in zip(ema.parameters(), live.parameters(), strict=True):
-                        average.lerp_(value, 1 - decay)
+                for average, value in zip(ema_unet.parameters(), unet.parameters(), strict=True):
+                    average.lerp_(value, 1 - decay)
             losses.append(float(loss))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
             if (step + 1) % 500 == 0 and step + 1 < budget.unet_steps:
                 state = {
                     "unet": unet.state_dict(),
-                    "text": text_encoder.state_dict(),
                     "ema_unet": ema_unet.state_dict(),
-                    "ema_text": ema_text.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "lr": lr_schedule.state_dict(),
                     "step": step + 1,
@@ -399,10 +512,10 @@ def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
                 torch.save(state, checkpoint.with_suffix(".tmp"))
                 checkpoint.with_suffix(".tmp").rename(checkpoint)
     curve["unet_loss"] = _thin(losses)
-    torch.save({"unet": ema_unet.state_dict(), "text": ema_text.state_dict(), "vocab_size": vocab_size}, final)
+    torch.save({"unet": ema_unet.state_dict(), "text": text_encoder.state_dict(), "vocab_size": vocab_size}, final)
 
 
-# ---------------------------------------------------------------------------------------------------- 5. export
+# ---------------------------------------------------------------------------------------------------- 6. export
 
 
 def export_stage(workdir: Path, out: Path) -> None:
@@ -448,7 +561,7 @@ def load_pipeline(model: Path) -> Any:
     return pipeline
 
 
-# ---------------------------------------------------------------------------------------------------- 6. lora
+# ---------------------------------------------------------------------------------------------------- 7. lora
 
 
 def _lora_targets(unet: Any) -> dict[str, Any]:
@@ -506,8 +619,9 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     parameters = [p for delta in deltas.values() for p in (delta.down, delta.up)]
     # Greyness is a shift of the latents' colour channels, decided in the first, noisiest steps, where an ε loss
     # hardly sees it: the LoRA's loss is weighted as an x0 loss there (1/SNR, up to 200x). This is still too weak
-    # (it lowers the saturation by about 5 %; the base weighting for 600 steps by 7 %), and training only on
-    # t >= 600 at a 4x higher rate desaturated by 25 % but wrecked the pictures: an open problem, docs/benchmarks.md.
+    # (on the shipped model it hardly moves the saturation; neither a 3x higher rate nor the base weighting did
+    # better) and training only on t >= 600 at a 4x higher rate, on an earlier model, desaturated by 25 % but wrecked
+    # the pictures: an open problem, docs/benchmarks.md.
     optimizer = torch.optim.AdamW(parameters, lr=5e-3)
     encoded = torch.load(workdir / "latents.pt")
     scaling = float(encoded["scaling_factor"])
@@ -518,10 +632,21 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     with _progress(budget.lora_steps, "lora") as bar:
         for _ in range(budget.lora_steps):
             picks = [rng.randrange(len(labels)) for _ in range(16)]
-            grey = np.repeat(np.asarray(images[picks], dtype=np.float32).mean(axis=3, keepdims=True), 3, axis=3)
+            pictures = np.asarray(images[picks], dtype=np.float32)
+            grey = np.repeat(pictures.mean(axis=3, keepdims=True), 3, axis=3)
+            # Half the batch: grey pictures under captions with the trigger. The other half keeps the model as it
+            # was, its own colour pictures under the empty caption and under plain captions: classifier-free
+            # guidance amplifies the gap between the two predictions, and a LoRA that also moved the empty
+            # caption's towards grey (trained on trigger captions alone) came out more saturated, not less.
+            styled = np.arange(len(picks)) < len(picks) // 2
+            targets = np.where(styled[:, None, None, None], grey, pictures)
+            texts = []
+            for row, i in enumerate(picks):
+                caption = scenes.caption(scene_of(labels[i]), rng)
+                plain = "" if row % 2 else caption
+                texts.append(f"{TRIGGER}, {caption}" if styled[row] else plain)
             with torch.no_grad():
-                latents = pipeline.vae.encode(_to_tensor(grey.astype(np.uint8))).latent_dist.sample() * scaling
-                texts = [f"{TRIGGER}, {scenes.caption(scene_of(labels[i]), rng)}" for i in picks]
+                latents = pipeline.vae.encode(_to_tensor(targets.astype(np.uint8))).latent_dist.sample() * scaling
                 hidden = text_encoder(_tokens(tokenizer, texts))[0]
             loss = _diffusion_loss(unet, schedule, latents, hidden, high_noise=(1.0, 200.0))
             optimizer.zero_grad(set_to_none=True)
@@ -542,7 +667,7 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     save_file(tensors, str(target), metadata={"ss_network_module": "networks.lora", "trigger": TRIGGER})
 
 
-# ---------------------------------------------------------------------------------------------------- 7. embedding
+# ---------------------------------------------------------------------------------------------------- 8. embedding
 
 
 def embedding_stage(out: Path, embeddings_dir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
@@ -604,7 +729,7 @@ def embedding_stage(out: Path, embeddings_dir: Path, budget: Budget, curve: dict
     save_file({"emb_params": vector.detach().half().unsqueeze(0).contiguous()}, str(target))
 
 
-# ---------------------------------------------------------------------------------------------------- 8. manifest
+# ---------------------------------------------------------------------------------------------------- 9. manifest
 
 
 def write_manifest(
@@ -662,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         ("render", lambda: render_stage(workdir, budget)),
         ("vae", lambda: vae_stage(workdir, budget, curve)),
         ("encode", lambda: encode_stage(workdir)),
+        ("text", lambda: text_stage(workdir, budget, curve)),
         ("unet", lambda: unet_stage(workdir, budget, curve)),
         ("export", lambda: export_stage(workdir, arguments.out)),
         ("lora", lambda: lora_stage(workdir, arguments.out, arguments.loras_dir, budget, curve)),

@@ -27,3 +27,30 @@ def test_quick_training_writes_a_loadable_pipeline_lora_and_embedding(tmp_path):
     assert lora and {key.split(".", 1)[0] for key in lora} <= kohya_names
     embedding = load_file(str(embeddings / f"{train_scenes.EMBEDDING_NAME}.safetensors"))
     assert embedding["emb_params"].shape == (1, pipeline.text_encoder.config.hidden_size)
+
+
+def test_text_examples_ask_each_scene_only_what_it_has():
+    import random
+
+    texts, classes = train_scenes._text_examples(random.Random(5), 400)
+    assert len(texts) == 400 and all(len(values) == 400 for values in classes.values())
+    kinds = train_scenes._TEXT_TARGETS["kind"][1]
+    for index, text in enumerate(texts):
+        kind = kinds[classes["kind"][index]]
+        for name, (applies_to, _) in train_scenes._TEXT_TARGETS.items():
+            asked = classes[name][index] != -100
+            assert asked == (applies_to in ("any", kind)), (name, text)
+        style = train_scenes._TEXT_TARGETS["style"][1][classes["style"][index]]
+        assert (style == train_scenes.TRIGGER) == (train_scenes.TRIGGER in text.split(", "))
+    # Empty captions stand for the unconditional prompt (classifier-free guidance), about one in ten.
+    assert 20 <= texts.count("") <= 70
+
+
+def test_a_named_attribute_is_the_class_the_encoder_is_taught():
+    import random
+
+    texts, classes = train_scenes._text_examples(random.Random(6), 600)
+    nights = [i for i, text in enumerate(texts) if "at night" in text or "starry night" in text]
+    assert nights, "some captions name the night"
+    night = train_scenes._TEXT_TARGETS["time"][1].index("night")
+    assert all(classes["time"][i] == night for i in nights)
