@@ -282,7 +282,8 @@ def _tokens(tokenizer: Any, texts: list[str]) -> Any:
 
 def _text_examples(rng: random.Random, count: int) -> tuple[list[str], dict[str, list[int]]]:
     """`count` random scenes' captions and their classes per target (-100: not asked of that scene)."""
-    texts, classes = [], {name: [] for name in _TEXT_TARGETS}
+    texts: list[str] = []
+    classes: dict[str, list[int]] = {name: [] for name in _TEXT_TARGETS}
     for _ in range(count):
         scene = scenes.random_scene(rng)
         label = {key: str(value) for key, value in scenes.labels(scene).items()}
