@@ -189,17 +189,25 @@ def vae_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> N
             reconstruction = (decoded - batch).abs().mean() + 0.5 * ((decoded - batch) ** 2).mean()
             kl = posterior.kl().mean() / (batch.shape[2] * batch.shape[3])
             loss = reconstruction + 1e-4 * kl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
+            _optimizer_step(loss, optimizer, vae.parameters(), schedule)
             losses.append(float(reconstruction))
             bar.update(1)
             bar.set_postfix(l1=f"{np.mean(losses[-50:]):.4f}")
     curve["vae_reconstruction"] = _thin(losses)
     vae.save_pretrained(str(target.with_name("vae.tmp")))
     target.with_name("vae.tmp").rename(target)
+
+
+def _optimizer_step(loss: Any, optimizer: Any, parameters: Any, lr_schedule: Any | None = None) -> None:
+    """One update, as every stage makes it: gradients of `loss`, clipped to norm 1, then the step."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    if lr_schedule is not None:
+        lr_schedule.step()
 
 
 def _thin(values: list[float], points: int = 40) -> list[float]:
@@ -353,11 +361,7 @@ def text_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
                     )
                     / positions
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            lr_schedule.step()
+            _optimizer_step(loss, optimizer, parameters, lr_schedule)
             losses.append(float(loss))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -488,11 +492,7 @@ def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
             with torch.no_grad():
                 hidden = text_encoder(_tokens(tokenizer, texts))[0]
             loss = _diffusion_loss(unet, schedule, latents, hidden)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            lr_schedule.step()
+            _optimizer_step(loss, optimizer, parameters, lr_schedule)
             decay = min(0.999, (1 + step) / (10 + step))
             with torch.no_grad():
                 for average, value in zip(ema_unet.parameters(), unet.parameters(), strict=True):
@@ -650,10 +650,7 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
                 latents = pipeline.vae.encode(_to_tensor(targets.astype(np.uint8))).latent_dist.sample() * scaling
                 hidden = text_encoder(_tokens(tokenizer, texts))[0]
             loss = _diffusion_loss(unet, schedule, latents, hidden, high_noise=(1.0, 200.0))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
+            _optimizer_step(loss, optimizer, parameters)
             losses.append(float(loss))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
