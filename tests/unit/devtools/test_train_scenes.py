@@ -27,6 +27,13 @@ def test_quick_training_writes_a_loadable_pipeline_lora_and_embedding(tmp_path):
     assert lora and {key.split(".", 1)[0] for key in lora} <= kohya_names
     embedding = load_file(str(embeddings / f"{train_scenes.EMBEDDING_NAME}.safetensors"))
     assert embedding["emb_params"].shape == (1, pipeline.text_encoder.config.hidden_size)
+    # The decoder stage retunes the decoder only: the encoder that wrote the UNet's latents is the VAE stage's.
+    trained = load_file(str(tmp_path / "work" / "vae" / "diffusion_pytorch_model.safetensors"))
+    tuned = load_file(str(tmp_path / "work" / "vae_decoder" / "diffusion_pytorch_model.safetensors"))
+    assert trained.keys() == tuned.keys()
+    decoder = {name for name in trained if name.startswith(("decoder.", "post_quant_conv."))}
+    assert all(torch.equal(trained[name], tuned[name]) for name in trained.keys() - decoder)
+    assert any(not torch.equal(trained[name], tuned[name]) for name in decoder)
 
 
 def test_text_examples_ask_each_scene_only_what_it_has():
