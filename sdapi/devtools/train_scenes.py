@@ -190,7 +190,7 @@ def vae_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> N
                 batch = batch.flip(3)
             posterior = vae.encode(batch).latent_dist
             decoded = vae.decode(posterior.sample()).sample
-            reconstruction = (decoded - batch).abs().mean() + 0.5 * ((decoded - batch) ** 2).mean()
+            reconstruction = _pixel_loss(decoded - batch)
             kl = posterior.kl().mean() / (batch.shape[2] * batch.shape[3])
             loss = reconstruction + 1e-4 * kl
             _optimizer_step(loss, optimizer, vae.parameters(), schedule)
@@ -198,8 +198,19 @@ def vae_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> N
             bar.update(1)
             bar.set_postfix(l1=f"{np.mean(losses[-50:]):.4f}")
     curve["vae_reconstruction"] = _thin(losses)
-    vae.save_pretrained(str(target.with_name("vae.tmp")))
-    target.with_name("vae.tmp").rename(target)
+    _save_folder(vae, target)
+
+
+def _pixel_loss(error: Any) -> Any:
+    """The VAE's reconstruction loss on a pixel error: L1 + ½ MSE."""
+    return error.abs().mean() + 0.5 * (error**2).mean()
+
+
+def _save_folder(model: Any, target: Path) -> None:
+    """save_pretrained into `target` through a temporary folder: a stage is done only once its folder exists."""
+    staging = target.with_name(target.name + ".tmp")
+    model.save_pretrained(str(staging))
+    staging.rename(target)
 
 
 def _optimizer_step(loss: Any, optimizer: Any, parameters: Any, lr_schedule: Any | None = None) -> None:
@@ -290,14 +301,13 @@ def decoder_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) 
             error = vae.decode(latents).sample - batch
             # 1/(contrast + 0.05): about 2x for a day scene, 5x for a night scene.
             error = error / (batch.std(dim=(1, 2, 3), keepdim=True) + 0.05)
-            loss = error.abs().mean() + 0.5 * (error**2).mean()
+            loss = _pixel_loss(error)
             _optimizer_step(loss, optimizer, parameters, schedule)
             losses.append(float(loss))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
     curve["decoder_loss"] = _thin(losses)
-    vae.save_pretrained(str(target.with_name("vae_decoder.tmp")))
-    target.with_name("vae_decoder.tmp").rename(target)
+    _save_folder(vae, target)
 
 
 # ---------------------------------------------------------------------------------------------------- 4. text
