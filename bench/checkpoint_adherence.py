@@ -3,7 +3,6 @@
     python -m bench.checkpoint_adherence --workdir data/train-scenes [--prompts 30] [--size 256]
     python -m bench.checkpoint_adherence --reconstructions data/train-scenes/vae_decoder
 
-
 Builds a pipeline in memory from the work folder's latest UNet checkpoint (its moving averages) or its final
 weights, renders the first `--prompts` of `make bench-adherence`'s held-out prompts with 2 seeds, 20 steps, CFG 7.5,
 and prints the accuracy per attribute. It shares the cores with the training, so run it with few prompts; the
@@ -47,8 +46,7 @@ def pipeline_from_workdir(workdir: Path):  # type: ignore[no-untyped-def]
     unet, text_encoder = training._unet(), training._text_encoder(vocab_size)
     unet.load_state_dict(unet_state)
     text_encoder.load_state_dict(text_state)
-    tuned = workdir / "vae_decoder"
-    vae = AutoencoderKL.from_pretrained(str(tuned if tuned.exists() else workdir / "vae"))
+    vae = AutoencoderKL.from_pretrained(str(workdir / "vae_decoder"))  # the decoder stage runs before the UNet's
     vae.register_to_config(scaling_factor=float(torch.load(workdir / "latents.pt")["scaling_factor"]))
     pipeline = diffusers.StableDiffusionPipeline(
         vae=vae,
@@ -89,7 +87,7 @@ def reconstruction_ceiling(vae_folder: Path, count: int) -> None:
         scene = scenes.random_scene(rng, object_share=0.0)
         assert isinstance(scene, scenes.Landscape)
         image = scenes.render(scene, 256, 99 + index)
-        pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        pixels = training._to_tensor(np.array(image)[None])  # a writable copy: torch.from_numpy warns otherwise
         with torch.no_grad():
             out = vae.decode(vae.encode(pixels).latent_dist.mean).sample[0]
         round_trip = Image.fromarray(((out.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy())
