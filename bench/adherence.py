@@ -128,10 +128,13 @@ def main() -> None:
     arguments = parser.parse_args()
     prompts = held_out_prompts(arguments.prompts)
     generated: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
+    generated_clean: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
     ceiling: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
     with tempfile.TemporaryDirectory() as folder, Stages(8) as stages:
         stages.stage("calibrating the scorer on rendered scenes")
         scorer = scene_stats.calibrated_scorer()
+        # The scorer of the rounds before the sixth (fitted on clean renders only), for comparison with their figures.
+        clean_scorer = scene_stats.calibrated_scorer(augmented=False)
         for index, (_, scene) in enumerate(prompts):
             for seed in range(SEEDS):
                 predicted = scorer.predict(scenes.render(scene, 256, PROMPT_SEED + 10 * index + seed))
@@ -155,9 +158,10 @@ def main() -> None:
                 for index, (prompt, scene) in enumerate(prompts):
                     images = _images(client, prompt=prompt, seed=1000 * index, num_images=SEEDS, **common)
                     for image in images:
-                        predicted = scorer.predict(image)
-                        for attribute in SCORED:
-                            generated[attribute].append(predicted[attribute] == getattr(scene, attribute))
+                        for hits, judge in ((generated, scorer), (generated_clean, clean_scorer)):
+                            predicted = judge.predict(image)
+                            for attribute in SCORED:
+                                hits[attribute].append(predicted[attribute] == getattr(scene, attribute))
                     stages.detail(f"{index + 1}/{len(prompts)}")
                 per_image = (time.perf_counter() - began) / (len(prompts) * SEEDS)
 
@@ -212,11 +216,20 @@ def main() -> None:
         f"one 512x512 image, 20 steps, through the service: trained model {trained_seconds:.2f} s, "
         f"random tiny model {tiny_seconds:.2f} s ({trained_seconds / tiny_seconds:.2f}x)"
     )
-    print("| attribute | trained model | renderer (scorer ceiling) |")
-    print("|---|---|---|")
-    model_accuracy, ceiling_accuracy = _accuracy(generated), _accuracy(ceiling)
+    print(
+        "| attribute | trained model | renderer (scorer ceiling) | trained model, scorer fitted on clean renders only |"
+    )
+    print("|---|---|---|---|")
+    model_accuracy, ceiling_accuracy, clean_accuracy = (
+        _accuracy(generated),
+        _accuracy(ceiling),
+        _accuracy(generated_clean),
+    )
     for attribute in SCORED:
-        print(f"| {attribute} | {model_accuracy[attribute]:.1f} % | {ceiling_accuracy[attribute]:.1f} % |")
+        print(
+            f"| {attribute} | {model_accuracy[attribute]:.1f} % | {ceiling_accuracy[attribute]:.1f} % "
+            f"| {clean_accuracy[attribute]:.1f} % |"
+        )
     print(
         f"negative prompt 'water' on 'a landscape with a lake': water seen in {100 * np.mean(water_without):.0f} % "
         f"of {len(water_without)} pictures without it, {100 * np.mean(water_with):.0f} % with it"

@@ -13,11 +13,12 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter
 
 from sdapi.devtools import scenes
 
 GRID = 8
+THIN_ROWS = 32
 CALIBRATION_SEED = 777_002  # not a training seed
 ATTRIBUTES = ("time", "mountains", "water", "ground", "trees", "clouds")
 
@@ -58,14 +59,16 @@ def saturation(image: Image.Image) -> float:
 
 
 def features(image: Image.Image) -> np.ndarray:
-    """Coarse colour features: the mean colour of each cell of an 8x8 grid, and per row of cells the mean
-    saturation and the spread of luminance."""
+    """Coarse colour features: the mean colour of each cell of an 8x8 grid, per row of cells the mean saturation
+    and the spread of luminance, and the mean colour of 32 thin rows (where a lake ends and the sea goes on is a
+    few percent of the height: the grid's rows alone told them apart in 89 % of rendered scenes, these in 94 %)."""
     pixels = _array(image.resize((128, 128), Image.Resampling.BILINEAR))
     cells = pixels.reshape(GRID, 128 // GRID, GRID, 128 // GRID, 3).mean(axis=(1, 3))
     bands = pixels.reshape(GRID, 128 // GRID, 128, 3)
     band_saturation = saturation_of(bands).mean(axis=(1, 2))
     band_spread = luminance(bands).std(axis=(1, 2))
-    return np.concatenate([cells.ravel(), band_saturation, band_spread, [1.0]]).astype(np.float64)
+    thin_rows = pixels.reshape(THIN_ROWS, 128 // THIN_ROWS, 128, 3).mean(axis=(1, 2))
+    return np.concatenate([cells.ravel(), band_saturation, band_spread, thin_rows.ravel(), [1.0]]).astype(np.float64)
 
 
 class AttributeScorer:
@@ -95,12 +98,29 @@ class AttributeScorer:
         }
 
 
-def calibrated_scorer(count: int = 1500, size: int = 256) -> AttributeScorer:
-    """A scorer fitted on `count` rendered landscapes (held out from training by their seed)."""
+def _as_generated(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A render changed the way a generated picture differs from one: softer (up to 2.5 pixels of blur at 256²),
+    its colours paler or stronger, a little brighter or darker, of more or less contrast."""
+    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 2.5) * image.width / 256))
+    image = ImageEnhance.Color(image).enhance(rng.uniform(0.6, 1.2))
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
+    return ImageEnhance.Contrast(image).enhance(rng.uniform(0.8, 1.2))
+
+
+def calibrated_scorer(count: int = 1500, size: int = 256, augmented: bool = True) -> AttributeScorer:
+    """A scorer fitted on `count` rendered landscapes (held out from training by their seed) and, `augmented`, on
+    each of them once more as `_as_generated` changes it. Fitted on the clean renders alone, the scorer read a
+    grass field that a VAE gave back a little paler and bluer as the sea (round trips of 90 scenes through the
+    sixth round's VAE: water right in 76 %, ground in 93 %; calibrated with the changed copies too, 83 % and 98 %,
+    and on the renders themselves it stays as right, 96 and 100 %)."""
     rng = random.Random(CALIBRATION_SEED)
     images, labels = [], []
     for _ in range(count):
         scene = scenes.random_scene(rng, object_share=0.0)
-        images.append(scenes.render(scene, size, rng.randrange(1 << 30)))
+        image = scenes.render(scene, size, rng.randrange(1 << 30))
+        images.append(image)
         labels.append(scenes.labels(scene))
+        if augmented:
+            images.append(_as_generated(image, rng))
+            labels.append(scenes.labels(scene))
     return AttributeScorer().fit(images, labels)
