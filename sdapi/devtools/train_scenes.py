@@ -690,10 +690,11 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     deltas = {path: _LowRank(module, generator) for path, module in _lora_targets(unet).items()}
     parameters = [p for delta in deltas.values() for p in (delta.down, delta.up)]
     # Greyness is a shift of the latents' colour channels, decided in the first, noisiest steps, where an ε loss
-    # hardly sees it: the LoRA's loss is weighted as an x0 loss there (1/SNR, up to 200x). This is still too weak
-    # (on the shipped model it hardly moves the saturation; neither a 3x higher rate nor the base weighting did
-    # better) and training only on t >= 600 at a 4x higher rate, on an earlier model, desaturated by 25 % but wrecked
-    # the pictures: an open problem, docs/benchmarks.md.
+    # hardly sees it: the LoRA's loss is weighted as an x0 loss there (1/SNR, up to 200x). This does not work yet
+    # (on the fifth round's model it hardly moved the saturation; on the sixth's, with the larger initial down
+    # projection, its loss rises and the trigger makes pictures a little more saturated; neither a 3x higher rate
+    # nor the base weighting did better on earlier models) and training only on t >= 600 at a 4x higher rate, on
+    # an earlier model, desaturated by 25 % but wrecked the pictures: an open problem, docs/benchmarks.md.
     optimizer = torch.optim.AdamW(parameters, lr=5e-3)
     encoded = torch.load(workdir / "latents.pt")
     scaling = float(encoded["scaling_factor"])
