@@ -654,7 +654,8 @@ class _LowRank:
         out_features, in_features = weight.shape[0], weight.shape[1]
         kernel = tuple(weight.shape[2:])
         # Kaiming-uniform bounds, 1/sqrt(fan-in), as peft initialises lora_A: the up matrix starts at zero, so its
-        # gradient scales with the down matrix (at 0.01 it was 4-12x smaller and the LoRA hardly learnt).
+        # gradient scales with the down matrix (at 0.01 it was 4-12x smaller and the LoRA hardly learnt; now it
+        # moves the picture more, though not yet towards grey: docs/benchmarks.md, the sixth round).
         bound = 1.0 / math.sqrt(in_features * math.prod(kernel))
         self.down = torch.nn.Parameter(
             (torch.rand(LORA_RANK, in_features, *kernel, generator=generator) * 2 - 1) * bound
