@@ -4,9 +4,9 @@ Pure numpy and Pillow, deterministic from a seed. A landscape has a time of day 
 colours, a sun or a moon and stars, the light on everything below), mountains (none, green, snowy; one to three
 ranges), water (none, a lake with its far shore, the sea to the horizon; both reflect the sky and show the
 sun's or moon's path), ground (grass, desert, snow), trees (none, a few, a forest) and clouds. An object scene is
-one coloured shape (circle, square, triangle) on a plain background. Every scene comes with captions in the styles people write: short comma lists,
-sentences, long prompts with quality words; each names a random subset of the scene's attributes, so a prompt
-that names one attribute leaves the others to the model.
+one coloured shape (circle, square, triangle) on a plain background. Every scene comes with captions in the styles
+people write: short comma lists, sentences, long prompts with quality words; each names a random subset of the
+scene's attributes, so a prompt that names one attribute leaves the others to the model.
 
 `SCENES_VERSION` changes whenever a scene or a caption drawn from a seed changes: the model manifest records it.
 """
