@@ -190,7 +190,7 @@ def vae_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> N
                 batch = batch.flip(3)
             posterior = vae.encode(batch).latent_dist
             decoded = vae.decode(posterior.sample()).sample
-            reconstruction = _pixel_loss(_contrast_scaled(decoded - batch, batch))
+            reconstruction = _reconstruction_loss(decoded, batch)
             kl = posterior.kl().mean() / (batch.shape[2] * batch.shape[3])
             loss = reconstruction + 1e-4 * kl
             _optimizer_step(loss, optimizer, vae.parameters(), schedule)
@@ -201,15 +201,12 @@ def vae_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> N
     _save_folder(vae, target)
 
 
-def _contrast_scaled(error: Any, batch: Any) -> Any:
-    """Each picture's pixel error divided by the picture's contrast (its standard deviation) + 0.05: about 2x for
-    a day scene, 4x for a night scene. Unscaled, the errors of dark, low-contrast scenes hardly count and the VAE
-    drops what tells them apart (see decoder_stage)."""
-    return error / (batch.std(dim=(1, 2, 3), keepdim=True) + 0.05)
-
-
-def _pixel_loss(error: Any) -> Any:
-    """The VAE's reconstruction loss on a pixel error: L1 + ½ MSE."""
+def _reconstruction_loss(decoded: Any, batch: Any) -> Any:
+    """The VAE's loss on its reconstruction of `batch`: L1 + ½ MSE of each picture's pixel error divided by the
+    picture's contrast (its standard deviation) + 0.05, about 2x for a day scene, 4x for a night scene. Unscaled,
+    the errors of dark, low-contrast scenes hardly count and the VAE drops what tells them apart (see
+    decoder_stage)."""
+    error = (decoded - batch) / (batch.std(dim=(1, 2, 3), keepdim=True) + 0.05)
     return error.abs().mean() + 0.5 * (error**2).mean()
 
 
@@ -305,7 +302,7 @@ def decoder_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) 
             batch = _to_tensor(images_256[rng.integers(0, len(images_256), 6)])
             with torch.no_grad():
                 latents = vae.encode(batch).latent_dist.sample()
-            loss = _pixel_loss(_contrast_scaled(vae.decode(latents).sample - batch, batch))
+            loss = _reconstruction_loss(vae.decode(latents).sample, batch)
             _optimizer_step(loss, optimizer, parameters, schedule)
             losses.append(float(loss))
             bar.update(1)
