@@ -128,6 +128,7 @@ def main() -> None:
     arguments = parser.parse_args()
     prompts = held_out_prompts(arguments.prompts)
     generated: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
+    per_class: dict[tuple[str, str], list[bool]] = {}  # (attribute, the class the prompt asks for): hits
     generated_clean: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
     ceiling: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
     with tempfile.TemporaryDirectory() as folder, Stages(8) as stages:
@@ -162,6 +163,10 @@ def main() -> None:
                             predicted = judge.predict(image)
                             for attribute in SCORED:
                                 hits[attribute].append(predicted[attribute] == getattr(scene, attribute))
+                            if judge is scorer:
+                                for attribute in SCORED:
+                                    asked = getattr(scene, attribute)
+                                    per_class.setdefault((attribute, asked), []).append(predicted[attribute] == asked)
                     stages.detail(f"{index + 1}/{len(prompts)}")
                 per_image = (time.perf_counter() - began) / (len(prompts) * SEEDS)
 
@@ -229,6 +234,15 @@ def main() -> None:
         print(
             f"| {attribute} | {model_accuracy[attribute]:.1f} % | {ceiling_accuracy[attribute]:.1f} % "
             f"| {clean_accuracy[attribute]:.1f} % |"
+        )
+    for attribute in SCORED:
+        classes = sorted(asked for scored, asked in per_class if scored == attribute)
+        print(
+            f"{attribute}, by the class the prompt asks for: "
+            + ", ".join(
+                f"{asked} {100 * np.mean(per_class[(attribute, asked)]):.0f} % of {len(per_class[(attribute, asked)])}"
+                for asked in classes
+            )
         )
     print(
         f"negative prompt 'water' on 'a landscape with a lake': water seen in {100 * np.mean(water_without):.0f} % "
