@@ -26,6 +26,7 @@ equivalent, not bit-identical: its caption draws restart from the step it resume
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -65,8 +66,8 @@ class Budget:
     decoder_steps: int = 400
     text_steps: int = 800
     unet_steps: int = 4500
-    lora_steps: int = 400
-    embedding_steps: int = 300
+    lora_steps: int = 350
+    embedding_steps: int = 200
     batch_256: int = 32
     batch_512: int = 8
     every_512: int = 5  # one 512 batch after every four 256 batches...
@@ -153,6 +154,16 @@ def _to_tensor(images: np.ndarray) -> Any:
     import torch
 
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _encode_means(vae: Any, images: np.ndarray) -> Any:
+    """The VAE encoder's means for uint8 pictures, 4 at a time (the encode stage's batch: the encoder is
+    memory-bound on CPU)."""
+    import torch
+
+    return torch.cat(
+        [vae.encode(_to_tensor(images[start : start + 4])).latent_dist.mean for start in range(0, len(images), 4)]
+    )
 
 
 def _vae() -> Any:
@@ -466,6 +477,36 @@ def _latent_batch(encoded: Any, size: int, picks: Any, flips: Any, scaling: floa
     return (mean + std * torch.randn_like(mean)) * scaling
 
 
+def _noise_like(latents: Any, offset: float = OFFSET_NOISE) -> Any:
+    """Gaussian noise for `latents`, with offset noise: a random shift of each latent channel's mean. SD 1.5's
+    schedule leaves the mean of the picture in the noisy latent even at t=999, so a model trained on white noise
+    alone keeps the mean brightness and hue of its starting noise: the seed, not "night" or "sunset", decides how
+    dark the sky is."""
+    import torch
+
+    noise = torch.randn_like(latents)
+    if offset:
+        noise = noise + offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
+    return noise
+
+
+def _loss_weight(schedule: Any, timesteps: Any, high_noise: tuple[float, float]) -> Any:
+    """Each example's weight: min-SNR (gamma 5), and below `high_noise[0]`'s signal-to-noise ratio up to
+    `high_noise[1]` times more.
+
+    Min-SNR keeps the many low-noise steps from drowning out the others; and the high-noise steps, where the sky's
+    colour and the bands of water and ground are decided, weigh more (their noise prediction error is small even
+    when the picture they imply is wrong). Without it and the offset noise a run of 3000 steps drew night, day and
+    sunset at chance from their words (40 %); with both, 1000 steps at 256 pixels drew each as asked in 60 of 60
+    pictures. At (1.0, 200.0) the high-noise steps weigh as an x0 loss would."""
+    import torch
+
+    alphas = schedule.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    below, most = high_noise
+    return torch.clamp(snr, max=5.0) / snr * torch.clamp(below / snr, 1.0, most)
+
+
 def _diffusion_loss(
     unet: Any,
     schedule: Any,
@@ -477,26 +518,45 @@ def _diffusion_loss(
 ) -> Any:
     import torch
 
-    # Offset noise: a random shift of each latent channel's mean. SD 1.5's schedule leaves the mean of the
-    # picture in the noisy latent even at t=999, so a model trained on white noise alone keeps the mean brightness
-    # and hue of its starting noise: the seed, not "night" or "sunset", decides how dark the sky is.
-    noise = torch.randn_like(latents)
-    if offset:
-        noise = noise + offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
+    noise = _noise_like(latents, offset)
     if timesteps is None:
         timesteps = torch.randint(0, schedule.config.num_train_timesteps, (latents.shape[0],))
     noisy = schedule.add_noise(latents, noise, timesteps)
     predicted = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-    # Min-SNR weighting (gamma 5) keeps the many low-noise steps from drowning out the others; and the high-noise
-    # steps, where the sky's colour and the bands of water and ground are decided, weigh up to 20x more (their
-    # noise prediction error is small even when the picture they imply is wrong). Without it and the offset noise
-    # a run of 3000 steps drew night, day and sunset at chance from their words (40 %); with both, 1000 steps at
-    # 256 pixels drew each as asked in 60 of 60 pictures.
-    alphas = schedule.alphas_cumprod[timesteps]
-    snr = alphas / (1 - alphas)
-    below, most = high_noise
-    weight = torch.clamp(snr, max=5.0) / snr * torch.clamp(below / snr, 1.0, most)
+    weight = _loss_weight(schedule, timesteps, high_noise)
     return (weight * ((predicted - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+
+
+def _shift_loss(
+    unet: Any,
+    schedule: Any,
+    latents: Any,
+    hidden: Any,
+    reference_latents: Any,
+    reference_hidden: Any,
+    frozen: Callable[[], Any] = contextlib.nullcontext,
+) -> Any:
+    """The loss of a style or a new word: the frozen model's prediction for a reference picture, the same picture
+    without the style (in colour, a white circle), is the target for the picture with it, under the same noise.
+
+    With the same noise, predicting the reference's noise on the styled picture means predicting the frozen model's
+    own estimate of the clean picture moved by exactly the style's change (x0 = (x_t - sigma eps) / alpha, and the
+    two x_t differ by alpha times the two pictures' difference). The picture's detail, which no prompt determines and
+    which made up nearly all of the plain diffusion loss, cancels: the loss starts at the style's own size and can
+    reach zero. Trained on the plain loss, four LoRA recipes left it flat and the trigger's pictures no greyer
+    (docs/benchmarks.md, rounds four to seven). `frozen` is a context in which `unet` is the model without what is
+    being trained (the LoRA's hooks off). Weighted as an x0 loss at high noise, where colour is decided."""
+    import torch
+
+    noise = _noise_like(latents)
+    timesteps = torch.randint(0, schedule.config.num_train_timesteps, (latents.shape[0],))
+    with torch.no_grad(), frozen():
+        target = unet(
+            schedule.add_noise(reference_latents, noise, timesteps), timesteps, encoder_hidden_states=reference_hidden
+        ).sample
+    predicted = unet(schedule.add_noise(latents, noise, timesteps), timesteps, encoder_hidden_states=hidden).sample
+    weight = _loss_weight(schedule, timesteps, (1.0, 200.0))
+    return (weight * ((predicted - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
 def frozen_text_encoder(workdir: Path) -> tuple[Any, Any, int]:
@@ -670,11 +730,14 @@ class _LowRank:
         )
         self.up = torch.nn.Parameter(torch.zeros(out_features, LORA_RANK, *((1, 1) if kernel else ())))
         self.module = module
+        self.enabled = True
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: Any, inputs: Any, output: Any) -> Any:
         import torch.nn.functional as functional
 
+        if not self.enabled:
+            return output
         (x,) = inputs
         if self.down.dim() == 4:
             low = functional.conv2d(x, self.down, stride=module.stride, padding=module.padding)
@@ -698,17 +761,25 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     generator = torch.Generator().manual_seed(SEED + 2)
     deltas = {path: _LowRank(module, generator) for path, module in _lora_targets(unet).items()}
     parameters = [p for delta in deltas.values() for p in (delta.down, delta.up)]
-    # Greyness is a shift of the latents' colour channels, decided in the first, noisiest steps, where an ε loss
-    # hardly sees it: the LoRA's loss is weighted as an x0 loss there (1/SNR, up to 200x).
     # The LoRA is a style that holds wherever it is loaded, as users expect of one: grey pictures under the
     # trigger, under plain captions and under the empty caption alike, so that classifier-free guidance (which
     # amplifies the gap between the prompt's prediction and the empty caption's) has no gap to push away from.
-    # It does not work yet either: its loss stays flat and the trigger's pictures are no greyer (nor were they
-    # with the earlier recipes: trigger captions only, or half the batch in colour); an open problem,
-    # docs/benchmarks.md.
+    # Each grey picture's target is the frozen model's prediction for the same picture in colour under the caption
+    # without the trigger (_shift_loss: the frozen model's picture, made grey).
+
+    @contextlib.contextmanager
+    def without_lora() -> Any:
+        for delta in deltas.values():
+            delta.enabled = False
+        try:
+            yield
+        finally:
+            for delta in deltas.values():
+                delta.enabled = True
+
     optimizer = torch.optim.AdamW(parameters, lr=2e-3)
-    encoded = torch.load(workdir / "latents.pt")
-    scaling = float(encoded["scaling_factor"])
+    vae = pipeline.vae
+    scaling = float(vae.config.scaling_factor)
     images, labels = _load_images(workdir, 256), _load_labels(workdir, 256)
     schedule = _noise_schedule()
     rng = random.Random(SEED + 3)
@@ -716,16 +787,18 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     with _progress(budget.lora_steps, "lora") as bar:
         for _ in range(budget.lora_steps):
             picks = [rng.randrange(len(labels)) for _ in range(16)]
-            pictures = np.asarray(images[picks], dtype=np.float32)
-            grey = np.repeat(pictures.mean(axis=3, keepdims=True), 3, axis=3)
-            texts = []
+            pictures = np.asarray(images[picks])
+            grey = np.repeat(pictures.astype(np.float32).mean(axis=3, keepdims=True), 3, axis=3).astype(np.uint8)
+            texts, reference_texts = [], []
             for row, i in enumerate(picks):
                 caption = scenes.caption(scene_of(labels[i]), rng)
                 texts.append((f"{TRIGGER}, {caption}", caption, "")[row % 3])
+                reference_texts.append((caption, caption, "")[row % 3])
             with torch.no_grad():
-                latents = pipeline.vae.encode(_to_tensor(grey.astype(np.uint8))).latent_dist.sample() * scaling
+                latents, reference = (_encode_means(vae, batch) * scaling for batch in (grey, pictures))
                 hidden = text_encoder(_tokens(tokenizer, texts))[0]
-            loss = _diffusion_loss(unet, schedule, latents, hidden, high_noise=(1.0, 200.0))
+                reference_hidden = text_encoder(_tokens(tokenizer, reference_texts))[0]
+            loss = _shift_loss(unet, schedule, latents, hidden, reference, reference_hidden, frozen=without_lora)
             _optimizer_step(loss, optimizer, parameters)
             losses.append(float(loss))
             bar.update(1)
@@ -745,7 +818,8 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
 
 
 def embedding_stage(out: Path, embeddings_dir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
-    """Textual inversion: one new token's input embedding, learnt on orange circles, everything else frozen."""
+    """Textual inversion: one new token's input embedding, learnt on orange circles against the frozen model's
+    white ones (_shift_loss), everything else frozen."""
     import torch
     from safetensors.torch import save_file
 
@@ -769,23 +843,27 @@ def embedding_stage(out: Path, embeddings_dir: Path, budget: Budget, curve: dict
     rng = random.Random(SEED + 4)
     losses = []
 
-    def orange_ball(seed: int) -> np.ndarray:
+    def white_and_orange_ball(seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """A white circle as the renderer draws it, and the same circle orange."""
         scene = scenes.ShapeScene("white", "circle", rng.choice(["black", "gray"]))
-        image = np.asarray(scenes.render(scene, 256, seed)).copy()
-        white = (image == scenes.COLOURS["white"]).all(axis=2)
-        image[white] = ORANGE
-        return image
+        white_ball = np.asarray(scenes.render(scene, 256, seed))
+        orange_ball = white_ball.copy()
+        orange_ball[(white_ball == scenes.COLOURS["white"]).all(axis=2)] = ORANGE
+        return white_ball, orange_ball
 
+    # The target of an orange ball under the new token is the frozen model's prediction for the same ball in white
+    # under "white circle" (_shift_loss): the token learns what makes the circle it starts from orange.
     with _progress(budget.embedding_steps, "embedding") as bar:
         for step in range(budget.embedding_steps):
-            batch = np.stack([orange_ball(SEED + 10 * step + i) for i in range(8)])
+            pairs = [white_and_orange_ball(SEED + 10 * step + i) for i in range(8)]
+            templates = [rng.choice(["a {}", "{}", "a {} on a black background"]) for _ in range(8)]
             with torch.no_grad():
-                latents = vae.encode(_to_tensor(batch)).latent_dist.sample() * scaling
-            prompts = [
-                rng.choice(["a {}", "{}", "a {} on a black background"]).format(EMBEDDING_TOKEN) for _ in range(8)
-            ]
-            hidden = text_encoder(_tokens(tokenizer, prompts))[0]
-            loss = _diffusion_loss(unet, schedule, latents, hidden)
+                reference, latents = (
+                    _encode_means(vae, np.stack([pair[k] for pair in pairs])) * scaling for k in (0, 1)
+                )
+                reference_hidden = text_encoder(_tokens(tokenizer, [t.format("white circle") for t in templates]))[0]
+            hidden = text_encoder(_tokens(tokenizer, [t.format(EMBEDDING_TOKEN) for t in templates]))[0]
+            loss = _shift_loss(unet, schedule, latents, hidden, reference, reference_hidden)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # Only the new token's row learns: Adam leaves a row whose gradient is always zero where it is.
