@@ -130,15 +130,17 @@ def _tiny_vae(scaling_factor: float = 0.18215, block_out_channels: tuple[int, ..
 
 
 def sd_unet(
-    block_out_channels: tuple[int, int, int] = (16, 32, 32),
+    block_out_channels: tuple[int, ...] = (16, 32, 32),
     cross_attention_dim: int = 32,
     sample_size: int = 64,
     linear_projection: bool = False,
     in_channels: int = 4,
 ) -> Any:
-    """The SD 1.x/2.x UNet layout at toy sizes. Attention only at the lowest resolution keeps a 512x512 image to
-    a few seconds on two cores."""
+    """The SD 1.x/2.x UNet layout at toy sizes, one level per entry of `block_out_channels`. Attention only at the
+    lowest resolution keeps a 512x512 image to a few seconds on two cores."""
     from diffusers import UNet2DConditionModel
+
+    plain_levels = len(block_out_channels) - 1
 
     return UNet2DConditionModel(
         sample_size=sample_size,
@@ -146,8 +148,8 @@ def sd_unet(
         out_channels=4,
         block_out_channels=block_out_channels,
         layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D",) * plain_levels + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * plain_levels,
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=8,
