@@ -609,7 +609,8 @@ def unet_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
             # the sixth round's model took its 512² water from 55 to 73 % and mountains from 60 to 65 % (30 prompts
             # x 2 seeds); so the words are learnt in cheap 256² batches first and the layout at 512² last. In the
             # full bench-adherence this took mountains from 64 to 75 % but water only from 60 to 62 %, and the
-            # horizons still stack: docs/benchmarks.md, the seventh round.
+            # horizons still stacked until the UNet gained its fourth level (_unet): docs/benchmarks.md, the
+            # seventh and ninth rounds.
             late = step >= budget.unet_steps - budget.only_512_last
             size = 512 if late or step % budget.every_512 == budget.every_512 - 1 else 256
             count = budget.batch_512 if size == 512 else budget.batch_256
