@@ -111,7 +111,9 @@ def _text_encoder_config(hidden_act: str = "quick_gelu", vocab_size: int | None 
     )
 
 
-def _tiny_vae(scaling_factor: float = 0.18215, block_out_channels: tuple[int, ...] = (8, 16, 16, 16)) -> Any:
+def _tiny_vae(
+    scaling_factor: float = 0.18215, block_out_channels: tuple[int, ...] = (8, 16, 16, 16), norm_num_groups: int = 8
+) -> Any:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -122,7 +124,7 @@ def _tiny_vae(scaling_factor: float = 0.18215, block_out_channels: tuple[int, ..
         block_out_channels=block_out_channels,
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=8,
+        norm_num_groups=norm_num_groups,
         sample_size=512,
         mid_block_add_attention=False,
         scaling_factor=scaling_factor,
