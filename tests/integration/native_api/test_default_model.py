@@ -57,9 +57,8 @@ def test_snowy_mountains_put_more_white_under_the_sky_than_green_ones(trained):
 
 def test_the_style_lora_at_weight_0_is_no_lora_and_at_weight_1_changes_the_picture(trained):
     """Weight 0 is pixel for pixel no LoRA; weight 1 redraws the picture (a mean absolute difference over 4 / 255 on
-    each of these seeds: the eighth round's LoRA, trained on the shift loss, gives 6.0 at seed 3 and more at the
-    others). The shipped LoRA does not yet make pictures monochrome (docs/benchmarks.md, the eighth round), so the
-    test holds it to what it does and not to the saturation its name promises."""
+    each of these seeds). The shipped LoRA does not yet make pictures monochrome (docs/benchmarks.md, the eighth to
+    tenth rounds), so the test holds it to what it does and not to the saturation its name promises."""
     prompt = "monochrome, a lake at sunset, green mountains"
     with trained.client() as client:
         for seed in SEEDS:
