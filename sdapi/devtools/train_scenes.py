@@ -51,6 +51,9 @@ EMBEDDING_TOKEN = "<sdapi-orange-ball>"
 LORA_NAME = "monochrome"
 EMBEDDING_NAME = "sdapi-orange-ball"
 LORA_RANK = 4
+LORA_LR = 2e-3
+LORA_BATCH = 6
+EMBEDDING_BATCH = 6
 OFFSET_NOISE = 0.1
 HIGH_NOISE_SNR = 0.1  # below this signal-to-noise ratio (t >= 687 of 1000) a step's loss weighs more
 ORANGE = (245, 140, 30)
@@ -509,7 +512,7 @@ def _loss_weight(schedule: Any, timesteps: Any, high_noise: tuple[float, float])
     colour and the bands of water and ground are decided, weigh more (their noise prediction error is small even
     when the picture they imply is wrong). Without it and the offset noise a run of 3000 steps drew night, day and
     sunset at chance from their words (40 %); with both, 1000 steps at 256 pixels drew each as asked in 60 of 60
-    pictures. At (1.0, 200.0) the high-noise steps weigh as an x0 loss would."""
+    pictures."""
     import torch
 
     alphas = schedule.alphas_cumprod[timesteps]
@@ -529,36 +532,56 @@ def _diffusion_loss(unet: Any, schedule: Any, latents: Any, hidden: Any) -> Any:
     return (weight * ((predicted - noise) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
-def _shift_loss(
+def _restyled_picture_loss(
     unet: Any,
+    vae: Any,
     schedule: Any,
     latents: Any,
     hidden: Any,
-    reference_latents: Any,
     reference_hidden: Any,
+    restyle: Callable[[Any], Any],
     frozen: Callable[[], Any] = contextlib.nullcontext,
 ) -> Any:
-    """The loss of a style or a new word: the frozen model's prediction for a reference picture, the same picture
-    without the style (in colour, a white circle), is the target for the picture with it, under the same noise.
+    """The loss of a style or a new word, in pixels: the picture the model foresees from a noisy latent under
+    `hidden` (its estimate of the clean latent, decoded) against `restyle` of the picture the frozen model foresees
+    from the same latent under `reference_hidden` (the caption without the trigger; "white circle" for the orange
+    ball). `frozen` is a context in which `unet` is the model without what is being trained (the LoRA's hooks off).
 
-    With the same noise, predicting the reference's noise on the styled picture means predicting the frozen model's
-    own estimate of the clean picture moved by exactly the style's change (x0 = (x_t - sigma eps) / alpha, and the
-    two x_t differ by alpha times the two pictures' difference). The picture's detail, which no prompt determines and
-    which made up nearly all of the plain diffusion loss, cancels: the loss starts at the style's own size and can
-    reach zero. Trained on the plain loss, four LoRA recipes left it flat and the trigger's pictures no greyer
-    (docs/benchmarks.md, rounds four to seven). `frozen` is a context in which `unet` is the model without what is
-    being trained (the LoRA's hooks off). Weighted as an x0 loss at high noise, where colour is decided."""
+    A loss on latents could not teach a colour the scenes never have: the VAE learnt the scenes' palette, and
+    decodes the latents of a grey scene in colour (chroma 0 in, 48 of 255 out; a grey and a colour scene's latents
+    are 0.16 of a standard deviation apart) and an orange circle as brown, so no latent target looked as asked once
+    decoded: four plain-loss recipes and a shift loss on latents (rounds four to ten) left the LoRA's pictures as
+    colourful as before. Through the frozen decoder the training finds the latents that decode as asked: 200 steps
+    of this took the mean saturation of six pictures under the trigger from 0.41 to 0.22 (docs/benchmarks.md, the
+    eleventh round)."""
     import torch
 
     noise = _noise_like(latents)
     timesteps = torch.randint(0, schedule.config.num_train_timesteps, (latents.shape[0],))
+    noisy = schedule.add_noise(latents, noise, timesteps)
+    alpha = schedule.alphas_cumprod[timesteps].sqrt().view(-1, 1, 1, 1)
+    sigma = (1 - schedule.alphas_cumprod[timesteps]).sqrt().view(-1, 1, 1, 1)
+    scaling = float(vae.config.scaling_factor)
     with torch.no_grad(), frozen():
-        target = unet(
-            schedule.add_noise(reference_latents, noise, timesteps), timesteps, encoder_hidden_states=reference_hidden
-        ).sample
-    predicted = unet(schedule.add_noise(latents, noise, timesteps), timesteps, encoder_hidden_states=hidden).sample
-    weight = _loss_weight(schedule, timesteps, (1.0, 200.0))
-    return (weight * ((predicted - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        reference = unet(noisy, timesteps, encoder_hidden_states=reference_hidden).sample
+        target = restyle(vae.decode((noisy - sigma * reference) / alpha / scaling).sample.clamp(-1, 1))
+    predicted = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+    picture = vae.decode((noisy - sigma * predicted) / alpha / scaling).sample
+    return ((picture - target) ** 2).mean()
+
+
+def _grey(pictures: Any) -> Any:
+    """(N, 3, H, W) pictures in [-1, 1], each pixel the mean of its three channels."""
+    return pictures.mean(dim=1, keepdim=True).expand_as(pictures)
+
+
+def _white_made_orange(pictures: Any) -> Any:
+    """(N, 3, H, W) pictures in [-1, 1] with their white made `ORANGE`, and near-white partly (by how white)."""
+    import torch
+
+    whiteness = ((pictures.min(dim=1, keepdim=True).values - 0.2) / 0.6).clamp(0, 1)
+    orange = torch.tensor(ORANGE, dtype=pictures.dtype).view(1, 3, 1, 1) / 127.5 - 1
+    return pictures * (1 - whiteness) + orange * whiteness
 
 
 def frozen_text_encoder(workdir: Path) -> tuple[Any, Any, int]:
@@ -767,8 +790,8 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     # The LoRA is a style that holds wherever it is loaded, as users expect of one: grey pictures under the
     # trigger, under plain captions and under the empty caption alike, so that classifier-free guidance (which
     # amplifies the gap between the prompt's prediction and the empty caption's) has no gap to push away from.
-    # Each grey picture's target is the frozen model's prediction for the same picture in colour under the caption
-    # without the trigger (_shift_loss: the frozen model's picture, made grey).
+    # The target is the frozen model's picture under the caption without the trigger, made grey
+    # (_restyled_picture_loss).
 
     @contextlib.contextmanager
     def without_lora() -> Any:
@@ -780,7 +803,7 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
             for delta in deltas.values():
                 delta.enabled = True
 
-    optimizer = torch.optim.AdamW(parameters, lr=2e-3)
+    optimizer = torch.optim.AdamW(parameters, lr=LORA_LR)
     vae = pipeline.vae
     scaling = float(vae.config.scaling_factor)
     images, labels = _load_images(workdir, 256), _load_labels(workdir, 256)
@@ -789,19 +812,17 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     losses = []
     with _progress(budget.lora_steps, "lora") as bar:
         for _ in range(budget.lora_steps):
-            picks = [rng.randrange(len(labels)) for _ in range(16)]
-            pictures = np.asarray(images[picks])
-            grey = np.repeat(pictures.astype(np.float32).mean(axis=3, keepdims=True), 3, axis=3).astype(np.uint8)
+            picks = [rng.randrange(len(labels)) for _ in range(LORA_BATCH)]
             texts, reference_texts = [], []
             for row, i in enumerate(picks):
                 caption = scenes.caption(scene_of(labels[i]), rng)
                 texts.append((f"{TRIGGER}, {caption}", caption, "")[row % 3])
                 reference_texts.append((caption, caption, "")[row % 3])
             with torch.no_grad():
-                latents, reference = (_encode_means(vae, batch) * scaling for batch in (grey, pictures))
+                latents = _encode_means(vae, np.asarray(images[picks])) * scaling
                 hidden = text_encoder(_tokens(tokenizer, texts))[0]
                 reference_hidden = text_encoder(_tokens(tokenizer, reference_texts))[0]
-            loss = _shift_loss(unet, schedule, latents, hidden, reference, reference_hidden, frozen=without_lora)
+            loss = _restyled_picture_loss(unet, vae, schedule, latents, hidden, reference_hidden, _grey, without_lora)
             _optimizer_step(loss, optimizer, parameters)
             losses.append(float(loss))
             bar.update(1)
@@ -822,7 +843,7 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
 
 def embedding_stage(out: Path, embeddings_dir: Path, budget: Budget, curve: dict[str, list[float]]) -> None:
     """Textual inversion: one new token's input embedding, learnt on orange circles against the frozen model's
-    white ones (_shift_loss), everything else frozen."""
+    white ones made orange (_restyled_picture_loss), everything else frozen."""
     import torch
     from safetensors.torch import save_file
 
@@ -846,27 +867,24 @@ def embedding_stage(out: Path, embeddings_dir: Path, budget: Budget, curve: dict
     rng = random.Random(SEED + 4)
     losses = []
 
-    def white_and_orange_ball(seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """A white circle as the renderer draws it, and the same circle orange."""
+    def orange_ball(seed: int) -> np.ndarray:
+        """A white circle as the renderer draws it, made orange."""
         scene = scenes.ShapeScene("white", "circle", rng.choice(["black", "gray"]))
-        white_ball = np.asarray(scenes.render(scene, 256, seed))
-        orange_ball = white_ball.copy()
-        orange_ball[(white_ball == scenes.COLOURS["white"]).all(axis=2)] = ORANGE
-        return white_ball, orange_ball
+        ball = np.asarray(scenes.render(scene, 256, seed)).copy()
+        ball[(ball == scenes.COLOURS["white"]).all(axis=2)] = ORANGE
+        return ball
 
-    # The target of an orange ball under the new token is the frozen model's prediction for the same ball in white
-    # under "white circle" (_shift_loss): the token learns what makes the circle it starts from orange.
+    # The target under the new token is the picture the frozen model foresees under "white circle", its white made
+    # orange: the token learns what makes the circle it starts from orange.
     with _progress(budget.embedding_steps, "embedding") as bar:
         for step in range(budget.embedding_steps):
-            pairs = [white_and_orange_ball(SEED + 10 * step + i) for i in range(8)]
-            templates = [rng.choice(["a {}", "{}", "a {} on a black background"]) for _ in range(8)]
+            templates = [rng.choice(["a {}", "{}", "a {} on a black background"]) for _ in range(EMBEDDING_BATCH)]
             with torch.no_grad():
-                reference, latents = (
-                    _encode_means(vae, np.stack([pair[k] for pair in pairs])) * scaling for k in (0, 1)
-                )
+                balls = np.stack([orange_ball(SEED + 10 * step + i) for i in range(EMBEDDING_BATCH)])
+                latents = _encode_means(vae, balls) * scaling
                 reference_hidden = text_encoder(_tokens(tokenizer, [t.format("white circle") for t in templates]))[0]
             hidden = text_encoder(_tokens(tokenizer, [t.format(EMBEDDING_TOKEN) for t in templates]))[0]
-            loss = _shift_loss(unet, schedule, latents, hidden, reference, reference_hidden)
+            loss = _restyled_picture_loss(unet, vae, schedule, latents, hidden, reference_hidden, _white_made_orange)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # Only the new token's row learns: Adam leaves a row whose gradient is always zero where it is.
