@@ -89,7 +89,7 @@ bench-batching: install-dev
 bench-soak: install-dev
 	$(BIN)/python -m bench.soak
 
-# Trains the default model on drawn scenes, with its style LoRA and embedding: about 55 minutes on two cores.
+# Trains the default model on drawn scenes, with its style LoRA and embedding: about an hour on two cores.
 # Writes the files that ship: models/scenes-sd (+ its manifest), data/loras/monochrome.safetensors and
 # data/embeddings/sdapi-orange-ball.safetensors. Stages are kept in data/train-scenes: rerun to resume.
 train-default-model: install
