@@ -55,7 +55,8 @@ LORA_LR = 2e-3
 LORA_BATCH = 6
 EMBEDDING_BATCH = 6
 OFFSET_NOISE = 0.1
-HIGH_NOISE_SNR = 0.1  # below this signal-to-noise ratio (t >= 687 of 1000) a step's loss weighs more
+HIGH_NOISE_SNR = 0.1  # below this signal-to-noise ratio (t >= 687 of 1000) a step's loss weighs more...
+HIGH_NOISE_MOST = 20.0  # ...up to this many times
 ORANGE = (245, 140, 30)
 # Pictures per VAE encoder call. Small batches: the encoder is memory-bound on CPU, and 4 pictures a call encode
 # 2.4x (256²) to 4x (512²) faster than 64, with bit-identical latents (every layer treats each picture on its own).
@@ -504,9 +505,9 @@ def _noise_like(latents: Any) -> Any:
     return torch.randn_like(latents) + OFFSET_NOISE * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
 
 
-def _loss_weight(schedule: Any, timesteps: Any, high_noise: tuple[float, float]) -> Any:
-    """Each example's weight: min-SNR (gamma 5), and below `high_noise[0]`'s signal-to-noise ratio up to
-    `high_noise[1]` times more.
+def _loss_weight(schedule: Any, timesteps: Any) -> Any:
+    """Each example's weight: min-SNR (gamma 5), and below `HIGH_NOISE_SNR`'s signal-to-noise ratio up to
+    `HIGH_NOISE_MOST` times more.
 
     Min-SNR keeps the many low-noise steps from drowning out the others; and the high-noise steps, where the sky's
     colour and the bands of water and ground are decided, weigh more (their noise prediction error is small even
@@ -517,8 +518,7 @@ def _loss_weight(schedule: Any, timesteps: Any, high_noise: tuple[float, float])
 
     alphas = schedule.alphas_cumprod[timesteps]
     snr = alphas / (1 - alphas)
-    below, most = high_noise
-    return torch.clamp(snr, max=5.0) / snr * torch.clamp(below / snr, 1.0, most)
+    return torch.clamp(snr, max=5.0) / snr * torch.clamp(HIGH_NOISE_SNR / snr, 1.0, HIGH_NOISE_MOST)
 
 
 def _diffusion_loss(unet: Any, schedule: Any, latents: Any, hidden: Any) -> Any:
@@ -528,7 +528,7 @@ def _diffusion_loss(unet: Any, schedule: Any, latents: Any, hidden: Any) -> Any:
     timesteps = torch.randint(0, schedule.config.num_train_timesteps, (latents.shape[0],))
     noisy = schedule.add_noise(latents, noise, timesteps)
     predicted = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-    weight = _loss_weight(schedule, timesteps, (HIGH_NOISE_SNR, 20.0))
+    weight = _loss_weight(schedule, timesteps)
     return (weight * ((predicted - noise) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
@@ -562,11 +562,15 @@ def _restyled_picture_loss(
     alpha = schedule.alphas_cumprod[timesteps].sqrt().view(-1, 1, 1, 1)
     sigma = (1 - schedule.alphas_cumprod[timesteps]).sqrt().view(-1, 1, 1, 1)
     scaling = float(vae.config.scaling_factor)
+
+    def foreseen_picture(predicted_noise: Any) -> Any:
+        """The clean latent a noise prediction implies, (x_t - sigma eps) / alpha, decoded."""
+        return vae.decode((noisy - sigma * predicted_noise) / alpha / scaling).sample
+
     with torch.no_grad(), frozen():
         reference = unet(noisy, timesteps, encoder_hidden_states=reference_hidden).sample
-        target = restyle(vae.decode((noisy - sigma * reference) / alpha / scaling).sample.clamp(-1, 1))
-    predicted = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-    picture = vae.decode((noisy - sigma * predicted) / alpha / scaling).sample
+        target = restyle(foreseen_picture(reference).clamp(-1, 1))
+    picture = foreseen_picture(unet(noisy, timesteps, encoder_hidden_states=hidden).sample)
     return ((picture - target) ** 2).mean()
 
 
