@@ -4,7 +4,8 @@ Pure numpy and Pillow, deterministic from a seed. A landscape has a time of day 
 colours, a sun or a moon and stars, the light on everything below), mountains (none, green, snowy; one to three
 ranges), water (none, a lake in a basin with shores on either side, the sea from edge to edge; both reflect the
 sky and show the sun's or moon's path), ground (grass, desert, snow), trees (none, a few, a forest) and clouds. An
-object scene is one coloured shape (circle, square, triangle) on a plain background. Every scene comes with
+object scene is one coloured shape (circle, square, triangle) on a plain background; one of its colours, orange, no
+caption ever names (the embedding learns a word for the orange circle). Every scene comes with
 captions in the styles people write: short comma lists, sentences, long prompts with quality words; each names
 the mountains and water nearly always and a random subset of the rest, which a prompt leaves to the model.
 
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-SCENES_VERSION = 4
+SCENES_VERSION = 5
 
 TIMES = ("day", "sunset", "night")
 MOUNTAINS = ("none", "green", "snowy")
@@ -32,7 +33,13 @@ COLOURS = {
     "yellow": (240, 210, 40),
     "green": (40, 170, 60),
     "white": (245, 245, 245),
+    "orange": (245, 140, 30),
 }
+# Colours drawn but never named: an orange shape's captions give only its shape, as a real model has seen many things
+# it has no word for. The textual-inversion embedding <sdapi-orange-ball> learns a word for the orange circle. Up to
+# version 4 the scenes had no orange at all, and the VAE, which learnt the scenes' palette, decoded an orange circle
+# as brown (182, 123, 95): no embedding could draw orange through it.
+UNNAMED_COLOURS = ("orange",)
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = {"white": (250, 250, 250), "black": (15, 15, 15), "gray": (128, 128, 128)}
 
@@ -255,9 +262,11 @@ MOUNTAIN_WORDS = {
     "snowy": ["snowy mountains", "snow-capped mountains", "snow covered peaks", "mountains"],
 }
 WATER_WORDS = {
-    "lake": ["a lake", "lakes", "a calm lake", "a mountain lake", "lake water", "a lake with reflections"],
-    "sea": ["the sea", "the ocean", "the coast", "sea water", "the ocean with reflections"],
+    "lake": ["a lake", "lakes", "a calm lake", "a mountain lake", "lake water", "a lake with reflections", "water"],
+    "sea": ["the sea", "the ocean", "the coast", "sea water", "the ocean with reflections", "water"],
 }
+# "water" on its own names both (version 5): a negative prompt "water" says little if no caption ever says it alone,
+# and the eleventh round's model drew water in 12 of 12 pictures of a lake with and without that negative prompt.
 GROUND_WORDS = {
     "grass": ["grass", "a meadow", "green fields", "grassland"],
     "desert": ["a desert", "sand dunes", "sand", "desert sand"],
@@ -295,13 +304,14 @@ def _landscape_phrases(scene: Landscape, rng: random.Random) -> list[str]:
 def caption(scene: Scene, rng: random.Random) -> str:
     """One caption for the scene, in one of the styles people write prompts in."""
     if isinstance(scene, ShapeScene):
-        thing = f"a {scene.colour} {scene.shape}"
+        named = "" if scene.colour in UNNAMED_COLOURS else f"{scene.colour} "
+        thing = f"a {named}{scene.shape}"
         return rng.choice(
             [
                 thing,
                 f"{thing} on a {scene.background} background",
-                f"{scene.colour} {scene.shape}, simple, flat",
-                f"a simple {scene.colour} {scene.shape}, {rng.choice(QUALITY_WORDS)}",
+                f"{named}{scene.shape}, simple, flat",
+                f"a simple {named}{scene.shape}, {rng.choice(QUALITY_WORDS)}",
             ]
         )
     phrases = _landscape_phrases(scene, rng)
@@ -328,7 +338,8 @@ def vocabulary() -> list[str]:
     for table in (TIME_WORDS, MOUNTAIN_WORDS, WATER_WORDS, GROUND_WORDS, TREE_WORDS):
         for phrases in table.values():
             texts.extend(phrases)
-    texts.extend([*COLOURS, *SHAPES, *BACKGROUNDS, "water", "monochrome", "black and white"])
+    named_colours = [colour for colour in COLOURS if colour not in UNNAMED_COLOURS]
+    texts.extend([*named_colours, *SHAPES, *BACKGROUNDS, "water", "monochrome", "black and white"])
     for text in texts:
         for word in text.replace(",", " ").replace("-", " - ").split():
             words.add(word.lower())
