@@ -3,9 +3,10 @@
 100 held-out prompts (attribute combinations and phrasings drawn with a seed the training never used), 4 seeds
 each, rendered by the service over HTTP at 512x512, 20 steps. Each picture is scored by
 sdapi.devtools.scene_stats.AttributeScorer, calibrated on the scene renderer's own pictures; the same scorer on
-the renderer's pictures of the same prompts is the ceiling. Then three behaviours: a negative prompt removes an
-attribute ("a lake" with negative "water"), image-to-image at low strength keeps the layout, and the style
-LoRA's trigger changes the style score (saturation).
+the renderer's pictures of the same prompts is the ceiling. Then four behaviours: a negative prompt removes an
+attribute ("a lake" with negative "water"), the embedding draws its orange ball (the share of orange pixels, against
+"a circle" and "a white circle"), image-to-image at low strength keeps the layout, and the style LoRA's trigger
+changes the style score (saturation).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def held_out_prompts(count: int) -> list[tuple[str, scenes.Landscape]]:
         phrases = [rng.choice(scenes.TIME_WORDS[scene.time]), rng.choice(scenes.GROUND_WORDS[scene.ground])]
         if scene.mountains != "none":
             phrases.append(rng.choice([w for w in scenes.MOUNTAIN_WORDS[scene.mountains] if w != "mountains"]))
-        if scene.water != "none":
-            phrases.append(rng.choice(scenes.WATER_WORDS[scene.water]))
+        if scene.water != "none":  # "water" alone names either: the scorer could not say which was asked
+            phrases.append(rng.choice([w for w in scenes.WATER_WORDS[scene.water] if w != "water"]))
         rng.shuffle(phrases)
         style = rng.random()
         if style < 0.4:
@@ -92,6 +93,10 @@ def _images(client, **body) -> list[Image.Image]:  # type: ignore[no-untyped-def
     return [fetch_image(url) for url in task["result_urls"] or [task["result_url"]]]
 
 
+# The embedding's prompts: its name where a shape word would go, against the plain words for a circle.
+EMBEDDING_COMPARISON = ("sdapi-orange-ball", "circle", "white circle")
+EMBEDDING_TEMPLATES = ("a {}", "a {} on a black background", "a {} on a gray background")
+
 CONTRACT_EXAMPLE = {
     "prompt": "a beautiful landscape with mountains and lakes, sunset, highly detailed, 4k",
     "width": 512,
@@ -131,7 +136,7 @@ def main() -> None:
     per_class: dict[tuple[str, str], list[bool]] = {}  # (attribute, the class the prompt asks for): hits
     generated_clean: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
     ceiling: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
-    with tempfile.TemporaryDirectory() as folder, Stages(8) as stages:
+    with tempfile.TemporaryDirectory() as folder, Stages(9) as stages:
         stages.stage("calibrating the scorer on rendered scenes")
         scorer = scene_stats.calibrated_scorer()
         # The scorer of the rounds before the sixth (fitted on clean renders only), for comparison with their figures.
@@ -148,6 +153,7 @@ def main() -> None:
             log_level="WARNING",
             defaults={"width": arguments.size, "height": arguments.size, "num_inference_steps": arguments.steps},
             loras={"dir": str(REPO / "data" / "loras")},
+            embeddings={"dir": str(REPO / "data" / "embeddings")},
         )
         common = {"guidance_scale": 7.5}
         with ServiceProcess(config) as service:
@@ -181,6 +187,13 @@ def main() -> None:
                     water_with += [
                         scorer.predict(i)["water"] != "none" for i in _images(client, **body, negative_prompt="water")
                     ]
+
+                stages.stage("the embedding: the share of orange pixels under its name and under plain words")
+                orange: dict[str, list[float]] = {}
+                for thing in EMBEDDING_COMPARISON:
+                    for template in EMBEDDING_TEMPLATES:
+                        body = {"prompt": template.format(thing), "seed": 70, "num_images": SEEDS, **common}
+                        orange.setdefault(thing, []).extend(map(scene_stats.orange_share, _images(client, **body)))
 
                 stages.stage("image-to-image at strength 0.3 and the style LoRA")
                 kept, differences = [], []
@@ -247,6 +260,10 @@ def main() -> None:
     print(
         f"negative prompt 'water' on 'a landscape with a lake': water seen in {100 * np.mean(water_without):.0f} % "
         f"of {len(water_without)} pictures without it, {100 * np.mean(water_with):.0f} % with it"
+    )
+    print(
+        f"embedding, mean share of orange pixels in {len(orange[EMBEDDING_COMPARISON[0]])} pictures each: "
+        + ", ".join(f"'{thing}' {100 * np.mean(orange[thing]):.1f} %" for thing in EMBEDDING_COMPARISON)
     )
     print(
         f"image-to-image, strength 0.3: {100 * np.mean(kept):.0f} % of scored attributes kept from the init image, "

@@ -58,6 +58,28 @@ def saturation(image: Image.Image) -> float:
     return float(saturation_of(_array(image)).mean())
 
 
+def hue_of(pixels: np.ndarray) -> np.ndarray:
+    """HSV hue in degrees (0-360); 0 where a pixel is grey."""
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    high, low = pixels.max(axis=-1), pixels.min(axis=-1)
+    spread = np.maximum(high - low, 1e-6)
+    hue = np.where(
+        high == red,
+        (green - blue) / spread % 6,
+        np.where(high == green, (blue - red) / spread + 2, (red - green) / spread + 4),
+    )
+    return np.where(high > low, hue * 60.0, 0.0)
+
+
+def orange_share(image: Image.Image) -> float:
+    """Share of clearly orange pixels (hue 15-45 degrees, saturation over 0.5, value over 0.45): the renderer's
+    orange (245, 140, 30) is hue 31, saturation 0.88; its red, yellow and white shapes are none of them."""
+    pixels = _array(image)
+    hue = hue_of(pixels)
+    orange = (hue >= 15) & (hue <= 45) & (saturation_of(pixels) > 0.5) & (pixels.max(axis=-1) > 0.45)
+    return float(orange.mean())
+
+
 def features(image: Image.Image) -> np.ndarray:
     """Coarse colour features: the mean colour of each cell of an 8x8 grid, per row of cells the mean saturation
     and the spread of luminance, and the mean colour of 32 thin rows (where a lake ends and the sea goes on is a

@@ -57,6 +57,30 @@ def test_captions_name_only_what_the_scene_has():
             assert "night" not in text and "moon" not in text
 
 
+def test_shapes_are_captioned_with_their_colour_except_orange_which_has_no_word():
+    rng = random.Random(2)
+    for _ in range(200):
+        scene = scenes.random_scene(rng, object_share=1.0)
+        thing = scenes.caption(scene, rng).split(" on a ")[0]  # "... on a white background" names the background
+        assert scene.shape in thing
+        if scene.colour in scenes.UNNAMED_COLOURS:
+            assert not any(colour in thing for colour in scenes.COLOURS), thing
+        else:
+            assert scene.colour in thing
+    assert "orange" not in scenes.vocabulary()
+
+
+def test_the_orange_share_counts_the_orange_circle_and_no_other_shape():
+    def circle(colour, background="black"):
+        return scenes.render(scenes.ShapeScene(colour, "circle", background), 128, 4)
+
+    assert scene_stats.orange_share(circle("orange")) > 0.1
+    assert scene_stats.orange_share(circle("orange", "gray")) > 0.1
+    for colour in scenes.COLOURS:
+        if colour != "orange":
+            assert scene_stats.orange_share(circle(colour)) == 0.0, colour
+
+
 def test_every_caption_word_is_one_token_and_unknown_words_fall_back_to_characters(tmp_path):
     write_word_tokenizer(tmp_path, scenes.vocabulary())
     tokenizer = CLIPTokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"))
