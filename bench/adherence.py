@@ -3,10 +3,10 @@
 100 held-out prompts (attribute combinations and phrasings drawn with a seed the training never used), 4 seeds
 each, rendered by the service over HTTP at 512x512, 20 steps. Each picture is scored by
 sdapi.devtools.scene_stats.AttributeScorer, calibrated on the scene renderer's own pictures; the same scorer on
-the renderer's pictures of the same prompts is the ceiling. Then four behaviours: a negative prompt removes an
-attribute ("a lake" with negative "water"), the embedding draws its orange ball (the share of orange pixels, against
-"a circle" and "a white circle"), image-to-image at low strength keeps the layout, and the style LoRA's trigger
-changes the style score (saturation).
+the renderer's pictures of the same prompts is the ceiling. Then five behaviours: a negative prompt removes an
+attribute ("a lake" with negative "water"), a shape is drawn in the colour asked for, the embedding draws its
+orange ball (the share of orange pixels, against "a circle" and "a white circle"), image-to-image at low strength
+keeps the layout, and the style LoRA's trigger changes the style score (saturation).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def _images(client, **body) -> list[Image.Image]:  # type: ignore[no-untyped-def
     return [fetch_image(url) for url in task["result_urls"] or [task["result_url"]]]
 
 
+NAMED_COLOURS = [colour for colour in scenes.COLOURS if colour not in scenes.UNNAMED_COLOURS]
 # The embedding's prompts: its name where a shape word would go, against the plain words for a circle.
 EMBEDDING_COMPARISON = ("sdapi-orange-ball", "circle", "white circle")
 EMBEDDING_TEMPLATES = ("a {}", "a {} on a black background", "a {} on a gray background")
@@ -136,7 +137,7 @@ def main() -> None:
     per_class: dict[tuple[str, str], list[bool]] = {}  # (attribute, the class the prompt asks for): hits
     generated_clean: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
     ceiling: dict[str, list[bool]] = {attribute: [] for attribute in SCORED}
-    with tempfile.TemporaryDirectory() as folder, Stages(9) as stages:
+    with tempfile.TemporaryDirectory() as folder, Stages(10) as stages:
         stages.stage("calibrating the scorer on rendered scenes")
         scorer = scene_stats.calibrated_scorer()
         # The scorer of the rounds before the sixth (fitted on clean renders only), for comparison with their figures.
@@ -187,6 +188,16 @@ def main() -> None:
                     water_with += [
                         scorer.predict(i)["water"] != "none" for i in _images(client, **body, negative_prompt="water")
                     ]
+
+                stages.stage("shapes: is a coloured shape drawn in its colour?")
+                colour_hits: dict[str, list[bool]] = {}
+                for colour in NAMED_COLOURS:
+                    for shape in scenes.SHAPES:
+                        body = {"prompt": f"a {colour} {shape} on a black background", "seed": 60, **common}
+                        colour_hits.setdefault(colour, []).extend(
+                            scene_stats.nearest_colour(scene_stats.shape_colour(image), NAMED_COLOURS) == colour
+                            for image in _images(client, **body, num_images=SEEDS)
+                        )
 
                 stages.stage("the embedding: the share of orange pixels under its name and under plain words")
                 orange: dict[str, list[float]] = {}
@@ -260,6 +271,11 @@ def main() -> None:
     print(
         f"negative prompt 'water' on 'a landscape with a lake': water seen in {100 * np.mean(water_without):.0f} % "
         f"of {len(water_without)} pictures without it, {100 * np.mean(water_with):.0f} % with it"
+    )
+    print(
+        "shapes on a black background drawn in the colour asked for (the mean colour of the pixels that stand out, "
+        "nearest of the named colours): "
+        + ", ".join(f"{colour} {100 * np.mean(hits):.0f} % of {len(hits)}" for colour, hits in colour_hits.items())
     )
     print(
         f"embedding, mean share of orange pixels in {len(orange[EMBEDDING_COMPARISON[0]])} pictures each: "

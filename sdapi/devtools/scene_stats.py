@@ -80,6 +80,24 @@ def orange_share(image: Image.Image) -> float:
     return float(orange.mean())
 
 
+def shape_colour(image: Image.Image) -> tuple[float, float, float]:
+    """The mean colour (0-255) of an object scene's shape: the pixels more than 60 levels from the background, the
+    median colour of the picture's border. Black if nothing stands out."""
+    pixels = _array(image) * 255.0
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = np.median(border, axis=0)
+    shape = np.abs(pixels - background).max(axis=-1) > 60
+    if not shape.any():
+        return (0.0, 0.0, 0.0)
+    red, green, blue = pixels[shape].mean(axis=0)
+    return (float(red), float(green), float(blue))
+
+
+def nearest_colour(rgb: tuple[float, float, float], colours: Sequence[str]) -> str:
+    """Which of the renderer's `colours` (names in scenes.COLOURS) `rgb` is nearest to."""
+    return min(colours, key=lambda name: float(np.linalg.norm(np.subtract(scenes.COLOURS[name], rgb))))
+
+
 def features(image: Image.Image) -> np.ndarray:
     """Coarse colour features: the mean colour of each cell of an 8x8 grid, per row of cells the mean saturation
     and the spread of luminance, and the mean colour of 32 thin rows (where a lake ends and the sea goes on is a

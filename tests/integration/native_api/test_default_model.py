@@ -17,12 +17,18 @@ FAST = {"width": 256, "height": 256, "num_inference_steps": 20, "guidance_scale"
 # "snowy mountains" can come out without snow (docs/benchmarks.md, the seventh round).
 DEFAULT_SIZE = {**FAST, "width": 512, "height": 512}
 LORA_DESATURATION = 0.1
+EMBEDDING_ORANGE = 0.05
 
 
 @pytest.fixture(scope="module")
 def trained(make_service):
     verify(REPO_ROOT / "models" / "scenes-sd.manifest.json")
-    return make_service("trained", model_path=MODEL, loras={"dir": str(REPO_ROOT / "data" / "loras")})
+    return make_service(
+        "trained",
+        model_path=MODEL,
+        loras={"dir": str(REPO_ROOT / "data" / "loras")},
+        embeddings={"dir": str(REPO_ROOT / "data" / "embeddings")},
+    )
 
 
 def _picture(client, **body):
@@ -68,6 +74,19 @@ def test_the_style_lora_at_weight_0_is_no_lora_and_at_weight_1_takes_the_colour_
             assert plain.tobytes() == zero.tobytes()
             before, after = scene_stats.saturation(plain), scene_stats.saturation(styled)
             assert after < before - LORA_DESATURATION, (seed, before, after)
+
+
+def test_the_shipped_embedding_draws_an_orange_ball_where_a_white_circle_has_none(trained):
+    """The textual-inversion embedding, named in the prompt, draws its orange circle: more than EMBEDDING_ORANGE of
+    the picture is orange on each seed, and "a white circle" in its place draws no orange."""
+    with trained.client() as client:
+        for seed in SEEDS:
+            task = generate(client, **FAST, prompt="a sdapi-orange-ball on a black background", seed=seed)
+            assert task["status"] == "completed", task
+            assert task["embeddings"] == ["sdapi-orange-ball"]
+            ball = scene_stats.orange_share(fetch_image(task["result_url"]))
+            white = scene_stats.orange_share(_picture(client, prompt="a white circle on a black background", seed=seed))
+            assert ball > EMBEDDING_ORANGE > white, (seed, ball, white)
 
 
 def test_the_api_documents_example_prompt_draws_a_sunset_over_mountains_and_a_lake(trained):

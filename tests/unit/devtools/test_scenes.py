@@ -81,6 +81,13 @@ def test_the_orange_share_counts_the_orange_circle_and_no_other_shape():
             assert scene_stats.orange_share(circle(colour)) == 0.0, colour
 
 
+def test_a_rendered_shape_reads_back_as_its_own_colour():
+    for colour in scenes.COLOURS:
+        for background in scenes.BACKGROUNDS:
+            picture = scenes.render(scenes.ShapeScene(colour, "square", background), 128, 5)
+            assert scene_stats.nearest_colour(scene_stats.shape_colour(picture), list(scenes.COLOURS)) == colour
+
+
 def test_every_caption_word_is_one_token_and_unknown_words_fall_back_to_characters(tmp_path):
     write_word_tokenizer(tmp_path, scenes.vocabulary())
     tokenizer = CLIPTokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"))
