@@ -26,7 +26,6 @@ equivalent, not bit-identical: its caption draws restart from the step it resume
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -544,57 +543,6 @@ def _diffusion_loss(unet: Any, schedule: Any, latents: Any, hidden: Any) -> Any:
     return (weight * ((predicted - noise) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
-def _restyled_picture_loss(
-    unet: Any,
-    vae: Any,
-    schedule: Any,
-    latents: Any,
-    hidden: Any,
-    reference_hidden: Any,
-    restyle: Callable[[Any], Any],
-    frozen: Callable[[], Any] = contextlib.nullcontext,
-) -> Any:
-    """The loss of a style, in pixels: the picture the model foresees from a noisy latent under `hidden` (its
-    estimate of the clean latent, decoded) against `restyle` of the picture the frozen model foresees from the same
-    latent under `reference_hidden` (the caption without the trigger). `frozen` is a context in which `unet` is the
-    model without what is being trained (the LoRA's hooks off).
-
-    A loss on latents could not teach a colour the scenes never have: the VAE learnt the scenes' palette, and
-    decodes the latents of a grey scene in colour (chroma 0 in, 48 of 255 out; a grey and a colour scene's latents
-    are 0.16 of a standard deviation apart) and an orange circle as brown, so no latent target looked as asked once
-    decoded: four plain-loss recipes and a shift loss on latents (rounds four to ten) left the LoRA's pictures as
-    colourful as before. Through the frozen decoder the training finds the latents that decode as asked: 300 steps
-    of this took the mean saturation of six pictures under the trigger from 0.41 to 0.24 (docs/benchmarks.md, the
-    eleventh round).
-
-    The embedding learnt on it too in round eleven, against the frozen model's white circles made orange, and drew
-    no orange: the VAE could not decode it. Orange is in the scenes since version 5, and the embedding learns with
-    the plain diffusion loss."""
-    import torch
-
-    noise = _noise_like(latents)
-    timesteps = torch.randint(0, schedule.config.num_train_timesteps, (latents.shape[0],))
-    noisy = schedule.add_noise(latents, noise, timesteps)
-    alpha = schedule.alphas_cumprod[timesteps].sqrt().view(-1, 1, 1, 1)
-    sigma = (1 - schedule.alphas_cumprod[timesteps]).sqrt().view(-1, 1, 1, 1)
-    scaling = float(vae.config.scaling_factor)
-
-    def foreseen_picture(predicted_noise: Any) -> Any:
-        """The clean latent a noise prediction implies, (x_t - sigma eps) / alpha, decoded."""
-        return vae.decode((noisy - sigma * predicted_noise) / alpha / scaling).sample
-
-    with torch.no_grad(), frozen():
-        reference = unet(noisy, timesteps, encoder_hidden_states=reference_hidden).sample
-        target = restyle(foreseen_picture(reference).clamp(-1, 1))
-    picture = foreseen_picture(unet(noisy, timesteps, encoder_hidden_states=hidden).sample)
-    return ((picture - target) ** 2).mean()
-
-
-def _grey(pictures: Any) -> Any:
-    """(N, 3, H, W) pictures in [-1, 1], each pixel the mean of its three channels."""
-    return pictures.mean(dim=1, keepdim=True).expand_as(pictures)
-
-
 def frozen_text_encoder(workdir: Path) -> tuple[Any, Any, int]:
     """The text stage's tokenizer and encoder, frozen, and the vocabulary's size."""
     import torch
@@ -798,22 +746,13 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     generator = torch.Generator().manual_seed(SEED + 2)
     deltas = {path: _LowRank(module, generator) for path, module in _lora_targets(unet).items()}
     parameters = [p for delta in deltas.values() for p in (delta.down, delta.up)]
-    # The LoRA is a style that holds wherever it is loaded, as users expect of one: grey pictures under the
-    # trigger, under plain captions and under the empty caption alike, so that classifier-free guidance (which
-    # amplifies the gap between the prompt's prediction and the empty caption's) has no gap to push away from.
-    # The target is the frozen model's picture under the caption without the trigger, made grey
-    # (_restyled_picture_loss).
-
-    @contextlib.contextmanager
-    def without_lora() -> Any:
-        for delta in deltas.values():
-            delta.enabled = False
-        try:
-            yield
-        finally:
-            for delta in deltas.values():
-                delta.enabled = True
-
+    # The LoRA is a style that holds wherever it is loaded, as users expect of one: under the trigger the scene made
+    # grey, and under its plain caption and the empty caption the scene as drawn, so that it moves only what the
+    # trigger asks for (trained on trigger captions alone, the second model's LoRA also moved the empty caption's
+    # prediction, and classifier-free guidance pushed away from the grey both shared). The plain diffusion loss
+    # works since the VAE carries colours (scenes version 5, VAE_MORE_OBJECTS): the eleventh round's VAE decoded a
+    # grey scene's latents in colour, and its LoRA learnt through the decoder (a pixel loss), whose pictures with
+    # this VAE became blue noise.
     optimizer = torch.optim.AdamW(parameters, lr=LORA_LR)
     vae = pipeline.vae
     scaling = float(vae.config.scaling_factor)
@@ -824,16 +763,17 @@ def lora_stage(workdir: Path, out: Path, loras_dir: Path, budget: Budget, curve:
     with _progress(budget.lora_steps, "lora") as bar:
         for _ in range(budget.lora_steps):
             picks = [rng.randrange(len(labels)) for _ in range(LORA_BATCH)]
-            texts, reference_texts = [], []
+            texts = []
+            pictures = np.asarray(images[picks])
             for row, i in enumerate(picks):
                 caption = scenes.caption(scene_of(labels[i]), rng)
                 texts.append((f"{TRIGGER}, {caption}", caption, "")[row % 3])
-                reference_texts.append((caption, caption, "")[row % 3])
+                if row % 3 == 0:
+                    pictures[row] = pictures[row].mean(axis=2, keepdims=True).round().astype(np.uint8)
             with torch.no_grad():
-                latents = _encode_means(vae, np.asarray(images[picks])) * scaling
+                latents = _encode_means(vae, pictures) * scaling
                 hidden = text_encoder(_tokens(tokenizer, texts))[0]
-                reference_hidden = text_encoder(_tokens(tokenizer, reference_texts))[0]
-            loss = _restyled_picture_loss(unet, vae, schedule, latents, hidden, reference_hidden, _grey, without_lora)
+            loss = _diffusion_loss(unet, schedule, latents, hidden)
             _optimizer_step(loss, optimizer, parameters)
             losses.append(float(loss))
             bar.update(1)

@@ -61,12 +61,3 @@ def test_a_named_attribute_is_the_class_the_encoder_is_taught():
     assert nights, "some captions name the night"
     night = train_scenes._TEXT_TARGETS["time"][1].index("night")
     assert all(classes["time"][i] == night for i in nights)
-
-
-def test_the_style_target_greys_a_picture():
-    """The target of the pixel loss the style LoRA learns on (_restyled_picture_loss)."""
-    white, black, red = (1.0, 1.0, 1.0), (-1.0, -1.0, -1.0), (0.8, -0.7, -0.7)
-    pictures = torch.tensor([white, black, red]).T.reshape(1, 3, 1, 3)
-    grey = train_scenes._grey(pictures)
-    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
-    assert torch.allclose(grey[0, :, 0, 2], torch.full((3,), (0.8 - 1.4) / 3))
