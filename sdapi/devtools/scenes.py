@@ -37,8 +37,9 @@ COLOURS = {
 }
 # Colours drawn but never named: an orange shape's captions give only its shape, as a real model has seen many things
 # it has no word for. The textual-inversion embedding <sdapi-orange-ball> learns a word for the orange circle. Up to
-# version 4 the scenes had no orange at all, and the VAE, which learnt the scenes' palette, decoded an orange circle
-# as brown (182, 123, 95): no embedding could draw orange through it.
+# version 4 the scenes had no orange at all, and the VAE decoded an orange circle as brown (182, 123, 95): no embedding
+# could draw orange through it (nor, it turned out, could the model draw any shape's colour: VAE_MORE_OBJECTS in
+# sdapi.devtools.train_scenes).
 UNNAMED_COLOURS = ("orange",)
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = {"white": (250, 250, 250), "black": (15, 15, 15), "gray": (128, 128, 128)}

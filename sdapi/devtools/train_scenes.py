@@ -715,14 +715,11 @@ class _LowRank:
         )
         self.up = torch.nn.Parameter(torch.zeros(out_features, LORA_RANK, *((1, 1) if kernel else ())))
         self.module = module
-        self.enabled = True
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: Any, inputs: Any, output: Any) -> Any:
         import torch.nn.functional as functional
 
-        if not self.enabled:
-            return output
         (x,) = inputs
         if self.down.dim() == 4:
             low = functional.conv2d(x, self.down, stride=module.stride, padding=module.padding)
