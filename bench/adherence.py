@@ -93,7 +93,6 @@ def _images(client, **body) -> list[Image.Image]:  # type: ignore[no-untyped-def
     return [fetch_image(url) for url in task["result_urls"] or [task["result_url"]]]
 
 
-NAMED_COLOURS = [colour for colour in scenes.COLOURS if colour not in scenes.UNNAMED_COLOURS]
 # The embedding's prompts: its name where a shape word would go, against the plain words for a circle.
 EMBEDDING_COMPARISON = ("sdapi-orange-ball", "circle", "white circle")
 EMBEDDING_TEMPLATES = ("a {}", "a {} on a black background", "a {} on a gray background")
@@ -191,11 +190,11 @@ def main() -> None:
 
                 stages.stage("shapes: is a coloured shape drawn in its colour?")
                 colour_hits: dict[str, list[bool]] = {}
-                for colour in NAMED_COLOURS:
+                for colour in scenes.NAMED_COLOURS:
                     for shape in scenes.SHAPES:
                         body = {"prompt": f"a {colour} {shape} on a black background", "seed": 60, **common}
                         colour_hits.setdefault(colour, []).extend(
-                            scene_stats.nearest_colour(scene_stats.shape_colour(image), NAMED_COLOURS) == colour
+                            scene_stats.nearest_colour(scene_stats.shape_colour(image), scenes.NAMED_COLOURS) == colour
                             for image in _images(client, **body, num_images=SEEDS)
                         )
 

@@ -41,6 +41,7 @@ COLOURS = {
 # could draw orange through it (nor, it turned out, could the model draw any shape's colour: VAE_MORE_OBJECTS in
 # sdapi.devtools.train_scenes).
 UNNAMED_COLOURS = ("orange",)
+NAMED_COLOURS = tuple(colour for colour in COLOURS if colour not in UNNAMED_COLOURS)
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = {"white": (250, 250, 250), "black": (15, 15, 15), "gray": (128, 128, 128)}
 
@@ -339,8 +340,7 @@ def vocabulary() -> list[str]:
     for table in (TIME_WORDS, MOUNTAIN_WORDS, WATER_WORDS, GROUND_WORDS, TREE_WORDS):
         for phrases in table.values():
             texts.extend(phrases)
-    named_colours = [colour for colour in COLOURS if colour not in UNNAMED_COLOURS]
-    texts.extend([*named_colours, *SHAPES, *BACKGROUNDS, "water", "monochrome", "black and white"])
+    texts.extend([*NAMED_COLOURS, *SHAPES, *BACKGROUNDS, "water", "monochrome", "black and white"])
     for text in texts:
         for word in text.replace(",", " ").replace("-", " - ").split():
             words.add(word.lower())
