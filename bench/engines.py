@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.machine import describe_machine
+from sdapi.engines import Run
 
 SIZE = 512
 STEPS_IMAGE = 20
@@ -182,7 +183,7 @@ def measure(
     def run(count: int) -> float:
         params = make_params(width=size, height=size, num_inference_steps=count, scheduler="EulerDiscreteScheduler")
         began = time.perf_counter()
-        runner.generate(params, None)
+        runner.generate(Run(params))
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter() - began

@@ -21,6 +21,7 @@ from sdapi.core.request import LoraSpec
 from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
 from sdapi.devtools.testing.factories import make_params
 from sdapi.devtools.tiny_model import make_tiny_model
+from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
 
 SWAPS = 200
@@ -59,12 +60,12 @@ def main() -> None:
         params = make_params(prompt="a castle")
         with_mixed = msgspec.structs.replace(params, loras=(specs["lora"], specs["loha"]))
         timings: dict[str, list[float]] = {"without": [], "with": []}
-        engine.generate(params, None)
-        engine.generate(with_mixed, None)
+        engine.generate(Run(params))
+        engine.generate(Run(with_mixed))
         for _ in range(5):
             for name, chosen in (("without", params), ("with", with_mixed)):
                 started = time.perf_counter()
-                engine.generate(chosen, None)
+                engine.generate(Run(chosen))
                 timings[name].append(time.perf_counter() - started)
 
         process = psutil.Process()

@@ -17,6 +17,7 @@ from sdapi.config import config_from_mapping
 from sdapi.devtools.stages import Stages
 from sdapi.devtools.testing.factories import make_params
 from sdapi.devtools.tiny_model import make_tiny_model
+from sdapi.engines import Run
 from sdapi.engines.factory import build_engine
 
 ALTERNATIONS = 100
@@ -55,7 +56,7 @@ def main() -> None:
         samples: list[tuple[float, float]] = []
         for alternation in range(ALTERNATIONS):
             for name in ("base", "xl"):
-                pool.generate(make_params(model=name, width=64, height=64, num_inference_steps=1), None)
+                pool.generate(Run(make_params(model=name, width=64, height=64, num_inference_steps=1)))
             samples.append((resident_mib(), cuda_mib()))
             stages.detail(f"{alternation + 1}/{ALTERNATIONS}: RSS {samples[-1][0]:.0f} MiB")
         stages.stage("done")

@@ -25,6 +25,7 @@ from sdapi.devtools.stages import Stages
 from sdapi.devtools.testing.factories import make_params
 from sdapi.devtools.testing.services import API_KEY, ServiceProcess, submit, write_config
 from sdapi.devtools.tiny_model import make_tiny_model
+from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
 
 REQUEST = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "num_inference_steps": 20, "seed": 1}
@@ -44,7 +45,7 @@ def load_engine(config_path: Path) -> TorchEngine:
 def engine_seconds(engine: TorchEngine) -> float:
     params = make_params(prompt=str(REQUEST["prompt"]))
     started = time.perf_counter()
-    engine.generate(params, None)
+    engine.generate(Run(params))
     return time.perf_counter() - started
 
 

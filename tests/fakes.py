@@ -22,8 +22,7 @@ from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import Progress, Task, TaskStatus
-from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, EngineDescription, Generated, one_at_a_time
-from sdapi.engines.pipeline_runs import StepCallback
+from sdapi.engines import EngineDescription, Run, RunFacts, RunResult, one_at_a_time
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, NoChangeFeed, Stores, TaskRecord
 
@@ -466,19 +465,14 @@ class FakeEngine:
     def check(self, params: GenerationParams) -> None:
         pass
 
-    def generate(
-        self,
-        params: GenerationParams,
-        init_image: Image.Image | None,
-        on_step: StepCallback | None = None,
-        conditioning: Conditioning = NO_CONDITIONING,
-    ) -> Generated:
+    def generate(self, run: Run) -> RunResult:
         self.runs += 1
-        if on_step is not None:
-            on_step(1, 1, 0)
+        if run.on_step is not None:
+            run.on_step(1, 1, 0)
+        params = run.params
         images = [Image.new("RGB", (params.width, params.height), (seed % 256,) * 3) for seed in params.image_seeds()]
-        return Generated(images, self.name)
+        return RunResult(images, RunFacts(engine=self.name, dtype="none", device="none"))
 
-    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
-        self.batches.append(len(members))
-        return one_at_a_time(self, members)
+    def generate_batch(self, runs: list[Run]) -> list[RunResult | None]:
+        self.batches.append(len(runs))
+        return one_at_a_time(self, runs)

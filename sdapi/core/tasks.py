@@ -1,9 +1,10 @@
 """A generation task and its small state machine. Pure: no I/O.
 
-pending --start--> processing --complete--> completed
-                             --fail------> failed
-                             --retry-----> pending   (the run was cut short: crash or shutdown)
-pending --cancel-> failed                             (a client cancelled it before a worker took it)
+pending    --start----> processing                    (a worker claimed it; counts an attempt)
+processing --complete-> completed
+processing --fail-----> failed
+processing --retry----> pending                       (the run was cut short: crash, lost lease or shutdown)
+pending, processing --cancel--> failed                (a client cancelled it; error_code "cancelled")
 
 A finished task (completed or failed) never changes state again. Every transition stamps updated_at; start stamps
 started_at, the end finished_at. A failed task carries an error_code (sdapi.errors.ErrorCode) beside its message.
@@ -79,8 +80,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: datetime | None = None
     # Written by the worker while it runs (at most about once a second); kept once the task ends.
     progress: Progress | None = None
-    # Which engine made the images ("torch" or "onnx").
+    # Which engine made the images ("torch" or "onnx"), and with which scheduler class: what the run reported.
     engine: str | None = None
+    scheduler: str | None = None
     # Base URL of the request that created the task; result URLs fall back to it when no public URL is set.
     base_url: str | None = None
     # The caller that created it (sdapi.core.callers: the API key's name, never the key).
@@ -145,6 +147,7 @@ def complete(
     engine: str,
     now: datetime | None = None,
     images: tuple[StoredImage, ...] = (),
+    scheduler: str | None = None,
 ) -> Task:
     """processing -> completed with the stored images."""
     if len(result_keys) != task.params.num_images:
@@ -159,6 +162,7 @@ def complete(
         stamp,
         result_keys=tuple(result_keys),
         engine=engine,
+        scheduler=scheduler,
         finished_at=stamp,
         images=images,
     )

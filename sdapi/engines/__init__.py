@@ -16,13 +16,9 @@ from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import CANCELLED_MESSAGE
 from sdapi.errors import TaskCancelled
 
-
-@dataclass(frozen=True)
-class Generated:
-    """The images of one task and the engine that made them ("torch" or "onnx")."""
-
-    images: list[Image.Image]
-    engine: str
+# Called after every denoising step with (steps done, total steps, images done) over the whole run. It may raise
+# (sdapi.errors.TaskCancelled) to stop the run between two steps.
+StepCallback = Callable[[int, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -38,13 +34,62 @@ NO_CONDITIONING = Conditioning()
 
 
 @dataclass(frozen=True)
-class BatchMember:
-    """One task of a cross-request batch (sdapi.core.batching): its params, its init image (image-to-image), and
-    its progress callback, which raises TaskCancelled once the task was cancelled: the task then leaves the batch."""
+class Run:
+    """One task's run, as the engine takes it: its params, its opened inputs (the init image, RGBA with the mask as
+    alpha for inpainting; the ControlNet and IP-Adapter pictures), and the step callback, which hears of every
+    denoising step and raises TaskCancelled once the task was cancelled. In a cross-request batch each member is
+    one Run."""
 
     params: GenerationParams
-    init_image: Image.Image | None
-    on_step: Callable[[int, int, int], None]
+    init_image: Image.Image | None = None
+    conditioning: Conditioning = NO_CONDITIONING
+    on_step: StepCallback | None = None
+
+
+class AppliedAddon(msgspec.Struct, frozen=True):
+    """An add-on a run applied: its kind (loras, embeddings, controlnets, ip_adapters), name and sha256."""
+
+    kind: str
+    name: str
+    sha256: str
+
+
+class RunFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What actually ran, told by the engine that ran it (never asked of an engine afterwards): the image records,
+    the task's engine and A1111's infotext and sampler come from here."""
+
+    engine: str  # torch, onnx...: the engine that made the images (after any fallback)
+    model: str = ""  # the served model's name (config `models:`); set by the engine that knows it
+    scheduler: str = ""  # the scheduler class that ran: the request's, else the model's own
+    scheduler_options: dict[str, object] = {}
+    use_karras_sigmas: bool = False
+    dtype: str = ""
+    device: str = ""
+    providers: tuple[str, ...] = ()  # ONNX Runtime's execution providers (ONNX only)
+    addons: tuple[AppliedAddon, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The images of one run, in image order, and the facts of what made them."""
+
+    images: list[Image.Image]
+    facts: RunFacts
+
+
+def for_model(result: RunResult, name: str) -> RunResult:
+    """`result` naming the served model `name` (the pool and the single-model engine know the name; the engine of
+    one model does not)."""
+    return RunResult(result.images, msgspec.structs.replace(result.facts, model=name))
+
+
+def applied_addons(params: GenerationParams) -> tuple[AppliedAddon, ...]:
+    """The add-ons a run of `params` applies, pinned by sha256 (a weight of 0 is "without it": left out)."""
+    applied = [AppliedAddon("loras", spec.name, spec.sha256) for spec in params.loras]
+    applied += [AppliedAddon("embeddings", spec.name, spec.sha256) for spec in params.embeddings]
+    applied += [AppliedAddon("controlnets", unit.model, unit.sha256) for unit in params.controlnets if unit.weight > 0]
+    applied += [AppliedAddon("ip_adapters", p.model, p.sha256) for p in params.ip_adapters if p.weight > 0]
+    return tuple(applied)
 
 
 class EngineDescription(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,36 +128,29 @@ class Engine(Protocol):
     def check(self, params: GenerationParams) -> None:
         """Raise InvalidParameter, naming the field and why, if this engine cannot serve `params`.
 
-        Called at submit time (a 400 then) and by routers to choose an engine. An engine that is not loaded yet
-        refuses only what it can decide without the model.
+        Called by routers to choose an engine, and by an engine before it runs (admission at submit time asks the
+        model catalog instead, which knows the model without loading it). An engine that is not loaded yet refuses
+        only what it can decide without the model.
         """
 
-    def generate(
-        self,
-        params: GenerationParams,
-        init_image: Image.Image | None,
-        on_step: Callable[[int, int, int], None] | None = None,
-        conditioning: Conditioning = NO_CONDITIONING,
-    ) -> Generated:
-        """The `params.num_images` images for one task; raise GenerationFailed (never a vendor exception).
+    def generate(self, run: Run) -> RunResult:
+        """The `run.params.num_images` images of one task, and what made them; raise GenerationFailed (never a
+        vendor exception). What `run.on_step` raises (TaskCancelled) stops the run and comes out unchanged."""
 
-        `on_step(steps done, total steps, images done)` is called after every denoising step; what it raises
-        (TaskCancelled) stops the run and comes out of generate unchanged."""
-
-    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
-        """The images of several tasks that share one batch key, as one denoising batch: each member's images are
-        those its own generate() would make (its prompts, image k from its seed + k). A member whose on_step raises
+    def generate_batch(self, runs: list[Run]) -> list[RunResult | None]:
+        """The images of several tasks that share one batch key, as one denoising batch: each run's images are
+        those its own generate() would make (its prompts, image k from its seed + k). A run whose on_step raises
         TaskCancelled has left: it hears of no later step, its entry is None, and the others run on undisturbed.
-        When every member has left, TaskCancelled comes out."""
+        When every run has left, TaskCancelled comes out."""
 
 
-def one_at_a_time(engine: Engine, members: list[BatchMember]) -> list[Generated | None]:
-    """generate_batch for runs that cannot share a pipeline call (an inpainting checkpoint's repaints): each member
-    runs alone, in order; one cancelled is None and the rest still run."""
-    results: list[Generated | None] = []
-    for member in members:
+def one_at_a_time(engine: Engine, runs: list[Run]) -> list[RunResult | None]:
+    """generate_batch for runs that cannot share a pipeline call (an inpainting checkpoint's repaints): each run
+    goes alone, in order; one cancelled is None and the rest still run."""
+    results: list[RunResult | None] = []
+    for run in runs:
         try:
-            results.append(engine.generate(member.params, member.init_image, member.on_step))
+            results.append(engine.generate(run))
         except TaskCancelled:
             results.append(None)
     if all(result is None for result in results):

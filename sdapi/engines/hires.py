@@ -16,7 +16,8 @@ from PIL import Image
 
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import LATENT_UPSCALERS
-from sdapi.engines.pipeline_runs import ControlRun, StepCallback, run_batches
+from sdapi.engines import StepCallback
+from sdapi.engines.pipeline_runs import ControlRun, run_batches
 from sdapi.engines.schedulers import make_scheduler
 from sdapi.errors import InvalidParameter
 

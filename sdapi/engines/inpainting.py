@@ -16,7 +16,8 @@ import msgspec
 from PIL import Image
 
 from sdapi.core.params import GenerationParams, InpaintParams
-from sdapi.engines.pipeline_runs import ControlRun, StepCallback, run_batches
+from sdapi.engines import StepCallback
+from sdapi.engines.pipeline_runs import ControlRun, run_batches
 from sdapi.media import masks
 
 

@@ -14,16 +14,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.core.params import GenerationParams
-from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, EngineDescription, Generated, one_at_a_time
+from sdapi.engines import EngineDescription, Run, RunFacts, RunResult, applied_addons, one_at_a_time
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import route_library_logs
-from sdapi.engines.pipeline_runs import StepCallback, make_batch_images, make_images
-from sdapi.engines.schedulers import check_scheduler
+from sdapi.engines.pipeline_runs import make_batch_images, make_images
+from sdapi.engines.schedulers import check_scheduler, scheduler_name
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.loras.merging import adapter_targets, target_shapes
 from sdapi.models.export_manifest import (
@@ -222,13 +220,32 @@ class OnnxEngine:
         return self._shapes
 
     def describe(self) -> EngineDescription:
-        precision = self.manifest.precision if self.manifest else ""
-        on_cpu = not self.providers or self.providers[0] == "CPUExecutionProvider"
         return EngineDescription(
-            device="cpu" if on_cpu else self._model.device if ":" in self._model.device else "cuda",
-            dtype={"fp16": "float16", "fp32": "float32"}.get(precision, ""),
+            device=self._device(),
+            dtype=self._dtype(),
             providers=tuple(self.providers),
             scheduler="" if self._scheduler_config is None else str(self._scheduler_config["_class_name"]),
+        )
+
+    def _device(self) -> str:
+        on_cpu = not self.providers or self.providers[0] == "CPUExecutionProvider"
+        return "cpu" if on_cpu else self._model.device if ":" in self._model.device else "cuda"
+
+    def _dtype(self) -> str:
+        precision = self.manifest.precision if self.manifest else ""
+        return {"fp16": "float16", "fp32": "float32"}.get(precision, "")
+
+    def _facts(self, params: GenerationParams) -> RunFacts:
+        """What a run of `params` on this export ran (its LoRAs are the export's merged set: check() held it)."""
+        return RunFacts(
+            engine=self.name,
+            scheduler=scheduler_name(params, self._scheduler_config),
+            scheduler_options=dict(params.scheduler_options),
+            use_karras_sigmas=params.use_karras_sigmas,
+            dtype=self._dtype(),
+            device=self._device(),
+            providers=tuple(self.providers),
+            addons=applied_addons(params),
         )
 
     def check(self, params: GenerationParams) -> None:
@@ -258,15 +275,10 @@ class OnnxEngine:
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
 
-    def generate(
-        self,
-        params: GenerationParams,
-        init_image: Image.Image | None,
-        on_step: StepCallback | None = None,
-        conditioning: Conditioning = NO_CONDITIONING,
-    ) -> Generated:
+    def generate(self, run: Run) -> RunResult:
         if not self.loaded:
             raise GenerationFailed("ONNX 模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
+        params, init_image = run.params, run.init_image
         try:
             self.check(params)
         except InvalidParameter as refused:
@@ -280,22 +292,25 @@ class OnnxEngine:
                 params,
                 init_image,
                 self._model.batch_size,
-                on_step,
+                run.on_step,
                 inpaint=self._inpaint,
                 native_size=self._native_size,
                 side_multiple=self.side_multiple,  # the traced UNet's: a masked-only crop renders at such sides
             )
-        return Generated(images, self.name)
+        return RunResult(images, self._facts(run.params))
 
-    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
-        first = members[0].params
+    def generate_batch(self, runs: list[Run]) -> list[RunResult | None]:
+        first = runs[0].params
         if self.inpainting or not self.loaded:  # an inpainting export's runs are repaints: one task at a time
-            return one_at_a_time(self, members)
+            return one_at_a_time(self, runs)
         try:
-            self.check(first)  # the members share everything check looks at (their batch key)
+            self.check(first)  # the runs share everything check looks at (their batch key)
         except InvalidParameter as refused:
             raise GenerationFailed(refused.message, ErrorCode.INVALID_INPUT) from None
         pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
         with engine_errors(first, describe=lambda error: f"ONNX 推理失败：{type(error).__name__}"):
-            batches = make_batch_images(*pipelines, members)
-        return [None if images is None else Generated(images, self.name) for images in batches]
+            batches = make_batch_images(*pipelines, runs)
+        return [
+            None if images is None else RunResult(images, self._facts(run.params))
+            for run, images in zip(runs, batches, strict=True)
+        ]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import CANCELLED_MESSAGE
-from sdapi.engines import BatchMember
+from sdapi.engines import Run, StepCallback
 from sdapi.engines.schedulers import make_scheduler
 from sdapi.errors import TaskCancelled
 from sdapi.observability import metrics
@@ -30,11 +30,6 @@ def chunk(seeds: list[int], size: int) -> list[list[int]]:
 def cpu_generators(seeds: list[int]) -> list[torch.Generator]:
     """One CPU generator per image: the same seed gives the same starting noise on every device and engine."""
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-
-
-# Called after every denoising step with (steps done, total steps, images done) over the whole request. It may raise
-# (sdapi.errors.TaskCancelled) to stop the run between two steps.
-StepCallback = Callable[[int, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -168,7 +163,7 @@ def run_batches(
 
 
 def make_batch_images(
-    text_to_image: Any, image_to_image: Any, scheduler_config: Any, members: list[BatchMember]
+    text_to_image: Any, image_to_image: Any, scheduler_config: Any, members: list[Run]
 ) -> list[list[Image.Image] | None]:
     """The images of a cross-request batch (sdapi.core.batching: every member shares the run's settings), as one
     pipeline call; None for a member that left (cancelled) during the run.
@@ -227,7 +222,7 @@ def make_batch_images(
     return results
 
 
-def _batch_step_reporter(members: list[BatchMember], left: set[int]) -> Any:
+def _batch_step_reporter(members: list[Run], left: set[int]) -> Any:
     """A diffusers callback_on_step_end that reports each step to every member still in the batch; a member whose
     callback raises TaskCancelled joins `left`; when all have left, the run stops."""
 
@@ -237,7 +232,8 @@ def _batch_step_reporter(members: list[BatchMember], left: set[int]) -> Any:
             if index in left:
                 continue
             try:
-                member.on_step(step + 1, total, 0)
+                if member.on_step is not None:
+                    member.on_step(step + 1, total, 0)
             except TaskCancelled:
                 left.add(index)
         if len(left) == len(members):

@@ -13,12 +13,10 @@ from collections.abc import Callable
 
 import msgspec
 import torch
-from PIL import Image
 
 from sdapi.config import Config
 from sdapi.core.params import GenerationParams
-from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, Engine, EngineDescription, Generated
-from sdapi.engines.pipeline_runs import StepCallback
+from sdapi.engines import Engine, EngineDescription, Run, RunResult, for_model
 from sdapi.errors import ModelLoadFailed
 from sdapi.observability import metrics
 
@@ -75,17 +73,15 @@ class ModelPool:
         engine = self._engine_of(params.model or self.default)
         engine.check(params)
 
-    def generate(
-        self,
-        params: GenerationParams,
-        init_image: Image.Image | None,
-        on_step: StepCallback | None = None,
-        conditioning: Conditioning = NO_CONDITIONING,
-    ) -> Generated:
-        return self._ensure(params.model or self.default).generate(params, init_image, on_step, conditioning)
+    def generate(self, run: Run) -> RunResult:
+        name = run.params.model or self.default
+        return for_model(self._ensure(name).generate(run), name)
 
-    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
-        return self._ensure(members[0].params.model or self.default).generate_batch(members)
+    def generate_batch(self, runs: list[Run]) -> list[RunResult | None]:
+        name = runs[0].params.model or self.default  # one model per batch: it is part of the batch key
+        return [
+            None if result is None else for_model(result, name) for result in self._ensure(name).generate_batch(runs)
+        ]
 
     # -- the pool ------------------------------------------------------------------------------------------------
 

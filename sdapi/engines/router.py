@@ -12,11 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from PIL import Image
-
 from sdapi.core.params import GenerationParams
-from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, Engine, EngineDescription, Generated
-from sdapi.engines.pipeline_runs import StepCallback
+from sdapi.engines import Engine, EngineDescription, Run, RunResult
 from sdapi.errors import GenerationFailed, InvalidParameter
 
 logger = logging.getLogger(__name__)
@@ -93,18 +90,12 @@ class EngineRouter:
                 self._fallback = engine
             return self._fallback
 
-    def generate(
-        self,
-        params: GenerationParams,
-        init_image: Image.Image | None,
-        on_step: StepCallback | None = None,
-        conditioning: Conditioning = NO_CONDITIONING,
-    ) -> Generated:
-        return self._routed(params, lambda engine: engine.generate(params, init_image, on_step, conditioning))
+    def generate(self, run: Run) -> RunResult:
+        return self._routed(run.params, lambda engine: engine.generate(run))
 
-    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
-        """Routed as the first member is: the members share everything routing looks at (their batch key)."""
-        return self._routed(members[0].params, lambda engine: engine.generate_batch(members))
+    def generate_batch(self, runs: list[Run]) -> list[RunResult | None]:
+        """Routed as the first run is: the runs share everything routing looks at (their batch key)."""
+        return self._routed(runs[0].params, lambda engine: engine.generate_batch(runs))
 
     def _routed(self, params: GenerationParams, run: Callable[[Engine], T]) -> T:
         """`run` on the engine `params` go to; on the fallback too when it fails there and fallback_on_failure."""

@@ -3,13 +3,10 @@ configured pool. It never loads another model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import msgspec
-from PIL import Image
 
 from sdapi.core.params import GenerationParams
-from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, Engine, EngineDescription, Generated
+from sdapi.engines import Engine, EngineDescription, Run, RunResult, for_model
 from sdapi.errors import ModelLoadFailed
 
 
@@ -44,17 +41,13 @@ class SingleModelEngine:
     def check(self, params: GenerationParams) -> None:
         self._engine.check(params)
 
-    def generate(
-        self,
-        params: GenerationParams,
-        init_image: Image.Image | None,
-        on_step: Callable[[int, int, int], None] | None = None,
-        conditioning: Conditioning = NO_CONDITIONING,
-    ) -> Generated:
-        return self._engine.generate(params, init_image, on_step, conditioning)
+    def generate(self, run: Run) -> RunResult:
+        return for_model(self._engine.generate(run), self._model)
 
-    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
-        return self._engine.generate_batch(members)
+    def generate_batch(self, runs: list[Run]) -> list[RunResult | None]:
+        return [
+            None if result is None else for_model(result, self._model) for result in self._engine.generate_batch(runs)
+        ]
 
     def loaded_models(self) -> list[str]:
         return [self._model] if self._engine.loaded else []

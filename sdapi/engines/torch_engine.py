@@ -18,14 +18,23 @@ from sdapi.controlnets.running import ControlNetFiles, ControlNetModels, UnitCon
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
-from sdapi.engines import NO_CONDITIONING, BatchMember, Conditioning, EngineDescription, Generated, one_at_a_time
+from sdapi.engines import (
+    Conditioning,
+    EngineDescription,
+    Run,
+    RunFacts,
+    RunResult,
+    StepCallback,
+    applied_addons,
+    one_at_a_time,
+)
 from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import load_pipeline, loaded_family
-from sdapi.engines.pipeline_runs import ControlRun, StepCallback, make_batch_images, make_images
-from sdapi.engines.schedulers import check_scheduler
+from sdapi.engines.pipeline_runs import ControlRun, make_batch_images, make_images
+from sdapi.engines.schedulers import check_scheduler, scheduler_name
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
@@ -137,30 +146,41 @@ class TorchEngine:
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
 
-    def generate(
-        self,
-        params: GenerationParams,
-        init_image: Image.Image | None,
-        on_step: StepCallback | None = None,
-        conditioning: Conditioning = NO_CONDITIONING,
-    ) -> Generated:
+    def generate(self, run: Run) -> RunResult:
         if not self.loaded:
             raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
-        with engine_errors(params), torch.inference_mode():
-            return Generated(self._generate(params, init_image, on_step, conditioning), self.name)
+        with engine_errors(run.params), torch.inference_mode():
+            images = self._generate(run.params, run.init_image, run.on_step, run.conditioning)
+        return RunResult(images, self._facts(run.params))
 
-    def generate_batch(self, members: list[BatchMember]) -> list[Generated | None]:
+    def generate_batch(self, runs: list[Run]) -> list[RunResult | None]:
         if not self.loaded:
             raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
         assert self._embeddings is not None and self.family is not None  # set by load()
         if self.family.inpainting:  # its runs are repaints (as_edit): one task at a time
-            return one_at_a_time(self, members)
-        first = members[0].params
+            return one_at_a_time(self, runs)
+        first = runs[0].params
         with engine_errors(first), torch.inference_mode():
             self._activate_loras(first.loras)  # one LoRA set: it is part of the batch key
-            embedded = [replace(member, params=self._embeddings.apply(member.params)) for member in members]
+            embedded = [replace(run, params=self._embeddings.apply(run.params)) for run in runs]
             batches = make_batch_images(self._text_to_image, self._image_to_image, self._scheduler_config, embedded)
-        return [None if images is None else Generated(images, self.name) for images in batches]
+        return [
+            None if images is None else RunResult(images, self._facts(run.params))
+            for run, images in zip(runs, batches, strict=True)
+        ]
+
+    def _facts(self, params: GenerationParams) -> RunFacts:
+        """What a run of `params` on this engine ran: its scheduler (the request's or the model's), dtype, device
+        and add-ons."""
+        return RunFacts(
+            engine=self.name,
+            scheduler=scheduler_name(params, self._scheduler_config),
+            scheduler_options=dict(params.scheduler_options),
+            use_karras_sigmas=params.use_karras_sigmas,
+            dtype=dtype_name(self.dtype),
+            device=self.device,
+            addons=applied_addons(params),
+        )
 
     def _activate_loras(self, loras: tuple[LoraSpec, ...]) -> None:
         """Merge exactly `loras` into the model (restoring any other set first)."""
@@ -211,7 +231,7 @@ class TorchEngine:
         params: GenerationParams,
         init_image: Image.Image | None,
         on_step: StepCallback | None,
-        conditioning: Conditioning = NO_CONDITIONING,
+        conditioning: Conditioning,
     ) -> list[Image.Image]:
         self._activate_loras(params.loras)
         assert self._embeddings is not None and self.family is not None  # set by load()

@@ -52,19 +52,28 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     # Each ControlNet unit: {model, sha256, preprocessor, preprocessor_options, weight, guidance_start, ...}.
     controlnets: list[dict[str, Any]] = []
     ip_adapters: list[dict[str, Any]] = []  # {model, sha256, weight} of each image prompt
+    device: str = ""  # where the run ran: cpu, cuda, cuda:N
 
 
 def image_record(
-    params: GenerationParams, index: int, task_id: str, model: ModelInfo, engine: str, dtype: str, scheduler: str
+    params: GenerationParams,
+    index: int,
+    task_id: str,
+    model: ModelInfo,
+    engine: str,
+    dtype: str,
+    scheduler: str,
+    device: str = "",
 ) -> ImageRecord:
-    """The record of image `index` of a task (its seed is the task's seed + index)."""
+    """The record of image `index` of a task (its seed is the task's seed + index), made by `engine` in `dtype` on
+    `device` with the scheduler class `scheduler`: what the run itself reported it ran."""
     return ImageRecord(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt,
         seed=params.seed + index,
         steps=params.num_inference_steps,
         guidance_scale=params.guidance_scale,
-        scheduler=params.scheduler or scheduler,
+        scheduler=scheduler or params.scheduler,
         width=params.width,
         height=params.height,
         strength=params.strength if params.is_image_to_image else None,
@@ -79,6 +88,7 @@ def image_record(
         hires=None if params.hires is None else msgspec.structs.asdict(params.hires),
         controlnets=[msgspec.structs.asdict(unit) for unit in params.controlnets],
         ip_adapters=[msgspec.structs.asdict(prompt) for prompt in params.ip_adapters],
+        device=device,
     )
 
 

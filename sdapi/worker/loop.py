@@ -27,7 +27,7 @@ from sdapi.core.batching import batch_key
 from sdapi.core.deliveries import delivery_for
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Task, TaskStatus
-from sdapi.engines import BatchMember, Conditioning, Generated, WorkerEngine
+from sdapi.engines import Conditioning, Run, RunResult, WorkerEngine
 from sdapi.errors import (
     GENERIC_GENERATION_FAILURE,
     ErrorCode,
@@ -249,7 +249,7 @@ class Worker:
         try:
             runs = [first, *await self._companions(first)]
             if len(runs) == 1:
-                outcomes: list[Generated | Task | None] = [await self._generate(first)]
+                outcomes: list[RunResult | Task | None] = [await self._generate(first)]
             else:
                 outcomes = await self._generate_batch(runs, began)
             metrics.BATCH_TASKS.observe(len(runs))
@@ -307,7 +307,7 @@ class Worker:
             logger.info("task %s runs in one batch with %s", task.id, ", ".join(run.task_id for run in companions))
         return companions
 
-    async def _generate(self, run: TaskRun) -> Generated | Task:
+    async def _generate(self, run: TaskRun) -> RunResult | Task:
         """The engine's images for a started task, or the task's outcome when it ended without them (cancelled, or
         failed with a user-safe message and its error code)."""
         started = run.lease.task
@@ -348,18 +348,18 @@ class Worker:
         )
         return init_image, conditioning
 
-    def _run_engine(self, task: Task, init_bytes: bytes | None, run: TaskRun) -> Generated:
+    def _run_engine(self, task: Task, init_bytes: bytes | None, run: TaskRun) -> RunResult:
         """On the generation thread: decode the init image and run the engine. Nothing else happens here."""
         init_image, conditioning = self._opened_inputs(task, init_bytes)
         began = time.perf_counter()
-        generated = self._engine.generate(task.params, init_image, run.on_step, conditioning)
+        generated = self._engine.generate(Run(task.params, init_image, conditioning, run.on_step))
         run.generation_seconds = time.perf_counter() - began
         return generated
 
-    async def _generate_batch(self, runs: list[TaskRun], began: float) -> list[Generated | Task | None]:
+    async def _generate_batch(self, runs: list[TaskRun], began: float) -> list[RunResult | Task | None]:
         """`_generate` for the runs of one batch: each one's images, or its outcome when it ended without them;
         None for a run that left the batch (cancelled), whose outcome is being written already."""
-        outcomes: list[Generated | Task | None] = [None] * len(runs)
+        outcomes: list[RunResult | Task | None] = [None] * len(runs)
         inputs: dict[int, bytes | None] = {}
         for index, run in enumerate(runs):
             try:
@@ -384,15 +384,15 @@ class Worker:
             return reported
 
         opened = await self._generation.submit(lambda: self._open_members(runs, inputs, on_step))
-        members: dict[int, BatchMember] = {}
+        members: dict[int, Run] = {}
         for index, member in opened.items():
-            if isinstance(member, BatchMember):
+            if isinstance(member, Run):
                 members[index] = member
             else:  # its inputs did not open: it fails alone
                 outcomes[index] = self._ended_without_images(runs[index], member)
         if not members:
             return outcomes
-        results: Mapping[int, Generated | SdapiError | None]
+        results: Mapping[int, RunResult | SdapiError | None]
         try:
             results = await self._generation.submit(lambda: self._run_batch(runs, members))
         except TaskCancelled:  # every member left
@@ -406,7 +406,7 @@ class Worker:
             run, result = runs[index], results.get(index)
             if run in left:
                 continue
-            if isinstance(result, Generated):
+            if isinstance(result, RunResult):
                 run.generation_done()
                 outcomes[index] = result
             elif isinstance(result, SdapiError):
@@ -420,9 +420,9 @@ class Worker:
         runs: list[TaskRun],
         inputs: dict[int, bytes | None],
         on_step: Callable[[TaskRun], Callable[[int, int, int], None]],
-    ) -> dict[int, BatchMember | SdapiError]:
+    ) -> dict[int, Run | SdapiError]:
         """On the generation thread: each member's inputs decoded, or why they cannot be (that member fails)."""
-        opened: dict[int, BatchMember | SdapiError] = {}
+        opened: dict[int, Run | SdapiError] = {}
         for index, init_bytes in inputs.items():
             run = runs[index]
             try:
@@ -434,10 +434,10 @@ class Worker:
                 logger.exception("task %s: opening its inputs failed unexpectedly", run.task_id)
                 opened[index] = GenerationFailed(GENERIC_GENERATION_FAILURE, ErrorCode.INTERNAL)
                 continue
-            opened[index] = BatchMember(run.lease.task.params, init_image, on_step(run))
+            opened[index] = Run(run.lease.task.params, init_image, on_step=on_step(run))
         return opened
 
-    def _run_batch(self, runs: list[TaskRun], members: dict[int, BatchMember]) -> dict[int, Generated | None]:
+    def _run_batch(self, runs: list[TaskRun], members: dict[int, Run]) -> dict[int, RunResult | None]:
         """On the generation thread: run the batch; each member's generation time is its share of the batch's, by
         images (what the queue's estimates and the step metric read)."""
         began = time.perf_counter()
@@ -460,7 +460,7 @@ class Worker:
         finishing.add_done_callback(lambda _: self._leaving.pop(run, None))
         self._leaving[run] = finishing
 
-    async def _finish_all(self, finishing: list[tuple[TaskRun, Generated | Task]], began: float) -> None:
+    async def _finish_all(self, finishing: list[tuple[TaskRun, RunResult | Task]], began: float) -> None:
         """`_finish` for each run of a batch, side by side (their uploads overlap)."""
         if len(finishing) == 1:
             await self._finish(*finishing[0], began)
@@ -472,7 +472,7 @@ class Worker:
             if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
                 logger.error("finishing a task of a batch failed unexpectedly", exc_info=outcome)
 
-    async def _finish(self, run: TaskRun, outcome: Generated | Task, began: float) -> None:
+    async def _finish(self, run: TaskRun, outcome: RunResult | Task, began: float) -> None:
         """Store the images (off the generation thread), then write the outcome while the lease is ours."""
         started = run.lease.task
         with task_context(started.id, started.request_id):
@@ -492,7 +492,7 @@ class Worker:
             finally:
                 run.stop_reporting()
 
-    async def _stored(self, run: TaskRun, generated: Generated) -> Task:
+    async def _stored(self, run: TaskRun, generated: RunResult) -> Task:
         """The task completed with its stored images; cancelled (its images removed again) when a cancel was asked
         for meanwhile; failed when storing failed."""
         started = run.lease.task
@@ -503,16 +503,15 @@ class Worker:
             if not await self._stage_until_written(run.lease, keys):
                 return self._ended_without_images(run, TaskStoreError("任务租约已失效：另一个 worker 接手了此任务"))
             run.staged_keys = keys
-            images = await self._outputs.store(
-                started, generated.images, keys, generated.engine, self._engine.describe()
-            )
+            images = await self._outputs.store(started, generated, keys)
         except SdapiError as error:
             return self._ended_without_images(run, error)
         keys = [image.key for image in images]
         if run.cancel.is_set() or await run.cancel_requested():
             await self._outputs.delete(started.id, keys)
             return self._ended_without_images(run, TaskCancelled(tasks.CANCELLED_MESSAGE))
-        completed = tasks.complete(started, keys, generated.engine, images=tuple(images))
+        facts = generated.facts
+        completed = tasks.complete(started, keys, facts.engine, images=tuple(images), scheduler=facts.scheduler)
         return msgspec.structs.replace(completed, progress=run.progress)
 
     def _ended_without_images(self, run: TaskRun, error: SdapiError) -> Task:

@@ -1,6 +1,6 @@
 """A generated task's images on their way out: encoded in the requested format with their generation record (unless
-output.embed_parameters is off), stored with retries, described for the task. Runs on a worker thread of its own,
-never on the generation thread, so the engine can start the next task meanwhile."""
+output.embed_parameters is off), stored with retries, described for the task. Runs in a thread off the event loop
+(asyncio.to_thread), never on the generation thread, so the engine can start the next task meanwhile."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from sdapi.config import Config
 from sdapi.core.tasks import StoredImage, Task
-from sdapi.engines import EngineDescription
+from sdapi.engines import RunFacts, RunResult
 from sdapi.errors import SdapiError, StorageError
 from sdapi.media.images import CONTENT_TYPES, encode_image
 from sdapi.media.provenance import ModelInfo, image_record, infotext
@@ -38,12 +38,11 @@ class Outputs:
         """The keys `count` images of `task` will be stored under (staged on the task before uploading)."""
         return [self._storage.new_key(task.params.output_format) for _ in range(count)]
 
-    async def store(
-        self, task: Task, images: Sequence[Image.Image], keys: Sequence[str], engine: str, details: EngineDescription
-    ) -> list[StoredImage]:
-        """Encode and store every image of `task` under its staged key (off the event loop); raise StorageError
-        once retries are spent, having deleted the images of this task already stored."""
-        return await asyncio.to_thread(self._store, task, images, keys, engine, details)
+    async def store(self, task: Task, result: RunResult, keys: Sequence[str]) -> list[StoredImage]:
+        """Encode and store every image of `task`'s run under its staged key (off the event loop), each with the
+        record of what made it (the run's own facts); raise StorageError once retries are spent, having deleted the
+        images of this task already stored."""
+        return await asyncio.to_thread(self._store, task, result, keys)
 
     async def delete(self, task_id: str, keys: Sequence[str]) -> None:
         """Remove the images of a run whose outcome will not be written (lost lease, cancel after generation)."""
@@ -58,14 +57,12 @@ class Outputs:
         """What the image records say of model `name`: its source and the hash of its weights."""
         return ModelInfo(self._config.model_config(name).path, self._model_sha256(name))
 
-    def _store(
-        self, task: Task, images: Sequence[Image.Image], keys: Sequence[str], engine: str, details: EngineDescription
-    ) -> list[StoredImage]:
-        model = self.model_info(task.params.model or self._config.default_model.name)
+    def _store(self, task: Task, result: RunResult, keys: Sequence[str]) -> list[StoredImage]:
+        model = self.model_info(result.facts.model or task.params.model or self._config.default_model.name)
         stored: list[StoredImage] = []
         try:
-            for index, (image, key) in enumerate(zip(images, keys, strict=True)):
-                stored.append(self._store_one(task, index, image, key, model, engine, details))
+            for index, (image, key) in enumerate(zip(result.images, keys, strict=True)):
+                stored.append(self._store_one(task, index, image, key, model, result.facts))
         except StorageError:
             if stored:  # the task fails: no image of it may stay behind
                 try:
@@ -82,14 +79,15 @@ class Outputs:
         image: Image.Image,
         key: str,
         model: ModelInfo,
-        engine: str,
-        details: EngineDescription,
+        facts: RunFacts,
     ) -> StoredImage:
         params = task.params
         extension = params.output_format
         record = None
         if self._config.output.embed_parameters:
-            record = image_record(params, index, task.id, model, engine, details.dtype, details.scheduler)
+            record = image_record(
+                params, index, task.id, model, facts.engine, facts.dtype, facts.scheduler, facts.device
+            )
         encoding = time.perf_counter()
         data = encode_image(image, extension, record)
         uploading = time.perf_counter()

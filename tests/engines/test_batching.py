@@ -13,7 +13,7 @@ from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.core.params import InitImageInfo
 from sdapi.devtools.testing.factories import make_params
 from sdapi.devtools.testing.services import mean_abs_diff
-from sdapi.engines import BatchMember
+from sdapi.engines import Run
 from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.errors import TaskCancelled
@@ -45,12 +45,12 @@ def _members(scheduler=None, init_images=None, **shared):
         extra = {} if init is None else {"init_image": InitImageInfo(SIZE, SIZE, "png"), "strength": 0.6}
         fields = {"width": SIZE, "height": SIZE, "num_inference_steps": 6, "scheduler": scheduler}
         params = make_params(**(fields | extra | mine | shared))
-        members.append(BatchMember(params, init, lambda *_: None))
+        members.append(Run(params, init, on_step=lambda *_: None))
     return members
 
 
 def _alone(engine, members):
-    return [engine.generate(member.params, member.init_image).images for member in members]
+    return [engine.generate(member).images for member in members]
 
 
 def _assert_same(expected, generated):
@@ -93,9 +93,9 @@ def test_a_member_that_leaves_does_not_disturb_the_others(sd15):
         if step >= 2:
             raise TaskCancelled("任务已取消")
 
-    members[1] = BatchMember(members[1].params, None, leaves_at_step_two)
+    members[1] = Run(members[1].params, on_step=leaves_at_step_two)
     steps: list[int] = []
-    members[0] = BatchMember(members[0].params, None, lambda step, total, done: steps.append(step))
+    members[0] = Run(members[0].params, on_step=lambda step, total, done: steps.append(step))
     first, gone, third = sd15.generate_batch(members)
     assert gone is None
     assert seen == [1, 2]  # told of no step after it left
@@ -110,7 +110,7 @@ def test_a_batch_whose_members_all_left_stops(sd15):
         calls.append(step)
         raise TaskCancelled("任务已取消")
 
-    members = [BatchMember(m.params, None, cancelled) for m in _members(num_inference_steps=50)]
+    members = [Run(m.params, on_step=cancelled) for m in _members(num_inference_steps=50)]
     with pytest.raises(TaskCancelled):
         sd15.generate_batch(members)
     assert calls == [1, 1, 1]  # at the first step, not after the fifty
@@ -121,5 +121,5 @@ def test_onnx_members_get_the_pixels_of_their_own_onnx_run(plain_export, tiny_mo
     engine.load()
     members = _members()
     generated = engine.generate_batch(members)
-    assert {g.engine for g in generated} == {"onnx"}
+    assert {g.facts.engine for g in generated} == {"onnx"}
     _assert_same(_alone(engine, members), generated)

@@ -18,6 +18,7 @@ from sdapi.core.request import LoraSpec
 from sdapi.devtools.testing.adapter_files import RANK, expected_delta
 from sdapi.devtools.testing.factories import make_params
 from sdapi.devtools.testing.services import mean_abs_diff
+from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
 
 PARAMS = {"prompt": "a castle", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 42}
@@ -88,8 +89,8 @@ def test_a_kohya_sdxl_lora_matches_diffusers_own_loader(tiny_sdxl, sdxl_loras):
     path = sdxl_loras / "xl_unet_lora.safetensors"
     ours = engine_for(tiny_sdxl, path)
     params = make_params(**PARAMS, loras=(spec_for(path, 0.7),))
-    served = np.asarray(ours.generate(params, None).images[0], dtype=np.float64)
-    base = np.asarray(ours.generate(make_params(**PARAMS), None).images[0], dtype=np.float64)
+    served = np.asarray(ours.generate(Run(params)).images[0], dtype=np.float64)
+    base = np.asarray(ours.generate(Run(make_params(**PARAMS))).images[0], dtype=np.float64)
     reference = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, torch_dtype=torch.float32, add_watermarker=False)
     reference.set_progress_bar_config(disable=True)
     reference.load_lora_weights(str(sdxl_loras), weight_name=path.name)
@@ -130,14 +131,12 @@ def test_the_peft_layout_with_text_encoder_2_means_the_same(tiny_sdxl, sdxl_lora
         ).contiguous()
     save_file(peft, str(tmp_path / "xl_peft.safetensors"))
     as_kohya = np.asarray(
-        engine.generate(make_params(**PARAMS, loras=(spec_for(sdxl_loras / "xl_lora.safetensors"),)), None).images[0],
+        engine.generate(Run(make_params(**PARAMS, loras=(spec_for(sdxl_loras / "xl_lora.safetensors"),)))).images[0],
         dtype=np.float64,
     )
     peft_engine = engine_for(tiny_sdxl, tmp_path / "xl_peft.safetensors")
     as_peft = np.asarray(
-        peft_engine.generate(make_params(**PARAMS, loras=(spec_for(tmp_path / "xl_peft.safetensors"),)), None).images[
-            0
-        ],
+        peft_engine.generate(Run(make_params(**PARAMS, loras=(spec_for(tmp_path / "xl_peft.safetensors"),)))).images[0],
         dtype=np.float64,
     )
     assert mean_abs_diff(as_kohya, as_peft) < 0.01

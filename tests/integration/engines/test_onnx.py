@@ -23,7 +23,6 @@ from sdapi.devtools.testing.services import (
     wait_for_task,
     write_config,
 )
-from sdapi.engines import NO_CONDITIONING
 from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.engines.router import EngineRouter
 from sdapi.engines.torch_engine import TorchEngine
@@ -220,10 +219,10 @@ def test_a_missing_export_is_reported_by_health(tmp_path, tiny_model):
 
 
 class FailingOnnx(OnnxEngine):
-    def generate(self, params, init_image, on_step=None, conditioning=NO_CONDITIONING):
-        if params.prompt == "onnx-crash":
+    def generate(self, run):
+        if run.params.prompt == "onnx-crash":
             raise GenerationFailed("ONNX 推理失败：RuntimeException")
-        return super().generate(params, init_image, on_step)
+        return super().generate(run)
 
 
 @pytest.mark.parametrize("fallback", [True, False])

@@ -14,6 +14,7 @@ from sdapi.devtools.testing.adapter_files import (
 )
 from sdapi.devtools.testing.factories import make_params
 from sdapi.devtools.testing.services import decided_loras, fetch_pixels, generate, in_process, mean_abs_diff
+from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
 
 GOOD = ("style_lora", "style_loha", "style_lokr", "te_only", "unet_lora", "peft_lora")
@@ -109,8 +110,7 @@ def test_a_request_without_loras_after_one_with_matches_a_fresh_process(lora_cli
     fresh = TorchEngine(ModelConfig(path=str(tiny_model), device="cpu", dtype="float32"))
     fresh.load()
     image = fresh.generate(
-        make_params(prompt="a castle", width=128, height=96, num_inference_steps=4, seed=42),
-        None,
+        Run(make_params(prompt="a castle", width=128, height=96, num_inference_steps=4, seed=42))
     ).images[0]
     assert np.array_equal(np.asarray(image, dtype=np.float64), base_after_lora)
     assert mean_abs_diff(served, base_after_lora) > 1.0

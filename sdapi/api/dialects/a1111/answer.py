@@ -10,7 +10,7 @@ from typing import Any
 from sdapi import __version__
 from sdapi.api.dialects.a1111.models import Checkpoint
 from sdapi.api.dialects.a1111.translate import Translated
-from sdapi.media.provenance import parse_infotext
+from sdapi.core.schedulers import A1111_SAMPLER_NAMES
 from sdapi.service.tasks import TaskView
 
 
@@ -26,9 +26,9 @@ def answer(
     the task (its parameters, seeds and the infotexts recorded with its images)."""
     params, fields = view.task.params, translated.fields
     seeds = params.image_seeds()
-    sampler = translated.sampler_name
-    if sampler is None and infotexts and infotexts[0]:
-        sampler = parse_infotext(infotexts[0]).get("Sampler")
+    # The sampler the run reported it ran (the model's own when the request named none).
+    ran = view.task.scheduler
+    sampler = translated.sampler_name or (A1111_SAMPLER_NAMES.get(ran, ran) if ran else None)
     started = view.task.started_at or view.task.created_at
     info = {
         "prompt": fields.prompt,
