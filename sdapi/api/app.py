@@ -24,6 +24,7 @@ from sdapi.api.docs import StrictStructSchemaPlugin, assets_router, openapi_conf
 from sdapi.api.errors import handle_http_exception, handle_sdapi_error, handle_unexpected
 from sdapi.api.playground import favicon
 from sdapi.api.request_ids import echo_request_id, request_id_middleware
+from sdapi.api.validation import refuse_deep_json
 from sdapi.bootstrap import build_runtime
 from sdapi.callbacks.ssrf import Resolver
 from sdapi.config import Config
@@ -107,6 +108,8 @@ def create_app(
         plugins=[StrictStructSchemaPlugin()],
         middleware=[request_id_middleware, DefineMiddleware(body_limit_middleware(limit))],
         before_send=[echo_request_id, complete_allow],
+        # Routes with a hook of their own (the native API's strict_body) run the same depth check themselves.
+        before_request=refuse_deep_json,
         # The middleware answers first; Litestar's own limit stays as a backstop at the same size.
         request_max_body_size=limit,
         exception_handlers={

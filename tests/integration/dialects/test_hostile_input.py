@@ -214,3 +214,21 @@ def test_openai_framework_validation_names_the_field_and_the_reason(service, bod
     error = _openai_error(httpx.post(f"{service.url}/v1/images/generations", json=body, headers=BEARER))
     assert error["param"] == field
     assert str(error["message"]).startswith(f"{field}: ") and "Validation failed" not in str(error["message"])
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_json_nested_deeply_is_refused_in_each_dialects_shape(service, depth):
+    nested = b"[" * depth + b"]" * depth
+    openai = httpx.post(
+        f"{service.url}/v1/images/generations",
+        content=b'{"prompt": "a", "n": ' + nested + b"}",
+        headers={**BEARER, "Content-Type": "application/json"},
+    )
+    assert 400 <= openai.status_code < 500, openai.text
+    assert openai.json()["error"]["message"]
+    a1111 = httpx.post(
+        f"{service.url}/sdapi/v1/txt2img",
+        content=b'{"prompt": "a", "styles": ' + nested + b"}",
+        headers={**KEY, "Content-Type": "application/json"},
+    )
+    _a1111_error(a1111)

@@ -152,3 +152,15 @@ def test_refused_requests_queue_nothing(client, service):
     for body in [{}, {**VALID, "scheduler": "nope"}, {**VALID, "width": 7}]:
         assert _post(client, body).status_code in (400, 422)
     assert client.get("/health").json()["queue_pending"] == before
+
+
+@pytest.mark.parametrize("depth", [100, 1000, 100_000])
+def test_json_nested_deeply_is_422_and_queues_nothing(client, depth):
+    """A body nested about 1,000 deep once answered 500 (the whole-float pass recursed in Python first)."""
+    before = client.get("/health").json()["queue_pending"]
+    raw = b'{"prompt": "x", "loras": ' + b"[" * depth + b"]" * depth + b"}"
+    response = client.post("/api/v1/generate", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"][:2] in (["body"], ["body", "loras"])
+    assert client.get("/health").json()["queue_pending"] == before
