@@ -39,6 +39,12 @@ logger = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
 # A claim lasts one attempt (resolving the host, then the POST's timeout) plus this margin.
 CLAIM_MARGIN_SECONDS = 1.0
+# Recording an attempt's outcome is retried while the task store fails: waits double from the first to the last
+# value and stay there until the store answers or the sender stops. Short, because the claim lapses meanwhile and
+# the sooner the record is written once the database is back, the smaller the window for another node to claim the
+# delivery and send it again.
+RECORD_RETRY_FIRST_SECONDS = 0.1
+RECORD_RETRY_MAX_SECONDS = 1.0
 
 
 def callback_body(task: Task, storage: ImageStorage, base_url: str | None) -> dict[str, Any]:
@@ -185,11 +191,7 @@ class CallbackSender:
         metrics.CALLBACK_ATTEMPT_SECONDS.observe(time.perf_counter() - began)
         outcome = "delivered" if delivered else "failed" if updated.status is DeliveryStatus.FAILED else "retry"
         metrics.CALLBACK_ATTEMPTS.labels(outcome=outcome).inc()
-        try:
-            recorded = await self._outbox.record(claim, updated)
-        except SdapiError as failure:  # stays due: sent again (same id) once the claim runs out
-            logger.error("callback %s: recording the attempt failed: %s", delivery.id, failure.message)
-            return
+        recorded = await self._record_until_written(claim, updated)
         if not recorded:  # the claim ran out during the POST and another node took the delivery over
             logger.warning("callback %s: claim lost during the attempt; the other node's record stands", delivery.id)
             return
@@ -202,6 +204,27 @@ class CallbackSender:
                 updated.attempts,
                 f" ({error})" if error else "",
             )
+
+    async def _record_until_written(self, claim: DeliveryClaim, updated: Delivery) -> bool:
+        """Record an attempt's outcome, retried while the task store fails (RECORD_RETRY_*). The receiver may have
+        acknowledged the POST already: the outcome is kept here, and the delivery stays in flight on this node (not
+        claimed again here), until it is written, rather than left to its claim running out and being sent again.
+        Only a crash (or a stop) before the write can repeat a delivery; receivers still dedupe by webhook-id.
+        False: the claim was lost meanwhile (another node took the delivery over)."""
+        wait = RECORD_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await self._outbox.record(claim, updated)
+            except SdapiError as failure:
+                logger.error(
+                    "callback %s: recording the attempt (%s) failed, retrying in %.1fs: %s",
+                    claim.delivery.id,
+                    updated.status,
+                    wait,
+                    failure.message,
+                )
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
 
     async def _post(self, delivery: Delivery) -> tuple[bool, bool, str | None, int | None]:
         """One POST. Returns (delivered, worth retrying, error, the receiver's HTTP status if it answered)."""
