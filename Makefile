@@ -42,15 +42,15 @@ run: install model
 	$(BIN)/sdapi serve --config $(CONFIG)
 
 check: install-dev
-	$(BIN)/ruff format --check sdapi export tests bench
-	$(BIN)/ruff check sdapi export tests bench
+	$(BIN)/ruff format --check sdapi export training tests bench
+	$(BIN)/ruff check sdapi export training tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
 format: install-dev
-	$(BIN)/ruff format sdapi export tests bench
-	$(BIN)/ruff check --fix sdapi export tests bench
+	$(BIN)/ruff format sdapi export training tests bench
+	$(BIN)/ruff check --fix sdapi export training tests bench
 
 test: check
 	$(BIN)/python -m pytest
@@ -93,7 +93,7 @@ bench-soak: install-dev
 # Writes the files that ship: models/scenes-sd (+ its manifest), data/loras/monochrome.safetensors and
 # data/embeddings/sdapi-orange-ball.safetensors. Stages are kept in data/train-scenes: rerun to resume.
 train-default-model: install
-	$(BIN)/python -m sdapi.devtools.train_scenes --workdir data/train-scenes --out $(SHIPPED_MODEL)
+	$(BIN)/python -m training.train_scenes --workdir data/train-scenes --out $(SHIPPED_MODEL)
 
 # 100 held-out prompts x 4 seeds on the shipped default model, scored from the pixels.
 bench-adherence: install-dev

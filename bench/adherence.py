@@ -2,7 +2,7 @@
 
 100 held-out prompts (attribute combinations and phrasings drawn with a seed the training never used), 4 seeds
 each, rendered by the service over HTTP at 512x512, 20 steps. Each picture is scored by
-sdapi.devtools.scene_stats.AttributeScorer, calibrated on the scene renderer's own pictures; the same scorer on
+training.scene_stats.AttributeScorer, calibrated on the scene renderer's own pictures; the same scorer on
 the renderer's pictures of the same prompts is the ceiling. Then five behaviours: a negative prompt removes an
 attribute ("a lake" with negative "water"), a shape is drawn in the colour asked for, the embedding draws its
 orange ball (the share of orange pixels, against "a circle" and "a white circle"), image-to-image at low strength
@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from bench.machine import describe_machine
-from sdapi.devtools import scene_stats, scenes
-from sdapi.devtools.stages import Stages
-from sdapi.devtools.testing.services import ServiceProcess, fetch_image, generate, write_config
-from sdapi.devtools.tiny_model import make_tiny_model
+from sdapi.models.tiny_models import make_tiny_model
+from sdapi.observability.stages import Stages
+from tests.support.services import ServiceProcess, fetch_image, generate, write_config
+from training import scene_stats, scenes
 
 REPO = Path(__file__).resolve().parent.parent
 SCORED = ("time", "mountains", "water", "ground")

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from bench.machine import describe_machine
-from sdapi.devtools.stages import Stages
-from sdapi.devtools.testing.affinity import mixed_queue_loads
-from sdapi.devtools.testing.postgres import PostgresCluster
-from sdapi.devtools.tiny_model import make_tiny_model
+from sdapi.models.tiny_models import make_tiny_model
+from sdapi.observability.stages import Stages
+from tests.support.affinity import mixed_queue_loads
+from tests.support.postgres import PostgresCluster
 
 TASKS = 40
 

@@ -25,8 +25,8 @@ import httpx
 
 from bench.engines import build_sd15_random
 from bench.machine import describe_machine
-from sdapi.devtools.testing.services import Service, ServiceProcess, submit, wait_for_task, write_config
-from sdapi.devtools.tiny_model import make_tiny_model
+from sdapi.models.tiny_models import make_tiny_model
+from tests.support.services import Service, ServiceProcess, submit, wait_for_task, write_config
 
 REQUESTS = 32
 POLL_SECONDS = 1.0

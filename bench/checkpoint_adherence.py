@@ -11,7 +11,7 @@ of day (night scenes are the hard ones).
 
 `--reconstructions VAE_FOLDER` scores instead rendered scenes encoded and decoded by that VAE, per time of day,
 beside the renders themselves: no UNet can draw an attribute better than its VAE gives it back (the decoder stage
-of sdapi.devtools.train_scenes came from this measurement).
+of training.train_scenes came from this measurement).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.adherence import SCORED, held_out_prompts
-from sdapi.devtools import scene_stats, scenes
-from sdapi.devtools import train_scenes as training
+from training import scene_stats, scenes
+from training import train_scenes as training
 
 
 def pipeline_from_workdir(workdir: Path):  # type: ignore[no-untyped-def]
@@ -33,7 +33,7 @@ def pipeline_from_workdir(workdir: Path):  # type: ignore[no-untyped-def]
     import torch
     from diffusers import AutoencoderKL
 
-    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG
+    from sdapi.models.tiny_models import SD15_SCHEDULER_CONFIG
 
     final = workdir / "unet_final.pt"
     if final.exists():

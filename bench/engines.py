@@ -34,7 +34,7 @@ def build_sd15_random(target: Path) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG, write_tokenizer
+    from sdapi.models.tiny_models import SD15_SCHEDULER_CONFIG, write_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -94,7 +94,7 @@ def build_sdxl_random(target: Path) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from sdapi.devtools.tiny_model import SDXL_SCHEDULER_CONFIG, write_tokenizer
+    from sdapi.models.tiny_models import SDXL_SCHEDULER_CONFIG, write_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -163,9 +163,9 @@ def measure(
     import torch
 
     from sdapi.config import ModelConfig, OnnxConfig
-    from sdapi.devtools.testing.factories import make_params
     from sdapi.engines.onnx_engine import OnnxEngine
     from sdapi.engines.torch_engine import TorchEngine
+    from tests.support.factories import make_params
 
     torch.manual_seed(0)
     config = ModelConfig(
@@ -246,8 +246,8 @@ def main() -> None:
     import torch
 
     from export.exporter import export_model
-    from sdapi.devtools.tiny_model import make_tiny_model
     from sdapi.engines.devices import cpu_has_native_bf16
+    from sdapi.models.tiny_models import make_tiny_model
 
     fast = "float16" if torch.cuda.is_available() else ("bfloat16" if cpu_has_native_bf16() else "float32")
     work = arguments.workdir.resolve()

@@ -193,7 +193,7 @@ def _unet_steps_per_second(run: Run, unet: Any, side: int, repeats: int) -> floa
 
 
 def _params(model: Model, **changes: Any) -> Any:
-    from sdapi.devtools.testing.factories import make_params
+    from tests.support.factories import make_params
 
     fields = {"width": model.side, "height": model.side, "num_inference_steps": model.steps, "seed": 1} | changes
     return make_params(**fields)
@@ -265,8 +265,8 @@ def lora_after_compile(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     import torch
 
     from sdapi.core.request import LoraSpec
-    from sdapi.devtools.testing.services import mean_abs_diff
     from sdapi.models.digests import sha256_file
+    from tests.support.services import mean_abs_diff
 
     spec = LoraSpec(name=lora.stem, weight=1.0, sha256=sha256_file(lora))
     eager = torch_engine(run, model, lora)
@@ -317,7 +317,7 @@ def measure_onnx(run: Run, model: Model, work: Path) -> dict[str, Any]:
 
 def through_the_service(run: Run, model: Model, work: Path) -> dict[str, Any]:
     """20 tasks submitted at once through the real service (HTTP, SQLite, local storage) against the bare engine."""
-    from sdapi.devtools.testing.services import in_process, submit, wait_for_task
+    from tests.support.services import in_process, submit, wait_for_task
 
     steps = model.steps
     dtype = "float16" if run.device == "cuda" else "float32"
@@ -347,7 +347,7 @@ def batching(run: Run, model: Model, work: Path) -> dict[str, Any]:
     """Cross-request batching through the real service: 32 concurrent requests (their own prompts and seeds) at each
     of BATCHING_SETTINGS' queue.batch_max, as `make bench-batching` does on a CPU."""
     from bench.batching import run_queue
-    from sdapi.devtools.testing.services import in_process
+    from tests.support.services import in_process
 
     dtype = "float16" if run.device == "cuda" else "float32"
     shape = {"width": model.side, "height": model.side, "num_inference_steps": model.steps}
@@ -383,8 +383,8 @@ def contract(run: Run, model: Model, lora: Path) -> dict[str, Any]:
 
     from sdapi.core.request import LoraSpec
     from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
-    from sdapi.devtools.testing.services import mean_abs_diff
     from sdapi.models.digests import sha256_file
+    from tests.support.services import mean_abs_diff
 
     engine = torch_engine(run, model, lora)
     steps = 4
@@ -437,8 +437,8 @@ def batch_members_difference(engine: Any, model: Model, steps: int) -> float:
     run's; the seed rule allows 1."""
     import numpy as np
 
-    from sdapi.devtools.testing.services import mean_abs_diff
     from sdapi.engines import Run
+    from tests.support.services import mean_abs_diff
 
     own = [
         _params(model, num_inference_steps=steps, prompt="a red ball", seed=3),
@@ -474,7 +474,7 @@ def out_of_memory(engine: Any, model: Model) -> dict[str, Any]:
 
 def models_for(run: Run, work: Path, names: list[str]) -> list[Model]:
     from bench.engines import build_sd15_random, build_sdxl_random
-    from sdapi.devtools.tiny_model import make_tiny_model
+    from sdapi.models.tiny_models import make_tiny_model
 
     if run.tiny:
         return [Model("tiny", make_tiny_model(work / "tiny"), 64, steps=4)]
@@ -483,7 +483,7 @@ def models_for(run: Run, work: Path, names: list[str]) -> list[Model]:
 
 
 def lora_for(model: Model, work: Path) -> Path:
-    from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
+    from tests.support.adapter_files import model_modules, write_adapter
 
     path = work / f"{model.name}-lora.safetensors"
     if not path.is_file():

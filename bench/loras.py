@@ -18,11 +18,11 @@ import psutil
 from bench.machine import describe_machine
 from sdapi.config import ModelConfig
 from sdapi.core.request import LoraSpec
-from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
-from sdapi.devtools.testing.factories import make_params
-from sdapi.devtools.tiny_model import make_tiny_model
 from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
+from sdapi.models.tiny_models import make_tiny_model
+from tests.support.adapter_files import model_modules, write_adapter
+from tests.support.factories import make_params
 
 SWAPS = 200
 

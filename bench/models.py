@@ -14,11 +14,11 @@ import torch
 
 from bench.machine import describe_machine
 from sdapi.config import config_from_mapping
-from sdapi.devtools.stages import Stages
-from sdapi.devtools.testing.factories import make_params
-from sdapi.devtools.tiny_model import make_tiny_model
 from sdapi.engines import Run
 from sdapi.engines.factory import build_engine
+from sdapi.models.tiny_models import make_tiny_model
+from sdapi.observability.stages import Stages
+from tests.support.factories import make_params
 
 ALTERNATIONS = 100
 WARM_UP = 3  # alternations before the baseline: allocator pools and lazy imports settle

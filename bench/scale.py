@@ -28,12 +28,12 @@ from bench.machine import describe_machine
 from bench.service import CLIENTS, REQUESTS_PER_CLIENT, percentile, poll_latencies
 from sdapi.core import tasks
 from sdapi.core.deliveries import after_attempt, new_delivery
-from sdapi.devtools.stages import Stages
-from sdapi.devtools.testing.factories import make_params
-from sdapi.devtools.testing.postgres import PostgresCluster
-from sdapi.devtools.testing.services import ServiceProcess, WorkerProcess, submit, write_config
-from sdapi.devtools.tiny_model import make_tiny_model
+from sdapi.models.tiny_models import make_tiny_model
+from sdapi.observability.stages import Stages
 from sdapi.store.postgres import open_postgres
+from tests.support.factories import make_params
+from tests.support.postgres import PostgresCluster
+from tests.support.services import ServiceProcess, WorkerProcess, submit, write_config
 
 TASK = {"prompt": "a lighthouse at dusk", "width": 256, "height": 256, "num_inference_steps": 20}
 TASKS = 24

@@ -21,12 +21,12 @@ import httpx
 
 from bench.machine import describe_machine
 from sdapi.config import load_config
-from sdapi.devtools.stages import Stages
-from sdapi.devtools.testing.factories import make_params
-from sdapi.devtools.testing.services import API_KEY, ServiceProcess, submit, write_config
-from sdapi.devtools.tiny_model import make_tiny_model
 from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
+from sdapi.models.tiny_models import make_tiny_model
+from sdapi.observability.stages import Stages
+from tests.support.factories import make_params
+from tests.support.services import API_KEY, ServiceProcess, submit, write_config
 
 REQUEST = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "num_inference_steps": 20, "seed": 1}
 RUNS = 7

@@ -15,9 +15,9 @@ import psutil
 
 from bench.machine import describe_machine
 from sdapi.config import Config, load_config
-from sdapi.devtools.stages import Stages
-from sdapi.devtools.testing.services import ServiceProcess, submit, write_config
-from sdapi.devtools.tiny_model import make_tiny_model
+from sdapi.models.tiny_models import make_tiny_model
+from sdapi.observability.stages import Stages
+from tests.support.services import ServiceProcess, submit, write_config
 
 TASKS = 1000
 BATCH = 50  # submitted at once, then waited for

@@ -27,13 +27,13 @@ import torch
 from sdapi import __version__
 from sdapi.core.model_sources import is_local_path
 from sdapi.core.request import MAX_LORA_WEIGHT, LoraSpec
-from sdapi.devtools.stages import Stages
 from sdapi.engines.loading import load_pipeline, loaded_family
 from sdapi.errors import ModelLoadFailed
 from sdapi.loras.files import AdapterFileError, check_fits
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.models.digests import sha256_file
 from sdapi.models.export_manifest import ExportManifest, MergedLora, onnx_parts, write_manifest
+from sdapi.observability.stages import Stages
 
 DEFAULT_OPSET = 17
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")

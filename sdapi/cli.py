@@ -123,7 +123,7 @@ async def _run_worker(config: Config) -> None:
 
 
 def _make_tiny_model(arguments: argparse.Namespace) -> int:
-    from sdapi.devtools.tiny_model import make_tiny_model
+    from sdapi.models.tiny_models import make_tiny_model
     from sdapi.observability.logs import mute_import_warnings
 
     mute_import_warnings()
@@ -133,7 +133,7 @@ def _make_tiny_model(arguments: argparse.Namespace) -> int:
 
 
 def _install_default_model(arguments: argparse.Namespace) -> int:
-    from sdapi.devtools.default_model import SHIPPED_MODEL, ManifestMismatch, install_default_model
+    from sdapi.models.default_model import SHIPPED_MODEL, ManifestMismatch, install_default_model
 
     try:
         path = install_default_model(Path(arguments.directory), arguments.shipped or SHIPPED_MODEL)

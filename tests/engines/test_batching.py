@@ -11,12 +11,12 @@ from PIL import Image
 
 from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.core.params import InitImageInfo
-from sdapi.devtools.testing.factories import make_params
-from sdapi.devtools.testing.services import mean_abs_diff
 from sdapi.engines import Run
 from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.errors import TaskCancelled
+from tests.support.factories import make_params
+from tests.support.services import mean_abs_diff
 
 SIZE = 64
 

@@ -12,7 +12,7 @@ import pytest
 
 import export.exporter as exporter
 from export.exporter import ExportError, LoraArgument, export_model, parse_lora_argument
-from sdapi.devtools.testing.services import (
+from tests.support.services import (
     REPO_ROOT,
 )
 

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from sdapi.devtools.testing.services import (
+from sdapi.models.families import Family, UnsupportedModel, detect_family
+from tests.support.services import (
     REPO_ROOT,
     free_port,
     write_config,
 )
-from sdapi.models.families import Family, UnsupportedModel, detect_family
 
 
 def test_detection(tiny_model, tiny_sd2v, tiny_sdxl, tmp_path):

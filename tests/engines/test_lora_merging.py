@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from sdapi.config import ModelConfig
 from sdapi.core.request import LoraSpec
-from sdapi.devtools.testing.adapter_files import (
+from sdapi.engines.torch_engine import TorchEngine
+from tests.support.adapter_files import (
     expected_delta,
 )
-from sdapi.engines.torch_engine import TorchEngine
 
 
 @pytest.mark.parametrize("kind", ["lora", "loha", "lokr"])

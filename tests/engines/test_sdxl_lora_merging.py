@@ -15,11 +15,11 @@ from safetensors.torch import load_file, save_file
 
 from sdapi.config import ModelConfig
 from sdapi.core.request import LoraSpec
-from sdapi.devtools.testing.adapter_files import RANK, expected_delta
-from sdapi.devtools.testing.factories import make_params
-from sdapi.devtools.testing.services import mean_abs_diff
 from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
+from tests.support.adapter_files import RANK, expected_delta
+from tests.support.factories import make_params
+from tests.support.services import mean_abs_diff
 
 PARAMS = {"prompt": "a castle", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 42}
 

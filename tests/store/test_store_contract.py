@@ -22,13 +22,13 @@ from sdapi.core.deliveries import DeliveryStatus, after_attempt, new_delivery
 from sdapi.core.nodes import NodeInfo, Role
 from sdapi.core.params import HiresParams
 from sdapi.core.tasks import Progress, Task, TaskStatus
-from sdapi.devtools.testing.factories import make_params
-from sdapi.devtools.testing.postgres import PostgresCluster
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.store import IdempotencyKey, Lease, Stores
 from sdapi.store.postgres import open_postgres
 from sdapi.store.sqlite import open_sqlite
 from tests.fakes import MemoryDatabase, memory_stores
+from tests.support.factories import make_params
+from tests.support.postgres import PostgresCluster
 
 Opener = Callable[[], Stores]
 

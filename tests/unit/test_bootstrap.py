@@ -18,11 +18,11 @@ from sdapi.config import Config, config_from_mapping
 from sdapi.core.deliveries import DeliveryStatus
 from sdapi.core.request import GenerationRequest
 from sdapi.core.tasks import TaskStatus
-from sdapi.devtools.testing.services import data_url, gradient_image
 from sdapi.errors import ErrorCode, GenerationFailed, QueueFull, ServiceError
 from sdapi.worker.generation_thread import GENERATION_THREAD_NAME
 from tests.fakes import FakeEngine, MemoryDatabase, MemoryOutbox, MemoryStorage, MemoryTaskStore, memory_stores
 from tests.receivers import CallbackReceiver
+from tests.support.services import data_url, gradient_image
 
 
 def _config(tmp_path: Path, **queue: object) -> Config:

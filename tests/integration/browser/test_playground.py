@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
-from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
-from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet
-from sdapi.devtools.testing.services import API_KEY, gradient_image
+from tests.support.adapter_files import model_modules, write_adapter
+from tests.support.controlnet_files import tiny_controlnet, write_controlnet
+from tests.support.services import API_KEY, gradient_image
 
 pytestmark = [pytest.mark.browser]
 

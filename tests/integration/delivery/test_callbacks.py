@@ -16,9 +16,9 @@ from flask import Flask, request
 from werkzeug.serving import make_server
 
 from sdapi.config import ModelConfig
-from sdapi.devtools.testing.services import ServiceProcess, in_process, submit, wait_for_task, write_config
 from tests.integration.native_api.test_failures import FaultyTorchEngine
 from tests.receivers import CallbackReceiver
+from tests.support.services import ServiceProcess, in_process, submit, wait_for_task, write_config
 
 LOOPBACK = {"allowed_hosts": ["127.0.0.1"], "backoff_base": 0.2, "timeout": 2.0}
 SECRET = "whsec_" + base64.b64encode(b"a 32-byte secret for the tests!!").decode()
@@ -233,7 +233,7 @@ async def _stub_resolver(host, port):
 
 def test_ssrf_vectors_are_refused_at_submit_with_no_connection_made(tmp_path, tiny_model):
     from sdapi.config import load_config
-    from sdapi.devtools.testing.services import InProcessService
+    from tests.support.services import InProcessService
 
     config = load_config(write_config(tmp_path, tiny_model))  # default policy: nothing internal allowed
     with CallbackReceiver() as receiver, InProcessService(config, resolver=_stub_resolver) as service:
@@ -251,7 +251,7 @@ def test_ssrf_vectors_are_refused_at_submit_with_no_connection_made(tmp_path, ti
 
 def test_an_allowed_host_name_is_delivered_to_the_address_it_resolved_to(tmp_path, tiny_model):
     from sdapi.config import load_config
-    from sdapi.devtools.testing.services import InProcessService
+    from tests.support.services import InProcessService
 
     config = load_config(write_config(tmp_path, tiny_model, callbacks={"allowed_hosts": ["receiver.example.test"]}))
     with CallbackReceiver() as receiver, InProcessService(config, resolver=_stub_resolver) as service:

@@ -11,8 +11,8 @@ from minio import Minio
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from sdapi.devtools.testing.services import free_port, generate, in_process
 from tests.receivers import PresignGateway
+from tests.support.services import free_port, generate, in_process
 
 ACCESS_KEY = "sdapi-test-access"
 SECRET_KEY = "sdapi-test-secret-do-not-leak"

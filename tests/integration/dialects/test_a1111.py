@@ -14,8 +14,8 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
-from sdapi.devtools.testing.services import API_KEY, gradient_image
+from tests.support.adapter_files import model_modules, write_adapter
+from tests.support.services import API_KEY, gradient_image
 
 OTHER_KEY = "sk-a1111-other"
 SMALL = {"width": 64, "height": 64, "steps": 3}

@@ -9,9 +9,9 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet
-from sdapi.devtools.testing.ip_adapter_files import write_tiny_ip_adapter
-from sdapi.devtools.testing.services import API_KEY, gradient_image
+from tests.support.controlnet_files import tiny_controlnet, write_controlnet
+from tests.support.ip_adapter_files import write_tiny_ip_adapter
+from tests.support.services import API_KEY, gradient_image
 
 # alwayson_scripts={} on every call: webuiapi adds the units to its default argument's dict, which would carry
 # them into every later call of the test run.

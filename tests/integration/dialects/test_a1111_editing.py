@@ -7,9 +7,9 @@ import pytest
 import webuiapi
 from PIL import Image, ImageFilter
 
-from sdapi.devtools.testing.embedding_files import vectors, write_a1111_pt
-from sdapi.devtools.testing.services import API_KEY, gradient_image
-from sdapi.devtools.testing.upscaler_files import tiny_rrdb, write_rrdb
+from tests.support.embedding_files import vectors, write_a1111_pt
+from tests.support.services import API_KEY, gradient_image
+from tests.support.upscaler_files import tiny_rrdb, write_rrdb
 
 SMALL = {"steps": 4, "cfg_scale": 7, "seed": 3}
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from sdapi.devtools.testing.services import API_KEY, data_url, gradient_image
+from tests.support.services import API_KEY, data_url, gradient_image
 
 BEARER = {"Authorization": f"Bearer {API_KEY}"}
 KEY = {"X-API-Key": API_KEY}

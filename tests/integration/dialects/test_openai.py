@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from sdapi.config import load_config
-from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
-from sdapi.devtools.testing.services import API_KEY, InProcessService, gradient_image, write_config
 from sdapi.storage.local import LocalImageStorage
+from tests.support.adapter_files import model_modules, write_adapter
+from tests.support.services import API_KEY, InProcessService, gradient_image, write_config
 
 FAST = {"num_inference_steps": 3}
 

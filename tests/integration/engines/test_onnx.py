@@ -9,8 +9,12 @@ import pytest
 
 from sdapi.config import ModelConfig, OnnxConfig, load_config
 from sdapi.core.schedulers import SCHEDULER_NAMES
-from sdapi.devtools.testing.embedding_files import vectors, write_a1111_safetensors
-from sdapi.devtools.testing.services import (
+from sdapi.engines.onnx_engine import OnnxEngine
+from sdapi.engines.router import EngineRouter
+from sdapi.engines.torch_engine import TorchEngine
+from sdapi.errors import GenerationFailed
+from tests.support.embedding_files import vectors, write_a1111_safetensors
+from tests.support.services import (
     InProcessService,
     data_url,
     fetch_image,
@@ -23,10 +27,6 @@ from sdapi.devtools.testing.services import (
     wait_for_task,
     write_config,
 )
-from sdapi.engines.onnx_engine import OnnxEngine
-from sdapi.engines.router import EngineRouter
-from sdapi.engines.torch_engine import TorchEngine
-from sdapi.errors import GenerationFailed
 
 pytestmark = [pytest.mark.slow]
 
@@ -186,7 +186,7 @@ def test_an_inpainting_checkpoints_export_serves_every_mode(tmp_path_factory, ti
 
 
 def test_controlnet_units_run_on_torch_and_say_so(onnx_service, tiny_model):
-    from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet
+    from tests.support.controlnet_files import tiny_controlnet, write_controlnet
 
     write_controlnet(onnx_service.config.controlnet_path / "tiny-edges", tiny_controlnet(tiny_model, seed=1))
     with onnx_service.client() as client:

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from export.exporter import LoraArgument, export_model
-from sdapi.devtools.testing.adapter_files import model_modules, sdxl_modules, write_adapter
-from sdapi.devtools.testing.services import data_url, fetch_image, gradient_image, in_process, mean_abs_diff
-from sdapi.devtools.testing.services import fetch_pixels as pixels
-from sdapi.devtools.testing.services import generate as run
+from tests.support.adapter_files import model_modules, sdxl_modules, write_adapter
+from tests.support.services import data_url, fetch_image, gradient_image, in_process, mean_abs_diff
+from tests.support.services import fetch_pixels as pixels
+from tests.support.services import generate as run
 
 pytestmark = [pytest.mark.slow]
 

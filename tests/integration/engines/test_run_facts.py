@@ -9,8 +9,8 @@ import json
 import httpx
 import pytest
 
-from sdapi.devtools.testing.services import generate
 from sdapi.media.provenance import parse_infotext, read_embedded
+from tests.support.services import generate
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 

@@ -3,9 +3,9 @@ merges themselves are checked against independent computations in tests/engines/
 
 from __future__ import annotations
 
-from sdapi.devtools.testing.services import decided_loras, in_process, mean_abs_diff
-from sdapi.devtools.testing.services import fetch_pixels as pixels
-from sdapi.devtools.testing.services import generate as run
+from tests.support.services import decided_loras, in_process, mean_abs_diff
+from tests.support.services import fetch_pixels as pixels
+from tests.support.services import generate as run
 
 PARAMS = {"prompt": "a castle", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 42}
 

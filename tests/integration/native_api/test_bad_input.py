@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sdapi.core.schedulers import SCHEDULER_NAMES
-from sdapi.devtools.testing.services import data_url, gradient_image
+from tests.support.services import data_url, gradient_image
 
 VALID = {"prompt": "a cat"}
 

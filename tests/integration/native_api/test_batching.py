@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sdapi.devtools.testing.services import fetch_pixels, generate, in_process, mean_abs_diff, submit, wait_for_task
 from tests.receivers import CallbackReceiver
+from tests.support.services import fetch_pixels, generate, in_process, mean_abs_diff, submit, wait_for_task
 
 # A batch starts once full (four images) or after the wait: every test here fills its batch within milliseconds, so
 # the wait only keeps a busy machine's slow submits from splitting one (a task alone waits it out: the lease test's

@@ -8,7 +8,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from sdapi.devtools.testing.services import API_KEY, fetch_image, generate, submit, wait_for_task
+from tests.support.services import API_KEY, fetch_image, generate, submit, wait_for_task
 
 TASK_FIELDS = {"task_id", "status", "result_url", "result_urls", "error_message", "created_at", "updated_at"}
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
-from sdapi.devtools.testing.controlnet_files import tiny_controlnet, write_controlnet, write_tiny_depth_model
-from sdapi.devtools.testing.services import data_url, fetch_image, fetch_pixels, generate, gradient_image
+from tests.support.adapter_files import model_modules, write_adapter
+from tests.support.controlnet_files import tiny_controlnet, write_controlnet, write_tiny_depth_model
+from tests.support.services import data_url, fetch_image, fetch_pixels, generate, gradient_image
 
 BODY = {"prompt": "a castle", "width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5, "seed": 9}
 

@@ -1,14 +1,14 @@
 """The trained default model over HTTP: its prompts and its style LoRA change what it draws in the way their words
-say, measured with the pixel statistics of sdapi.devtools.scene_stats (not only "the pixels changed"). The
+say, measured with the pixel statistics of training.scene_stats (not only "the pixels changed"). The
 committed weights are used as they ship, their sums checked against the manifest first."""
 
 from __future__ import annotations
 
 import pytest
 
-from sdapi.devtools import scene_stats
-from sdapi.devtools.default_model import verify
-from sdapi.devtools.testing.services import REPO_ROOT, fetch_image, generate
+from sdapi.models.default_model import verify
+from tests.support.services import REPO_ROOT, fetch_image, generate
+from training import scene_stats
 
 MODEL = REPO_ROOT / "models" / "scenes-sd"
 SEEDS = (1, 2, 3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdapi.devtools.testing.embedding_files import (
+from tests.support.embedding_files import (
     vectors,
     write_a1111_pt,
     write_a1111_safetensors,
@@ -17,7 +17,7 @@ from sdapi.devtools.testing.embedding_files import (
     write_diffusers,
     write_sdxl,
 )
-from sdapi.devtools.testing.services import fetch_image, fetch_pixels, generate, mean_abs_diff
+from tests.support.services import fetch_image, fetch_pixels, generate, mean_abs_diff
 
 WIDTH = 32  # the tiny models' text encoders
 BODY = {"width": 64, "height": 64, "num_inference_steps": 3, "guidance_scale": 7.5, "seed": 42}

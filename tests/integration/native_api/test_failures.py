@@ -8,9 +8,9 @@ import httpx
 import torch
 
 from sdapi.config import ModelConfig
-from sdapi.devtools.testing.services import fetch_image, generate, in_process, submit, wait_for_task
 from sdapi.engines import NO_CONDITIONING
 from sdapi.engines.torch_engine import TorchEngine
+from tests.support.services import fetch_image, generate, in_process, submit, wait_for_task
 
 
 class FaultyTorchEngine(TorchEngine):
@@ -74,7 +74,7 @@ def test_health_answers_while_the_model_loads_and_tasks_wait_for_it(tmp_path, ti
     engine = SlowLoadingEngine(ModelConfig(path=str(tiny_model), device="cpu"))
     config_dir = tmp_path
     from sdapi.config import load_config
-    from sdapi.devtools.testing.services import InProcessService, write_config
+    from tests.support.services import InProcessService, write_config
 
     config = load_config(write_config(config_dir, tiny_model))
     with InProcessService(config, engine=engine) as service, service.client() as client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdapi.devtools.testing.services import (
+from tests.support.services import (
     data_url,
     fetch_image,
     fetch_pixels,
@@ -13,7 +13,7 @@ from sdapi.devtools.testing.services import (
     in_process,
     mean_abs_diff,
 )
-from sdapi.devtools.testing.services import generate as run
+from tests.support.services import generate as run
 
 FAST = {"num_inference_steps": 3}
 

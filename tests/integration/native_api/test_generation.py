@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
-from sdapi.devtools.testing.services import data_url, fetch_image, fetch_pixels, generate, gradient_image, mean_abs_diff
+from tests.support.services import data_url, fetch_image, fetch_pixels, generate, gradient_image, mean_abs_diff
 
 
 def _pixels(body, index=None):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sdapi.core.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
-from sdapi.devtools.testing.services import fetch_image, fetch_pixels, generate
-from sdapi.devtools.testing.upscaler_files import tiny_rrdb, write_rrdb
+from tests.support.services import fetch_image, fetch_pixels, generate
+from tests.support.upscaler_files import tiny_rrdb, write_rrdb
 
 BODY = {"prompt": "a lighthouse", "width": 96, "height": 64, "num_inference_steps": 4, "seed": 11}
 
@@ -91,7 +91,7 @@ def test_the_list_shows_built_in_and_installed_upscalers(hires_client):
 def test_bad_settings_are_400s_naming_hires(hires_client, body, words):
     response = hires_client.post("/api/v1/generate", json={"prompt": "x", **body})
     if "init_image" in body:  # the init image is checked first: give it a real one
-        from sdapi.devtools.testing.services import data_url, gradient_image
+        from tests.support.services import data_url, gradient_image
 
         body["init_image"] = data_url(gradient_image(64, 64))
         response = hires_client.post("/api/v1/generate", json={"prompt": "x", **body})

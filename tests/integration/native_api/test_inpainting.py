@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from sdapi.devtools.testing.services import data_url, fetch_pixels, generate, gradient_image
+from tests.support.services import data_url, fetch_pixels, generate, gradient_image
 
 WIDTH, HEIGHT = 96, 64
 BOX = (32, 16, 64, 48)  # what the mask repaints

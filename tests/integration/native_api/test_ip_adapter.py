@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdapi.devtools.testing.ip_adapter_files import write_tiny_ip_adapter
-from sdapi.devtools.testing.services import data_url, fetch_pixels, generate, gradient_image
+from tests.support.ip_adapter_files import write_tiny_ip_adapter
+from tests.support.services import data_url, fetch_pixels, generate, gradient_image
 
 BODY = {"prompt": "a castle", "width": 64, "height": 64, "num_inference_steps": 4, "seed": 3}
 REFERENCE = data_url(gradient_image(48, 48))

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
-from sdapi.devtools.testing.services import (
+from sdapi.media.provenance import read_user_comment
+from tests.receivers import CallbackReceiver
+from tests.support.adapter_files import model_modules, write_adapter
+from tests.support.services import (
     data_url,
     fetch_pixels,
     generate,
@@ -22,8 +24,6 @@ from sdapi.devtools.testing.services import (
     submit,
     wait_for_task,
 )
-from sdapi.media.provenance import read_user_comment
-from tests.receivers import CallbackReceiver
 
 # Seconds on this machine: long enough to cancel mid-run and to queue a second task behind it.
 # Euler: exactly one denoising step per inference step (PNDM, the tiny model's own, adds one).

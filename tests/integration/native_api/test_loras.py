@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from sdapi.config import ModelConfig
-from sdapi.devtools.testing.adapter_files import (
+from sdapi.engines import Run
+from sdapi.engines.torch_engine import TorchEngine
+from tests.support.adapter_files import (
     model_modules,
     write_adapter,
 )
-from sdapi.devtools.testing.factories import make_params
-from sdapi.devtools.testing.services import decided_loras, fetch_pixels, generate, in_process, mean_abs_diff
-from sdapi.engines import Run
-from sdapi.engines.torch_engine import TorchEngine
+from tests.support.factories import make_params
+from tests.support.services import decided_loras, fetch_pixels, generate, in_process, mean_abs_diff
 
 GOOD = ("style_lora", "style_loha", "style_lokr", "te_only", "unet_lora", "peft_lora")
 BROKEN = ("sdxl_style", "wrong_shapes", "corrupt", "unknown_keys", "nan_values", "too_large")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdapi.devtools.testing.services import API_KEY, fetch_image, submit, wait_for_task
+from tests.support.services import API_KEY, fetch_image, submit, wait_for_task
 
 SMALL_LIMIT = 1_000_000
 

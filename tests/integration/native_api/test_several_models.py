@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
-from sdapi.devtools.testing.services import fetch_image, mean_abs_diff
-from sdapi.devtools.testing.services import fetch_pixels as pixels
-from sdapi.devtools.testing.services import generate as run
+from tests.support.adapter_files import model_modules, write_adapter
+from tests.support.services import fetch_image, mean_abs_diff
+from tests.support.services import fetch_pixels as pixels
+from tests.support.services import generate as run
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 
@@ -86,7 +86,7 @@ def test_the_dialects_map_their_model_fields(service):
     import openai
     import webuiapi
 
-    from sdapi.devtools.testing.services import API_KEY
+    from tests.support.services import API_KEY
 
     client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=API_KEY, max_retries=0)
     assert [model.id for model in client.models.list().data] == ["sdapi", "base", "xl"]

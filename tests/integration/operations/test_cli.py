@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from sdapi.devtools.testing.services import REPO_ROOT, ServiceProcess, free_port, generate, write_config
+from tests.support.services import REPO_ROOT, ServiceProcess, free_port, generate, write_config
 
 
 def _serve(config_path):

@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from sdapi.devtools.testing.services import API_KEY, REPO_ROOT, gradient_image, wait_for_task
+from tests.support.services import API_KEY, REPO_ROOT, gradient_image, wait_for_task
 
 
 @pytest.fixture(scope="module")

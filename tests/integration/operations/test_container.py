@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from sdapi.config import load_config
-from sdapi.devtools.testing.services import REPO_ROOT
+from tests.support.services import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 

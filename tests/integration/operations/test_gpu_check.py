@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sdapi.devtools.testing.services import REPO_ROOT
+from tests.support.services import REPO_ROOT
 
 pytestmark = [pytest.mark.slow]
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 from sdapi.client import Progress
-from sdapi.devtools.stages import Stages
-from sdapi.devtools.testing.services import REPO_ROOT
+from sdapi.observability.stages import Stages
+from tests.support.services import REPO_ROOT
 
 
 def run_on_a_terminal(command: list[str], timeout: float = 300) -> tuple[int, str]:

@@ -12,8 +12,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sdapi.devtools.testing.adapter_files import model_modules, write_adapter
-from sdapi.devtools.testing.services import (
+from tests.receivers import CallbackReceiver
+from tests.support.adapter_files import model_modules, write_adapter
+from tests.support.services import (
     API_KEY,
     REPO_ROOT,
     ServiceProcess,
@@ -22,7 +23,6 @@ from sdapi.devtools.testing.services import (
     wait_for_task,
     write_config,
 )
-from tests.receivers import CallbackReceiver
 
 LOOPBACK = {"allowed_hosts": ["127.0.0.1"], "backoff_base": 0.2, "timeout": 2.0}
 SECRET = "whsec_" + "c2VjcmV0LWZvci1vYnNlcnZhYmlsaXR5LXRlc3Q="

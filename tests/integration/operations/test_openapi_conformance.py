@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sdapi.devtools.testing.services import API_KEY, InProcessService
+from tests.support.services import API_KEY, InProcessService
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from sdapi.devtools.testing.services import API_KEY, ServiceProcess, in_process, submit, wait_for_task, write_config
+from tests.support.services import API_KEY, ServiceProcess, in_process, submit, wait_for_task, write_config
 
 pytestmark = [pytest.mark.slow]
 

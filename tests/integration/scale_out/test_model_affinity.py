@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdapi.devtools.testing.affinity import mixed_queue_loads
+from tests.support.affinity import mixed_queue_loads
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import pytest
 from minio import Minio
 
-from sdapi.devtools.testing.services import API_KEY, ServiceProcess, submit, wait_for_task, write_config
+from tests.support.services import API_KEY, ServiceProcess, submit, wait_for_task, write_config
 
 pytestmark = [pytest.mark.slow]
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from export.exporter import export_model
-from sdapi.devtools.testing.adapter_files import model_modules, write_adapter, write_wrong_shapes
-from sdapi.devtools.testing.services import ServiceProcess, submit, wait_for_task, write_config
+from tests.support.adapter_files import model_modules, write_adapter, write_wrong_shapes
+from tests.support.services import ServiceProcess, submit, wait_for_task, write_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -20,9 +20,9 @@ import httpx
 import pytest
 from minio import Minio
 
-from sdapi.devtools.testing.postgres import PostgresCluster
-from sdapi.devtools.testing.services import API_KEY, ServiceProcess, WorkerProcess, submit, wait_for_task, write_config
 from tests.receivers import CallbackReceiver
+from tests.support.postgres import PostgresCluster
+from tests.support.services import API_KEY, ServiceProcess, WorkerProcess, submit, wait_for_task, write_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

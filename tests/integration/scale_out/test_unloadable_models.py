@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sdapi.devtools.testing.services import ServiceProcess, WorkerProcess, submit, wait_for_task, write_config
+from tests.support.services import ServiceProcess, WorkerProcess, submit, wait_for_task, write_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

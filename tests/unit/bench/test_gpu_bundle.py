@@ -12,7 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from sdapi.devtools.testing.services import REPO_ROOT
+from tests.support.services import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "bench" / "gpu_bundle.sh"
 

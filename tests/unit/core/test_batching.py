@@ -7,7 +7,7 @@ import pytest
 from sdapi.core.batching import batch_key
 from sdapi.core.params import ControlUnitSpec, HiresParams, InitImageInfo, InpaintParams, IpAdapterSpec
 from sdapi.core.request import EmbeddingSpec, LoraSpec
-from sdapi.devtools.testing.factories import make_params
+from tests.support.factories import make_params
 
 INIT = InitImageInfo(width=512, height=512, format="png")
 STYLE = LoraSpec(name="style", weight=0.8, sha256="a" * 64)

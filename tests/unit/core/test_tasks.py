@@ -10,8 +10,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from sdapi.core import tasks
 from sdapi.core.tasks import TaskStatus
-from sdapi.devtools.testing.factories import make_params
 from sdapi.errors import InvalidTransition
+from tests.support.factories import make_params
 
 PARAMS = make_params(prompt="p", width=64, height=64, num_images=2, num_inference_steps=1)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdapi.devtools.testing.embedding_files import (
+from sdapi.embeddings.files import EmbeddingFileError, parse_embedding, read_embedding
+from sdapi.embeddings.library import EmbeddingLibrary, name_pattern
+from sdapi.errors import InvalidParameter
+from tests.support.embedding_files import (
     vectors,
     write_a1111_pt,
     write_a1111_safetensors,
     write_diffusers,
     write_sdxl,
 )
-from sdapi.embeddings.files import EmbeddingFileError, parse_embedding, read_embedding
-from sdapi.embeddings.library import EmbeddingLibrary, name_pattern
-from sdapi.errors import InvalidParameter
 
 
 @pytest.mark.parametrize("writer", [write_a1111_pt, write_a1111_safetensors, write_diffusers])

@@ -11,9 +11,9 @@ def test_lora_targets_read_from_disk_are_those_of_the_loaded_model(tmp_path, fam
     shapes for every family."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from sdapi.devtools.tiny_model import make_tiny_model
     from sdapi.loras.merging import adapter_targets, target_shapes
     from sdapi.loras.targets import disk_targets
+    from sdapi.models.tiny_models import make_tiny_model
 
     folder = make_tiny_model(tmp_path / family, family=family)
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdapi.devtools.testing.upscaler_files import tiny_rrdb, write_rrdb
 from sdapi.upscalers.rrdb import UpscalerFileError, load_rrdb
+from tests.support.upscaler_files import tiny_rrdb, write_rrdb
 
 
 @pytest.mark.parametrize(

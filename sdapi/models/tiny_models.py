@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from sdapi.devtools.stages import Stages
+from sdapi.observability.stages import Stages
 
 # A fixed seed makes the weights identical on every build, so tests and benchmarks are repeatable.
 TINY_MODEL_SEED = 20240101

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from sdapi.devtools.testing.services import ServiceProcess, WorkerProcess, submit, wait_for_task, write_config
+from tests.support.services import ServiceProcess, WorkerProcess, submit, wait_for_task, write_config
 
 # One torch thread per worker: two workers share a two-core machine as two GPUs would not.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

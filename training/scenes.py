@@ -39,7 +39,7 @@ COLOURS = {
 # it has no word for. The textual-inversion embedding <sdapi-orange-ball> learns a word for the orange circle. Up to
 # version 4 the scenes had no orange at all, and the VAE decoded an orange circle as brown (182, 123, 95): no embedding
 # could draw orange through it (nor, it turned out, could the model draw any shape's colour: VAE_MORE_OBJECTS in
-# sdapi.devtools.train_scenes).
+# training.train_scenes).
 UNNAMED_COLOURS = ("orange",)
 NAMED_COLOURS = tuple(colour for colour in COLOURS if colour not in UNNAMED_COLOURS)
 SHAPES = ("circle", "square", "triangle")

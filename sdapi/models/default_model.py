@@ -1,4 +1,4 @@
-"""Install the trained default model (sdapi.devtools.train_scenes) from the repository, its sums checked.
+"""Install the trained default model (training.train_scenes) from the repository, its sums checked.
 
 The weights are committed (models/scenes-sd/, data/loras/monochrome.safetensors,
 data/embeddings/sdapi-orange-ball.safetensors) with a manifest of sha256 sums beside the model

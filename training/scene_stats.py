@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from sdapi.devtools import scenes
+from training import scenes
 
 GRID = 8
 THIN_ROWS = 32

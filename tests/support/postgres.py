@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from sdapi.devtools.testing.services import free_port
+from tests.support.services import free_port
 
 # initdb refuses to run as root: as root, the cluster belongs to this user.
 CLUSTER_USER = "postgres"

@@ -1,6 +1,6 @@
-"""Train the embedded default model on procedurally drawn scenes (sdapi.devtools.scenes), on CPU.
+"""Train the embedded default model on procedurally drawn scenes (training.scenes), on CPU.
 
-    python -m sdapi.devtools.train_scenes --workdir data/train-scenes --out data/models/scenes-sd
+    python -m training.train_scenes --workdir data/train-scenes --out data/models/scenes-sd
 
 Stages, each kept in --workdir when done (the UNet's also every 500 steps), so an interrupted run resumes where
 it stopped: run the same command again.
@@ -11,7 +11,7 @@ it stopped: run the same command again.
    decoder: the VAE's decoder tuned again, each picture's error scaled by its contrast (night scenes count as
    much as day ones); the encoder, and so the latents the UNet learns, stay as they are;
 4. text: a small CLIP text encoder alone, taught to read a caption's scene back from it (a word-level tokenizer
-   with character fallback, sdapi.devtools.word_tokenizer);
+   with character fallback, training.word_tokenizer);
 5. unet: the UNet on the latents and the frozen text encoder's states of their captions, at 256 and 512, 10 % of
    captions dropped so classifier-free guidance works, an exponential moving average kept;
 6. export: the pipeline in diffusers format, fp16 safetensors, SD 1.5's scheduler config;
@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from sdapi.devtools import scenes
-from sdapi.devtools.default_model import manifest_of, sha256_of
+from sdapi.models.default_model import manifest_of, sha256_of
+from training import scenes
 
 SEED = 20261201
 TRIGGER = "monochrome"
@@ -190,7 +190,7 @@ def _vae() -> Any:
     pictures failed on the same prompts, lakes on grass read as the sea. With 2 groups the same stage ends at
     0.21 against 0.36, the meadow comes back as (73, 146, 56) and water is right in 100 % (docs/benchmarks.md, the
     tenth round)."""
-    from sdapi.devtools.tiny_model import _tiny_vae
+    from sdapi.models.tiny_models import _tiny_vae
 
     return _tiny_vae(block_out_channels=(8, 16, 32, 32), norm_num_groups=2)
 
@@ -375,7 +375,7 @@ TEXT_DROPOUT = 0.1  # the share of empty captions, as in the UNet's training
 def _text_encoder(vocab_size: int) -> Any:
     from transformers import CLIPTextModel
 
-    from sdapi.devtools.tiny_model import _text_encoder_config
+    from sdapi.models.tiny_models import _text_encoder_config
 
     return CLIPTextModel(_text_encoder_config("quick_gelu", vocab_size=vocab_size, width=64))
 
@@ -423,7 +423,7 @@ def text_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
     """
     import torch
 
-    from sdapi.devtools.word_tokenizer import write_word_tokenizer
+    from training.word_tokenizer import write_word_tokenizer
 
     target = workdir / "text_encoder.pt"
     if target.exists():
@@ -478,7 +478,7 @@ def text_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
 
 
 def _unet() -> Any:
-    from sdapi.devtools.tiny_model import sd_unet
+    from sdapi.models.tiny_models import sd_unet
 
     # The random tiny model's layout with one level more, 8x8 at 512x512 (4x4 at 256x256), where the attention
     # blocks read the prompt. With three levels the lowest was 16x16 at 512x512: its convolutions could not see
@@ -491,7 +491,7 @@ def _unet() -> Any:
 def _noise_schedule() -> Any:
     from diffusers import DDPMScheduler
 
-    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG
+    from sdapi.models.tiny_models import SD15_SCHEDULER_CONFIG
 
     config = {k: v for k, v in SD15_SCHEDULER_CONFIG.items() if not k.startswith("_")}
     return DDPMScheduler.from_config(config)
@@ -643,7 +643,7 @@ def export_stage(workdir: Path, out: Path) -> None:
     import torch
     from diffusers import AutoencoderKL
 
-    from sdapi.devtools.tiny_model import SD15_SCHEDULER_CONFIG
+    from sdapi.models.tiny_models import SD15_SCHEDULER_CONFIG
 
     if (out / "model_index.json").exists():
         return
@@ -917,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
         curve_file.write_text(json.dumps(curve))
         (workdir / "seconds.json").write_text(json.dumps(seconds))
         _log(f"{name}: done ({seconds[name]:.0f} s)")
-    command = "python -m sdapi.devtools.train_scenes " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m training.train_scenes " + " ".join(argv if argv is not None else sys.argv[1:])
     shipped = [
         arguments.out,
         arguments.loras_dir / f"{LORA_NAME}.safetensors",

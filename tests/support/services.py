@@ -30,7 +30,7 @@ from sdapi.storage import ImageStorage
 
 API_KEY = "test-key-0123456789"
 # The checkout this editable install runs from: child services start there, as a user would run them.
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from transformers import CLIPTokenizer
 
-from sdapi.devtools import scene_stats, scenes
-from sdapi.devtools.default_model import ManifestMismatch, install_default_model, verify
-from sdapi.devtools.word_tokenizer import write_word_tokenizer
+from sdapi.models.default_model import ManifestMismatch, install_default_model, verify
+from training import scene_stats, scenes
+from training.word_tokenizer import write_word_tokenizer
 
 
 def test_the_same_scene_and_seed_draw_the_same_pixels_and_another_seed_does_not():
@@ -118,7 +118,7 @@ def test_installing_checks_every_sum_and_names_the_file_that_differs(tmp_path):
     (repo / "models" / "m" / "unet").mkdir(parents=True)
     (repo / "models" / "m" / "unet" / "w.safetensors").write_bytes(b"weights")
     (repo / "models" / "m" / "model_index.json").write_text("{}")
-    from sdapi.devtools.default_model import sha256_of
+    from sdapi.models.default_model import sha256_of
 
     files = {f"models/m/{p}": sha256_of(repo / "models" / "m" / p) for p in ("unet/w.safetensors", "model_index.json")}
     manifest = repo / "models" / "m.manifest.json"

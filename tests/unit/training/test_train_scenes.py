@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdapi.devtools import train_scenes
 from sdapi.loras.names import kohya_module_key
+from training import train_scenes
 
 pytestmark = pytest.mark.slow
 
