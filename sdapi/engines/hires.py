@@ -17,7 +17,7 @@ from PIL import Image
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import LATENT_UPSCALERS
 from sdapi.engines import StepCallback
-from sdapi.engines.pipeline_runs import ControlRun, run_batches
+from sdapi.engines.primitives import ControlRun, run_batches
 from sdapi.engines.schedulers import make_scheduler
 from sdapi.errors import InvalidParameter
 

@@ -2,7 +2,7 @@
 
 Providers come from `onnx.providers`, filtered to what the installed runtime offers (TensorRT with an engine cache
 under data_dir, CUDA with IO binding, CPU). The scheduler math and seed rules are diffusers' own, shared with the
-torch engine (pipeline_runs.py).
+torch engine (primitives.py and the recipes).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from sdapi.engines import EngineDescription, Run, RunFacts, RunResult, applied_a
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import route_library_logs
-from sdapi.engines.pipeline_runs import make_batch_images, make_images
+from sdapi.engines.plain import make_batch_images
+from sdapi.engines.primitives import Pipelines
+from sdapi.engines.recipes import make_images
 from sdapi.engines.schedulers import check_scheduler, scheduler_name
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.loras.merging import adapter_targets, target_shapes
@@ -275,6 +277,17 @@ class OnnxEngine:
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
 
+    def _pipelines(self) -> Pipelines:
+        return Pipelines(
+            text_to_image=self._text_to_image,
+            image_to_image=self._image_to_image,
+            inpaint=self._inpaint,
+            scheduler_config=self._scheduler_config,
+            batch_size=self._model.batch_size,
+            native_size=self._native_size,
+            side_multiple=self.side_multiple,  # the traced UNet's: a masked-only crop renders at such sides
+        )
+
     def generate(self, run: Run) -> RunResult:
         if not self.loaded:
             raise GenerationFailed("ONNX 模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
@@ -285,18 +298,8 @@ class OnnxEngine:
             raise GenerationFailed(refused.message, ErrorCode.INVALID_INPUT) from None
         if self.inpainting and params.inpaint is None:
             params, init_image = as_edit(params, init_image)
-        pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
         with engine_errors(params, describe=lambda error: f"ONNX 推理失败：{type(error).__name__}"):
-            images = make_images(
-                *pipelines,
-                params,
-                init_image,
-                self._model.batch_size,
-                run.on_step,
-                inpaint=self._inpaint,
-                native_size=self._native_size,
-                side_multiple=self.side_multiple,  # the traced UNet's: a masked-only crop renders at such sides
-            )
+            images = make_images(self._pipelines(), params, init_image, run.on_step)
         return RunResult(images, self._facts(run.params))
 
     def generate_batch(self, runs: list[Run]) -> list[RunResult | None]:
@@ -307,9 +310,8 @@ class OnnxEngine:
             self.check(first)  # the runs share everything check looks at (their batch key)
         except InvalidParameter as refused:
             raise GenerationFailed(refused.message, ErrorCode.INVALID_INPUT) from None
-        pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
         with engine_errors(first, describe=lambda error: f"ONNX 推理失败：{type(error).__name__}"):
-            batches = make_batch_images(*pipelines, runs)
+            batches = make_batch_images(self._pipelines(), runs)
         return [
             None if images is None else RunResult(images, self._facts(run.params))
             for run, images in zip(runs, batches, strict=True)

@@ -33,7 +33,9 @@ from sdapi.engines.failures import engine_errors
 from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import load_pipeline, loaded_family
-from sdapi.engines.pipeline_runs import ControlRun, make_batch_images, make_images
+from sdapi.engines.plain import make_batch_images
+from sdapi.engines.primitives import ControlRun, Pipelines
+from sdapi.engines.recipes import make_images
 from sdapi.engines.schedulers import check_scheduler, scheduler_name
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
@@ -163,7 +165,7 @@ class TorchEngine:
         with engine_errors(first), torch.inference_mode():
             self._activate_loras(first.loras)  # one LoRA set: it is part of the batch key
             embedded = [replace(run, params=self._embeddings.apply(run.params)) for run in runs]
-            batches = make_batch_images(self._text_to_image, self._image_to_image, self._scheduler_config, embedded)
+            batches = make_batch_images(self._pipelines(), embedded)
         return [
             None if images is None else RunResult(images, self._facts(run.params))
             for run, images in zip(runs, batches, strict=True)
@@ -246,15 +248,15 @@ class TorchEngine:
         )
         with loaded:
             control = self._conditioned_run(params, conditioning)
-            pipelines = (self._text_to_image, self._image_to_image, self._scheduler_config)
-            return make_images(
-                *pipelines,
-                params,
-                init_image,
-                self._model.batch_size,
-                on_step,
-                inpaint=self._inpaint,
-                native_size=self.family.native_size,
-                neural_upscale=self._neural_upscale,
-                control=control,
-            )
+            return make_images(self._pipelines(), params, init_image, on_step, self._neural_upscale, control)
+
+    def _pipelines(self) -> Pipelines:
+        assert self.family is not None  # set by load()
+        return Pipelines(
+            text_to_image=self._text_to_image,
+            image_to_image=self._image_to_image,
+            inpaint=self._inpaint,
+            scheduler_config=self._scheduler_config,
+            batch_size=self._model.batch_size,
+            native_size=self.family.native_size,
+        )

@@ -3,6 +3,7 @@ the training code or the test harness."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,16 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.mark.slow
 def test_the_wheel_holds_sdapi_and_export_only(tmp_path):
+    # Built from a copy with training/ and tests/ beside the packages, as in the repository (setuptools builds in
+    # the source tree: the copy keeps its build/ folder out of the checkout).
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("sdapi", "export", "training", "tests"):
+        shutil.copytree(REPO_ROOT / part, source / part, ignore=ignore)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / part, source / part)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO_ROOT), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,

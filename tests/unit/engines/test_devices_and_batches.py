@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from sdapi.engines.devices import choose_dtype, cpu_has_native_bf16
-from sdapi.engines.pipeline_runs import chunk
+from sdapi.engines.primitives import chunk
 
 
 def test_auto_dtype(tmp_path: Path):
