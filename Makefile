@@ -9,7 +9,7 @@ SHIPPED_MODEL := models/scenes-sd
 # Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev model run test check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence bench-batching train-default-model
+.PHONY: install install-dev model run test test-fast check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence bench-batching train-default-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,17 @@ format: install-dev
 	$(BIN)/ruff format sdapi export training tests bench
 	$(BIN)/ruff check --fix sdapi export training tests bench
 
+# Every tier, on every core: xdist keeps a file's tests on one worker (they share its module's service), and each
+# worker's torch uses its share of the cores (tests/conftest.py). The 25 slowest tests are listed at the end.
+PYTEST_PARALLEL := -n auto --dist loadfile --durations=25
+FAST_TIERS := not slow and not postgres and not browser and not model_quality and not benchmark
+
 test: check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
+
+# The unit and fast integration tiers, for the inner loop (no checks first, no child processes, no PostgreSQL).
+test-fast: install-dev
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "$(FAST_TIERS)"
 
 bench: install-dev model
 	$(BIN)/python -m bench.service

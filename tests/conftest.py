@@ -1,9 +1,29 @@
 """The fixtures every test can use, one module per kind (tests/fixtures/): the tiny models, LoRA folders, ONNX exports,
 and the running services (the shared one, the per-module factory, PostgreSQL, S3)."""
 
+from __future__ import annotations
+
+import os
+
+import pytest
+
 pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.loras",
     "tests.fixtures.exports",
     "tests.fixtures.services",
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, each worker's torch (and the child processes its tests start) takes its share of the cores:
+    without it, every worker runs as many threads as there are cores and they all fight for them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None:
+        return
+    share = str(max(1, (os.cpu_count() or 1) // int(workers)))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, share)
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

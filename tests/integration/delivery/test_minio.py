@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 
 import httpx
 from minio import Minio
@@ -13,6 +12,7 @@ from PIL import Image
 
 from tests.receivers import PresignGateway
 from tests.support.services import free_port, generate, in_process
+from tests.support.waiting import eventually
 
 ACCESS_KEY = "sdapi-test-access"
 SECRET_KEY = "sdapi-test-secret-do-not-leak"
@@ -76,7 +76,7 @@ def test_presigned_urls_work_until_their_ttl_and_are_signed_anew_on_each_read(tm
             assert fresh.status_code == 200 and fresh.headers["content-type"] == "image/png"
             tampered = url.replace("gen%2F", "gen%2Fx") if "gen%2F" in url else url.replace("/gen/", "/gen/x")
             assert httpx.get(tampered).status_code == 403
-            time.sleep(3.5)
+            eventually(lambda: httpx.get(url).status_code == 403, what="the presigned URL's expiry")
             expired = httpx.get(url)
             assert expired.status_code == 403 and "expired" in expired.text
             reread = client.get(f"/api/v1/tasks/{body['task_id']}").json()["result_url"]

@@ -10,6 +10,8 @@ from sdapi.models.default_model import verify
 from tests.support.services import REPO_ROOT, fetch_image, generate
 from training import scene_stats
 
+pytestmark = [pytest.mark.model_quality]
+
 MODEL = REPO_ROOT / "models" / "scenes-sd"
 SEEDS = (1, 2, 3)
 FAST = {"width": 256, "height": 256, "num_inference_steps": 20, "guidance_scale": 7.5}

@@ -24,6 +24,7 @@ from tests.support.services import (
     submit,
     wait_for_task,
 )
+from tests.support.waiting import eventually
 
 # Seconds on this machine: long enough to cancel mid-run and to queue a second task behind it.
 # Euler: exactly one denoising step per inference step (PNDM, the tiny model's own, adds one).
@@ -417,7 +418,8 @@ def test_finished_tasks_and_their_images_go_after_the_retention_period(tmp_path,
         done = generate(client, prompt="short-lived", num_images=2, num_inference_steps=2)
         image = done["result_urls"][0]
         assert httpx.get(image).status_code == 200
-        time.sleep(4)
-        assert client.get(f"/api/v1/tasks/{done['task_id']}").status_code == 404
+        task_url = f"/api/v1/tasks/{done['task_id']}"
+        eventually(lambda: client.get(task_url).status_code == 404, what="the retention sweep")
+        assert client.get(task_url).status_code == 404
         assert httpx.get(image).status_code == 404
         assert not list((tmp_path / "data" / "images").glob("*.png"))

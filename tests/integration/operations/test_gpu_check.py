@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.services import REPO_ROOT
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.benchmark]
 
 
 def _check(tmp_path: Path, name: str, *arguments: str) -> dict:

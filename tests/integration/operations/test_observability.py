@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import httpx
 import openai
@@ -23,6 +22,7 @@ from tests.support.services import (
     wait_for_task,
     write_config,
 )
+from tests.support.waiting import eventually
 
 LOOPBACK = {"allowed_hosts": ["127.0.0.1"], "backoff_base": 0.2, "timeout": 2.0}
 SECRET = "whsec_" + "c2VjcmV0LWZvci1vYnNlcnZhYmlsaXR5LXRlc3Q="
@@ -143,7 +143,8 @@ def test_json_logs_follow_one_request_from_api_to_worker_to_callback(tmp_path, t
             finished = wait_for_task(client, task_id)
             assert finished["status"] == "completed" and finished["request_id"] == "req-follow-me"
         receiver.wait_for(1)
-        time.sleep(0.5)  # the delivery's log line follows the POST
+        # The delivery's log line follows the POST (the attempt is recorded, then logged).
+        eventually(lambda: "sdapi.callbacks.sender" in process.log() and "delivered" in process.log(), what="its log")
         assert process.terminate()
     lines = [line for line in process.log().splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]  # every line is JSON
