@@ -200,8 +200,10 @@ def _params(model: Model, **changes: Any) -> Any:
 
 
 def _image_seconds(run: Run, engine: Any, params: Any) -> float:
+    from sdapi.engines import Run as EngineRun
+
     with _timer(run.device) as timed:
-        engine.generate(Run(params))
+        engine.generate(EngineRun(params))
     return round(timed["seconds"], 3)
 
 
@@ -265,6 +267,7 @@ def lora_after_compile(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     import torch
 
     from sdapi.core.request import LoraSpec
+    from sdapi.engines import Run as EngineRun
     from sdapi.models.digests import sha256_file
     from tests.support.services import mean_abs_diff
 
@@ -274,10 +277,10 @@ def lora_after_compile(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     options = {"backend": "eager"} if run.device == "cpu" else {"mode": "max-autotune-no-cudagraphs"}
     compiled._text_to_image.unet = torch.compile(compiled._text_to_image.unet, **options)
     params = _params(model, num_inference_steps=4)
-    plain = np.asarray(compiled.generate(Run(params)).images[0], dtype=np.float64)
+    plain = np.asarray(compiled.generate(EngineRun(params)).images[0], dtype=np.float64)
     styled_params = _params(model, num_inference_steps=4, loras=(spec,))
-    styled = np.asarray(compiled.generate(Run(styled_params)).images[0], dtype=np.float64)
-    reference = np.asarray(eager.generate(Run(styled_params)).images[0], dtype=np.float64)
+    styled = np.asarray(compiled.generate(EngineRun(styled_params)).images[0], dtype=np.float64)
+    reference = np.asarray(eager.generate(EngineRun(styled_params)).images[0], dtype=np.float64)
     return {
         "lora_changes_compiled_output": mean_abs_diff(styled, plain) > 0.5,
         "compiled_vs_eager_with_lora_mean_abs": round(mean_abs_diff(styled, reference), 3),
@@ -383,6 +386,7 @@ def contract(run: Run, model: Model, lora: Path) -> dict[str, Any]:
 
     from sdapi.core.request import LoraSpec
     from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
+    from sdapi.engines import Run as EngineRun
     from sdapi.models.digests import sha256_file
     from tests.support.services import mean_abs_diff
 
@@ -390,13 +394,13 @@ def contract(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     steps = 4
 
     def pixels(params: Any, index: int = 0) -> Any:
-        return np.asarray(engine.generate(Run(params)).images[index], dtype=np.float64)
+        return np.asarray(engine.generate(EngineRun(params)).images[index], dtype=np.float64)
 
     first = pixels(_params(model, num_inference_steps=steps, seed=5))
     figures: dict[str, Any] = {
         "same_seed_same_pixels": bool(np.array_equal(first, pixels(_params(model, num_inference_steps=steps, seed=5))))
     }
-    batch = engine.generate(Run(_params(model, num_inference_steps=steps, seed=5, num_images=2))).images
+    batch = engine.generate(EngineRun(_params(model, num_inference_steps=steps, seed=5, num_images=2))).images
     figures["batch_image_k_is_seed_plus_k"] = bool(
         np.array_equal(
             np.asarray(batch[1], dtype=np.float64), pixels(_params(model, num_inference_steps=steps, seed=6))
@@ -405,7 +409,7 @@ def contract(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     failed = []
     for scheduler in ACCEPTED_SCHEDULERS:
         try:
-            engine.generate(Run(_params(model, num_inference_steps=steps, scheduler=scheduler)))
+            engine.generate(EngineRun(_params(model, num_inference_steps=steps, scheduler=scheduler)))
         except Exception as error:
             failed.append(f"{scheduler}: {error}")
     figures["schedulers_failed"] = failed
@@ -420,7 +424,7 @@ def contract(run: Run, model: Model, lora: Path) -> dict[str, Any]:
     init = Image.fromarray(first.astype(np.uint8))
     info = InitImageInfo(width=model.side, height=model.side, format="png")
     image_to_image = _params(model, num_inference_steps=steps, strength=0.6, init_image=info)
-    figures["image_to_image_size"] = list(engine.generate(Run(image_to_image, init)).images[0].size)
+    figures["image_to_image_size"] = list(engine.generate(EngineRun(image_to_image, init)).images[0].size)
     difference = batch_members_difference(engine, model, steps)
     figures["batch_members_mean_difference"] = difference
     figures["batch_members_match_their_own_runs"] = difference <= 1.0
@@ -437,18 +441,18 @@ def batch_members_difference(engine: Any, model: Model, steps: int) -> float:
     run's; the seed rule allows 1."""
     import numpy as np
 
-    from sdapi.engines import Run
+    from sdapi.engines import Run as EngineRun
     from tests.support.services import mean_abs_diff
 
     own = [
         _params(model, num_inference_steps=steps, prompt="a red ball", seed=3),
         _params(model, num_inference_steps=steps, prompt="a lake", negative_prompt="blur", seed=9, num_images=2),
     ]
-    batched = engine.generate_batch([Run(params, on_step=lambda *_: None) for params in own])
+    batched = engine.generate_batch([EngineRun(params, on_step=lambda *_: None) for params in own])
     differences = [
         mean_abs_diff(np.asarray(mine, dtype=np.float64), np.asarray(alone, dtype=np.float64))
         for params, generated in zip(own, batched, strict=True)
-        for mine, alone in zip(generated.images, engine.generate(Run(params)).images, strict=True)
+        for mine, alone in zip(generated.images, engine.generate(EngineRun(params)).images, strict=True)
     ]
     return round(max(differences), 4)
 
@@ -456,12 +460,13 @@ def batch_members_difference(engine: Any, model: Model, steps: int) -> float:
 def out_of_memory(engine: Any, model: Model) -> dict[str, Any]:
     import torch
 
+    from sdapi.engines import Run as EngineRun
     from sdapi.errors import ErrorCode, GenerationFailed
 
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
     try:
-        engine.generate(Run(_params(model, width=8192, height=8192, num_images=8, num_inference_steps=1)))
+        engine.generate(EngineRun(_params(model, width=8192, height=8192, num_images=8, num_inference_steps=1)))
         code = "none: 8 images of 8192x8192 fitted"
     except GenerationFailed as error:
         code = error.code.value if error.code is ErrorCode.OUT_OF_MEMORY else f"other: {error.code.value}"
