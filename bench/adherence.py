@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from bench.machine import describe_machine
-from sdapi.models.tiny_models import make_tiny_model
+from sdapi.families.tiny import make_tiny_model
 from sdapi.observability.stages import Stages
 from tests.support.services import ServiceProcess, fetch_image, generate, write_config
 from training import scene_stats, scenes

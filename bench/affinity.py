@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from bench.machine import describe_machine
-from sdapi.models.tiny_models import make_tiny_model
+from sdapi.families.tiny import make_tiny_model
 from sdapi.observability.stages import Stages
 from tests.support.affinity import mixed_queue_loads
 from tests.support.postgres import PostgresCluster

@@ -25,7 +25,7 @@ import httpx
 
 from bench.engines import build_sd15_random
 from bench.machine import describe_machine
-from sdapi.models.tiny_models import make_tiny_model
+from sdapi.families.tiny import make_tiny_model
 from tests.support.services import Service, ServiceProcess, submit, wait_for_task, write_config
 
 REQUESTS = 32

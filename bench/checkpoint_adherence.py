@@ -33,7 +33,7 @@ def pipeline_from_workdir(workdir: Path):  # type: ignore[no-untyped-def]
     import torch
     from diffusers import AutoencoderKL
 
-    from sdapi.models.tiny_models import SD15_SCHEDULER_CONFIG
+    from sdapi.families.tiny import SD15_SCHEDULER_CONFIG
 
     final = workdir / "unet_final.pt"
     if final.exists():

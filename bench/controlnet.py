@@ -66,7 +66,7 @@ def main() -> None:
     from diffusers import UNet2DConditionModel
 
     from bench.engines import build_sd15_random
-    from sdapi.models.tiny_models import make_tiny_model
+    from sdapi.families.tiny import make_tiny_model
 
     arguments.workdir.mkdir(parents=True, exist_ok=True)
     models = {"tiny": make_tiny_model(arguments.workdir / "tiny-controlnet-bench")}

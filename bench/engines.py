@@ -34,7 +34,7 @@ def build_sd15_random(target: Path) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sdapi.models.tiny_models import SD15_SCHEDULER_CONFIG, write_tokenizer
+    from sdapi.families.tiny import SD15_SCHEDULER_CONFIG, write_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -94,7 +94,7 @@ def build_sdxl_random(target: Path) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from sdapi.models.tiny_models import SDXL_SCHEDULER_CONFIG, write_tokenizer
+    from sdapi.families.tiny import SDXL_SCHEDULER_CONFIG, write_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -247,7 +247,7 @@ def main() -> None:
 
     from export.exporter import export_model
     from sdapi.engines.devices import cpu_has_native_bf16
-    from sdapi.models.tiny_models import make_tiny_model
+    from sdapi.families.tiny import make_tiny_model
 
     fast = "float16" if torch.cuda.is_available() else ("bfloat16" if cpu_has_native_bf16() else "float32")
     work = arguments.workdir.resolve()

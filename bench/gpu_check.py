@@ -479,7 +479,7 @@ def out_of_memory(engine: Any, model: Model) -> dict[str, Any]:
 
 def models_for(run: Run, work: Path, names: list[str]) -> list[Model]:
     from bench.engines import build_sd15_random, build_sdxl_random
-    from sdapi.models.tiny_models import make_tiny_model
+    from sdapi.families.tiny import make_tiny_model
 
     if run.tiny:
         return [Model("tiny", make_tiny_model(work / "tiny"), 64, steps=4)]

@@ -20,7 +20,7 @@ from sdapi.config import ModelConfig
 from sdapi.core.request import LoraSpec
 from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
-from sdapi.models.tiny_models import make_tiny_model
+from sdapi.families.tiny import make_tiny_model
 from tests.support.adapter_files import model_modules, write_adapter
 from tests.support.factories import make_params
 

@@ -16,7 +16,7 @@ from bench.machine import describe_machine
 from sdapi.config import config_from_mapping
 from sdapi.engines import Run
 from sdapi.engines.factory import build_engine
-from sdapi.models.tiny_models import make_tiny_model
+from sdapi.families.tiny import make_tiny_model
 from sdapi.observability.stages import Stages
 from tests.support.factories import make_params
 

@@ -28,7 +28,7 @@ from bench.machine import describe_machine
 from bench.service import CLIENTS, REQUESTS_PER_CLIENT, percentile, poll_latencies
 from sdapi.core import tasks
 from sdapi.core.deliveries import after_attempt, new_delivery
-from sdapi.models.tiny_models import make_tiny_model
+from sdapi.families.tiny import make_tiny_model
 from sdapi.observability.stages import Stages
 from sdapi.store.postgres import open_postgres
 from tests.support.factories import make_params

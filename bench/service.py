@@ -23,7 +23,7 @@ from bench.machine import describe_machine
 from sdapi.config import load_config
 from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
-from sdapi.models.tiny_models import make_tiny_model
+from sdapi.families.tiny import make_tiny_model
 from sdapi.observability.stages import Stages
 from tests.support.factories import make_params
 from tests.support.services import API_KEY, ServiceProcess, submit, write_config

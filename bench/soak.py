@@ -15,7 +15,7 @@ import psutil
 
 from bench.machine import describe_machine
 from sdapi.config import Config, load_config
-from sdapi.models.tiny_models import make_tiny_model
+from sdapi.families.tiny import make_tiny_model
 from sdapi.observability.stages import Stages
 from tests.support.services import ServiceProcess, submit, write_config
 

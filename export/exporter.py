@@ -27,12 +27,13 @@ import torch
 from sdapi import __version__
 from sdapi.core.model_sources import is_local_path
 from sdapi.core.request import MAX_LORA_WEIGHT, LoraSpec
-from sdapi.engines.loading import load_pipeline, loaded_family
+from sdapi.engines.loading import load_pipeline
 from sdapi.errors import ModelLoadFailed
+from sdapi.families import family_of_pipeline
 from sdapi.loras.files import AdapterFileError, check_fits
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.models.digests import sha256_file
-from sdapi.models.export_manifest import ExportManifest, MergedLora, onnx_parts, write_manifest
+from sdapi.models.export_manifest import ExportManifest, MergedLora, write_manifest
 from sdapi.observability.stages import Stages
 
 DEFAULT_OPSET = 17
@@ -212,10 +213,10 @@ def _export(
         raise ExportError(error.message) from None
     pipeline.to(device)
 
-    family = loaded_family(pipeline).family.value
-    parts = onnx_parts(family)
+    detected = family_of_pipeline(pipeline).family
+    family, parts = detected.name, detected.onnx_parts
     stages.stage(f"merging {len(loras)} LoRA(s)")
-    targets = adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
+    targets = adapter_targets(detected, detected.adapter_modules(pipeline))
     shapes = target_shapes(targets)
     merged: list[MergedLora] = []
     specs: list[LoraSpec] = []

@@ -123,7 +123,7 @@ async def _run_worker(config: Config) -> None:
 
 
 def _make_tiny_model(arguments: argparse.Namespace) -> int:
-    from sdapi.models.tiny_models import make_tiny_model
+    from sdapi.families.tiny import make_tiny_model
     from sdapi.observability.logs import mute_import_warnings
 
     mute_import_warnings()
@@ -253,6 +253,8 @@ def _add_client_commands(commands: Any) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from sdapi.families import DEFAULT_TINY_VARIANT, TINY_VARIANTS  # no torch: the parser stays quick
+
     root = argparse.ArgumentParser(prog="sdapi", description="Stable Diffusion image-generation HTTP service")
     commands = root.add_subparsers(dest="command", required=True)
 
@@ -277,8 +279,8 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory", help="folder to write the model to")
     tiny.add_argument(
         "--family",
-        choices=["sd15", "sd2-v", "sdxl", "sd15-inpaint", "sdxl-inpaint"],
-        default="sd15",
+        choices=TINY_VARIANTS,
+        default=DEFAULT_TINY_VARIANT,
         help="architecture (default: sd15; the -inpaint ones have an inpainting checkpoint's 9-channel UNet)",
     )
     tiny.set_defaults(run=_make_tiny_model)

@@ -190,7 +190,7 @@ def _vae() -> Any:
     pictures failed on the same prompts, lakes on grass read as the sea. With 2 groups the same stage ends at
     0.21 against 0.36, the meadow comes back as (73, 146, 56) and water is right in 100 % (docs/benchmarks.md, the
     tenth round)."""
-    from sdapi.models.tiny_models import _tiny_vae
+    from sdapi.families.tiny import _tiny_vae
 
     return _tiny_vae(block_out_channels=(8, 16, 32, 32), norm_num_groups=2)
 
@@ -375,7 +375,7 @@ TEXT_DROPOUT = 0.1  # the share of empty captions, as in the UNet's training
 def _text_encoder(vocab_size: int) -> Any:
     from transformers import CLIPTextModel
 
-    from sdapi.models.tiny_models import _text_encoder_config
+    from sdapi.families.tiny import _text_encoder_config
 
     return CLIPTextModel(_text_encoder_config("quick_gelu", vocab_size=vocab_size, width=64))
 
@@ -478,7 +478,7 @@ def text_stage(workdir: Path, budget: Budget, curve: dict[str, list[float]]) -> 
 
 
 def _unet() -> Any:
-    from sdapi.models.tiny_models import sd_unet
+    from sdapi.families.tiny import sd_unet
 
     # The random tiny model's layout with one level more, 8x8 at 512x512 (4x4 at 256x256), where the attention
     # blocks read the prompt. With three levels the lowest was 16x16 at 512x512: its convolutions could not see
@@ -491,7 +491,7 @@ def _unet() -> Any:
 def _noise_schedule() -> Any:
     from diffusers import DDPMScheduler
 
-    from sdapi.models.tiny_models import SD15_SCHEDULER_CONFIG
+    from sdapi.families.tiny import SD15_SCHEDULER_CONFIG
 
     config = {k: v for k, v in SD15_SCHEDULER_CONFIG.items() if not k.startswith("_")}
     return DDPMScheduler.from_config(config)
@@ -643,7 +643,7 @@ def export_stage(workdir: Path, out: Path) -> None:
     import torch
     from diffusers import AutoencoderKL
 
-    from sdapi.models.tiny_models import SD15_SCHEDULER_CONFIG
+    from sdapi.families.tiny import SD15_SCHEDULER_CONFIG
 
     if (out / "model_index.json").exists():
         return

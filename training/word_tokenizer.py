@@ -1,7 +1,7 @@
 """A word-level CLIP tokenizer with character fallback, written as ordinary CLIP BPE files (vocab.json,
 merges.txt), so the pipeline loads it with transformers' CLIPTokenizer like any Stable Diffusion model.
 
-Every byte is a token (as in the random tiny model, sdapi.models.tiny_models.write_tokenizer), and each word of
+Every byte is a token (as in the random tiny model, sdapi.families.tiny.write_tokenizer), and each word of
 the given vocabulary gets merges that build it into one token: "sunset" is one id, a word the model never saw
 falls back to pieces and single characters. Merges of different words can compete (a word's last two letters
 may merge first), so after the left-to-right merges every word is tokenized once more and the pieces it still
@@ -14,7 +14,7 @@ import json
 from itertools import pairwise
 from pathlib import Path
 
-from sdapi.models.tiny_models import _bytes_to_unicode
+from sdapi.families.tiny import _bytes_to_unicode
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 

@@ -402,7 +402,8 @@ class ControlNetController(Controller):
     @get(
         "/",
         summary="ControlNet 列表",
-        description="controlnet.dir 中的模型（diffusers 目录或单个 .safetensors）：名称、家族（sd 或 sdxl）、"
+        description="controlnet.dir 中的模型（diffusers 目录或单个 .safetensors）：名称、"
+        "家族（sd1、sd2 或 sdxl，与 /api/v1/models 相同）、"
         "文本宽度、大小、sha256、不可用的原因。",
         responses=_errors(),
     )

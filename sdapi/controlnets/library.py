@@ -16,8 +16,9 @@ from pathlib import Path
 import msgspec
 
 from sdapi.errors import InvalidParameter
+from sdapi.families import ModelFamily, family_named, family_of_unet
+from sdapi.families.detection import safetensors_keys
 from sdapi.models.digests import sha256_file
-from sdapi.models.families import Family, ModelFamily, safetensors_keys
 from sdapi.models.pinned import pinned_path
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class ControlNetEntry(msgspec.Struct, frozen=True):
     """What GET /api/v1/controlnets shows of one model."""
 
     name: str
-    family: str | None  # sdxl | sd (SD 1.x/2.x); None when unreadable
+    family: str | None  # the family it was made for (sdapi.families); None when unreadable
     layout: str  # folder | single-file
     cross_attention_dim: int | None  # the text width it attends to (768 SD 1.x, 1024 SD 2.x, 2048 SDXL)
     size_bytes: int
@@ -55,7 +56,7 @@ def _folder(path: Path) -> _Scanned:
     if weights is None and error is None:
         error = f"缺少权重文件（{' 或 '.join(_WEIGHTS)}）"
     if error is None:
-        family = "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
+        family = family_of_unet(config).name
         dim = config.get("cross_attention_dim")
         width = dim if isinstance(dim, int) else None
     entry = ControlNetEntry(
@@ -79,10 +80,12 @@ def _single_file(path: Path) -> _Scanned:
     except (OSError, ValueError) as problem:
         keys, error = {}, f"无法读取 safetensors 文件：{problem}"
     if error is None:
-        sdxl = any(key.startswith(("add_embedding.", "control_model.label_emb.")) for key in keys)
-        family = "sdxl" if sdxl else "sd"
         # The text width: an attention block's key projection reads it (diffusers' or the original names).
         width = next((shape[1] for key, shape in keys.items() if key.endswith("attn2.to_k.weight")), None)
+        # A UNet that takes the pooled text and size embedding (diffusers' or the original names) is a two-encoder
+        # family's; otherwise the text width tells.
+        pooled = any(key.startswith(("add_embedding.", "control_model.label_emb.")) for key in keys)
+        family = family_of_unet({"cross_attention_dim": width}, pooled_text=pooled).name
         if not any(key.startswith(("controlnet_cond_embedding.", "control_model.input_hint_block.")) for key in keys):
             error = "不是 ControlNet 模型（缺少 controlnet_cond_embedding / input_hint_block）"
     entry = ControlNetEntry(
@@ -101,9 +104,9 @@ def family_mismatch(entry: ControlNetEntry, model: ModelFamily, text_width: int 
     """Why `entry` cannot run beside a model of `model`'s family whose UNet attends to `text_width`, or None."""
     if entry.error is not None:
         return entry.error
-    if (entry.family == "sdxl") != (model.family is Family.SDXL):
-        made_for = "SDXL" if entry.family == "sdxl" else "SD 1.x/2.x"
-        return f"为 {made_for} 制作，所选模型为 {model.family.label}"
+    mismatch = model.family.addon_mismatch(None if entry.family is None else family_named(entry.family))
+    if mismatch is not None:
+        return mismatch
     if text_width is not None and entry.cross_attention_dim is not None and entry.cross_attention_dim != text_width:
         return (
             f"文本宽度 {entry.cross_attention_dim} 与所选模型的 {text_width} 不符"

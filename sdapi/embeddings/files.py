@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
-# The text encoders an embedding's vectors go to, as the pipeline names them.
-FIRST, SECOND = "text_encoder", "text_encoder_2"
+from sdapi.families import TEXT_ENCODER_PARTS
+
+# The text encoders an embedding's vectors go to, as the pipeline names them (a two-encoder file's: both).
+FIRST, SECOND = TEXT_ENCODER_PARTS[:2]
 
 
 class EmbeddingFileError(ValueError):

@@ -16,6 +16,7 @@ import msgspec
 
 from sdapi.core.request import EmbeddingSpec
 from sdapi.errors import InvalidParameter
+from sdapi.families import family_of_embedding_widths
 from sdapi.models.digests import sha256_file
 from sdapi.models.pinned import pinned_path
 
@@ -23,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 # What embedding files are named with, in the order a folder is read.
 SUFFIXES = (".safetensors", ".pt", ".bin")
-# Widths of the text encoders of the families, for the list's `family`.
-_FAMILIES = {(768,): "sd1", (1024,): "sd2", (768, 1280): "sdxl"}
 
 
 class EmbeddingEntry(msgspec.Struct, frozen=True):
@@ -33,7 +32,9 @@ class EmbeddingEntry(msgspec.Struct, frozen=True):
     name: str
     vectors: int  # tokens of the prompt it takes
     widths: list[int]  # the width each text encoder must have (two for SDXL)
-    family: str | None  # sd1 | sd2 | sdxl by its widths; None for other widths (a tiny test model's) or unreadable
+    family: (
+        str | None
+    )  # the family its widths are (sdapi.families); None for other widths (a tiny model's) or unreadable
     size_bytes: int
     sha256: str  # first 12 hex digits
     fits: bool | None  # against the default model; None when its text encoders' widths are not known from disk
@@ -74,13 +75,18 @@ def _scan_file(path: Path, max_bytes: int) -> _Scanned:
         name=path.stem,
         vectors=vectors,
         widths=widths,
-        family=_FAMILIES.get(tuple(widths)),
+        family=_family_name(tuple(widths)),
         size_bytes=size,
         sha256=sha[:12],
         fits=False if error else None,
         error=error,
     )
     return _Scanned(entry=entry, path=path, full_sha256=sha, pattern=name_pattern(path.stem))
+
+
+def _family_name(widths: tuple[int, ...]) -> str | None:
+    family = family_of_embedding_widths(widths)
+    return None if family is None else family.name
 
 
 def _fit_error(entry: EmbeddingEntry, widths: tuple[int, ...] | None) -> str | None:

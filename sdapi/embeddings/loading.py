@@ -17,9 +17,10 @@ import msgspec
 
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import EmbeddingSpec
-from sdapi.embeddings.files import FIRST, SECOND, EmbeddingFileError, read_embedding
+from sdapi.embeddings.files import EmbeddingFileError, read_embedding
 from sdapi.embeddings.library import name_pattern
 from sdapi.errors import InvalidParameter
+from sdapi.families import family_of_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,13 @@ class PipelineEmbeddings:
         self._loaded: set[str] = set()  # tokens
 
     def _encoders(self) -> dict[str, tuple[Any, Any]]:
-        pipeline = self._pipeline
-        encoders = {FIRST: (pipeline.text_encoder, pipeline.tokenizer)}
-        if getattr(pipeline, "text_encoder_2", None) is not None:
-            encoders[SECOND] = (pipeline.text_encoder_2, pipeline.tokenizer_2)
-        return encoders
+        """The pipeline's text encoders with their tokenizers, by the pipeline's names, first first."""
+        family = family_of_pipeline(self._pipeline).family
+        pairs = zip(family.text_encoders, family.tokenizers, strict=True)
+        return {
+            encoder: (getattr(self._pipeline, encoder), getattr(self._pipeline, tokenizer))
+            for encoder, tokenizer in pairs
+        }
 
     def _load(self, spec: EmbeddingSpec) -> str:
         token = token_for(spec)

@@ -1,4 +1,5 @@
-"""Loading a Stable Diffusion pipeline from whatever `model.path` names: folder, hub id or single file."""
+"""Loading a model's pipeline from whatever `model.path` names: folder, hub id or single file (its family, from
+sdapi.families, says which pipeline class and options)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from sdapi.core.model_sources import describe_source, is_local_path
 from sdapi.errors import ModelLoadFailed
-from sdapi.models.families import Family, ModelFamily, detect_family, from_unet_config
+from sdapi.families.detection import detect_family
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +30,9 @@ def route_library_logs() -> None:
 
 
 def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None = None) -> Any:
-    """The pipeline of the model at `path` (SD 1.x/2.x: StableDiffusionPipeline; SDXL base:
-    StableDiffusionXLPipeline; an inpainting checkpoint: their inpainting pipelines) in `dtype` on the CPU; raise
-    ModelLoadFailed with what is wrong or not served."""
-    from diffusers import (
-        StableDiffusionInpaintPipeline,
-        StableDiffusionPipeline,
-        StableDiffusionXLInpaintPipeline,
-        StableDiffusionXLPipeline,
-    )
+    """The pipeline of the model at `path` (its family's text-to-image pipeline, or its inpainting pipeline for an
+    inpainting checkpoint) in `dtype` on the CPU; raise ModelLoadFailed with what is wrong or not served."""
+    import diffusers
 
     route_library_logs()
     kind = describe_source(path)
@@ -48,16 +43,8 @@ def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None 
     if kind == "hub" and is_local_path(path):
         raise ModelLoadFailed(f"模型路径不存在：{path}")
     detected = detect_family(path)  # refuses SD3, Flux, refiners before loading anything
-    sdxl = detected.family is Family.SDXL
-    if detected.inpainting:
-        pipeline_class = StableDiffusionXLInpaintPipeline if sdxl else StableDiffusionInpaintPipeline
-    else:
-        pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-    options: dict[str, Any] = {"torch_dtype": dtype}
-    if not sdxl:
-        options |= {"safety_checker": None, "requires_safety_checker": False}
-    else:
-        options["add_watermarker"] = False
+    pipeline_class = getattr(diffusers, detected.pipeline_class)
+    options: dict[str, Any] = {"torch_dtype": dtype, **detected.family.load_options}
     try:
         if kind == "single-file":
             if single_file_config:
@@ -72,13 +59,3 @@ def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None 
         raise ModelLoadFailed(f"模型加载失败（{kind}：{path}）：{type(error).__name__}: {error}") from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
-
-
-def loaded_family(pipeline: Any) -> ModelFamily:
-    """The family of a loaded pipeline, read from its own modules (a single file's SD 2.x prediction type and
-    native size are only known here)."""
-    return from_unet_config(
-        pipeline.unet.config,
-        sdxl=getattr(pipeline, "text_encoder_2", None) is not None,
-        prediction=str(pipeline.scheduler.config.get("prediction_type")),
-    )

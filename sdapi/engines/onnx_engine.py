@@ -25,6 +25,7 @@ from sdapi.engines.primitives import Pipelines
 from sdapi.engines.recipes import make_images
 from sdapi.engines.schedulers import check_scheduler, scheduler_name
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
+from sdapi.families import Family, family_named
 from sdapi.loras.merging import adapter_targets, target_shapes
 from sdapi.models.export_manifest import (
     ONNX_NO_CONTROL,
@@ -107,19 +108,18 @@ def provider_options(
     return options
 
 
-def shapes_from_configs(folder: Path) -> dict[str, tuple[int, ...]]:
+def shapes_from_configs(folder: Path, family: Family) -> dict[str, tuple[int, ...]]:
     """LoRA target shapes of the exported model, from its configs alone (no weights are allocated)."""
+    import transformers
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig
 
     with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-        text_encoder_2 = None
-        if (folder / "text_encoder_2").is_dir():
-            text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
-    return target_shapes(adapter_targets(unet, text_encoder, text_encoder_2))
+        modules = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))}
+        for part, class_name in zip(family.text_encoders, family.text_encoder_classes, strict=True):
+            modules[part] = getattr(transformers, class_name)(CLIPTextConfig.from_pretrained(folder / part))
+    return target_shapes(adapter_targets(family, modules))
 
 
 class OnnxEngine:
@@ -158,10 +158,8 @@ class OnnxEngine:
 
         route_library_logs()
         manifest = read_manifest(self.folder)
-        sdxl = manifest.family == "sdxl"
-        text_to_image = ort.ORTStableDiffusionXLPipeline if sdxl else ort.ORTStableDiffusionPipeline
-        image_to_image = ort.ORTStableDiffusionXLImg2ImgPipeline if sdxl else ort.ORTStableDiffusionImg2ImgPipeline
-        inpaint = ort.ORTStableDiffusionXLInpaintPipeline if sdxl else ort.ORTStableDiffusionInpaintPipeline
+        family = family_named(manifest.family)
+        text_to_image, image_to_image, inpaint = (getattr(ort, name) for name in family.onnx_pipelines)
         self.providers = available_providers(self._onnx.providers)
         fp16 = manifest.precision == "fp16"
         self._tensorrt_cache.mkdir(parents=True, exist_ok=True)
@@ -180,22 +178,16 @@ class OnnxEngine:
                 use_io_binding=on_gpu,
             )
             # The same sessions serve image-to-image: no second load.
-            second = {}
-            if sdxl:
-                second = {
-                    "text_encoder_2_session": pipeline.text_encoder_2.session,
-                    "tokenizer_2": pipeline.tokenizer_2,
-                }
             sessions = {
                 "unet_session": pipeline.unet.session,
                 "vae_decoder_session": pipeline.vae_decoder.session,
                 "vae_encoder_session": pipeline.vae_encoder.session,
-                "text_encoder_session": pipeline.text_encoder.session,
                 "scheduler": pipeline.scheduler,
-                "tokenizer": pipeline.tokenizer,
                 "use_io_binding": on_gpu,
-                **second,
             }
+            for encoder, tokenizer in zip(family.text_encoders, family.tokenizers, strict=True):
+                sessions[f"{encoder}_session"] = getattr(pipeline, encoder).session
+                sessions[tokenizer] = getattr(pipeline, tokenizer)
             self._image_to_image = image_to_image(**sessions)
             # Inpainting too: latent masking on a 4-channel UNet, the mask in view on an inpainting export's.
             self._inpaint = inpaint(**sessions)
@@ -208,7 +200,7 @@ class OnnxEngine:
         # What the UNet session really runs on (ONNX Runtime may have set a provider aside), for /health.
         self.providers = list(pipeline.unet.session.get_providers())
         self._scheduler_config = pipeline.scheduler.config
-        self._shapes = shapes_from_configs(self.folder)
+        self._shapes = shapes_from_configs(self.folder, family)
         blocks = len(pipeline.unet.config["block_out_channels"])
         self.side_multiple = pipeline.vae_scale_factor * 2 ** (blocks - 1)
         side = int(pipeline.unet.config["sample_size"]) * pipeline.vae_scale_factor

@@ -20,6 +20,7 @@ from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import CANCELLED_MESSAGE
 from sdapi.engines import Run, StepCallback
 from sdapi.errors import TaskCancelled
+from sdapi.families import family_of_pipeline
 from sdapi.observability import metrics
 
 
@@ -146,13 +147,9 @@ def batch_step_reporter(members: list[Run], left: set[int]) -> Any:
 
 
 def size_conditioning(pipeline: Any, size: tuple[int, int]) -> dict[str, Any]:
-    """SDXL's micro-conditioning for a picture of `size` (width, height): an uncropped picture made at the size asked
-    for (the output's size, also for image-to-image), which is what SDXL's training associates with whole,
-    well-framed images. Nothing for the other families."""
-    if getattr(pipeline, "text_encoder_2", None) is None:
-        return {}
-    height_width = (size[1], size[0])
-    return {"original_size": height_width, "target_size": height_width, "crops_coords_top_left": (0, 0)}
+    """The micro-conditioning the pipeline's family takes for a picture of `size` (width, height); nothing for the
+    families without it."""
+    return family_of_pipeline(pipeline).family.size_arguments(size)
 
 
 def report_gpu_memory() -> None:

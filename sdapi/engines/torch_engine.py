@@ -32,15 +32,15 @@ from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.inpainting import as_edit
-from sdapi.engines.loading import load_pipeline, loaded_family
+from sdapi.engines.loading import load_pipeline
 from sdapi.engines.plain import make_batch_images
 from sdapi.engines.primitives import ControlRun, Pipelines
 from sdapi.engines.recipes import make_images
 from sdapi.engines.schedulers import check_scheduler, scheduler_name
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
+from sdapi.families import ModelFamily, family_of_pipeline
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
-from sdapi.models.families import ModelFamily
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class TorchEngine:
 
         pipeline = load_pipeline(self._model.path, self.dtype, self._model.single_file_config)
         pipeline.to(self.device)
-        self.family = loaded_family(pipeline)
+        self.family = family_of_pipeline(pipeline)
         if self.family.inpainting:
             # An inpainting checkpoint runs everything on its inpainting pipeline (as_edit below).
             self._image_to_image = self._inpaint = pipeline
@@ -113,7 +113,7 @@ class TorchEngine:
         # Image-to-image shares the text encoders and tokenizers: embeddings loaded once serve both.
         self._embeddings = PipelineEmbeddings(pipeline, self._embedding_files)
         if self._lora_files is not None:
-            targets = adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
+            targets = adapter_targets(self.family.family, self.family.family.adapter_modules(pipeline))
             self.adapters = AdapterManager(targets, self._lora_files, self._lora_cache_size)
         self._loaded.set()
         logger.info("torch engine ready: %s on %s in %s", self._model.path, self.device, dtype_name(self.dtype))
@@ -125,10 +125,9 @@ class TorchEngine:
     def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
         if self._text_to_image is None:
             return {}
-        pipeline = self._text_to_image
-        return target_shapes(
-            adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
-        )
+        assert self.family is not None  # set by load(), with the pipeline
+        family = self.family.family
+        return target_shapes(adapter_targets(family, family.adapter_modules(self._text_to_image)))
 
     def check(self, params: GenerationParams) -> None:
         """Every size and LoRA set the params rules allow runs on torch, given the folders (LoRAs, embeddings,

@@ -12,8 +12,8 @@ from pathlib import Path
 import msgspec
 
 from sdapi.errors import InvalidParameter
+from sdapi.families.detection import safetensors_keys
 from sdapi.models.digests import sha256_file
-from sdapi.models.families import safetensors_keys
 from sdapi.models.pinned import pinned_path
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ use, so a file means the same here as there.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,16 +19,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from sdapi.loras.names import KOHYA_UNET_PREFIX, kohya_module_key
+from sdapi.families import Family, family_of_lora_keys
+from sdapi.loras.names import KOHYA_PREFIXES, KOHYA_UNET_PREFIX, kohya_module_key
 
-# Names that mark a file made for SDXL (original SGM block names, two text encoders).
-_SDXL_MARKERS = (
-    "lora_unet_input_blocks_",
-    "lora_unet_output_blocks_",
-    "lora_unet_middle_block_",
-    "lora_te1_",
-    "lora_te2_",
-)
+# kohya's prefix of the (first) text encoder's modules: lora_te_, lora_te1_ share it.
+KOHYA_TEXT_PREFIX = KOHYA_PREFIXES["text_encoder"].removesuffix("_")
+
 
 _KOHYA_SUFFIXES = {
     "lora_down.weight": "lora",
@@ -86,14 +82,18 @@ def part_of(module_key: str) -> str:
     return "unet" if module_key.startswith(KOHYA_UNET_PREFIX) else "text_encoder"
 
 
-def looks_like_sdxl(keys: Iterable[str]) -> bool:
-    """Whether module keys (kohya naming, as group_factors returns them) are an SDXL file's."""
-    return any(key.startswith(_SDXL_MARKERS) for key in keys)
-
-
-def family_of(modules: Mapping[str, ModuleFactors]) -> str:
-    """ "sdxl" or "sd" (SD 1.x/2.x, which only the shapes tell apart): the family a file was made for."""
-    return "sdxl" if looks_like_sdxl(modules) else "sd"
+def made_for(modules: Mapping[str, ModuleFactors]) -> Family:
+    """The family a file was made for: by its module names (sdapi.families), and where they are alike by the width
+    of its text-encoder modules (the in-features of a text attention query's down factor)."""
+    width = next(
+        (
+            int(factors.tensors["lora_down.weight"].shape[-1])
+            for key, factors in modules.items()
+            if key.startswith(KOHYA_TEXT_PREFIX) and key.endswith("q_proj") and "lora_down.weight" in factors.tensors
+        ),
+        None,
+    )
+    return family_of_lora_keys(modules, width)
 
 
 def group_factors(tensors: Mapping[str, torch.Tensor]) -> dict[str, ModuleFactors]:
@@ -201,15 +201,12 @@ def deltas_for_model(
 ) -> dict[str, torch.Tensor]:
     """ΔW at weight 1.0 (fp32, CPU) for every module of a file, shaped for the model; raise AdapterFileError when
     the file does not fit the model (made for another family, a module the model lacks, a shape that differs)."""
-    model_is_sdxl = any(name.startswith("lora_te2_") for name in module_shapes)
-    file_is_sdxl = looks_like_sdxl(modules)
+    model = family_of_lora_keys(module_shapes, None)  # a model's targets carry its family's second names
+    made = made_for(modules)
     missing = [name for name in modules if name not in module_shapes]
-    if file_is_sdxl and not model_is_sdxl:
-        raise AdapterFileError("为 SDXL 制作（input_blocks/te1/te2 键），当前模型为 SD 1.x/2.x")
-    if missing and model_is_sdxl and not file_is_sdxl:
-        raise AdapterFileError(
-            f"为 SD 1.x/2.x 制作，当前模型为 SDXL（{len(missing)} 个模块不在模型中，例如 {missing[0]}）"
-        )
+    if made.addon_group != model.addon_group and (made.sgm_unet_names or missing):
+        detail = f"（{len(missing)} 个模块不在模型中，例如 {missing[0]}）" if missing else "（按其模块名判断）"
+        raise AdapterFileError(f"为 {made.addon_group_label} 制作，当前模型为 {model.addon_group_label}{detail}")
     if missing:
         raise AdapterFileError(f"{len(missing)} 个模块不在模型中（not in the model），例如 {missing[0]}")
     return {key: compute_delta(key, factors, torch.Size(module_shapes[key])) for key, factors in modules.items()}

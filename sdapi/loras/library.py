@@ -16,8 +16,8 @@ import msgspec
 from sdapi.config import LorasConfig
 from sdapi.core.request import LoraRequest, LoraSpec
 from sdapi.errors import InvalidParameter
+from sdapi.families import ModelFamily, family_named
 from sdapi.models.digests import sha256_file
-from sdapi.models.families import Family, ModelFamily
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class LoraEntry(msgspec.Struct, frozen=True):
     fits: bool | None  # None until the model is loaded
     error: str | None  # why the file cannot be used
     modules: int = 0
-    family: str | None = None  # sdxl | sd (SD 1.x/2.x): what the file was made for; None when unreadable
+    family: str | None = None  # the family the file was made for (sdapi.families); None when unreadable
 
 
 class _Scanned(msgspec.Struct, frozen=True):
@@ -47,7 +47,7 @@ class _Scanned(msgspec.Struct, frozen=True):
 def _scan_file(path: Path, max_bytes: int) -> _Scanned:
     # files.py reads tensors with torch: imported when there is a file to read, so an API node with no LoRA folder
     # never imports torch.
-    from sdapi.loras.files import AdapterFileError, family_of, file_kind, group_factors, part_of, read_adapter_file
+    from sdapi.loras.files import AdapterFileError, file_kind, group_factors, made_for, part_of, read_adapter_file
 
     size = path.stat().st_size
     sha = sha256_file(path)
@@ -66,7 +66,7 @@ def _scan_file(path: Path, max_bytes: int) -> _Scanned:
                 type=file_kind(modules),
                 parts=sorted({part_of(key) for key in modules}),
                 modules=len(modules),
-                family=family_of(modules),
+                family=made_for(modules).name,
             )
     if read_error is not None:
         entry = msgspec.structs.replace(entry, fits=False, error=read_error)
@@ -173,7 +173,7 @@ class LoraLibrary:
                 # The entry's own error is its fit to the default model: it speaks for the default only.
                 error = scanned.read_error if other_model is not None else scanned.read_error or scanned.entry.error
                 if error is None and model is not None and scanned.entry.family is not None:
-                    error = _family_mismatch(scanned.entry.family, model)
+                    error = model.family.addon_mismatch(family_named(scanned.entry.family))
                 if error is None and other_model is not None:
                     error = self._fit_error(scanned, other_model)
                 if error is not None:
@@ -190,11 +190,3 @@ class LoraLibrary:
         if key not in self._other_fits:
             self._other_fits[key] = _with_fits(scanned, shapes).entry.error
         return self._other_fits[key]
-
-
-def _family_mismatch(file_family: str, model: ModelFamily) -> str | None:
-    """Why a file made for `file_family` (sdxl | sd) cannot run on `model`, or None."""
-    if (file_family == "sdxl") == (model.family is Family.SDXL):
-        return None
-    made_for = "SDXL" if file_family == "sdxl" else "SD 1.x/2.x"
-    return f"为 {made_for} 制作，所选模型为 {model.family.label}"

@@ -16,8 +16,8 @@ import torch
 
 from sdapi.core.request import LoraSpec
 from sdapi.errors import ErrorCode, GenerationFailed
+from sdapi.families import Family
 from sdapi.loras.files import AdapterFileError, deltas_for_model, group_factors, read_adapter_file
-from sdapi.loras.names import KOHYA_UNET_PREFIX, kohya_module_key
 from sdapi.loras.sgm_names import UnetLayout, sgm_name
 from sdapi.observability import metrics
 
@@ -26,26 +26,19 @@ logger = logging.getLogger(__name__)
 ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)
 
 
-def adapter_targets(
-    unet: torch.nn.Module, text_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module | None = None
-) -> dict[str, torch.nn.Module]:
-    """Every module a kohya-layout file can name, by its kohya key. An SDXL model (one with `text_encoder_2`) is
-    also reachable by the names kohya writes SDXL files with: the UNet's original block names and lora_te1_ for
-    the first text encoder; a module then has two keys."""
+def adapter_targets(family: Family, modules: Mapping[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """Every module a kohya-layout file can name, by its kohya keys, among `modules` (part -> root module, as
+    family.adapter_modules gives them). A family whose files also use second names (the UNet's original block
+    names, a second text-encoder prefix) reaches a module by each: it then has two keys."""
     targets: dict[str, torch.nn.Module] = {}
-    sdxl = text_encoder_2 is not None
-    roots = [("unet", unet), ("text_encoder", text_encoder)] + ([("text_encoder_2", text_encoder_2)] if sdxl else [])
-    layout = UnetLayout.from_config(unet.config)
-    for part, root in roots:
-        assert root is not None
+    layout = UnetLayout.from_config(modules["unet"].config)
+    for part, root in modules.items():
         for path, module in root.named_modules():
             if not isinstance(module, ADAPTABLE):
                 continue
-            targets[kohya_module_key(part, path)] = module
-            if sdxl and part == "unet" and (original := sgm_name(layout, path)) is not None:
-                targets[KOHYA_UNET_PREFIX + original.replace(".", "_")] = module
-            if sdxl and part == "text_encoder":
-                targets["lora_te1_" + path.replace(".", "_")] = module
+            original = sgm_name(layout, path) if part == "unet" else None
+            for key in family.kohya_keys(part, path, original):
+                targets[key] = module
     return targets
 
 

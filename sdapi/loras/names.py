@@ -1,13 +1,14 @@
 """How kohya names a model's modules in LoRA files: a prefix per part and the diffusers module path with its dots
-turned into underscores (SDXL files also use the UNet's original block names: sgm_names.py). Pure: no torch, so an
-API node can name a model's modules from its files alone (targets.py)."""
+turned into underscores (each family says which parts it has and what second names its files use:
+sdapi.families). Pure: no torch, so an API node can name a model's modules from its files alone (targets.py)."""
 
 from __future__ import annotations
 
-KOHYA_UNET_PREFIX = "lora_unet_"
-KOHYA_TEXT_ENCODER_PREFIX = "lora_te_"
-# kohya's prefixes for each part: SDXL files name the two text encoders lora_te1_ and lora_te2_.
-KOHYA_PREFIXES = {"unet": KOHYA_UNET_PREFIX, "text_encoder": KOHYA_TEXT_ENCODER_PREFIX, "text_encoder_2": "lora_te2_"}
+from sdapi.families import FAMILIES
+
+# kohya's prefix for each part's modules, over every family (a part has the same prefix in each that has it).
+KOHYA_PREFIXES = {part: prefix for family in FAMILIES for part, prefix in family.kohya_prefixes.items()}
+KOHYA_UNET_PREFIX = KOHYA_PREFIXES["unet"]
 
 
 def kohya_module_key(part: str, module_path: str) -> str:

@@ -9,16 +9,14 @@ import json
 import struct
 from pathlib import Path
 
-from sdapi.loras.names import KOHYA_PREFIXES, KOHYA_UNET_PREFIX, kohya_module_key
+from sdapi.errors import ModelLoadFailed
+from sdapi.families.detection import detect_folder, safetensors_keys
 from sdapi.loras.sgm_names import UnetLayout, sgm_name
-from sdapi.models.families import safetensors_keys
 
-# The weight files of each part of a diffusers folder (one file, or shards listed by an index).
-_WEIGHTS = {
-    "unet": "diffusion_pytorch_model.safetensors",
-    "text_encoder": "model.safetensors",
-    "text_encoder_2": "model.safetensors",
-}
+# The weight file of each part of a diffusers folder (one file, or shards listed by an index): the UNet's, and every
+# text encoder's.
+_UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+_TEXT_ENCODER_WEIGHTS = "model.safetensors"
 
 
 def _part_shapes(folder: Path, file_name: str) -> dict[str, list[int]] | None:
@@ -37,20 +35,17 @@ def _part_shapes(folder: Path, file_name: str) -> dict[str, list[int]] | None:
 
 def disk_targets(model_folder: Path) -> dict[str, tuple[int, ...]] | None:
     """kohya key -> weight shape of every Linear and Conv2d module of the diffusers folder's UNet and text
-    encoders (with SDXL's second names, as adapter_targets gives them); None when the weights cannot be read this
-    way (a single-file checkpoint, .bin weights, an unreadable header)."""
+    encoders (with the second names its family's files use, as adapter_targets gives them); None when the weights
+    cannot be read this way (a single-file checkpoint, .bin weights, an unreadable header)."""
     try:
-        parts = {
-            part: _part_shapes(model_folder / part, file_name)
-            for part, file_name in _WEIGHTS.items()
-            if (model_folder / part).is_dir()
-        }
+        family = detect_folder(model_folder).family
+        weights = {"unet": _UNET_WEIGHTS} | dict.fromkeys(family.text_encoders, _TEXT_ENCODER_WEIGHTS)
+        parts = {part: _part_shapes(model_folder / part, file_name) for part, file_name in weights.items()}
         unet_config = json.loads((model_folder / "unet" / "config.json").read_text())
-    except (OSError, ValueError, KeyError, struct.error):
+    except (OSError, ValueError, KeyError, struct.error, ModelLoadFailed):
         return None
-    if parts.get("unet") is None or parts.get("text_encoder") is None or any(v is None for v in parts.values()):
+    if any(shapes is None for shapes in parts.values()):
         return None
-    sdxl = "text_encoder_2" in parts
     layout = UnetLayout.from_config(unet_config)
     targets: dict[str, tuple[int, ...]] = {}
     for part, shapes in parts.items():
@@ -60,10 +55,7 @@ def disk_targets(model_folder: Path) -> dict[str, tuple[int, ...]] | None:
             if not key.endswith(".weight") or len(shape) not in (2, 4) or (part != "unet" and ".embeddings." in key):
                 continue
             path = key.removesuffix(".weight")
-            targets[kohya_module_key(part, path)] = tuple(shape)
-            if sdxl and part == "unet" and (original := sgm_name(layout, path)) is not None:
-                targets[KOHYA_UNET_PREFIX + original.replace(".", "_")] = tuple(shape)
-            if sdxl and part == "text_encoder":
-                targets["lora_te1_" + path.replace(".", "_")] = tuple(shape)
-    assert set(KOHYA_PREFIXES) >= set(parts)
+            original = sgm_name(layout, path) if part == "unet" else None
+            for name in family.kohya_keys(part, path, original):
+                targets[name] = tuple(shape)
     return targets

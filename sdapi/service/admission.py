@@ -26,11 +26,11 @@ from sdapi.core.params import ControlUnitSpec, GenerationParams, InitImageInfo, 
 from sdapi.core.request import GenerationRequest
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.errors import InvalidParameter
+from sdapi.families import ModelFamily
 from sdapi.ip_adapters.library import IpAdapterLibrary
 from sdapi.loras.library import LoraLibrary
 from sdapi.media import attachments
 from sdapi.media.images import decode_init_image, decode_mask_image
-from sdapi.models.families import ModelFamily
 from sdapi.service.catalog import ModelCatalog
 from sdapi.upscalers.library import UpscalerLibrary
 

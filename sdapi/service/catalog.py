@@ -16,22 +16,23 @@ from sdapi.config import Config, ModelEntry
 from sdapi.core.model_sources import describe_source
 from sdapi.core.params import GenerationParams
 from sdapi.errors import InvalidParameter, ModelLoadFailed
+from sdapi.families import SD1, TEXT_ENCODER_PARTS, ModelFamily
+from sdapi.families.detection import UnsupportedModel, detect_family
 from sdapi.loras.targets import disk_targets
 from sdapi.models.digests import model_weights_sha256
 from sdapi.models.export_manifest import ONNX_NO_CONTROL, ONNX_NO_EMBEDDINGS, ONNX_NO_HIRES, read_manifest
-from sdapi.models.families import Family, ModelFamily, UnsupportedModel, detect_family
 
 logger = logging.getLogger(__name__)
 
 # Until a missing model appears (its worker then reports the load error), requests are sized as for SD 1.x.
-_UNKNOWN = ModelFamily(family=Family.SD1, native_size=(512, 512))
+_UNKNOWN = ModelFamily(family=SD1, native_size=(512, 512))
 
 
 class ModelView(msgspec.Struct, frozen=True):
     """One entry of GET /api/v1/models."""
 
     name: str
-    family: str  # sd1 | sd2 | sdxl
+    family: str  # its family's name (sdapi.families)
     native_size: tuple[int, int]
     source: str
     sha256: str | None
@@ -136,7 +137,7 @@ def _text_widths(source: str) -> tuple[int, ...] | None:
     if describe_source(source) != "folder":
         return None
     widths = []
-    for part in ("text_encoder", "text_encoder_2"):
+    for part in TEXT_ENCODER_PARTS:
         config = _json(Path(source) / part / "config.json")
         if config is None:
             continue
@@ -223,7 +224,7 @@ class ModelCatalog:
             views.append(
                 ModelView(
                     name=name,
-                    family=family.family.value,
+                    family=family.family.name,
                     native_size=family.native_size,
                     source=entry.path,
                     sha256=self.sha256(name),

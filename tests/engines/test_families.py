@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from sdapi.models.families import Family, UnsupportedModel, detect_family
+from sdapi.families import SD1, SD2, SDXL
+from sdapi.families.detection import UnsupportedModel, detect_family
 from tests.support.services import (
     REPO_ROOT,
     free_port,
@@ -17,11 +18,11 @@ from tests.support.services import (
 
 
 def test_detection(tiny_model, tiny_sd2v, tiny_sdxl, tmp_path):
-    assert detect_family(str(tiny_model)).family is Family.SD1
+    assert detect_family(str(tiny_model)).family is SD1
     sd2 = detect_family(str(tiny_sd2v))
-    assert sd2.family is Family.SD2 and sd2.prediction == "v_prediction" and sd2.native_size == (768, 768)
+    assert sd2.family is SD2 and sd2.prediction == "v_prediction" and sd2.native_size == (768, 768)
     sdxl = detect_family(str(tiny_sdxl))
-    assert sdxl.family is Family.SDXL and sdxl.native_size == (1024, 1024)
+    assert sdxl.family is SDXL and sdxl.native_size == (1024, 1024)
     flux = tmp_path / "flux"
     flux.mkdir()
     (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))

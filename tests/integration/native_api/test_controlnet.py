@@ -62,8 +62,8 @@ def _unit(**unit):
 
 def test_the_library_lists_folders_and_single_files_with_their_family(control_client):
     entries = {entry["name"]: entry for entry in control_client.get("/api/v1/controlnets").json()["controlnets"]}
-    assert entries["tiny-edges"]["layout"] == "folder" and entries["tiny-edges"]["family"] == "sd"
-    assert entries["tiny-depth"]["layout"] == "single-file" and entries["tiny-depth"]["family"] == "sd"
+    assert entries["tiny-edges"]["layout"] == "folder" and entries["tiny-edges"]["family"] == "sd1"
+    assert entries["tiny-depth"]["layout"] == "single-file" and entries["tiny-depth"]["family"] == "sd1"
     assert entries["tiny-xl"]["family"] == "sdxl"
     assert all(entry["error"] is None for entry in entries.values())
 

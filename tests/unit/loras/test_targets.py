@@ -11,14 +11,14 @@ def test_lora_targets_read_from_disk_are_those_of_the_loaded_model(tmp_path, fam
     shapes for every family."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from sdapi.families import family_of_pipeline
+    from sdapi.families.tiny import make_tiny_model
     from sdapi.loras.merging import adapter_targets, target_shapes
     from sdapi.loras.targets import disk_targets
-    from sdapi.models.tiny_models import make_tiny_model
 
     folder = make_tiny_model(tmp_path / family, family=family)
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipeline = pipeline_class.from_pretrained(folder)
-    loaded = target_shapes(
-        adapter_targets(pipeline.unet, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
-    )
+    detected = family_of_pipeline(pipeline).family
+    loaded = target_shapes(adapter_targets(detected, detected.adapter_modules(pipeline)))
     assert disk_targets(folder) == loaded

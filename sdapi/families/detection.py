@@ -1,56 +1,29 @@
-"""Which Stable Diffusion family a model is (SD 1.x, SD 2.x, SDXL base), detected from what is on disk without
-loading it: a diffusers folder's model_index.json and component configs, or a single file's tensor names. What
-cannot be served (SD3, Flux, a refiner, an inpainting checkpoint...) is refused here, naming what was found."""
+"""Which family a model is, detected from what is on disk without loading it: a diffusers folder's model_index.json
+and component configs, or a single file's tensor names. What cannot be served (SD3, Flux, a refiner...) is refused
+here, naming what was found."""
 
 from __future__ import annotations
 
-import enum
 import json
 import struct
-from collections.abc import Mapping
 from pathlib import Path
-
-import msgspec
 
 from sdapi.core.model_sources import describe_source
 from sdapi.errors import ModelLoadFailed
-
-
-class Family(enum.StrEnum):
-    SD1 = "sd1"
-    SD2 = "sd2"
-    SDXL = "sdxl"
-
-    @property
-    def label(self) -> str:
-        return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.value]
-
-
-class ModelFamily(msgspec.Struct, frozen=True):
-    family: Family
-    # The size the model was trained at (width, height): the default when neither request nor config gives one.
-    native_size: tuple[int, int]
-    # epsilon or v_prediction (SD 2.x 768 models); None when only loading the model can tell (a single file).
-    prediction: str | None = None
-    # An inpainting checkpoint: its UNet takes the mask and the masked image's latents too (9 input channels).
-    inpainting: bool = False
-
+from sdapi.families import FAMILIES, SD1, SD2, SDXL, family_of_unet
+from sdapi.families.base import ModelFamily
 
 SERVED = (
     "SD 1.x、SD 2.x、SDXL base 及其局部重绘（inpainting）模型"
     "（StableDiffusionPipeline、StableDiffusionXLPipeline、StableDiffusionInpaintPipeline、"
     "StableDiffusionXLInpaintPipeline）"
 )
-_NATIVE_SIDE = {Family.SD1: 512, Family.SD2: 768, Family.SDXL: 1024}
-_PIPELINES = {
-    "StableDiffusionPipeline": None,  # SD 1.x or 2.x: the UNet tells
-    "StableDiffusionImg2ImgPipeline": None,
-    "StableDiffusionXLPipeline": Family.SDXL,
-    "StableDiffusionInpaintPipeline": None,
-    "StableDiffusionXLInpaintPipeline": Family.SDXL,
-}
 # UNet input channels: 4 latents; an inpainting UNet adds the mask (1) and the masked image's latents (4).
 _UNET_INPUTS = (4, 9)
+# The pipeline classes a diffusers folder may name (an image-to-image folder loads as text-to-image: same parts).
+_PIPELINES = {name for family in FAMILIES for name in (family.text_to_image, family.inpainting)} | {
+    "StableDiffusionImg2ImgPipeline"
+}
 
 
 class UnsupportedModel(ModelLoadFailed):
@@ -80,25 +53,14 @@ def detect_folder(folder: Path) -> ModelFamily:
     unet = _read_json(folder / "unet" / "config.json") if (folder / "unet" / "config.json").is_file() else {}
     if unet.get("in_channels", 4) not in _UNET_INPUTS:
         raise _refused(f"UNet 输入 {unet.get('in_channels')} 通道（{folder}）")
-    if index.get("text_encoder") in (None, [None, None]) and pipeline == "StableDiffusionXLPipeline":
-        raise _refused(f"SDXL refiner（只有 text_encoder_2）（{folder}）")
+    pooled = pipeline in (SDXL.text_to_image, SDXL.inpainting)
+    if pooled and index.get(SDXL.text_encoders[0]) in (None, [None, None]):
+        raise _refused(f"SDXL refiner（只有 {SDXL.text_encoders[-1]}）（{folder}）")
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
     prediction = str(_read_json(scheduler_path).get("prediction_type", "epsilon")) if scheduler_path.is_file() else None
-    return from_unet_config(unet, sdxl=_PIPELINES[pipeline] is Family.SDXL, prediction=prediction)
-
-
-def from_unet_config(unet: Mapping[str, object], sdxl: bool, prediction: str | None) -> ModelFamily:
-    """The family of an SD pipeline from its UNet's config: SDXL by its pipeline; else SD 2.x when the UNet projects
-    attention linearly or cross-attends 1024-wide text (OpenCLIP), SD 1.x otherwise. The native side is the UNet's
-    sample size times the VAE's 8."""
-    if sdxl:
-        family = Family.SDXL
-    elif unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024:
-        family = Family.SD2
-    else:
-        family = Family.SD1
+    family = family_of_unet(unet, pooled_text=pooled)
     sample_size = unet.get("sample_size")
-    side = int(sample_size) * 8 if isinstance(sample_size, int) else _NATIVE_SIDE[family]
+    side = int(sample_size) * 8 if isinstance(sample_size, int) else family.native_side
     inpainting = unet.get("in_channels", 4) == 9
     return ModelFamily(family=family, native_size=(side, side), prediction=prediction, inpainting=inpainting)
 
@@ -115,7 +77,7 @@ def detect_single_file(path: Path) -> ModelFamily:
     """The family of a single-file checkpoint, from its tensor names (a .ckpt cannot be read without unpickling
     it: it is taken for SD 1.x, which loading confirms or refutes)."""
     if path.suffix.lower() != ".safetensors":
-        return ModelFamily(family=Family.SD1, native_size=(512, 512))
+        return ModelFamily(family=SD1, native_size=(512, 512))
     try:
         keys = safetensors_keys(path)
     except (OSError, ValueError, struct.error) as error:
@@ -128,13 +90,14 @@ def detect_single_file(path: Path) -> ModelFamily:
     if any(key.startswith("conditioner.embedders.1.") for key in keys):
         if not any(key.startswith("conditioner.embedders.0.") for key in keys):
             raise _refused(f"SDXL refiner（{path.name}）")
-        return ModelFamily(family=Family.SDXL, native_size=(1024, 1024), prediction="epsilon", inpainting=inpainting)
+        side = SDXL.native_side
+        return ModelFamily(family=SDXL, native_size=(side, side), prediction="epsilon", inpainting=inpainting)
     if any(key.startswith("cond_stage_model.model.") for key in keys):  # OpenCLIP: SD 2.x (768-v most often)
         # SD 2 inpainting is a 512-pixel epsilon model; the 768-v base is the usual 2.x single file otherwise.
-        side = 512 if inpainting else 768
-        return ModelFamily(family=Family.SD2, native_size=(side, side), inpainting=inpainting)
+        side = 512 if inpainting else SD2.native_side
+        return ModelFamily(family=SD2, native_size=(side, side), inpainting=inpainting)
     if any(key.startswith("cond_stage_model.transformer.") for key in keys):
-        return ModelFamily(family=Family.SD1, native_size=(512, 512), prediction="epsilon", inpainting=inpainting)
+        return ModelFamily(family=SD1, native_size=(512, 512), prediction="epsilon", inpainting=inpainting)
     if any(
         key.startswith(("model.diffusion_model.joint_blocks.", "double_blocks.", "transformer_blocks.")) for key in keys
     ):
@@ -155,5 +118,5 @@ def detect_family(source: str) -> ModelFamily:
     try:
         cached = Path(snapshot_download(source, local_files_only=True, allow_patterns=["*.json"]))
     except Exception:  # not in the cache (or no hub access): the load decides later
-        return ModelFamily(family=Family.SD1, native_size=(512, 512))
+        return ModelFamily(family=SD1, native_size=(512, 512))
     return detect_folder(cached)

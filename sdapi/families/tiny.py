@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
+from sdapi.families import TINY_VARIANTS
 from sdapi.observability.stages import Stages
 
 # A fixed seed makes the weights identical on every build, so tests and benchmarks are repeatable.
@@ -87,7 +88,6 @@ SDXL_SCHEDULER_CONFIG = {
     "interpolation_type": "linear",
     "use_karras_sigmas": False,
 }
-FAMILIES = ("sd15", "sd2-v", "sdxl", "sd15-inpaint", "sdxl-inpaint")
 
 
 def _text_encoder_config(hidden_act: str = "quick_gelu", vocab_size: int | None = None, width: int = 32) -> Any:
@@ -211,8 +211,8 @@ def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = No
     """Write the tiny pipeline of `family` (sd15, sd2-v or sdxl; sd15-inpaint or sdxl-inpaint for an inpainting
     checkpoint's 9-channel UNet) in diffusers format to `target`, atomically, showing its stages on `progress`
     (None: silent); return the folder."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
+    if family not in TINY_VARIANTS:
+        raise ValueError(f"family must be one of {', '.join(TINY_VARIANTS)}, not {family!r}")
     with Stages(4, progress) as stages:
         stages.stage("loading diffusers")
         import diffusers
