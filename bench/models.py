@@ -13,6 +13,7 @@ import psutil
 import torch
 
 from bench.machine import describe_machine
+from sdapi.addons import AddonRegistry
 from sdapi.config import config_from_mapping
 from sdapi.engines import Run
 from sdapi.engines.factory import build_engine
@@ -51,7 +52,7 @@ def main() -> None:
             },
             environ={},
         )
-        pool = build_engine(config, lambda spec: Path(spec.name))
+        pool = build_engine(config, AddonRegistry.from_config(config))
         stages.stage(f"{ALTERNATIONS} alternations, each loading both models")
         samples: list[tuple[float, float]] = []
         for alternation in range(ALTERNATIONS):

@@ -19,6 +19,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
+from sdapi.addons import AddonRegistry
 from sdapi.background.heartbeat import Heartbeat
 from sdapi.background.metrics_publisher import MetricsPublisher
 from sdapi.background.reaper import Reaper
@@ -27,12 +28,10 @@ from sdapi.background.wakeup import Signals
 from sdapi.callbacks.sender import CallbackSender
 from sdapi.callbacks.ssrf import Resolver, system_resolver
 from sdapi.config import Config
-from sdapi.controlnets.library import ControlNetLibrary
 from sdapi.core.nodes import Role
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.engines import Engine, WorkerEngine
 from sdapi.errors import ConfigError, StorageError
-from sdapi.ip_adapters.library import IpAdapterLibrary
 from sdapi.loras.library import LoraLibrary
 from sdapi.service.admission import RequestChecks
 from sdapi.service.catalog import ModelCatalog
@@ -70,15 +69,7 @@ def open_stores(config: Config) -> Stores:
     return open_sqlite(config.database_path)
 
 
-def _worker_engine(
-    config: Config,
-    library: LoraLibrary,
-    embeddings: EmbeddingLibrary,
-    upscalers: UpscalerLibrary,
-    controlnets: ControlNetLibrary,
-    ip_adapters: IpAdapterLibrary,
-    given: Engine | None,
-) -> WorkerEngine:
+def _worker_engine(config: Config, addons: AddonRegistry, given: Engine | None) -> WorkerEngine:
     """The configured pool of models, or the engine a test or tool passed, serving the default model alone."""
     # Imported here: the engines import torch, which an API node never needs.
     if given is not None:
@@ -87,9 +78,7 @@ def _worker_engine(
         return SingleModelEngine(given, config.default_model.name)
     from sdapi.engines.factory import build_engine
 
-    return build_engine(
-        config, library.path_for, embeddings.path_for, upscalers.path_for, controlnets.path_for, ip_adapters.path_for
-    )
+    return build_engine(config, addons)
 
 
 @dataclass
@@ -110,11 +99,7 @@ class Runtime:
     reaper: Reaper
     retention: RetentionSweeper | None
     heartbeat: Heartbeat
-    library: LoraLibrary
-    embeddings: EmbeddingLibrary
-    upscalers: UpscalerLibrary
-    controlnets: ControlNetLibrary
-    ip_adapters: IpAdapterLibrary
+    addons: AddonRegistry
     extras: Extras
     _started: bool = field(default=False, repr=False)
     _metrics: MetricsPublisher | None = field(default=None, repr=False)
@@ -127,8 +112,8 @@ class Runtime:
         return await self.status.health()
 
     async def start(self) -> None:
-        """Open the database, check storage, scan the LoRA, embedding, upscaler, ControlNet and IP-Adapter folders,
-        then start the loops this role runs."""
+        """Open the database, check storage, scan every add-on kind's folder, then start the loops this role
+        runs."""
         await self.stores.database.open()
         try:
             self.storage.prepare()
@@ -140,18 +125,16 @@ class Runtime:
         # Hashing and checking every file may take a while for a big folder: off the event loop. Each model's
         # LoRA targets come from its files first (headers only), so every role decides fits alike.
         await asyncio.to_thread(self._learn_lora_targets)
-        await asyncio.to_thread(self.library.scan)
-        await asyncio.to_thread(self.embeddings.scan)
-        await asyncio.to_thread(self.upscalers.scan)
-        await asyncio.to_thread(self.controlnets.scan)
-        await asyncio.to_thread(self.ip_adapters.scan)
-        known = {entry.name for entry in self.library.entries()}
+        for library in self.addons:
+            await asyncio.to_thread(library.scan)
+        loras = self.addons.of(LoraLibrary)
+        known = {entry.name for entry in loras.entries()}
         for default in self.config.loras.defaults:
             if default.name not in known:
                 logger.error(
                     "loras.defaults names %r, which is not in %s: every request will be refused",
                     default.name,
-                    self.library.directory,
+                    loras.directory,
                 )
         self.heartbeat.start(self.status.describe)
         self.reaper.start()
@@ -177,7 +160,7 @@ class Runtime:
         for name in catalog.names:
             targets = catalog.lora_targets(name)
             if targets is not None:
-                self.library.set_model(targets, None if name == catalog.default else name)
+                self.addons.of(LoraLibrary).set_model(targets, None if name == catalog.default else name)
 
     async def _check_shared_storage(self) -> None:
         """An API node with local storage serves images from its own data_dir: refuse to start when a live worker
@@ -228,18 +211,13 @@ def build_runtime(
     stores = stores or open_stores(config)
     storage = storage or build_storage(config)
     resolver = resolver or system_resolver
-    library = LoraLibrary(config.loras, config.loras_path)
-    embeddings = EmbeddingLibrary(config.embeddings_path, config.embeddings.max_file_mb)
-    upscalers = UpscalerLibrary(config.upscalers_path, config.upscalers.max_file_mb)
-    controlnets = ControlNetLibrary(config.controlnet_path)
-    ip_adapters = IpAdapterLibrary(config.ip_adapter_path)
+    addons = AddonRegistry.from_config(config)
+    # Embedding files are listed as fitting the default model or not: its text widths come from its files.
+    addons.of(EmbeddingLibrary).default_widths = catalog.text_widths(catalog.default)
+    library = addons.of(LoraLibrary)
     signals = Signals()
     node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    worker_engine = (
-        _worker_engine(config, library, embeddings, upscalers, controlnets, ip_adapters, engine)
-        if role.runs_worker
-        else None
-    )
+    worker_engine = _worker_engine(config, addons, engine) if role.runs_worker else None
     worker: Worker | None = None
     status = StatusService(
         config,
@@ -248,11 +226,7 @@ def build_runtime(
         stores,
         storage,
         catalog,
-        library,
-        embeddings,
-        upscalers,
-        controlnets,
-        ip_adapters,
+        addons,
         worker_engine,
         lambda: worker,
     )
@@ -272,7 +246,7 @@ def build_runtime(
             config.callbacks, stores.tasks, stores.outbox, storage, config.server.public_base_url, resolver
         )
         signals.on_delivery_due(callbacks.wake)
-    checks = RequestChecks(config, catalog, library, resolver, embeddings, upscalers, controlnets, ip_adapters)
+    checks = RequestChecks(config, catalog, addons, resolver)
     estimator = StartEstimator(stores.throughput, stores.nodes, config.queue.lease_seconds)
     days = config.retention.days
     return Runtime(
@@ -289,10 +263,6 @@ def build_runtime(
         reaper=Reaper(stores.tasks, config.queue.max_attempts, config.queue.lease_seconds, signals, storage),
         retention=None if days is None else RetentionSweeper(stores.tasks, storage, days),
         heartbeat=heartbeat,
-        library=library,
-        embeddings=embeddings,
-        upscalers=upscalers,
-        controlnets=controlnets,
-        ip_adapters=ip_adapters,
-        extras=Extras(config, upscalers),
+        addons=addons,
+        extras=Extras(config, addons.of(UpscalerLibrary)),
     )

@@ -77,11 +77,8 @@ def create_app(
         path="/api/v1",
         route_handlers=[
             routes.TaskController,
-            routes.LoraController,
-            routes.EmbeddingController,
-            routes.UpscalerController,
-            routes.ControlNetController,
-            routes.IpAdapterController,
+            *routes.ADDON_CONTROLLERS,
+            routes.ControlNetPreviewController,
             routes.schedulers,
             routes.models,
         ],

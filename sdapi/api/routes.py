@@ -17,32 +17,29 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
+from sdapi.addons import ADDON_KINDS
 from sdapi.api.auth import caller_of
 from sdapi.api.error_docs import error_responses
 from sdapi.api.schemas import (
     TASK_CREATED_MESSAGE,
     CallbackLogResponse,
-    ControlNetListResponse,
     DetectResponse,
-    EmbeddingListResponse,
     ErrorResponse,
     GenerateResponse,
     HealthResponse,
-    IpAdapterListResponse,
-    LoraListResponse,
     ModelListResponse,
     ModelResponse,
     SchedulerEntry,
     SchedulerListResponse,
     TaskListResponse,
     TaskResponse,
-    UpscalerListResponse,
     ValidationErrorResponse,
     callback_log_response,
     health_response,
     task_response,
 )
 from sdapi.api.validation import strict_body
+from sdapi.core.addons import AddonKind
 from sdapi.core.request import GenerationRequest, PreprocessorOption
 from sdapi.core.tasks import TaskStatus
 from sdapi.errors import SdapiError
@@ -304,81 +301,42 @@ async def models(state: State) -> ModelListResponse:
     return ModelListResponse(models=[msgspec.convert(view, ModelResponse, from_attributes=True) for view in views])
 
 
-class LoraController(Controller):
-    """The LoRA library; mounted under /api/v1 behind the API key guard."""
-
-    path = "/loras"
-    tags = ("loras",)
-    security = ({"APIKeyHeader": []},)
-
-    @get(
-        "/",
-        summary="LoRA 列表",
-        description="loras.dir 中的文件：类型、作用部分、大小、sha256、是否适配当前模型。",
-        responses=_errors(),
+def addon_controller(kind: AddonKind) -> type[Controller]:
+    """The one list/refresh controller, made for add-on kind `kind`: GET /api/v1/{kind.name} lists its library as
+    last scanned, POST /api/v1/{kind.name}/refresh scans its folder again; both answer {kind.list_key: [...]}."""
+    response_type = msgspec.defstruct(
+        kind.entry_type.__name__.replace("Entry", "ListResponse"),
+        [(kind.list_key, Annotated[list[kind.entry_type], msgspec.Meta(description=kind.summary)])],  # type: ignore[name-defined]
     )
-    async def list_loras(self, state: State) -> LoraListResponse:
-        return LoraListResponse(loras=_status(state).loras())
 
-    @post(
-        "/refresh",
-        summary="重新扫描 LoRA",
-        description="重新扫描 loras.dir 并返回新的列表。",
-        status_code=200,
-        responses=_errors(),
-    )
-    async def refresh(self, state: State) -> LoraListResponse:
-        return LoraListResponse(loras=await _status(state).rescan_loras())
+    async def list_entries(self: Controller, state: State) -> Any:
+        return response_type(_status(state).listed(kind.name))
 
+    async def refresh(self: Controller, state: State) -> Any:
+        return response_type(await _status(state).rescan(kind.name))
 
-class EmbeddingController(Controller):
-    """The textual-inversion embedding library; mounted under /api/v1 behind the API key guard."""
-
-    path = "/embeddings"
-    tags = ("embeddings",)
-    security = ({"APIKeyHeader": []},)
-
-    @get(
-        "/",
-        summary="嵌入（textual inversion）列表",
-        description="embeddings.dir 中的文件：向量数、文本编码器宽度、家族、大小、sha256、是否适配默认模型。"
-        "在提示词或负面提示词中写出嵌入的名称（文件名，不含扩展名）即可使用。",
-        responses=_errors(),
-    )
-    async def list_embeddings(self, state: State) -> EmbeddingListResponse:
-        return EmbeddingListResponse(embeddings=_status(state).embeddings())
-
-    @post(
-        "/refresh",
-        summary="重新扫描嵌入",
-        description="重新扫描 embeddings.dir 并返回新的列表。",
-        status_code=200,
-        responses=_errors(),
-    )
-    async def refresh(self, state: State) -> EmbeddingListResponse:
-        return EmbeddingListResponse(embeddings=await _status(state).rescan_embeddings())
+    # Litestar documents and encodes a handler by its annotations: the kind's own list type, not Any.
+    for handler in (list_entries, refresh):
+        handler.__annotations__ = {"self": Controller, "state": State, "return": response_type}
+    refresh_description = f"重新扫描 {kind.config_section}.dir 并返回新的列表。"
+    members = {
+        "__doc__": f"The {kind.name} library; mounted under /api/v1 behind the API key guard.",
+        "path": f"/{kind.name}",
+        "tags": (kind.name,),
+        "security": ({"APIKeyHeader": []},),
+        "list_entries": get("/", summary=kind.summary, description=kind.description, responses=_errors())(list_entries),
+        "refresh": post(
+            "/refresh",
+            summary=kind.refresh_summary,
+            description=refresh_description,
+            status_code=200,
+            responses=_errors(),
+        )(refresh),
+    }
+    return type(f"{response_type.__name__.removesuffix('ListResponse')}Controller", (Controller,), members)
 
 
-class UpscalerController(Controller):
-    """The upscalers of the high-resolution pass; mounted under /api/v1 behind the API key guard."""
-
-    path = "/upscalers"
-    tags = ("upscalers",)
-    security = ({"APIKeyHeader": []},)
-
-    @get(
-        "/",
-        summary="放大方法列表",
-        description="hires.upscaler 可用的放大方法：latent（潜空间插值）、pixel（像素插值）与 upscalers.dir 中的"
-        "神经网络放大模型（ESRGAN/Real-ESRGAN 的 .pth/.safetensors），附放大倍数、大小、sha256。",
-        responses=_errors(),
-    )
-    async def list_upscalers(self, state: State) -> UpscalerListResponse:
-        return UpscalerListResponse(upscalers=_status(state).upscalers())
-
-    @post("/refresh", summary="重新扫描放大模型", status_code=200, responses=_errors())
-    async def refresh(self, state: State) -> UpscalerListResponse:
-        return UpscalerListResponse(upscalers=await _status(state).rescan_upscalers())
+ADDON_CONTROLLERS = [addon_controller(kind) for kind in ADDON_KINDS]
 
 
 class DetectRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -392,27 +350,13 @@ class DetectRequest(msgspec.Struct, forbid_unknown_fields=True):
     mask_image: Annotated[str | None, msgspec.Meta(description="inpaint 预处理器的蒙版（同 mask_image）")] = None
 
 
-class ControlNetController(Controller):
-    """The ControlNet library and its preprocessors; mounted under /api/v1 behind the API key guard."""
+class ControlNetPreviewController(Controller):
+    """The ControlNet preprocessors' preview (the library itself is listed by its add-on controller); mounted under
+    /api/v1 behind the API key guard."""
 
     path = "/controlnets"
     tags = ("controlnets",)
     security = ({"APIKeyHeader": []},)
-
-    @get(
-        "/",
-        summary="ControlNet 列表",
-        description="controlnet.dir 中的模型（diffusers 目录或单个 .safetensors）：名称、"
-        "家族（sd1、sd2 或 sdxl，与 /api/v1/models 相同）、"
-        "文本宽度、大小、sha256、不可用的原因。",
-        responses=_errors(),
-    )
-    async def list_controlnets(self, state: State) -> ControlNetListResponse:
-        return ControlNetListResponse(controlnets=_status(state).controlnets())
-
-    @post("/refresh", summary="重新扫描 ControlNet", status_code=200, responses=_errors())
-    async def refresh(self, state: State) -> ControlNetListResponse:
-        return ControlNetListResponse(controlnets=await _status(state).rescan_controlnets())
 
     @post(
         "/detect",
@@ -431,28 +375,6 @@ class ControlNetController(Controller):
         extras: Extras = state.extras
         png = await extras.detect(raw, data.preprocessor, dict(data.preprocessor_options), mask)
         return DetectResponse(image="data:image/png;base64," + base64.b64encode(png).decode("ascii"))
-
-
-class IpAdapterController(Controller):
-    """The IP-Adapter library; mounted under /api/v1 behind the API key guard."""
-
-    path = "/ip-adapters"
-    tags = ("ip-adapters",)
-    security = ({"APIKeyHeader": []},)
-
-    @get(
-        "/",
-        summary="IP-Adapter 列表",
-        description="ip_adapter.dir 中的 IP-Adapter（旁边需有 image_encoder/ 目录）："
-        "名称、类型、文本宽度、大小、sha256、不可用的原因。",
-        responses=_errors(),
-    )
-    async def list_ip_adapters(self, state: State) -> IpAdapterListResponse:
-        return IpAdapterListResponse(ip_adapters=_status(state).ip_adapters())
-
-    @post("/refresh", summary="重新扫描 IP-Adapter", status_code=200, responses=_errors())
-    async def refresh(self, state: State) -> IpAdapterListResponse:
-        return IpAdapterListResponse(ip_adapters=await _status(state).rescan_ip_adapters())
 
 
 @get(

@@ -7,16 +7,11 @@ from typing import Annotated
 
 import msgspec
 
-from sdapi.controlnets.library import ControlNetEntry
 from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.results import iso
 from sdapi.core.tasks import Progress
-from sdapi.embeddings.library import EmbeddingEntry
-from sdapi.ip_adapters.library import IpAdapterEntry
-from sdapi.loras.library import LoraEntry
 from sdapi.service.status import ServiceHealth
 from sdapi.service.tasks import TaskView
-from sdapi.upscalers.library import UpscalerEntry
 
 TASK_CREATED_MESSAGE = "任务已创建，正在处理中"
 
@@ -184,28 +179,8 @@ class ModelListResponse(msgspec.Struct):
     models: list[ModelResponse]
 
 
-class LoraListResponse(msgspec.Struct):
-    loras: Annotated[list[LoraEntry], msgspec.Meta(description="loras.dir 中的 LoRA 文件")]
-
-
-class EmbeddingListResponse(msgspec.Struct):
-    embeddings: Annotated[list[EmbeddingEntry], msgspec.Meta(description="embeddings.dir 中的嵌入文件")]
-
-
-class UpscalerListResponse(msgspec.Struct):
-    upscalers: Annotated[list[UpscalerEntry], msgspec.Meta(description="内置放大方法与 upscalers.dir 中的模型")]
-
-
-class ControlNetListResponse(msgspec.Struct):
-    controlnets: Annotated[list[ControlNetEntry], msgspec.Meta(description="controlnet.dir 中的模型")]
-
-
 class DetectResponse(msgspec.Struct):
     image: Annotated[str, msgspec.Meta(description="预处理后的图片（data:image/png;base64, 前缀）")]
-
-
-class IpAdapterListResponse(msgspec.Struct):
-    ip_adapters: Annotated[list[IpAdapterEntry], msgspec.Meta(description="ip_adapter.dir 中的 IP-Adapter")]
 
 
 class WorkerResponse(msgspec.Struct):

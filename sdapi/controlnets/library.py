@@ -15,6 +15,8 @@ from pathlib import Path
 
 import msgspec
 
+from sdapi.config import Config
+from sdapi.core.addons import AddonKind
 from sdapi.errors import InvalidParameter
 from sdapi.families import ModelFamily, family_named, family_of_unet
 from sdapi.families.detection import safetensors_keys
@@ -116,6 +118,24 @@ def family_mismatch(entry: ControlNetEntry, model: ModelFamily, text_width: int 
 
 
 class ControlNetLibrary:
+    kind = AddonKind(
+        name="controlnets",
+        list_key="controlnets",
+        config_section="controlnet",
+        entry_type=ControlNetEntry,
+        summary="ControlNet 列表",
+        description="controlnet.dir 中的模型（diffusers 目录或单个 .safetensors）：名称、"
+        "家族（sd1、sd2 或 sdxl，与 /api/v1/models 相同）、文本宽度、大小、sha256、不可用的原因。",
+        refresh_summary="重新扫描 ControlNet",
+    )
+
+    @classmethod
+    def from_config(cls, config: Config) -> ControlNetLibrary:
+        return cls(config.controlnet_path)
+
+    def listed(self) -> list[ControlNetEntry]:
+        return self.entries()
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._files: dict[str, _Scanned] = {}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import msgspec
 
+from sdapi.config import Config
+from sdapi.core.addons import AddonKind
 from sdapi.core.request import EmbeddingSpec
 from sdapi.errors import InvalidParameter
 from sdapi.families import family_of_embedding_widths
@@ -100,6 +102,27 @@ def _fit_error(entry: EmbeddingEntry, widths: tuple[int, ...] | None) -> str | N
 
 class EmbeddingLibrary:
     """Scans embeddings.dir; answers which embeddings exist; finds the ones a prompt names."""
+
+    kind = AddonKind(
+        name="embeddings",
+        list_key="embeddings",
+        config_section="embeddings",
+        entry_type=EmbeddingEntry,
+        summary="嵌入（textual inversion）列表",
+        description="embeddings.dir 中的文件：向量数、文本编码器宽度、家族、大小、sha256、是否适配默认模型。"
+        "在提示词或负面提示词中写出嵌入的名称（文件名，不含扩展名）即可使用。",
+        refresh_summary="重新扫描嵌入",
+    )
+    # The default model's text-encoder widths (what the list's `fits` is decided against); None: not known from
+    # its files. Set by the composition root, which reads the model catalog.
+    default_widths: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> EmbeddingLibrary:
+        return cls(config.embeddings_path, config.embeddings.max_file_mb)
+
+    def listed(self) -> list[EmbeddingEntry]:
+        return self.entries(self.default_widths)
 
     def __init__(self, directory: Path, max_file_mb: float) -> None:
         self.directory = directory

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from sdapi.config import Config, ModelConfig
+from sdapi.controlnets.library import ControlNetLibrary
 from sdapi.controlnets.running import ControlNetFiles
 from sdapi.core.request import LoraSpec
+from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.embeddings.loading import EmbeddingFiles
 from sdapi.engines import Engine
 from sdapi.engines.devices import choose_device, choose_dtype
@@ -18,7 +21,13 @@ from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.engines.pool import ModelPool
 from sdapi.engines.router import EngineRouter
 from sdapi.engines.torch_engine import TorchEngine
+from sdapi.ip_adapters.library import IpAdapterLibrary
 from sdapi.ip_adapters.running import IpAdapterFiles
+from sdapi.loras.library import LoraLibrary
+from sdapi.upscalers.library import UpscalerLibrary
+
+if TYPE_CHECKING:  # the registry sits above the engines: named for the type checker only
+    from sdapi.addons import AddonRegistry
 
 
 def prefers_onnx(config: Config) -> bool:
@@ -33,21 +42,16 @@ def prefers_onnx(config: Config) -> bool:
     return not (device == "cpu" and choose_dtype(config.model.dtype, device) == torch.bfloat16)
 
 
-def build_engine(
-    config: Config,
-    lora_files: Callable[[LoraSpec], Path],
-    embedding_files: EmbeddingFiles | None = None,
-    upscaler_files: Callable[[str], Path] | None = None,
-    controlnet_files: ControlNetFiles | None = None,
-    ip_adapter_files: IpAdapterFiles | None = None,
-) -> ModelPool:
-    """The worker's engine: every configured model, each loaded when first needed (ModelPool), all sharing the
-    neural upscalers."""
-    upscalers = None
-    if upscaler_files is not None:
-        from sdapi.upscalers.running import NeuralUpscalers
+def build_engine(config: Config, addons: AddonRegistry) -> ModelPool:
+    """The worker's engine: every configured model, each loaded when first needed (ModelPool), all reading the
+    add-on libraries' files and sharing the neural upscalers."""
+    from sdapi.upscalers.running import NeuralUpscalers
 
-        upscalers = NeuralUpscalers(upscaler_files, choose_device(config.model.device)).upscale
+    lora_files = addons.of(LoraLibrary).path_for
+    embedding_files = addons.of(EmbeddingLibrary).path_for
+    controlnet_files = addons.of(ControlNetLibrary).path_for
+    ip_adapter_files = addons.of(IpAdapterLibrary).path_for
+    upscalers = NeuralUpscalers(addons.of(UpscalerLibrary).path_for, choose_device(config.model.device)).upscale
 
     def make(name: str) -> Engine:
         return build_model_engine(

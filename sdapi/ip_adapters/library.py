@@ -11,6 +11,8 @@ from pathlib import Path
 
 import msgspec
 
+from sdapi.config import Config
+from sdapi.core.addons import AddonKind
 from sdapi.errors import InvalidParameter
 from sdapi.families.detection import safetensors_keys
 from sdapi.models.digests import sha256_file
@@ -75,6 +77,24 @@ def _scan_file(path: Path) -> _Scanned:
 
 
 class IpAdapterLibrary:
+    kind = AddonKind(
+        name="ip-adapters",
+        list_key="ip_adapters",
+        config_section="ip_adapter",
+        entry_type=IpAdapterEntry,
+        summary="IP-Adapter 列表",
+        description="ip_adapter.dir 中的 IP-Adapter（旁边需有 image_encoder/ 目录）："
+        "名称、类型、文本宽度、大小、sha256、不可用的原因。",
+        refresh_summary="重新扫描 IP-Adapter",
+    )
+
+    @classmethod
+    def from_config(cls, config: Config) -> IpAdapterLibrary:
+        return cls(config.ip_adapter_path)
+
+    def listed(self) -> list[IpAdapterEntry]:
+        return self.entries()
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._files: dict[str, _Scanned] = {}

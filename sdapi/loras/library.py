@@ -13,7 +13,8 @@ from pathlib import Path
 
 import msgspec
 
-from sdapi.config import LorasConfig
+from sdapi.config import Config, LorasConfig
+from sdapi.core.addons import AddonKind
 from sdapi.core.request import LoraRequest, LoraSpec
 from sdapi.errors import InvalidParameter
 from sdapi.families import ModelFamily, family_named
@@ -90,6 +91,23 @@ def _with_fits(scanned: _Scanned, module_shapes: Mapping[str, tuple[int, ...]]) 
 
 class LoraLibrary:
     """Scans loras.dir; answers which LoRAs exist and fit; resolves a request's `loras` into LoraSpecs."""
+
+    kind = AddonKind(
+        name="loras",
+        list_key="loras",
+        config_section="loras",
+        entry_type=LoraEntry,
+        summary="LoRA 列表",
+        description="loras.dir 中的文件：类型、作用部分、大小、sha256、是否适配当前模型。",
+        refresh_summary="重新扫描 LoRA",
+    )
+
+    @classmethod
+    def from_config(cls, config: Config) -> LoraLibrary:
+        return cls(config.loras, config.loras_path)
+
+    def listed(self) -> list[LoraEntry]:
+        return self.entries()
 
     def __init__(self, config: LorasConfig, directory: Path) -> None:
         self._config = config

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from sdapi.addons import AddonRegistry
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target
 from sdapi.config import Config
 from sdapi.controlnets.library import ControlNetLibrary
@@ -52,20 +53,16 @@ class RequestChecks:
         self,
         config: Config,
         catalog: ModelCatalog,
-        library: LoraLibrary,
+        addons: AddonRegistry,
         resolver: Resolver,
-        embeddings: EmbeddingLibrary,
-        upscalers: UpscalerLibrary,
-        controlnets: ControlNetLibrary,
-        ip_adapters: IpAdapterLibrary,
     ) -> None:
         self._config = config
         self._catalog = catalog
-        self._library = library
-        self._embeddings = embeddings
-        self._upscalers = upscalers
-        self._controlnets = controlnets
-        self._ip_adapters = ip_adapters
+        self._library = addons.of(LoraLibrary)
+        self._embeddings = addons.of(EmbeddingLibrary)
+        self._upscalers = addons.of(UpscalerLibrary)
+        self._controlnets = addons.of(ControlNetLibrary)
+        self._ip_adapters = addons.of(IpAdapterLibrary)
         self._resolver = resolver
         self._callback_policy = CallbackPolicy.from_config(config.callbacks)
 

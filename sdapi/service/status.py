@@ -1,5 +1,5 @@
-"""What a node says about itself and the service: its registry entry, /health, GET /api/v1/models, the LoRA
-library and the scheduler list as clients read them, and the queue gauges of the metrics. Read only: nothing here
+"""What a node says about itself and the service: its registry entry, /health, GET /api/v1/models, the add-on
+libraries and the scheduler list as clients read them, and the queue gauges of the metrics. Read only: nothing here
 changes a task."""
 
 from __future__ import annotations
@@ -12,25 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
+from sdapi.addons import AddonRegistry
 from sdapi.config import Config
-from sdapi.controlnets.library import ControlNetEntry, ControlNetLibrary
 from sdapi.core.nodes import NodeInfo, Role
 from sdapi.core.results import iso
 from sdapi.core.schedulers import A1111_SAMPLER_NAMES, ACCEPTED_SCHEDULERS, KARRAS_SCHEDULERS
 from sdapi.core.tasks import TaskStatus
-from sdapi.embeddings.library import EmbeddingEntry, EmbeddingLibrary
 from sdapi.engines import EngineDescription, WorkerEngine
-from sdapi.ip_adapters.library import IpAdapterEntry, IpAdapterLibrary
-from sdapi.loras.library import LoraEntry, LoraLibrary
 from sdapi.observability import metrics
 from sdapi.service.catalog import ModelCatalog, ModelView
 from sdapi.storage import ImageStorage
 from sdapi.store import Stores
-from sdapi.upscalers.library import UpscalerEntry, UpscalerLibrary
 
 
 class WorkerState(Protocol):
@@ -99,11 +95,7 @@ class StatusService:
         stores: Stores,
         storage: ImageStorage,
         catalog: ModelCatalog,
-        library: LoraLibrary,
-        embeddings: EmbeddingLibrary,
-        upscalers: UpscalerLibrary,
-        controlnets: ControlNetLibrary,
-        ip_adapters: IpAdapterLibrary,
+        addons: AddonRegistry,
         engine: WorkerEngine | None,
         worker: Callable[[], WorkerState | None],
     ) -> None:
@@ -113,11 +105,7 @@ class StatusService:
         self._stores = stores
         self._storage = storage
         self.catalog = catalog
-        self._library = library
-        self._embeddings = embeddings
-        self._upscalers = upscalers
-        self._controlnets = controlnets
-        self._ip_adapters = ip_adapters
+        self._addons = addons
         self._engine = engine
         # The worker is built after this service (it reports to the same registry): asked for when needed.
         self._worker = worker
@@ -188,46 +176,15 @@ class StatusService:
         """The sha256 of model `name`'s weights (None for a hub id); the first call reads them: off the event loop."""
         return self.catalog.sha256(name)
 
-    def loras(self) -> list[LoraEntry]:
-        """The LoRA library as last scanned."""
-        return self._library.entries()
+    def listed(self, kind: str) -> list[Any]:
+        """The library of add-on kind `kind` (its URL segment: loras, ip-adapters...) as last scanned."""
+        return self._addons.named(kind).listed()
 
-    async def rescan_loras(self) -> list[LoraEntry]:
-        """Scan loras.dir again (reads and hashes new files: off the event loop)."""
-        return await asyncio.to_thread(self._library.scan)
-
-    def embeddings(self) -> list[EmbeddingEntry]:
-        """The embedding library as last scanned, each file's fit decided against the default model."""
-        return self._embeddings.entries(self.catalog.text_widths(self.catalog.default))
-
-    async def rescan_embeddings(self) -> list[EmbeddingEntry]:
-        """Scan embeddings.dir again (reads and hashes new files: off the event loop)."""
-        await asyncio.to_thread(self._embeddings.scan)
-        return self.embeddings()
-
-    def upscalers(self) -> list[UpscalerEntry]:
-        """The built-in upscalers and upscalers.dir as last scanned."""
-        return self._upscalers.entries()
-
-    async def rescan_upscalers(self) -> list[UpscalerEntry]:
-        await asyncio.to_thread(self._upscalers.scan)
-        return self.upscalers()
-
-    def controlnets(self) -> list[ControlNetEntry]:
-        """controlnet.dir as last scanned."""
-        return self._controlnets.entries()
-
-    async def rescan_controlnets(self) -> list[ControlNetEntry]:
-        await asyncio.to_thread(self._controlnets.scan)
-        return self.controlnets()
-
-    def ip_adapters(self) -> list[IpAdapterEntry]:
-        """ip_adapter.dir as last scanned."""
-        return self._ip_adapters.entries()
-
-    async def rescan_ip_adapters(self) -> list[IpAdapterEntry]:
-        await asyncio.to_thread(self._ip_adapters.scan)
-        return self.ip_adapters()
+    async def rescan(self, kind: str) -> list[Any]:
+        """Scan add-on kind `kind`'s folder again (reads and hashes new files: off the event loop)."""
+        library = self._addons.named(kind)
+        await asyncio.to_thread(library.scan)
+        return library.listed()
 
     def schedulers(self) -> SchedulerListing:
         return SchedulerListing(

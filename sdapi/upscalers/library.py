@@ -9,6 +9,8 @@ from pathlib import Path
 
 import msgspec
 
+from sdapi.config import Config
+from sdapi.core.addons import AddonKind
 from sdapi.core.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from sdapi.errors import InvalidParameter
 from sdapi.models.digests import sha256_file
@@ -51,6 +53,24 @@ def _scan_file(path: Path, max_bytes: int) -> UpscalerEntry:
 
 
 class UpscalerLibrary:
+    kind = AddonKind(
+        name="upscalers",
+        list_key="upscalers",
+        config_section="upscalers",
+        entry_type=UpscalerEntry,
+        summary="放大方法列表",
+        description="hires.upscaler 可用的放大方法：latent（潜空间插值）、pixel（像素插值）与 upscalers.dir 中的"
+        "神经网络放大模型（ESRGAN/Real-ESRGAN 的 .pth/.safetensors），附放大倍数、大小、sha256。",
+        refresh_summary="重新扫描放大模型",
+    )
+
+    @classmethod
+    def from_config(cls, config: Config) -> UpscalerLibrary:
+        return cls(config.upscalers_path, config.upscalers.max_file_mb)
+
+    def listed(self) -> list[UpscalerEntry]:
+        return self.entries()
+
     def __init__(self, directory: Path, max_file_mb: float) -> None:
         self.directory = directory
         self._max_bytes = int(max_file_mb * 2**20)

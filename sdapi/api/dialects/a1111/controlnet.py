@@ -158,8 +158,8 @@ async def version() -> dict[str, int]:
 def _model_names(request: Request[Any, Any, Any]) -> list[str]:
     """The ControlNets, then the IP-Adapters (the extension keeps both in its models folder), with hash suffixes."""
     status = status_of(request)
-    named = [(entry.name, entry.sha256, entry.error) for entry in status.controlnets()]
-    named += [(entry.name, entry.sha256, entry.error) for entry in status.ip_adapters()]
+    named = [(entry.name, entry.sha256, entry.error) for entry in status.listed("controlnets")]
+    named += [(entry.name, entry.sha256, entry.error) for entry in status.listed("ip-adapters")]
     return [f"{name} [{sha256[:8]}]" for name, sha256, error in named if error is None]
 
 

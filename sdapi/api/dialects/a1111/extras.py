@@ -20,7 +20,7 @@ from sdapi.errors import InvalidParameter
 def _neural(request: Request[Any, Any, Any]) -> dict[str, float | None]:
     return {
         entry.name: entry.scale
-        for entry in status_of(request).upscalers()
+        for entry in status_of(request).listed("upscalers")
         if entry.kind == "neural" and entry.error is None
     }
 
@@ -35,7 +35,7 @@ async def upscalers(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
         {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
         for name in PIXEL_UPSCALER_NAMES
     ]
-    for entry in status_of(request).upscalers():
+    for entry in status_of(request).listed("upscalers"):
         if entry.kind == "neural" and entry.error is None:
             listed.append(
                 {

@@ -50,7 +50,7 @@ async def sd_models(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
 async def loras(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return [
         {"name": entry.name, "alias": entry.name, "path": entry.name, "metadata": {"type": entry.type}}
-        for entry in status_of(request).loras()
+        for entry in status_of(request).listed("loras")
         if entry.error is None and entry.fits is not False
     ]
 
@@ -62,7 +62,7 @@ async def loras(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
 )
 async def embeddings(request: Request[Any, Any, Any]) -> dict[str, dict[str, Any]]:
     listing: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
-    for entry in status_of(request).embeddings():
+    for entry in status_of(request).listed("embeddings"):
         usable = entry.error is None and entry.fits is not False
         listing["loaded" if usable else "skipped"][entry.name] = {
             "step": None,

@@ -59,7 +59,7 @@ async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_
     models = await served_checkpoints(request)
     neural = {
         entry.name: entry.scale
-        for entry in status_of(request).upscalers()
+        for entry in status_of(request).listed("upscalers")
         if entry.kind == "neural" and entry.error is None
     }
     translated = translate(body, models, image_to_image, config_of(request).limits, neural)
