@@ -11,13 +11,13 @@ import itertools
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 
 import msgspec
 from PIL import Image
 
 from sdapi.core import tasks
-from sdapi.core.batching import batch_key
+from sdapi.core.batching import batch_key, choose_companions
+from sdapi.core.claims import Queued, claim_order
 from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.params import GenerationParams
@@ -155,16 +155,15 @@ class MemoryTaskStore:
         skip: Sequence[str] = (),
     ) -> Lease | None:
         self.db.touch()
-        waiting = [
-            t
+        queued = [
+            Queued(t.id, t.params.model, t.created_at.timestamp())
             for t in self.db.tasks.values()
-            if t.status is TaskStatus.PENDING and (t.params.model is None or t.params.model not in skip)
+            if t.status is TaskStatus.PENDING
         ]
-        cutoff = datetime.now(UTC) - timedelta(seconds=affinity_max_wait)
-        first = [t for t in waiting if t.params.model is None or t.params.model in loaded or t.created_at < cutoff]
-        pending = next(iter(first if loaded and first else waiting), None)
-        if pending is None:
+        order = claim_order(queued, loaded, affinity_max_wait, skip, time.time())
+        if not order:
             return None
+        pending = self.db.tasks[order[0]]
         started = tasks.start(pending)
         self.db.tasks[started.id] = started
         token = uuid.uuid4().hex
@@ -177,14 +176,16 @@ class MemoryTaskStore:
             self.failing_companion_claims -= 1
             raise TaskStoreError("任务数据库错误：database is locked (fake)")
         key = batch_key(first.params)
+        if key is None:
+            return []
+        candidates = [
+            (task.id, task.params.num_images)
+            for task in self.db.tasks.values()
+            if task.status is TaskStatus.PENDING and batch_key(task.params) == key
+        ]
         leases: list[Lease] = []
-        for task in list(self.db.tasks.values()):
-            if key is None or task.status is not TaskStatus.PENDING or batch_key(task.params) != key:
-                continue
-            if task.params.num_images > room:
-                continue
-            room -= task.params.num_images
-            started = tasks.start(task)
+        for task_id in choose_companions(candidates, room):
+            started = tasks.start(self.db.tasks[task_id])
             self.db.tasks[started.id] = started
             token = uuid.uuid4().hex
             self.db.leases[started.id] = (token, time.time() + lease_seconds)

@@ -1,10 +1,9 @@
 """Which tasks may share one denoising batch (cross-request batching, `queue.batch_max`).
 
-Two tasks share a batch when one pipeline call can make both tasks' images as each task's own run would: the
-same model, size, steps, scheduler and its options, guidance, mode (text- or image-to-image, and the strength), LoRA
-set and embeddings. The prompts, negative prompts, seeds, image counts and init images may differ: each image keeps
-its own prompt and its own generator. Runs that are not one plain pipeline call (the second pass, inpainting,
-ControlNet units, IP-Adapter image prompts) never share one.
+Two tasks share a batch when one pipeline call can make both tasks' images as each task's own run would: every
+parameter equal but the few that may differ (MAY_DIFFER: the prompts, seeds, image counts, init images and output
+formats), a field added later separating batches until it is named there. Runs that are not one plain pipeline
+call (the second pass, inpainting, ControlNet units, IP-Adapter image prompts) never share one.
 
 The key is computed once, at submit, and stored beside the task: a worker claims companions for its first task by
 equal keys, without reading other tasks' parameters.
@@ -20,23 +19,37 @@ from sdapi.core.params import GenerationParams
 
 _encoder = msgspec.json.Encoder(order="sorted")
 
+# The parameters that may differ between the tasks of one batch: each image keeps its own prompt and its own
+# generator (seed + k, num_images of them), its own init image, and is encoded and reported on its own. Every other
+# field of GenerationParams separates batches, one added later included: forgetting it here is safe.
+MAY_DIFFER = frozenset(
+    {"prompt", "negative_prompt", "seed", "num_images", "init_image", "output_format", "callback_url"}
+)
+
+
+def _shared(params: GenerationParams) -> dict[str, object]:
+    """What the tasks of one batch must have in common: every field but MAY_DIFFER, a LoRA or embedding set as a set
+    (the merged weights do not depend on the order a request named them in), and whether it is image-to-image."""
+    shared = {name: getattr(params, name) for name in GenerationParams.__struct_fields__ if name not in MAY_DIFFER}
+    shared["loras"] = sorted((lora.sha256, lora.weight) for lora in params.loras)
+    shared["embeddings"] = sorted(embedding.sha256 for embedding in params.embeddings)
+    shared["image_to_image"] = params.is_image_to_image
+    return shared
+
 
 def batch_key(params: GenerationParams) -> str | None:
     """The key tasks that can share a batch have in common, or None when this task always runs alone."""
     if params.hires is not None or params.inpaint is not None or params.controlnets or params.ip_adapters:
         return None
-    shared = {
-        "model": params.model,
-        "size": (params.width, params.height),
-        "steps": params.num_inference_steps,
-        "guidance": params.guidance_scale,
-        "scheduler": params.scheduler,
-        "karras": params.use_karras_sigmas,
-        "scheduler_options": params.scheduler_options,
-        "image_to_image": params.is_image_to_image,
-        "strength": params.strength if params.is_image_to_image else None,
-        # The set, not the order the request named them in: the merged weights are the same.
-        "loras": sorted((lora.sha256, lora.weight) for lora in params.loras),
-        "embeddings": sorted(embedding.sha256 for embedding in params.embeddings),
-    }
-    return hashlib.sha256(_encoder.encode(shared)).hexdigest()[:32]
+    return hashlib.sha256(_encoder.encode(_shared(params))).hexdigest()[:32]
+
+
+def choose_companions(candidates: list[tuple[str, int]], room: int) -> list[str]:
+    """Which pending tasks join a batch with `room` images left: (task id, its images) in queue order, oldest first;
+    one too large for the room left is passed over for smaller ones behind it. The stores all choose this way."""
+    chosen: list[str] = []
+    for task_id, images in candidates:
+        if images <= room:
+            chosen.append(task_id)
+            room -= images
+    return chosen

@@ -1,7 +1,9 @@
-"""Choosing the device and dtype the model runs in."""
+"""Choosing the device and dtype the models run in: once per process, at start-up (choose_placement), then handed
+to every engine, the model pool and the neural upscalers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,3 +47,21 @@ def choose_dtype(setting: str, device: str, native_bf16: bool | None = None) -> 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and in what precision this process runs its models."""
+
+    device: str  # cpu, cuda, cuda:N
+    dtype: torch.dtype
+
+    @property
+    def on_cpu_in_bf16(self) -> bool:
+        return self.device == "cpu" and self.dtype == torch.bfloat16
+
+
+def choose_placement(device: str, dtype: str) -> Placement:
+    """The device and dtype the settings (`model.device`, `model.dtype`) mean on this machine."""
+    chosen = choose_device(device)
+    return Placement(chosen, choose_dtype(dtype, chosen))

@@ -6,8 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from sdapi.config import Config, ModelConfig
 from sdapi.controlnets.library import ControlNetLibrary
 from sdapi.controlnets.running import ControlNetFiles
@@ -15,7 +13,7 @@ from sdapi.core.request import LoraSpec
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.embeddings.loading import EmbeddingFiles
 from sdapi.engines import Engine
-from sdapi.engines.devices import choose_device, choose_dtype
+from sdapi.engines.devices import Placement, choose_placement
 from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.onnx_engine import OnnxEngine
 from sdapi.engines.pool import ModelPool
@@ -30,7 +28,7 @@ if TYPE_CHECKING:  # the registry sits above the engines: named for the type che
     from sdapi.addons import AddonRegistry
 
 
-def prefers_onnx(config: Config) -> bool:
+def prefers_onnx(placement: Placement) -> bool:
     """Whether `engine: auto` sends the requests an export can serve to ONNX Runtime rather than torch.
 
     Measured on one CPU only (docs/benchmarks.md; an AMD EPYC with AVX-512 BF16 and no AMX): ONNX Runtime fp32 took
@@ -38,8 +36,7 @@ def prefers_onnx(config: Config) -> bool:
     fp32, so where `dtype: auto` picks bf16 (AMX only) torch is preferred. CUDA has not been measured yet: ONNX is
     preferred there on the design card's word until the GPU benchmarks decide.
     """
-    device = choose_device(config.model.device)
-    return not (device == "cpu" and choose_dtype(config.model.dtype, device) == torch.bfloat16)
+    return not placement.on_cpu_in_bf16
 
 
 def build_engine(config: Config, addons: AddonRegistry) -> ModelPool:
@@ -51,12 +48,14 @@ def build_engine(config: Config, addons: AddonRegistry) -> ModelPool:
     embedding_files = addons.of(EmbeddingLibrary).path_for
     controlnet_files = addons.of(ControlNetLibrary).path_for
     ip_adapter_files = addons.of(IpAdapterLibrary).path_for
-    upscalers = NeuralUpscalers(addons.of(UpscalerLibrary).path_for, choose_device(config.model.device)).upscale
+    placement = choose_placement(config.model.device, config.model.dtype)  # once, for every model and upscaler
+    upscalers = NeuralUpscalers(addons.of(UpscalerLibrary).path_for, placement.device).upscale
 
     def make(name: str) -> Engine:
         return build_model_engine(
             config,
             config.model_config(name),
+            placement,
             lora_files,
             embedding_files,
             upscalers,
@@ -64,12 +63,13 @@ def build_engine(config: Config, addons: AddonRegistry) -> ModelPool:
             ip_adapter_files,
         )
 
-    return ModelPool(config, make, choose_device(config.model.device))
+    return ModelPool(config, make, placement.device)
 
 
 def build_model_engine(
     config: Config,
     model: ModelConfig,
+    placement: Placement,
     lora_files: Callable[[LoraSpec], Path],
     embedding_files: EmbeddingFiles | None = None,
     neural_upscale: NeuralUpscale | None = None,
@@ -88,6 +88,7 @@ def build_model_engine(
             controlnet_files,
             config.controlnet.cache_size,
             ip_adapter_files,
+            placement=placement,
         )
 
     if model.engine == "torch" or model.onnx_path is None:
@@ -96,5 +97,5 @@ def build_model_engine(
     if model.engine == "onnx":
         return EngineRouter(onnx, None)
     return EngineRouter(
-        onnx, make_torch, prefer=prefers_onnx(config), fallback_on_failure=config.onnx.fallback_to_torch
+        onnx, make_torch, prefer=prefers_onnx(placement), fallback_on_failure=config.onnx.fallback_to_torch
     )

@@ -27,13 +27,8 @@ from sdapi.engines.schedulers import check_scheduler, scheduler_name
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.families import Family, family_named
 from sdapi.loras.merging import adapter_targets, target_shapes
-from sdapi.models.export_manifest import (
-    ONNX_NO_CONTROL,
-    ONNX_NO_EMBEDDINGS,
-    ONNX_NO_HIRES,
-    ExportManifest,
-    read_manifest,
-)
+from sdapi.models.export_manifest import ExportManifest, read_manifest
+from sdapi.models.onnx_capability import OnnxCapability, read_capability, refuse_what_no_export_serves
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +131,7 @@ class OnnxEngine:
         self._tensorrt_cache = tensorrt_cache
         self.providers: list[str] = []
         self.manifest: ExportManifest | None = None
+        self.capability: OnnxCapability | None = None  # known once loaded
         self._text_to_image: Any = None
         self._image_to_image: Any = None
         self._inpaint: Any = None
@@ -201,12 +197,12 @@ class OnnxEngine:
         self.providers = list(pipeline.unet.session.get_providers())
         self._scheduler_config = pipeline.scheduler.config
         self._shapes = shapes_from_configs(self.folder, family)
-        blocks = len(pipeline.unet.config["block_out_channels"])
-        self.side_multiple = pipeline.vae_scale_factor * 2 ** (blocks - 1)
         side = int(pipeline.unet.config["sample_size"]) * pipeline.vae_scale_factor
         self._native_size = (side, side)
         self.inpainting = pipeline.unet.config["in_channels"] == 9
         self.manifest = manifest
+        self.capability = read_capability(self.folder)
+        self.side_multiple = self.capability.side_multiple
         self._loaded.set()
         logger.info("ONNX engine ready: %s (%s) on %s", self.folder, manifest.precision, ", ".join(self.providers))
 
@@ -243,29 +239,12 @@ class OnnxEngine:
         )
 
     def check(self, params: GenerationParams) -> None:
-        """The export serves exactly its merged LoRA set, at sides that are multiples of `side_multiple`.
-
-        Textual-inversion embeddings are always refused (the exported text encoder's vocabulary is fixed), and so
-        is the second pass (it resizes latents and may run a neural upscaler) and so are ControlNet units.
-        Before load() nothing else is known of the export, so nothing else is refused.
-        """
-        if params.embeddings:
-            raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS)
-        if params.hires is not None:
-            raise InvalidParameter("hires", ONNX_NO_HIRES)
-        if params.controlnets or params.ip_adapters:
-            raise InvalidParameter("controlnets", ONNX_NO_CONTROL)
-        if self.manifest is None:
+        """What the export can serve (sdapi.models.onnx_capability): before load() only what no export serves is
+        refused (nothing else is known of it yet)."""
+        if self.capability is None:
+            refuse_what_no_export_serves(params)
             return
-        wanted = frozenset((spec.sha256, spec.weight) for spec in params.loras)
-        if wanted != self.manifest.lora_set():
-            merged = ", ".join(f"{lora.name}:{lora.weight:g}" for lora in self.manifest.loras)
-            raise InvalidParameter("loras", f"ONNX 导出只能使用导出时合并的 LoRA 组合（{merged or '无'}）")
-        if params.width % self.side_multiple or params.height % self.side_multiple:
-            raise InvalidParameter(
-                "width",
-                f"width/height 无效：{params.width}x{params.height}。ONNX 引擎要求宽高为 {self.side_multiple} 的倍数",
-            )
+        self.capability.check(params)
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
 

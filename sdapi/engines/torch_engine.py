@@ -28,7 +28,7 @@ from sdapi.engines import (
     applied_addons,
     one_at_a_time,
 )
-from sdapi.engines.devices import choose_device, choose_dtype, dtype_name
+from sdapi.engines.devices import Placement, choose_placement, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.inpainting import as_edit
@@ -60,6 +60,8 @@ class TorchEngine:
         controlnet_files: ControlNetFiles | None = None,
         controlnet_cache_size: int = 2,
         ip_adapter_files: IpAdapterFiles | None = None,
+        *,
+        placement: Placement | None = None,
     ) -> None:
         self._ip_adapter_files = ip_adapter_files
         self._ip_adapters: IpAdapters | None = None
@@ -73,8 +75,9 @@ class TorchEngine:
         self._embeddings: PipelineEmbeddings | None = None
         self._lora_cache_size = lora_cache_size
         self.adapters: AdapterManager | None = None
-        self.device = choose_device(model.device)
-        self.dtype = choose_dtype(model.dtype, self.device)
+        # Chosen once per process by the engine factory; an engine built alone (tests, tools) reads its settings.
+        placement = placement or choose_placement(model.device, model.dtype)
+        self.device, self.dtype = placement.device, placement.dtype
         self._text_to_image: Any = None
         self._image_to_image: Any = None
         self._inpaint: Any = None

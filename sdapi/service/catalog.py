@@ -20,7 +20,7 @@ from sdapi.families import SD1, TEXT_ENCODER_PARTS, ModelFamily
 from sdapi.families.detection import UnsupportedModel, detect_family
 from sdapi.loras.targets import disk_targets
 from sdapi.models.digests import model_weights_sha256
-from sdapi.models.export_manifest import ONNX_NO_CONTROL, ONNX_NO_EMBEDDINGS, ONNX_NO_HIRES, read_manifest
+from sdapi.models.onnx_capability import OnnxCapability, read_capability
 
 logger = logging.getLogger(__name__)
 
@@ -44,44 +44,19 @@ class ModelView(msgspec.Struct, frozen=True):
     inpainting: bool = False  # an inpainting checkpoint (9-channel UNet)
 
 
-class OnnxOnly(msgspec.Struct, frozen=True):
-    """What a model served by its ONNX export alone (engine: onnx) can run: the LoRA set merged into the export,
-    at sides that are multiples of `side_multiple` (the UNet's downsampling)."""
-
-    lora_set: frozenset[tuple[str, float]]
-    merged: str  # "name:weight, ..." for the message
-    side_multiple: int
-
-
 class Capability(msgspec.Struct, frozen=True):
     """What a model's files say an engine can serve; None where the files do not tell (checked by the worker)."""
 
     # The class of the model's own scheduler (what runs when a request names none).
     own_scheduler: str | None = None
-    onnx_only: OnnxOnly | None = None
+    # A model served by its ONNX export alone (engine: onnx): what the export can serve.
+    onnx_only: OnnxCapability | None = None
 
     def check(self, params: GenerationParams) -> None:
-        """Step 6 of the request checks: raise InvalidParameter for what the model's engine cannot serve (the same
-        messages the engines give)."""
-        onnx = self.onnx_only
-        if onnx is None:
-            return
-        hint = "（其他组合或尺寸需要 model.engine: auto 或 torch，当前为 onnx）"
-        if params.embeddings:
-            raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS + hint)
-        if params.hires is not None:
-            raise InvalidParameter("hires", ONNX_NO_HIRES + hint)
-        if params.controlnets or params.ip_adapters:
-            raise InvalidParameter("controlnets", ONNX_NO_CONTROL + hint)
-        if frozenset((spec.sha256, spec.weight) for spec in params.loras) != onnx.lora_set:
-            message = f"ONNX 导出只能使用导出时合并的 LoRA 组合（{onnx.merged or '无'}）"
-            raise InvalidParameter("loras", message + hint)
-        if params.width % onnx.side_multiple or params.height % onnx.side_multiple:
-            raise InvalidParameter(
-                "width",
-                f"width/height 无效：{params.width}x{params.height}。ONNX 引擎要求宽高为 {onnx.side_multiple} 的倍数"
-                + hint,
-            )
+        """Step 6 of the request checks: raise InvalidParameter for what the model's engine cannot serve (the
+        export's own rules, sdapi.models.onnx_capability, as its engine applies them)."""
+        if self.onnx_only is not None:
+            self.onnx_only.check(params, hint="（其他组合或尺寸需要 model.engine: auto 或 torch，当前为 onnx）")
 
 
 def _json(path: Path) -> dict[str, object] | None:
@@ -98,23 +73,13 @@ def _own_scheduler(folder: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _onnx_only(entry: ModelEntry) -> OnnxOnly | None:
+def _onnx_only(entry: ModelEntry) -> OnnxCapability | None:
     if entry.engine != "onnx" or entry.onnx_path is None:
         return None
-    folder = Path(entry.onnx_path)
     try:
-        manifest = read_manifest(folder)
+        return read_capability(Path(entry.onnx_path))
     except ModelLoadFailed:
         return None  # the worker fails to load it and says why
-    unet, vae = _json(folder / "unet" / "config.json"), _json(folder / "vae_decoder" / "config.json")
-    unet_blocks = unet.get("block_out_channels") if unet else None
-    vae_blocks = vae.get("block_out_channels") if vae else None
-    if not isinstance(unet_blocks, list) or not isinstance(vae_blocks, list):
-        return None
-    # The VAE's scale factor times the UNet's own downsampling, as the ONNX engine computes it from its pipeline.
-    side_multiple = 2 ** (len(vae_blocks) - 1) * 2 ** (len(unet_blocks) - 1)
-    merged = ", ".join(f"{lora.name}:{lora.weight:g}" for lora in manifest.loras)
-    return OnnxOnly(lora_set=manifest.lora_set(), merged=merged, side_multiple=side_multiple)
 
 
 def _capability(entry: ModelEntry) -> Capability:

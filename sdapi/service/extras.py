@@ -34,6 +34,7 @@ class Extras:
             return image
         with self._lock:
             if self._neural is None:
+                # Chosen here, on first use: an API node imports torch only when a neural upscaler is asked for.
                 from sdapi.engines.devices import choose_device
                 from sdapi.upscalers.running import NeuralUpscalers
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from sdapi.core.batching import batch_key
+from sdapi.core.batching import batch_key, choose_companions
 from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Progress, Task, TaskStatus
@@ -279,6 +279,7 @@ class SqlTaskStore:
         skip: Sequence[str] = (),
     ) -> Lease | None:
         now, token = self._dialect.now, uuid.uuid4().hex
+        # sdapi.core.claims.claim_order, in SQL (the contract suite holds the two to the same cases).
         # Tasks from before models were recorded (model NULL) run anywhere: they are never skipped.
         skipping = f" AND (model IS NULL OR model NOT IN ({', '.join(['%s'] * len(skip))}))" if skip else ""
         order = "seq"
@@ -309,18 +310,14 @@ class SqlTaskStore:
             return []
         now, token = self._dialect.now, uuid.uuid4().hex
         async with self._db.session(write=True) as session:
-            # Oldest first; one too large for the room left is passed over for smaller ones behind it.
+            # In queue order; sdapi.core.batching.choose_companions picks among them.
             rows = await session.fetchall(
                 f"SELECT seq, body FROM tasks WHERE status = 'pending' AND batch_key = %s ORDER BY seq LIMIT %s"
                 f"{self._dialect.skip_locked}",
                 (key, COMPANION_CANDIDATES),
             )
-            chosen: list[int] = []
-            for seq, body in rows:
-                images = _task_decoder.decode(bytes(body)).params.num_images
-                if images <= room:
-                    chosen.append(int(seq))
-                    room -= images
+            candidates = [(str(seq), _task_decoder.decode(bytes(body)).params.num_images) for seq, body in rows]
+            chosen = [int(seq) for seq in choose_companions(candidates, room)]
             if not chosen:
                 return []
             marks = ", ".join(["%s"] * len(chosen))

@@ -70,3 +70,19 @@ def test_image_to_image_at_another_strength_is_another_batch():
 )
 def test_runs_that_are_not_one_plain_pipeline_call_always_run_alone(change):
     assert batch_key(make_params(**change)) is None
+
+
+def test_every_field_but_the_named_few_separates_batches():
+    """A field added to GenerationParams later is in the key until someone names it as one that may differ."""
+    from sdapi.core.batching import MAY_DIFFER, _shared
+    from sdapi.core.params import GenerationParams
+
+    assert set(GenerationParams.__struct_fields__) - MAY_DIFFER <= set(_shared(make_params()))
+    assert set(GenerationParams.__struct_fields__) > MAY_DIFFER
+
+
+def test_companions_are_chosen_oldest_first_passing_over_those_too_large():
+    from sdapi.core.batching import choose_companions
+
+    assert choose_companions([("a", 2), ("b", 4), ("c", 1), ("d", 1)], room=4) == ["a", "c", "d"]
+    assert choose_companions([("a", 5)], room=4) == []

@@ -1,0 +1,69 @@
+"""What an ONNX export can serve, stated once: exactly the LoRA set merged into it, at sides that are multiples of
+its traced UNet's downsampling, and never textual-inversion embeddings, the second pass, ControlNet units or image
+prompts (those run on torch). The model catalog asks it at submit time (an ONNX-only model refuses with a 400), the
+ONNX engine at run time and routers to choose an engine, so every node refuses alike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from sdapi.core.params import GenerationParams
+from sdapi.errors import InvalidParameter, ModelLoadFailed
+from sdapi.models.export_manifest import ONNX_NO_CONTROL, ONNX_NO_EMBEDDINGS, ONNX_NO_HIRES, read_manifest
+
+
+def refuse_what_no_export_serves(params: GenerationParams, hint: str = "") -> None:
+    """Raise InvalidParameter (its message ending in `hint`) for what no export serves, whatever it holds."""
+    if params.embeddings:
+        raise InvalidParameter("prompt", ONNX_NO_EMBEDDINGS + hint)
+    if params.hires is not None:
+        raise InvalidParameter("hires", ONNX_NO_HIRES + hint)
+    if params.controlnets or params.ip_adapters:
+        raise InvalidParameter("controlnets", ONNX_NO_CONTROL + hint)
+
+
+class OnnxCapability(msgspec.Struct, frozen=True):
+    """One export's capability, from its manifest and configs."""
+
+    lora_set: frozenset[tuple[str, float]]  # (sha256, weight) of each merged LoRA
+    merged: str  # "name:weight, ..." for the message
+    side_multiple: int
+
+    def check(self, params: GenerationParams, hint: str = "") -> None:
+        """Raise InvalidParameter, naming the field and why (then `hint`), for what this export cannot serve."""
+        refuse_what_no_export_serves(params, hint)
+        if frozenset((spec.sha256, spec.weight) for spec in params.loras) != self.lora_set:
+            message = f"ONNX 导出只能使用导出时合并的 LoRA 组合（{self.merged or '无'}）"
+            raise InvalidParameter("loras", message + hint)
+        if params.width % self.side_multiple or params.height % self.side_multiple:
+            raise InvalidParameter(
+                "width",
+                f"width/height 无效：{params.width}x{params.height}。ONNX 引擎要求宽高为 {self.side_multiple} 的倍数"
+                + hint,
+            )
+
+
+def _json(path: Path) -> dict[str, object] | None:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def read_capability(folder: Path) -> OnnxCapability:
+    """The capability of the export in `folder`; raise ModelLoadFailed when its manifest or configs cannot be read."""
+    manifest = read_manifest(folder)
+    unet, vae = _json(folder / "unet" / "config.json"), _json(folder / "vae_decoder" / "config.json")
+    unet_blocks = unet.get("block_out_channels") if unet else None
+    vae_blocks = vae.get("block_out_channels") if vae else None
+    if not isinstance(unet_blocks, list) or not isinstance(vae_blocks, list):
+        raise ModelLoadFailed(f"ONNX 导出缺少可读的 unet 或 vae_decoder 配置（{folder}）")
+    # The VAE's scale factor times the UNet's own downsampling: the latent must halve evenly at every UNet block
+    # (torch's UNet adapts to odd sizes; the traced graph cannot).
+    side_multiple = 2 ** (len(vae_blocks) - 1) * 2 ** (len(unet_blocks) - 1)
+    merged = ", ".join(f"{lora.name}:{lora.weight:g}" for lora in manifest.loras)
+    return OnnxCapability(lora_set=manifest.lora_set(), merged=merged, side_multiple=side_multiple)
