@@ -2,7 +2,8 @@
 them.
 
 Roles (sdapi.core.nodes.Role): `all` (API and worker in one process, the default), `api` (HTTP only: no engine, no
-model, torch never imported) and `worker` (engine and task loop, no HTTP). Every role runs the reaper and a
+model; torch is imported only if a client asks it for a neural upscaler or a depth map, which the API node runs
+itself: service/extras.py) and `worker` (engine and task loop, no HTTP). Every role runs the reaper and a
 heartbeat; roles that serve HTTP also send callbacks.
 
 create_app (api/app.py) serves HTTP around the Runtime built here; `sdapi worker` runs one without HTTP. Tests build

@@ -1,7 +1,9 @@
 """Typed configuration: msgspec Structs decoded from config.yaml plus environment overrides.
 
-This module is the only reader of either. The result is passed down from the composition root;
-nothing else looks at the file or at os.environ.
+This module reads the service's settings from both; the result is passed down from the composition root. The few
+other readers of the environment are not settings: the client commands' SDAPI_URL and SDAPI_API_KEY (cli.py),
+prometheus_client's own PROMETHEUS_MULTIPROC_DIR (observability/metrics.py), and the libraries' log verbosity that
+observability/logs.py sets.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The error tree of sdapi, split by who must act. The codes in the tree are what api/errors.py (the one table that
+"""The error tree of sdapi, split by what happens next: a request refused (the client must change it), a task
+cancelled, or a part of the service failing (retried where that can help). A task's own failure (GenerationFailed)
+sits with the service's errors but may be the client's doing: its error_code says which (invalid_input,
+out_of_memory for the size asked, or a fault). The codes in the tree are what api/errors.py (the one table that
 knows HTTP) answers each with; nothing in this module knows HTTP.
 
 SdapiError
@@ -6,6 +9,7 @@ SdapiError
 │   ├── InvalidParameter            400  a request that parsed but cannot be served
 │   ├── AuthenticationFailed        401
 │   ├── TaskNotFound                404
+│   ├── ModelNotFound               404  a dialect's unknown model (OpenAI's model_not_found)
 │   ├── TaskAlreadyFinished         409  cancelling a task that already ended
 │   ├── IdempotencyKeyReused        409  an Idempotency-Key sent again with a different body
 │   ├── NoCallback                  404  the delivery log of a task without a callback
@@ -78,6 +82,13 @@ class AuthenticationFailed(RequestError):
 
 class TaskNotFound(RequestError):
     """No task has the requested id."""
+
+
+class ModelNotFound(RequestError):
+    """A dialect named a model this service does not serve (OpenAI answers it with 404 and `model_not_found`; the
+    native API refuses an unknown `model` as an InvalidParameter)."""
+
+    field = "model"
 
 
 class TaskAlreadyFinished(RequestError):

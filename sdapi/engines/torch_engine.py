@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 
 class TorchEngine:
-    """Engine on diffusers + torch. generate() must not be called concurrently (the worker runs one at a time)."""
+    """Engine on diffusers + torch. generate() must not be called concurrently (the worker calls it from
+    its one generation thread)."""
 
     name = "torch"
 

@@ -1,13 +1,17 @@
 """The stores' SQL, once for both databases: SQLite and PostgreSQL differ only in what a `Dialect` says (the clock
 expression, row locking, how admission is serialised, notifications) and in how a `Session` runs a statement.
 
-Tables (created by each backend's migrations):
-- tasks: seq (queue order), id, status, attempts, updated_at, body (the Task as JSON), init_image, and the lease:
-  lease_token, lease_expires_at, worker_id. status, attempts and updated_at are columns because a claim changes
-  them in one statement; they are authoritative and laid over the body when a task is read.
+Tables (created by each backend's migrations; sqlite.py and postgres.py hold the exact columns):
+- tasks: seq (queue order), id, status, attempts, updated_at, body (the Task as JSON), init_image, the lease
+  (lease_token, lease_expires_at, worker_id), and what claims and admission read without decoding the body: owner,
+  cost, model, batch_key, submitted_at, started_at, progress, cancel_requested, staged image keys. status, attempts and
+  updated_at are columns because a claim changes them in one statement; they are authoritative and laid over the
+  body when a task is read.
 - deliveries: id (the webhook-id), task_id, status, next_attempt_at, body (the Delivery as JSON), and a claim
   lease: lease_token, lease_expires_at.
 - nodes: id, role, heartbeat_at, body (the NodeInfo as JSON).
+- idempotency: (owner, key) -> the task it created, the request's fingerprint, when it expires.
+- throughput: per engine, the moving average of seconds per unit of work (the queue's start estimates).
 Times are unix seconds (float); the `now` of leases, heartbeats and updated_at is the database's clock.
 """
 

@@ -39,8 +39,8 @@ from sdapi.core.callers import callers_by_key
 from sdapi.core.request import GenerationRequest, LoraRequest
 from sdapi.errors import (
     InvalidParameter,
+    ModelNotFound,
     SdapiError,
-    TaskNotFound,
 )
 from sdapi.media.images import open_image
 from sdapi.media.masks import encode_mask, mask_from_transparency
@@ -58,6 +58,10 @@ _ERROR_TYPES = {
     503: "server_error",
     504: "timeout",
 }
+
+
+# OpenAI's own `code` for the errors it names; other refusals carry sdapi's error class name.
+_OPENAI_CODES = {"ModelNotFound": "model_not_found"}
 
 
 class OpenAIErrorDetail(msgspec.Struct):
@@ -156,12 +160,13 @@ def _model_ids(config: Config) -> list[str]:
 
 
 def _model(config: Config, model: str | None) -> str | None:
-    """The native model for OpenAI's `model` (None: the default); raise TaskNotFound (404) for an unknown id."""
+    """The native model for OpenAI's `model` (None: the default); raise ModelNotFound (OpenAI's 404,
+    `model_not_found`) for an unknown id, naming the served ones."""
     if model is None or model in (config.compat.model_id, "default"):
         return None
     if model in {entry.name for entry in config.model_entries}:
         return model
-    raise TaskNotFound(f"模型不存在：{model!r}。可用模型：{', '.join(_model_ids(config))}（GET /v1/models）")
+    raise ModelNotFound(f"模型不存在：{model!r}。可用模型：{', '.join(_model_ids(config))}（GET /v1/models）")
 
 
 async def _generate_and_answer(
@@ -287,7 +292,8 @@ def _sdapi_error(request: Request[Any, Any, Any], error: SdapiError) -> Response
     if failure.kind == "validation":
         message = f"{failure.field}: {failure.message}" if failure.field else failure.message
         return _error(400, message, failure.field)
-    response = _error(failure.status, failure.message, failure.field, code=failure.name)
+    code = _OPENAI_CODES.get(failure.name, failure.name)
+    response = _error(failure.status, failure.message, failure.field, code=code)
     if failure.retry_after is not None:
         response.headers["Retry-After"] = str(failure.retry_after)
     return response

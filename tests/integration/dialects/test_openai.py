@@ -73,8 +73,12 @@ def test_a_lora_through_extra_body(client):
 
 def test_models_and_an_unknown_model(client):
     assert [model.id for model in client.models.list().data] == ["sdapi"]
-    with pytest.raises(openai.NotFoundError, match="sdapi"):
+    with pytest.raises(openai.NotFoundError, match="sdapi") as unknown:
         client.images.generate(prompt="x", model="dall-e-3", extra_body=FAST)
+    # As OpenAI answers it: 404, code model_not_found, the field named, the served models in the message.
+    error = unknown.value.body
+    assert (error["code"], error["param"], error["type"]) == ("model_not_found", "model", "not_found_error")
+    assert "dall-e-3" in error["message"] and "可用模型：sdapi" in error["message"]
 
 
 def test_edit_runs_image_to_image_and_a_mask_without_alpha_is_refused(client):

@@ -5,15 +5,19 @@ that fit one model and not another."""
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from export.exporter import export_model
 from tests.support.adapter_files import model_modules, write_adapter, write_wrong_shapes
-from tests.support.services import ServiceProcess, submit, wait_for_task, write_config
+from tests.support.services import ServiceProcess, data_url, gradient_image, submit, wait_for_task, write_config
+from tests.support.upscaler_files import tiny_rrdb, write_rrdb
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -54,6 +58,9 @@ def two_roles(
     modules = model_modules(tiny_model)
     write_adapter(loras / "sd15_style.safetensors", modules, "lora", seed=1)
     write_wrong_shapes(loras / "wrong_shapes.safetensors", modules)
+    upscalers = root / "upscalers"
+    upscalers.mkdir()
+    write_rrdb(upscalers / "tiny-esrgan-4x.pth", tiny_rrdb(scale=4, seed=1))
     export = root / "tiny-onnx"
     export_model(str(tiny_model), export, [], progress=None)
     config = write_config(
@@ -66,6 +73,7 @@ def two_roles(
         ],
         store={"backend": "postgres", "postgres": {"dsn": postgres.new_database()}},
         loras={"dir": str(loras)},
+        upscalers={"dir": str(upscalers)},
     )
     with ServiceProcess(config) as serve, ServiceProcess(config, role="api") as api:
         serve.wait_ready()
@@ -96,3 +104,19 @@ def test_what_both_accept_runs_on_the_worker(two_roles):
     fits = {entry["name"]: entry["fits"] for entry in loras}
     assert fits == {"sd15_style": True, "wrong_shapes": False}
     assert httpx.get(body["result_url"]).status_code == 200
+
+
+def test_an_api_node_runs_the_extras_itself(two_roles):
+    """Upscaling a client's picture (A1111's extras) is no task: the API node answers it in its own process, loading
+    the neural upscaler (and torch) on first use, as the README's roles section says."""
+    api, _ = two_roles
+    picture = data_url(gradient_image(16, 16))
+    with api.client() as client:
+        answer = client.post(
+            "/sdapi/v1/extra-single-image",
+            json={"image": picture, "upscaler_1": "tiny-esrgan-4x", "upscaling_resize": 4},
+            timeout=120,
+        )
+    assert answer.status_code == 200, answer.text
+    image = answer.json()["image"]
+    assert Image.open(io.BytesIO(base64.b64decode(image.split(",")[-1]))).size == (64, 64)
