@@ -8,7 +8,7 @@ import io
 import tokenize
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Identifiers that would name a family or test for one.
 FLAG_NAMES = ("sdxl", "is_xl", "text_encoder_2", "tokenizer_2")
 # String literals that are a family's name or one of its parts.
