@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+from PIL import Image
 
+from sdapi.core.params import GenerationParams
 from sdapi.errors import ErrorCode, GenerationFailed
 
 # The folder or file of a resolved ControlNet (name, sha256).
@@ -104,6 +108,39 @@ def _single_file(path: Path, base_unet: Any) -> Any:
     return model
 
 
+@dataclass(frozen=True)
+class ControlRun:
+    """A run's ControlNet units and image prompts: the pipeline of the run's kind with them attached, each active
+    unit's image (preprocessed, at the output size) with its weight and guidance window, and the image prompts."""
+
+    pipeline: Any
+    images: list[Image.Image]
+    scales: list[float]
+    starts: list[float]
+    ends: list[float]
+    image_prompts: list[Image.Image] = field(default_factory=list)  # one per IP-Adapter loaded for the run
+
+    def arguments(
+        self, key: str, box: tuple[int, int, int, int] | None = None, size: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
+        """The pipeline's ControlNet arguments, the images under `key` ("image" for text-to-image, "control_image"
+        otherwise), cropped to `box` and resized to `size` when a masked-only area renders a crop."""
+        arguments: dict[str, Any] = {}
+        if self.image_prompts:
+            arguments["ip_adapter_image"] = self.image_prompts
+        images = self.images
+        if not images:
+            return arguments
+        if box is not None and size is not None:
+            images = [image.crop(box).resize(size, Image.Resampling.BILINEAR) for image in images]
+        return arguments | {
+            key: images,
+            "controlnet_conditioning_scale": self.scales,
+            "control_guidance_start": self.starts,
+            "control_guidance_end": self.ends,
+        }
+
+
 class ControlNetModels:
     """The loaded ControlNet models of one engine, by file content."""
 
@@ -135,3 +172,48 @@ class ControlNetModels:
             while len(self._loaded) > self._cache_size:
                 self._loaded.popitem(last=False)
         return model
+
+
+@contextmanager
+def applied(
+    models: ControlNetModels | None,
+    base: Any,
+    params: GenerationParams,
+    controls: Sequence[Image.Image],
+    image_prompts: Sequence[Image.Image],
+) -> Iterator[ControlRun | None]:
+    """The request's ControlNet units (their nets from `models`, the engine's) and image prompts for one run: a
+    pipeline of the run's kind made from the model's own `base` (so it holds the image encoder the image prompts'
+    adapters registered) with the units' nets attached, and each active unit's image, weight and window. None when
+    no unit or prompt has a weight: weight 0 is "without it", left out, so the pixels are the plain run's. Nothing
+    is left on `base`."""
+    units = [(unit, image) for unit, image in zip(params.controlnets, controls, strict=True) if unit.weight > 0]
+    prompts = [image for prompt, image in zip(params.ip_adapters, image_prompts, strict=True) if prompt.weight > 0]
+    if not units and not prompts:
+        yield None
+        return
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+    attached: dict[str, Any] = {}
+    if units:
+        if models is None:
+            raise GenerationFailed("此引擎未配置 ControlNet（controlnet.dir）", ErrorCode.INVALID_INPUT)
+        nets = [models.get(unit.model, unit.sha256, base.unet) for unit, _ in units]
+        modes = [unit.control_mode for unit, _ in units]
+        attached["controlnet"] = UnitControlNets(nets, modes, params.guidance_scale > 1)
+    if params.inpaint is not None:
+        auto: Any = AutoPipelineForInpainting
+    elif params.init_image is not None:
+        auto = AutoPipelineForImage2Image
+    else:
+        auto = AutoPipelineForText2Image
+    pipeline = auto.from_pipe(base, **attached)
+    pipeline.set_progress_bar_config(disable=True)
+    yield ControlRun(
+        pipeline=pipeline,
+        images=[image for _, image in units],
+        scales=[unit.weight for unit, _ in units],
+        starts=[unit.guidance_start for unit, _ in units],
+        ends=[unit.guidance_end for unit, _ in units],
+        image_prompts=prompts,
+    )

@@ -1,6 +1,12 @@
 """What an add-on kind is (LoRAs, embeddings, upscalers, ControlNets, IP-Adapters...): a library of files in one
-folder, scanned, listed and resolved the same way, so one registry (sdapi.addons) holds them all and one controller
-lists and refreshes every kind. Pure: the protocol and the kind's description, no I/O."""
+folder, scanned, listed and resolved to specs pinned by sha256 the same way, so one registry (sdapi.addons) holds
+them all and one controller lists and refreshes every kind. Pure: the protocol and the kind's description, no I/O.
+
+On the engine's side each kind that changes a pipeline has an `applied(...)` context in its own package, which
+applies the specs a run names for that run and leaves nothing a later run could see: LoRAs
+(loras.merging.AdapterManager.applied), embeddings (embeddings.loading.PipelineEmbeddings.applied), image prompts
+(ip_adapters.running.IpAdapters.applied) and ControlNet units (controlnets.running.applied); the torch engine
+enters them in that order. Upscalers change no pipeline: the second pass and the extras call them."""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ nothing, so nothing has to be unloaded between tasks, and a changed file (anothe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,13 @@ class PipelineEmbeddings:
         self._loaded.add(token)
         logger.info("embedding %s loaded as %s (%d vectors)", spec.name, token, vectors.vectors)
         return token
+
+    @contextmanager
+    def applied(self, params: GenerationParams) -> Iterator[GenerationParams]:
+        """The run's embeddings loaded, and its params with the prompts naming them by their tokens. Tokens stay
+        loaded after the run on purpose: a token no prompt names changes nothing, so the next run sees the pipeline
+        as if this one had never been."""
+        yield self.apply(params)
 
     def apply(self, params: GenerationParams) -> GenerationParams:
         """`params` with each embedding's name in the prompts replaced by its loaded token."""

@@ -14,10 +14,11 @@ import msgspec
 import torch
 from PIL import Image
 
+from sdapi.controlnets.running import ControlRun
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import LATENT_UPSCALERS
 from sdapi.engines import StepCallback
-from sdapi.engines.primitives import ControlRun, run_batches
+from sdapi.engines.primitives import run_batches
 from sdapi.engines.schedulers import make_scheduler
 from sdapi.errors import InvalidParameter
 

@@ -15,9 +15,10 @@ from typing import Any
 import msgspec
 from PIL import Image
 
+from sdapi.controlnets.running import ControlRun
 from sdapi.core.params import GenerationParams, InpaintParams
 from sdapi.engines import StepCallback
-from sdapi.engines.primitives import ControlRun, run_batches
+from sdapi.engines.primitives import run_batches
 from sdapi.media import masks
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdapi.controlnets.running import ControlRun
 from sdapi.core.params import GenerationParams
 from sdapi.engines import Run, StepCallback
 from sdapi.engines.primitives import (
-    ControlRun,
     Pipelines,
     batch_step_reporter,
     cpu_generators,

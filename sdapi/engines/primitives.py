@@ -10,7 +10,7 @@ both engines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,39 +47,6 @@ def chunk(seeds: list[int], size: int) -> list[list[int]]:
 def cpu_generators(seeds: list[int]) -> list[torch.Generator]:
     """One CPU generator per image: the same seed gives the same starting noise on every device and engine."""
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-
-
-@dataclass(frozen=True)
-class ControlRun:
-    """A run's ControlNet units and image prompts: the pipeline of the run's kind with them attached, each active
-    unit's image (preprocessed, at the output size) with its weight and guidance window, and the image prompts."""
-
-    pipeline: Any
-    images: list[Image.Image]
-    scales: list[float]
-    starts: list[float]
-    ends: list[float]
-    image_prompts: list[Image.Image] = field(default_factory=list)  # one per IP-Adapter loaded for the run
-
-    def arguments(
-        self, key: str, box: tuple[int, int, int, int] | None = None, size: tuple[int, int] | None = None
-    ) -> dict[str, Any]:
-        """The pipeline's ControlNet arguments, the images under `key` ("image" for text-to-image, "control_image"
-        otherwise), cropped to `box` and resized to `size` when a masked-only area renders a crop."""
-        arguments: dict[str, Any] = {}
-        if self.image_prompts:
-            arguments["ip_adapter_image"] = self.image_prompts
-        images = self.images
-        if not images:
-            return arguments
-        if box is not None and size is not None:
-            images = [image.crop(box).resize(size, Image.Resampling.BILINEAR) for image in images]
-        return arguments | {
-            key: images,
-            "controlnet_conditioning_scale": self.scales,
-            "control_guidance_start": self.starts,
-            "control_guidance_end": self.ends,
-        }
 
 
 def no_denoising(params: GenerationParams) -> bool:

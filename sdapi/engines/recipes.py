@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from PIL import Image
 
+from sdapi.controlnets.running import ControlRun
 from sdapi.core.params import GenerationParams
 from sdapi.engines import StepCallback
 from sdapi.engines.hires import NeuralUpscale, make_hires_images
 from sdapi.engines.inpainting import make_edited_images
 from sdapi.engines.plain import make_plain_images
-from sdapi.engines.primitives import ControlRun, Pipelines, no_denoising, unchanged
+from sdapi.engines.primitives import Pipelines, no_denoising, unchanged
 from sdapi.engines.schedulers import make_scheduler
 
 

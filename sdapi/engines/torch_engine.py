@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,17 +14,16 @@ import torch
 from PIL import Image
 
 from sdapi.config import ModelConfig
-from sdapi.controlnets.running import ControlNetFiles, ControlNetModels, UnitControlNets
+from sdapi.controlnets.running import ControlNetFiles, ControlNetModels
+from sdapi.controlnets.running import applied as controls_applied
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
 from sdapi.engines import (
-    Conditioning,
     EngineDescription,
     Run,
     RunFacts,
     RunResult,
-    StepCallback,
     applied_addons,
     one_at_a_time,
 )
@@ -34,7 +33,7 @@ from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import load_pipeline
 from sdapi.engines.plain import make_batch_images
-from sdapi.engines.primitives import ControlRun, Pipelines
+from sdapi.engines.primitives import Pipelines
 from sdapi.engines.recipes import make_images
 from sdapi.engines.schedulers import check_scheduler, scheduler_name
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
@@ -155,7 +154,7 @@ class TorchEngine:
         if not self.loaded:
             raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
         with engine_errors(run.params), torch.inference_mode():
-            images = self._generate(run.params, run.init_image, run.on_step, run.conditioning)
+            images = self._generate(run)
         return RunResult(images, self._facts(run.params))
 
     def generate_batch(self, runs: list[Run]) -> list[RunResult | None]:
@@ -165,8 +164,7 @@ class TorchEngine:
         if self.family.inpainting:  # its runs are repaints (as_edit): one task at a time
             return one_at_a_time(self, runs)
         first = runs[0].params
-        with engine_errors(first), torch.inference_mode():
-            self._activate_loras(first.loras)  # one LoRA set: it is part of the batch key
+        with engine_errors(first), torch.inference_mode(), self._loras_applied(first.loras):  # one set: the batch key's
             embedded = [replace(run, params=self._embeddings.apply(run.params)) for run in runs]
             batches = make_batch_images(self._pipelines(), embedded)
         return [
@@ -187,71 +185,38 @@ class TorchEngine:
             addons=applied_addons(params),
         )
 
-    def _activate_loras(self, loras: tuple[LoraSpec, ...]) -> None:
-        """Merge exactly `loras` into the model (restoring any other set first)."""
+    def _loras_applied(self, loras: tuple[LoraSpec, ...]) -> contextlib.AbstractContextManager[None]:
+        """Exactly `loras` merged into the model for the run (any other set restored first)."""
         if self.adapters is not None:
-            self.adapters.activate(loras)
-        elif loras:
+            return self.adapters.applied(loras)
+        if loras:
             raise GenerationFailed("此引擎未配置 LoRA", ErrorCode.INVALID_INPUT)
+        return contextlib.nullcontext()
 
-    def _conditioned_run(self, params: GenerationParams, conditioning: Conditioning) -> ControlRun | None:
-        """The request's ControlNet units and image prompts with a weight, on a pipeline of the run's kind made
-        from the model's (after the image prompts' adapters are loaded into it); None when there are none."""
-        units = [(u, image) for u, image in zip(params.controlnets, conditioning.controls, strict=True) if u.weight > 0]
-        prompts = [
-            (p, image) for p, image in zip(params.ip_adapters, conditioning.image_prompts, strict=True) if p.weight > 0
-        ]
-        if not units and not prompts:  # weight 0 is "without it": left out, so the pixels are the plain run's
-            return None
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
-
-        base = self._text_to_image
-        attached: dict[str, Any] = {}
-        if units:
-            if self._controlnets is None:
-                raise GenerationFailed("此引擎未配置 ControlNet（controlnet.dir）", ErrorCode.INVALID_INPUT)
-            nets = [self._controlnets.get(unit.model, unit.sha256, base.unet) for unit, _ in units]
-            modes = [unit.control_mode for unit, _ in units]
-            attached["controlnet"] = UnitControlNets(nets, modes, params.guidance_scale > 1)
-        if params.inpaint is not None:
-            auto: Any = AutoPipelineForInpainting
-        elif params.init_image is not None:
-            auto = AutoPipelineForImage2Image
-        else:
-            auto = AutoPipelineForText2Image
-        # From the model's own pipeline: it holds the image encoder the image prompts' adapters registered.
-        pipeline = auto.from_pipe(base, **attached)
-        pipeline.set_progress_bar_config(disable=True)
-        return ControlRun(
-            pipeline=pipeline,
-            images=[image for _, image in units],
-            scales=[unit.weight for unit, _ in units],
-            starts=[unit.guidance_start for unit, _ in units],
-            ends=[unit.guidance_end for unit, _ in units],
-            image_prompts=[image for _, image in prompts],
-        )
-
-    def _generate(
-        self,
-        params: GenerationParams,
-        init_image: Image.Image | None,
-        on_step: StepCallback | None,
-        conditioning: Conditioning,
-    ) -> list[Image.Image]:
-        self._activate_loras(params.loras)
+    def _generate(self, run: Run) -> list[Image.Image]:
+        """The run's images, each add-on kind it names applied for this run alone (sdapi.core.addons: applied
+        contexts that leave nothing behind that a later run could see), in the order they build on each other:
+        LoRAs merge into the modules, embeddings become tokens the prompts name, image prompts' adapters load into
+        the UNet, and ControlNet units attach to a pipeline made from it."""
         assert self._embeddings is not None and self.family is not None  # set by load()
-        params = self._embeddings.apply(params)
-        if self.family.inpainting and params.inpaint is None:
-            params, init_image = as_edit(params, init_image)
+        params, init_image = run.params, run.init_image
         prompts = [prompt for prompt in params.ip_adapters if prompt.weight > 0]
         if prompts and self._ip_adapters is None:
             raise GenerationFailed("此引擎未配置 IP-Adapter（ip_adapter.dir）", ErrorCode.INVALID_INPUT)
-        loaded = (
-            self._ip_adapters.applied(self._text_to_image, prompts) if prompts and self._ip_adapters else nullcontext()
-        )
-        with loaded:
-            control = self._conditioned_run(params, conditioning)
-            return make_images(self._pipelines(), params, init_image, on_step, self._neural_upscale, control)
+        with contextlib.ExitStack() as applied:
+            applied.enter_context(self._loras_applied(params.loras))
+            params = applied.enter_context(self._embeddings.applied(params))
+            if self.family.inpainting and params.inpaint is None:
+                params, init_image = as_edit(params, init_image)
+            if prompts and self._ip_adapters is not None:
+                applied.enter_context(self._ip_adapters.applied(self._text_to_image, prompts))
+            conditioning = run.conditioning
+            control = applied.enter_context(
+                controls_applied(
+                    self._controlnets, self._text_to_image, params, conditioning.controls, conditioning.image_prompts
+                )
+            )
+            return make_images(self._pipelines(), params, init_image, run.on_step, self._neural_upscale, control)
 
     def _pipelines(self) -> Pipelines:
         assert self.family is not None  # set by load()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -83,6 +84,14 @@ class AdapterManager:
                 self._originals[key] = weight.detach().clone()
                 weight.copy_((weight.float() + total.to(weight.device)).to(weight.dtype))
         self._active = wanted
+
+    @contextmanager
+    def applied(self, specs: Sequence[LoraSpec]) -> Iterator[None]:
+        """The modules carrying exactly `specs` for one run. The merge outlives the run on purpose: a next run of the
+        same set pays nothing, and any run naming another set (none included) gets the base restored first, bit for
+        bit (the originals are kept), so what a run sees never depends on the run before."""
+        self.activate(specs)
+        yield
 
     def restore(self) -> None:
         """Put back the original tensors of every touched module."""
