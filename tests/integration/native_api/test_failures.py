@@ -8,7 +8,6 @@ import httpx
 import torch
 
 from sdapi.config import ModelConfig
-from sdapi.engines import NO_CONDITIONING
 from sdapi.engines.torch_engine import TorchEngine
 from tests.support.services import fetch_image, generate, in_process, submit, wait_for_task
 
@@ -16,12 +15,12 @@ from tests.support.services import fetch_image, generate, in_process, submit, wa
 class FaultyTorchEngine(TorchEngine):
     """The real torch engine, made to hit the faults a GPU deployment meets, chosen by prompt."""
 
-    def _generate(self, params, init_image, on_step, conditioning=NO_CONDITIONING):
-        if params.prompt == "oom":
+    def _generate(self, run):
+        if run.params.prompt == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        if params.prompt == "crash":
+        if run.params.prompt == "crash":
             raise RuntimeError("illegal memory access at 0xdeadbeef")
-        return super()._generate(params, init_image, on_step, conditioning)
+        return super()._generate(run)
 
 
 def test_out_of_memory_and_crashes_fail_the_task_and_the_worker_goes_on(tmp_path, tiny_model):
