@@ -53,8 +53,11 @@ format: install-dev
 	$(BIN)/ruff check --fix sdapi export training tests bench
 
 # Every tier, on every core: xdist keeps a file's tests on one worker (they share its module's service), and each
-# worker's torch uses its share of the cores (tests/conftest.py). The 25 slowest tests are listed at the end.
-PYTEST_PARALLEL := -n auto --dist loadfile --durations=25
+# worker's torch uses its share of the cores (tests/conftest.py). One worker more than there are cores: many tests
+# wait on child processes and sockets, and the extra worker keeps the cores busy meanwhile (measured on 2 cores:
+# docs/benchmarks.md). The 25 slowest tests are listed at the end.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --durations=25
 FAST_TIERS := not slow and not postgres and not browser and not model_quality and not benchmark
 
 test: check

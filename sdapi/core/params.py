@@ -4,7 +4,7 @@ no torch (`python -c "import sdapi.core.params"` loads neither)."""
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -237,20 +237,21 @@ def resolve_params(
     upscalers: Collection[str] = (),
     controlnets: tuple[ControlUnitSpec, ...] = (),
     ip_adapters: tuple[IpAdapterSpec, ...] = (),
+    schedulers: Sequence[str] = ACCEPTED_SCHEDULERS,
 ) -> GenerationParams:
     """Apply config defaults (and, for a size neither gives, the model's `native_size`) to a decoded request for
     `model`, and check the rules the schema cannot; raise InvalidParameter. `upscalers`: the neural upscalers'
-    names (upscalers.dir) a second pass may use."""
+    names (upscalers.dir) a second pass may use; `schedulers`: the ones the model's family runs."""
     output_format = request.output_format.lower()
     if output_format not in OUTPUT_FORMATS:
         raise InvalidParameter(
             "output_format",
             f"output_format 不支持：{request.output_format!r}。可选：{', '.join(OUTPUT_FORMATS)}",
         )
-    if request.scheduler is not None and request.scheduler not in ACCEPTED_SCHEDULERS:
+    if request.scheduler is not None and request.scheduler not in schedulers:
         raise InvalidParameter(
             "scheduler",
-            f"scheduler 不支持：{request.scheduler!r}。可选：{', '.join(ACCEPTED_SCHEDULERS)}",
+            f"scheduler 不支持：{request.scheduler!r}。可选：{', '.join(schedulers)}",
         )
     scheduler = request.scheduler if request.scheduler is not None else defaults.scheduler
     use_karras_sigmas = bool(request.use_karras_sigmas)

@@ -1,7 +1,9 @@
-"""Engine: turns GenerationParams into images. torch_engine.py (diffusers) is the reference engine; onnx_engine.py
-runs an export through ONNX Runtime; router.py sends each request to one of them; factory.py decides, from the
-config, which engines a service has; pool.py serves several models as the worker's one engine, single.py one
-engine given as it is. Every engine turns its vendor's exceptions into sdapi errors (failures.py)."""
+"""Engine: a Run in (params, opened inputs, step callback), a RunResult out (images and the facts of what ran).
+torch_engine.py (diffusers) is the reference engine; onnx_engine.py runs an export through ONNX Runtime; router.py
+sends each request to one of them; factory.py decides, from the config, which engines a service has; pool.py serves
+several models as the worker's one engine, single.py one engine given as it is. Both engines make their images
+with the same recipes (recipes.py dispatching to plain.py, inpainting.py, hires.py, all built on primitives.py).
+Every engine turns its vendor's exceptions into sdapi errors (failures.py)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
+
 
 @dataclass(frozen=True)
 class Family:
@@ -43,6 +45,8 @@ class Family:
     size_conditioning: bool = False
     # The widths of its text encoders' token embeddings (a textual-inversion file's vectors must have them).
     embedding_widths: tuple[int, ...] = ()
+    # The schedulers its requests may name (the model's own config runs when they name none).
+    schedulers: tuple[str, ...] = ACCEPTED_SCHEDULERS
     # The ONNX models an export of it holds.
     onnx_parts: tuple[str, ...] = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 

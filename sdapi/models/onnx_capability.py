@@ -5,13 +5,13 @@ ONNX engine at run time and routers to choose an engine, so every node refuses a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import msgspec
 
 from sdapi.core.params import GenerationParams
 from sdapi.errors import InvalidParameter, ModelLoadFailed
+from sdapi.models.configs import read_config
 from sdapi.models.export_manifest import ONNX_NO_CONTROL, ONNX_NO_EMBEDDINGS, ONNX_NO_HIRES, read_manifest
 
 
@@ -46,18 +46,10 @@ class OnnxCapability(msgspec.Struct, frozen=True):
             )
 
 
-def _json(path: Path) -> dict[str, object] | None:
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return loaded if isinstance(loaded, dict) else None
-
-
 def read_capability(folder: Path) -> OnnxCapability:
     """The capability of the export in `folder`; raise ModelLoadFailed when its manifest or configs cannot be read."""
     manifest = read_manifest(folder)
-    unet, vae = _json(folder / "unet" / "config.json"), _json(folder / "vae_decoder" / "config.json")
+    unet, vae = read_config(folder / "unet" / "config.json"), read_config(folder / "vae_decoder" / "config.json")
     unet_blocks = unet.get("block_out_channels") if unet else None
     vae_blocks = vae.get("block_out_channels") if vae else None
     if not isinstance(unet_blocks, list) or not isinstance(vae_blocks, list):

@@ -102,6 +102,7 @@ class RequestChecks:
             upscalers=self._upscalers.usable(),
             controlnets=await self._control_units(request, model, family, parts),
             ip_adapters=await self._image_prompts(request, model, parts),
+            schedulers=family.family.schedulers,
         )
         capability.check(params)
         if params.callback_url is not None:

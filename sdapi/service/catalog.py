@@ -5,7 +5,6 @@ an API node refuses exactly what a worker would, without loading anything."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
@@ -19,6 +18,7 @@ from sdapi.errors import InvalidParameter, ModelLoadFailed
 from sdapi.families import SD1, TEXT_ENCODER_PARTS, ModelFamily
 from sdapi.families.detection import UnsupportedModel, detect_family
 from sdapi.loras.targets import disk_targets
+from sdapi.models.configs import read_config
 from sdapi.models.digests import model_weights_sha256
 from sdapi.models.onnx_capability import OnnxCapability, read_capability
 
@@ -59,16 +59,8 @@ class Capability(msgspec.Struct, frozen=True):
             self.onnx_only.check(params, hint="（其他组合或尺寸需要 model.engine: auto 或 torch，当前为 onnx）")
 
 
-def _json(path: Path) -> dict[str, object] | None:
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return loaded if isinstance(loaded, dict) else None
-
-
 def _own_scheduler(folder: Path) -> str | None:
-    config = _json(folder / "scheduler" / "scheduler_config.json")
+    config = read_config(folder / "scheduler" / "scheduler_config.json")
     name = config.get("_class_name") if config else None
     return name if isinstance(name, str) else None
 
@@ -93,7 +85,7 @@ def _capability(entry: ModelEntry) -> Capability:
 def _unet_text_width(source: str) -> int | None:
     if describe_source(source) != "folder":
         return None
-    config = _json(Path(source) / "unet" / "config.json")
+    config = read_config(Path(source) / "unet" / "config.json")
     width = config.get("cross_attention_dim") if config else None
     return width if isinstance(width, int) else None
 
@@ -103,7 +95,7 @@ def _text_widths(source: str) -> tuple[int, ...] | None:
         return None
     widths = []
     for part in TEXT_ENCODER_PARTS:
-        config = _json(Path(source) / part / "config.json")
+        config = read_config(Path(source) / part / "config.json")
         if config is None:
             continue
         width = config.get("hidden_size")

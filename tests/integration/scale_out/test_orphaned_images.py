@@ -48,12 +48,14 @@ def test_a_kill_loop_leaves_no_orphaned_images(tmp_path, tiny_model, backend, re
             before = len(_stored(backend, tmp_path, s3, bucket))
             with service.client() as client:
                 task_ids += [submit(client, **TASK, seed=len(task_ids) + n) for n in range(2)]
-            # Kill the moment a run's first image is stored: its others are still being encoded and uploaded, and
-            # its outcome is not written yet.
+            # Kill the moment a run's first image is stored: its others are still being encoded and uploaded (a few
+            # hundred milliseconds for eight), and its outcome is not written yet. Looked at every 10 ms: often
+            # enough to land inside that upload, seldom enough not to take the CPU the upload needs (a MinIO listing
+            # is an HTTP request to moto in this process).
             deadline = time.monotonic() + 120
             while len(_stored(backend, tmp_path, s3, bucket)) <= before:
                 assert time.monotonic() < deadline, "no image was stored in two minutes"
-                time.sleep(0.002)
+                time.sleep(0.01)
             service.kill()
     with ServiceProcess(config) as service:
         service.wait_ready()
