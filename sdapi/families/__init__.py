@@ -25,7 +25,23 @@ DEFAULT_TINY_VARIANT = TINY_VARIANTS[0]
 # The text encoders a pipeline may have, by the pipeline's names for them, first first.
 TEXT_ENCODER_PARTS: tuple[str, ...] = max((family.text_encoders for family in FAMILIES), key=len)
 
-__all__ = ["FAMILIES", "SD1", "SD2", "SDXL", "Family", "ModelFamily", "family_named"]
+__all__ = [
+    "DEFAULT_TINY_VARIANT",
+    "FAMILIES",
+    "SD1",
+    "SD2",
+    "SDXL",
+    "TEXT_ENCODER_PARTS",
+    "TINY_VARIANTS",
+    "Family",
+    "ModelFamily",
+    "family_named",
+    "family_of_embedding_widths",
+    "family_of_lora_keys",
+    "family_of_pipeline",
+    "family_of_text_width",
+    "family_of_unet",
+]
 
 
 def family_named(name: str) -> Family:
