@@ -58,5 +58,7 @@ class AddonRegistry:
 
     def of(self, library_type: type[L]) -> L:
         """The library of one kind, typed (admission and the engines need each kind's own methods)."""
-        found = next(library for library in self._libraries.values() if isinstance(library, library_type))
-        return found
+        for library in self._libraries.values():
+            if isinstance(library, library_type):
+                return library
+        raise KeyError(f"no {library_type.__name__} in the add-on registry")
