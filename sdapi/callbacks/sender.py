@@ -20,6 +20,7 @@ import httpx
 import msgspec
 
 from sdapi import __version__
+from sdapi.background.retries import until_written
 from sdapi.background.wakeup import Wakeup
 from sdapi.callbacks.signing import signature_headers
 from sdapi.callbacks.ssrf import CallbackPolicy, CallbackRefused, Resolver, resolve_target, system_resolver
@@ -211,20 +212,13 @@ class CallbackSender:
         claimed again here), until it is written, rather than left to its claim running out and being sent again.
         Only a crash (or a stop) before the write can repeat a delivery; receivers still dedupe by webhook-id.
         False: the claim was lost meanwhile (another node took the delivery over)."""
-        wait = RECORD_RETRY_FIRST_SECONDS
-        while True:
-            try:
-                return await self._outbox.record(claim, updated)
-            except SdapiError as failure:
-                logger.error(
-                    "callback %s: recording the attempt (%s) failed, retrying in %.1fs: %s",
-                    claim.delivery.id,
-                    updated.status,
-                    wait,
-                    failure.message,
-                )
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
+        return await until_written(
+            lambda: self._outbox.record(claim, updated),
+            f"callback {claim.delivery.id}: recording the attempt ({updated.status})",
+            RECORD_RETRY_FIRST_SECONDS,
+            RECORD_RETRY_MAX_SECONDS,
+            logger,
+        )
 
     async def _post(self, delivery: Delivery) -> tuple[bool, bool, str | None, int | None]:
         """One POST. Returns (delivered, worth retrying, error, the receiver's HTTP status if it answered)."""

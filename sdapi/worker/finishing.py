@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from sdapi.background.retries import until_written
 from sdapi.background.wakeup import Signals
 from sdapi.config import Config
 from sdapi.core import tasks
@@ -30,6 +30,7 @@ logger = logging.getLogger("sdapi.worker")
 # and stay there, until the write succeeds, finds the lease lost, or the worker's stop gives up on the task.
 RECORD_RETRY_FIRST_SECONDS = 0.1
 RECORD_RETRY_MAX_SECONDS = 5.0
+_RECORD_RETRY = (RECORD_RETRY_FIRST_SECONDS, RECORD_RETRY_MAX_SECONDS)
 
 
 def ended_without_images(run: TaskRun, error: SdapiError) -> Task:
@@ -143,21 +144,10 @@ class Finisher:
 
     async def settle_until_written(self, lease: Lease, task: Task) -> bool:
         """`settle`, retried while the task store fails (see RECORD_RETRY_*), until it answers or is cancelled."""
-        return await _until_written(lambda: self.settle(lease, task), f"task {task.id}: recording {task.status}")
+        what = f"task {task.id}: recording {task.status}"
+        return await until_written(lambda: self.settle(lease, task), what, *_RECORD_RETRY, logger)
 
     async def _stage_until_written(self, lease: Lease, keys: list[str]) -> bool:
         """Record the keys about to be uploaded, retried as settling is; False when the lease was lost."""
-        return await _until_written(lambda: self._tasks.stage(lease, keys), f"task {lease.task.id}: staging its images")
-
-
-async def _until_written(write: Callable[[], Awaitable[bool]], what: str) -> bool:
-    """`write()`, retried while the task store fails: waits double from RECORD_RETRY_FIRST_SECONDS to
-    RECORD_RETRY_MAX_SECONDS and stay there, until it answers (True, or False for a lost lease) or is cancelled."""
-    wait = RECORD_RETRY_FIRST_SECONDS
-    while True:
-        try:
-            return await write()
-        except SdapiError as error:
-            logger.error("%s failed, retrying in %.1fs: %s", what, wait, error)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
+        what = f"task {lease.task.id}: staging its images"
+        return await until_written(lambda: self._tasks.stage(lease, keys), what, *_RECORD_RETRY, logger)
