@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 from PIL import Image
@@ -85,13 +85,32 @@ def for_model(result: RunResult, name: str) -> RunResult:
     return RunResult(result.images, msgspec.structs.replace(result.facts, model=name))
 
 
-def applied_addons(params: GenerationParams) -> tuple[AppliedAddon, ...]:
-    """The add-ons a run of `params` applies, pinned by sha256 (a weight of 0 is "without it": left out)."""
-    applied = [AppliedAddon("loras", spec.name, spec.sha256) for spec in params.loras]
-    applied += [AppliedAddon("embeddings", spec.name, spec.sha256) for spec in params.embeddings]
-    applied += [AppliedAddon("controlnets", unit.model, unit.sha256) for unit in params.controlnets if unit.weight > 0]
-    applied += [AppliedAddon("ip_adapters", p.model, p.sha256) for p in params.ip_adapters if p.weight > 0]
-    return tuple(applied)
+def facts_of(
+    params: GenerationParams,
+    *,
+    engine: str,
+    scheduler_config: Any,
+    dtype: str,
+    device: str,
+    providers: tuple[str, ...] = (),
+) -> RunFacts:
+    """What a run of `params` ran on an engine: the scheduler class (the request's, else the model's own config's
+    `_class_name`), its options, the add-ons pinned by sha256 (a weight of 0 is "without it": left out), and the
+    engine's dtype, device and providers."""
+    addons = [AppliedAddon("loras", spec.name, spec.sha256) for spec in params.loras]
+    addons += [AppliedAddon("embeddings", spec.name, spec.sha256) for spec in params.embeddings]
+    addons += [AppliedAddon("controlnets", unit.model, unit.sha256) for unit in params.controlnets if unit.weight > 0]
+    addons += [AppliedAddon("ip_adapters", p.model, p.sha256) for p in params.ip_adapters if p.weight > 0]
+    return RunFacts(
+        engine=engine,
+        scheduler=params.scheduler or str(scheduler_config["_class_name"]),
+        scheduler_options=dict(params.scheduler_options),
+        use_karras_sigmas=params.use_karras_sigmas,
+        dtype=dtype,
+        device=device,
+        providers=providers,
+        addons=tuple(addons),
+    )
 
 
 class EngineDescription(msgspec.Struct, frozen=True, kw_only=True):

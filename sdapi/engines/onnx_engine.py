@@ -16,14 +16,14 @@ from typing import Any
 
 from sdapi.config import ModelConfig, OnnxConfig
 from sdapi.core.params import GenerationParams
-from sdapi.engines import EngineDescription, Run, RunFacts, RunResult, applied_addons, one_at_a_time
+from sdapi.engines import EngineDescription, Run, RunFacts, RunResult, facts_of, one_at_a_time
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.inpainting import as_edit
 from sdapi.engines.loading import route_library_logs
 from sdapi.engines.plain import make_batch_images
 from sdapi.engines.primitives import Pipelines
 from sdapi.engines.recipes import make_images
-from sdapi.engines.schedulers import check_scheduler, scheduler_name
+from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter, ModelLoadFailed
 from sdapi.families import Family, family_named
 from sdapi.loras.merging import adapter_targets, target_shapes
@@ -201,7 +201,7 @@ class OnnxEngine:
         self._native_size = (side, side)
         self.inpainting = pipeline.unet.config["in_channels"] == 9
         self.manifest = manifest
-        self.capability = read_capability(self.folder)
+        self.capability = read_capability(self.folder, manifest)
         self.side_multiple = self.capability.side_multiple
         self._loaded.set()
         logger.info("ONNX engine ready: %s (%s) on %s", self.folder, manifest.precision, ", ".join(self.providers))
@@ -227,15 +227,13 @@ class OnnxEngine:
 
     def _facts(self, params: GenerationParams) -> RunFacts:
         """What a run of `params` on this export ran (its LoRAs are the export's merged set: check() held it)."""
-        return RunFacts(
+        return facts_of(
+            params,
             engine=self.name,
-            scheduler=scheduler_name(params, self._scheduler_config),
-            scheduler_options=dict(params.scheduler_options),
-            use_karras_sigmas=params.use_karras_sigmas,
+            scheduler_config=self._scheduler_config,
             dtype=self._dtype(),
             device=self._device(),
             providers=tuple(self.providers),
-            addons=applied_addons(params),
         )
 
     def check(self, params: GenerationParams) -> None:

@@ -24,7 +24,7 @@ from sdapi.engines import (
     Run,
     RunFacts,
     RunResult,
-    applied_addons,
+    facts_of,
     one_at_a_time,
 )
 from sdapi.engines.devices import Placement, choose_placement, dtype_name
@@ -35,7 +35,7 @@ from sdapi.engines.loading import load_pipeline
 from sdapi.engines.plain import make_batch_images
 from sdapi.engines.primitives import Pipelines
 from sdapi.engines.recipes import make_images
-from sdapi.engines.schedulers import check_scheduler, scheduler_name
+from sdapi.engines.schedulers import check_scheduler
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.families import ModelFamily, family_of_pipeline
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
@@ -173,16 +173,12 @@ class TorchEngine:
         ]
 
     def _facts(self, params: GenerationParams) -> RunFacts:
-        """What a run of `params` on this engine ran: its scheduler (the request's or the model's), dtype, device
-        and add-ons."""
-        return RunFacts(
+        return facts_of(
+            params,
             engine=self.name,
-            scheduler=scheduler_name(params, self._scheduler_config),
-            scheduler_options=dict(params.scheduler_options),
-            use_karras_sigmas=params.use_karras_sigmas,
+            scheduler_config=self._scheduler_config,
             dtype=dtype_name(self.dtype),
             device=self.device,
-            addons=applied_addons(params),
         )
 
     def _loras_applied(self, loras: tuple[LoraSpec, ...]) -> contextlib.AbstractContextManager[None]:

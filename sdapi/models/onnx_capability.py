@@ -12,7 +12,13 @@ import msgspec
 from sdapi.core.params import GenerationParams
 from sdapi.errors import InvalidParameter, ModelLoadFailed
 from sdapi.models.configs import read_config
-from sdapi.models.export_manifest import ONNX_NO_CONTROL, ONNX_NO_EMBEDDINGS, ONNX_NO_HIRES, read_manifest
+from sdapi.models.export_manifest import (
+    ONNX_NO_CONTROL,
+    ONNX_NO_EMBEDDINGS,
+    ONNX_NO_HIRES,
+    ExportManifest,
+    read_manifest,
+)
 
 
 def refuse_what_no_export_serves(params: GenerationParams, hint: str = "") -> None:
@@ -46,9 +52,10 @@ class OnnxCapability(msgspec.Struct, frozen=True):
             )
 
 
-def read_capability(folder: Path) -> OnnxCapability:
-    """The capability of the export in `folder`; raise ModelLoadFailed when its manifest or configs cannot be read."""
-    manifest = read_manifest(folder)
+def read_capability(folder: Path, manifest: ExportManifest | None = None) -> OnnxCapability:
+    """The capability of the export in `folder` (its `manifest`, read here unless the caller has read it already);
+    raise ModelLoadFailed when its manifest or configs cannot be read."""
+    manifest = manifest if manifest is not None else read_manifest(folder)
     unet, vae = read_config(folder / "unet" / "config.json"), read_config(folder / "vae_decoder" / "config.json")
     unet_blocks = unet.get("block_out_channels") if unet else None
     vae_blocks = vae.get("block_out_channels") if vae else None
