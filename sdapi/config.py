@@ -93,6 +93,14 @@ class ModelConfig(_Section, frozen=True):
     # For a single-file checkpoint: a local diffusers folder (or hub id) whose component configs describe its
     # architecture. Without it diffusers infers the architecture and fetches configs from the hub.
     single_file_config: str | None = None
+    # How the model uses guidance_scale: null: what its family and files say (sdapi.families); cfg, embedded
+    # (FLUX.1 [dev]) or distilled (no guidance: FLUX.1 [schnell], Z-Image-Turbo, SD 3.5 Large Turbo) to say it.
+    guidance: Literal["cfg", "embedded", "distilled"] | None = None
+    # diffusers' CPU offload on a GPU, for models larger than its memory: whole modules (model) or layer by layer
+    # (sequential: least memory, slowest). Ignored on a CPU.
+    offload: Literal["none", "model", "sequential"] = "none"
+    # false: load an SD 3.x model without its third text encoder (T5-XXL): about 9 GB less, weaker text.
+    text_encoder_3: bool = True
     # auto | cpu | cuda | cuda:N (one worker process per GPU: `sdapi worker --device cuda:1`).
     device: Annotated[str, msgspec.Meta(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -114,14 +122,23 @@ class ModelEntry(_Section, frozen=True):
     engine: Literal["auto", "onnx", "torch"] = "auto"
     default: bool = False
     single_file_config: str | None = None
+    # How the model uses guidance_scale: null: what its family and files say (sdapi.families); cfg, embedded
+    # (FLUX.1 [dev]) or distilled (no guidance: FLUX.1 [schnell], Z-Image-Turbo, SD 3.5 Large Turbo) to say it.
+    guidance: Literal["cfg", "embedded", "distilled"] | None = None
+    # diffusers' CPU offload on a GPU, for models larger than its memory: whole modules (model) or layer by layer
+    # (sequential: least memory, slowest). Ignored on a CPU.
+    offload: Literal["none", "model", "sequential"] = "none"
+    # false: load an SD 3.x model without its third text encoder (T5-XXL): about 9 GB less, weaker text.
+    text_encoder_3: bool = True
 
 
 class DefaultsConfig(_Section, frozen=True):
     # null: the model's native size (512 for SD 1.x, 768 for SD 2.x 768-v, 1024 for SDXL).
     width: Side | None = None
     height: Side | None = None
-    num_inference_steps: PositiveInt = 30
-    guidance_scale: Annotated[float, msgspec.Meta(ge=0.0, le=30.0)] = 7.5
+    # null: the model's family's (sdapi.families: 30 and 7.5 for SD 1.x/2.x/SDXL, 4 and 0 for FLUX.1 [schnell]...).
+    num_inference_steps: PositiveInt | None = None
+    guidance_scale: Annotated[float, msgspec.Meta(ge=0.0, le=30.0)] | None = None
     strength: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.75
     # None keeps the scheduler the model was saved with.
     scheduler: str | None = None
@@ -398,6 +415,9 @@ class Config(_Section, frozen=True):
                     engine=model.engine,
                     default=True,
                     single_file_config=model.single_file_config,
+                    guidance=model.guidance,
+                    offload=model.offload,
+                    text_encoder_3=model.text_encoder_3,
                 )
             ]
         default = next((entry.name for entry in self.models if entry.default), self.models[0].name)
@@ -416,6 +436,9 @@ class Config(_Section, frozen=True):
             onnx_path=chosen.onnx_path,
             engine=chosen.engine,
             single_file_config=chosen.single_file_config,
+            guidance=chosen.guidance,
+            offload=chosen.offload,
+            text_encoder_3=chosen.text_encoder_3,
         )
 
     def placeholder_keys(self) -> list[str]:
@@ -517,7 +540,7 @@ def _check_consistency(config: Config) -> None:
     for index, model in enumerate(config.models):
         if model.engine == "onnx" and not model.onnx_path:
             raise ConfigError(f"config key 'models[{index}].onnx_path' is required when its engine is onnx")
-    if config.defaults.num_inference_steps > config.limits.max_inference_steps:
+    if (config.defaults.num_inference_steps or 0) > config.limits.max_inference_steps:
         raise ConfigError("config key 'defaults.num_inference_steps' is larger than 'limits.max_inference_steps'")
 
 

@@ -272,13 +272,14 @@ class TaskController(Controller):
 @get(
     "/schedulers",
     summary="采样方法列表",
-    description="可在 scheduler 中使用的采样方法，及其 AUTOMATIC1111 名称和是否支持 use_karras_sigmas。",
+    description="可在 scheduler 中使用的采样方法，及其 AUTOMATIC1111 名称和是否支持 use_karras_sigmas；"
+    "给出 model 时只列此模型可用的（流匹配模型：FlowMatchEulerDiscreteScheduler 等）。",
     tags=["tasks"],
     security=[{"APIKeyHeader": []}],
-    responses=_errors(),
+    responses=_errors(400),
 )
-async def schedulers(state: State) -> SchedulerListResponse:
-    listing = _status(state).schedulers()
+async def schedulers(state: State, model: str | None = None) -> SchedulerListResponse:
+    listing = _status(state).schedulers(model)
     return SchedulerListResponse(
         schedulers=[
             SchedulerEntry(name=name, a1111_name=a1111_name, karras=karras)

@@ -159,7 +159,9 @@ class SchedulerListResponse(msgspec.Struct):
 
 class ModelResponse(msgspec.Struct):
     name: Annotated[str, msgspec.Meta(description="模型名称（请求的 model 字段）")]
-    family: Annotated[str, msgspec.Meta(description="模型家族：sd1、sd2、sdxl")]
+    family: Annotated[
+        str, msgspec.Meta(description="模型家族：sd1、sd2、sdxl、sd3、flux、flux2-klein、z-image")
+    ]
     native_size: Annotated[list[int], msgspec.Meta(description="原生尺寸 [宽, 高]：请求与配置都未给出尺寸时使用")]
     source: Annotated[str, msgspec.Meta(description="模型来源（目录、文件或 hub id）")]
     sha256: Annotated[str | None, msgspec.Meta(description="权重的 sha256（hub id 为 null）")]
@@ -173,6 +175,17 @@ class ModelResponse(msgspec.Struct):
     inpainting: Annotated[
         bool, msgspec.Meta(description="局部重绘（inpainting）模型（UNet 输入 9 通道）；文生图、图生图也可用")
     ] = False
+    family_label: Annotated[str, msgspec.Meta(description="模型家族的名称，如 FLUX.1")] = ""
+    guidance: Annotated[
+        str,
+        msgspec.Meta(
+            description="guidance_scale 的含义：cfg（无分类器引导，可用 negative_prompt）、embedded（FLUX.1 [dev] 的"
+            "内嵌引导，无 negative_prompt）、distilled（蒸馏模型，无引导：guidance_scale 至多 1）"
+        ),
+    ] = "cfg"
+    default_steps: Annotated[int, msgspec.Meta(description="请求未给出 num_inference_steps 时的步数")] = 30
+    default_guidance_scale: Annotated[float, msgspec.Meta(description="请求未给出 guidance_scale 时的值")] = 7.5
+    schedulers: Annotated[list[str], msgspec.Meta(description="此模型可用的 scheduler")] = []
 
 
 class ModelListResponse(msgspec.Struct):

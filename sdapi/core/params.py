@@ -218,9 +218,10 @@ def check_scheduler_options(
         raise InvalidParameter("scheduler_options", f"scheduler_options 只能选一种 sigma 间隔：{', '.join(spacings)}")
 
 
-def output_side(input_side: int) -> int:
-    """Image-to-image output side: the input's side rounded down to a multiple of 8."""
-    return input_side - input_side % 8
+def output_side(input_side: int, multiple: int = 8) -> int:
+    """Image-to-image output side: the input's side rounded down to a multiple of 8 (of the model's own multiple,
+    16 for the transformer families)."""
+    return input_side - input_side % multiple
 
 
 def resolve_params(
@@ -238,10 +239,13 @@ def resolve_params(
     controlnets: tuple[ControlUnitSpec, ...] = (),
     ip_adapters: tuple[IpAdapterSpec, ...] = (),
     schedulers: Sequence[str] = ACCEPTED_SCHEDULERS,
+    model_defaults: tuple[int, float] = (30, 7.5),
+    side_multiple: int = 8,
 ) -> GenerationParams:
-    """Apply config defaults (and, for a size neither gives, the model's `native_size`) to a decoded request for
-    `model`, and check the rules the schema cannot; raise InvalidParameter. `upscalers`: the neural upscalers'
-    names (upscalers.dir) a second pass may use; `schedulers`: the ones the model's family runs."""
+    """Apply config defaults (and, for what neither gives, the model's: its `native_size`, and its family's steps
+    and guidance_scale in `model_defaults`) to a decoded request for `model`, and check the rules the schema cannot;
+    raise InvalidParameter. `upscalers`: the neural upscalers' names (upscalers.dir) a second pass may use;
+    `schedulers`: the ones the model's family runs."""
     output_format = request.output_format.lower()
     if output_format not in OUTPUT_FORMATS:
         raise InvalidParameter(
@@ -256,7 +260,7 @@ def resolve_params(
     scheduler = request.scheduler if request.scheduler is not None else defaults.scheduler
     use_karras_sigmas = bool(request.use_karras_sigmas)
     options = dict(request.scheduler_options or {})
-    steps = request.num_inference_steps or defaults.num_inference_steps
+    steps = request.num_inference_steps or defaults.num_inference_steps or model_defaults[0]
     if steps > limits.max_inference_steps:
         raise InvalidParameter(
             "num_inference_steps",
@@ -279,8 +283,8 @@ def resolve_params(
         # The seed: width/height only apply to text-to-image; the output takes the input's size (grown by the
         # outpainting margins).
         left, top, right, bottom = inpaint.outpaint if inpaint is not None else (0, 0, 0, 0)
-        width = output_side(init_image.width + left + right)
-        height = output_side(init_image.height + top + bottom)
+        width = output_side(init_image.width + left + right, side_multiple)
+        height = output_side(init_image.height + top + bottom, side_multiple)
         if not (MIN_SIDE <= width <= limits.max_width and MIN_SIDE <= height <= limits.max_height):
             field = "outpaint" if inpaint is not None and inpaint.outpaints else "init_image"
             raise InvalidParameter(
@@ -302,7 +306,7 @@ def resolve_params(
         height=height,
         num_images=request.num_images,
         num_inference_steps=steps,
-        guidance_scale=request.guidance_scale if request.guidance_scale is not None else defaults.guidance_scale,
+        guidance_scale=_first_given(request.guidance_scale, defaults.guidance_scale, model_defaults[1]),
         strength=strength,
         scheduler=scheduler,
         use_karras_sigmas=use_karras_sigmas,
@@ -319,6 +323,10 @@ def resolve_params(
         controlnets=controlnets,
         ip_adapters=ip_adapters,
     )
+
+
+def _first_given(*values: float | None) -> float:
+    return next(value for value in values if value is not None)
 
 
 def _round8(value: float) -> int:

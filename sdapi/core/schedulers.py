@@ -28,6 +28,28 @@ EXTRA_SCHEDULER_NAMES: tuple[str, ...] = (
     "TCDScheduler",
 )
 ACCEPTED_SCHEDULERS: tuple[str, ...] = SCHEDULER_NAMES + EXTRA_SCHEDULER_NAMES
+# A flow-matching model's own scheduler, and what the names a request may give run as on such a model: Euler is
+# flow-match Euler; DPM-Solver++ 2M and UniPC run on flow sigmas with flow prediction (diffusers builds them so from
+# the model's flow-match config: FLOW_OPTIONS); the other names have no flow-matching form and are refused.
+FLOW_MATCH_EULER = "FlowMatchEulerDiscreteScheduler"
+FLOW_SCHEDULERS: tuple[str, ...] = (
+    FLOW_MATCH_EULER,
+    "EulerDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler",
+)
+FLOW_ALIASES = {"EulerDiscreteScheduler": FLOW_MATCH_EULER}
+FLOW_OPTIONS: dict[str, dict[str, object]] = {
+    "DPMSolverMultistepScheduler": {"use_flow_sigmas": True, "prediction_type": "flow_prediction"},
+    "UniPCMultistepScheduler": {"use_flow_sigmas": True, "prediction_type": "flow_prediction"},
+}
+
+
+def scheduler_that_runs(requested: str | None, own: str) -> str:
+    """The scheduler class a run uses: the request's (None: the model's `own`), as a flow-matching model runs it
+    (Euler as flow-match Euler)."""
+    name = requested or own
+    return FLOW_ALIASES.get(name, name) if own == FLOW_MATCH_EULER else name
 # What `scheduler_options` may set on each class: the settings model pages tell users to copy (sigma spacing,
 # solver order and type, timestep spacing, prediction type...), each one the class's own constructor takes (a unit
 # test holds this table to diffusers' signatures). Training-time settings (betas, train timesteps) are not offered.
@@ -61,6 +83,7 @@ SCHEDULER_OPTIONS: dict[str, frozenset[str]] = {
     | {"algorithm_type", "final_sigmas_type"},
     "LCMScheduler": _LCM,
     "TCDScheduler": _LCM,  # TCD takes exactly LCM's settings
+    FLOW_MATCH_EULER: _SIGMAS | {"shift", "stochastic_sampling"},
 }
 # The schedulers that can space their sigmas the Karras way (AUTOMATIC1111's "Karras" schedule type).
 KARRAS_SCHEDULERS: frozenset[str] = frozenset(
@@ -123,6 +146,8 @@ OPTION_SPECS: dict[str, OptionSpec] = {
     "skip_prk_steps": OptionSpec(bool),
     "original_inference_steps": OptionSpec(int, 1, 1000),
     "timestep_scaling": OptionSpec(float, 0.001, 1000),
+    "shift": OptionSpec(float, 0.01, 100),
+    "stochastic_sampling": OptionSpec(bool),
 }
 # Where a class allows other values of an option than OPTION_SPECS says (its own solvers and algorithms).
 CLASS_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -150,4 +175,5 @@ A1111_SAMPLER_NAMES = {
     "DPMSolverSinglestepScheduler": "DPM++ SDE",
     "LCMScheduler": "LCM",
     "TCDScheduler": "TCD",
+    FLOW_MATCH_EULER: "Euler",
 }

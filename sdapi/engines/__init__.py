@@ -15,6 +15,7 @@ import msgspec
 from PIL import Image
 
 from sdapi.core.params import GenerationParams
+from sdapi.core.schedulers import scheduler_that_runs
 from sdapi.core.tasks import CANCELLED_MESSAGE
 from sdapi.errors import TaskCancelled
 
@@ -103,7 +104,7 @@ def facts_of(
     addons += [AppliedAddon("ip_adapters", p.model, p.sha256) for p in params.ip_adapters if p.weight > 0]
     return RunFacts(
         engine=engine,
-        scheduler=params.scheduler or str(scheduler_config["_class_name"]),
+        scheduler=scheduler_that_runs(params.scheduler, str(scheduler_config["_class_name"])),
         scheduler_options=dict(params.scheduler_options),
         use_karras_sigmas=params.use_karras_sigmas,
         dtype=dtype,

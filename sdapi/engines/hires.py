@@ -18,7 +18,7 @@ from sdapi.controlnets.running import ControlRun
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import LATENT_UPSCALERS
 from sdapi.engines import StepCallback
-from sdapi.engines.primitives import run_batches
+from sdapi.engines.primitives import image_size, run_batches
 from sdapi.engines.schedulers import make_scheduler
 from sdapi.errors import InvalidParameter
 
@@ -102,7 +102,7 @@ def make_hires_images(
             height=hires.height,
         )
         image_to_image.scheduler = make_scheduler(second, scheduler_config)
-        arguments = {"image": upscaled, "strength": hires.strength}
+        arguments = {"image": upscaled, "strength": hires.strength} | image_size(image_to_image, second)
         second_report = report(index * per_image + first_steps)
         images.extend(run_batches(image_to_image, second, arguments, 1, second_report, final_size))
     return images

@@ -29,9 +29,12 @@ def route_library_logs() -> None:
         library.disable_progress_bar()
 
 
-def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None = None) -> Any:
+def load_pipeline(
+    path: str, dtype: torch.dtype, single_file_config: str | None = None, optional_text_encoder: bool = True
+) -> Any:
     """The pipeline of the model at `path` (its family's text-to-image pipeline, or its inpainting pipeline for an
-    inpainting checkpoint) in `dtype` on the CPU; raise ModelLoadFailed with what is wrong or not served."""
+    inpainting checkpoint) in `dtype` on the CPU, with or without its family's optional text encoder (SD 3.x's
+    T5-XXL: `models[].text_encoder_3`); raise ModelLoadFailed with what is wrong or not served."""
     import diffusers
 
     route_library_logs()
@@ -45,6 +48,13 @@ def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None 
     detected = detect_family(path)  # refuses SD3, Flux, refiners before loading anything
     pipeline_class = getattr(diffusers, detected.pipeline_class)
     options: dict[str, Any] = {"torch_dtype": dtype, **detected.family.load_options}
+    family = detected.family
+    optional = family.optional_text_encoder
+    if optional is not None and not optional_text_encoder:  # the encoder and its tokenizer left out
+        options[optional] = None
+        options[family.tokenizers[family.text_encoders.index(optional)]] = None
+    if kind == "single-file" and not family.single_files:
+        raise ModelLoadFailed(f"{family.label} 模型须为 diffusers 目录，不能是单文件：{path}")
     try:
         if kind == "single-file":
             if single_file_config:
@@ -59,3 +69,24 @@ def load_pipeline(path: str, dtype: torch.dtype, single_file_config: str | None 
         raise ModelLoadFailed(f"模型加载失败（{kind}：{path}）：{type(error).__name__}: {error}") from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def pipeline_from(pipeline: Any, class_name: str | None, auto_class: str) -> Any:
+    """A pipeline of another kind sharing `pipeline`'s modules (diffusers' from_pipe: no second load, no memory):
+    of the class `class_name`, or the one diffusers' AutoPipeline `auto_class` maps `pipeline` to."""
+    import diffusers
+
+    made = getattr(diffusers, class_name or auto_class).from_pipe(pipeline)
+    made.set_progress_bar_config(disable=True)
+    return made
+
+
+def place(pipeline: Any, device: str, offload: str) -> None:
+    """Put `pipeline` on `device`: all of it, or on a GPU with diffusers' CPU offload (`models[].offload`: model
+    keeps each module on the GPU while it runs; sequential streams layer by layer). A CPU has nothing to offload."""
+    if offload == "none" or not device.startswith("cuda"):
+        pipeline.to(device)
+    elif offload == "model":
+        pipeline.enable_model_cpu_offload(device=device)
+    else:
+        pipeline.enable_sequential_cpu_offload(device=device)

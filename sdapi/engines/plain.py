@@ -18,9 +18,11 @@ from sdapi.engines.primitives import (
     no_denoising,
     report_gpu_memory,
     run_batches,
+    image_size,
     size_conditioning,
     unchanged,
 )
+from sdapi.families import family_of_pipeline
 from sdapi.engines.schedulers import make_scheduler
 
 
@@ -40,6 +42,7 @@ def make_plain_images(
     batch_size = pipelines.batch_size
     if init_image is not None:
         arguments: dict[str, Any] = {"image": init_image, "strength": params.strength}
+        arguments |= image_size(pipeline, params)
         if control is not None:
             arguments |= control.arguments("control_image")
     else:
@@ -67,23 +70,14 @@ def make_batch_images(pipelines: Pipelines, members: list[Run]) -> list[list[Ima
         return [unchanged(member.params, member.init_image) for member in members]
     pipeline = pipelines.image_to_image if first.is_image_to_image else pipelines.text_to_image
     pipeline.scheduler = make_scheduler(first, pipelines.scheduler_config)
-    guided = first.guidance_scale > 1
-    encoded = [
-        pipeline.encode_prompt(
-            prompt=member.params.prompt,
-            device=pipeline._execution_device,
-            num_images_per_prompt=member.params.num_images,
-            do_classifier_free_guidance=guided,
-            negative_prompt=member.params.negative_prompt,
-        )
-        for member in members
-    ]
-    # (prompt, negative) embeddings, and on SDXL the pooled pair after them.
-    names = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
-    arguments: dict[str, Any] = {
-        name: torch.cat([parts[index] for parts in encoded]) if encoded[0][index] is not None else None
-        for index, name in enumerate(names[: len(encoded[0])])
-    }
+    family = family_of_pipeline(pipeline).family
+    if family.batches_prompt_lists:
+        # Prompts as lists, one row per image: the pipeline encodes each row's prompt as its own run would.
+        prompts = [member.params.prompt for member in members for _ in range(member.params.num_images)]
+        negatives = [member.params.negative_prompt or "" for member in members for _ in range(member.params.num_images)]
+        arguments: dict[str, Any] = family.prompt_arguments(prompts, negatives)
+    else:
+        arguments = _encoded_prompts(pipeline, first, members)
     seeds = [seed for member in members for seed in member.params.image_seeds()]
     arguments |= {
         "num_inference_steps": first.num_inference_steps,
@@ -94,7 +88,7 @@ def make_batch_images(pipelines: Pipelines, members: list[Run]) -> list[list[Ima
     }
     if first.is_image_to_image:
         inits = [member.init_image for member in members for _ in range(member.params.num_images)]
-        arguments |= {"image": inits, "strength": first.strength}
+        arguments |= {"image": inits, "strength": first.strength} | image_size(pipeline, first)
     else:
         arguments |= {"width": first.width, "height": first.height}
     arguments |= size_conditioning(pipeline, (first.width, first.height))
@@ -109,3 +103,24 @@ def make_batch_images(pipelines: Pipelines, members: list[Run]) -> list[list[Ima
         results.append(None if index in left else images[start:end])
         start = end
     return results
+
+
+def _encoded_prompts(pipeline: Any, first: GenerationParams, members: list[Run]) -> dict[str, Any]:
+    """The members' prompt embeddings, each member's encoded on its own by SD's encode_prompt, side by side."""
+    guided = first.guidance_scale > 1
+    encoded = [
+        pipeline.encode_prompt(
+            prompt=member.params.prompt,
+            device=pipeline._execution_device,
+            num_images_per_prompt=member.params.num_images,
+            do_classifier_free_guidance=guided,
+            negative_prompt=member.params.negative_prompt,
+        )
+        for member in members
+    ]
+    # (prompt, negative) embeddings, and on SDXL the pooled pair after them.
+    names = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    return {
+        name: torch.cat([parts[index] for parts in encoded]) if encoded[0][index] is not None else None
+        for index, name in enumerate(names[: len(encoded[0])])
+    }

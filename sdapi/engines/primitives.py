@@ -10,6 +10,7 @@ both engines.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +74,10 @@ def run_batches(
     in batches of `batch_size`; `size` (width, height) is the picture the pipeline makes."""
     images: list[Image.Image] = []
     batches = chunk(params.image_seeds(), batch_size)
+    family = family_of_pipeline(pipeline).family
     for index, seeds in enumerate(batches):
         batch_arguments: dict[str, Any] = {
-            "prompt": params.prompt,
-            "negative_prompt": params.negative_prompt,
+            **family.prompt_arguments(params.prompt, params.negative_prompt),
             "num_inference_steps": params.num_inference_steps,
             "guidance_scale": params.guidance_scale,
             "num_images_per_prompt": len(seeds),
@@ -111,6 +112,13 @@ def batch_step_reporter(members: list[Run], left: set[int]) -> Any:
         return callback_kwargs
 
     return reporter
+
+
+def image_size(pipeline: Any, params: GenerationParams) -> dict[str, Any]:
+    """The picture's size for an image-to-image pipeline whose call takes one (the transformer families' make their
+    native size otherwise); nothing for SD's, which make the init image's."""
+    takes_size = "width" in inspect.signature(type(pipeline).__call__).parameters
+    return {"width": params.width, "height": params.height} if takes_size else {}
 
 
 def size_conditioning(pipeline: Any, size: tuple[int, int]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from sdapi.engines.devices import Placement, choose_placement, dtype_name
 from sdapi.engines.failures import engine_errors
 from sdapi.engines.hires import NeuralUpscale
 from sdapi.engines.inpainting import as_edit
-from sdapi.engines.loading import load_pipeline
+from sdapi.engines.loading import load_pipeline, pipeline_from, place
 from sdapi.engines.plain import make_batch_images
 from sdapi.engines.primitives import Pipelines
 from sdapi.engines.recipes import make_images
@@ -90,20 +90,23 @@ class TorchEngine:
         return self._loaded.is_set()
 
     def load(self) -> None:
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
-
-        pipeline = load_pipeline(self._model.path, self.dtype, self._model.single_file_config)
-        pipeline.to(self.device)
-        self.family = family_of_pipeline(pipeline)
+        model = self._model
+        pipeline = load_pipeline(model.path, self.dtype, model.single_file_config, model.text_encoder_3)
+        place(pipeline, self.device, self._model.offload)
+        self.family = family_of_pipeline(pipeline, self._model.guidance)
+        family = self.family.family
         if self.family.inpainting:
             # An inpainting checkpoint runs everything on its inpainting pipeline (as_edit below).
             self._image_to_image = self._inpaint = pipeline
         else:
-            # from_pipe shares the already-loaded modules: these cost no second load or memory.
-            self._image_to_image = AutoPipelineForImage2Image.from_pipe(pipeline)
-            self._image_to_image.set_progress_bar_config(disable=True)
-            self._inpaint = AutoPipelineForInpainting.from_pipe(pipeline)
-            self._inpaint.set_progress_bar_config(disable=True)
+            # from_pipe shares the already-loaded modules: these cost no second load or memory. A family without an
+            # image-to-image pipeline repaints the whole picture on its inpainting one (as_edit below).
+            self._inpaint = pipeline_from(pipeline, family.inpainting_pipeline, "AutoPipelineForInpainting")
+            self._image_to_image = (
+                self._inpaint
+                if family.repaints_for_image_to_image
+                else pipeline_from(pipeline, family.image_to_image_pipeline, "AutoPipelineForImage2Image")
+            )
         self._text_to_image = pipeline
         # Kept pristine: every request builds its scheduler from this, so none leaks into the next.
         self._scheduler_config = pipeline.scheduler.config
@@ -161,7 +164,7 @@ class TorchEngine:
         if not self.loaded:
             raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
         assert self._embeddings is not None and self.family is not None  # set by load()
-        if self.family.inpainting:  # its runs are repaints (as_edit): one task at a time
+        if self._repaints(runs[0].params):  # its runs are repaints (as_edit): one task at a time
             return one_at_a_time(self, runs)
         first = runs[0].params
         with engine_errors(first), torch.inference_mode(), self._loras_applied(first.loras):  # one set: the batch key's
@@ -202,7 +205,7 @@ class TorchEngine:
         with contextlib.ExitStack() as applied:
             applied.enter_context(self._loras_applied(params.loras))
             params = applied.enter_context(self._embeddings.applied(params))
-            if self.family.inpainting and params.inpaint is None:
+            if self._repaints(params):
                 params, init_image = as_edit(params, init_image)
             if prompts and self._ip_adapters is not None:
                 applied.enter_context(self._ip_adapters.applied(self._text_to_image, prompts))
@@ -213,6 +216,14 @@ class TorchEngine:
                 )
             )
             return make_images(self._pipelines(), params, init_image, run.on_step, self._neural_upscale, control)
+
+    def _repaints(self, params: GenerationParams) -> bool:
+        """Whether a run that is no inpainting request runs as a repaint of the whole picture: every run of an
+        inpainting checkpoint, and image-to-image on a family without an image-to-image pipeline."""
+        assert self.family is not None  # set by load()
+        if params.inpaint is not None:
+            return False
+        return self.family.inpainting or (params.is_image_to_image and self.family.family.repaints_for_image_to_image)
 
     def _pipelines(self) -> Pipelines:
         assert self.family is not None  # set by load()

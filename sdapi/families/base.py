@@ -1,14 +1,32 @@
 """What a model family is: data plus a little code (the way diffusers' AutoPipeline mappings and a pipeline's
 `_optional_components` are), so the rest of sdapi asks the family instead of testing a flag. One module per family
-(sd1.py, sd2.py, sdxl.py) fills it in; the registry (families/__init__.py) lists them."""
+(sd1.py, sd2.py, sdxl.py, sd3.py, flux.py, flux2_klein.py, z_image.py) fills it in; the registry
+(families/__init__.py) lists them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdapi.core.params import GenerationParams
 from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
+from sdapi.errors import InvalidParameter
+
+# How a model uses guidance_scale: classifier-free guidance with a negative prompt ("cfg"); a guidance value the
+# transformer embeds, one pass a step (FLUX.1 [dev]: "embedded"); or none at all, distilled to few steps without it
+# (FLUX.1 [schnell], FLUX.2 [klein], Z-Image-Turbo, SD 3.5 Large Turbo: "distilled").
+GUIDANCE_KINDS = ("cfg", "embedded", "distilled")
+# The most guidance_scale a distilled model takes: 0 and 1 both mean "no guidance" to diffusers' pipelines.
+DISTILLED_MAX_GUIDANCE = 1.0
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """What a request that leaves them out gets, per kind of guidance (from the model's page)."""
+
+    steps: int
+    guidance_scale: float
 
 
 @dataclass(frozen=True)
@@ -24,7 +42,9 @@ class Family:
     addon_group_label: str
     # The side a model is trained at when its UNet config does not say (sample_size x 8 does).
     native_side: int
-    # diffusers' pipeline classes, by the name model_index.json gives: what detection claims, and what loads.
+    # diffusers' pipeline classes, by the name model_index.json gives: what detection claims, and what loads. An
+    # inpainting checkpoint (its denoiser also takes the mask) loads as `inpainting`; a family without such
+    # checkpoints names its ordinary inpainting pipeline there and in `inpainting_pipeline` alike.
     text_to_image: str
     inpainting: str
     # optimum.onnxruntime's pipeline classes for an export: text-to-image, image-to-image, inpainting.
@@ -49,6 +69,39 @@ class Family:
     schedulers: tuple[str, ...] = ACCEPTED_SCHEDULERS
     # The ONNX models an export of it holds.
     onnx_parts: tuple[str, ...] = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+    # The module that denoises (what LoRAs mostly change): the UNet, or a diffusion transformer.
+    denoiser: str = "unet"
+    # The text encoders adapters may change (LoRAs for the transformer families change the transformer alone).
+    adapter_text_encoders: tuple[str, ...] | None = None
+    # diffusers' pipeline class for image-to-image and for inpainting on an ordinary checkpoint; None: what diffusers'
+    # AutoPipeline maps the text-to-image pipeline to.
+    image_to_image_pipeline: str | None = None
+    inpainting_pipeline: str | None = None
+    # Whether image-to-image runs as a repaint of the whole picture on the inpainting pipeline (a family whose
+    # diffusers pipelines have no strength-based image-to-image: the full mask at `strength` is the same thing).
+    repaints_for_image_to_image: bool = False
+    # A text encoder its models may be loaded without (`models[].text_encoder_3: false`), by the pipeline's name.
+    optional_text_encoder: str | None = None
+    # Whether a cross-request batch passes its members' prompts as one list (a pipeline whose encode_prompt is not
+    # SD's): each prompt is still encoded on its own row.
+    batches_prompt_lists: bool = False
+    # Whether its pipelines take a negative prompt (with classifier-free guidance).
+    takes_negative_prompt: bool = True
+    # The guidance its models use unless their config says otherwise (`models[].guidance`), and how a model's
+    # files refine it (transformer config, model_index.json -> a kind of GUIDANCE_KINDS).
+    guidance: str = "cfg"
+    guidance_of: Callable[[Mapping[str, Any], Mapping[str, Any]], str] | None = None
+    # Steps and guidance_scale per kind of guidance.
+    defaults: Mapping[str, RunDefaults] = field(default_factory=lambda: {"cfg": RunDefaults(30, 7.5)})
+    # Sides must be multiples of this (the VAE's 8 times the transformer's patch).
+    side_multiple: int = 8
+    # Whether a second pass may upscale its latents (a transformer family's latents are packed: pixels only).
+    latent_hires: bool = True
+    # Which add-on kinds its models can run here.
+    controlnets: bool = True
+    image_prompts: bool = True
+    # Single files of it diffusers can load (with `single_file_config` naming a diffusers folder for the rest).
+    single_files: bool = True
 
     def addon_mismatch(self, made_for: Family | None) -> str | None:
         """Why an add-on made for the family `made_for` cannot run on a model of this family (None: it may, or what
@@ -57,10 +110,37 @@ class Family:
             return None
         return f"为 {made_for.addon_group_label} 制作，所选模型为 {self.label}"
 
+    @property
+    def adapter_parts(self) -> tuple[str, ...]:
+        """The parts adapters may change: the denoiser, then the text encoders they may change."""
+        encoders = self.text_encoders if self.adapter_text_encoders is None else self.adapter_text_encoders
+        return (self.denoiser, *encoders)
+
+    @property
+    def has_inpainting_checkpoints(self) -> bool:
+        """Whether `inpainting` names a checkpoint kind of its own (not the ordinary inpainting pipeline)."""
+        return self.inpainting != self.inpainting_pipeline
+
+    @property
+    def pipeline_names(self) -> tuple[str, ...]:
+        """Every diffusers pipeline class a folder of it may name."""
+        names = (self.text_to_image, self.inpainting, self.image_to_image_pipeline, self.inpainting_pipeline)
+        return tuple(name for name in names if name is not None)
+
     def adapter_modules(self, pipeline: Any) -> dict[str, Any]:
-        """The modules of a loaded pipeline that adapters (LoRA, LoHa, LoKr) may change, by part: its UNet and its
-        text encoders."""
-        return {"unet": pipeline.unet, **{name: getattr(pipeline, name) for name in self.text_encoders}}
+        """The modules of a loaded pipeline that adapters (LoRA, LoHa, LoKr) may change, by part: its denoiser and
+        the text encoders adapters change (a pipeline loaded without an optional one lacks it)."""
+        modules = {part: getattr(pipeline, part, None) for part in self.adapter_parts}
+        return {part: module for part, module in modules.items() if module is not None}
+
+    def prompt_arguments(self, prompt: str | list[str], negative: str | list[str] | None) -> dict[str, object]:
+        """Its pipelines' prompt arguments: the prompt, and the negative prompt where they take one (admission has
+        refused a negative prompt for the others: ModelFamily.check)."""
+        return {"prompt": prompt, "negative_prompt": negative} if self.takes_negative_prompt else {"prompt": prompt}
+
+    def run_defaults(self, guidance: str) -> RunDefaults:
+        """Steps and guidance_scale for a model of this family using `guidance`."""
+        return self.defaults.get(guidance) or next(iter(self.defaults.values()))
 
     def kohya_keys(self, part: str, module_path: str, sgm_path: str | None) -> list[str]:
         """Every key kohya's files name one module by: its part's prefix with the diffusers path (dots to
@@ -94,8 +174,41 @@ class ModelFamily:
     native_size: tuple[int, int]
     prediction: str | None = None
     inpainting: bool = False
+    guidance: str = "cfg"  # one of GUIDANCE_KINDS
 
     @property
     def pipeline_class(self) -> str:
         """The diffusers pipeline class its checkpoint loads as."""
         return self.family.inpainting if self.inpainting else self.family.text_to_image
+
+    @property
+    def run_defaults(self) -> RunDefaults:
+        """Steps and guidance_scale for a request that leaves them out."""
+        return self.family.run_defaults(self.guidance)
+
+    def check(self, params: GenerationParams) -> None:
+        """Raise InvalidParameter for what a model of this kind cannot do with `params`: guidance above what a
+        distilled model takes, a negative prompt it cannot use, sides off its multiple, a second pass it cannot
+        make, add-on kinds it does not run."""
+        family, label = self.family, self.family.label
+        if self.guidance == "distilled" and params.guidance_scale > DISTILLED_MAX_GUIDANCE:
+            raise InvalidParameter(
+                "guidance_scale",
+                f"guidance_scale 无效：{params.guidance_scale:g}。此模型（{label}，蒸馏模型，无引导）"
+                f"只接受 0 到 {DISTILLED_MAX_GUIDANCE:g}",
+            )
+        if params.negative_prompt and (self.guidance != "cfg" or not family.takes_negative_prompt):
+            why = "不使用无分类器引导（CFG）" if family.takes_negative_prompt else "的流水线不接受负面提示词"
+            raise InvalidParameter("negative_prompt", f"此模型（{label}）{why}，不能使用 negative_prompt")
+        for name, side in (("width", params.width), ("height", params.height)):
+            if side % family.side_multiple:
+                raise InvalidParameter(name, f"{name} 无效：{side}。{label} 的边长须为 {family.side_multiple} 的倍数")
+        hires = params.hires
+        if hires is not None:
+            if family.repaints_for_image_to_image:
+                raise InvalidParameter("hires", f"{label} 没有图生图流水线，不支持 hires（高分辨率第二遍）")
+            if hires.in_latents and not family.latent_hires:
+                raise InvalidParameter("hires", f"{label} 的 hires 只能放大像素（upscaler 不能为 Latent 类）")
+            for name, side in (("hires.width", hires.width), ("hires.height", hires.height)):
+                if side % family.side_multiple:
+                    raise InvalidParameter("hires", f"{name} 须为 {family.side_multiple} 的倍数（{label}）")

@@ -10,18 +10,31 @@ from pathlib import Path
 
 from sdapi.core.model_sources import describe_source
 from sdapi.errors import ModelLoadFailed
-from sdapi.families import FAMILIES, SD1, SD2, SDXL, family_of_unet
+from sdapi.families import (
+    FAMILIES,
+    FLUX,
+    SD1,
+    SD2,
+    SD3,
+    SDXL,
+    UNET_FAMILIES,
+    family_of_pipeline_class,
+    family_of_unet,
+    guidance_of,
+)
 from sdapi.families.base import ModelFamily
 
 SERVED = (
-    "SD 1.x、SD 2.x、SDXL base 及其局部重绘（inpainting）模型"
-    "（StableDiffusionPipeline、StableDiffusionXLPipeline、StableDiffusionInpaintPipeline、"
-    "StableDiffusionXLInpaintPipeline）"
+    "SD 1.x、SD 2.x、SDXL base 及其局部重绘（inpainting）模型、"
+    + "、".join(family.label for family in FAMILIES if family.denoiser != "unet")
+    + "（"
+    + "、".join(dict.fromkeys(family.text_to_image for family in FAMILIES))
+    + " 等）"
 )
 # UNet input channels: 4 latents; an inpainting UNet adds the mask (1) and the masked image's latents (4).
 _UNET_INPUTS = (4, 9)
 # The pipeline classes a diffusers folder may name (an image-to-image folder loads as text-to-image: same parts).
-_PIPELINES = {name for family in FAMILIES for name in (family.text_to_image, family.inpainting)} | {
+_PIPELINES = {name for family in UNET_FAMILIES for name in (family.text_to_image, family.inpainting)} | {
     "StableDiffusionImg2ImgPipeline"
 }
 
@@ -44,10 +57,31 @@ def _read_json(path: Path) -> dict[str, object]:
     return loaded
 
 
+def _transformer_folder(folder: Path, index: dict[str, object], pipeline: str) -> ModelFamily | None:
+    """The family of a transformer family's folder (by its pipeline class), or None for another class."""
+    family = family_of_pipeline_class(pipeline)
+    if family is None:
+        return None
+    config_path = folder / family.denoiser / "config.json"
+    transformer = _read_json(config_path) if config_path.is_file() else {}
+    side = family.native_side
+    return ModelFamily(
+        family=family,
+        native_size=(side, side),
+        prediction="flow",
+        inpainting=family.has_inpainting_checkpoints and pipeline == family.inpainting,
+        guidance=guidance_of(family, transformer, index),
+    )
+
+
 def detect_folder(folder: Path) -> ModelFamily:
-    """The family of a diffusers folder, from model_index.json and the UNet and scheduler configs."""
+    """The family of a diffusers folder, from model_index.json and the UNet (or transformer) and scheduler
+    configs."""
     index = _read_json(folder / "model_index.json")
     pipeline = str(index.get("_class_name", "?"))
+    transformer_family = _transformer_folder(folder, index, pipeline)
+    if transformer_family is not None:
+        return transformer_family
     if pipeline not in _PIPELINES:
         raise _refused(f"{pipeline}（{folder}）")
     unet = _read_json(folder / "unet" / "config.json") if (folder / "unet" / "config.json").is_file() else {}
@@ -98,11 +132,14 @@ def detect_single_file(path: Path) -> ModelFamily:
         return ModelFamily(family=SD2, native_size=(side, side), inpainting=inpainting)
     if any(key.startswith("cond_stage_model.transformer.") for key in keys):
         return ModelFamily(family=SD1, native_size=(512, 512), prediction="epsilon", inpainting=inpainting)
-    if any(
-        key.startswith(("model.diffusion_model.joint_blocks.", "double_blocks.", "transformer_blocks.")) for key in keys
-    ):
-        raise _refused(f"SD3/Flux 类模型（{path.name}）")
-    raise _refused(f"无法识别的检查点（{path.name}）")
+    side = SD3.native_side
+    if any(key.startswith("model.diffusion_model.joint_blocks.") for key in keys):
+        return ModelFamily(family=SD3, native_size=(side, side), prediction="flow")
+    for prefix in ("", "model.diffusion_model."):  # BFL's own files, and ComfyUI's saves of them
+        if any(key.startswith(prefix + "double_blocks.") for key in keys):
+            guidance = "embedded" if any(key.startswith(prefix + "guidance_in.") for key in keys) else "distilled"
+            return ModelFamily(family=FLUX, native_size=(side, side), prediction="flow", guidance=guidance)
+    raise _refused(f"无法识别的检查点（{path.name}；FLUX.2 [klein] 与 Z-Image 须为 diffusers 目录）")
 
 
 def detect_family(source: str) -> ModelFamily:

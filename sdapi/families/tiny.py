@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sdapi.families import TINY_VARIANTS
+from sdapi.families.tiny_transformers import TRANSFORMER_VARIANTS, build_tiny_transformer_pipeline
 from sdapi.observability.stages import Stages
 
 # A fixed seed makes the weights identical on every build, so tests and benchmarks are repeatable.
@@ -207,9 +208,17 @@ def build_tiny_pipeline_components(family: str = "sd15") -> dict[str, object]:
     return components
 
 
+def _save(pipeline: Any, staging: Path, target_path: Path) -> None:
+    """Save `pipeline` under `staging`, then move it to `target_path` in one rename (replacing what was there)."""
+    pipeline.save_pretrained(str(staging / "model"), safe_serialization=True)
+    if target_path.exists():
+        shutil.rmtree(target_path)
+    (staging / "model").rename(target_path)
+
+
 def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = None, family: str = "sd15") -> Path:
     """Write the tiny pipeline of `family` (sd15, sd2-v or sdxl; sd15-inpaint or sdxl-inpaint for an inpainting
-    checkpoint's 9-channel UNet) in diffusers format to `target`, atomically, showing its stages on `progress`
+    checkpoint's 9-channel UNet; sd3, flux, flux-dev, flux2-klein or z-image) in diffusers format to `target`, atomically, showing its stages on `progress`
     (None: silent); return the folder."""
     if family not in TINY_VARIANTS:
         raise ValueError(f"family must be one of {', '.join(TINY_VARIANTS)}, not {family!r}")
@@ -225,6 +234,12 @@ def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = No
             stages.stage("writing the tokenizer")
             write_tokenizer(staging / "_tokenizer_src")
             tokenizer = CLIPTokenizer.from_pretrained(str(staging / "_tokenizer_src"))
+            if family in TRANSFORMER_VARIANTS:
+                stages.stage(f"building the {family} transformer, VAE and text encoder(s)")
+                pipeline = build_tiny_transformer_pipeline(family, staging, tokenizer)
+                stages.stage(f"saving to {target_path}")
+                _save(pipeline, staging, target_path)
+                return target_path
             stages.stage(f"building the {family} UNet, VAE and text encoder(s)")
             config = {"sd15": SD15_SCHEDULER_CONFIG, "sd2-v": SD2V_SCHEDULER_CONFIG, "sdxl": SDXL_SCHEDULER_CONFIG}
             scheduler_config = config[family.removesuffix("-inpaint")]
@@ -250,10 +265,7 @@ def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = No
                     **components,
                 )
             stages.stage(f"saving to {target_path}")
-            pipeline.save_pretrained(str(staging / "model"), safe_serialization=True)
-            if target_path.exists():
-                shutil.rmtree(target_path)
-            (staging / "model").rename(target_path)
+            _save(pipeline, staging, target_path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target_path

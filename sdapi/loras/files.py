@@ -19,11 +19,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from sdapi.families import Family, family_of_lora_keys
-from sdapi.loras.names import KOHYA_PREFIXES, KOHYA_UNET_PREFIX, kohya_module_key
+from sdapi.families import ADAPTER_PARTS, FAMILIES, Family, family_of_lora_keys
+from sdapi.loras.names import KOHYA_PREFIXES, kohya_module_key
 
 # kohya's prefix of the (first) text encoder's modules: lora_te_, lora_te1_ share it.
 KOHYA_TEXT_PREFIX = KOHYA_PREFIXES["text_encoder"].removesuffix("_")
+# The parts that denoise (a UNet, a transformer), whose keys tell a file's part apart from a text encoder's.
+_DENOISERS = {family.denoiser for family in FAMILIES}
+# The prefixes a kohya-style key may start with (every part of every family, and lora_te1_ / lora_te2_).
+_KOHYA_KEY_PREFIXES = ("lora_te", *KOHYA_PREFIXES.values())
 
 
 _KOHYA_SUFFIXES = {
@@ -46,7 +50,7 @@ _KOHYA_SUFFIXES = {
 }
 # diffusers/PEFT layout: unet.<module path>.lora_A.weight / lora_B.weight (optionally .alpha).
 _PEFT_KEY = re.compile(
-    r"^(?:base_model\.model\.)?(unet|text_encoder|text_encoder_2)\.(.+)\.(lora_A\.weight|lora_B\.weight|alpha)$"
+    rf"^(?:base_model\.model\.)?({'|'.join(ADAPTER_PARTS)})\.(.+)\.(lora_A\.weight|lora_B\.weight|alpha)$"
 )
 
 
@@ -79,12 +83,17 @@ class ModuleFactors:
 
 
 def part_of(module_key: str) -> str:
-    return "unet" if module_key.startswith(KOHYA_UNET_PREFIX) else "text_encoder"
+    """The part (unet, transformer, text_encoder) a module key names."""
+    return next(
+        (part for part, prefix in KOHYA_PREFIXES.items() if part in _DENOISERS and module_key.startswith(prefix)),
+        "text_encoder",
+    )
 
 
-def made_for(modules: Mapping[str, ModuleFactors]) -> Family:
+def made_for(modules: Mapping[str, ModuleFactors]) -> Family | None:
     """The family a file was made for: by its module names (sdapi.families), and where they are alike by the width
-    of its text-encoder modules (the in-features of a text attention query's down factor)."""
+    of its text-encoder modules (the in-features of a text attention query's down factor); None for a transformer
+    family's file (their module names overlap: whether it fits a model is told by its modules' shapes)."""
     width = next(
         (
             int(factors.tensors["lora_down.weight"].shape[-1])
@@ -108,7 +117,7 @@ def group_factors(tensors: Mapping[str, torch.Tensor]) -> dict[str, ModuleFactor
             kind: str | None = "lora" if suffix != "alpha" else None
         else:
             module_key, _, suffix = key.partition(".")
-            if suffix not in _KOHYA_SUFFIXES or not module_key.startswith(("lora_unet_", "lora_te")):
+            if suffix not in _KOHYA_SUFFIXES or not module_key.startswith(_KOHYA_KEY_PREFIXES):
                 unknown.append(key)
                 continue
             kind = _KOHYA_SUFFIXES[suffix]
@@ -204,12 +213,25 @@ def deltas_for_model(
     model = family_of_lora_keys(module_shapes, None)  # a model's targets carry its family's second names
     made = made_for(modules)
     missing = [name for name in modules if name not in module_shapes]
-    if made.addon_group != model.addon_group and (made.sgm_unet_names or missing):
+    named_apart = made is not None and model is not None and made.sgm_unet_names
+    if _group(made) != _group(model) and (named_apart or missing):
         detail = f"（{len(missing)} 个模块不在模型中，例如 {missing[0]}）" if missing else "（按其模块名判断）"
-        raise AdapterFileError(f"为 {made.addon_group_label} 制作，当前模型为 {model.addon_group_label}{detail}")
+        raise AdapterFileError(f"为 {_group_label(made)} 制作，当前模型为 {_group_label(model)}{detail}")
     if missing:
         raise AdapterFileError(f"{len(missing)} 个模块不在模型中（not in the model），例如 {missing[0]}")
     return {key: compute_delta(key, factors, torch.Size(module_shapes[key])) for key, factors in modules.items()}
+
+
+# A transformer family's file or model, where its family is not named (their module names overlap).
+_TRANSFORMER_GROUP = "扩散 Transformer 模型（" + "、".join(f.label for f in FAMILIES if f.denoiser != "unet") + "）"
+
+
+def _group(family: Family | None) -> str:
+    return family.addon_group if family is not None else _TRANSFORMER_GROUP
+
+
+def _group_label(family: Family | None) -> str:
+    return family.addon_group_label if family is not None else _TRANSFORMER_GROUP
 
 
 def check_fits(path: Path, module_shapes: Mapping[str, tuple[int, ...]]) -> None:

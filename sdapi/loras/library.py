@@ -17,7 +17,7 @@ from sdapi.config import Config, LorasConfig
 from sdapi.core.addons import AddonKind
 from sdapi.core.request import LoraRequest, LoraSpec
 from sdapi.errors import InvalidParameter
-from sdapi.families import ModelFamily, family_named
+from sdapi.families import Family, ModelFamily, family_named
 from sdapi.models.digests import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -67,11 +67,15 @@ def _scan_file(path: Path, max_bytes: int) -> _Scanned:
                 type=file_kind(modules),
                 parts=sorted({part_of(key) for key in modules}),
                 modules=len(modules),
-                family=made_for(modules).name,
+                family=_family_name(made_for(modules)),
             )
     if read_error is not None:
         entry = msgspec.structs.replace(entry, fits=False, error=read_error)
     return _Scanned(entry=entry, path=path, full_sha256=sha, read_error=read_error)
+
+
+def _family_name(family: Family | None) -> str | None:
+    return family.name if family is not None else None
 
 
 def _with_fits(scanned: _Scanned, module_shapes: Mapping[str, tuple[int, ...]]) -> _Scanned:

@@ -32,12 +32,12 @@ def adapter_targets(family: Family, modules: Mapping[str, torch.nn.Module]) -> d
     family.adapter_modules gives them). A family whose files also use second names (the UNet's original block
     names, a second text-encoder prefix) reaches a module by each: it then has two keys."""
     targets: dict[str, torch.nn.Module] = {}
-    layout = UnetLayout.from_config(modules["unet"].config)
+    layout = UnetLayout.from_config(modules["unet"].config) if family.sgm_unet_names else None
     for part, root in modules.items():
         for path, module in root.named_modules():
             if not isinstance(module, ADAPTABLE):
                 continue
-            original = sgm_name(layout, path) if part == "unet" else None
+            original = sgm_name(layout, path) if layout is not None and part == "unet" else None
             for key in family.kohya_keys(part, path, original):
                 targets[key] = module
     return targets

@@ -13,9 +13,9 @@ from sdapi.errors import ModelLoadFailed
 from sdapi.families.detection import detect_folder, safetensors_keys
 from sdapi.loras.sgm_names import UnetLayout, sgm_name
 
-# The weight file of each part of a diffusers folder (one file, or shards listed by an index): the UNet's, and every
-# text encoder's.
-_UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+# The weight file of each part of a diffusers folder (one file, or shards listed by an index): the denoiser's (UNet
+# or transformer), and every text encoder's.
+_DENOISER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 _TEXT_ENCODER_WEIGHTS = "model.safetensors"
 
 
@@ -34,28 +34,30 @@ def _part_shapes(folder: Path, file_name: str) -> dict[str, list[int]] | None:
 
 
 def disk_targets(model_folder: Path) -> dict[str, tuple[int, ...]] | None:
-    """kohya key -> weight shape of every Linear and Conv2d module of the diffusers folder's UNet and text
-    encoders (with the second names its family's files use, as adapter_targets gives them); None when the weights
+    """kohya key -> weight shape of every Linear and Conv2d module of the diffusers folder's denoiser and the text
+    encoders adapters may change (with the second names its family's files use, as adapter_targets gives them); None when the weights
     cannot be read this way (a single-file checkpoint, .bin weights, an unreadable header)."""
     try:
         family = detect_folder(model_folder).family
-        weights = {"unet": _UNET_WEIGHTS} | dict.fromkeys(family.text_encoders, _TEXT_ENCODER_WEIGHTS)
+        encoders = family.adapter_parts[1:]
+        weights = {family.denoiser: _DENOISER_WEIGHTS} | dict.fromkeys(encoders, _TEXT_ENCODER_WEIGHTS)
         parts = {part: _part_shapes(model_folder / part, file_name) for part, file_name in weights.items()}
-        unet_config = json.loads((model_folder / "unet" / "config.json").read_text())
+        denoiser_config = json.loads((model_folder / family.denoiser / "config.json").read_text())
     except (OSError, ValueError, KeyError, struct.error, ModelLoadFailed):
         return None
     if any(shapes is None for shapes in parts.values()):
         return None
-    layout = UnetLayout.from_config(unet_config)
+    layout = UnetLayout.from_config(denoiser_config) if family.sgm_unet_names else None
     targets: dict[str, tuple[int, ...]] = {}
     for part, shapes in parts.items():
         assert shapes is not None
         for key, shape in shapes.items():
             # Linear weights are 2-D, Conv2d weights 4-D; a text encoder's other 2-D weights are its embeddings.
-            if not key.endswith(".weight") or len(shape) not in (2, 4) or (part != "unet" and ".embeddings." in key):
+            text = part != family.denoiser
+            if not key.endswith(".weight") or len(shape) not in (2, 4) or (text and ".embeddings." in key):
                 continue
             path = key.removesuffix(".weight")
-            original = sgm_name(layout, path) if part == "unet" else None
+            original = sgm_name(layout, path) if layout is not None and not text else None
             for name in family.kohya_keys(part, path, original):
                 targets[name] = tuple(shape)
     return targets

@@ -7,7 +7,9 @@ owned by one module and raises InvalidParameter (a 400) naming the field:
 4. LoRAs: each exists, is of the model's family and fits it (sdapi.loras.library); the embeddings the prompts
    name fit the model's text encoders (sdapi.embeddings.library); each ControlNet unit's model fits the model, its
    image decodes and its preprocessor exists (sdapi.controlnets);
-5. scheduler and its options, sizes, seeds, defaults (sdapi.core.params);
+5. scheduler and its options, sizes, seeds, defaults (sdapi.core.params, with the family's steps and guidance);
+   then what the model's family cannot do: guidance above a distilled model's, a negative prompt it cannot use,
+   sides off its multiple, add-on kinds it does not run (sdapi.families.ModelFamily.check);
 6. engine capability: what the model's engine can serve, from its files (an ONNX-only export's sizes and LoRA set,
    its own scheduler in step 5): sdapi.service.catalog;
 7. callback target: the URL resolves to an address callbacks may reach (sdapi.callbacks.ssrf).
@@ -27,7 +29,7 @@ from sdapi.core.params import ControlUnitSpec, GenerationParams, InitImageInfo, 
 from sdapi.core.request import GenerationRequest
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.errors import InvalidParameter
-from sdapi.families import ModelFamily
+from sdapi.families import FAMILIES, ModelFamily
 from sdapi.ip_adapters.library import IpAdapterLibrary
 from sdapi.loras.library import LoraLibrary
 from sdapi.media import attachments
@@ -42,6 +44,19 @@ class Admitted:
 
     params: GenerationParams
     init_image: bytes | None
+
+
+def refuse_unsupported_addons(family: ModelFamily, embeddings: bool, controlnets: bool, image_prompts: bool) -> None:
+    """Raise InvalidParameter for an add-on kind the model's family cannot run here, naming the families that can."""
+    label = family.family.label
+    if embeddings and not family.family.embedding_widths:
+        raise InvalidParameter("prompt", f"{label} 模型不支持文本反演嵌入（embeddings）")
+    if controlnets and not family.family.controlnets:
+        which = "、".join(f.label for f in FAMILIES if f.controlnets)
+        raise InvalidParameter("controlnets", f"{label} 模型在本服务不支持 ControlNet；支持的家族：{which}")
+    if image_prompts and not family.family.image_prompts:
+        which = "、".join(f.label for f in FAMILIES if f.image_prompts)
+        raise InvalidParameter("ip_adapters", f"{label} 模型不支持 IP-Adapter；支持的家族：{which}")
 
 
 class RequestChecks:
@@ -89,6 +104,8 @@ class RequestChecks:
         if request.hires is not None:
             prompts += [request.hires.prompt, request.hires.negative_prompt]
         embeddings = self._embeddings.named_in(prompts, self._catalog.text_widths(model))
+        refuse_unsupported_addons(family, bool(embeddings), bool(request.controlnets), bool(request.ip_adapters))
+        defaults = family.run_defaults
         params = resolve_params(
             request,
             self._config.defaults,
@@ -103,7 +120,10 @@ class RequestChecks:
             controlnets=await self._control_units(request, model, family, parts),
             ip_adapters=await self._image_prompts(request, model, parts),
             schedulers=family.family.schedulers,
+            model_defaults=(defaults.steps, defaults.guidance_scale),
+            side_multiple=family.family.side_multiple,
         )
+        family.check(params)
         capability.check(params)
         if params.callback_url is not None:
             # Refused here, with a 400, rather than silently dropped when the task ends.

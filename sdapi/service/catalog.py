@@ -5,6 +5,7 @@ an API node refuses exactly what a worker would, without loading anything."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -42,6 +43,11 @@ class ModelView(msgspec.Struct, frozen=True):
     # The live workers that could not load it (worker id -> why); they leave its tasks to the others.
     load_errors: dict[str, str] = {}
     inpainting: bool = False  # an inpainting checkpoint (9-channel UNet)
+    family_label: str = ""  # the family for people: "FLUX.1"
+    guidance: str = "cfg"  # cfg | embedded | distilled (sdapi.families.base.GUIDANCE_KINDS)
+    default_steps: int = 30  # what a request without num_inference_steps gets (its family's, or defaults:)
+    default_guidance_scale: float = 7.5
+    schedulers: list[str] = []  # the schedulers its requests may name
 
 
 class Capability(msgspec.Struct, frozen=True):
@@ -105,12 +111,16 @@ def _text_widths(source: str) -> tuple[int, ...] | None:
     return tuple(widths) or None
 
 
+def _first_given(*values: float | None) -> float:
+    return next(value for value in values if value is not None)
+
+
 class ModelCatalog:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._entries = {entry.name: entry for entry in config.model_entries}
         self.default = config.default_model.name
-        self._families = {name: self._detect(entry.path) for name, entry in self._entries.items()}
+        self._families = {name: self._detect(entry) for name, entry in self._entries.items()}
         self._capabilities = {name: _capability(entry) for name, entry in self._entries.items()}
         # Read once here, not per request: every submit naming an embedding, ControlNet or IP-Adapter asks.
         self._text_widths = {name: _text_widths(entry.path) for name, entry in self._entries.items()}
@@ -139,14 +149,16 @@ class ModelCatalog:
         return self._text_widths[name]
 
     @staticmethod
-    def _detect(path: str) -> ModelFamily:
+    def _detect(entry: ModelEntry) -> ModelFamily:
         try:
-            return detect_family(path)
+            detected = detect_family(entry.path)
         except UnsupportedModel:
             raise  # a model of a kind not served: the service does not start
         except ModelLoadFailed as error:
-            logger.warning("model %s: %s", path, error.message)
+            logger.warning("model %s: %s", entry.path, error.message)
             return _UNKNOWN
+        # The config's word on guidance goes over the files' (Z-Image base, SD 3.5 Large Turbo look alike on disk).
+        return dataclasses.replace(detected, guidance=entry.guidance) if entry.guidance else detected
 
     @property
     def names(self) -> list[str]:
@@ -173,6 +185,7 @@ class ModelCatalog:
         """Every model as GET /api/v1/models lists it; `loaded`: the names some live worker has in memory;
         `failures`: model -> {worker id: why it could not load it}."""
         views = []
+        defaults = self._config.defaults
         for name, entry in self._entries.items():
             family = self._families[name]
             engines = ["torch"] if entry.engine == "torch" or entry.onnx_path is None else ["onnx", "torch"]
@@ -190,6 +203,11 @@ class ModelCatalog:
                     default=name == self.default,
                     load_errors=(failures or {}).get(name, {}),
                     inpainting=family.inpainting,
+                    family_label=family.family.label,
+                    guidance=family.guidance,
+                    default_steps=defaults.num_inference_steps or family.run_defaults.steps,
+                    default_guidance_scale=_first_given(defaults.guidance_scale, family.run_defaults.guidance_scale),
+                    schedulers=list(family.family.schedulers),
                 )
             )
         return views

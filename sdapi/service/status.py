@@ -186,9 +186,13 @@ class StatusService:
         await asyncio.to_thread(library.scan)
         return library.listed()
 
-    def schedulers(self) -> SchedulerListing:
+    def schedulers(self, model: str | None = None) -> SchedulerListing:
+        """Every scheduler a request may name, or those model `model` runs (its family's: a flow-matching model takes
+        flow-match Euler and the solvers diffusers runs on flow sigmas); raise InvalidParameter for an unknown
+        model."""
+        names = ACCEPTED_SCHEDULERS if model is None else self.catalog.resolve(model)[1].family.schedulers
         return SchedulerListing(
-            schedulers=[(name, A1111_SAMPLER_NAMES[name], name in KARRAS_SCHEDULERS) for name in ACCEPTED_SCHEDULERS],
+            schedulers=[(name, A1111_SAMPLER_NAMES[name], name in KARRAS_SCHEDULERS) for name in names],
             default=self._config.defaults.scheduler,
         )
 

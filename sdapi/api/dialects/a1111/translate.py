@@ -19,7 +19,7 @@ from sdapi.api.dialects.fields import decoded
 from sdapi.config import LimitsConfig
 from sdapi.core.params import MIN_SIDE
 from sdapi.core.request import MAX_IMAGES, MAX_SEED, GenerationRequest, LoraRequest
-from sdapi.core.schedulers import A1111_SAMPLER_NAMES
+from sdapi.core.schedulers import A1111_SAMPLER_NAMES, FLOW_MATCH_EULER
 from sdapi.errors import (
     InvalidParameter,
 )
@@ -27,7 +27,11 @@ from sdapi.media.images import open_image
 from sdapi.media.masks import encode_mask, mask_from_image, rounded
 
 # A1111's sampler names (what its /samplers lists) for every accepted scheduler, with the aliases it also accepts.
-SAMPLERS: dict[str, str] = {name: scheduler for scheduler, name in A1111_SAMPLER_NAMES.items()}
+# (Flow-match Euler is A1111's "Euler" on a flow-matching model: "Euler" names EulerDiscreteScheduler, which such a
+# model runs as flow-match Euler.)
+SAMPLERS: dict[str, str] = {
+    name: scheduler for scheduler, name in A1111_SAMPLER_NAMES.items() if scheduler != FLOW_MATCH_EULER
+}
 SAMPLER_ALIASES: dict[str, tuple[str, ...]] = {
     "DPM++ 2M": ("k_dpmpp_2m",),
     "Euler a": ("k_euler_a", "k_euler_ancestral"),

@@ -1,0 +1,53 @@
+"""FLUX.1 (Black Forest Labs): a flow-matching transformer with double- and single-stream blocks, CLIP-L (pooled)
+and T5-XXL text encoders. [dev] is guidance-distilled: guidance_scale is a value the transformer embeds (one pass a
+step, no negative prompt); [schnell] is timestep-distilled: 1-4 steps, no guidance at all. Which one a model is, its
+transformer config says (`guidance_embeds`). FluxFillPipeline checkpoints (FLUX.1 Fill) are not served yet."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sdapi.families.base import Family, RunDefaults
+from sdapi.families.flow import (
+    FLOW_MATCH_SCHEDULERS,
+    TRANSFORMER_LORA_PREFIXES,
+    TRANSFORMER_SIDE,
+    TRANSFORMER_SIDE_MULTIPLE,
+)
+
+
+def _guidance(transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:
+    return "embedded" if transformer.get("guidance_embeds") else "distilled"
+
+
+FLUX = Family(
+    name="flux",
+    label="FLUX.1",
+    addon_group="flux",
+    addon_group_label="FLUX.1",
+    native_side=TRANSFORMER_SIDE,
+    text_to_image="FluxPipeline",
+    inpainting="FluxFillPipeline",  # no inpainting checkpoint is served: never detected as one
+    image_to_image_pipeline="FluxImg2ImgPipeline",
+    inpainting_pipeline="FluxInpaintPipeline",
+    onnx_pipelines=("ORTFluxPipeline", "", ""),
+    load_options={},
+    text_encoders=("text_encoder", "text_encoder_2"),
+    tokenizers=("tokenizer", "tokenizer_2"),
+    text_encoder_classes=("CLIPTextModel", "T5EncoderModel"),
+    kohya_prefixes=TRANSFORMER_LORA_PREFIXES,
+    schedulers=FLOW_MATCH_SCHEDULERS,
+    onnx_parts=(),
+    denoiser="transformer",
+    batches_prompt_lists=True,
+    adapter_text_encoders=(),
+    takes_negative_prompt=False,
+    guidance="embedded",
+    guidance_of=_guidance,
+    defaults={"embedded": RunDefaults(28, 3.5), "distilled": RunDefaults(4, 0.0)},
+    side_multiple=TRANSFORMER_SIDE_MULTIPLE,
+    latent_hires=False,
+    controlnets=False,
+    image_prompts=False,
+)

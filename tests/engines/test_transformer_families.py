@@ -1,0 +1,152 @@
+"""The transformer families (SD 3.x, FLUX.1 [schnell] and [dev], FLUX.2 [klein], Z-Image) on the torch engine, on
+their tiny models: every kind of run their pipelines offer (text-to-image, image-to-image, inpainting), the seed
+rule, cross-request batches whose members keep their own pixels, the flow-matching schedulers, and a LoRA in
+diffusers' PEFT layout equal to an independent merge of the same weights into the transformer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from sdapi.config import ModelConfig
+from sdapi.core.params import InitImageInfo, InpaintParams
+from sdapi.core.request import LoraSpec
+from sdapi.engines import Run
+from sdapi.engines.torch_engine import TorchEngine
+from sdapi.families.detection import detect_folder
+from tests.fixtures.models import TRANSFORMER_TINY_VARIANTS
+from tests.support.factories import make_params
+from tests.support.services import mean_abs_diff
+
+SIDE = 64
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+@pytest.fixture(scope="module", params=TRANSFORMER_TINY_VARIANTS)
+def engine(request, tiny_transformer_models):
+    path = tiny_transformer_models[request.param]
+    loaded = TorchEngine(ModelConfig(path=str(path), device="cpu", dtype="float32"))
+    loaded.load()
+    return request.param, path, loaded
+
+
+def _params(engine: TorchEngine, **changes):
+    """A small run with the model's own defaults for guidance (a distilled model takes none)."""
+    assert engine.family is not None
+    fields = {
+        "width": SIDE,
+        "height": SIDE,
+        "num_inference_steps": 3,
+        "guidance_scale": engine.family.run_defaults.guidance_scale,
+    }
+    return make_params(**(fields | changes))
+
+
+def test_every_kind_of_run_and_the_seed_rule(engine):
+    variant, path, loaded = engine
+    assert detect_folder(path).family is loaded.family.family
+    two = loaded.generate(Run(_params(loaded, seed=11, num_images=2)))
+    assert [image.size for image in two.images] == [(SIDE, SIDE)] * 2
+    assert two.facts.scheduler == "FlowMatchEulerDiscreteScheduler"
+    second = loaded.generate(Run(_params(loaded, seed=12)))
+    assert mean_abs_diff(_pixels(two.images[1]), _pixels(second.images[0])) <= 1.0  # image k = seed + k
+    assert mean_abs_diff(_pixels(two.images[0]), _pixels(two.images[1])) > 1.0
+    # Image-to-image: the init image's size, changed by the denoising.
+    rng = np.random.default_rng(0)
+    init = Image.fromarray(rng.integers(0, 255, (SIDE, SIDE * 2, 3), dtype=np.uint8))
+    info = InitImageInfo(SIDE * 2, SIDE, "png")
+    changed = loaded.generate(
+        Run(_params(loaded, width=SIDE * 2, init_image=info, strength=0.7, num_inference_steps=4), init)
+    )
+    assert changed.images[0].size == (SIDE * 2, SIDE)
+    assert mean_abs_diff(_pixels(changed.images[0]), _pixels(init)) > 1.0
+    # Inpainting: the masked square repainted, every pixel the (unblurred) mask keeps exactly the original's.
+    edit = init.convert("RGBA")
+    mask = Image.new("L", init.size, 0)
+    mask.paste(255, (16, 16, 48, 48))
+    edit.putalpha(mask)
+    inpaint = InpaintParams(masked=True, blur=0)
+    repainted = loaded.generate(
+        Run(_params(loaded, width=SIDE * 2, init_image=info, inpaint=inpaint, num_inference_steps=4), edit)
+    )
+    out = _pixels(repainted.images[0])
+    kept = np.asarray(mask) == 0
+    assert np.array_equal(out[kept], _pixels(init)[kept])
+    assert mean_abs_diff(out[16:48, 16:48], _pixels(init)[16:48, 16:48]) > 1.0
+
+
+@pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "UniPCMultistepScheduler"])
+def test_the_flow_schedulers_run_and_are_recorded(engine, scheduler):
+    _, _, loaded = engine
+    result = loaded.generate(Run(_params(loaded, scheduler=scheduler, num_inference_steps=4)))
+    ran = "FlowMatchEulerDiscreteScheduler" if scheduler == "EulerDiscreteScheduler" else scheduler
+    assert result.facts.scheduler == ran
+    assert result.images[0].size == (SIDE, SIDE)
+
+
+def test_cross_request_batch_members_keep_their_pixels(engine):
+    _, _, loaded = engine
+    own = [{"prompt": "a red ball", "seed": 1}, {"prompt": "snow at night", "seed": 7, "num_images": 2}]
+    members = [Run(_params(loaded, **mine), on_step=lambda *_: None) for mine in own]
+    alone = [loaded.generate(member).images for member in members]
+    batched = loaded.generate_batch(members)
+    for expected, got in zip(alone, batched, strict=True):
+        assert got is not None and len(got.images) == len(expected)
+        for a, b in zip(expected, got.images, strict=True):
+            assert mean_abs_diff(_pixels(a), _pixels(b)) <= 1.0
+
+
+def _peft_lora(transformer: torch.nn.Module, path, rank: int = 4) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A LoRA in diffusers' PEFT layout on the transformer's first attention projections (random factors, large
+    enough to show); returns module path -> (down, up)."""
+    generator = torch.Generator().manual_seed(5)
+    chosen = [
+        (name, module)
+        for name, module in transformer.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.endswith(("to_q", "to_k", "to_v", "to_out.0"))
+    ][:6]
+    assert chosen, "the transformer has attention projections"
+    factors, tensors = {}, {}
+    for name, module in chosen:
+        down = torch.randn(rank, module.in_features, generator=generator) * 0.5
+        up = torch.randn(module.out_features, rank, generator=generator) * 0.5
+        factors[name] = (down, up)
+        tensors[f"transformer.{name}.lora_A.weight"] = down
+        tensors[f"transformer.{name}.lora_B.weight"] = up
+    save_file(tensors, str(path))
+    return factors
+
+
+def test_a_lora_equals_an_independent_merge_and_leaves_nothing_behind(engine, tmp_path):
+    variant, path, loaded = engine
+    lora_path = tmp_path / f"{variant}-style.safetensors"
+    factors = _peft_lora(loaded._text_to_image.transformer, lora_path)
+    with_lora = TorchEngine(
+        ModelConfig(path=str(path), device="cpu", dtype="float32"), lora_files=lambda spec: lora_path
+    )
+    with_lora.load()
+    params = _params(with_lora, seed=3, num_inference_steps=3)
+    plain = with_lora.generate(Run(params)).images[0]
+    spec = LoraSpec(name="style", weight=0.8, sha256="0" * 64)
+    merged_run = with_lora.generate(Run(_params(with_lora, seed=3, num_inference_steps=3, loras=(spec,)))).images[0]
+    zero = LoraSpec(name="style", weight=0.0, sha256="1" * 64)
+    at_zero = with_lora.generate(Run(_params(with_lora, seed=3, num_inference_steps=3, loras=(zero,)))).images[0]
+    after = with_lora.generate(Run(params)).images[0]
+    # An independent merge: W + 0.8 * up @ down on a fresh load, nothing of sdapi's LoRA code involved.
+    independent = TorchEngine(ModelConfig(path=str(path), device="cpu", dtype="float32"))
+    independent.load()
+    modules = dict(independent._text_to_image.transformer.named_modules())
+    with torch.no_grad():
+        for name, (down, up) in factors.items():
+            modules[name].weight += 0.8 * (up @ down)
+    expected = independent.generate(Run(params)).images[0]
+    assert mean_abs_diff(_pixels(merged_run), _pixels(expected)) <= 1.0
+    assert mean_abs_diff(_pixels(merged_run), _pixels(plain)) > 1.0  # the LoRA did something
+    assert np.array_equal(_pixels(at_zero), _pixels(plain))  # weight 0 is no LoRA
+    assert np.array_equal(_pixels(after), _pixels(plain))  # nothing stayed behind
