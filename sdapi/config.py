@@ -109,6 +109,11 @@ class ModelConfig(_Section, frozen=True):
     # How many models a worker keeps loaded (least recently used goes first). null: 1 on a CPU, 2 on a GPU.
     max_loaded: Annotated[int, msgspec.Meta(ge=1, le=16)] | None = None
 
+    @property
+    def with_optional_text_encoder(self) -> bool:
+        """Whether the model loads with its family's optional text encoder (the config key names SD 3.x's)."""
+        return self.text_encoder_3
+
 
 DEFAULT_MODEL_NAME = "default"
 

@@ -375,7 +375,7 @@ TEXT_DROPOUT = 0.1  # the share of empty captions, as in the UNet's training
 def _text_encoder(vocab_size: int) -> Any:
     from transformers import CLIPTextModel
 
-    from sdapi.families.tiny import _text_encoder_config
+    from sdapi.families.tiny_parts import _text_encoder_config
 
     return CLIPTextModel(_text_encoder_config("quick_gelu", vocab_size=vocab_size, width=64))
 

@@ -14,7 +14,7 @@ import json
 from itertools import pairwise
 from pathlib import Path
 
-from sdapi.families.tiny import _bytes_to_unicode
+from sdapi.families.tiny_parts import _bytes_to_unicode
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 

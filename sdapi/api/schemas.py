@@ -159,9 +159,7 @@ class SchedulerListResponse(msgspec.Struct):
 
 class ModelResponse(msgspec.Struct):
     name: Annotated[str, msgspec.Meta(description="模型名称（请求的 model 字段）")]
-    family: Annotated[
-        str, msgspec.Meta(description="模型家族：sd1、sd2、sdxl、sd3、flux、flux2-klein、z-image")
-    ]
+    family: Annotated[str, msgspec.Meta(description="模型家族：sd1、sd2、sdxl、sd3、flux、flux2-klein、z-image")]
     native_size: Annotated[list[int], msgspec.Meta(description="原生尺寸 [宽, 高]：请求与配置都未给出尺寸时使用")]
     source: Annotated[str, msgspec.Meta(description="模型来源（目录、文件或 hub id）")]
     sha256: Annotated[str | None, msgspec.Meta(description="权重的 sha256（hub id 为 null）")]

@@ -50,6 +50,8 @@ def scheduler_that_runs(requested: str | None, own: str) -> str:
     (Euler as flow-match Euler)."""
     name = requested or own
     return FLOW_ALIASES.get(name, name) if own == FLOW_MATCH_EULER else name
+
+
 # What `scheduler_options` may set on each class: the settings model pages tell users to copy (sigma spacing,
 # solver order and type, timestep spacing, prediction type...), each one the class's own constructor takes (a unit
 # test holds this table to diffusers' signatures). Training-time settings (betas, train timesteps) are not offered.

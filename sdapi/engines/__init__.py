@@ -70,6 +70,7 @@ class RunFacts(msgspec.Struct, frozen=True, kw_only=True):
     device: str = ""
     providers: tuple[str, ...] = ()  # ONNX Runtime's execution providers (ONNX only)
     addons: tuple[AppliedAddon, ...] = ()
+    family: str = ""  # the model's family for people (sdapi.families: "FLUX.1"); "" where the engine did not say
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def facts_of(
     dtype: str,
     device: str,
     providers: tuple[str, ...] = (),
+    family: str = "",
 ) -> RunFacts:
     """What a run of `params` ran on an engine: the scheduler class (the request's, else the model's own config's
     `_class_name`), its options, the add-ons pinned by sha256 (a weight of 0 is "without it": left out), and the
@@ -111,6 +113,7 @@ def facts_of(
         device=device,
         providers=providers,
         addons=tuple(addons),
+        family=family,
     )
 
 

@@ -15,15 +15,15 @@ from sdapi.engines.primitives import (
     Pipelines,
     batch_step_reporter,
     cpu_generators,
+    image_size,
     no_denoising,
     report_gpu_memory,
     run_batches,
-    image_size,
     size_conditioning,
     unchanged,
 )
-from sdapi.families import family_of_pipeline
 from sdapi.engines.schedulers import make_scheduler
+from sdapi.families import family_of_pipeline
 
 
 def make_plain_images(

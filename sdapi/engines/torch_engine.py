@@ -91,7 +91,7 @@ class TorchEngine:
 
     def load(self) -> None:
         model = self._model
-        pipeline = load_pipeline(model.path, self.dtype, model.single_file_config, model.text_encoder_3)
+        pipeline = load_pipeline(model.path, self.dtype, model.single_file_config, model.with_optional_text_encoder)
         place(pipeline, self.device, self._model.offload)
         self.family = family_of_pipeline(pipeline, self._model.guidance)
         family = self.family.family
@@ -182,6 +182,7 @@ class TorchEngine:
             scheduler_config=self._scheduler_config,
             dtype=dtype_name(self.dtype),
             device=self.device,
+            family=self.family.family.label if self.family is not None else "",
         )
 
     def _loras_applied(self, loras: tuple[LoraSpec, ...]) -> contextlib.AbstractContextManager[None]:

@@ -62,10 +62,10 @@ __all__ = [
     "Family",
     "ModelFamily",
     "family_named",
-    "family_of_pipeline_class",
     "family_of_embedding_widths",
     "family_of_lora_keys",
     "family_of_pipeline",
+    "family_of_pipeline_class",
     "family_of_text_width",
     "family_of_unet",
 ]

@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sdapi.families import TINY_VARIANTS
+from sdapi.families.tiny_parts import TINY_MODEL_SEED, _bytes_to_unicode, _text_encoder_config
 from sdapi.families.tiny_transformers import TRANSFORMER_VARIANTS, build_tiny_transformer_pipeline
 from sdapi.observability.stages import Stages
-
-# A fixed seed makes the weights identical on every build, so tests and benchmarks are repeatable.
-TINY_MODEL_SEED = 20240101
 
 # The scheduler config of Stable Diffusion 1.5, so every scheduler sees the values it would in production.
 SD15_SCHEDULER_CONFIG = {
@@ -36,21 +34,6 @@ SD15_SCHEDULER_CONFIG = {
     "trained_betas": None,
     "prediction_type": "epsilon",
 }
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
 def write_tokenizer(directory: Path) -> None:
@@ -71,11 +54,6 @@ def write_tokenizer(directory: Path) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
-def tiny_vocab_size() -> int:
-    """Size of the tiny tokenizer's vocabulary (two tokens per byte plus two special tokens)."""
-    return 2 * 256 + 2
-
-
 # SD 2.x 768-v (v-prediction) and SDXL base schedulers, as their model pages ship them.
 SD2V_SCHEDULER_CONFIG = {
     **SD15_SCHEDULER_CONFIG,
@@ -89,27 +67,6 @@ SDXL_SCHEDULER_CONFIG = {
     "interpolation_type": "linear",
     "use_karras_sigmas": False,
 }
-
-
-def _text_encoder_config(hidden_act: str = "quick_gelu", vocab_size: int | None = None, width: int = 32) -> Any:
-    """A 2-layer CLIP text encoder `width` wide; the special tokens are the vocabulary's last two ids (the
-    end-of-text token highest, where CLIP pools)."""
-    from transformers import CLIPTextConfig
-
-    vocab_size = tiny_vocab_size() if vocab_size is None else vocab_size
-    return CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=width,
-        hidden_act=hidden_act,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
 
 
 def _tiny_vae(
@@ -218,8 +175,8 @@ def _save(pipeline: Any, staging: Path, target_path: Path) -> None:
 
 def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = None, family: str = "sd15") -> Path:
     """Write the tiny pipeline of `family` (sd15, sd2-v or sdxl; sd15-inpaint or sdxl-inpaint for an inpainting
-    checkpoint's 9-channel UNet; sd3, flux, flux-dev, flux2-klein or z-image) in diffusers format to `target`, atomically, showing its stages on `progress`
-    (None: silent); return the folder."""
+    checkpoint's 9-channel UNet; sd3, flux, flux-dev, flux2-klein or z-image) in diffusers format to `target`,
+    atomically, showing its stages on `progress` (None: silent); return the folder."""
     if family not in TINY_VARIANTS:
         raise ValueError(f"family must be one of {', '.join(TINY_VARIANTS)}, not {family!r}")
     with Stages(4, progress) as stages:
@@ -234,6 +191,7 @@ def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = No
             stages.stage("writing the tokenizer")
             write_tokenizer(staging / "_tokenizer_src")
             tokenizer = CLIPTokenizer.from_pretrained(str(staging / "_tokenizer_src"))
+            pipeline: Any
             if family in TRANSFORMER_VARIANTS:
                 stages.stage(f"building the {family} transformer, VAE and text encoder(s)")
                 pipeline = build_tiny_transformer_pipeline(family, staging, tokenizer)
@@ -245,7 +203,6 @@ def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = No
             scheduler_config = config[family.removesuffix("-inpaint")]
             scheduler = getattr(diffusers, str(scheduler_config["_class_name"])).from_config(scheduler_config)
             components = build_tiny_pipeline_components(family)
-            pipeline: Any
             inpainting = family.endswith("-inpaint")
             if family.startswith("sdxl"):
                 sdxl_class = (

@@ -13,6 +13,7 @@ from typing import Any
 from sdapi.families.flux import FLUX
 from sdapi.families.flux2_klein import FLUX2_KLEIN
 from sdapi.families.sd3 import SD3
+from sdapi.families.tiny_parts import TINY_MODEL_SEED, _bytes_to_unicode, _text_encoder_config
 from sdapi.families.z_image import Z_IMAGE
 
 # The variants built here (sdapi.families.TINY_VARIANTS names them all).
@@ -31,8 +32,6 @@ KLEIN_TEXT_LAYERS = 28
 
 
 def _byte_tokens() -> list[str]:
-    from sdapi.families.tiny import _bytes_to_unicode
-
     return list(_bytes_to_unicode().values())
 
 
@@ -163,8 +162,6 @@ def build_tiny_transformer_pipeline(variant: str, staging: Path, clip_tokenizer:
     import diffusers
     import torch
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, Qwen3ForCausalLM, Qwen3Model
-
-    from sdapi.families.tiny import TINY_MODEL_SEED, _text_encoder_config
 
     torch.manual_seed(TINY_MODEL_SEED)
     if variant == SD3.name:

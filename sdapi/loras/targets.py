@@ -35,8 +35,8 @@ def _part_shapes(folder: Path, file_name: str) -> dict[str, list[int]] | None:
 
 def disk_targets(model_folder: Path) -> dict[str, tuple[int, ...]] | None:
     """kohya key -> weight shape of every Linear and Conv2d module of the diffusers folder's denoiser and the text
-    encoders adapters may change (with the second names its family's files use, as adapter_targets gives them); None when the weights
-    cannot be read this way (a single-file checkpoint, .bin weights, an unreadable header)."""
+    encoders adapters may change (with the second names its family's files use, as adapter_targets gives them);
+    None when the weights cannot be read this way (a single-file checkpoint, .bin weights, an unreadable header)."""
     try:
         family = detect_folder(model_folder).family
         encoders = family.adapter_parts[1:]

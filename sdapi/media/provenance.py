@@ -14,7 +14,10 @@ from PIL import ExifTags, Image, PngImagePlugin
 
 from sdapi import __version__
 from sdapi.core.params import GenerationParams
-from sdapi.core.schedulers import A1111_SAMPLER_NAMES
+from sdapi.core.schedulers import A1111_SAMPLER_NAMES, FLOW_MATCH_EULER
+
+# Scheduler classes that only run on flow matching (the others a flow model runs keep their class name).
+FLOW_SCHEDULER_CLASSES = {FLOW_MATCH_EULER}
 
 JSON_CHUNK = "sdapi"
 INFOTEXT_CHUNK = "parameters"
@@ -53,6 +56,7 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     controlnets: list[dict[str, Any]] = []
     ip_adapters: list[dict[str, Any]] = []  # {model, sha256, weight} of each image prompt
     device: str = ""  # where the run ran: cpu, cuda, cuda:N
+    family: str = ""  # the model's family for people: "SD 1.x", "FLUX.1"...
 
 
 def image_record(
@@ -64,6 +68,7 @@ def image_record(
     dtype: str,
     scheduler: str,
     device: str = "",
+    family: str = "",
 ) -> ImageRecord:
     """The record of image `index` of a task (its seed is the task's seed + index), made by `engine` in `dtype` on
     `device` with the scheduler class `scheduler`: what the run itself reported it ran."""
@@ -89,6 +94,7 @@ def image_record(
         controlnets=[msgspec.structs.asdict(unit) for unit in params.controlnets],
         ip_adapters=[msgspec.structs.asdict(prompt) for prompt in params.ip_adapters],
         device=device,
+        family=family,
     )
 
 
@@ -116,6 +122,10 @@ def infotext(record: ImageRecord) -> str:
     if record.model.sha256:
         pairs.append(("Model hash", record.model.sha256[:10]))
     pairs.append(("Model", record.model.source.rstrip("/").rsplit("/", 1)[-1]))
+    if record.family:
+        pairs.append(("Model family", record.family))
+    if record.scheduler in FLOW_SCHEDULER_CLASSES:  # A1111's sampler name does not say it ran on flow matching
+        pairs.append(("Flow scheduler", record.scheduler))
     if record.strength is not None:
         pairs.append(("Denoising strength", record.strength))
     if record.hires is not None:  # A1111's names for its second pass

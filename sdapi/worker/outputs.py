@@ -86,7 +86,7 @@ class Outputs:
         record = None
         if self._config.output.embed_parameters:
             record = image_record(
-                params, index, task.id, model, facts.engine, facts.dtype, facts.scheduler, facts.device
+                params, index, task.id, model, facts.engine, facts.dtype, facts.scheduler, facts.device, facts.family
             )
         encoding = time.perf_counter()
         data = encode_image(image, extension, record)

@@ -49,7 +49,7 @@ def _params(engine: TorchEngine, **changes):
 
 
 def test_every_kind_of_run_and_the_seed_rule(engine):
-    variant, path, loaded = engine
+    _, path, loaded = engine
     assert detect_folder(path).family is loaded.family.family
     two = loaded.generate(Run(_params(loaded, seed=11, num_images=2)))
     assert [image.size for image in two.images] == [(SIDE, SIDE)] * 2

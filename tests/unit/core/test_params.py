@@ -116,9 +116,9 @@ def test_the_scheduler_options_table_matches_diffusers_own_constructors():
 
     import diffusers
 
-    from sdapi.core.schedulers import ACCEPTED_SCHEDULERS, SCHEDULER_OPTIONS
+    from sdapi.core.schedulers import ACCEPTED_SCHEDULERS, FLOW_SCHEDULERS, SCHEDULER_OPTIONS
 
-    assert set(SCHEDULER_OPTIONS) == set(ACCEPTED_SCHEDULERS)
+    assert set(SCHEDULER_OPTIONS) == set(ACCEPTED_SCHEDULERS) | set(FLOW_SCHEDULERS)
     for name, options in SCHEDULER_OPTIONS.items():
         accepted = set(inspect.signature(getattr(diffusers, name).__init__).parameters)
         assert options <= accepted, (name, options - accepted)

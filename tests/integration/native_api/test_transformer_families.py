@@ -1,0 +1,260 @@
+"""SD 3.x, FLUX.1 ([schnell] and [dev]), FLUX.2 [klein] and Z-Image over HTTP, one tiny model of each built by
+`make-tiny-model` on one server: listed with their family, native size, guidance, defaults and schedulers;
+text-to-image, image-to-image and inpainting through the native API, the `openai` SDK and `webuiapi`; the seed rule;
+a flow scheduler recorded in the infotext, one outside the flow set refused with the list; the guidance and
+negative-prompt rules; add-on kinds they do not run refused naming the families that do; and a LoRA in diffusers'
+PEFT layout listed, applied and refused on a model it does not fit."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import torch
+import webuiapi
+from PIL import Image
+from safetensors.torch import save_file
+
+from sdapi.media.provenance import parse_infotext, read_embedded
+from tests.fixtures.models import TRANSFORMER_TINY_VARIANTS
+from tests.support.services import (
+    API_KEY,
+    data_url,
+    decided_loras,
+    fetch_image,
+    fetch_pixels,
+    gradient_image,
+    mean_abs_diff,
+)
+from tests.support.services import generate as run
+
+# Small and few steps: each picture takes a fraction of a second. Sides are multiples of 16 (the transformer
+# families' multiple).
+SMALL = {"width": 64, "height": 64, "num_inference_steps": 3}
+# The guidance each kind of model takes in the tests (a distilled model takes at most 1).
+GUIDANCE = {"sd3": 5.0, "flux": 0.0, "flux-dev": 3.5, "flux2-klein": 1.0, "z-image": 0.0}
+FAMILY = {"sd3": "sd3", "flux": "flux", "flux-dev": "flux", "flux2-klein": "flux2-klein", "z-image": "z-image"}
+
+
+def _lora_for(model_dir, path) -> None:
+    """A PEFT-layout LoRA on the first attention projections of the model's transformer (random factors)."""
+    from safetensors import safe_open
+
+    weights = model_dir / "transformer" / "diffusion_pytorch_model.safetensors"
+    generator = torch.Generator().manual_seed(9)
+    tensors = {}
+    with safe_open(str(weights), "pt") as opened:
+        projections = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")
+        names = [key.removesuffix(".weight") for key in opened.keys() if key.endswith(projections)]
+        for name in names[:8]:
+            out_features, in_features = opened.get_slice(name + ".weight").get_shape()
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(4, in_features, generator=generator)
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(out_features, 4, generator=generator)
+    assert tensors, names
+    save_file(tensors, str(path))
+
+
+@pytest.fixture(scope="module")
+def service(make_service, tmp_path_factory, tiny_transformer_models):
+    loras = tmp_path_factory.mktemp("transformer-loras")
+    _lora_for(tiny_transformer_models["flux"], loras / "flux_style.safetensors")
+    # FLUX.1 [schnell] is the default: the LoRA listing's fit is the default model's.
+    models = [
+        {"name": variant, "path": str(path), "default": variant == "flux"}
+        for variant, path in tiny_transformer_models.items()
+    ]
+    return make_service(
+        "transformer-families",
+        models=models,
+        model={"max_loaded": len(models), "dtype": "float32"},
+        defaults={"width": None, "height": None, "num_inference_steps": None},
+        loras={"dir": str(loras)},
+    )
+
+
+@pytest.fixture(scope="module")
+def listed(service):
+    with service.client() as client:
+        return {model["name"]: model for model in client.get("/api/v1/models").json()["models"]}
+
+
+def test_each_is_listed_with_its_family_and_defaults(listed):
+    assert set(listed) == set(TRANSFORMER_TINY_VARIANTS)
+    for variant, model in listed.items():
+        assert (model["family"], model["native_size"]) == (FAMILY[variant], [1024, 1024])
+        assert model["schedulers"][0] == "FlowMatchEulerDiscreteScheduler"
+    assert (listed["flux"]["guidance"], listed["flux"]["default_steps"]) == ("distilled", 4)
+    assert (listed["flux-dev"]["guidance"], listed["flux-dev"]["default_guidance_scale"]) == ("embedded", 3.5)
+    assert (listed["sd3"]["guidance"], listed["sd3"]["default_steps"]) == ("cfg", 28)
+    assert (listed["z-image"]["guidance"], listed["z-image"]["default_steps"]) == ("distilled", 9)
+    assert listed["flux2-klein"]["guidance"] == "distilled"
+
+
+@pytest.mark.parametrize("variant", TRANSFORMER_TINY_VARIANTS)
+def test_the_native_api_serves_every_kind_of_run(service, variant):
+    common = {"model": variant, "guidance_scale": GUIDANCE[variant], **SMALL}
+    with service.client() as client:
+        two = run(client, prompt="a lighthouse", seed=21, num_images=2, **common)
+        assert two["status"] == "completed", two
+        again = run(client, prompt="a lighthouse", seed=22, **common)
+        assert mean_abs_diff(fetch_pixels(two["result_urls"][1]), fetch_pixels(again["result_url"])) <= 1.0
+        assert fetch_image(again["result_url"]).size == (64, 64)
+        # Image-to-image: the input's size rounded down to the family's multiple of 16.
+        source = gradient_image(100, 64)
+        changed = run(client, prompt="x", seed=2, init_image=data_url(source), strength=0.7, **common)
+        assert changed["status"] == "completed", changed
+        assert fetch_image(changed["result_url"]).size == (96, 64)
+        # Inpainting: the white square repainted, the rest exactly the original.
+        picture = gradient_image(96, 64)
+        mask = Image.new("L", (96, 64), 0)
+        mask.paste(255, (32, 16, 64, 48))
+        edited = run(
+            client,
+            prompt="a window",
+            seed=4,
+            init_image=data_url(picture),
+            mask_image=data_url(mask),
+            mask_blur=0,
+            **common,
+        )
+        assert edited["status"] == "completed", edited
+        out, original = fetch_pixels(edited["result_url"]), np.asarray(picture, dtype=np.float64)
+        kept = np.asarray(mask) == 0
+        assert np.array_equal(out[kept], original[kept])
+        assert mean_abs_diff(out[16:48, 32:64], original[16:48, 32:64]) > 1.0
+
+
+def test_the_flow_schedulers_and_the_refused_ones(service):
+    with service.client() as client:
+        euler = run(client, prompt="x", seed=1, model="flux", scheduler="EulerDiscreteScheduler", **SMALL)
+        assert euler["status"] == "completed", euler
+        infotext, record = read_embedded(httpx.get(euler["result_url"]).content)
+        assert record is not None and infotext is not None
+        assert json.loads(record)["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+        assert json.loads(record)["family"] == "FLUX.1"
+        parsed = parse_infotext(infotext)
+        assert (parsed["Sampler"], parsed["Model family"]) == ("Euler", "FLUX.1")
+        assert parsed["Flow scheduler"] == "FlowMatchEulerDiscreteScheduler"
+        refused = client.post(
+            "/api/v1/generate", json={"prompt": "x", "model": "sd3", "scheduler": "DDIMScheduler", **SMALL}
+        )
+        assert refused.status_code == 400
+        assert "FlowMatchEulerDiscreteScheduler" in refused.json()["detail"]
+        assert "UniPCMultistepScheduler" in refused.json()["detail"]
+        per_model = client.get("/api/v1/schedulers", params={"model": "z-image"}).json()["schedulers"]
+        assert [entry["name"] for entry in per_model] == [
+            "FlowMatchEulerDiscreteScheduler",
+            "EulerDiscreteScheduler",
+            "UniPCMultistepScheduler",
+        ]
+        assert per_model[0]["a1111_name"] == "Euler"
+        everything = client.get("/api/v1/schedulers").json()["schedulers"]
+        assert "FlowMatchEulerDiscreteScheduler" not in {entry["name"] for entry in everything}
+        unknown = client.get("/api/v1/schedulers", params={"model": "nope"})
+        assert unknown.status_code == 400
+
+
+def test_guidance_and_negative_prompt_rules(service):
+    with service.client() as client:
+
+        def refused(**body):
+            answer = client.post("/api/v1/generate", json={"prompt": "x", **SMALL, **body})
+            assert answer.status_code == 400, answer.text
+            return answer.json()["detail"]
+
+        assert "guidance_scale" in refused(model="flux", guidance_scale=3.5)  # [schnell]: no guidance
+        assert "guidance_scale" in refused(model="z-image", guidance_scale=5.0)  # Turbo
+        assert "negative_prompt" in refused(model="flux-dev", negative_prompt="blurry")
+        assert "negative_prompt" in refused(model="flux2-klein", negative_prompt="blurry")
+        assert "16 的倍数" in refused(model="sd3", width=72)
+        assert "ControlNet" in refused(
+            model="sd3", controlnets=[{"model": "any", "image": data_url(gradient_image(64, 64))}]
+        )
+        # SD 3.x uses classifier-free guidance: a negative prompt changes the picture.
+        plain = run(client, prompt="a boat", seed=3, model="sd3", guidance_scale=5.0, **SMALL)
+        negative = run(client, prompt="a boat", seed=3, model="sd3", guidance_scale=5.0, negative_prompt="red", **SMALL)
+        assert mean_abs_diff(fetch_pixels(plain["result_url"]), fetch_pixels(negative["result_url"])) > 0.5
+        # FLUX.1 [dev]'s guidance is embedded: another value, another picture.
+        low = run(client, prompt="a boat", seed=3, model="flux-dev", guidance_scale=1.5, **SMALL)
+        high = run(client, prompt="a boat", seed=3, model="flux-dev", guidance_scale=6.0, **SMALL)
+        assert mean_abs_diff(fetch_pixels(low["result_url"]), fetch_pixels(high["result_url"])) > 0.5
+        # Defaults: a request without steps or guidance gets its model's.
+        default = run(client, prompt="a boat", seed=3, model="flux", width=64, height=64)
+        assert default["status"] == "completed", default
+        _, record = read_embedded(httpx.get(default["result_url"]).content)
+        assert record is not None
+        assert (json.loads(record)["steps"], json.loads(record)["guidance_scale"]) == (4, 0.0)
+
+
+def test_a_transformer_lora_is_listed_applied_and_refused_where_it_does_not_fit(service):
+    with service.client() as client:
+        entry = decided_loras(client)["flux_style"]
+        assert entry["error"] is None and entry["parts"] == ["transformer"] and entry["type"] == "lora"
+        plain = run(client, prompt="x", seed=5, model="flux", **SMALL)
+        styled = run(client, prompt="x", seed=5, model="flux", loras=[{"name": "flux_style", "weight": 1.0}], **SMALL)
+        assert styled["status"] == "completed", styled
+        assert mean_abs_diff(fetch_pixels(plain["result_url"]), fetch_pixels(styled["result_url"])) > 1.0
+        after = run(client, prompt="x", seed=5, model="flux", **SMALL)
+        assert np.array_equal(fetch_pixels(after["result_url"]), fetch_pixels(plain["result_url"]))
+        elsewhere = client.post(
+            "/api/v1/generate",
+            json={"prompt": "x", "model": "z-image", "loras": [{"name": "flux_style", "weight": 1.0}], **SMALL},
+        )
+        assert elsewhere.status_code == 400 and "flux_style" in elsewhere.json()["detail"]
+
+
+@pytest.mark.parametrize("variant", TRANSFORMER_TINY_VARIANTS)
+def test_the_openai_sdk_generates_and_edits(service, variant):
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    extra = {"num_inference_steps": 3, "guidance_scale": GUIDANCE[variant], "seed": 8}
+    made = client.images.generate(prompt="a red boat", model=variant, n=2, size="64x64", extra_body=extra)
+    pictures = [Image.open(io.BytesIO(httpx.get(item.url).content)) for item in made.data]
+    assert [picture.size for picture in pictures] == [(64, 64)] * 2
+    buffer = io.BytesIO()
+    gradient_image(96, 64).save(buffer, format="PNG")
+    edited = client.images.edit(
+        image=("in.png", buffer.getvalue(), "image/png"),
+        prompt="paint it",
+        model=variant,
+        extra_body={**extra, "strength": 0.6},
+    )
+    assert Image.open(io.BytesIO(httpx.get(edited.data[0].url).content)).size == (96, 64)
+
+
+@pytest.mark.parametrize("variant", TRANSFORMER_TINY_VARIANTS)
+def test_webuiapi_txt2img_and_img2img_with_the_checkpoint_override(service, variant):
+    host, port = service.url.removeprefix("http://").split(":")
+    api = webuiapi.WebUIApi(host=host, port=int(port), username="anyone", password=API_KEY)
+    assert variant in {model["model_name"] for model in api.get_sd_models()}
+    # cfg_scale at most 1 for the distilled models (A1111 clients send 7 unless told).
+    cfg = min(GUIDANCE[variant], 1.0) if GUIDANCE[variant] <= 1.0 else GUIDANCE[variant]
+    override = {"sd_model_checkpoint": variant}
+    result = api.txt2img(
+        prompt="a harbour",
+        seed=5,
+        steps=3,
+        width=64,
+        height=64,
+        cfg_scale=cfg,
+        sampler_name="Euler",
+        override_settings=override,
+    )
+    assert result.image.size == (64, 64)
+    assert "Sampler: Euler" in result.info["infotexts"][0]
+    changed = api.img2img(
+        images=[gradient_image(64, 64)],
+        prompt="repaint",
+        seed=3,
+        steps=4,
+        width=64,
+        height=64,
+        cfg_scale=cfg,
+        sampler_name="Euler",  # webuiapi's default, Euler a, has no flow-matching form: refused
+        denoising_strength=0.6,
+        override_settings=override,
+    )
+    assert changed.image.size == (64, 64)
