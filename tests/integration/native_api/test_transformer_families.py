@@ -19,6 +19,7 @@ import webuiapi
 from PIL import Image
 from safetensors.torch import save_file
 
+from sdapi.families.detection import safetensors_keys
 from sdapi.media.provenance import parse_infotext, read_embedded
 from tests.fixtures.models import TRANSFORMER_TINY_VARIANTS
 from tests.support.services import (
@@ -42,19 +43,16 @@ FAMILY = {"sd3": "sd3", "flux": "flux", "flux-dev": "flux", "flux2-klein": "flux
 
 def _lora_for(model_dir, path) -> None:
     """A PEFT-layout LoRA on the first attention projections of the model's transformer (random factors)."""
-    from safetensors import safe_open
-
-    weights = model_dir / "transformer" / "diffusion_pytorch_model.safetensors"
+    shapes = safetensors_keys(model_dir / "transformer" / "diffusion_pytorch_model.safetensors")
     generator = torch.Generator().manual_seed(9)
+    projections = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")
     tensors = {}
-    with safe_open(str(weights), "pt") as opened:
-        projections = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")
-        names = [key.removesuffix(".weight") for key in opened.keys() if key.endswith(projections)]
-        for name in names[:8]:
-            out_features, in_features = opened.get_slice(name + ".weight").get_shape()
-            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(4, in_features, generator=generator)
-            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(out_features, 4, generator=generator)
-    assert tensors, names
+    for key in [key for key in shapes if key.endswith(projections)][:8]:
+        out_features, in_features = shapes[key]
+        name = key.removesuffix(".weight")
+        tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(4, in_features, generator=generator)
+        tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(out_features, 4, generator=generator)
+    assert tensors
     save_file(tensors, str(path))
 
 
