@@ -273,10 +273,10 @@ class TaskController(Controller):
     "/schedulers",
     summary="采样方法列表",
     description="可在 scheduler 中使用的采样方法，及其 AUTOMATIC1111 名称和是否支持 use_karras_sigmas；"
-    "给出 model 时只列此模型可用的（流匹配模型：FlowMatchEulerDiscreteScheduler 等）。",
+    "给出 model 时只列此模型可用的（流匹配模型：FlowMatchEulerDiscreteScheduler 等）；模型不存在时 404。",
     tags=["tasks"],
     security=[{"APIKeyHeader": []}],
-    responses=_errors(400),
+    responses=_errors(404),
 )
 async def schedulers(state: State, model: str | None = None) -> SchedulerListResponse:
     listing = _status(state).schedulers(model)

@@ -23,6 +23,7 @@ from sdapi.core.results import iso
 from sdapi.core.schedulers import A1111_SAMPLER_NAMES, ACCEPTED_SCHEDULERS, KARRAS_SCHEDULERS
 from sdapi.core.tasks import TaskStatus
 from sdapi.engines import EngineDescription, WorkerEngine
+from sdapi.errors import ModelNotFound
 from sdapi.observability import metrics
 from sdapi.service.catalog import ModelCatalog, ModelView
 from sdapi.storage import ImageStorage
@@ -188,8 +189,10 @@ class StatusService:
 
     def schedulers(self, model: str | None = None) -> SchedulerListing:
         """Every scheduler a request may name, or those model `model` runs (its family's: a flow-matching model takes
-        flow-match Euler and the solvers diffusers runs on flow sigmas); raise InvalidParameter for an unknown
-        model."""
+        flow-match Euler and the solvers diffusers runs on flow sigmas); raise ModelNotFound (404) for a model
+        not served."""
+        if model is not None and model not in self.catalog.names:
+            raise ModelNotFound(f"模型不存在：{model!r}。可用模型：{', '.join(self.catalog.names)}")
         names = ACCEPTED_SCHEDULERS if model is None else self.catalog.resolve(model)[1].family.schedulers
         return SchedulerListing(
             schedulers=[(name, A1111_SAMPLER_NAMES[name], name in KARRAS_SCHEDULERS) for name in names],

@@ -47,6 +47,8 @@ def service(tmp_path_factory, tiny_model):
             tiny_model,
             callbacks={"allowed_hosts": ["127.0.0.1/32"], "backoff_base": 0.1},
             limits={"max_inference_steps": 1000},
+            # float32 everywhere: `auto` picks bfloat16 on an AMX CPU, and the record below names the dtype.
+            model={"dtype": "float32"},
         ) as running,
     ):
         running.receiver = receiver

@@ -153,7 +153,7 @@ def test_the_flow_schedulers_and_the_refused_ones(service):
         everything = client.get("/api/v1/schedulers").json()["schedulers"]
         assert "FlowMatchEulerDiscreteScheduler" not in {entry["name"] for entry in everything}
         unknown = client.get("/api/v1/schedulers", params={"model": "nope"})
-        assert unknown.status_code == 400
+        assert unknown.status_code == 404 and "可用模型" in unknown.json()["detail"]
 
 
 def test_guidance_and_negative_prompt_rules(service):

@@ -53,7 +53,7 @@ def test_the_shipped_config_loads_and_its_placeholder_key_is_marked():
     assert config.placeholder_keys() == config.api.keys
     assert config.model.path.endswith("data/models/scenes-sd")
     # No size in the shipped config: a request without one gets its model's native size.
-    assert (config.defaults.width, config.defaults.height, config.defaults.num_inference_steps) == (None, None, 30)
+    assert (config.defaults.width, config.defaults.height, config.defaults.num_inference_steps) == (None, None, None)
 
 
 def test_a_placeholder_key_logs_a_warning_without_the_key(tmp_path, tiny_model):
