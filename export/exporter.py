@@ -215,6 +215,13 @@ def _export(
 
     detected = family_of_pipeline(pipeline).family
     family, parts = detected.name, detected.onnx_parts
+    if not parts:
+        raise ExportError(
+            f"{detected.label} cannot be exported: optimum-onnx has no ONNX pipeline for it "
+            f"(serve it with engine: torch, as engine: auto does without onnx_path)"
+        )
+    if optimize and detected.denoiser != "unet":
+        raise ExportError(f"--optimize rewrites UNet graphs; {detected.label}'s {detected.denoiser} is not one")
     stages.stage(f"merging {len(loras)} LoRA(s)")
     targets = adapter_targets(detected, detected.adapter_modules(pipeline))
     shapes = target_shapes(targets)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import threading
 from pathlib import Path
@@ -105,15 +106,18 @@ def provider_options(
 
 def shapes_from_configs(folder: Path, family: Family) -> dict[str, tuple[int, ...]]:
     """LoRA target shapes of the exported model, from its configs alone (no weights are allocated)."""
+    import diffusers
     import transformers
     from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig
 
+    denoiser_config = json.loads((folder / family.denoiser / "config.json").read_text(encoding="utf-8"))
+    denoiser_class = getattr(diffusers, str(denoiser_config["_class_name"]))
     with init_empty_weights():
-        modules = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))}
+        modules = {family.denoiser: denoiser_class.from_config(denoiser_config)}
         for part, class_name in zip(family.text_encoders, family.text_encoder_classes, strict=True):
-            modules[part] = getattr(transformers, class_name)(CLIPTextConfig.from_pretrained(folder / part))
+            if part in family.adapter_parts:
+                model_class = getattr(transformers, class_name)
+                modules[part] = model_class(model_class.config_class.from_pretrained(folder / part))
     return target_shapes(adapter_targets(family, modules))
 
 
@@ -137,6 +141,7 @@ class OnnxEngine:
         self._inpaint: Any = None
         self._scheduler_config: Any = None
         self._native_size = (512, 512)
+        self._family: Family | None = None  # known once loaded
         self.inpainting = False  # an inpainting checkpoint's export (9-channel UNet): every request is a repaint
         self._shapes: dict[str, tuple[int, ...]] = {}
         # Image sides the exported UNet can take: its upsamplers double fixed sizes, so the latent must divide by
@@ -155,7 +160,8 @@ class OnnxEngine:
         route_library_logs()
         manifest = read_manifest(self.folder)
         family = family_named(manifest.family)
-        text_to_image, image_to_image, inpaint = (getattr(ort, name) for name in family.onnx_pipelines)
+        # FLUX.1 has a text-to-image pipeline alone (the capability refuses the rest: auto runs it on torch).
+        text_to_image, image_to_image, inpaint = (getattr(ort, n) if n else None for n in family.onnx_pipelines)
         self.providers = available_providers(self._onnx.providers)
         fp16 = manifest.precision == "fp16"
         self._tensorrt_cache.mkdir(parents=True, exist_ok=True)
@@ -174,8 +180,9 @@ class OnnxEngine:
                 use_io_binding=on_gpu,
             )
             # The same sessions serve image-to-image: no second load.
+            denoiser = getattr(pipeline, family.denoiser)
             sessions = {
-                "unet_session": pipeline.unet.session,
+                f"{family.denoiser}_session": denoiser.session,
                 "vae_decoder_session": pipeline.vae_decoder.session,
                 "vae_encoder_session": pipeline.vae_encoder.session,
                 "scheduler": pipeline.scheduler,
@@ -184,22 +191,25 @@ class OnnxEngine:
             for encoder, tokenizer in zip(family.text_encoders, family.tokenizers, strict=True):
                 sessions[f"{encoder}_session"] = getattr(pipeline, encoder).session
                 sessions[tokenizer] = getattr(pipeline, tokenizer)
-            self._image_to_image = image_to_image(**sessions)
+            self._image_to_image = image_to_image(**sessions) if image_to_image is not None else None
             # Inpainting too: latent masking on a 4-channel UNet, the mask in view on an inpainting export's.
-            self._inpaint = inpaint(**sessions)
+            self._inpaint = inpaint(**sessions) if inpaint is not None else None
         except Exception as error:  # onnxruntime and optimum raise many types for a bad or mismatched export
             logger.exception("loading ONNX export %s failed", self.folder)
             raise ModelLoadFailed(f"ONNX 模型加载失败（{self.folder}）：{type(error).__name__}: {error}") from None
         for part in (pipeline, self._image_to_image, self._inpaint):
-            part.set_progress_bar_config(disable=True)
+            if part is not None:
+                part.set_progress_bar_config(disable=True)
         self._text_to_image = pipeline
-        # What the UNet session really runs on (ONNX Runtime may have set a provider aside), for /health.
-        self.providers = list(pipeline.unet.session.get_providers())
+        # What the denoiser's session really runs on (ONNX Runtime may have set a provider aside), for /health.
+        self.providers = list(denoiser.session.get_providers())
         self._scheduler_config = pipeline.scheduler.config
         self._shapes = shapes_from_configs(self.folder, family)
-        side = int(pipeline.unet.config["sample_size"]) * pipeline.vae_scale_factor
+        self._family = family
+        sample_size = denoiser.config.get("sample_size")
+        side = int(sample_size) * pipeline.vae_scale_factor if isinstance(sample_size, int) else family.native_side
         self._native_size = (side, side)
-        self.inpainting = pipeline.unet.config["in_channels"] == 9
+        self.inpainting = denoiser.config.get("in_channels") == 9  # a 9-channel UNet
         self.manifest = manifest
         self.capability = read_capability(self.folder, manifest)
         self.side_multiple = self.capability.side_multiple
@@ -234,6 +244,7 @@ class OnnxEngine:
             dtype=self._dtype(),
             device=self._device(),
             providers=tuple(self.providers),
+            family=self._family.label if self._family is not None else "",
         )
 
     def check(self, params: GenerationParams) -> None:

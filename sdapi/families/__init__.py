@@ -77,9 +77,10 @@ def family_named(name: str) -> Family:
 
 
 def family_of_pipeline_class(name: str) -> Family | None:
-    """The transformer family a diffusers pipeline class belongs to (the UNet families share classes: their UNet's
-    config tells them apart, family_of_unet); None for another class."""
-    return next((f for f in FAMILIES if f.denoiser != "unet" and name in f.pipeline_names), None)
+    """The transformer family a diffusers (or optimum ONNX Runtime) pipeline class belongs to (the UNet families
+    share classes: their UNet's config tells them apart, family_of_unet); None for another class."""
+    transformers = (f for f in FAMILIES if f.denoiser != "unet")
+    return next((f for f in transformers if name in f.pipeline_names or name in f.onnx_pipelines), None)
 
 
 def guidance_of(family: Family, transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:

@@ -11,6 +11,7 @@ import msgspec
 
 from sdapi.core.params import GenerationParams
 from sdapi.errors import InvalidParameter, ModelLoadFailed
+from sdapi.families import family_named
 from sdapi.models.configs import read_config
 from sdapi.models.export_manifest import (
     ONNX_NO_CONTROL,
@@ -37,6 +38,10 @@ class OnnxCapability(msgspec.Struct, frozen=True):
     lora_set: frozenset[tuple[str, float]]  # (sha256, weight) of each merged LoRA
     merged: str  # "name:weight, ..." for the message
     side_multiple: int
+    # Whether optimum has image-to-image and inpainting pipelines for the export's family (FLUX.1: text-to-image
+    # only); the family's label names it in the refusal.
+    edits: bool = True
+    family_label: str = ""
 
     def check(self, params: GenerationParams, hint: str = "") -> None:
         """Raise InvalidParameter, naming the field and why (then `hint`), for what this export cannot serve."""
@@ -44,6 +49,10 @@ class OnnxCapability(msgspec.Struct, frozen=True):
         if frozenset((spec.sha256, spec.weight) for spec in params.loras) != self.lora_set:
             message = f"ONNX 导出只能使用导出时合并的 LoRA 组合（{self.merged or '无'}）"
             raise InvalidParameter("loras", message + hint)
+        if not self.edits and params.is_image_to_image:
+            field = "mask_image" if params.inpaint is not None else "init_image"
+            message = f"optimum-onnx 没有 {self.family_label} 的图生图与局部重绘流水线：ONNX 导出只能文生图"
+            raise InvalidParameter(field, message + hint)
         if params.width % self.side_multiple or params.height % self.side_multiple:
             raise InvalidParameter(
                 "width",
@@ -56,13 +65,24 @@ def read_capability(folder: Path, manifest: ExportManifest | None = None) -> Onn
     """The capability of the export in `folder` (its `manifest`, read here unless the caller has read it already);
     raise ModelLoadFailed when its manifest or configs cannot be read."""
     manifest = manifest if manifest is not None else read_manifest(folder)
-    unet, vae = read_config(folder / "unet" / "config.json"), read_config(folder / "vae_decoder" / "config.json")
-    unet_blocks = unet.get("block_out_channels") if unet else None
+    family = family_named(manifest.family)
+    denoiser = read_config(folder / family.denoiser / "config.json")
+    vae = read_config(folder / "vae_decoder" / "config.json")
     vae_blocks = vae.get("block_out_channels") if vae else None
-    if not isinstance(unet_blocks, list) or not isinstance(vae_blocks, list):
-        raise ModelLoadFailed(f"ONNX 导出缺少可读的 unet 或 vae_decoder 配置（{folder}）")
-    # The VAE's scale factor times the UNet's own downsampling: the latent must halve evenly at every UNet block
-    # (torch's UNet adapts to odd sizes; the traced graph cannot).
-    side_multiple = 2 ** (len(vae_blocks) - 1) * 2 ** (len(unet_blocks) - 1)
+    if denoiser is None or not isinstance(vae_blocks, list):
+        raise ModelLoadFailed(f"ONNX 导出缺少可读的 {family.denoiser} 或 vae_decoder 配置（{folder}）")
+    unet_blocks = denoiser.get("block_out_channels")
+    if isinstance(unet_blocks, list):
+        # The VAE's scale factor times the UNet's own downsampling: the latent must halve evenly at every UNet
+        # block (torch's UNet adapts to odd sizes; the traced graph cannot).
+        side_multiple = 2 ** (len(vae_blocks) - 1) * 2 ** (len(unet_blocks) - 1)
+    else:  # a transformer: its patches, on the VAE's scale
+        side_multiple = family.side_multiple
     merged = ", ".join(f"{lora.name}:{lora.weight:g}" for lora in manifest.loras)
-    return OnnxCapability(lora_set=manifest.lora_set(), merged=merged, side_multiple=side_multiple)
+    return OnnxCapability(
+        lora_set=manifest.lora_set(),
+        merged=merged,
+        side_multiple=side_multiple,
+        edits=all(family.onnx_pipelines),
+        family_label=family.label,
+    )
