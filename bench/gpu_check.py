@@ -11,7 +11,9 @@ and 4, peak memory, load and warm-up time; then a queue of 20 tasks through the 
 engine, and cross-request batching: 32 concurrent requests at queue.batch_max 1, 4 and 8. The contract is checked
 on the device: same seed same pixels, image k of a batch = seed + k, a batch's members get their own runs' pixels,
 every scheduler runs, a LoRA swap is exact, image-to-image runs, and running out of memory gives out_of_memory and
-frees it.
+frees it. Last, the transformer families' real architectures with random weights (bench/transformer_families.py:
+SD 3.5 Medium, FLUX.1 at [schnell]'s and [dev]'s step counts, Z-Image-Turbo) at 1024x1024: seconds per image,
+images per second at batch 4, peak memory (`--tiny`: their tiny models at 64x64).
 
 CI runs `--device cpu --tiny --budget-seconds 60` (tests/integration/operations/test_gpu_check.py): every step is
 known to run before a GPU is lent. A step that fails is recorded with its error and the command exits 1.
@@ -37,7 +39,7 @@ from typing import Any
 # A step is not started with less than this left of the budget: the files still get written.
 RESERVE_SECONDS = 5.0
 # The kinds of step, in the order they run (--steps picks some).
-STEP_KINDS = ("environment", "contract", "eager", "compile", "onnx", "service", "batching")
+STEP_KINDS = ("environment", "contract", "eager", "compile", "onnx", "service", "batching", "transformers")
 # queue.batch_max settings the batching step compares, with 32 concurrent requests each.
 BATCHING_SETTINGS = (1, 4, 8)
 BATCHING_REQUESTS = 32
@@ -474,6 +476,37 @@ def out_of_memory(engine: Any, model: Model) -> dict[str, Any]:
     return {"out_of_memory_code": code, "memory_freed_after": bool(freed)}
 
 
+def transformer_family(run: Run, architecture: Any, work: Path) -> dict[str, Any]:
+    """One transformer architecture measured (bench/transformer_families.py), then freed for the next."""
+    import gc
+
+    import torch
+
+    from bench.transformer_families import build_on, measure
+    from sdapi.families.tiny import make_tiny_model
+
+    if run.tiny:
+        from diffusers import DiffusionPipeline
+
+        folder = make_tiny_model(work / f"tiny-{architecture.tiny_variant}", family=architecture.tiny_variant)
+        pipeline = DiffusionPipeline.from_pretrained(str(folder)).to(run.device)
+        pipeline.set_progress_bar_config(disable=True)
+        side, steps = 64, min(architecture.steps, 4)
+    else:
+        pipeline = build_on(run.device, architecture.build, work / architecture.name)
+        side, steps = 1024, architecture.steps
+    try:
+        return {
+            "architecture": architecture.name,
+            **measure(pipeline, run.device, side, steps, architecture.guidance_scale),
+        }
+    finally:
+        del pipeline
+        gc.collect()
+        if run.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
 # -- the models ------------------------------------------------------------------------------------------------
 
 
@@ -558,6 +591,15 @@ def main(argv: list[str] | None = None) -> int:
         run.step("onnx", f"{name}: onnx runtime", lambda model=model: measure_onnx(run, model, work))
         run.step("service", f"{name}: service queue of 20", lambda model=model: through_the_service(run, model, work))
         run.step("batching", f"{name}: batching", lambda model=model: batching(run, model, work))
+    from bench.transformer_families import ARCHITECTURES
+
+    for architecture in ARCHITECTURES:
+        label = "tiny " + architecture.tiny_variant if run.tiny else architecture.name
+        run.step(
+            "transformers",
+            f"{label}: images",
+            lambda architecture=architecture: transformer_family(run, architecture, work),
+        )
     run.write()
     print(f"[gpu-check] wrote {run.out / 'gpu-check.json'} and gpu-check.md; failed: {run.failures or 'none'}")
     return 1 if run.failures else 0
