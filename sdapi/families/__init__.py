@@ -107,12 +107,13 @@ def family_of_text_width(width: int | None) -> Family:
 
 def family_of_lora_keys(keys: Iterable[str], text_width: int | None) -> Family | None:
     """The family a LoRA file (module keys in kohya naming) was made for: SDXL by its names, else by the width of
-    its text-encoder modules; None for a transformer's modules (the transformer families' names overlap: a file's
-    shapes tell which model it fits)."""
+    its text-encoder modules; a transformer family's by the markers only its files have, else None (their module
+    names overlap: a file's shapes tell which model it fits)."""
     keys = list(keys)
-    denoisers = {f.kohya_prefixes[f.denoiser] for f in FAMILIES if f.denoiser != "unet"}
-    if any(key.startswith(tuple(denoisers)) for key in keys):
-        return None
+    transformers = [f for f in FAMILIES if f.denoiser != "unet"]
+    if any(key.startswith(tuple(f.kohya_prefixes[f.denoiser] for f in transformers)) for key in keys):
+        marked = [f for f in transformers if any(marker in key for key in keys for marker in f.lora_markers)]
+        return marked[0] if len(marked) == 1 else None
     if any(key.startswith(SDXL_LORA_MARKERS) for key in keys):
         return SDXL
     return family_of_text_width(text_width)

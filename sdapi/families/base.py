@@ -59,6 +59,9 @@ class Family:
     # kohya's key prefix for each part's modules in LoRA files, and the second prefixes its files may also use.
     kohya_prefixes: Mapping[str, str]
     kohya_aliases: Mapping[str, str] = field(default_factory=dict)
+    # Fragments of module keys (kohya style) that only its LoRA files have: how a transformer family's file is told
+    # apart from another's (their module names overlap; a file naming none of these is told by its shapes).
+    lora_markers: tuple[str, ...] = ()
     # Whether kohya's files for it also name UNet modules by their original (SGM/LDM) block names.
     sgm_unet_names: bool = False
     # Whether its pipelines take size micro-conditioning (original_size, target_size, crops_coords_top_left).

@@ -37,6 +37,7 @@ FLUX = Family(
     tokenizers=("tokenizer", "tokenizer_2"),
     text_encoder_classes=("CLIPTextModel", "T5EncoderModel"),
     kohya_prefixes=TRANSFORMER_LORA_PREFIXES,
+    lora_markers=("_proj_mlp",),
     schedulers=FLOW_MATCH_SCHEDULERS,
     onnx_parts=("text_encoder", "text_encoder_2", "transformer", "vae_encoder", "vae_decoder"),
     denoiser="transformer",

@@ -38,6 +38,7 @@ FLUX2_KLEIN = Family(
     tokenizers=("tokenizer",),
     text_encoder_classes=("Qwen3ForCausalLM",),
     kohya_prefixes=TRANSFORMER_LORA_PREFIXES,
+    lora_markers=("_to_qkv_mlp_proj",),
     schedulers=FLOW_MATCH_SCHEDULERS,
     onnx_parts=(),
     denoiser="transformer",

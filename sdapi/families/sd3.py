@@ -33,6 +33,7 @@ SD3 = Family(
     tokenizers=("tokenizer", "tokenizer_2", "tokenizer_3"),
     text_encoder_classes=("CLIPTextModelWithProjection", "CLIPTextModelWithProjection", "T5EncoderModel"),
     kohya_prefixes=TRANSFORMER_LORA_PREFIXES,
+    lora_markers=("_attn2_", "lora_transformer_pos_embed_proj"),
     schedulers=FLOW_MATCH_SCHEDULERS,
     onnx_parts=("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_encoder", "vae_decoder"),
     denoiser="transformer",

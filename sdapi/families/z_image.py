@@ -29,6 +29,7 @@ Z_IMAGE = Family(
     tokenizers=("tokenizer",),
     text_encoder_classes=("Qwen3Model",),
     kohya_prefixes=TRANSFORMER_LORA_PREFIXES,
+    lora_markers=("lora_transformer_layers_", "lora_transformer_noise_refiner_", "lora_transformer_context_refiner_"),
     # DPM-Solver on flow sigmas fails inside ZImagePipeline (diffusers 0.38): flow-match Euler and UniPC run.
     schedulers=tuple(name for name in FLOW_MATCH_SCHEDULERS if name != "DPMSolverMultistepScheduler"),
     onnx_parts=(),

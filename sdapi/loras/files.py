@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sdapi.families import ADAPTER_PARTS, FAMILIES, Family, family_of_lora_keys
+from sdapi.loras.conversion import needs_conversion, to_peft_layout
 from sdapi.loras.names import KOHYA_PREFIXES, kohya_module_key
 
 # kohya's prefix of the (first) text encoder's modules: lora_te_, lora_te1_ share it.
@@ -71,6 +72,12 @@ def read_adapter_file(path: Path) -> dict[str, torch.Tensor]:
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise AdapterFileError(f"张量 {key} 含有 NaN 或无穷大的值")
+    if needs_conversion(tensors):
+        # A transformer family's file in its trainer's layout: diffusers' converters make it PEFT keys.
+        converted = to_peft_layout(tensors)
+        if converted is None:
+            raise AdapterFileError("文件是扩散 Transformer 的 LoRA，但其键的格式无法转换（diffusers 的转换器均不接受）")
+        return converted
     return tensors
 
 

@@ -150,3 +150,40 @@ def test_a_lora_equals_an_independent_merge_and_leaves_nothing_behind(engine, tm
     assert mean_abs_diff(_pixels(merged_run), _pixels(plain)) > 1.0  # the LoRA did something
     assert np.array_equal(_pixels(at_zero), _pixels(plain))  # weight 0 is no LoRA
     assert np.array_equal(_pixels(after), _pixels(plain))  # nothing stayed behind
+
+
+def test_a_kohya_z_image_lora_matches_diffusers_own_loader(tiny_transformer_models, tmp_path):
+    """A transformer LoRA in kohya's layout (lora_unet_<module>, alpha), converted by diffusers' converter, merged by
+    sdapi: the same picture as diffusers' own load_lora_weights + fuse_lora at the same weight."""
+    from diffusers import ZImagePipeline
+
+    path = tiny_transformer_models["z-image"]
+    generator = torch.Generator().manual_seed(2)
+    tensors = {}
+    for name in ("layers_0_attention_to_q", "layers_0_attention_to_v", "layers_1_attention_to_out_0"):
+        tensors[f"lora_unet_{name}.lora_down.weight"] = torch.randn(4, 32, generator=generator) * 0.5
+        tensors[f"lora_unet_{name}.lora_up.weight"] = torch.randn(32, 4, generator=generator) * 0.5
+        tensors[f"lora_unet_{name}.alpha"] = torch.tensor(2.0)
+    lora_path = tmp_path / "kohya_z.safetensors"
+    save_file(tensors, str(lora_path))
+    engine = TorchEngine(ModelConfig(path=str(path), device="cpu", dtype="float32"), lora_files=lambda spec: lora_path)
+    engine.load()
+    assert engine.family is not None and engine.family.family.name == "z-image"
+    spec = LoraSpec(name="kohya_z", weight=0.7, sha256="2" * 64)
+    params = _params(engine, seed=9, num_inference_steps=3, loras=(spec,))
+    ours = engine.generate(Run(params)).images[0]
+    reference = ZImagePipeline.from_pretrained(str(path))
+    reference.set_progress_bar_config(disable=True)
+    reference.load_lora_weights(str(lora_path), adapter_name="kohya_z")
+    reference.fuse_lora(lora_scale=0.7)
+    theirs = reference(
+        prompt=params.prompt,
+        width=SIDE,
+        height=SIDE,
+        num_inference_steps=3,
+        guidance_scale=params.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(9),
+    ).images[0]
+    plain = engine.generate(Run(_params(engine, seed=9, num_inference_steps=3))).images[0]
+    assert mean_abs_diff(_pixels(ours), _pixels(theirs)) <= 1.0
+    assert mean_abs_diff(_pixels(ours), _pixels(plain)) > 1.0
