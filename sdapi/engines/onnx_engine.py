@@ -162,6 +162,7 @@ class OnnxEngine:
         family = family_named(manifest.family)
         # FLUX.1 has a text-to-image pipeline alone (the capability refuses the rest: auto runs it on torch).
         text_to_image, image_to_image, inpaint = (getattr(ort, n) if n else None for n in family.onnx_pipelines)
+        assert text_to_image is not None  # the exporter writes no export of a family without one
         self.providers = available_providers(self._onnx.providers)
         fp16 = manifest.precision == "fp16"
         self._tensorrt_cache.mkdir(parents=True, exist_ok=True)
