@@ -26,7 +26,8 @@ FAMILIES: tuple[Family, ...] = (SDXL, SD2, SD1, SD3, FLUX, FLUX2_KLEIN, Z_IMAGE)
 UNET_FAMILIES: tuple[Family, ...] = tuple(family for family in FAMILIES if family.denoiser == "unet")
 _BY_NAME = {family.name: family for family in FAMILIES}
 # The tiny random architectures `make-tiny-model --family` builds (tiny.py, tiny_transformers.py): a family's layout,
-# some with a variant (v-prediction, an inpainting checkpoint's 9-channel UNet, FLUX.1 [dev]'s embedded guidance).
+# some with a variant (v-prediction, an inpainting checkpoint's 9-channel UNet, FLUX.1 [dev]'s embedded guidance,
+# FLUX.1 Fill's inpainting transformer).
 TINY_VARIANTS = (
     "sd15",
     "sd2-v",
@@ -36,6 +37,7 @@ TINY_VARIANTS = (
     SD3.name,
     FLUX.name,
     "flux-dev",
+    "flux-fill",
     FLUX2_KLEIN.name,
     Z_IMAGE.name,
 )

@@ -94,6 +94,9 @@ class Family:
     # files refine it (transformer config, model_index.json -> a kind of GUIDANCE_KINDS).
     guidance: str = "cfg"
     guidance_of: Callable[[Mapping[str, Any], Mapping[str, Any]], str] | None = None
+    # Schedulers that run its text-to-image alone: its image-to-image and inpainting pipelines noise the init image
+    # with flow-match Euler's own scale_noise (diffusers 0.38), which the multistep solvers lack.
+    text_to_image_only_schedulers: tuple[str, ...] = ()
     # Steps and guidance_scale per kind of guidance.
     defaults: Mapping[str, RunDefaults] = field(default_factory=lambda: {"cfg": RunDefaults(30, 7.5)})
     # Sides must be multiples of this (the VAE's 8 times the transformer's patch).
@@ -207,6 +210,14 @@ class ModelFamily:
             if side % family.side_multiple:
                 raise InvalidParameter(name, f"{name} 无效：{side}。{label} 的边长须为 {family.side_multiple} 的倍数")
         hires = params.hires
+        edits = params.is_image_to_image or self.inpainting or hires is not None
+        if params.scheduler in family.text_to_image_only_schedulers and edits:
+            others = [name for name in family.schedulers if name not in family.text_to_image_only_schedulers]
+            raise InvalidParameter(
+                "scheduler",
+                f"{params.scheduler} 在 {label} 上只用于文生图（图生图、局部重绘、hires 与局部重绘模型须用："
+                f"{', '.join(others)}）",
+            )
         if hires is not None:
             if family.repaints_for_image_to_image:
                 raise InvalidParameter("hires", f"{label} 没有图生图流水线，不支持 hires（高分辨率第二遍）")

@@ -4,7 +4,7 @@ paths under kohya's style of prefix."""
 
 from __future__ import annotations
 
-from sdapi.core.schedulers import FLOW_SCHEDULERS
+from sdapi.core.schedulers import FLOW_OPTIONS, FLOW_SCHEDULERS
 
 # The schedulers a flow-matching model runs: flow-match Euler (its own), and the multistep solvers diffusers runs
 # on flow sigmas (sdapi.core.schedulers says how each is built on a flow model).
@@ -14,3 +14,5 @@ TRANSFORMER_LORA_PREFIXES = {"transformer": "lora_transformer_"}
 # Every transformer family is served at 1024 pixels, its sides multiples of 16 (the VAE's 8 times a 2x2 patch).
 TRANSFORMER_SIDE = 1024
 TRANSFORMER_SIDE_MULTIPLE = 16
+# The solvers that run on flow sigmas serve text-to-image alone (Family.text_to_image_only_schedulers).
+FLOW_SOLVERS: tuple[str, ...] = tuple(FLOW_OPTIONS)

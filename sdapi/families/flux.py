@@ -1,7 +1,8 @@
 """FLUX.1 (Black Forest Labs): a flow-matching transformer with double- and single-stream blocks, CLIP-L (pooled)
 and T5-XXL text encoders. [dev] is guidance-distilled: guidance_scale is a value the transformer embeds (one pass a
 step, no negative prompt); [schnell] is timestep-distilled: 1-4 steps, no guidance at all. Which one a model is, its
-transformer config says (`guidance_embeds`). FluxFillPipeline checkpoints (FLUX.1 Fill) are not served yet."""
+transformer config says (`guidance_embeds`). FLUX.1 Fill is its inpainting checkpoint (FluxFillPipeline: the
+transformer sees the mask and the masked image): every request on it runs as a repaint, as on SD's."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from sdapi.families.base import Family, RunDefaults
 from sdapi.families.flow import (
     FLOW_MATCH_SCHEDULERS,
+    FLOW_SOLVERS,
     TRANSFORMER_LORA_PREFIXES,
     TRANSFORMER_SIDE,
     TRANSFORMER_SIDE_MULTIPLE,
@@ -28,7 +30,7 @@ FLUX = Family(
     addon_group_label="FLUX.1",
     native_side=TRANSFORMER_SIDE,
     text_to_image="FluxPipeline",
-    inpainting="FluxFillPipeline",  # no inpainting checkpoint is served: never detected as one
+    inpainting="FluxFillPipeline",  # FLUX.1 Fill, its inpainting checkpoint
     image_to_image_pipeline="FluxImg2ImgPipeline",
     inpainting_pipeline="FluxInpaintPipeline",
     onnx_pipelines=("ORTFluxPipeline", "", ""),
@@ -41,6 +43,7 @@ FLUX = Family(
     schedulers=FLOW_MATCH_SCHEDULERS,
     onnx_parts=("text_encoder", "text_encoder_2", "transformer", "vae_encoder", "vae_decoder"),
     denoiser="transformer",
+    text_to_image_only_schedulers=FLOW_SOLVERS,
     batches_prompt_lists=True,
     adapter_text_encoders=(),
     takes_negative_prompt=False,

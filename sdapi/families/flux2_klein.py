@@ -12,6 +12,7 @@ from typing import Any
 from sdapi.families.base import Family, RunDefaults
 from sdapi.families.flow import (
     FLOW_MATCH_SCHEDULERS,
+    FLOW_SOLVERS,
     TRANSFORMER_LORA_PREFIXES,
     TRANSFORMER_SIDE,
     TRANSFORMER_SIDE_MULTIPLE,
@@ -42,6 +43,7 @@ FLUX2_KLEIN = Family(
     schedulers=FLOW_MATCH_SCHEDULERS,
     onnx_parts=(),
     denoiser="transformer",
+    text_to_image_only_schedulers=FLOW_SOLVERS,
     batches_prompt_lists=True,
     adapter_text_encoders=(),
     takes_negative_prompt=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sdapi.families.base import Family, RunDefaults
 from sdapi.families.flow import (
     FLOW_MATCH_SCHEDULERS,
+    FLOW_SOLVERS,
     TRANSFORMER_LORA_PREFIXES,
     TRANSFORMER_SIDE,
     TRANSFORMER_SIDE_MULTIPLE,
@@ -37,6 +38,7 @@ SD3 = Family(
     schedulers=FLOW_MATCH_SCHEDULERS,
     onnx_parts=("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_encoder", "vae_decoder"),
     denoiser="transformer",
+    text_to_image_only_schedulers=FLOW_SOLVERS,
     optional_text_encoder="text_encoder_3",
     batches_prompt_lists=True,
     adapter_text_encoders=(),

@@ -18,7 +18,8 @@ from sdapi.families.z_image import Z_IMAGE
 
 # The variants built here (sdapi.families.TINY_VARIANTS names them all).
 FLUX_DEV_VARIANT = "flux-dev"
-TRANSFORMER_VARIANTS = (SD3.name, FLUX.name, FLUX_DEV_VARIANT, FLUX2_KLEIN.name, Z_IMAGE.name)
+FLUX_FILL_VARIANT = "flux-fill"  # FLUX.1 Fill: an inpainting checkpoint (the mask and masked image in view)
+TRANSFORMER_VARIANTS = (SD3.name, FLUX.name, FLUX_DEV_VARIANT, FLUX_FILL_VARIANT, FLUX2_KLEIN.name, Z_IMAGE.name)
 # Qwen3's chat template, cut to what the pipelines use: user turns, the generation prompt, and the empty thinking
 # block Qwen3 writes when thinking is off.
 QWEN_CHAT_TEMPLATE = (
@@ -190,20 +191,25 @@ def build_tiny_transformer_pipeline(variant: str, staging: Path, clip_tokenizer:
             text_encoder_3=_t5(),
             tokenizer_3=t5_tokenizer(staging / "t5"),
         )
-    if variant in (FLUX.name, FLUX_DEV_VARIANT):
+    if variant in (FLUX.name, FLUX_DEV_VARIANT, FLUX_FILL_VARIANT):
+        fill = variant == FLUX_FILL_VARIANT
         transformer = diffusers.FluxTransformer2DModel(
             patch_size=1,
-            in_channels=64,  # 16 latent channels packed 2x2
+            # 16 latent channels packed 2x2; Fill adds the masked image's latents (64) and the mask's 8x8 pixels
+            # per latent, packed (256).
+            in_channels=64 + 64 + 256 if fill else 64,
+            out_channels=64,
             num_layers=1,
             num_single_layers=1,
             attention_head_dim=16,
             num_attention_heads=2,
             joint_attention_dim=64,
             pooled_projection_dim=32,
-            guidance_embeds=variant == FLUX_DEV_VARIANT,
+            guidance_embeds=variant != FLUX.name,  # [dev] and Fill [dev] embed guidance; [schnell] does not
             axes_dims_rope=(4, 6, 6),
         )
-        return diffusers.FluxPipeline(
+        pipeline_class = diffusers.FluxFillPipeline if fill else diffusers.FluxPipeline
+        return pipeline_class(
             transformer=transformer,
             scheduler=_flow_scheduler(dynamic=True),
             vae=_flux_vae(),

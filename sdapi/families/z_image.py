@@ -8,6 +8,7 @@ from __future__ import annotations
 from sdapi.families.base import Family, RunDefaults
 from sdapi.families.flow import (
     FLOW_MATCH_SCHEDULERS,
+    FLOW_SOLVERS,
     TRANSFORMER_LORA_PREFIXES,
     TRANSFORMER_SIDE,
     TRANSFORMER_SIDE_MULTIPLE,
@@ -34,6 +35,7 @@ Z_IMAGE = Family(
     schedulers=tuple(name for name in FLOW_MATCH_SCHEDULERS if name != "DPMSolverMultistepScheduler"),
     onnx_parts=(),
     denoiser="transformer",
+    text_to_image_only_schedulers=FLOW_SOLVERS,
     batches_prompt_lists=True,
     adapter_text_encoders=(),
     guidance="distilled",

@@ -16,6 +16,7 @@ from sdapi.core.params import InitImageInfo, InpaintParams
 from sdapi.core.request import LoraSpec
 from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
+from sdapi.errors import InvalidParameter
 from sdapi.families.detection import detect_folder
 from tests.fixtures.models import TRANSFORMER_TINY_VARIANTS
 from tests.support.factories import make_params
@@ -84,7 +85,14 @@ def test_every_kind_of_run_and_the_seed_rule(engine):
 @pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "UniPCMultistepScheduler"])
 def test_the_flow_schedulers_run_and_are_recorded(engine, scheduler):
     _, _, loaded = engine
-    result = loaded.generate(Run(_params(loaded, scheduler=scheduler, num_inference_steps=4)))
+    assert loaded.family is not None
+    params = _params(loaded, scheduler=scheduler, num_inference_steps=4)
+    if scheduler in loaded.family.family.text_to_image_only_schedulers and loaded.family.inpainting:
+        with pytest.raises(InvalidParameter, match="只用于文生图"):  # every run of FLUX.1 Fill is a repaint
+            loaded.family.check(params)
+        return
+    loaded.family.check(params)
+    result = loaded.generate(Run(params))
     ran = "FlowMatchEulerDiscreteScheduler" if scheduler == "EulerDiscreteScheduler" else scheduler
     assert result.facts.scheduler == ran
     assert result.images[0].size == (SIDE, SIDE)

@@ -37,13 +37,14 @@ def test_the_transformer_families_from_their_folders(tiny_transformer_models):
         "sd3": (SD3, "cfg"),
         "flux": (FLUX, "distilled"),  # [schnell]: no guidance embedding
         "flux-dev": (FLUX, "embedded"),
+        "flux-fill": (FLUX, "embedded"),
         "flux2-klein": (FLUX2_KLEIN, "distilled"),  # model_index.json's is_distilled
         "z-image": (Z_IMAGE, "distilled"),  # taken for Turbo unless the config says cfg
     }
     for variant, (family, guidance) in expected.items():
         detected = detect_family(str(tiny_transformer_models[variant]))
         assert (detected.family, detected.guidance, detected.native_size) == (family, guidance, (1024, 1024))
-        assert not detected.inpainting
+        assert detected.inpainting == (variant == "flux-fill")  # FLUX.1 Fill: the inpainting checkpoint
 
 
 @pytest.mark.parametrize(

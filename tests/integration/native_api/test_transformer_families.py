@@ -37,8 +37,8 @@ from tests.support.services import generate as run
 # families' multiple).
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 3}
 # The guidance each kind of model takes in the tests (a distilled model takes at most 1).
-GUIDANCE = {"sd3": 5.0, "flux": 0.0, "flux-dev": 3.5, "flux2-klein": 1.0, "z-image": 0.0}
-FAMILY = {"sd3": "sd3", "flux": "flux", "flux-dev": "flux", "flux2-klein": "flux2-klein", "z-image": "z-image"}
+GUIDANCE = {"sd3": 5.0, "flux": 0.0, "flux-dev": 3.5, "flux-fill": 3.5, "flux2-klein": 1.0, "z-image": 0.0}
+FAMILY = {variant: variant.removesuffix("-dev").removesuffix("-fill") for variant in TRANSFORMER_TINY_VARIANTS}
 
 
 def _lora_for(model_dir, path) -> None:
@@ -90,6 +90,7 @@ def test_each_is_listed_with_its_family_and_defaults(listed):
     assert (listed["sd3"]["guidance"], listed["sd3"]["default_steps"]) == ("cfg", 28)
     assert (listed["z-image"]["guidance"], listed["z-image"]["default_steps"]) == ("distilled", 9)
     assert listed["flux2-klein"]["guidance"] == "distilled"
+    assert listed["flux-fill"]["inpainting"] and not listed["flux-dev"]["inpainting"]
 
 
 @pytest.mark.parametrize("variant", TRANSFORMER_TINY_VARIANTS)
@@ -143,6 +144,17 @@ def test_the_flow_schedulers_and_the_refused_ones(service):
         assert refused.status_code == 400
         assert "FlowMatchEulerDiscreteScheduler" in refused.json()["detail"]
         assert "UniPCMultistepScheduler" in refused.json()["detail"]
+        solver_edit = client.post(
+            "/api/v1/generate",
+            json={
+                "prompt": "x",
+                "model": "sd3",
+                "scheduler": "UniPCMultistepScheduler",
+                "init_image": data_url(gradient_image(64, 64)),
+                **SMALL,
+            },
+        )
+        assert solver_edit.status_code == 400 and "只用于文生图" in solver_edit.json()["detail"]
         per_model = client.get("/api/v1/schedulers", params={"model": "z-image"}).json()["schedulers"]
         assert [entry["name"] for entry in per_model] == [
             "FlowMatchEulerDiscreteScheduler",
