@@ -18,7 +18,7 @@ import msgspec
 from sdapi.config import Config
 from sdapi.core.addons import AddonKind
 from sdapi.errors import InvalidParameter
-from sdapi.families import ModelFamily, family_named, family_of_unet
+from sdapi.families import ModelFamily, family_named, family_of_controlnet_class, family_of_unet
 from sdapi.families.detection import safetensors_keys
 from sdapi.models.digests import sha256_file
 from sdapi.models.pinned import pinned_path
@@ -58,7 +58,9 @@ def _folder(path: Path) -> _Scanned:
     if weights is None and error is None:
         error = f"缺少权重文件（{' 或 '.join(_WEIGHTS)}）"
     if error is None:
-        family = family_of_unet(config).name
+        # A transformer family's ControlNet by its class (SD3ControlNetModel...); a UNet's by its config.
+        transformer_family = family_of_controlnet_class(str(config.get("_class_name", "")))
+        family = (transformer_family or family_of_unet(config)).name
         dim = config.get("cross_attention_dim")
         width = dim if isinstance(dim, int) else None
     entry = ControlNetEntry(

@@ -27,6 +27,8 @@ from PIL import Image
 
 from sdapi.core.params import GenerationParams
 from sdapi.errors import ErrorCode, GenerationFailed
+from sdapi.families import Family
+from sdapi.families.base import ControlNetSupport
 
 # The folder or file of a resolved ControlNet (name, sha256).
 ControlNetFiles = Callable[[str, str], Path]
@@ -119,6 +121,11 @@ class ControlRun:
     starts: list[float]
     ends: list[float]
     image_prompts: list[Image.Image] = field(default_factory=list)  # one per IP-Adapter loaded for the run
+    # The pipeline's name for a text-to-image run's control images ("image" on SD's, "control_image" on the
+    # transformer families'); whether it takes one net's values bare (not lists) and guidance windows.
+    text_to_image_key: str = "image"
+    one_net: bool = False
+    windows: bool = True
 
     def arguments(
         self, key: str, box: tuple[int, int, int, int] | None = None, size: tuple[int, int] | None = None
@@ -133,6 +140,11 @@ class ControlRun:
             return arguments
         if box is not None and size is not None:
             images = [image.crop(box).resize(size, Image.Resampling.BILINEAR) for image in images]
+        if self.one_net:  # a transformer family's pipeline with one ControlNet takes its values bare
+            arguments |= {key: images[0], "controlnet_conditioning_scale": self.scales[0]}
+            if self.windows:
+                arguments |= {"control_guidance_start": self.starts[0], "control_guidance_end": self.ends[0]}
+            return arguments
         return arguments | {
             key: images,
             "controlnet_conditioning_scale": self.scales,
@@ -152,16 +164,24 @@ class ControlNetModels:
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, name: str, sha256: str, base_unet: Any) -> Any:
+    def get(self, name: str, sha256: str, base: Any, support: ControlNetSupport) -> Any:
+        """The ControlNet `name` for the model pipeline `base`, loaded as its family's class (a single file read
+        against its UNet; a Z-Image ControlNet given the base transformer's shared layers)."""
         with self._lock:
             if sha256 in self._loaded:
                 self._loaded.move_to_end(sha256)
                 return self._loaded[sha256]
-        from diffusers import ControlNetModel
+        import diffusers
 
+        model_class = getattr(diffusers, support.model_class)
         path = self._path_for(name, sha256)
         try:
-            model = ControlNetModel.from_pretrained(str(path)) if path.is_dir() else _single_file(path, base_unet)
+            if path.is_dir():
+                model = model_class.from_pretrained(str(path))
+                if support.shares_transformer:
+                    model = model_class.from_transformer(model, base.transformer)
+            else:
+                model = _single_file(path, base.unet)
         except (OSError, ValueError, RuntimeError, KeyError) as error:  # a file that does not fit the model
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise GenerationFailed(f"ControlNet {name} 无法加载：{first_line}", ErrorCode.INVALID_INPUT) from None
@@ -178,6 +198,7 @@ class ControlNetModels:
 def applied(
     models: ControlNetModels | None,
     base: Any,
+    family: Family,
     params: GenerationParams,
     controls: Sequence[Image.Image],
     image_prompts: Sequence[Image.Image],
@@ -192,17 +213,24 @@ def applied(
     if not units and not prompts:
         yield None
         return
+    import diffusers
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
+    support = family.controlnet or ControlNetSupport()
     attached: dict[str, Any] = {}
     if units:
         if models is None:
             raise GenerationFailed("此引擎未配置 ControlNet（controlnet.dir）", ErrorCode.INVALID_INPUT)
-        nets = [models.get(unit.model, unit.sha256, base.unet) for unit, _ in units]
-        modes = [unit.control_mode for unit, _ in units]
-        attached["controlnet"] = UnitControlNets(nets, modes, params.guidance_scale > 1)
-    if params.inpaint is not None:
-        auto: Any = AutoPipelineForInpainting
+        nets = [models.get(unit.model, unit.sha256, base, support) for unit, _ in units]
+        if support.pipeline is not None:  # a transformer family's: one net, its own pipeline (admission held it)
+            attached["controlnet"] = nets[0]
+        else:
+            modes = [unit.control_mode for unit, _ in units]
+            attached["controlnet"] = UnitControlNets(nets, modes, params.guidance_scale > 1)
+    if units and support.pipeline is not None:
+        auto: Any = getattr(diffusers, support.pipeline)
+    elif params.inpaint is not None:
+        auto = AutoPipelineForInpainting
     elif params.init_image is not None:
         auto = AutoPipelineForImage2Image
     else:
@@ -216,4 +244,7 @@ def applied(
         starts=[unit.guidance_start for unit, _ in units],
         ends=[unit.guidance_end for unit, _ in units],
         image_prompts=prompts,
+        text_to_image_key="image" if support.pipeline is None else "control_image",
+        one_net=support.pipeline is not None,
+        windows=support.windows,
     )

@@ -85,7 +85,7 @@ def make_hires_images(
             "output_type": "latent" if hires.in_latents else "pil",
         }
         if control is not None:
-            first_arguments |= control.arguments("image")
+            first_arguments |= control.arguments(control.text_to_image_key)
         first_report = report(index * per_image)
         first: Any  # a latent tensor [4, h, w] or a picture, as output_type says
         (first,) = run_batches(first_pipeline, one, first_arguments, 1, first_report, (params.width, params.height))

@@ -48,7 +48,7 @@ def make_plain_images(
     else:
         arguments = {"width": params.width, "height": params.height}
         if control is not None:
-            arguments |= control.arguments("image")
+            arguments |= control.arguments(control.text_to_image_key)
     if control is not None:
         # One image per call with ControlNet units: a batched ControlNet forward is not always bit-identical to the
         # one-image run on the CPU (seen after other models ran in the process), and image k must be seed + k's.

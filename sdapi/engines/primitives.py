@@ -88,6 +88,10 @@ def run_batches(
         batch_arguments |= size_conditioning(pipeline, size)
         if on_step is not None:
             batch_arguments["callback_on_step_end"] = _step_reporter(on_step, index, len(batches), len(images))
+        # Some pipelines also draw from torch's global generator (SD 3.x's ControlNet pipeline samples its control
+        # image's latents without the request's): seeded from the batch's first seed, the same seed still gives
+        # the same pixels.
+        torch.manual_seed(seeds[0])
         images.extend(pipeline(**batch_arguments).images)
     report_gpu_memory()
     return images

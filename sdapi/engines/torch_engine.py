@@ -213,7 +213,12 @@ class TorchEngine:
             conditioning = run.conditioning
             control = applied.enter_context(
                 controls_applied(
-                    self._controlnets, self._text_to_image, params, conditioning.controls, conditioning.image_prompts
+                    self._controlnets,
+                    self._text_to_image,
+                    self.family.family,
+                    params,
+                    conditioning.controls,
+                    conditioning.image_prompts,
                 )
             )
             return make_images(self._pipelines(), params, init_image, run.on_step, self._neural_upscale, control)

@@ -64,6 +64,7 @@ __all__ = [
     "Family",
     "ModelFamily",
     "family_named",
+    "family_of_controlnet_class",
     "family_of_embedding_widths",
     "family_of_lora_keys",
     "family_of_pipeline",
@@ -83,6 +84,13 @@ def family_of_pipeline_class(name: str) -> Family | None:
     share classes: their UNet's config tells them apart, family_of_unet); None for another class."""
     transformers = (f for f in FAMILIES if f.denoiser != "unet")
     return next((f for f in transformers if name in f.pipeline_names or name in f.onnx_pipelines), None)
+
+
+def family_of_controlnet_class(name: str) -> Family | None:
+    """The transformer family whose ControlNets are of diffusers' class `name` (SD's ControlNetModel is told apart
+    by its config: family_of_unet); None for another class."""
+    transformers = (f for f in FAMILIES if f.denoiser != "unet" and f.controlnet is not None)
+    return next((f for f in transformers if f.controlnet is not None and f.controlnet.model_class == name), None)
 
 
 def guidance_of(family: Family, transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,33 @@ class RunDefaults:
 
     steps: int
     guidance_scale: float
+
+
+@dataclass(frozen=True)
+class ControlNetSupport:
+    """How a family runs ControlNets: diffusers' model class of its ControlNets, the pipeline they run on (None:
+    diffusers' AutoPipeline of the run's kind, SD's way), and what its pipelines take."""
+
+    model_class: str = "ControlNetModel"
+    pipeline: str | None = None
+    # Z-Image's ControlNet files hold the control layers alone; the base transformer lends it the rest.
+    shares_transformer: bool = False
+    max_units: int | None = None  # None: controlnet.max_units
+    edits: bool = True  # with image-to-image and inpainting (else text-to-image alone)
+    modes: bool = True  # control modes beyond "balanced"
+    windows: bool = True  # guidance_start / guidance_end
+
+    def problem(self, units: int, edit: bool, modes: AbstractSet[str], windows: bool, label: str) -> str | None:
+        """Why a request's units cannot run on a model of the family `label` (a Chinese phrase), or None."""
+        if self.max_units is not None and units > self.max_units:
+            return f"{label} 每个请求最多 {self.max_units} 个 ControlNet 单元"
+        if edit and not self.edits:
+            return f"{label} 的 ControlNet 只用于文生图（不能与 init_image 同用）"
+        if not self.modes and modes - {"balanced"}:
+            return f"{label} 的 ControlNet 只有 balanced 控制模式"
+        if not self.windows and windows:
+            return f"{label} 的 ControlNet 流水线不接受 guidance_start / guidance_end"
+        return None
 
 
 @dataclass(frozen=True)
@@ -103,8 +131,8 @@ class Family:
     side_multiple: int = 8
     # Whether a second pass may upscale its latents (a transformer family's latents are packed: pixels only).
     latent_hires: bool = True
-    # Which add-on kinds its models can run here.
-    controlnets: bool = True
+    # Which add-on kinds its models can run here (controlnet None: no ControlNet).
+    controlnet: ControlNetSupport | None = field(default_factory=ControlNetSupport)
     image_prompts: bool = True
     # Single files of it diffusers can load (with `single_file_config` naming a diffusers folder for the rest).
     single_files: bool = True
@@ -129,9 +157,10 @@ class Family:
 
     @property
     def pipeline_names(self) -> tuple[str, ...]:
-        """Every diffusers pipeline class a folder of it may name."""
+        """Every diffusers pipeline class of it: what a folder may name, and what its runs make (ControlNet's)."""
         names = (self.text_to_image, self.inpainting, self.image_to_image_pipeline, self.inpainting_pipeline)
-        return tuple(name for name in names if name is not None)
+        controlled = self.controlnet.pipeline if self.controlnet is not None else None
+        return tuple(name for name in (*names, controlled) if name is not None)
 
     def adapter_modules(self, pipeline: Any) -> dict[str, Any]:
         """The modules of a loaded pipeline that adapters (LoRA, LoHa, LoKr) may change, by part: its denoiser and

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sdapi.families.base import Family, RunDefaults
+from sdapi.families.base import ControlNetSupport, Family, RunDefaults
 from sdapi.families.flow import (
     FLOW_MATCH_SCHEDULERS,
     FLOW_SOLVERS,
@@ -52,6 +52,12 @@ FLUX = Family(
     defaults={"embedded": RunDefaults(28, 3.5), "distilled": RunDefaults(4, 0.0)},
     side_multiple=TRANSFORMER_SIDE_MULTIPLE,
     latent_hires=False,
-    controlnets=False,
+    controlnet=ControlNetSupport(
+        model_class="FluxControlNetModel",
+        pipeline="FluxControlNetPipeline",
+        max_units=1,
+        edits=False,
+        modes=False,
+    ),
     image_prompts=False,
 )

@@ -52,7 +52,7 @@ FLUX2_KLEIN = Family(
     defaults={"distilled": RunDefaults(4, 1.0), "cfg": RunDefaults(50, 4.0)},
     side_multiple=TRANSFORMER_SIDE_MULTIPLE,
     latent_hires=False,
-    controlnets=False,
+    controlnet=None,
     image_prompts=False,
     single_files=False,
 )

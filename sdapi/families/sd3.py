@@ -5,7 +5,7 @@ distilled (`models[].guidance: distilled`: 4 steps, no guidance)."""
 
 from __future__ import annotations
 
-from sdapi.families.base import Family, RunDefaults
+from sdapi.families.base import ControlNetSupport, Family, RunDefaults
 from sdapi.families.flow import (
     FLOW_MATCH_SCHEDULERS,
     FLOW_SOLVERS,
@@ -45,6 +45,12 @@ SD3 = Family(
     defaults={"cfg": RunDefaults(28, 7.0), "distilled": RunDefaults(4, 0.0)},
     side_multiple=TRANSFORMER_SIDE_MULTIPLE,
     latent_hires=False,
-    controlnets=False,
+    controlnet=ControlNetSupport(
+        model_class="SD3ControlNetModel",
+        pipeline="StableDiffusion3ControlNetPipeline",
+        max_units=1,
+        edits=False,
+        modes=False,
+    ),
     image_prompts=False,
 )

@@ -5,7 +5,7 @@ negative prompt and classifier-free guidance apply)."""
 
 from __future__ import annotations
 
-from sdapi.families.base import Family, RunDefaults
+from sdapi.families.base import ControlNetSupport, Family, RunDefaults
 from sdapi.families.flow import (
     FLOW_MATCH_SCHEDULERS,
     FLOW_SOLVERS,
@@ -42,7 +42,15 @@ Z_IMAGE = Family(
     defaults={"distilled": RunDefaults(9, 0.0), "cfg": RunDefaults(50, 4.0)},
     side_multiple=TRANSFORMER_SIDE_MULTIPLE,
     latent_hires=False,
-    controlnets=False,
+    controlnet=ControlNetSupport(
+        model_class="ZImageControlNetModel",
+        pipeline="ZImageControlNetPipeline",
+        shares_transformer=True,
+        max_units=1,
+        edits=False,
+        modes=False,
+        windows=False,
+    ),
     image_prompts=False,
     single_files=False,
 )

@@ -51,8 +51,8 @@ def refuse_unsupported_addons(family: ModelFamily, embeddings: bool, controlnets
     label = family.family.label
     if embeddings and not family.family.embedding_widths:
         raise InvalidParameter("prompt", f"{label} 模型不支持文本反演嵌入（embeddings）")
-    if controlnets and not family.family.controlnets:
-        which = "、".join(f.label for f in FAMILIES if f.controlnets)
+    if controlnets and family.family.controlnet is None:
+        which = "、".join(f.label for f in FAMILIES if f.controlnet is not None)
         raise InvalidParameter("controlnets", f"{label} 模型在本服务不支持 ControlNet；支持的家族：{which}")
     if image_prompts and not family.family.image_prompts:
         which = "、".join(f.label for f in FAMILIES if f.image_prompts)
@@ -159,6 +159,14 @@ class RequestChecks:
             raise InvalidParameter(
                 "controlnets", f"controlnets 最多 {limit} 个（controlnet.max_units），收到 {len(units)} 个"
             )
+        support = family.family.controlnet
+        if units and support is not None:
+            windows = any(unit.guidance_start != 0.0 or unit.guidance_end != 1.0 for unit in units)
+            modes = {unit.control_mode for unit in units}
+            edit = request.init_image is not None
+            problem = support.problem(len(units), edit, modes, windows, family.family.label)
+            if problem is not None:
+                raise InvalidParameter("controlnets", problem)
         specs = []
         text_width = self._catalog.unet_text_width(model)
         for index, unit in enumerate(units):

@@ -58,3 +58,46 @@ def write_tiny_depth_model(folder: Path) -> Path:
     DPTForDepthEstimation(config).save_pretrained(str(folder))
     DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(str(folder))
     return folder
+
+
+def write_transformer_controlnet(model_dir: Path, family: str, folder: Path, seed: int = 0) -> Path:
+    """A tiny ControlNet of a transformer family (sd3, flux, z-image) for the tiny model at `model_dir`, its weights
+    seeded random (scaled so a unit changes the picture), as a diffusers folder. Z-Image's holds only its control
+    layers (the base transformer lends it the rest when it loads)."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    if family == "z-image":
+        controlnet = diffusers.ZImageControlNetModel(
+            control_layers_places=[0],
+            control_refiner_layers_places=[0],
+            control_in_dim=16,
+            all_patch_size=(2,),
+            all_f_patch_size=(1,),
+            dim=32,
+            n_refiner_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+        )
+    else:
+        transformer_class = diffusers.SD3Transformer2DModel if family == "sd3" else diffusers.FluxTransformer2DModel
+        transformer = transformer_class.from_pretrained(model_dir / "transformer")
+        if family == "sd3":
+            controlnet = diffusers.SD3ControlNetModel.from_transformer(
+                transformer, num_layers=1, num_extra_conditioning_channels=0, load_weights_from_transformer=False
+            )
+        else:
+            controlnet = diffusers.FluxControlNetModel.from_transformer(
+                transformer,
+                num_layers=1,
+                num_single_layers=1,
+                attention_head_dim=16,
+                num_attention_heads=2,
+                load_weights_from_transformer=False,
+            )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in controlnet.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return folder

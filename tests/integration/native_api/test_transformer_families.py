@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from sdapi.families.detection import safetensors_keys
 from sdapi.media.provenance import parse_infotext, read_embedded
 from tests.fixtures.models import TRANSFORMER_TINY_VARIANTS
+from tests.support.controlnet_files import tiny_controlnet, write_controlnet, write_transformer_controlnet
 from tests.support.services import (
     API_KEY,
     data_url,
@@ -38,6 +39,8 @@ from tests.support.services import generate as run
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 3}
 # The guidance each kind of model takes in the tests (a distilled model takes at most 1).
 GUIDANCE = {"sd3": 5.0, "flux": 0.0, "flux-dev": 3.5, "flux-fill": 3.5, "flux2-klein": 1.0, "z-image": 0.0}
+# The families with diffusers ControlNet pipelines, by tiny model.
+CONTROLLED = ("sd3", "flux", "z-image")
 FAMILY = {variant: variant.removesuffix("-dev").removesuffix("-fill") for variant in TRANSFORMER_TINY_VARIANTS}
 
 
@@ -57,9 +60,13 @@ def _lora_for(model_dir, path) -> None:
 
 
 @pytest.fixture(scope="module")
-def service(make_service, tmp_path_factory, tiny_transformer_models):
+def service(make_service, tmp_path_factory, tiny_transformer_models, tiny_model):
     loras = tmp_path_factory.mktemp("transformer-loras")
     _lora_for(tiny_transformer_models["flux"], loras / "flux_style.safetensors")
+    controlnets = tmp_path_factory.mktemp("transformer-controlnets")
+    for variant in CONTROLLED:
+        write_transformer_controlnet(tiny_transformer_models[variant], variant, controlnets / f"{variant}-edges")
+    write_controlnet(controlnets / "sd-edges", tiny_controlnet(tiny_model))
     # FLUX.1 [schnell] is the default: the LoRA listing's fit is the default model's.
     models = [
         {"name": variant, "path": str(path), "default": variant == "flux"}
@@ -71,6 +78,7 @@ def service(make_service, tmp_path_factory, tiny_transformer_models):
         model={"max_loaded": len(models), "dtype": "float32"},
         defaults={"width": None, "height": None, "num_inference_steps": None},
         loras={"dir": str(loras)},
+        controlnet={"dir": str(controlnets)},
     )
 
 
@@ -181,9 +189,8 @@ def test_guidance_and_negative_prompt_rules(service):
         assert "negative_prompt" in refused(model="flux-dev", negative_prompt="blurry")
         assert "negative_prompt" in refused(model="flux2-klein", negative_prompt="blurry")
         assert "16 的倍数" in refused(model="sd3", width=72)
-        assert "ControlNet" in refused(
-            model="sd3", controlnets=[{"model": "any", "image": data_url(gradient_image(64, 64))}]
-        )
+        control = data_url(gradient_image(64, 64))
+        assert "SD 3.x" in refused(model="flux2-klein", controlnets=[{"model": "sd3-edges", "image": control}])
         # SD 3.x uses classifier-free guidance: a negative prompt changes the picture.
         plain = run(client, prompt="a boat", seed=3, model="sd3", guidance_scale=5.0, **SMALL)
         negative = run(client, prompt="a boat", seed=3, model="sd3", guidance_scale=5.0, negative_prompt="red", **SMALL)
@@ -268,3 +275,31 @@ def test_webuiapi_txt2img_and_img2img_with_the_checkpoint_override(service, vari
         override_settings=override,
     )
     assert changed.image.size == (64, 64)
+
+
+@pytest.mark.parametrize("variant", CONTROLLED)
+def test_a_controlnet_of_the_family_guides_text_to_image(service, variant):
+    control = data_url(gradient_image(64, 64))
+    common = {"model": variant, "prompt": "a house", "seed": 6, "guidance_scale": GUIDANCE[variant], **SMALL}
+    with service.client() as client:
+        listed = {entry["name"]: entry for entry in client.get("/api/v1/controlnets").json()["controlnets"]}
+        assert listed[f"{variant}-edges"]["family"] == FAMILY[variant]
+        plain = run(client, **common)
+        unit = {"model": f"{variant}-edges", "image": control}
+        guided = run(client, controlnets=[unit], **common)
+        assert guided["status"] == "completed", guided
+        assert mean_abs_diff(fetch_pixels(plain["result_url"]), fetch_pixels(guided["result_url"])) > 1.0
+        again = run(client, controlnets=[unit], **common)  # the same unit, the same pixels
+        assert np.array_equal(fetch_pixels(again["result_url"]), fetch_pixels(guided["result_url"]))
+        off = run(client, controlnets=[{**unit, "weight": 0}], **common)  # weight 0 is "without it"
+        assert np.array_equal(fetch_pixels(off["result_url"]), fetch_pixels(plain["result_url"]))
+
+        def refused(**body) -> str:
+            answer = client.post("/api/v1/generate", json={**common, **body})
+            assert answer.status_code == 400, answer.text
+            return answer.json()["detail"]
+
+        assert "SD 1.x" in refused(controlnets=[{"model": "sd-edges", "image": control}])  # another family's
+        assert "最多 1 个" in refused(controlnets=[unit, unit])
+        assert "只用于文生图" in refused(controlnets=[unit], init_image=control)
+        assert "balanced" in refused(controlnets=[{**unit, "control_mode": "prompt"}])
