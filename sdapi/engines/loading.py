@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from sdapi.core.model_sources import describe_source, is_local_path
+from sdapi.engines.shared_encoders import SharedTextEncoders
 from sdapi.errors import ModelLoadFailed
 from sdapi.families.detection import detect_family
 
@@ -30,11 +31,16 @@ def route_library_logs() -> None:
 
 
 def load_pipeline(
-    path: str, dtype: torch.dtype, single_file_config: str | None = None, optional_text_encoder: bool = True
+    path: str,
+    dtype: torch.dtype,
+    single_file_config: str | None = None,
+    optional_text_encoder: bool = True,
+    shared: SharedTextEncoders | None = None,
 ) -> Any:
     """The pipeline of the model at `path` (its family's text-to-image pipeline, or its inpainting pipeline for an
     inpainting checkpoint) in `dtype` on the CPU, with or without its family's optional text encoder (SD 3.x's
-    T5-XXL: `models[].text_encoder_3`); raise ModelLoadFailed with what is wrong or not served."""
+    T5-XXL: `models[].text_encoder_3`), taking from `shared` the text encoders a model loaded before has (and
+    offering it its own); raise ModelLoadFailed with what is wrong or not served."""
     import diffusers
 
     route_library_logs()
@@ -55,6 +61,13 @@ def load_pipeline(
         options[family.tokenizers[family.text_encoders.index(optional)]] = None
     if kind == "single-file" and not family.single_files:
         raise ModelLoadFailed(f"{family.label} 模型须为 diffusers 目录，不能是单文件：{path}")
+    sharing = shared is not None and kind == "folder"
+    if sharing:
+        assert shared is not None
+        reused = shared.loaded_for(Path(path), family, dtype)
+        options |= {part: module for part, module in reused.items() if part not in options}
+        if reused:
+            logger.info("model %s shares its %s with a model loaded before", path, ", ".join(reused))
     try:
         if kind == "single-file":
             if single_file_config:
@@ -68,6 +81,9 @@ def load_pipeline(
         logger.exception("loading model %s failed", path)
         raise ModelLoadFailed(f"模型加载失败（{kind}：{path}）：{type(error).__name__}: {error}") from None
     pipeline.set_progress_bar_config(disable=True)
+    if sharing:
+        assert shared is not None
+        shared.remember(Path(path), family, dtype, pipeline)
     return pipeline
 
 

@@ -36,6 +36,7 @@ from sdapi.engines.plain import make_batch_images
 from sdapi.engines.primitives import Pipelines
 from sdapi.engines.recipes import make_images
 from sdapi.engines.schedulers import check_scheduler
+from sdapi.engines.shared_encoders import SHARED_TEXT_ENCODERS
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.families import ModelFamily, family_of_pipeline
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
@@ -91,7 +92,12 @@ class TorchEngine:
 
     def load(self) -> None:
         model = self._model
-        pipeline = load_pipeline(model.path, self.dtype, model.single_file_config, model.with_optional_text_encoder)
+        # Text encoders another loaded model has are taken, not loaded again (not under CPU offload: its hooks are
+        # each pipeline's own).
+        shared = SHARED_TEXT_ENCODERS if model.offload == "none" else None
+        pipeline = load_pipeline(
+            model.path, self.dtype, model.single_file_config, model.with_optional_text_encoder, shared
+        )
         place(pipeline, self.device, self._model.offload)
         self.family = family_of_pipeline(pipeline, self._model.guidance)
         family = self.family.family

@@ -195,3 +195,27 @@ def test_a_kohya_z_image_lora_matches_diffusers_own_loader(tiny_transformer_mode
     plain = engine.generate(Run(_params(engine, seed=9, num_inference_steps=3))).images[0]
     assert mean_abs_diff(_pixels(ours), _pixels(theirs)) <= 1.0
     assert mean_abs_diff(_pixels(ours), _pixels(plain)) > 1.0
+
+
+def test_models_with_the_same_text_encoders_load_them_once(tiny_transformer_models, tiny_model, tmp_path):
+    """Two FLUX.1 models whose encoders are the same files (copied here: the same content) share the modules; a
+    UNet family's, whose LoRAs and embeddings change its text encoders, never share."""
+    import shutil
+
+    def loaded(path):
+        engine = TorchEngine(ModelConfig(path=str(path), device="cpu", dtype="float32"))
+        engine.load()
+        return engine
+
+    first = loaded(tiny_transformer_models["flux"])
+    copy = shutil.copytree(tiny_transformer_models["flux"], tmp_path / "flux-copy")
+    second = loaded(copy)
+    for part in ("text_encoder", "text_encoder_2"):
+        assert getattr(second._text_to_image, part) is getattr(first._text_to_image, part), part
+    assert second._text_to_image.transformer is not first._text_to_image.transformer
+    params = _params(second, seed=4)
+    assert np.array_equal(
+        _pixels(first.generate(Run(params)).images[0]), _pixels(second.generate(Run(params)).images[0])
+    )
+    sd_first, sd_second = loaded(tiny_model), loaded(shutil.copytree(tiny_model, tmp_path / "sd-copy"))
+    assert sd_second._text_to_image.text_encoder is not sd_first._text_to_image.text_encoder
