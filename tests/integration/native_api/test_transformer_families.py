@@ -23,6 +23,7 @@ from sdapi.families.detection import safetensors_keys
 from sdapi.media.provenance import parse_infotext, read_embedded
 from tests.fixtures.models import TRANSFORMER_TINY_VARIANTS
 from tests.support.controlnet_files import tiny_controlnet, write_controlnet, write_transformer_controlnet
+from tests.support.embedding_files import vectors, write_a1111_safetensors
 from tests.support.services import (
     API_KEY,
     data_url,
@@ -67,6 +68,8 @@ def service(make_service, tmp_path_factory, tiny_transformer_models, tiny_model)
     for variant in CONTROLLED:
         write_transformer_controlnet(tiny_transformer_models[variant], variant, controlnets / f"{variant}-edges")
     write_controlnet(controlnets / "sd-edges", tiny_controlnet(tiny_model))
+    embeddings = tmp_path_factory.mktemp("transformer-embeddings")
+    write_a1111_safetensors(embeddings / "ink-style.safetensors", vectors(2, 32, seed=1))
     # FLUX.1 [schnell] is the default: the LoRA listing's fit is the default model's.
     models = [
         {"name": variant, "path": str(path), "default": variant == "flux"}
@@ -79,6 +82,7 @@ def service(make_service, tmp_path_factory, tiny_transformer_models, tiny_model)
         defaults={"width": None, "height": None, "num_inference_steps": None},
         loras={"dir": str(loras)},
         controlnet={"dir": str(controlnets)},
+        embeddings={"dir": str(embeddings)},
     )
 
 
@@ -191,6 +195,8 @@ def test_guidance_and_negative_prompt_rules(service):
         assert "16 的倍数" in refused(model="sd3", width=72)
         control = data_url(gradient_image(64, 64))
         assert "SD 3.x" in refused(model="flux2-klein", controlnets=[{"model": "sd3-edges", "image": control}])
+        assert "IP-Adapter" in refused(model="z-image", ip_adapters=[{"model": "any", "image": control}])
+        assert "embeddings" in refused(model="sd3", prompt="a boat, ink-style", guidance_scale=5.0)
         # SD 3.x uses classifier-free guidance: a negative prompt changes the picture.
         plain = run(client, prompt="a boat", seed=3, model="sd3", guidance_scale=5.0, **SMALL)
         negative = run(client, prompt="a boat", seed=3, model="sd3", guidance_scale=5.0, negative_prompt="red", **SMALL)
