@@ -2,62 +2,40 @@
 and T5-XXL text encoders. [dev] is guidance-distilled: guidance_scale is a value the transformer embeds (one pass a
 step, no negative prompt); [schnell] is timestep-distilled: 1-4 steps, no guidance at all. Which one a model is, its
 transformer config says (`guidance_embeds`). FLUX.1 Fill is its inpainting checkpoint (FluxFillPipeline: the
-transformer sees the mask and the masked image): every request on it runs as a repaint, as on SD's."""
+transformer sees the mask and the masked image): every request on it runs as a repaint, as on SD's. optimum exports
+it and serves text-to-image; its edits run on torch."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from sdapi.families.base import ControlNetSupport, Family, RunDefaults
-from sdapi.families.flow import (
-    FLOW_MATCH_SCHEDULERS,
-    FLOW_SOLVERS,
-    TRANSFORMER_LORA_PREFIXES,
-    TRANSFORMER_SIDE,
-    TRANSFORMER_SIDE_MULTIPLE,
-)
+from sdapi.families.base import RunDefaults
+from sdapi.families.flow import one_unit_controlnet, transformer_family
 
 
 def _guidance(transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:
     return "embedded" if transformer.get("guidance_embeds") else "distilled"
 
 
-FLUX = Family(
+FLUX = transformer_family(
     name="flux",
     label="FLUX.1",
     addon_group="flux",
     addon_group_label="FLUX.1",
-    native_side=TRANSFORMER_SIDE,
     text_to_image="FluxPipeline",
     inpainting="FluxFillPipeline",  # FLUX.1 Fill, its inpainting checkpoint
     image_to_image_pipeline="FluxImg2ImgPipeline",
     inpainting_pipeline="FluxInpaintPipeline",
     onnx_pipelines=("ORTFluxPipeline", "", ""),
-    load_options={},
+    onnx_parts=("text_encoder", "text_encoder_2", "transformer", "vae_encoder", "vae_decoder"),
     text_encoders=("text_encoder", "text_encoder_2"),
     tokenizers=("tokenizer", "tokenizer_2"),
     text_encoder_classes=("CLIPTextModel", "T5EncoderModel"),
-    kohya_prefixes=TRANSFORMER_LORA_PREFIXES,
     lora_markers=("_proj_mlp",),
-    schedulers=FLOW_MATCH_SCHEDULERS,
-    onnx_parts=("text_encoder", "text_encoder_2", "transformer", "vae_encoder", "vae_decoder"),
-    denoiser="transformer",
-    text_to_image_only_schedulers=FLOW_SOLVERS,
-    batches_prompt_lists=True,
-    adapter_text_encoders=(),
     takes_negative_prompt=False,
     guidance="embedded",
     guidance_of=_guidance,
     defaults={"embedded": RunDefaults(28, 3.5), "distilled": RunDefaults(4, 0.0)},
-    side_multiple=TRANSFORMER_SIDE_MULTIPLE,
-    latent_hires=False,
-    controlnet=ControlNetSupport(
-        model_class="FluxControlNetModel",
-        pipeline="FluxControlNetPipeline",
-        max_units=1,
-        edits=False,
-        modes=False,
-    ),
-    image_prompts=False,
+    controlnet=one_unit_controlnet("FluxControlNetModel", "FluxControlNetPipeline"),
 )

@@ -2,57 +2,38 @@
 three depths side by side) and FLUX.2's 32-channel VAE. The released [klein] models are step-distilled (4 steps, no
 guidance: model_index.json's `is_distilled`); the base ones use classifier-free guidance against an empty prompt,
 since the pipeline takes no negative prompt. diffusers has no strength-based image-to-image pipeline for it: an
-image-to-image request runs as a repaint of the whole picture on its inpainting pipeline (the same thing)."""
+image-to-image request runs as a repaint of the whole picture on its inpainting pipeline (the same thing). No
+ControlNet, no ONNX (optimum cannot export it)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from sdapi.families.base import Family, RunDefaults
-from sdapi.families.flow import (
-    FLOW_MATCH_SCHEDULERS,
-    FLOW_SOLVERS,
-    TRANSFORMER_LORA_PREFIXES,
-    TRANSFORMER_SIDE,
-    TRANSFORMER_SIDE_MULTIPLE,
-)
+from sdapi.families.base import RunDefaults
+from sdapi.families.flow import transformer_family
 
 
 def _guidance(transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:
     return "distilled" if index.get("is_distilled") else "cfg"
 
 
-FLUX2_KLEIN = Family(
+FLUX2_KLEIN = transformer_family(
     name="flux2-klein",
     label="FLUX.2 [klein]",
     addon_group="flux2-klein",
     addon_group_label="FLUX.2 [klein]",
-    native_side=TRANSFORMER_SIDE,
     text_to_image="Flux2KleinPipeline",
-    inpainting="Flux2KleinInpaintPipeline",  # the inpainting pipeline of an ordinary checkpoint, never detected
+    inpainting="Flux2KleinInpaintPipeline",  # no inpainting checkpoint: the ordinary inpainting pipeline
     inpainting_pipeline="Flux2KleinInpaintPipeline",
     repaints_for_image_to_image=True,
-    onnx_pipelines=("", "", ""),
-    load_options={},
     text_encoders=("text_encoder",),
     tokenizers=("tokenizer",),
     text_encoder_classes=("Qwen3ForCausalLM",),
-    kohya_prefixes=TRANSFORMER_LORA_PREFIXES,
     lora_markers=("_to_qkv_mlp_proj",),
-    schedulers=FLOW_MATCH_SCHEDULERS,
-    onnx_parts=(),
-    denoiser="transformer",
-    text_to_image_only_schedulers=FLOW_SOLVERS,
-    batches_prompt_lists=True,
-    adapter_text_encoders=(),
     takes_negative_prompt=False,
     guidance="distilled",
     guidance_of=_guidance,
     defaults={"distilled": RunDefaults(4, 1.0), "cfg": RunDefaults(50, 4.0)},
-    side_multiple=TRANSFORMER_SIDE_MULTIPLE,
-    latent_hires=False,
-    controlnet=None,
-    image_prompts=False,
     single_files=False,
 )
