@@ -246,6 +246,28 @@ def test_the_openai_sdk_generates_and_edits(service, variant):
         extra_body={**extra, "strength": 0.6},
     )
     assert Image.open(io.BytesIO(httpx.get(edited.data[0].url).content)).size == (96, 64)
+    # Inpainting: OpenAI's mask repaints its transparent pixels; the rest stays exactly the original.
+    picture = gradient_image(96, 64)
+    mask = Image.new("RGBA", (96, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (32, 16, 64, 48))
+    masked = client.images.edit(
+        image=("in.png", _png(picture), "image/png"),
+        mask=("mask.png", _png(mask), "image/png"),
+        prompt="a window",
+        model=variant,
+        extra_body={**extra, "mask_blur": 0},
+    )
+    out = np.asarray(Image.open(io.BytesIO(httpx.get(masked.data[0].url).content)).convert("RGB"), dtype=float)
+    hole = np.zeros((64, 96), bool)
+    hole[16:48, 32:64] = True
+    assert np.array_equal(out[~hole], np.asarray(picture, dtype=float)[~hole])
+    assert np.abs(out[hole] - np.asarray(picture, dtype=float)[hole]).mean() > 1.0
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("variant", TRANSFORMER_TINY_VARIANTS)
@@ -281,6 +303,29 @@ def test_webuiapi_txt2img_and_img2img_with_the_checkpoint_override(service, vari
         override_settings=override,
     )
     assert changed.image.size == (64, 64)
+    # Inpainting with A1111's mask (white repaints), no blur: every pixel outside it is the original's.
+    picture = gradient_image(64, 64)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpainted = api.img2img(
+        images=[picture],
+        mask_image=mask,
+        mask_blur=0,
+        inpaint_full_res=False,
+        prompt="a window",
+        seed=3,
+        steps=4,
+        width=64,
+        height=64,
+        cfg_scale=cfg,
+        sampler_name="Euler",
+        denoising_strength=1.0,
+        override_settings=override,
+    )
+    out, original = np.asarray(inpainted.image.convert("RGB"), dtype=float), np.asarray(picture, dtype=float)
+    kept = np.asarray(mask) == 0
+    assert np.array_equal(out[kept], original[kept])
+    assert np.abs(out[~kept] - original[~kept]).mean() > 1.0
 
 
 @pytest.mark.parametrize("variant", CONTROLLED)
