@@ -205,6 +205,22 @@ def test_guidance_and_negative_prompt_rules(service):
         low = run(client, prompt="a boat", seed=3, model="flux-dev", guidance_scale=1.5, **SMALL)
         high = run(client, prompt="a boat", seed=3, model="flux-dev", guidance_scale=6.0, **SMALL)
         assert mean_abs_diff(fetch_pixels(low["result_url"]), fetch_pixels(high["result_url"])) > 0.5
+        # The second pass upscales pixels on these families (their latents are packed); klein has no
+        # image-to-image pipeline for it.
+        second = run(
+            client,
+            prompt="a boat",
+            seed=3,
+            model="sd3",
+            guidance_scale=5.0,
+            hires={"steps": 2, "strength": 0.5, "upscaler": "lanczos", "scale": 2},
+            **SMALL,
+        )
+        assert second["status"] == "completed", second
+        assert fetch_image(second["result_url"]).size == (128, 128)
+        latent = {"steps": 2, "strength": 0.5, "upscaler": "Latent", "scale": 2}
+        assert "Latent" in refused(model="flux", hires=latent)
+        assert "hires" in refused(model="flux2-klein", hires={**latent, "upscaler": "lanczos"})
         # Defaults: a request without steps or guidance gets its model's.
         default = run(client, prompt="a boat", seed=3, model="flux", width=64, height=64)
         assert default["status"] == "completed", default
