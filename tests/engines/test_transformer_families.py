@@ -219,3 +219,18 @@ def test_models_with_the_same_text_encoders_load_them_once(tiny_transformer_mode
     )
     sd_first, sd_second = loaded(tiny_model), loaded(shutil.copytree(tiny_model, tmp_path / "sd-copy"))
     assert sd_second._text_to_image.text_encoder is not sd_first._text_to_image.text_encoder
+
+
+def test_sd3_without_its_t5_encoder(tiny_transformer_models):
+    """models[].text_encoder_3: false loads SD 3.x without T5-XXL (less memory): it still runs, and its pictures
+    differ from the full model's (the T5 part of the text is zeros)."""
+    path = tiny_transformer_models["sd3"]
+    without = TorchEngine(ModelConfig(path=str(path), device="cpu", dtype="float32", text_encoder_3=False))
+    without.load()
+    assert without._text_to_image.text_encoder_3 is None and without._text_to_image.tokenizer_3 is None
+    full = TorchEngine(ModelConfig(path=str(path), device="cpu", dtype="float32"))
+    full.load()
+    params = _params(full, seed=2, guidance_scale=5.0)
+    lighter = without.generate(Run(params)).images[0]
+    assert lighter.size == (SIDE, SIDE)
+    assert mean_abs_diff(_pixels(lighter), _pixels(full.generate(Run(params)).images[0])) > 1.0
