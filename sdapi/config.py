@@ -43,7 +43,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class ApiKeyConfig(_Section, frozen=True):
     """One API key with its own name, rights and limits (a plain string in api.keys is a key with none)."""
 
-    key: str
+    key: str  # the key a client sends
     # Who owns the tasks this key creates (stored and shown instead of the key); null: "key-" + a short hash.
     name: str | None = None
     # Sees and cancels every task, whoever created it.
@@ -55,8 +55,10 @@ class ApiKeyConfig(_Section, frozen=True):
 
 
 class ApiConfig(_Section, frozen=True):
+    # The accepted keys: strings, or {key, name, admin, max_pending, requests_per_minute}; or SDAPI_API_KEYS. Keys
+    # starting "change-me" are placeholders and log a warning at start-up.
     keys: list[str | ApiKeyConfig] = []
-    key_header: str = "X-API-Key"
+    key_header: str = "X-API-Key"  # the request header carrying the key
     # per_key: a task is visible only to the key that created it (and admin keys); shared: to every key.
     isolation: Literal["per_key", "shared"] = "per_key"
     # How long an Idempotency-Key is remembered (per API key).
@@ -68,8 +70,8 @@ class ApiConfig(_Section, frozen=True):
 
 
 class ServerConfig(_Section, frozen=True):
-    host: str = "0.0.0.0"
-    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    host: str = "0.0.0.0"  # where `sdapi serve` listens (--host overrides it)
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000  # its port (--port overrides it)
     # Absolute result URLs are built from this when set, else from the request's own host.
     public_base_url: str | None = None
 
@@ -103,6 +105,7 @@ class ModelConfig(_Section, frozen=True):
     text_encoder_3: bool = True
     # auto | cpu | cuda | cuda:N (one worker process per GPU: `sdapi worker --device cuda:1`).
     device: Annotated[str, msgspec.Meta(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"
+    # auto: float16 on CUDA, bfloat16 on a CPU with AMX, else float32.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Images generated together in one batch; a request for more runs as several batches.
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10)] = 4
@@ -121,12 +124,13 @@ DEFAULT_MODEL_NAME = "default"
 class ModelEntry(_Section, frozen=True):
     """One model of `models:`; device, dtype, batch size and max_loaded stay in `model:`, shared by all."""
 
+    # Its name in requests (`model`), and its path, export, engine and single-file configs as `model:` has them.
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    path: str
-    onnx_path: str | None = None
-    engine: Literal["auto", "onnx", "torch"] = "auto"
-    default: bool = False
-    single_file_config: str | None = None
+    path: str  # as model.path
+    onnx_path: str | None = None  # as model.onnx_path
+    engine: Literal["auto", "onnx", "torch"] = "auto"  # as model.engine
+    default: bool = False  # the model of requests that name none (else the first)
+    single_file_config: str | None = None  # as model.single_file_config
     # How the model uses guidance_scale: null: what its family and files say (sdapi.families); cfg, embedded
     # (FLUX.1 [dev]) or distilled (no guidance: FLUX.1 [schnell], Z-Image-Turbo, SD 3.5 Large Turbo) to say it.
     guidance: Literal["cfg", "embedded", "distilled"] | None = None
@@ -140,19 +144,20 @@ class ModelEntry(_Section, frozen=True):
 class DefaultsConfig(_Section, frozen=True):
     # null: the model's native size (512 for SD 1.x, 768 for SD 2.x 768-v, 1024 for SDXL).
     width: Side | None = None
-    height: Side | None = None
+    height: Side | None = None  # as width
     # null: the model's family's (sdapi.families: 30 and 7.5 for SD 1.x/2.x/SDXL, 4 and 0 for FLUX.1 [schnell]...).
     num_inference_steps: PositiveInt | None = None
-    guidance_scale: Annotated[float, msgspec.Meta(ge=0.0, le=30.0)] | None = None
-    strength: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.75
+    guidance_scale: Annotated[float, msgspec.Meta(ge=0.0, le=30.0)] | None = None  # as num_inference_steps
+    strength: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.75  # image-to-image's, when a request gives none
     # None keeps the scheduler the model was saved with.
     scheduler: str | None = None
 
 
 class LimitsConfig(_Section, frozen=True):
+    # The largest picture and step count a request may ask for (a 400 beyond).
     max_width: Side = 2048
-    max_height: Side = 2048
-    max_inference_steps: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 150
+    max_height: Side = 2048  # as max_width
+    max_inference_steps: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 150  # num_inference_steps at most
     # Decoded init_image pixels (width * height); larger inputs are refused with a 400.
     max_init_image_pixels: PositiveInt = 4096 * 4096
     # Request bodies larger than this are refused with a 413. null: what the largest init image the other limits
@@ -210,10 +215,10 @@ class MinioConfig(_Section, frozen=True):
     endpoint: str = "localhost:9000"
     access_key: str = ""  # or SDAPI_MINIO_ACCESS_KEY
     secret_key: str = ""  # or SDAPI_MINIO_SECRET_KEY
-    secure: bool = False
+    secure: bool = False  # https to the endpoint
     # Set, so presigning never needs a network call to look the bucket's region up.
     region: str = "us-east-1"
-    bucket: str = "sd-images"
+    bucket: str = "sd-images"  # created at start-up when missing
     # Object keys start with this (e.g. "sdapi/"); the rest is random.
     prefix: str = ""
     # public: http(s)://endpoint/bucket/key (the seed's style; the bucket must allow anonymous reads).
@@ -221,16 +226,17 @@ class MinioConfig(_Section, frozen=True):
     url_mode: Literal["public", "presigned"] = "public"
     # How clients reach MinIO when that differs from `endpoint`, e.g. https://cdn.example.com.
     public_base_url: str | None = None
-    presign_ttl: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 3600
+    presign_ttl: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 3600  # seconds a presigned URL is valid
     # Connect/read timeout of one S3 call.
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
 class StorageConfig(_Section, frozen=True):
+    # local: files under data_dir/images, served at /images; minio: any S3 endpoint (storage.minio).
     backend: Literal["local", "minio"] = "local"
     # Tries per image upload before the task fails; waits between tries double from retry_backoff_seconds.
     upload_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 4
-    retry_backoff_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    retry_backoff_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.5  # the first wait between upload tries
     minio: MinioConfig = MinioConfig()
 
 
@@ -240,7 +246,7 @@ class CallbacksConfig(_Section, frozen=True):
     # Tries per delivery. With backoff_base 30 the waits are 30, 60, 120, 240, 480 s (each +-25% jitter):
     # 6 attempts over about 15.5 minutes.
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 6
-    backoff_base: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    backoff_base: Annotated[float, msgspec.Meta(ge=0)] = 30.0  # seconds before the second attempt, doubling
     # Standard Webhooks signing secret ("whsec_<base64>" or any string); or SDAPI_CALLBACK_SECRET.
     secret: str | None = None
     # Private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) become allowed; loopback, link-local,
@@ -294,7 +300,7 @@ class LorasConfig(_Section, frozen=True):
     dir: str | None = None
     # Applied to every request (a house style); a request naming the same LoRA overrides its weight.
     defaults: list[LoraRequest] = []
-    max_per_request: Annotated[int, msgspec.Meta(ge=0, le=32)] = 5
+    max_per_request: Annotated[int, msgspec.Meta(ge=0, le=32)] = 5  # LoRAs one request may name
     # Files whose prepared ΔW stay in memory (least recently used first out).
     cache_size: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
     # Larger files are listed with an error and refused on use.
@@ -313,7 +319,7 @@ class UpscalersConfig(_Section, frozen=True):
     # Folder of neural upscalers (ESRGAN-family .pth/.safetensors) for the high-resolution pass and the A1111
     # extras; null: data_dir/upscalers.
     dir: str | None = None
-    max_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 512.0
+    max_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 512.0  # larger files are listed with an error, not read
 
 
 class ControlNetConfig(_Section, frozen=True):
@@ -336,8 +342,8 @@ class IpAdapterConfig(_Section, frozen=True):
 
 
 class Config(_Section, frozen=True):
-    data_dir: str = "./data"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: str = "./data"  # the SQLite database (sdapi.sqlite3) and local images (images/)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # the lowest level logged
     # text: one readable line each; json: one JSON object per line (time, level, logger, message, task_id,
     # request_id) for a log pipeline.
     log_format: Literal["text", "json"] = "text"
