@@ -9,7 +9,7 @@ SHIPPED_MODEL := models/scenes-sd
 # Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev model run test test-fast check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence bench-batching bench-families train-default-model
+.PHONY: install install-dev model run test test-fast check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence bench-batching bench-families bench-tracing train-default-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,10 @@ bench-affinity: install-dev
 
 # Cross-request batching: 32 concurrent small requests at queue.batch_max 1, 2, 4, 8 on the tiny model and on SD
 # 1.5's architecture (random weights, built under data/bench as bench-engines does).
+# What tracing costs: a queue of tasks with tracing off and on, side by side (docs/benchmarks.md).
+bench-tracing: install-dev
+	$(BIN)/python -m bench.tracing
+
 # CPU seconds per step of every family's tiny model (docs/benchmarks.md).
 bench-families: install-dev
 	$(BIN)/python -m bench.families

@@ -68,10 +68,12 @@ def _serve(arguments: argparse.Namespace) -> int:
 
     from sdapi.api.app import create_app
     from sdapi.core.nodes import Role
+    from sdapi.observability import tracing
 
     config = _load(arguments)
     if config is None:
         return 2
+    tracing.configure(arguments.role)  # from the OTEL_* environment; off without it
     host = arguments.host or config.server.host
     port = arguments.port or config.server.port
     uvicorn.run(
@@ -88,10 +90,12 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 def _worker(arguments: argparse.Namespace) -> int:
     from sdapi.errors import SdapiError
+    from sdapi.observability import tracing
 
     config = _load(arguments)
     if config is None:
         return 2
+    tracing.configure("worker")
     try:
         asyncio.run(_run_worker(config))
     except SdapiError as error:  # it could not start: the message says why

@@ -11,9 +11,11 @@ from typing import Any
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from sdapi.observability import tracing
 from sdapi.observability.logs import REQUEST_ID_HEADER, request_context, request_id_from
 
 _HEADER = REQUEST_ID_HEADER.lower().encode("ascii")
+_TRACEPARENT = b"traceparent"
 _STATE_KEY = "sdapi_request_id"
 
 
@@ -27,13 +29,17 @@ def _request_id(scope: Scope) -> str:
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Route middleware: the request's log lines (and the tasks it creates) carry its id."""
+    """Route middleware: the request's log lines (and the tasks it creates) carry its id, and the request is a span
+    (continuing the client's trace when it sends a `traceparent`; the tasks it creates carry the trace on)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        with request_context(_request_id(scope)):
+        sent = next((value for name, value in scope["headers"] if name == _TRACEPARENT), b"")
+        name = f"{scope['method']} {scope['path']}"
+        request_id = _request_id(scope)
+        with request_context(request_id), tracing.server_span(name, sent.decode("latin-1") or None, request=request_id):
             await app(scope, receive, send)
 
     return middleware

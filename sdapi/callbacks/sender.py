@@ -29,7 +29,7 @@ from sdapi.core.deliveries import Delivery, DeliveryStatus, after_attempt
 from sdapi.core.results import iso, public_base_url, result_urls
 from sdapi.core.tasks import Task, TaskStatus
 from sdapi.errors import SdapiError
-from sdapi.observability import metrics
+from sdapi.observability import metrics, tracing
 from sdapi.observability.logs import set_request_id, task_context
 from sdapi.storage import ImageStorage
 from sdapi.store import CallbackOutbox, DeliveryClaim, TaskStore
@@ -166,12 +166,14 @@ class CallbackSender:
         self._wakeup.nudge()
 
     async def _attempt(self, claim: DeliveryClaim) -> None:
-        with task_context(claim.delivery.task_id):  # _post adds the id of the request that created the task
+        with task_context(
+            claim.delivery.task_id, traceparent=claim.delivery.traceparent
+        ):  # _post adds the id of the request that created the task
             await self._attempt_in_context(claim)
 
     async def _attempt_in_context(self, claim: DeliveryClaim) -> None:
         delivery = claim.delivery
-        began = time.perf_counter()
+        began, attempt_began = time.perf_counter(), time.time()
         try:
             delivered, retryable, error, http_status = await self._post(delivery)
         except SdapiError as failure:  # the task store failed: no attempt was made; it stays due
@@ -191,6 +193,15 @@ class CallbackSender:
         )
         metrics.CALLBACK_ATTEMPT_SECONDS.observe(time.perf_counter() - began)
         outcome = "delivered" if delivered else "failed" if updated.status is DeliveryStatus.FAILED else "retry"
+        tracing.record(
+            "sdapi.callback",
+            delivery.traceparent,
+            attempt_began,
+            time.time(),
+            attempt=updated.attempts,
+            outcome=outcome,
+            http_status=http_status or 0,
+        )
         metrics.CALLBACK_ATTEMPTS.labels(outcome=outcome).inc()
         recorded = await self._record_until_written(claim, updated)
         if not recorded:  # the claim ran out during the POST and another node took the delivery over

@@ -43,22 +43,27 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
     # Every attempt, across redeliveries (each redelivery has a new id; see AttemptRecord.webhook_id).
     log: tuple[AttemptRecord, ...] = ()
+    # The task's traceparent: each attempt is a span of the task's trace.
+    traceparent: str | None = None
 
 
-def new_delivery(task_id: str, url: str, now: float) -> Delivery:
-    return Delivery(id=f"msg_{uuid.uuid4().hex}", task_id=task_id, url=url, next_attempt_at=now)
+def new_delivery(task_id: str, url: str, now: float, traceparent: str | None = None) -> Delivery:
+    return Delivery(
+        id=f"msg_{uuid.uuid4().hex}", task_id=task_id, url=url, next_attempt_at=now, traceparent=traceparent
+    )
 
 
 def redelivery(previous: Delivery, now: float) -> Delivery:
     """The final event sent again on request: a new delivery (a new webhook-id, since receivers deduplicate on it),
     keeping the earlier attempts in its log."""
-    return msgspec.structs.replace(new_delivery(previous.task_id, previous.url, now), log=previous.log)
+    fresh = new_delivery(previous.task_id, previous.url, now, previous.traceparent)
+    return msgspec.structs.replace(fresh, log=previous.log)
 
 
 def delivery_for(task: Task, now: float) -> Delivery | None:
     """The callback delivery a task's new state calls for: one when it has just finished and has a callback_url."""
     if task.status.is_terminal and task.params.callback_url:
-        return new_delivery(task.id, task.params.callback_url, now)
+        return new_delivery(task.id, task.params.callback_url, now, task.traceparent)
     return None
 
 

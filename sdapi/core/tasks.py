@@ -93,6 +93,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str | None = None
     # The API it came through: native, openai or a1111 (a label of its metrics).
     dialect: str = "native"
+    # The W3C traceparent of the request that created it (sdapi.observability.tracing): the worker's spans of its
+    # run continue that trace. None when tracing is off.
+    traceparent: str | None = None
 
 
 def now_utc() -> datetime:
@@ -110,6 +113,7 @@ def create(
     owner: str | None = None,
     request_id: str | None = None,
     dialect: str = "native",
+    traceparent: str | None = None,
 ) -> Task:
     """A new pending task for `params`, owned by `owner`, created by request `request_id` through `dialect`."""
     stamp = now or now_utc()
@@ -122,6 +126,7 @@ def create(
         base_url=base_url,
         owner=owner,
         request_id=request_id,
+        traceparent=traceparent,
         dialect=dialect,
     )
 

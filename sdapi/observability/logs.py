@@ -20,8 +20,12 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from sdapi.observability import tracing
+
 _task_id: ContextVar[str | None] = ContextVar("sdapi_task_id", default=None)
 _request_id: ContextVar[str | None] = ContextVar("sdapi_request_id", default=None)
+# The trace a task's run continues (its traceparent's trace id), when tracing is on.
+_trace_id: ContextVar[str | None] = ContextVar("sdapi_trace_id", default=None)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A request id a client sends is kept when it looks like an id (it is echoed into headers and logs), else replaced.
@@ -49,13 +53,16 @@ def request_context(request_id: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def task_context(task_id: str, request_id: str | None = None) -> Iterator[None]:
-    """Lines logged inside carry `task_id` (and the id of the request that created the task)."""
+def task_context(task_id: str, request_id: str | None = None, traceparent: str | None = None) -> Iterator[None]:
+    """Lines logged inside carry `task_id` (and the id of the request that created the task, and its trace's id when
+    tracing is on)."""
     task_token = _task_id.set(task_id)
     request_token = _request_id.set(request_id)
+    trace_token = _trace_id.set(tracing.trace_id_of(traceparent))
     try:
         yield
     finally:
+        _trace_id.reset(trace_token)
         _request_id.reset(request_token)
         _task_id.reset(task_token)
 
@@ -66,29 +73,36 @@ def set_request_id(request_id: str | None) -> None:
 
 
 class ContextFilter(logging.Filter):
-    """Puts the current task_id and request_id on every record (None when there is none)."""
+    """Puts the current task_id, request_id and trace_id on every record (None when there is none): the trace of
+    the task being handled, else of the span current here (an HTTP request's)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.task_id = _task_id.get()
         record.request_id = _request_id.get()
+        record.trace_id = _trace_id.get() or tracing.current_trace_id()
         return True
 
 
 class TextFormatter(logging.Formatter):
-    """`time LEVEL logger: message [task=… request=…]`."""
+    """`time LEVEL logger: message [task=… request=… trace=…]`."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        pairs = (("task", getattr(record, "task_id", None)), ("request", getattr(record, "request_id", None)))
+        pairs = (
+            ("task", getattr(record, "task_id", None)),
+            ("request", getattr(record, "request_id", None)),
+            ("trace", getattr(record, "trace_id", None)),
+        )
         ids = [f"{name}={value}" for name, value in pairs if value]
         return f"{line} [{' '.join(ids)}]" if ids else line
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, task_id, request_id (and the traceback, if any)."""
+    """One JSON object per line: time, level, logger, message, task_id, request_id, trace_id (and the traceback, if
+    any)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -98,6 +112,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "task_id": getattr(record, "task_id", None),
             "request_id": getattr(record, "request_id", None),
+            "trace_id": getattr(record, "trace_id", None),
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

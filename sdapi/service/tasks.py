@@ -34,7 +34,7 @@ from sdapi.errors import (
     TaskAlreadyFinished,
     TaskNotFound,
 )
-from sdapi.observability import metrics
+from sdapi.observability import metrics, tracing
 from sdapi.observability.logs import current_request_id, task_context
 from sdapi.service.admission import RequestChecks
 from sdapi.service.estimates import StartEstimator
@@ -142,7 +142,14 @@ class TaskService:
         self._check_rate(caller)
         admitted_request = await self._checks.check(request)
         params, init_bytes = admitted_request.params, admitted_request.init_image
-        task = create(params, base_url=base_url, owner=caller.name, request_id=current_request_id(), dialect=dialect)
+        task = create(
+            params,
+            base_url=base_url,
+            owner=caller.name,
+            request_id=current_request_id(),
+            dialect=dialect,
+            traceparent=tracing.current_traceparent(),
+        )
         limits = (self._config.queue.max_pending, caller.max_pending)
         if idempotency_key is not None:
             key = IdempotencyKey(

@@ -15,7 +15,7 @@ from sdapi.core.batching import batch_key
 from sdapi.core.tasks import Task
 from sdapi.engines import Run, RunResult, StepCallback, WorkerEngine
 from sdapi.errors import GENERIC_GENERATION_FAILURE, ErrorCode, GenerationFailed, SdapiError, TaskCancelled
-from sdapi.observability import metrics
+from sdapi.observability import metrics, tracing
 from sdapi.store import Lease, TaskStore
 from sdapi.worker.finishing import ended_without_images
 from sdapi.worker.generation_thread import GenerationThread
@@ -166,10 +166,14 @@ class Batches:
     def _run(self, runs: list[TaskRun], members: dict[int, Run]) -> dict[int, RunResult | None]:
         """On the generation thread: run the batch; each member's generation time is its share of the batch's, by
         images (what the queue's estimates and the step metric read)."""
-        began = time.perf_counter()
+        began, denoise_began = time.perf_counter(), time.time()
         generated = self._engine.generate_batch(list(members.values()))
         seconds = time.perf_counter() - began
         images = sum(member.params.num_images for member in members.values())
         for index in members:
             runs[index].generation_seconds = seconds * members[index].params.num_images / images
+            task = runs[index].lease.task
+            # Each member's trace shows the whole batch's denoising, and how many tasks shared it.
+            traceparent = task.traceparent
+            tracing.record("sdapi.denoise", traceparent, denoise_began, time.time(), batch_tasks=len(members))
         return dict(zip(members, generated, strict=True))

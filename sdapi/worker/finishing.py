@@ -18,7 +18,7 @@ from sdapi.core.deliveries import delivery_for
 from sdapi.core.tasks import Task, TaskStatus
 from sdapi.engines import RunResult
 from sdapi.errors import SdapiError, TaskCancelled, TaskStoreError
-from sdapi.observability import metrics
+from sdapi.observability import metrics, tracing
 from sdapi.observability.logs import task_context
 from sdapi.store import Lease, Stores
 from sdapi.worker.outputs import Outputs
@@ -69,10 +69,19 @@ class Finisher:
     async def finish(self, run: TaskRun, outcome: RunResult | Task, began: float) -> None:
         """Store the images (off the generation thread), then write the outcome while the lease is ours."""
         started = run.lease.task
-        with task_context(started.id, started.request_id):
+        with task_context(started.id, started.request_id, started.traceparent):
             try:
                 finished = outcome if isinstance(outcome, Task) else await self._stored(run, outcome)
-                if await self.settle_until_written(run.lease, finished):
+                settling = time.time()
+                settled = await self.settle_until_written(run.lease, finished)
+                tracing.record(
+                    "sdapi.settle",
+                    started.traceparent,
+                    settling,
+                    time.time(),
+                    status=finished.status,
+                )
+                if settled:
                     elapsed = time.perf_counter() - began
                     logger.info("task %s %s in %.2fs", started.id, finished.status, elapsed)
                     self.count(finished, run, elapsed)

@@ -23,7 +23,7 @@ from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Task
 from sdapi.engines import RunResult, WorkerEngine
 from sdapi.errors import GENERIC_GENERATION_FAILURE, ErrorCode, ModelLoadFailed, SdapiError, TaskCancelled
-from sdapi.observability import metrics
+from sdapi.observability import metrics, tracing
 from sdapi.observability.logs import task_context
 from sdapi.store import Lease, Stores
 from sdapi.worker.batches import Batches, observe_queue_wait
@@ -158,6 +158,7 @@ class Worker:
             while not self._stopping:
                 try:
                     skip = self._loads.to_skip(await self._live_nodes()) if self._loads.any() else []
+                    claiming = time.time()
                     lease = await self._tasks.claim(
                         self._worker_id,
                         self._lease_seconds,
@@ -166,6 +167,9 @@ class Worker:
                         skip,
                     )
                     if lease is not None:
+                        traceparent = lease.task.traceparent
+                        tracing.record("sdapi.queue_wait", traceparent, lease.task.created_at, claiming)
+                        tracing.record("sdapi.claim", traceparent, claiming, time.time(), worker=self._worker_id)
                         await self._process(lease)
                         continue
                 except SdapiError as error:  # the task database failed: log, wait, try again
@@ -194,7 +198,9 @@ class Worker:
 
     async def _process(self, lease: Lease) -> None:
         started = lease.task
-        with task_context(started.id, started.request_id):  # every line about this run names the task
+        with task_context(
+            started.id, started.request_id, started.traceparent
+        ):  # every line about this run names the task
             default = self._config.default_model.name
             model = started.params.model or default
             if self._must_load(model):
@@ -283,9 +289,18 @@ class Worker:
     def _run_engine(self, task: Task, packed: bytes | None, run: TaskRun) -> RunResult:
         """On the generation thread: decode the task's inputs and run the engine. Nothing else happens here."""
         opened = self._inputs.opened(task, packed, run.on_step)
-        began = time.perf_counter()
+        began, denoise_began = time.perf_counter(), time.time()
         generated = self._engine.generate(opened)
         run.generation_seconds = time.perf_counter() - began
+        tracing.record(
+            "sdapi.denoise",
+            task.traceparent,
+            denoise_began,
+            time.time(),
+            engine=generated.facts.engine,
+            steps=task.params.num_inference_steps,
+            images=task.params.num_images,
+        )
         return generated
 
     def _leave(self, run: TaskRun, began: float) -> None:
@@ -321,8 +336,10 @@ class Worker:
         if await self._finisher.settle_until_written(lease, tasks.retry(lease.task, count_attempt=False)):
             self._signals.task_changed(lease.task.id)
         logger.info("task %s waits in the queue while model %s loads", lease.task.id, model)
+        loading = time.time()
         try:
             await self._generation.submit(lambda: self._engine.prepare(model))
+            tracing.record("sdapi.model_load", lease.task.traceparent, loading, time.time(), model=model)
         except Exception as error:  # its tasks go to other workers, or fail with this message if none can run them
             message = (
                 error.message if isinstance(error, SdapiError) else f"模型加载失败：{type(error).__name__}: {error}"

@@ -18,7 +18,7 @@ from sdapi.engines import RunFacts, RunResult
 from sdapi.errors import SdapiError, StorageError
 from sdapi.media.images import CONTENT_TYPES, encode_image
 from sdapi.media.provenance import ModelInfo, image_record, infotext
-from sdapi.observability import metrics
+from sdapi.observability import metrics, tracing
 from sdapi.storage import ImageStorage
 
 logger = logging.getLogger("sdapi.worker")
@@ -88,12 +88,15 @@ class Outputs:
             record = image_record(
                 params, index, task.id, model, facts.engine, facts.dtype, facts.scheduler, facts.device, facts.family
             )
-        encoding = time.perf_counter()
+        encoding, encode_began = time.perf_counter(), time.time()
         data = encode_image(image, extension, record)
-        uploading = time.perf_counter()
+        uploading, upload_began = time.perf_counter(), time.time()
         metrics.ENCODE_SECONDS.labels(format=extension).observe(uploading - encoding)
         self._save(key, data, extension)
         metrics.UPLOAD_SECONDS.observe(time.perf_counter() - uploading)
+        traceparent = task.traceparent
+        tracing.record("sdapi.encode", traceparent, encode_began, upload_began, image=index, format=extension)
+        tracing.record("sdapi.upload", traceparent, upload_began, time.time(), image=index, bytes=len(data))
         return StoredImage(
             key=key,
             seed=params.seed + index,
