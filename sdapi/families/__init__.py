@@ -24,6 +24,7 @@ from sdapi.families.z_image import Z_IMAGE
 FAMILIES: tuple[Family, ...] = (SDXL, SD2, SD1, SD3, FLUX, FLUX2_KLEIN, Z_IMAGE)
 # The families whose denoiser is a UNet, told apart by its config (family_of_unet); the others by pipeline class.
 UNET_FAMILIES: tuple[Family, ...] = tuple(family for family in FAMILIES if family.denoiser == "unet")
+TRANSFORMER_FAMILIES: tuple[Family, ...] = tuple(family for family in FAMILIES if family not in UNET_FAMILIES)
 _BY_NAME = {family.name: family for family in FAMILIES}
 # The tiny random architectures `make-tiny-model --family` builds (tiny.py, tiny_transformers.py): a family's layout,
 # some with a variant (v-prediction, an inpainting checkpoint's 9-channel UNet, FLUX.1 [dev]'s embedded guidance,
@@ -59,6 +60,7 @@ __all__ = [
     "SDXL",
     "TEXT_ENCODER_PARTS",
     "TINY_VARIANTS",
+    "TRANSFORMER_FAMILIES",
     "UNET_FAMILIES",
     "Z_IMAGE",
     "Family",
@@ -82,15 +84,14 @@ def family_named(name: str) -> Family:
 def family_of_pipeline_class(name: str) -> Family | None:
     """The transformer family a diffusers (or optimum ONNX Runtime) pipeline class belongs to (the UNet families
     share classes: their UNet's config tells them apart, family_of_unet); None for another class."""
-    transformers = (f for f in FAMILIES if f.denoiser != "unet")
-    return next((f for f in transformers if name in f.pipeline_names or name in f.onnx_pipelines), None)
+    return next((f for f in TRANSFORMER_FAMILIES if name in f.pipeline_names or name in f.onnx_pipelines), None)
 
 
 def family_of_controlnet_class(name: str) -> Family | None:
     """The transformer family whose ControlNets are of diffusers' class `name` (SD's ControlNetModel is told apart
     by its config: family_of_unet); None for another class."""
-    transformers = (f for f in FAMILIES if f.denoiser != "unet" and f.controlnet is not None)
-    return next((f for f in transformers if f.controlnet is not None and f.controlnet.model_class == name), None)
+    controlled = (f for f in TRANSFORMER_FAMILIES if f.controlnet is not None)
+    return next((f for f in controlled if f.controlnet is not None and f.controlnet.model_class == name), None)
 
 
 def guidance_of(family: Family, transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:
@@ -120,9 +121,8 @@ def family_of_lora_keys(keys: Iterable[str], text_width: int | None) -> Family |
     its text-encoder modules; a transformer family's by the markers only its files have, else None (their module
     names overlap: a file's shapes tell which model it fits)."""
     keys = list(keys)
-    transformers = [f for f in FAMILIES if f.denoiser != "unet"]
-    if any(key.startswith(tuple(f.kohya_prefixes[f.denoiser] for f in transformers)) for key in keys):
-        marked = [f for f in transformers if any(marker in key for key in keys for marker in f.lora_markers)]
+    if any(key.startswith(tuple(f.kohya_prefixes[f.denoiser] for f in TRANSFORMER_FAMILIES)) for key in keys):
+        marked = [f for f in TRANSFORMER_FAMILIES if any(marker in key for key in keys for marker in f.lora_markers)]
         return marked[0] if len(marked) == 1 else None
     if any(key.startswith(SDXL_LORA_MARKERS) for key in keys):
         return SDXL

@@ -17,6 +17,7 @@ from sdapi.families import (
     SD2,
     SD3,
     SDXL,
+    TRANSFORMER_FAMILIES,
     UNET_FAMILIES,
     family_of_pipeline_class,
     family_of_unet,
@@ -26,7 +27,7 @@ from sdapi.families.base import ModelFamily
 
 SERVED = (
     "SD 1.x、SD 2.x、SDXL base 及其局部重绘（inpainting）模型、"
-    + "、".join(family.label for family in FAMILIES if family.denoiser != "unet")
+    + "、".join(family.label for family in TRANSFORMER_FAMILIES)
     + "（"
     + "、".join(dict.fromkeys(family.text_to_image for family in FAMILIES))
     + " 等）"

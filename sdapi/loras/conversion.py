@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
-from sdapi.families import FAMILIES
+from sdapi.families import TRANSFORMER_FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +40,7 @@ def to_peft_layout(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] 
     first transformer family whose diffusers converter takes them whole; None when none does."""
     import diffusers
 
-    for family in FAMILIES:
-        if family.denoiser == "unet":
-            continue
+    for family in TRANSFORMER_FAMILIES:
         loader = getattr(diffusers, family.text_to_image)
         try:
             converted = loader.lora_state_dict(dict(tensors))

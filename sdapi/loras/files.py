@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from sdapi.families import ADAPTER_PARTS, FAMILIES, Family, family_of_lora_keys
+from sdapi.families import ADAPTER_PARTS, FAMILIES, TRANSFORMER_FAMILIES, Family, family_of_lora_keys
 from sdapi.loras.conversion import needs_conversion, to_peft_layout
 from sdapi.loras.names import KOHYA_PREFIXES, kohya_module_key
 
@@ -230,7 +230,7 @@ def deltas_for_model(
 
 
 # A transformer family's file or model, where its family is not named (their module names overlap).
-_TRANSFORMER_GROUP = "扩散 Transformer 模型（" + "、".join(f.label for f in FAMILIES if f.denoiser != "unet") + "）"
+_TRANSFORMER_GROUP = "扩散 Transformer 模型（" + "、".join(f.label for f in TRANSFORMER_FAMILIES) + "）"
 
 
 def _group(family: Family | None) -> str:
