@@ -260,7 +260,8 @@ def resolve_params(
     scheduler = request.scheduler if request.scheduler is not None else defaults.scheduler
     use_karras_sigmas = bool(request.use_karras_sigmas)
     options = dict(request.scheduler_options or {})
-    steps = request.num_inference_steps or defaults.num_inference_steps or model_defaults[0]
+    default_steps, default_guidance = model_run_defaults(defaults, model_defaults)
+    steps = request.num_inference_steps or default_steps
     if steps > limits.max_inference_steps:
         raise InvalidParameter(
             "num_inference_steps",
@@ -306,7 +307,7 @@ def resolve_params(
         height=height,
         num_images=request.num_images,
         num_inference_steps=steps,
-        guidance_scale=_first_given(request.guidance_scale, defaults.guidance_scale, model_defaults[1]),
+        guidance_scale=request.guidance_scale if request.guidance_scale is not None else default_guidance,
         strength=strength,
         scheduler=scheduler,
         use_karras_sigmas=use_karras_sigmas,
@@ -325,8 +326,12 @@ def resolve_params(
     )
 
 
-def _first_given(*values: float | None) -> float:
-    return next(value for value in values if value is not None)
+def model_run_defaults(defaults: DefaultsConfig, model_defaults: tuple[int, float]) -> tuple[int, float]:
+    """The steps and guidance_scale a request for a model gets when it gives none: the config's `defaults:`, else
+    the model's own (its family's: `model_defaults`). What /api/v1/models shows and what admission applies."""
+    steps = defaults.num_inference_steps or model_defaults[0]
+    guidance = defaults.guidance_scale if defaults.guidance_scale is not None else model_defaults[1]
+    return steps, guidance
 
 
 def _round8(value: float) -> int:

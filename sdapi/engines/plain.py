@@ -19,7 +19,6 @@ from sdapi.engines.primitives import (
     no_denoising,
     report_gpu_memory,
     run_batches,
-    size_conditioning,
     unchanged,
 )
 from sdapi.engines.schedulers import make_scheduler
@@ -91,7 +90,7 @@ def make_batch_images(pipelines: Pipelines, members: list[Run]) -> list[list[Ima
         arguments |= {"image": inits, "strength": first.strength} | image_size(pipeline, first)
     else:
         arguments |= {"width": first.width, "height": first.height}
-    arguments |= size_conditioning(pipeline, (first.width, first.height))
+    arguments |= family.size_arguments((first.width, first.height))
     left: set[int] = set()
     arguments["callback_on_step_end"] = batch_step_reporter(members, left)
     images = pipeline(**arguments).images

@@ -1,7 +1,7 @@
 """The primitives every kind of run is made of: pipeline calls in batches with image k from seed + k (a CPU generator
-per image), step callbacks that report progress over the whole run, a run's ControlNet arguments, size
-conditioning and GPU memory figures. The recipes (plain.py, inpainting.py, hires.py, dispatched by recipes.py) call
-these; nothing here imports a recipe.
+per image, the family's prompt arguments and size conditioning), step callbacks that report progress over the whole
+run, the picture's size for the image-to-image pipelines that take one, and GPU memory figures. The recipes
+(plain.py, inpainting.py, hires.py, dispatched by recipes.py) call these; nothing here imports a recipe.
 
 Shared by the torch engine and the ONNX engine: optimum's ORT pipelines are diffusers pipelines whose UNet, VAE and
 text encoder are ONNX Runtime sessions, so the scheduler math and the seed handling stay in torch, identical for
@@ -85,7 +85,7 @@ def run_batches(
             "output_type": "pil",
             **arguments,
         }
-        batch_arguments |= size_conditioning(pipeline, size)
+        batch_arguments |= family.size_arguments(size)
         if on_step is not None:
             batch_arguments["callback_on_step_end"] = _step_reporter(on_step, index, len(batches), len(images))
         # Some pipelines also draw from torch's global generator (SD 3.x's ControlNet pipeline samples its control
@@ -123,12 +123,6 @@ def image_size(pipeline: Any, params: GenerationParams) -> dict[str, Any]:
     native size otherwise); nothing for SD's, which make the init image's."""
     takes_size = "width" in inspect.signature(type(pipeline).__call__).parameters
     return {"width": params.width, "height": params.height} if takes_size else {}
-
-
-def size_conditioning(pipeline: Any, size: tuple[int, int]) -> dict[str, Any]:
-    """The micro-conditioning the pipeline's family takes for a picture of `size` (width, height); nothing for the
-    families without it."""
-    return family_of_pipeline(pipeline).family.size_arguments(size)
 
 
 def report_gpu_memory() -> None:

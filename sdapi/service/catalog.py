@@ -14,7 +14,7 @@ import msgspec
 
 from sdapi.config import Config, ModelEntry
 from sdapi.core.model_sources import describe_source
-from sdapi.core.params import GenerationParams
+from sdapi.core.params import GenerationParams, model_run_defaults
 from sdapi.errors import InvalidParameter, ModelLoadFailed
 from sdapi.families import SD1, TEXT_ENCODER_PARTS, ModelFamily
 from sdapi.families.detection import UnsupportedModel, detect_family
@@ -111,10 +111,6 @@ def _text_widths(source: str) -> tuple[int, ...] | None:
     return tuple(widths) or None
 
 
-def _first_given(*values: float | None) -> float:
-    return next(value for value in values if value is not None)
-
-
 class ModelCatalog:
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -188,6 +184,8 @@ class ModelCatalog:
         defaults = self._config.defaults
         for name, entry in self._entries.items():
             family = self._families[name]
+            own = family.run_defaults
+            steps, guidance = model_run_defaults(defaults, (own.steps, own.guidance_scale))
             engines = ["torch"] if entry.engine == "torch" or entry.onnx_path is None else ["onnx", "torch"]
             if entry.engine == "onnx":
                 engines = ["onnx"]
@@ -205,8 +203,8 @@ class ModelCatalog:
                     inpainting=family.inpainting,
                     family_label=family.family.label,
                     guidance=family.guidance,
-                    default_steps=defaults.num_inference_steps or family.run_defaults.steps,
-                    default_guidance_scale=_first_given(defaults.guidance_scale, family.run_defaults.guidance_scale),
+                    default_steps=steps,
+                    default_guidance_scale=guidance,
                     schedulers=list(family.family.schedulers),
                 )
             )
