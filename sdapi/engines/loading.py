@@ -61,10 +61,9 @@ def load_pipeline(
         options[family.tokenizers[family.text_encoders.index(optional)]] = None
     if kind == "single-file" and not family.single_files:
         raise ModelLoadFailed(f"{family.label} 模型须为 diffusers 目录，不能是单文件：{path}")
-    sharing = shared is not None and kind == "folder"
-    if sharing:
-        assert shared is not None
-        reused = shared.loaded_for(Path(path), family, dtype)
+    keys = shared.keys(Path(path), family, dtype) if shared is not None and kind == "folder" else {}
+    if shared is not None and keys:
+        reused = shared.loaded_for(keys)
         options |= {part: module for part, module in reused.items() if part not in options}
         if reused:
             logger.info("model %s shares its %s with a model loaded before", path, ", ".join(reused))
@@ -81,9 +80,8 @@ def load_pipeline(
         logger.exception("loading model %s failed", path)
         raise ModelLoadFailed(f"模型加载失败（{kind}：{path}）：{type(error).__name__}: {error}") from None
     pipeline.set_progress_bar_config(disable=True)
-    if sharing:
-        assert shared is not None
-        shared.remember(Path(path), family, dtype, pipeline)
+    if shared is not None and keys:
+        shared.remember(keys, pipeline)
     return pipeline
 
 

@@ -57,7 +57,9 @@ class SharedTextEncoders:
         """The text encoders of `family` that no adapter changes."""
         return tuple(part for part in family.text_encoders if part not in family.adapter_parts)
 
-    def _keys(self, folder: Path, family: Family, dtype: object) -> dict[str, tuple[object, ...]]:
+    def keys(self, folder: Path, family: Family, dtype: object) -> dict[str, tuple[object, ...]]:
+        """What identifies each shareable encoder of the model in `folder`, loaded in `dtype`, by part (its files'
+        edges are read here, once per load, outside the lock)."""
         keys: dict[str, tuple[object, ...]] = {}
         for part in self.shareable(family):
             key = encoder_key(folder / part) if (folder / part).is_dir() else None
@@ -65,20 +67,20 @@ class SharedTextEncoders:
                 keys[part] = (str(dtype), key)
         return keys
 
-    def loaded_for(self, folder: Path, family: Family, dtype: object) -> dict[str, Any]:
-        """The already-loaded encoders a model in `folder` can take instead of loading its own, by part."""
+    def loaded_for(self, keys: dict[str, tuple[object, ...]]) -> dict[str, Any]:
+        """The already-loaded encoders with these `keys` a model can take instead of loading its own, by part."""
         found = {}
         with self._lock:
-            for part, key in self._keys(folder, family, dtype).items():
+            for part, key in keys.items():
                 module = self._modules[key]() if key in self._modules else None
                 if module is not None:
                     found[part] = module
         return found
 
-    def remember(self, folder: Path, family: Family, dtype: object, pipeline: Any) -> None:
-        """Offer the encoders of a model just loaded from `folder` to the models loaded after it."""
+    def remember(self, keys: dict[str, tuple[object, ...]], pipeline: Any) -> None:
+        """Offer the encoders of a model just loaded (its encoders' `keys`) to the models loaded after it."""
         with self._lock:
-            for part, key in self._keys(folder, family, dtype).items():
+            for part, key in keys.items():
                 module = getattr(pipeline, part, None)
                 if module is not None and (key not in self._modules or self._modules[key]() is None):
                     self._modules[key] = weakref.ref(module)
