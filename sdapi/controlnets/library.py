@@ -127,7 +127,7 @@ class ControlNetLibrary:
         entry_type=ControlNetEntry,
         summary="ControlNet 列表",
         description="controlnet.dir 中的模型（diffusers 目录或单个 .safetensors）：名称、"
-        "家族（sd1、sd2 或 sdxl，与 /api/v1/models 相同）、文本宽度、大小、sha256、不可用的原因。",
+        "家族（sd1、sd2、sdxl、sd3、flux、z-image，与 /api/v1/models 相同）、文本宽度、大小、sha256、不可用的原因。",
         refresh_summary="重新扫描 ControlNet",
     )
 

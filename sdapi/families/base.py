@@ -61,7 +61,8 @@ class ControlNetSupport:
 class Family:
     """One model family."""
 
-    # The one name every surface uses (/api/v1/models, the add-on lists, export manifests): sd1, sd2, sdxl.
+    # The one name every surface uses (/api/v1/models, the add-on lists, export manifests): sd1, sd2, sdxl, sd3,
+    # flux, flux2-klein, z-image.
     name: str
     label: str  # for people: "SD 1.x"
     # Add-ons (LoRAs, ControlNets, IP-Adapters) made for one family of a group run on every family of it: SD 1.x
