@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from export.exporter import LoraArgument, export_model
 from tests.support.adapter_files import model_modules, sdxl_modules, write_adapter
-from tests.support.services import data_url, fetch_image, gradient_image, in_process, mean_abs_diff
+from tests.support.onnx_services import onnx_beside_torch
+from tests.support.services import data_url, fetch_image, gradient_image, mean_abs_diff
 from tests.support.services import fetch_pixels as pixels
 from tests.support.services import generate as run
 
@@ -26,22 +26,10 @@ def family(request, tmp_path_factory, tiny_sd2v, tiny_sdxl):
     loras = tmp_path_factory.mktemp(f"{request.param}-loras")
     modules = sdxl_modules(model) if request.param == "sdxl" else model_modules(model)
     write_adapter(loras / "style.safetensors", modules, "loha", seed=3)
-    export = tmp_path_factory.mktemp(f"{request.param}-exports") / "onnx"
-    export_model(str(model), export, [LoraArgument(loras / "style.safetensors", 0.8)], progress=None)
-    common = {"loras": {"dir": str(loras)}}
-    with (
-        in_process(
-            tmp_path_factory.mktemp(f"{request.param}-onnx"),
-            model,
-            model={"dtype": "float32", "onnx_path": str(export)},
-            **common,
-        ) as onnx,
-        in_process(
-            tmp_path_factory.mktemp(f"{request.param}-torch"),
-            model,
-            model={"dtype": "float32", "engine": "torch"},
-            **common,
-        ) as torch_service,
+    with onnx_beside_torch(tmp_path_factory, request.param, model, loras / "style.safetensors", 0.8) as (
+        export,
+        onnx,
+        torch_service,
     ):
         yield request.param, export, onnx, torch_service
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from export.exporter import ExportError, LoraArgument, export_model
+from export.exporter import ExportError, export_model
 from sdapi.families.detection import safetensors_keys
-from tests.support.services import data_url, fetch_image, gradient_image, in_process, mean_abs_diff
+from tests.support.onnx_services import onnx_beside_torch
+from tests.support.services import data_url, fetch_image, gradient_image, mean_abs_diff
 from tests.support.services import fetch_pixels as pixels
 from tests.support.services import generate as run
 
@@ -43,23 +44,10 @@ def family(request, tmp_path_factory, tiny_transformer_models):
     model = tiny_transformer_models[request.param]
     loras = tmp_path_factory.mktemp(f"{request.param}-loras")
     write_transformer_lora(model, loras / "style.safetensors")
-    export = tmp_path_factory.mktemp(f"{request.param}-exports") / "onnx"
-    export_model(str(model), export, [LoraArgument(loras / "style.safetensors", 0.8)], progress=None)
-    common = {"loras": {"dir": str(loras)}, "defaults": {"width": None, "height": None}}
-    with (
-        in_process(
-            tmp_path_factory.mktemp(f"{request.param}-onnx"),
-            model,
-            model={"dtype": "float32", "onnx_path": str(export)},
-            **common,
-        ) as onnx,
-        in_process(
-            tmp_path_factory.mktemp(f"{request.param}-torch"),
-            model,
-            model={"dtype": "float32", "engine": "torch"},
-            **common,
-        ) as torch_service,
-    ):
+    defaults = {"width": None, "height": None}
+    with onnx_beside_torch(
+        tmp_path_factory, request.param, model, loras / "style.safetensors", 0.8, defaults=defaults
+    ) as (export, onnx, torch_service):
         yield request.param, export, onnx, torch_service
 
 
