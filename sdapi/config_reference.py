@@ -6,6 +6,7 @@ fails when the page and the code differ, or when a field has no comment."""
 from __future__ import annotations
 
 import ast
+import html
 import inspect
 import json
 import sys
@@ -95,12 +96,18 @@ def keys(cls: type = Config, prefix: str = "") -> list[Key]:
     return found
 
 
+def _code(text: str) -> str:
+    """`text` as code in a table cell: an HTML code element whose pipes are entities, so neither MkDocs nor GitHub
+    splits the cell there (a backslash-escaped pipe inside backticks shows its backslash in MkDocs)."""
+    return "<code>" + html.escape(text).replace("|", "&#124;") + "</code>" if text else ""
+
+
 def reference() -> str:
     """The reference as a Markdown table, between its markers."""
     rows = [START, "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for key in keys():
-        cells = [f"`{key.path}`", f"`{key.type}`", f"`{key.default}`" if key.default else "", key.meaning]
-        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        cells = [_code(key.path), _code(key.type), _code(key.default), key.meaning.replace("|", "&#124;")]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join([*rows, "", END])
 
 
