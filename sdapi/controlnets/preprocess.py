@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sdapi.core.module_building import MODULES_BUILT_ONE_AT_A_TIME
 from sdapi.core.request import PreprocessorOption
 from sdapi.errors import InvalidParameter
 
@@ -178,7 +179,8 @@ def _depth_estimator(folder: str) -> Any:
     """transformers' depth-estimation pipeline on the model in `folder`, loaded once (it is the slow part)."""
     from transformers import pipeline
 
-    return pipeline("depth-estimation", model=folder, device="cpu")
+    with MODULES_BUILT_ONE_AT_A_TIME:
+        return pipeline("depth-estimation", model=folder, device="cpu")
 
 
 def _depth(image: Image.Image, annotators: Path) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 
+from sdapi.core.module_building import MODULES_BUILT_ONE_AT_A_TIME
 from sdapi.core.params import GenerationParams
 from sdapi.errors import ErrorCode, GenerationFailed
 from sdapi.families import Family
@@ -176,12 +177,13 @@ class ControlNetModels:
         model_class = getattr(diffusers, support.model_class)
         path = self._path_for(name, sha256)
         try:
-            if path.is_dir():
-                model = model_class.from_pretrained(str(path))
-                if support.shares_transformer:
-                    model = model_class.from_transformer(model, base.transformer)
-            else:
-                model = _single_file(path, base.unet)
+            with MODULES_BUILT_ONE_AT_A_TIME:
+                if path.is_dir():
+                    model = model_class.from_pretrained(str(path))
+                    if support.shares_transformer:
+                        model = model_class.from_transformer(model, base.transformer)
+                else:
+                    model = _single_file(path, base.unet)
         except (OSError, ValueError, RuntimeError, KeyError) as error:  # a file that does not fit the model
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise GenerationFailed(f"ControlNet {name} 无法加载：{first_line}", ErrorCode.INVALID_INPUT) from None

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from sdapi.core.module_building import MODULES_BUILT_ONE_AT_A_TIME
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import EmbeddingSpec
 from sdapi.embeddings.files import EmbeddingFileError, read_embedding
@@ -68,10 +69,11 @@ class PipelineEmbeddings:
                 f"嵌入 {spec.name} 不可用：为宽度 {list(vectors.widths)} 的文本编码器制作，"
                 f"此模型的文本编码器宽度为 {list(widths)}",
             )
-        for part, (encoder, tokenizer) in encoders.items():
-            self._pipeline.load_textual_inversion(
-                vectors.parts[part], token=token, text_encoder=encoder, tokenizer=tokenizer
-            )
+        with MODULES_BUILT_ONE_AT_A_TIME:  # resizing a token embedding builds a new one
+            for part, (encoder, tokenizer) in encoders.items():
+                self._pipeline.load_textual_inversion(
+                    vectors.parts[part], token=token, text_encoder=encoder, tokenizer=tokenizer
+                )
         self._loaded.add(token)
         logger.info("embedding %s loaded as %s (%d vectors)", spec.name, token, vectors.vectors)
         return token

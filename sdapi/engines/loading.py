@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from sdapi.core.model_sources import describe_source, is_local_path
+from sdapi.core.module_building import MODULES_BUILT_ONE_AT_A_TIME
 from sdapi.engines.shared_encoders import SharedTextEncoders
 from sdapi.errors import ModelLoadFailed
 from sdapi.families.detection import detect_family
@@ -67,13 +68,14 @@ def load_pipeline(
         options |= {part: module for part, module in reused.items() if part not in options}
         if reused:
             logger.info("model %s shares its %s with a model loaded before", path, ", ".join(reused))
+    if kind == "single-file" and single_file_config:
+        options["config"] = single_file_config
     try:
-        if kind == "single-file":
-            if single_file_config:
-                options["config"] = single_file_config
-            pipeline = pipeline_class.from_single_file(path, **options)
-        else:
-            pipeline = pipeline_class.from_pretrained(path, **options)
+        with MODULES_BUILT_ONE_AT_A_TIME:
+            if kind == "single-file":
+                pipeline = pipeline_class.from_single_file(path, **options)
+            else:
+                pipeline = pipeline_class.from_pretrained(path, **options)
     except ModelLoadFailed:
         raise
     except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, hub errors...

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdapi.config import ModelConfig, OnnxConfig
+from sdapi.core.module_building import MODULES_BUILT_ONE_AT_A_TIME
 from sdapi.core.params import GenerationParams
 from sdapi.engines import EngineDescription, Run, RunFacts, RunResult, facts_of, one_at_a_time
 from sdapi.engines.failures import engine_errors
@@ -112,7 +113,7 @@ def shapes_from_configs(folder: Path, family: Family) -> dict[str, tuple[int, ..
 
     denoiser_config = json.loads((folder / family.denoiser / "config.json").read_text(encoding="utf-8"))
     denoiser_class = getattr(diffusers, str(denoiser_config["_class_name"]))
-    with init_empty_weights():
+    with MODULES_BUILT_ONE_AT_A_TIME, init_empty_weights():
         modules = {family.denoiser: denoiser_class.from_config(denoiser_config)}
         for part, class_name in zip(family.text_encoders, family.text_encoder_classes, strict=True):
             if part in family.adapter_parts:

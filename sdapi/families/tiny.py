@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
+from sdapi.core.module_building import MODULES_BUILT_ONE_AT_A_TIME
 from sdapi.families import TINY_VARIANTS
 from sdapi.families.tiny_parts import TINY_MODEL_SEED, _bytes_to_unicode, _text_encoder_config
 from sdapi.families.tiny_transformers import TRANSFORMER_VARIANTS, build_tiny_transformer_pipeline
@@ -179,7 +180,8 @@ def make_tiny_model(target: str | os.PathLike[str], progress: TextIO | None = No
     atomically, showing its stages on `progress` (None: silent); return the folder."""
     if family not in TINY_VARIANTS:
         raise ValueError(f"family must be one of {', '.join(TINY_VARIANTS)}, not {family!r}")
-    with Stages(4, progress) as stages:
+    # Seeded random weights: no other thread may build modules (or patch torch while loading) meanwhile.
+    with Stages(4, progress) as stages, MODULES_BUILT_ONE_AT_A_TIME:
         stages.stage("loading diffusers")
         import diffusers
         from transformers import CLIPTokenizer

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sdapi.core.module_building import MODULES_BUILT_ONE_AT_A_TIME
 from sdapi.core.params import IpAdapterSpec
 from sdapi.errors import ErrorCode, GenerationFailed
 from sdapi.ip_adapters.library import ENCODER_FOLDER
@@ -34,7 +35,9 @@ class IpAdapters:
                 return self._encoders[folder]
         from transformers import CLIPVisionModelWithProjection
 
-        encoder = CLIPVisionModelWithProjection.from_pretrained(str(folder), torch_dtype=self._dtype).to(self._device)
+        with MODULES_BUILT_ONE_AT_A_TIME:
+            encoder = CLIPVisionModelWithProjection.from_pretrained(str(folder), torch_dtype=self._dtype)
+        encoder.to(self._device)
         with self._lock:
             self._encoders = {folder: encoder}  # one kept: a run uses one, and they are large
         return encoder
@@ -58,12 +61,13 @@ class IpAdapters:
             image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=side, crop_size=side)
         )
         try:
-            pipeline.load_ip_adapter(
-                [str(path.parent) for path in paths],
-                subfolder=[""] * len(paths),
-                weight_name=[path.name for path in paths],
-                image_encoder_folder=None,  # registered above, kept between runs
-            )
+            with MODULES_BUILT_ONE_AT_A_TIME:  # builds the image projection and the adapters' attention layers
+                pipeline.load_ip_adapter(
+                    [str(path.parent) for path in paths],
+                    subfolder=[""] * len(paths),
+                    weight_name=[path.name for path in paths],
+                    image_encoder_folder=None,  # registered above, kept between runs
+                )
             pipeline.set_ip_adapter_scale([spec.weight for spec in specs])
             yield
         finally:

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sdapi.core.module_building import MODULES_BUILT_ONE_AT_A_TIME
+
 _OLD_BLOCK = re.compile(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$")
 
 
@@ -132,14 +134,15 @@ def load_rrdb(path: Path) -> RRDBNet:
     first, growth = state["conv_first.weight"], state["body.0.rdb1.conv1.weight"]
     blocks = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("body."))
     ups = sum(1 for key in state if re.match(r"^conv_up\d+\.weight$", key))
-    network = RRDBNet(
-        in_channels=int(first.shape[1]),
-        out_channels=int(state["conv_last.weight"].shape[0]),
-        width=int(first.shape[0]),
-        blocks=blocks,
-        growth=int(growth.shape[0]),
-        ups=ups,
-    )
+    with MODULES_BUILT_ONE_AT_A_TIME:
+        network = RRDBNet(
+            in_channels=int(first.shape[1]),
+            out_channels=int(state["conv_last.weight"].shape[0]),
+            width=int(first.shape[0]),
+            blocks=blocks,
+            growth=int(growth.shape[0]),
+            ups=ups,
+        )
     try:
         network.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
     except RuntimeError as error:
