@@ -9,7 +9,8 @@ SHIPPED_MODEL := models/scenes-sd
 # Exactly one ONNX Runtime build: the CUDA one where an NVIDIA driver is present, else the CPU one.
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev model run test test-fast check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence bench-batching bench-families bench-tracing train-default-model
+# `make image`: the CPU container image, sdapi:cpu, built by podman (deploy/image/build.sh).
+.PHONY: image install install-dev model run test test-fast check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence bench-batching bench-families bench-tracing train-default-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +60,12 @@ format: install-dev
 # docs/benchmarks.md). The 25 slowest tests are listed at the end.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --durations=25
-FAST_TIERS := not slow and not postgres and not browser and not model_quality and not benchmark
+FAST_TIERS := not slow and not postgres and not browser and not container and not model_quality and not benchmark
+
+# The CPU image with podman, tagged sdapi:cpu: a Debian base built here from Debian's packages where no registry
+# answers, and this machine's pip sources where PyTorch's index does not (deploy/image/build.sh says how).
+image:
+	deploy/image/build.sh --variant cpu --tag sdapi:cpu
 
 test: check
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)

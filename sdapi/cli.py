@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import logging
 import os
 import signal
@@ -85,7 +86,7 @@ def _serve(arguments: argparse.Namespace) -> int:
         # Connections get this long to finish on SIGTERM; the worker's own grace period follows it.
         timeout_graceful_shutdown=5,
     )
-    return 0
+    return _exit_past_a_running_generation(0)
 
 
 def _worker(arguments: argparse.Namespace) -> int:
@@ -101,7 +102,24 @@ def _worker(arguments: argparse.Namespace) -> int:
     except SdapiError as error:  # it could not start: the message says why
         print(f"sdapi: {error.message}", file=sys.stderr)
         return 2
-    return 0
+    return _exit_past_a_running_generation(0)
+
+
+def _exit_past_a_running_generation(code: int) -> int:
+    """`code`, or the process ended now with it when a shutdown left a generation running (its task already handed
+    back to run again). That generation is inside torch on a daemon thread, and the interpreter's finalisation
+    would tear torch's thread pools down under it: the process aborts ("terminate called without an active
+    exception", exit 134 or 139) instead of exiting cleanly. A bare process never got there, because uvicorn
+    re-raises SIGTERM once it has shut down; as a container's PID 1, which ignores that signal, it does."""
+    from sdapi.worker.generation_thread import generation_in_progress
+
+    if generation_in_progress():
+        atexit._run_exitfuncs()  # what finalisation would have run first: queued spans are sent
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 async def _run_worker(config: Config) -> None:

@@ -8,6 +8,7 @@ import contextvars
 import functools
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +17,13 @@ T = TypeVar("T")
 
 # The thread's name (in logs, profiles and the test that holds storage I/O off it).
 GENERATION_THREAD_NAME = "sdapi-generation"
+# Every generation thread of this process, for generation_in_progress().
+_THREADS: weakref.WeakSet[GenerationThread] = weakref.WeakSet()
+
+
+def generation_in_progress() -> bool:
+    """Whether some generation thread of this process is inside a job now (one a shutdown left running)."""
+    return any(thread.busy for thread in list(_THREADS))
 
 
 class GenerationThread:
@@ -30,8 +38,15 @@ class GenerationThread:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]] = (
             queue.SimpleQueue()
         )
+        self._busy = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=GENERATION_THREAD_NAME, daemon=True)
         self._thread.start()
+        _THREADS.add(self)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running now."""
+        return self._busy.is_set()
 
     def submit(self, function: Callable[[], T]) -> asyncio.Future[T]:
         """Queue `function`; the returned future (of the running loop) gets its result or exception. It runs in a
@@ -45,12 +60,15 @@ class GenerationThread:
         while True:
             function, future, loop = self._jobs.get()
             outcome: Callable[[], None]
+            self._busy.set()
             try:
                 result = function()
             except BaseException as error:  # handed to the awaiting coroutine, which decides
                 outcome = functools.partial(_settle, future, None, error)
             else:
                 outcome = functools.partial(_settle, future, result, None)
+            finally:
+                self._busy.clear()
             # The loop may have closed during shutdown; then nobody waits for this result any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(outcome)
