@@ -56,11 +56,13 @@ RUN /opt/venv/bin/python -m pip install --quiet --no-deps /src \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 # The embedded default model (trained on drawn scenes, committed with its sha256 manifest), its style LoRA and its
 # embedding, so the image starts on its own; mount a config that points model.path at /models for real pictures.
+# images/ exists so that a volume mounted there (compose's `images`) starts owned by the image's user.
 COPY models ./models
 COPY data/loras ./data/loras
 COPY data/embeddings ./data/embeddings
 RUN /opt/venv/bin/sdapi install-default-model /app/data/models/scenes-sd --shipped /src/models/scenes-sd \
-    && cp -r /src/data/loras /src/data/embeddings /app/data/
+    && cp -r /src/data/loras /src/data/embeddings /app/data/ \
+    && mkdir /app/data/images
 
 # -- runtime: the venv and the model, no compilers, no pip caches, a non-root user ------------------------------
 # hadolint ignore=DL3006

@@ -111,3 +111,36 @@ class Container:
         health = self.inspect()["State"]["Health"]
         assert health["Status"] == "healthy", health
 
+
+POSTGRES_IMAGE = "localhost/sdapi-test-postgres:15"
+
+
+def built_postgres_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/container/postgres: a stand-in for the registry's postgres image on the Debian base that
+    deploy/image/debian-base.sh builds (or finds), built once per run."""
+
+    def build(folder: Path) -> None:
+        base = subprocess.run(
+            [str(REPO_ROOT / "deploy" / "image" / "debian-base.sh")],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=True,
+        ).stdout.split()[-1]
+        podman(
+            "build",
+            "--format",
+            "docker",
+            "--network",
+            "host",
+            *_limits(),
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "--tag",
+            POSTGRES_IMAGE,
+            str(REPO_ROOT / "tests" / "container" / "postgres"),
+            timeout=1200,
+        )
+
+    built_once(tmp_path_factory, "postgres-image", build)
+    return POSTGRES_IMAGE

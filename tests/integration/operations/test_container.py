@@ -188,7 +188,10 @@ def test_compose_passes_secrets_through_the_environment_and_its_config_loads_wit
         assert "${" in environment[variable], variable  # interpolated, never a literal secret
     assert services["worker-0"]["environment"] == environment
     [mount] = [volume for volume in services["api"]["volumes"] if volume.endswith(":/app/config.yaml:ro")]
-    config_file = COMPOSE.parent / mount.split(":")[0]
+    source = mount.rsplit(":", 2)[0]  # ${SDAPI_CONFIG_FILE:-./config.compose.yaml}: the default is the shipped one
+    default = re.fullmatch(r"\$\{SDAPI_CONFIG_FILE:-(.+)\}", source)
+    assert default, source
+    config_file = COMPOSE.parent / default[1]
     config = load_config(
         config_file,
         environ={
