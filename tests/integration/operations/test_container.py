@@ -206,3 +206,40 @@ def test_compose_passes_secrets_through_the_environment_and_its_config_loads_wit
     )
     assert config.storage.backend == "minio" and config.storage.minio.endpoint == "minio:9000"
     assert config.api.keys == ["k1", "k2"]
+
+
+def test_compose_minio_service_matches_the_config_the_file_mounts():
+    """MinIO is the one service the podman-compose run leaves out (tests/container/test_compose.py): its port,
+    keys and volumes are checked against the config the file mounts instead."""
+    services = _compose()["services"]
+    minio = services["minio"]
+    config = load_config(
+        COMPOSE.parent / "config.compose.yaml",
+        environ={
+            "SDAPI_DATABASE_URL": "postgresql://u:p@postgres:5432/sdapi",
+            "SDAPI_MINIO_ACCESS_KEY": "a",
+            "SDAPI_MINIO_SECRET_KEY": "s",
+            "SDAPI_API_KEYS": "k",
+        },
+    )
+    host, port = config.storage.minio.endpoint.split(":")
+    assert host == "minio" and f"{port}:{port}" in minio["ports"]
+    assert config.storage.minio.public_base_url.endswith(f":{port}")
+    # The keys the sdapi services hand over are the ones MinIO is started with.
+    environment = services["api"]["environment"]
+    assert "MINIO_ROOT_USER" in environment["SDAPI_MINIO_ACCESS_KEY"]
+    assert "MINIO_ROOT_USER" in minio["environment"]["MINIO_ROOT_USER"]
+    assert "MINIO_ROOT_PASSWORD" in environment["SDAPI_MINIO_SECRET_KEY"]
+    assert "MINIO_ROOT_PASSWORD" in minio["environment"]["MINIO_ROOT_PASSWORD"]
+    declared = set(_compose()["volumes"])
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/", "$")):
+                assert source in declared, f"volume {source} is not declared"
+    # The file's database URL names its postgres service, user and database.
+    postgres = services["postgres"]["environment"]
+    url = environment["SDAPI_DATABASE_URL"]
+    assert url.startswith(f"postgresql://{postgres['POSTGRES_USER']}:") and url.endswith(
+        f"@postgres:5432/{postgres['POSTGRES_DB']}"
+    )
