@@ -246,30 +246,35 @@ class TaskService:
         self, task_id: str, seconds: float, request_base_url: str | None, caller: Caller = SERVICE
     ) -> TaskView:
         """`get`, once the task has ended or `seconds` have passed, whichever is first."""
-        view = await self.get(task_id, request_base_url, caller)
         deadline = time.monotonic() + seconds
-        while not view.task.status.is_terminal and (left := deadline - time.monotonic()) > 0:
-            if await self._watch.next_change(task_id, left):
-                view = await self.get(task_id, request_base_url, caller)
+        async with self._watch.watching(task_id) as next_change:
+            view = await self.get(task_id, request_base_url, caller)
+            while not view.task.status.is_terminal and (left := deadline - time.monotonic()) > 0:
+                if await next_change(left):
+                    view = await self.get(task_id, request_base_url, caller)
         return view
 
     async def events(
         self, task_id: str, request_base_url: str | None, caller: Caller = SERVICE
     ) -> AsyncIterator[tuple[str, TaskView]]:
         """The task's changes as (event, view): "status" first and whenever the status changes, "progress" when
-        only the progress moved, and a final "done" once it has ended. Raise TaskNotFound before the first."""
-        view = await self.get(task_id, request_base_url, caller)
-        yield "status", view
-        while not view.task.status.is_terminal:
-            if not await self._watch.next_change(task_id, EVENT_KEEPALIVE_SECONDS):
-                yield "keepalive", view
-                continue
-            previous, view = view, await self.get(task_id, request_base_url, caller)
-            if view.task.status is not previous.task.status:
-                yield "status", view
-            elif view.task.progress != previous.task.progress:
-                yield "progress", view
-        yield "done", view
+        only the progress moved, and a final "done" once it has ended. Raise TaskNotFound before the first.
+
+        Each quiet keepalive period ends with a read of the task as well: the stream ends on the task's end even if
+        every wake-up were lost, at most one period late."""
+        async with self._watch.watching(task_id) as next_change:
+            view = await self.get(task_id, request_base_url, caller)
+            yield "status", view
+            while not view.task.status.is_terminal:
+                changed = await next_change(EVENT_KEEPALIVE_SECONDS)
+                previous, view = view, await self.get(task_id, request_base_url, caller)
+                if view.task.status is not previous.task.status:
+                    yield "status", view
+                elif view.task.progress != previous.task.progress:
+                    yield "progress", view
+                elif not changed:
+                    yield "keepalive", view
+            yield "done", view
 
     async def stop(self) -> None:
         await self._watch.stop()

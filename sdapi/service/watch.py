@@ -2,7 +2,10 @@
 watched task in one statement about twice a second (while anything is watched) and sets an event per waiting
 request; a change made in this process (the worker's own progress and outcome) wakes its waiters at once.
 
-GET /api/v1/tasks/{id}?wait=N and the SSE stream of /events both wait here.
+GET /api/v1/tasks/{id}?wait=N and the SSE stream of /events both wait here. A request starts watching *before* it
+reads the task and keeps watching until it is done, and the watcher's first look at a task wakes its waiters too:
+so a change that lands between the request's read and the watcher's first look (a fast task finishing on another
+node), or between two of the request's waits, is never missed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sdapi.background.wakeup import Wakeup
 from sdapi.errors import SdapiError
@@ -35,17 +39,26 @@ class TaskWatch:
         for event in self._waiters.get(task_id, ()):
             event.set()
 
-    async def next_change(self, task_id: str, timeout: float) -> bool:
-        """Wait until `task_id` changes or `timeout` seconds pass; return whether it changed."""
+    @contextlib.asynccontextmanager
+    async def watching(self, task_id: str) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:
+        """Watch `task_id` for the block; yields `next_change(timeout)`, which waits until the task has changed
+        since the block began or since its last True (whichever is later), or `timeout` seconds pass, and says
+        which. Enter it before reading the task."""
         event = asyncio.Event()
         self._waiters[task_id].add(event)
         self._ensure_running()
-        try:
-            async with asyncio.timeout(max(timeout, 0.0)):
-                await event.wait()
+
+        async def next_change(timeout: float) -> bool:
+            try:
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    await event.wait()
+            except TimeoutError:
+                return False
+            event.clear()
             return True
-        except TimeoutError:
-            return False
+
+        try:
+            yield next_change
         finally:
             waiters = self._waiters.get(task_id)
             if waiters is not None:
@@ -66,7 +79,9 @@ class TaskWatch:
                 logger.warning("task watch: %s", error.message)
                 states = {}
             for task_id, state in states.items():
-                if self._seen.get(task_id) not in (None, state):
+                # The first look counts as a change: the waiters read the task before it, perhaps just before a
+                # change this look is the first to see. A needless wake costs them one read.
+                if self._seen.get(task_id) != state:
                     self.changed(task_id)
                 self._seen[task_id] = state
             await self._wakeup.sleep(WATCH_SECONDS)
