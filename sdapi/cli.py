@@ -260,7 +260,7 @@ def _add_client_commands(commands: Any) -> None:
     )
     generate.add_argument("--init-image", default=None, help="PNG or JPEG: image-to-image")
     generate.add_argument("--strength", type=float, default=None, help="image-to-image strength (0-1)")
-    generate.add_argument("--format", choices=["png", "jpg"], default=None, help="output format")
+    generate.add_argument("--format", choices=["png", "jpg", "webp"], default=None, help="output format")
     generate.add_argument("--model", default=None, help="model name, on a service that serves several")
     generate.set_defaults(run=_run_client(_generate))
 

@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from sdapi.media.mime import image_mime
+
 DONE, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 DEFAULT_URL = "http://localhost:8000"
 POLL_SECONDS = 0.5
@@ -95,8 +97,7 @@ def init_image_data_url(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as error:
         raise ClientError(USAGE, f"cannot read {path}: {error.strerror}") from None
-    mime = "jpeg" if raw[:3] == b"\xff\xd8\xff" else "png"
-    return f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
+    return f"data:image/{image_mime(raw)};base64,{base64.b64encode(raw).decode('ascii')}"
 
 
 class Progress:
@@ -150,7 +151,7 @@ def generate(client: Client, body: dict[str, Any], out: Path, stream: TextIO = s
         code = task.get("error_code") or "failed"
         print(f"task {task_id} failed ({code}): {task.get('error_message')}", file=stream)
         return FAILED
-    extension = (body.get("output_format") or "png").replace("jpeg", "jpg")
+    extension = (body.get("output_format") or "png").replace("jpeg", "jpg")  # png, jpg or webp
     for image in task.get("images") or []:
         path = out / f"{task_id[:8]}-seed{image['seed']}.{extension}"
         client.download(image["url"], path)

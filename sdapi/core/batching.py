@@ -23,7 +23,16 @@ _encoder = msgspec.json.Encoder(order="sorted")
 # generator (seed + k, num_images of them), its own init image, and is encoded and reported on its own. Every other
 # field of GenerationParams separates batches, one added later included: forgetting it here is safe.
 MAY_DIFFER = frozenset(
-    {"prompt", "negative_prompt", "seed", "num_images", "init_image", "output_format", "callback_url"}
+    {
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "num_images",
+        "init_image",
+        "output_format",
+        "output_compression",
+        "callback_url",
+    }
 )
 
 

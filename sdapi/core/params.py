@@ -11,6 +11,7 @@ import msgspec
 
 from sdapi.core.request import (
     LATENT_UPSCALERS,
+    LOSSY_OUTPUT_FORMATS,
     MAX_SEED,
     OUTPUT_FORMATS,
     PIXEL_UPSCALERS,
@@ -118,6 +119,7 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     scheduler_options: dict[str, SchedulerOptionValue] = msgspec.field(default_factory=dict)
     seed: int
     output_format: str
+    output_compression: int | None = None  # jpg/webp quality; None: the encoder's default
     init_image: InitImageInfo | None = None
     callback_url: str | None = None
     loras: tuple[LoraSpec, ...] = ()
@@ -252,6 +254,11 @@ def resolve_params(
             "output_format",
             f"output_format 不支持：{request.output_format!r}。可选：{', '.join(OUTPUT_FORMATS)}",
         )
+    if request.output_compression is not None and output_format not in LOSSY_OUTPUT_FORMATS:
+        raise InvalidParameter(
+            "output_compression",
+            f"output_compression 只适用于 {', '.join(LOSSY_OUTPUT_FORMATS)}（{output_format} 无损）",
+        )
     if request.scheduler is not None and request.scheduler not in schedulers:
         raise InvalidParameter(
             "scheduler",
@@ -315,6 +322,7 @@ def resolve_params(
         scheduler_options=options,
         seed=seed,
         output_format=output_format,
+        output_compression=request.output_compression,
         init_image=init_image,
         callback_url=request.callback_url,
         loras=loras,

@@ -10,7 +10,9 @@ import msgspec
 
 from sdapi.core.schedulers import EXTRA_SCHEDULER_NAMES, KARRAS_SCHEDULERS, SCHEDULER_NAMES, SchedulerOptionValue
 
-OUTPUT_FORMATS = ("png", "jpg", "jpeg")
+OUTPUT_FORMATS = ("png", "jpg", "jpeg", "webp")  # the contract's three, and WebP
+# The formats output_compression applies to (PNG is lossless).
+LOSSY_OUTPUT_FORMATS = ("jpg", "jpeg", "webp")
 MAX_IMAGES = 10
 # Seeds are unsigned 32-bit integers, as in A1111 and most clients; image k of a batch uses seed + k.
 MAX_SEED = 2**32 - 1
@@ -230,7 +232,19 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         ]
         | None
     ) = None
-    output_format: Annotated[str, msgspec.Meta(description="输出图片格式，可选：png、jpg、jpeg")] = "png"
+    output_format: Annotated[str, msgspec.Meta(description="输出图片格式，可选：png、jpg、jpeg、webp")] = "png"
+    output_compression: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=100,
+                description="jpg/jpeg/webp 的压缩质量（0-100，越大越清晰、文件越大）；不指定时为 95。"
+                "png 无损，不接受此参数",
+            ),
+        ]
+        | None
+    ) = None
     callback_url: Annotated[
         str | None, msgspec.Meta(description="回调URL。生成完成后将结果通过POST请求推送到该URL")
     ] = None

@@ -22,16 +22,16 @@ from sdapi.media import attachments
 from sdapi.media.masks import check_mask_size, encode_mask, mask_from_image, outpaint_canvas
 from sdapi.media.provenance import ImageRecord, encode_with_record
 
-_DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg);base64,", re.IGNORECASE)
-_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg"}
-CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}
-JPEG_QUALITY = 95
+_DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
+LOSSY_QUALITY = 95  # JPEG and WebP, unless the request's output_compression says otherwise
 
 
 @contextlib.contextmanager
 def open_image(raw: bytes, max_pixels: int, field: str) -> Iterator[Image.Image]:
-    """The PNG or JPEG in `raw`, opened lazily (only its header is read here); raise InvalidParameter naming `field`
-    for another format, an undecodable file, or more than `max_pixels` pixels, before any pixel is decoded."""
+    """The PNG, JPEG or WebP in `raw`, opened lazily (only its header is read here); raise InvalidParameter naming
+    `field` for another format, an undecodable file, or more than `max_pixels` pixels, before any pixel is decoded."""
     try:
         # Pillow warns (and past twice its own limit, raises) on decompression bombs; the size is checked here, from
         # the header, against the configured limit instead.
@@ -41,7 +41,7 @@ def open_image(raw: bytes, max_pixels: int, field: str) -> Iterator[Image.Image]
     except Image.DecompressionBombError:
         raise InvalidParameter(field, f"{field} 太大：超过上限 {max_pixels} 像素") from None
     except (OSError, SyntaxError, ValueError):
-        raise InvalidParameter(field, f"{field} 无法解码为 PNG 或 JPEG 图片") from None
+        raise InvalidParameter(field, f"{field} 无法解码为 PNG、JPEG 或 WebP 图片") from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
@@ -52,16 +52,16 @@ def open_image(raw: bytes, max_pixels: int, field: str) -> Iterator[Image.Image]
                 yield image
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             # Decoding the pixels failed (a truncated or corrupt file behind a valid header).
-            raise InvalidParameter(field, f"{field} 无法解码为 PNG 或 JPEG 图片") from None
+            raise InvalidParameter(field, f"{field} 无法解码为 PNG、JPEG 或 WebP 图片") from None
 
 
 def _data_url_bytes(data_url: str, field: str) -> bytes:
-    """The bytes of a PNG or JPEG data URL; raise InvalidParameter naming `field`."""
+    """The bytes of a PNG, JPEG or WebP data URL; raise InvalidParameter naming `field`."""
     match = _DATA_URL.match(data_url)
     if match is None:
         raise InvalidParameter(
             field,
-            f"{field} 格式错误：必须以 data:image/png;base64, 或 data:image/jpeg;base64, 开头",
+            f"{field} 格式错误：必须以 data:image/png;base64,、data:image/jpeg;base64, 或 data:image/webp;base64, 开头",
         )
     payload = data_url[match.end() :]
     try:
@@ -133,6 +133,10 @@ def open_edit_images(parts: dict[str, bytes], params: GenerationParams) -> Image
     return edit
 
 
-def encode_image(image: Image.Image, output_format: str, record: ImageRecord | None = None) -> bytes:
-    """Encode a generated image as PNG or JPEG bytes, with its generation record embedded when given."""
-    return encode_with_record(image, "png" if output_format == "png" else "jpeg", JPEG_QUALITY, record)
+def encode_image(
+    image: Image.Image, output_format: str, record: ImageRecord | None = None, quality: int | None = None
+) -> bytes:
+    """Encode a generated image as PNG, JPEG or WebP bytes (`quality` for the lossy two, LOSSY_QUALITY when None),
+    with its generation record embedded when given."""
+    encoding = {"png": "png", "webp": "webp"}.get(output_format, "jpeg")
+    return encode_with_record(image, encoding, LOSSY_QUALITY if quality is None else quality, record)

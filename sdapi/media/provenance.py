@@ -164,7 +164,8 @@ def infotext(record: ImageRecord) -> str:
 
 
 def encode_with_record(image: Image.Image, output_format: str, quality: int, record: ImageRecord | None) -> bytes:
-    """PNG or JPEG bytes, carrying `record` when given."""
+    """PNG, JPEG or WebP bytes, carrying `record` when given: PNG text chunks, or (JPEG and WebP) an EXIF
+    UserComment, which both formats carry the same way."""
     buffer = io.BytesIO()
     if output_format == "png":
         info = None
@@ -175,18 +176,19 @@ def encode_with_record(image: Image.Image, output_format: str, quality: int, rec
         image.save(buffer, format="PNG", pnginfo=info)
         return buffer.getvalue()
     rgb = image.convert("RGB")
+    pil_format = "WEBP" if output_format == "webp" else "JPEG"
     if record is None:
-        rgb.save(buffer, format="JPEG", quality=quality)
+        rgb.save(buffer, format=pil_format, quality=quality)
         return buffer.getvalue()
     exif = Image.Exif()
     comment = infotext(record) + "\n" + msgspec.json.encode(record).decode()
     exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = _UNICODE_PREFIX + comment.encode("utf-16-be")
-    rgb.save(buffer, format="JPEG", quality=quality, exif=exif.tobytes())
+    rgb.save(buffer, format=pil_format, quality=quality, exif=exif.tobytes())
     return buffer.getvalue()
 
 
 def read_user_comment(image: Image.Image) -> str | None:
-    """The text of a JPEG's EXIF UserComment (as written above), or None."""
+    """The text of a JPEG's or WebP's EXIF UserComment (as written above), or None."""
     raw = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
     if not isinstance(raw, bytes) or not raw.startswith(_UNICODE_PREFIX):
         return None
@@ -195,12 +197,13 @@ def read_user_comment(image: Image.Image) -> str | None:
 
 def read_embedded(raw: bytes) -> tuple[str | None, str | None]:
     """The infotext and the JSON record embedded in image bytes by encode_with_record: from a PNG's text chunks or
-    a JPEG's EXIF UserComment. (None, None) for an image without them; raise OSError for bytes that are no image."""
+    a JPEG's or WebP's EXIF UserComment. (None, None) for an image without them; raise OSError for bytes that are no
+    image."""
     with Image.open(io.BytesIO(raw)) as image:
         if image.format == "PNG":
             chunks = getattr(image, "text", {})
             return chunks.get(INFOTEXT_CHUNK), chunks.get(JSON_CHUNK)
-        comment = read_user_comment(image) if image.format == "JPEG" else None
+        comment = read_user_comment(image) if image.format in ("JPEG", "WEBP") else None
     if comment is None:
         return None, None
     text, _newline, last = comment.rpartition("\n")

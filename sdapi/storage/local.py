@@ -12,7 +12,7 @@ from sdapi.errors import StorageError
 from sdapi.storage import new_image_key
 
 IMAGE_ROUTE = "/images"
-_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}\.(png|jpg|jpeg)$")
+_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}\.(png|jpg|jpeg|webp)$")
 
 
 class LocalImageStorage:

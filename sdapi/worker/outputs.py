@@ -89,7 +89,7 @@ class Outputs:
                 params, index, task.id, model, facts.engine, facts.dtype, facts.scheduler, facts.device, facts.family
             )
         encoding, encode_began = time.perf_counter(), time.time()
-        data = encode_image(image, extension, record)
+        data = encode_image(image, extension, record, params.output_compression)
         uploading, upload_began = time.perf_counter(), time.time()
         metrics.ENCODE_SECONDS.labels(format=extension).observe(uploading - encoding)
         self._save(key, data, extension)

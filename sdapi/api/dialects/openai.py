@@ -44,6 +44,7 @@ from sdapi.errors import (
 )
 from sdapi.media.images import open_image
 from sdapi.media.masks import encode_mask, mask_from_transparency
+from sdapi.media.mime import image_mime
 from sdapi.service.tasks import TaskService, TaskView
 
 # OpenAI's error `type` for each status the SDK maps to an exception class.
@@ -93,7 +94,8 @@ class ImageGenerationRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields
     n: Annotated[int, msgspec.Meta(ge=1, le=10)] = 1
     size: str | None = None  # "WxH", or "auto"/None for the configured default
     response_format: Literal["url", "b64_json"] = "url"
-    output_format: Literal["png", "jpeg"] = "png"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_compression: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None  # jpeg and webp only
     model: str | None = None
     user: str | None = None
     # Accepted for OpenAI clients that always send them; they do not change what sdapi makes.
@@ -132,7 +134,8 @@ def _native(
         "seed": body.seed,
         "num_images": body.n,
         "scheduler": body.scheduler,
-        "output_format": "jpg" if body.output_format == "jpeg" else "png",
+        "output_format": {"jpeg": "jpg"}.get(body.output_format, body.output_format),
+        "output_compression": body.output_compression,
         "init_image": init_image,
         "strength": strength,
         # OpenAI repaints the transparent area from scratch: all of it denoised, starting from its surroundings.
@@ -232,8 +235,7 @@ async def edits(
     except msgspec.ValidationError as error:
         raise InvalidParameter("body", str(error)) from None
     model = _model(config_of(request), body.model)
-    mime = "jpeg" if raw[:3] == b"\xff\xd8\xff" else "png"
-    init_image = f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
+    init_image = f"data:image/{image_mime(raw)};base64,{base64.b64encode(raw).decode('ascii')}"
     mask_image = None
     if data.get("mask") is not None:
         mask_upload = data["mask"]

@@ -162,6 +162,35 @@ def test_png_info_reads_back_what_sdapi_embedded(api):
     assert json.loads(read.json["items"]["sdapi"])["seed"] == 21
 
 
+def test_samples_format_webp_gives_webp_whose_parameters_png_info_reads(service):
+    auth = ("user", API_KEY)
+    made = httpx.post(
+        f"{service.url}/sdapi/v1/txt2img",
+        json={"prompt": "a harbour", "seed": 21, "override_settings": {"samples_format": "webp"}, **SMALL},
+        auth=auth,
+        timeout=120,
+    )
+    assert made.status_code == 200, made.text
+    raw = base64.b64decode(made.json()["images"][0])
+    assert Image.open(io.BytesIO(raw)).format == "WEBP"
+    read = httpx.post(
+        f"{service.url}/sdapi/v1/png-info",
+        json={"image": "data:image/webp;base64," + made.json()["images"][0]},
+        auth=auth,
+        timeout=60,
+    )
+    assert read.status_code == 200, read.text
+    assert read.json()["info"].startswith("a harbour\nSteps: 3")
+    assert read.json()["parameters"]["Seed"] == "21"
+    refused = httpx.post(
+        f"{service.url}/sdapi/v1/txt2img",
+        json={"prompt": "x", "override_settings": {"samples_format": "gif"}, **SMALL},
+        auth=auth,
+        timeout=60,
+    )
+    assert refused.status_code == 422 and "samples_format" in refused.text
+
+
 def test_interrupt_cancels_only_the_callers_running_task(api, service):
     other = webuiapi.WebUIApi(baseurl=f"{service.url}/sdapi/v1", username="x", password=OTHER_KEY)
     results = {}

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from sdapi.config import load_config
+from sdapi.media.provenance import read_embedded
 from sdapi.storage.local import LocalImageStorage
 from tests.support.adapter_files import model_modules, write_adapter
 from tests.support.services import API_KEY, InProcessService, gradient_image, write_config
@@ -51,6 +52,14 @@ def test_generate_with_urls_and_b64_and_sdapi_controls_through_extra_body(client
     assert not np.array_equal(_pixels(second), _pixels(first))
     jpeg = client.images.generate(prompt="x", output_format="jpeg", extra_body=FAST)
     assert Image.open(io.BytesIO(httpx.get(jpeg.data[0].url).content)).format == "JPEG"
+    webp = client.images.generate(
+        prompt="a red boat", output_format="webp", output_compression=60, response_format="b64_json", extra_body=FAST
+    )
+    assert webp.output_format == "webp"
+    raw = base64.b64decode(webp.data[0].b64_json)
+    assert Image.open(io.BytesIO(raw)).format == "WEBP"
+    infotext, _record = read_embedded(raw)
+    assert infotext is not None and infotext.startswith("a red boat\n")
     # Every dialect request is an ordinary task of the caller.
     with service.client() as native:
         listed = native.get("/api/v1/tasks?limit=100").json()["tasks"]

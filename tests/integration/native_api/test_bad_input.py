@@ -100,9 +100,9 @@ def test_steps_beyond_the_limit_are_400(client):
     _assert_400(_post(client, {**VALID, "num_inference_steps": 151}), "num_inference_steps", "150")
 
 
-@pytest.mark.parametrize("value", ["gif", "webp", "PNG ", ""])
-def test_output_format_other_than_png_jpg_jpeg_is_400(client, value):
-    _assert_400(_post(client, {**VALID, "output_format": value}), "output_format", "png", "jpg", "jpeg")
+@pytest.mark.parametrize("value", ["gif", "bmp", "PNG ", ""])
+def test_output_format_other_than_png_jpg_jpeg_webp_is_400(client, value):
+    _assert_400(_post(client, {**VALID, "output_format": value}), "output_format", "png", "jpg", "jpeg", "webp")
 
 
 def _png_bytes(width=64, height=64):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
+from sdapi.media.provenance import read_embedded
 from tests.support.services import data_url, fetch_image, fetch_pixels, generate, gradient_image, mean_abs_diff
 
 
@@ -73,6 +75,7 @@ def test_width_and_height_set_the_text_to_image_size(client):
         ("jpg", "JPEG", "image/jpeg"),
         ("jpeg", "JPEG", "image/jpeg"),
         ("JPG", "JPEG", "image/jpeg"),
+        ("webp", "WEBP", "image/webp"),
     ],
 )
 def test_output_formats(client, output_format, pil_format, content_type):
@@ -84,6 +87,22 @@ def test_output_formats(client, output_format, pil_format, content_type):
         image = Image.open(io.BytesIO(response.content))
         assert image.format == pil_format
         assert image.size == (128, 96)
+
+
+def test_webp_carries_the_generation_record_and_output_compression_sets_its_quality(client):
+    body = generate(client, prompt="a lighthouse", seed=5, output_format="webp")
+    raw = httpx.get(body["result_url"]).content
+    assert raw[:4] == b"RIFF" and raw[8:12] == b"WEBP"
+    infotext, record = read_embedded(raw)
+    assert infotext is not None and infotext.startswith("a lighthouse\n")
+    assert record is not None and json.loads(record)["seed"] == 5
+    sizes = []
+    for quality in (5, 95):
+        body = generate(client, prompt="a lighthouse", seed=5, output_format="webp", output_compression=quality)
+        sizes.append(len(httpx.get(body["result_url"]).content))
+    assert sizes[0] < sizes[1]  # a lower quality, a smaller file of the same picture
+    refused = client.post("/api/v1/generate", json={"prompt": "x", "output_compression": 50})
+    assert refused.status_code == 400 and "output_compression" in refused.json()["detail"]
 
 
 @pytest.mark.parametrize("scheduler", ACCEPTED_SCHEDULERS)

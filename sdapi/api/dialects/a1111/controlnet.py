@@ -19,6 +19,7 @@ from sdapi.api.dialects.a1111.errors import a1111_errors
 from sdapi.api.dialects.common import config_of, extras_of, status_of
 from sdapi.api.dialects.fields import decoded
 from sdapi.errors import InvalidParameter
+from sdapi.media.mime import base64_image_mime
 
 # The extension's module -> (native preprocessor, {threshold_a/b -> native option}).
 MODULES: dict[str, tuple[str, dict[str, str]]] = {
@@ -72,8 +73,7 @@ def _choice(value: Any, table: dict[Any, str], field: str) -> str:
 def _data_url(encoded: str) -> str:
     if encoded.startswith("data:"):
         return encoded
-    mime = "jpeg" if encoded.startswith("/9j/") else "png"
-    return f"data:image/{mime};base64,{encoded}"
+    return f"data:image/{base64_image_mime(encoded)};base64,{encoded}"
 
 
 def _options(unit: dict[str, Any], module: str, pixel_side: int | None) -> dict[str, Any]:

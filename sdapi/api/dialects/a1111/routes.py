@@ -185,7 +185,7 @@ def _embedded(raw: bytes, max_pixels: int) -> tuple[str | None, str | None]:
     try:
         return read_embedded(raw)
     except (OSError, ValueError, SyntaxError):
-        raise InvalidParameter("image", "image 无法解码为 PNG 或 JPEG 图片") from None
+        raise InvalidParameter("image", "image 无法解码为 PNG、JPEG 或 WebP 图片") from None
 
 
 def _error(status: int, error: str, detail: str) -> Response[object]:

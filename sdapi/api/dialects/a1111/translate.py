@@ -91,9 +91,18 @@ _HARMLESS = {
 _NEUTRAL_SETTINGS: dict[str, tuple[Any, ...]] = {
     "CLIP_stop_at_last_layers": (1,),
     "eta_noise_seed_delta": (0,),
-    "samples_format": ("png",),
+    "samples_format": ("png", "jpg", "jpeg", "webp"),  # the images' format (samples_format below)
     "sd_vae": ("Automatic", "None", None),
 }
+
+
+def samples_format(body: dict[str, Any]) -> str:
+    """The request's override_settings.samples_format (A1111's name for the images' format): png, jpg or webp."""
+    settings = body.get("override_settings")
+    value = settings.get("samples_format", "png") if isinstance(settings, dict) else "png"
+    return "jpg" if value == "jpeg" else str(value)
+
+
 # A1111's inpainting_fill values, and its names for the latent upscalers of the second pass.
 INPAINTING_FILL = {0: "fill", 1: "original", 2: "latent_noise", 3: "latent_nothing"}
 LATENT_UPSCALE_MODES = {
@@ -296,7 +305,7 @@ def _init_image(encoded: str, mode: int, width: int | None, height: int | None, 
             buffer = io.BytesIO()
             resized.save(buffer, format="PNG")
             raw, image_format = buffer.getvalue(), "PNG"
-    mime = "jpeg" if image_format == "JPEG" else "png"
+    mime = {"JPEG": "jpeg", "WEBP": "webp"}.get(image_format or "", "png")
     return f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
 
 
@@ -382,7 +391,7 @@ def translate(
         "num_inference_steps": fields.steps,
         "guidance_scale": fields.cfg_scale,
         "num_images": count,
-        "output_format": "png",
+        "output_format": samples_format(body),  # check_options let only png, jpg, jpeg or webp through
         "loras": [msgspec.to_builtins(lora) for lora in loras] or None,
         "model": checkpoint_of(body, models).served,
     }
