@@ -27,3 +27,22 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+# The files that take longest (their tests' seconds together, `make test` on the 2-core machine of
+# docs/benchmarks.md), run first: xdist hands out whole files (--dist loadfile) in collection order, and a long file
+# handed out last keeps one worker busy while the others have finished. Longest first evens the workers' ends.
+LONGEST_FIRST = (
+    "tests/integration/scale_out/test_durability.py",
+    "tests/integration/operations/test_gpu_check.py",
+    "tests/container/test_image.py",
+    "tests/integration/scale_out/test_scale_out.py",
+    "tests/integration/scale_out/test_orphaned_images.py",
+    "tests/container/test_compose.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: index for index, path in enumerate(LONGEST_FIRST)}
+    # A stable sort: each file's tests keep their order, and every other file its place after these.
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))

@@ -56,7 +56,7 @@ def page(browser, service):
 def fill_small(page: Page, steps: int = 3) -> None:
     page.get_by_label("宽度").fill("128")
     page.get_by_label("高度").fill("96")
-    page.get_by_label("步数", exact=True).fill(str(steps))
+    page.get_by_label("采样步数").fill(str(steps))
 
 
 def pixels(url: str) -> np.ndarray:
@@ -120,7 +120,7 @@ def test_a_lora_and_a_dropped_init_image(page, service, tmp_path):
         "(slider) => { slider.value = '0.6'; slider.dispatchEvent(new Event('input')); }"
     )
     page.get_by_label("提示词", exact=True).fill("repaint it")
-    page.get_by_label("步数", exact=True).fill("4")
+    page.get_by_label("采样步数").fill("4")
     page.get_by_role("button", name="生成").click()
     expect(page.locator("#status")).to_contain_text("完成", timeout=60_000)
     image = page.locator("#gallery figure").first.locator("img")
@@ -150,7 +150,7 @@ def test_draw_a_mask_on_the_init_image_and_get_it_inpainted(page, service):
         "(slider) => { slider.value = '1'; slider.dispatchEvent(new Event('input')); }"
     )
     page.get_by_label("提示词", exact=True).fill("a red stripe")
-    page.get_by_label("步数", exact=True).fill("4")
+    page.get_by_label("采样步数").fill("4")
     page.get_by_role("button", name="生成").click()
     expect(page.locator("#status")).to_contain_text("完成", timeout=60_000)
     out = pixels(page.locator("#gallery figure").first.locator("img").get_attribute("src")).astype(float)
@@ -217,7 +217,7 @@ def test_cancel_a_long_task(page):
     page.get_by_label("提示词", exact=True).fill("a very long one")
     page.get_by_label("宽度").fill("512")
     page.get_by_label("高度").fill("512")
-    page.get_by_label("步数", exact=True).fill("150")
+    page.get_by_label("采样步数").fill("150")
     page.get_by_role("button", name="生成").click()
     expect(page.locator("#status")).to_contain_text(re.compile("生成中|排队中"), timeout=30_000)
     page.get_by_role("button", name="取消").click()
@@ -245,7 +245,7 @@ def test_english_and_a_phone_width(page, tmp_path):
     page.get_by_label("Prompt", exact=True).fill("a boat")
     page.get_by_label("Width").fill("128")
     page.get_by_label("Height").fill("96")
-    page.get_by_label("Steps", exact=True).fill("2")
+    page.get_by_label("Sampling steps").fill("2")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#status")).to_contain_text("Done", timeout=60_000)
     # Nothing runs off the side of a phone screen.
