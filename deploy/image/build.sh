@@ -30,10 +30,14 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$variant" == cpu || "$variant" == gpu ]] || { echo "build.sh: --variant is cpu or gpu" >&2; exit 2; }
 tag="${tag:-sdapi:$variant}"
-# runc, not podman's default crun: crun refuses a hybrid cgroup v1/v2 layout, which CI machines have. The build's
-# steps get this shell's open-file limit and podman's default process limit (32768) or less: more than the host
-# allows fails the step ("error setting rlimits"), and runc refuses even the host's own process limit on CI machines.
-podman=(podman --runtime runc)
+# runc where it is installed, not podman's default crun: crun refuses a hybrid cgroup v1/v2 layout, which CI
+# machines have. The build's steps get this shell's open-file limit and podman's default process limit (32768) or
+# less: more than the host allows fails the step ("error setting rlimits"), and runc refuses even the host's own
+# process limit on CI machines.
+podman=(podman)
+if command -v runc >/dev/null; then
+    podman+=(--runtime runc)
+fi
 processes=$(ulimit -Hu)
 [[ "$processes" == unlimited || "$processes" -gt 32768 ]] && processes=32768
 limits=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit "nproc=$processes:$processes")

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.support.containers import PODMAN, _limits, built_image, built_postgres_image, podman
+from tests.support.containers import PODMAN, built_image, built_postgres_image, podman, run_limits
 from tests.support.services import REPO_ROOT, free_port, wait_for_task
 from tests.support.waiting import eventually
 
@@ -111,7 +111,7 @@ def test_the_compose_file_runs_postgres_an_api_node_and_a_worker(tmp_path, tmp_p
         "--podman-args",
         " ".join(PODMAN[1:]),
         "--podman-run-args",
-        " ".join(_limits()),
+        " ".join(run_limits()),
     ]
 
     def compose_command(*arguments: str) -> subprocess.CompletedProcess[str]:

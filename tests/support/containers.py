@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,8 +17,9 @@ from tests.support.services import REPO_ROOT
 from tests.support.shared_builds import built_once
 
 IMAGE = "localhost/sdapi:cpu"  # what `make image` tags sdapi:cpu
-# runc, not podman's default crun: crun refuses this machine's hybrid cgroup v1/v2 layout.
-PODMAN = ["podman", "--runtime", "runc"]
+# runc where installed (as deploy/image/build.sh), not podman's default crun: crun refuses a hybrid cgroup v1/v2
+# layout, which CI machines have.
+PODMAN = ["podman", *(["--runtime", "runc"] if shutil.which("runc") else [])]
 
 
 def podman(*arguments: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -50,7 +52,7 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     return IMAGE
 
 
-def _limits() -> list[str]:
+def run_limits() -> list[str]:
     """This process's open-file limit and podman's default process limit, or less: asking for more than the host
     allows fails the container's start ("error setting rlimits")."""
     files = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -65,7 +67,7 @@ class Container:
 
     def __init__(self, name: str, image: str, *run_options: str, command: list[str] | None = None) -> None:
         self.name = name
-        self._arguments = ["run", "-d", "--name", name, *_limits(), *run_options, image, *(command or [])]
+        self._arguments = ["run", "-d", "--name", name, *run_limits(), *run_options, image, *(command or [])]
 
     def __enter__(self) -> Container:
         podman("rm", "-f", "--ignore", self.name)  # a container left by an interrupted run
@@ -133,7 +135,7 @@ def built_postgres_image(tmp_path_factory: pytest.TempPathFactory) -> str:
             "docker",
             "--network",
             "host",
-            *_limits(),
+            *run_limits(),
             "--build-arg",
             f"BASE_IMAGE={base}",
             "--tag",
