@@ -25,6 +25,7 @@ from sdapi.errors import (
 )
 from sdapi.media.images import open_image
 from sdapi.media.masks import encode_mask, mask_from_image, rounded
+from sdapi.media.mime import image_mime
 
 # A1111's sampler names (what its /samplers lists) for every accepted scheduler, with the aliases it also accepts.
 # (Flow-match Euler is A1111's "Euler" on a flow-matching model: "Euler" names EulerDiscreteScheduler, which such a
@@ -294,7 +295,6 @@ def _init_image(encoded: str, mode: int, width: int | None, height: int | None, 
     is checked from its header, and the resize target against the limits, before any pixel is decoded."""
     raw = decoded(encoded, "init_images")
     with open_image(raw, limits.max_init_image_pixels, "init_images") as opened:
-        image_format = opened.format
         if width and height and opened.size != (width, height):
             if mode not in _RESIZE_MODES:
                 modes = ", ".join(f"{key} ({name})" for key, name in _RESIZE_MODES.items())
@@ -304,9 +304,8 @@ def _init_image(encoded: str, mode: int, width: int | None, height: int | None, 
             resized = rgb.resize((width, height)) if mode == 0 else ImageOps.fit(rgb, (width, height))
             buffer = io.BytesIO()
             resized.save(buffer, format="PNG")
-            raw, image_format = buffer.getvalue(), "PNG"
-    mime = {"JPEG": "jpeg", "WEBP": "webp"}.get(image_format or "", "png")
-    return f"data:image/{mime};base64,{base64.b64encode(raw).decode('ascii')}"
+            raw = buffer.getvalue()
+    return f"data:image/{image_mime(raw)};base64,{base64.b64encode(raw).decode('ascii')}"
 
 
 def _check_target(width: int, height: int, limits: LimitsConfig) -> None:
