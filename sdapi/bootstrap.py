@@ -34,6 +34,7 @@ from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.engines import Engine, WorkerEngine
 from sdapi.errors import ConfigError, StorageError
 from sdapi.loras.library import LoraLibrary
+from sdapi.previews.board import PreviewBoard
 from sdapi.service.admission import RequestChecks
 from sdapi.service.catalog import ModelCatalog
 from sdapi.service.estimates import StartEstimator
@@ -233,12 +234,17 @@ def build_runtime(
     )
     heartbeat = Heartbeat(stores.nodes, config.queue.lease_seconds)
     watch = TaskWatch(stores.tasks)
+    # Previews stay in this process's memory unless readers may be elsewhere (sdapi.previews.board).
+    shares_previews = role is not Role.ALL or config.store.backend == "postgres"
+    previews = PreviewBoard(config.previews, stores.previews if shares_previews else None)
     signals.on_task_changed(watch.changed)
     if worker_engine is not None:
         loaded_engine = worker_engine
         signals.on_model_loaded(lambda: library.set_model(loaded_engine.adapter_shapes()))
         signals.on_model_loaded(heartbeat.beat_now)
-        worker = Worker(config, stores, worker_engine, Outputs(config, storage, catalog.sha256), signals, node_id)
+        worker = Worker(
+            config, stores, worker_engine, Outputs(config, storage, catalog.sha256), signals, node_id, previews
+        )
         signals.on_task_added(worker.wake)
         signals.on_cancel_requested(worker.report_cancel_now)
     callbacks = None
@@ -258,7 +264,7 @@ def build_runtime(
         signals=signals,
         engine=(engine or worker_engine) if role.runs_worker else None,
         worker=worker,
-        service=TaskService(config, stores, storage, checks, estimator, watch, signals),
+        service=TaskService(config, stores, storage, checks, estimator, watch, signals, previews),
         status=status,
         callbacks=callbacks,
         reaper=Reaper(stores.tasks, config.queue.max_attempts, config.queue.lease_seconds, signals, storage),

@@ -295,6 +295,24 @@ class OutputConfig(_Section, frozen=True):
     embed_parameters: bool = True
 
 
+class PreviewsConfig(_Section, frozen=True):
+    # Live previews (sdapi.previews): a running task's picture after every this-many steps (5: steps 5, 10, 15 and
+    # 20 of 20), on the SSE stream, GET /api/v1/tasks/{id}?preview=1, A1111's /progress and OpenAI's image
+    # streaming. 0: none. A request's preview_every_steps overrides it. Drawing one costs a small matrix product, not
+    # a VAE call.
+    every_steps: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 5
+    # The longest side of a preview, in pixels (a smaller picture keeps its own size).
+    max_side: Annotated[int, msgspec.Meta(ge=16, le=1024)] = 256
+    format: Literal["jpeg", "webp"] = "jpeg"
+    quality: Annotated[int, msgspec.Meta(ge=1, le=100)] = 70
+    # A diffusers AutoencoderTiny folder (TAESD, TAESDXL, TAESD3, TAEF1: one made for the model's latents) that
+    # draws previews instead of the latent-to-RGB map: sharper, and worth it on a GPU. null: the map.
+    decoder: str | None = None
+    # How long an API node still shows a preview another process posted (a run killed mid-way leaves its last one
+    # this long at most).
+    keep_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
+
+
 class LorasConfig(_Section, frozen=True):
     # Folder of .safetensors LoRA/LoHa/LoKr files; null: data_dir/loras.
     dir: str | None = None
@@ -357,6 +375,7 @@ class Config(_Section, frozen=True):
     queue: QueueConfig = QueueConfig()
     store: StoreConfig = StoreConfig()
     output: OutputConfig = OutputConfig()
+    previews: PreviewsConfig = PreviewsConfig()
     retention: RetentionConfig = RetentionConfig()
     compat: CompatConfig = CompatConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -24,6 +24,7 @@ from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import Progress, Task, TaskStatus
 from sdapi.engines import EngineDescription, Run, RunFacts, RunResult, one_at_a_time
 from sdapi.errors import TaskNotFound, TaskStoreError
+from sdapi.previews import Preview
 from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, NoChangeFeed, Stores, TaskRecord
 
 
@@ -372,6 +373,27 @@ class MemoryThroughput:
         return dict(self.measured)
 
 
+class MemoryPreviews:
+    def __init__(self, database: MemoryDatabase) -> None:
+        self.db = database
+        self.previews: dict[str, tuple[Preview, float]] = {}
+
+    async def put(self, task_id: str, preview: Preview, keep_seconds: float) -> None:
+        self.db.touch()
+        now = time.time()
+        self.previews = {key: kept for key, kept in self.previews.items() if kept[1] >= now - keep_seconds}
+        self.previews[task_id] = (preview, now)
+
+    async def get(self, task_id: str, keep_seconds: float) -> Preview | None:
+        self.db.touch()
+        kept = self.previews.get(task_id)
+        return kept[0] if kept is not None and kept[1] >= time.time() - keep_seconds else None
+
+    async def delete(self, task_id: str) -> None:
+        self.db.touch()
+        self.previews.pop(task_id, None)
+
+
 class MemoryNodes:
     def __init__(self, database: MemoryDatabase) -> None:
         self.db = database
@@ -400,6 +422,7 @@ def memory_stores(database: MemoryDatabase | None = None) -> tuple[Stores, Memor
         init_images=MemoryInitImages(database),
         nodes=MemoryNodes(database),
         throughput=MemoryThroughput(database),
+        previews=MemoryPreviews(database),
         feed=NoChangeFeed(),
         database=database,
     )

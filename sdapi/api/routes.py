@@ -36,6 +36,7 @@ from sdapi.api.schemas import (
     ValidationErrorResponse,
     callback_log_response,
     health_response,
+    preview_response,
     task_response,
 )
 from sdapi.api.validation import strict_body
@@ -141,17 +142,29 @@ class TaskController(Controller):
                 schema_extra={"minimum": 0},
             ),
         ] = None,
+        preview: Annotated[
+            bool,
+            Parameter(description="为 true（1）时，运行中的任务附带最新的实时预览图（preview 字段）"),
+        ] = False,
     ) -> TaskResponse:
         service = _service(request.app.state)
         if wait:
-            return task_response(await service.wait(task_id, wait, _base_url(request), caller_of(request)))
-        return task_response(await service.get(task_id, _base_url(request), caller_of(request)))
+            view = await service.wait(task_id, wait, _base_url(request), caller_of(request))
+        else:
+            view = await service.get(task_id, _base_url(request), caller_of(request))
+        body = task_response(view)
+        if preview:
+            latest = await service.latest_preview(view)
+            if latest is not None:
+                body = msgspec.structs.replace(body, preview=preview_response(latest))
+        return body
 
     @get(
         "/tasks/{task_id:str}/events",
         summary="任务事件流（SSE）",
         description=(
             "Server-Sent Events：先发一个 status 事件（完整任务体），之后状态变化时发 status、进度变化时发 progress，"
+            "运行中有新的实时预览时发 preview（{step, total_steps, image, width, height}，image 为 data URL），"
             "任务结束时发最后一个 done 事件后关闭连接。无变化时每 15 秒发一条注释保持连接。"
         ),
         responses=_TASK_ERRORS,
@@ -163,12 +176,17 @@ class TaskController(Controller):
         await service.get(task_id, base_url, caller)  # a 404 before the stream starts
 
         async def stream() -> AsyncIterator[ServerSentEventMessage]:
-            async for event, view in service.events(task_id, base_url, caller):
+            async for event, view, preview in service.events(task_id, base_url, caller):
                 if event == "keepalive":
                     yield ServerSentEventMessage(comment="keep-alive")
                     continue
-                body = task_response(view)
-                data = body.progress if event == "progress" else body
+                data: Any
+                if preview is not None:
+                    data = preview_response(preview)
+                elif event == "progress":
+                    data = task_response(view).progress
+                else:
+                    data = task_response(view)
                 yield ServerSentEventMessage(event=event, data=msgspec.json.encode(data).decode())
 
         return ServerSentEvent(stream())

@@ -10,6 +10,7 @@ import msgspec
 from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.results import iso
 from sdapi.core.tasks import Progress
+from sdapi.previews import Preview
 from sdapi.service.status import ServiceHealth
 from sdapi.service.tasks import TaskView
 
@@ -42,6 +43,24 @@ class ImageResponse(msgspec.Struct):
     height: int
     bytes: Annotated[int, msgspec.Meta(description="文件大小（字节）")]
     sha256: Annotated[str, msgspec.Meta(description="文件内容的 sha256")]
+
+
+class PreviewResponse(msgspec.Struct):
+    step: Annotated[int, msgspec.Meta(description="预览对应的已完成步数")]
+    total_steps: Annotated[int, msgspec.Meta(description="总步数")]
+    image: Annotated[str, msgspec.Meta(description="预览图（data:image/jpeg;base64,… 或 data:image/webp;base64,…）")]
+    width: Annotated[int, msgspec.Meta(description="预览图宽度（最长边不超过 previews.max_side）")]
+    height: Annotated[int, msgspec.Meta(description="预览图高度")]
+
+
+def preview_response(preview: Preview) -> PreviewResponse:
+    return PreviewResponse(
+        step=preview.step,
+        total_steps=preview.total_steps,
+        image=preview.data_url,
+        width=preview.width,
+        height=preview.height,
+    )
 
 
 class TaskResponse(msgspec.Struct):
@@ -96,6 +115,10 @@ class TaskResponse(msgspec.Struct):
         str | None, msgspec.Meta(description="创建任务的请求的 X-Request-ID（日志中每一行都带有它）")
     ] = None
     model: Annotated[str | None, msgspec.Meta(description="生成图片的模型名称（GET /api/v1/models）")] = None
+    preview: Annotated[
+        PreviewResponse | None,
+        msgspec.Meta(description="最新的实时预览（仅在请求带 ?preview=1 且任务运行中、已有预览时）"),
+    ] = None
 
 
 class CallbackAttemptResponse(msgspec.Struct):

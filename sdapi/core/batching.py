@@ -32,6 +32,7 @@ MAY_DIFFER = frozenset(
         "output_format",
         "output_compression",
         "callback_url",
+        "preview_every_steps",  # previews are drawn per member, and change no pixel
     }
 )
 

@@ -133,6 +133,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     controlnets: tuple[ControlUnitSpec, ...] = ()
     # IP-Adapter image prompts (weight-0 ones included: the engine leaves them out).
     ip_adapters: tuple[IpAdapterSpec, ...] = ()
+    # Live previews every this many steps (0: none); None: the config's previews.every_steps.
+    preview_every_steps: int | None = None
 
     @property
     def is_image_to_image(self) -> bool:
@@ -331,6 +333,7 @@ def resolve_params(
         hires=hires,
         controlnets=controlnets,
         ip_adapters=ip_adapters,
+        preview_every_steps=request.preview_every_steps,
     )
 
 

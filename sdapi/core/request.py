@@ -313,3 +313,15 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             "配置 loras.defaults 中的 LoRA 总会加上；同名时以请求的权重为准"
         ),
     ] = None
+    preview_every_steps: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=1000,
+                description="实时预览：运行中每隔多少步生成一张预览图（SSE preview 事件、GET 任务 ?preview=1）；"
+                "0 不生成；不指定时按配置 previews.every_steps（默认 5）",
+            ),
+        ]
+        | None
+    ) = None

@@ -23,6 +23,7 @@ from sdapi.engines.primitives import (
 )
 from sdapi.engines.schedulers import make_scheduler
 from sdapi.families import family_of_pipeline
+from sdapi.previews.denoised import watch_scheduler
 
 
 def make_plain_images(
@@ -92,7 +93,9 @@ def make_batch_images(pipelines: Pipelines, members: list[Run]) -> list[list[Ima
         arguments |= {"width": first.width, "height": first.height}
     arguments |= family.size_arguments((first.width, first.height))
     left: set[int] = set()
-    arguments["callback_on_step_end"] = batch_step_reporter(members, left)
+    arguments["callback_on_step_end"] = batch_step_reporter(
+        members, left, watch_scheduler(pipeline), (first.width, first.height)
+    )
     images = pipeline(**arguments).images
     report_gpu_memory()
     results: list[list[Image.Image] | None] = []

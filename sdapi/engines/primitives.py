@@ -23,6 +23,9 @@ from sdapi.engines import Run, StepCallback
 from sdapi.errors import TaskCancelled
 from sdapi.families import family_of_pipeline
 from sdapi.observability import metrics
+from sdapi.previews.denoised import StepWatch, watch_scheduler
+from sdapi.previews.drawing import drawable
+from sdapi.previews.pictures import preview_picture
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,10 @@ def run_batches(
         }
         batch_arguments |= family.size_arguments(size)
         if on_step is not None:
-            batch_arguments["callback_on_step_end"] = _step_reporter(on_step, index, len(batches), len(images))
+            watch = watch_scheduler(pipeline)
+            batch_arguments["callback_on_step_end"] = _step_reporter(
+                on_step, index, len(batches), len(images), watch, size
+            )
         # Some pipelines also draw from torch's global generator (SD 3.x's ControlNet pipeline samples its control
         # image's latents without the request's): seeded from the batch's first seed, the same seed still gives
         # the same pixels.
@@ -97,18 +103,22 @@ def run_batches(
     return images
 
 
-def batch_step_reporter(members: list[Run], left: set[int]) -> Any:
-    """A diffusers callback_on_step_end that reports each step to every member still in the batch; a member whose
-    callback raises TaskCancelled joins `left`; when all have left, the run stops."""
+def batch_step_reporter(members: list[Run], left: set[int], watch: StepWatch, size: tuple[int, int]) -> Any:
+    """A diffusers callback_on_step_end that reports each step to every member still in the batch (a member may
+    draw its first image's preview then); a member whose callback raises TaskCancelled joins `left`; when all have
+    left, the run stops. `size` is the picture's (width, height)."""
 
     def reporter(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         total = int(pipeline.num_timesteps)
+        row = 0  # each member's first row in the batch
         for index, member in enumerate(members):
+            first_row, row = row, row + member.params.num_images
             if index in left:
                 continue
             try:
                 if member.on_step is not None:
-                    member.on_step(step + 1, total, 0)
+                    with drawable(_drawer(pipeline, watch, callback_kwargs, size, first_row)):
+                        member.on_step(step + 1, total, 0)
             except TaskCancelled:
                 left.add(index)
         if len(left) == len(members):
@@ -135,12 +145,25 @@ def report_gpu_memory() -> None:
         metrics.GPU_MEMORY_PEAK.labels(device=device).set(torch.cuda.max_memory_allocated(index))
 
 
-def _step_reporter(on_step: StepCallback, batch: int, batches: int, images_done: int) -> Any:
-    """A diffusers callback_on_step_end that reports progress over the whole request to `on_step`."""
+def _step_reporter(
+    on_step: StepCallback, batch: int, batches: int, images_done: int, watch: StepWatch, size: tuple[int, int]
+) -> Any:
+    """A diffusers callback_on_step_end that reports progress over the whole request to `on_step`, which may draw
+    the batch's first image's preview while it hears of the step."""
 
     def reporter(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         per_batch = int(pipeline.num_timesteps)  # the scheduler's real count (strength, second-order schedulers)
-        on_step(batch * per_batch + step + 1, batches * per_batch, images_done)
+        with drawable(_drawer(pipeline, watch, callback_kwargs, size, 0)):
+            on_step(batch * per_batch + step + 1, batches * per_batch, images_done)
         return callback_kwargs
 
     return reporter
+
+
+def _drawer(pipeline: Any, watch: StepWatch, callback_kwargs: dict[str, Any], size: tuple[int, int], row: int) -> Any:
+    """What draws row `row`'s preview of this step, if the step callback asks (sdapi.previews.drawing)."""
+
+    def draw(max_side: int, decoder: str | None) -> Image.Image:
+        return preview_picture(pipeline, watch, callback_kwargs["latents"], size, row, max_side, decoder)
+
+    return draw

@@ -137,6 +137,12 @@ class Family:
     image_prompts: bool = True
     # Single files of it diffusers can load (with `single_file_config` naming a diffusers folder for the rest).
     single_files: bool = True
+    # Live previews (sdapi.previews) read the latents between steps as a (batch, channels, h, w) grid, in the space
+    # the denoiser works in: how its pipelines' latents become that grid (None: they are one already; FLUX packs
+    # them into tokens), and how pixels in [-1, 1] are encoded into it (None: the VAE's mean, shifted and scaled as
+    # its pipelines' image-to-image does), which is what the preview's latent-to-RGB map is fitted on.
+    spatial_latents_of: Callable[[Any, Any, tuple[int, int]], Any] | None = None
+    pixel_latents_of: Callable[[Any, Any], Any] | None = None
 
     def addon_mismatch(self, made_for: Family | None) -> str | None:
         """Why an add-on made for the family `made_for` cannot run on a model of this family (None: it may, or what
@@ -188,6 +194,23 @@ class Family:
         if part in self.kohya_aliases:
             keys.append(self.kohya_aliases[part] + module_path.replace(".", "_"))
         return keys
+
+    def spatial_latents(self, pipeline: Any, latents: Any, size: tuple[int, int]) -> Any:
+        """`pipeline`'s latents between two steps of a picture of `size` (width, height), as a (batch, channels, h,
+        w) grid in the denoiser's space."""
+        return latents if self.spatial_latents_of is None else self.spatial_latents_of(pipeline, latents, size)
+
+    def latents_of_pixels(self, pipeline: Any, pixels: Any) -> Any:
+        """(n, 3, H, W) pixels in [-1, 1] encoded by `pipeline`'s VAE into the denoiser's latent grid."""
+        if self.pixel_latents_of is not None:
+            return self.pixel_latents_of(pipeline, pixels)
+        vae = pipeline.vae
+        parameter = next(iter(vae.parameters()), None) if hasattr(vae, "parameters") else None
+        if parameter is not None:  # a torch VAE (an ONNX Runtime one takes float32 on the CPU)
+            pixels = pixels.to(device=parameter.device, dtype=parameter.dtype)
+        encoded = vae.encode(pixels).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (encoded - shift) * vae.config.scaling_factor
 
     def size_arguments(self, size: tuple[int, int]) -> dict[str, object]:
         """Its micro-conditioning for a picture of `size` (width, height): an uncropped picture made at the size

@@ -14,6 +14,11 @@ from sdapi.families.base import RunDefaults
 from sdapi.families.flow import one_unit_controlnet, transformer_family
 
 
+def _spatial_latents(pipeline: Any, latents: Any, size: tuple[int, int]) -> Any:
+    """FLUX.1's latents are packed 2x2 cells as tokens: unpacked as its pipelines do before decoding."""
+    return pipeline._unpack_latents(latents, size[1], size[0], pipeline.vae_scale_factor)
+
+
 def _guidance(transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:
     return "embedded" if transformer.get("guidance_embeds") else "distilled"
 
@@ -38,4 +43,5 @@ FLUX = transformer_family(
     guidance_of=_guidance,
     defaults={"embedded": RunDefaults(28, 3.5), "distilled": RunDefaults(4, 0.0)},
     controlnet=one_unit_controlnet("FluxControlNetModel", "FluxControlNetPipeline"),
+    spatial_latents_of=_spatial_latents,
 )

@@ -14,6 +14,22 @@ from sdapi.families.base import RunDefaults
 from sdapi.families.flow import transformer_family
 
 
+def _spatial_latents(pipeline: Any, latents: Any, size: tuple[int, int]) -> Any:
+    """FLUX.2's latents are tokens of patchified, normalised 2x2 cells in row order: back to that grid (its
+    pipelines' own unpacking scatters by position ids, which for a plain picture are this order)."""
+    if latents.ndim == 4:
+        return latents
+    cells = pipeline.vae_scale_factor * 2
+    rows, columns = size[1] // cells, size[0] // cells
+    return latents.reshape(latents.shape[0], rows, columns, latents.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _pixel_latents(pipeline: Any, pixels: Any) -> Any:
+    """Pixels into that grid the way its image-to-image encodes its reference: patchified and normalised."""
+    parameter = next(iter(pipeline.vae.parameters()))
+    return pipeline._encode_vae_image(pixels.to(device=parameter.device, dtype=parameter.dtype), generator=None)
+
+
 def _guidance(transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:
     return "distilled" if index.get("is_distilled") else "cfg"
 
@@ -36,4 +52,6 @@ FLUX2_KLEIN = transformer_family(
     guidance_of=_guidance,
     defaults={"distilled": RunDefaults(4, 1.0), "cfg": RunDefaults(50, 4.0)},
     single_files=False,
+    spatial_latents_of=_spatial_latents,
+    pixel_latents_of=_pixel_latents,
 )

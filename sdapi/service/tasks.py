@@ -36,6 +36,8 @@ from sdapi.errors import (
 )
 from sdapi.observability import metrics, tracing
 from sdapi.observability.logs import current_request_id, task_context
+from sdapi.previews import Preview
+from sdapi.previews.board import PreviewBoard
 from sdapi.service.admission import RequestChecks
 from sdapi.service.estimates import StartEstimator
 from sdapi.service.quotas import RateLimiter
@@ -113,8 +115,10 @@ class TaskService:
         estimator: StartEstimator,
         watch: TaskWatch,
         signals: Signals,
+        previews: PreviewBoard | None = None,
     ) -> None:
         self._config = config
+        self._previews = previews
         self._tasks = stores.tasks
         self._init_images = stores.init_images
         self._outbox = stores.outbox
@@ -256,25 +260,38 @@ class TaskService:
 
     async def events(
         self, task_id: str, request_base_url: str | None, caller: Caller = SERVICE
-    ) -> AsyncIterator[tuple[str, TaskView]]:
-        """The task's changes as (event, view): "status" first and whenever the status changes, "progress" when
-        only the progress moved, and a final "done" once it has ended. Raise TaskNotFound before the first.
+    ) -> AsyncIterator[tuple[str, TaskView, Preview | None]]:
+        """The task's changes as (event, view, preview): "status" first and whenever the status changes, "progress"
+        when only the progress moved, "preview" with each new live preview while it runs, and a final "done" once it
+        has ended. Raise TaskNotFound before the first.
 
         Each quiet keepalive period ends with a read of the task as well: the stream ends on the task's end even if
         every wake-up were lost, at most one period late."""
+        shown = 0  # the step of the last preview sent
         async with self._watch.watching(task_id) as next_change:
             view = await self.get(task_id, request_base_url, caller)
-            yield "status", view
+            yield "status", view, None
             while not view.task.status.is_terminal:
                 changed = await next_change(EVENT_KEEPALIVE_SECONDS)
                 previous, view = view, await self.get(task_id, request_base_url, caller)
+                preview = await self.latest_preview(view)
                 if view.task.status is not previous.task.status:
-                    yield "status", view
+                    yield "status", view, None
                 elif view.task.progress != previous.task.progress:
-                    yield "progress", view
-                elif not changed:
-                    yield "keepalive", view
-            yield "done", view
+                    yield "progress", view, None
+                elif not changed and (preview is None or preview.step <= shown):
+                    yield "keepalive", view, None
+                if preview is not None and preview.step > shown and not view.task.status.is_terminal:
+                    shown = preview.step
+                    yield "preview", view, preview
+            yield "done", view, None
+
+    async def latest_preview(self, view: TaskView) -> Preview | None:
+        """The latest live preview of a running task (sdapi.previews), or None: not running, none drawn yet, or
+        previews off."""
+        if self._previews is None or view.task.status is not TaskStatus.PROCESSING:
+            return None
+        return await self._previews.latest(view.task.id)
 
     async def stop(self) -> None:
         await self._watch.stop()

@@ -21,6 +21,7 @@ from typing import Protocol
 from sdapi.core.deliveries import Delivery
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Progress, Task, TaskStatus
+from sdapi.previews import Preview
 
 SCHEMA_TOO_NEW = (
     "the {database} schema is at version {found}, newer than this sdapi knows ({known}): "
@@ -216,6 +217,20 @@ class InitImageStore(Protocol):
         """The init image bytes of a task, None when it has none; raise TaskNotFound."""
 
 
+class PreviewStore(Protocol):
+    """The latest live preview of each running task, for readers in other processes (sdapi.previews.board):
+    transient, replaced in place, never part of a task."""
+
+    async def put(self, task_id: str, preview: Preview, keep_seconds: float) -> None:
+        """Replace the task's preview with `preview`; drop previews older than `keep_seconds` (any task's)."""
+
+    async def get(self, task_id: str, keep_seconds: float) -> Preview | None:
+        """The task's preview if one was posted within `keep_seconds`."""
+
+    async def delete(self, task_id: str) -> None:
+        """Drop the task's preview (its run ended)."""
+
+
 class NodeRegistry(Protocol):
     """Which sdapi processes are alive: each writes its entry on a heartbeat."""
 
@@ -274,4 +289,5 @@ class Stores:
     nodes: NodeRegistry
     throughput: ThroughputLog
     feed: ChangeFeed
+    previews: PreviewStore
     database: Database

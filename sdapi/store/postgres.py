@@ -28,6 +28,7 @@ from sdapi.store.sql import (
     SqlCallbackOutbox,
     SqlInitImageStore,
     SqlNodeRegistry,
+    SqlPreviewStore,
     SqlTaskStore,
     SqlThroughputLog,
 )
@@ -102,6 +103,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # for a task that always runs alone, and for tasks from before.
         "ALTER TABLE tasks ADD COLUMN batch_key TEXT",
         "CREATE INDEX tasks_by_batch_key ON tasks (batch_key, seq)",
+    ),
+    (
+        # Live previews between processes: the latest one of each running task, replaced in place, deleted when the
+        # task ends and after previews.keep_seconds at most (sdapi.previews.board). Transient by design: UNLOGGED, so
+        # they never reach the WAL, replicas or a crash recovery.
+        "CREATE UNLOGGED TABLE previews (task_id TEXT PRIMARY KEY, step INTEGER NOT NULL, "
+        "total_steps INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, mime TEXT NOT NULL, "
+        "image BYTEA NOT NULL, posted_at DOUBLE PRECISION NOT NULL)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -274,6 +283,7 @@ def open_postgres(dsn: str, pool_size: int) -> Stores:
         init_images=SqlInitImageStore(database),
         nodes=SqlNodeRegistry(database),
         throughput=SqlThroughputLog(database),
+        previews=SqlPreviewStore(database),
         feed=PostgresChangeFeed(dsn),
         database=database,
     )

@@ -12,6 +12,7 @@ Tables (created by each backend's migrations; sqlite.py and postgres.py hold the
 - nodes: id, role, heartbeat_at, body (the NodeInfo as JSON).
 - idempotency: (owner, key) -> the task it created, the request's fingerprint, when it expires.
 - throughput: per engine, the moving average of seconds per unit of work (the queue's start estimates).
+- previews: the latest live preview of each running task (step, size, mime, image bytes, posted_at).
 Times are unix seconds (float); the `now` of leases, heartbeats and updated_at is the database's clock.
 """
 
@@ -32,6 +33,7 @@ from sdapi.core.deliveries import Delivery, DeliveryStatus
 from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Progress, Task, TaskStatus
 from sdapi.errors import TASK_NOT_FOUND_MESSAGE, TaskNotFound
+from sdapi.previews import Preview
 from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, TaskRecord
 
 _encoder = msgspec.json.Encoder()
@@ -260,9 +262,15 @@ class SqlTaskStore:
         marks = ", ".join(["%s"] * len(task_ids))
         async with self._db.session(write=False) as session:
             rows = await session.fetchall(
-                f"SELECT id, status, updated_at, progress FROM tasks WHERE id IN ({marks})", tuple(task_ids)
+                f"SELECT t.id, t.status, t.updated_at, t.progress, p.step, p.posted_at FROM tasks t "
+                f"LEFT JOIN previews p ON p.task_id = t.id WHERE t.id IN ({marks})",
+                tuple(task_ids),
             )
-        return {str(row[0]): f"{row[1]}|{row[2]}|{'' if row[3] is None else bytes(row[3]).hex()}" for row in rows}
+        # A new preview (sdapi.previews.board) is a change too: its readers wake for it.
+        return {
+            str(row[0]): f"{row[1]}|{row[2]}|{'' if row[3] is None else bytes(row[3]).hex()}|{row[4]}|{row[5]}"
+            for row in rows
+        }
 
     async def count(self, status: TaskStatus, owner: str | None = None) -> int:
         async with self._db.session(write=False) as session:
@@ -527,6 +535,45 @@ class SqlInitImageStore:
         if row is None:
             raise TaskNotFound(TASK_NOT_FOUND_MESSAGE)
         return None if row[0] is None else bytes(row[0])
+
+
+class SqlPreviewStore:
+    """PreviewStore on the `previews` table: one row per running task, replaced by each new preview."""
+
+    def __init__(self, database: SqlDatabase) -> None:
+        self._db = database
+        self._dialect = database.dialect
+
+    async def put(self, task_id: str, preview: Preview, keep_seconds: float) -> None:
+        now = self._dialect.now
+        async with self._db.session(write=True) as session:
+            await session.execute(
+                "INSERT INTO previews (task_id, step, total_steps, width, height, mime, image, posted_at) "
+                f"VALUES (%s, %s, %s, %s, %s, %s, %s, {now}) ON CONFLICT (task_id) DO UPDATE SET "
+                "step = excluded.step, total_steps = excluded.total_steps, width = excluded.width, "
+                "height = excluded.height, mime = excluded.mime, image = excluded.image, "
+                "posted_at = excluded.posted_at",
+                (task_id, preview.step, preview.total_steps, preview.width, preview.height, preview.mime, preview.data),
+            )
+            # Rows of runs that ended without deleting theirs (a killed worker) go here, on a later post.
+            await session.execute(f"DELETE FROM previews WHERE posted_at < {now} - %s", (keep_seconds,))
+
+    async def get(self, task_id: str, keep_seconds: float) -> Preview | None:
+        async with self._db.session(write=False) as session:
+            row = await session.fetchone(
+                "SELECT step, total_steps, width, height, mime, image FROM previews "
+                f"WHERE task_id = %s AND posted_at >= {self._dialect.now} - %s",
+                (task_id, keep_seconds),
+            )
+        if row is None:
+            return None
+        return Preview(
+            step=row[0], total_steps=row[1], width=row[2], height=row[3], mime=str(row[4]), data=bytes(row[5])
+        )
+
+    async def delete(self, task_id: str) -> None:
+        async with self._db.session(write=True) as session:
+            await session.execute("DELETE FROM previews WHERE task_id = %s", (task_id,))
 
 
 class SqlNodeRegistry:

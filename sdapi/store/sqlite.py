@@ -26,6 +26,7 @@ from sdapi.store.sql import (
     SqlCallbackOutbox,
     SqlInitImageStore,
     SqlNodeRegistry,
+    SqlPreviewStore,
     SqlTaskStore,
     SqlThroughputLog,
 )
@@ -96,6 +97,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # for a task that always runs alone, and for tasks from before.
         "ALTER TABLE tasks ADD COLUMN batch_key TEXT",
         "CREATE INDEX tasks_by_batch_key ON tasks (batch_key, seq)",
+    ),
+    (
+        # Live previews between processes: the latest one of each running task, replaced in place, deleted when the
+        # task ends and after previews.keep_seconds at most (sdapi.previews.board). Transient by design.
+        "CREATE TABLE previews (task_id TEXT PRIMARY KEY, step INTEGER NOT NULL, "
+        "total_steps INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, mime TEXT NOT NULL, "
+        "image BLOB NOT NULL, posted_at REAL NOT NULL)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -279,6 +287,7 @@ def open_sqlite(path: Path) -> Stores:
         init_images=SqlInitImageStore(database),
         nodes=SqlNodeRegistry(database),
         throughput=SqlThroughputLog(database),
+        previews=SqlPreviewStore(database),
         feed=NoChangeFeed(),
         database=database,
     )

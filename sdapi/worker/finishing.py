@@ -94,6 +94,7 @@ class Finisher:
                     await self._outputs.delete(finished.id, finished.result_keys)
             finally:
                 run.stop_reporting()
+                await run.end_previews()
 
     async def _stored(self, run: TaskRun, generated: RunResult) -> Task:
         """The task completed with its stored images; cancelled (its images removed again) when a cancel was asked

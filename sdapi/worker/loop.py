@@ -25,6 +25,7 @@ from sdapi.engines import RunResult, WorkerEngine
 from sdapi.errors import GENERIC_GENERATION_FAILURE, ErrorCode, ModelLoadFailed, SdapiError, TaskCancelled
 from sdapi.observability import metrics, tracing
 from sdapi.observability.logs import task_context
+from sdapi.previews.board import PreviewBoard
 from sdapi.store import Lease, Stores
 from sdapi.worker.batches import Batches, observe_queue_wait
 from sdapi.worker.finishing import Finisher, ended_without_images
@@ -52,8 +53,10 @@ class Worker:
         outputs: Outputs,
         signals: Signals,
         worker_id: str,
+        previews: PreviewBoard | None = None,
     ) -> None:
         self._config = config
+        self._previews = previews
         self._tasks = stores.tasks
         self._nodes = stores.nodes
         self._engine = engine
@@ -263,7 +266,7 @@ class Worker:
 
     def _start_run(self, lease: Lease) -> TaskRun:
         """A claimed task's run, reporting its progress and renewing its lease from now on."""
-        run = TaskRun(lease, self._tasks, self._lease_seconds, self._signals)
+        run = TaskRun(lease, self._tasks, self._lease_seconds, self._signals, self._previews)
         self._generating.append(run)
         run.start_reporting()
         return run

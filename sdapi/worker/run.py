@@ -1,5 +1,6 @@
 """One claimed task's run, between the event loop and the generation thread: its progress (written by the thread
-after every step, reported to the store about once a second), its cancel flag (set when a report learns that a client
+after every step, reported to the store about once a second), its live previews (drawn by the thread when one is due,
+encoded and posted to the preview board by the event loop), its cancel flag (set when a report learns that a client
 asked to cancel; the thread stops at its next step), and its lease, renewed every third of queue.lease_seconds until
 the outcome is written."""
 
@@ -10,11 +11,15 @@ import logging
 import threading
 
 import msgspec
+from PIL import Image
 
 from sdapi.background.wakeup import Signals, Wakeup
 from sdapi.core import tasks
 from sdapi.core.tasks import Progress
 from sdapi.errors import SdapiError, TaskCancelled
+from sdapi.previews.board import PreviewBoard
+from sdapi.previews.drawing import draw_current
+from sdapi.previews.encoding import encode_preview
 from sdapi.store import Lease, TaskStore
 
 logger = logging.getLogger("sdapi.worker")
@@ -27,7 +32,14 @@ class TaskRun:
     """The state of one run that the generation thread and the event loop share, and the two loops that keep it
     known to the store while it lasts (start_reporting ... stop_reporting)."""
 
-    def __init__(self, lease: Lease, task_store: TaskStore, lease_seconds: float, signals: Signals) -> None:
+    def __init__(
+        self,
+        lease: Lease,
+        task_store: TaskStore,
+        lease_seconds: float,
+        signals: Signals,
+        previews: PreviewBoard | None = None,
+    ) -> None:
         self.lease = lease
         self.progress = Progress(step=0, total_steps=0, images_done=0, num_images=lease.task.params.num_images)
         self.cancel = threading.Event()
@@ -40,6 +52,13 @@ class TaskRun:
         self._signals = signals
         self._wakeup = Wakeup()
         self._loops: list[asyncio.Task[None]] = []
+        self._previews = previews
+        every = lease.task.params.preview_every_steps
+        self._preview_every = 0 if previews is None else (previews.settings.every_steps if every is None else every)
+        # The newest drawn preview not yet posted: (step, total steps, picture); the event loop takes it.
+        self._drawn: tuple[int, int, Image.Image] | None = None
+        self._preview_wakeup = Wakeup()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def task_id(self) -> str:
@@ -52,6 +71,22 @@ class TaskRun:
         )
         if self.cancel.is_set():
             raise TaskCancelled(tasks.CANCELLED_MESSAGE)
+        if self._preview_every and step % self._preview_every == 0:
+            self._draw_preview(step, total_steps)
+
+    def _draw_preview(self, step: int, total_steps: int) -> None:
+        """On the generation thread: draw this step's preview and hand it to the event loop (which encodes it)."""
+        assert self._previews is not None
+        settings = self._previews.settings
+        try:
+            picture = draw_current(settings.max_side, settings.decoder)
+        except Exception:  # a preview is best effort: the run goes on without it
+            logger.exception("task %s: drawing the preview of step %d failed", self.task_id, step)
+            return
+        if picture is None or self._loop is None:
+            return
+        self._drawn = (step, total_steps, picture)
+        self._loop.call_soon_threadsafe(self._preview_wakeup.nudge)
 
     def generation_done(self) -> None:
         """Every step has run: the progress says so, whatever the engine reported last."""
@@ -65,11 +100,18 @@ class TaskRun:
         self._wakeup.nudge()
 
     def start_reporting(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._loops = [
             loop.create_task(self._keep_lease(), name=f"sdapi-lease-{self.task_id}"),
             loop.create_task(self._report_progress(), name=f"sdapi-progress-{self.task_id}"),
         ]
+        if self._preview_every:
+            self._loops.append(loop.create_task(self._post_previews(), name=f"sdapi-previews-{self.task_id}"))
+
+    async def end_previews(self) -> None:
+        """The run's outcome is written: its preview is gone from the board."""
+        if self._previews is not None and self._preview_every:
+            await self._previews.clear(self.task_id)
 
     def stop_reporting(self) -> None:
         for running in self._loops:
@@ -94,6 +136,23 @@ class TaskRun:
                 self._signals.task_changed(self.task_id)
             except SdapiError as error:  # progress is best effort; the lease keeper owns the task's fate
                 logger.error("task %s: reporting progress failed: %s", self.task_id, error.message)
+
+    async def _post_previews(self) -> None:
+        """Encode each drawn preview (off the event loop) and post it; a newer one drawn meanwhile replaces an
+        unposted one."""
+        assert self._previews is not None
+        settings = self._previews.settings
+        while True:
+            await self._preview_wakeup.sleep(PROGRESS_SECONDS * 60)
+            drawn, self._drawn = self._drawn, None
+            if drawn is None:
+                continue
+            step, total_steps, picture = drawn
+            preview = await asyncio.to_thread(
+                encode_preview, picture, step, total_steps, settings.format, settings.quality
+            )
+            await self._previews.post(self.task_id, preview)
+            self._signals.task_changed(self.task_id)
 
     async def _keep_lease(self) -> None:
         """Renew the lease every third of its length until cancelled, or until it turns out lost."""
