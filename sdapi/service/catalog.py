@@ -167,6 +167,11 @@ class ModelCatalog:
             raise InvalidParameter("model", f"模型不存在：{chosen!r}。可用模型：{', '.join(self._entries)}")
         return chosen, self._families[chosen]
 
+    def default_steps(self, name: str | None) -> int:
+        """The steps a request for the model `name` (None: the default) gets when it gives none."""
+        family = self.resolve(name)[1].run_defaults
+        return model_run_defaults(self._config.defaults, (family.steps, family.guidance_scale))[0]
+
     def sha256(self, name: str) -> str | None:
         """The hash of the model's weights (read once: seconds for a big model; call it off the event loop)."""
         with self._lock:

@@ -32,6 +32,7 @@ from sdapi.api.dialects.common import (
     service_of,
     submit_and_wait,
 )
+from sdapi.api.dialects.openai_stream import streamed, with_partial_images
 from sdapi.api.error_docs import error_responses
 from sdapi.api.errors import INTERNAL_ERROR_DETAIL, log_unexpected
 from sdapi.config import DEFAULT_MODEL_NAME, Config
@@ -103,6 +104,10 @@ class ImageGenerationRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields
     style: str | None = None
     moderation: str | None = None
     background: str | None = None
+    # Image streaming: Server-Sent Events with up to partial_images previews, then the images
+    # (sdapi.api.dialects.openai_stream).
+    stream: bool = False
+    partial_images: Annotated[int, msgspec.Meta(ge=0, le=3)] | None = None
     # sdapi's own controls, same names and rules as POST /api/v1/generate.
     negative_prompt: str | None = None
     seed: int | None = None
@@ -173,9 +178,21 @@ def _model(config: Config, model: str | None) -> str | None:
 
 
 async def _generate_and_answer(
+    request: Request[Any, Any, Any], native: GenerationRequest, body: ImageGenerationRequest, event_prefix: str
+) -> Response[Any]:
+    """Run as the caller's task to its end, then answer OpenAI's way (a failed task is an error); with `stream`,
+    as Server-Sent Events named `event_prefix`.partial_image and .completed."""
+    if body.stream:
+        drawing = with_partial_images(request, native, body.partial_images or 0)
+        return await streamed(request, drawing, body, event_prefix)
+    if body.partial_images is not None:
+        raise InvalidParameter("partial_images", "partial_images 只用于 stream: true")
+    return Response(await _answer(request, native, body))
+
+
+async def _answer(
     request: Request[Any, Any, Any], native: GenerationRequest, body: ImageGenerationRequest
 ) -> dict[str, Any]:
-    """Run as the caller's task to its end, then answer OpenAI's way (a failed task is an error)."""
     view = await submit_and_wait(request, native, dialect="openai")
     if view.task.error_message is not None:
         raise DialectTaskFailed(view.task.error_message)
@@ -195,9 +212,9 @@ async def _images(service: TaskService, view: TaskView, response_format: str) ->
 
 
 @post("/images/generations", status_code=200, summary="OpenAI: images.generate", responses=_GENERATION_ERRORS)
-async def generations(data: ImageGenerationRequest, request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def generations(data: ImageGenerationRequest, request: Request[Any, Any, Any]) -> Response[Any]:
     model = _model(config_of(request), data.model)
-    return await _generate_and_answer(request, _native(data, model), data)
+    return await _generate_and_answer(request, _native(data, model), data, "image_generation")
 
 
 async def _form_decodes(request: Request[Any, Any, Any]) -> None:
@@ -215,7 +232,7 @@ async def _form_decodes(request: Request[Any, Any, Any]) -> None:
 async def edits(
     data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
     request: Request[Any, Any, Any],
-) -> dict[str, Any]:
+) -> Response[Any]:
     upload = data.get("image") or data.get("image[]")
     if isinstance(upload, list):
         if len(upload) != 1:
@@ -246,7 +263,7 @@ async def edits(
         if strength is None:
             strength = 1.0  # OpenAI's edit redraws the transparent area entirely
     native = _native(body, model, init_image, strength, mask_image)
-    return await _generate_and_answer(request, native, body)
+    return await _generate_and_answer(request, native, body, "image_edit")
 
 
 def _native_mask(image_raw: bytes, mask_raw: bytes, max_pixels: int) -> str:
