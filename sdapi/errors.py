@@ -164,6 +164,12 @@ class GenerationFailed(ServiceError):
         self.error_code = code
 
 
+class SkipCurrentImage(Exception):
+    """A client asked to skip the running task's current image (A1111's skip): raised by the step callback, caught
+    by the engine's step reporter, which ends that pipeline call early (its images come out as far as they got) and
+    goes on with the next."""
+
+
 class TaskCancelled(SdapiError):
     """A client cancelled the task: raised between denoising steps to stop the run."""
 

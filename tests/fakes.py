@@ -25,7 +25,16 @@ from sdapi.core.tasks import Progress, Task, TaskStatus
 from sdapi.engines import EngineDescription, Run, RunFacts, RunResult, one_at_a_time
 from sdapi.errors import TaskNotFound, TaskStoreError
 from sdapi.previews import Preview
-from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, NoChangeFeed, Stores, TaskRecord
+from sdapi.store import (
+    Admission,
+    DeliveryClaim,
+    IdempotencyKey,
+    Lease,
+    NoChangeFeed,
+    RunRequests,
+    Stores,
+    TaskRecord,
+)
 
 
 class MemoryDatabase:
@@ -40,6 +49,7 @@ class MemoryDatabase:
         self.claims: dict[str, tuple[str, float]] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.cancel_requests: set[str] = set()
+        self.skip_requests: dict[str, int] = {}
         # task id -> the keys its current run staged
         self.staged: dict[str, tuple[str, ...]] = {}
         # (owner, key) -> (task id, fingerprint, expiry)
@@ -242,12 +252,14 @@ class MemoryTaskStore:
         self.db.staged[lease.task.id] = tuple(keys)
         return True
 
-    async def report_progress(self, lease: Lease, progress: Progress) -> bool:
+    async def report_progress(self, lease: Lease, progress: Progress) -> RunRequests:
         self.db.touch()
         if not self._holds(lease):
-            return False
+            return RunRequests()
         self.db.tasks[lease.task.id] = msgspec.structs.replace(self.db.tasks[lease.task.id], progress=progress)
-        return lease.task.id in self.db.cancel_requests
+        return RunRequests(
+            cancel=lease.task.id in self.db.cancel_requests, skips=self.db.skip_requests.get(lease.task.id, 0)
+        )
 
     async def cancel_pending(self, task: Task, cancelled: Task, delivery: Delivery | None) -> bool:
         self.db.touch()
@@ -257,6 +269,13 @@ class MemoryTaskStore:
         self.db.init_images[task.id] = None
         if delivery is not None:
             self.db.deliveries[delivery.id] = delivery
+        return True
+
+    async def request_skip(self, task_id: str) -> bool:
+        self.db.touch()
+        if self.db.tasks[task_id].status is not TaskStatus.PROCESSING:
+            return False
+        self.db.skip_requests[task_id] = self.db.skip_requests.get(task_id, 0) + 1
         return True
 
     async def request_cancel(self, task_id: str) -> bool:

@@ -20,7 +20,7 @@ from PIL import Image
 from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import CANCELLED_MESSAGE
 from sdapi.engines import Run, StepCallback
-from sdapi.errors import TaskCancelled
+from sdapi.errors import SkipCurrentImage, TaskCancelled
 from sdapi.families import family_of_pipeline
 from sdapi.observability import metrics
 from sdapi.previews.denoised import StepWatch, watch_scheduler
@@ -121,6 +121,8 @@ def batch_step_reporter(members: list[Run], left: set[int], watch: StepWatch, si
                         member.on_step(step + 1, total, 0)
             except TaskCancelled:
                 left.add(index)
+            except SkipCurrentImage:  # one member's rows cannot end early alone: its images run to the end
+                pass
         if len(left) == len(members):
             raise TaskCancelled(CANCELLED_MESSAGE)
         return callback_kwargs
@@ -153,8 +155,13 @@ def _step_reporter(
 
     def reporter(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         per_batch = int(pipeline.num_timesteps)  # the scheduler's real count (strength, second-order schedulers)
-        with drawable(_drawer(pipeline, watch, callback_kwargs, size, 0)):
-            on_step(batch * per_batch + step + 1, batches * per_batch, images_done)
+        try:
+            with drawable(_drawer(pipeline, watch, callback_kwargs, size, 0)):
+                on_step(batch * per_batch + step + 1, batches * per_batch, images_done)
+        except SkipCurrentImage:
+            # diffusers' pipelines skip their remaining steps once interrupted and decode what they have: this
+            # call's images come out as far as they got (A1111's skip), and the next call starts afresh.
+            pipeline._interrupt = True
         return callback_kwargs
 
     return reporter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 from PIL import Image
@@ -25,3 +26,12 @@ def encode_preview(picture: Image.Image, step: int, total_steps: int, image_form
         mime=MIME_TYPES[image_format],
         data=buffer.getvalue(),
     )
+
+
+def reencoded_base64(preview: Preview, image_format: str) -> str:
+    """The preview's picture as base64 (no data: prefix) in `image_format` (png, jpeg or webp), for the dialects
+    that send it in the format their client asked for."""
+    with Image.open(io.BytesIO(preview.data)) as picture:
+        buffer = io.BytesIO()
+        picture.convert("RGB").save(buffer, format=image_format.upper())
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

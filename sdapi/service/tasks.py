@@ -357,6 +357,18 @@ class TaskService:
             image_urls=[self._storage.url(image.key, base_url) for image in record.task.images],
         )
 
+    async def skip_current_image(self, task_id: str, caller: Caller = SERVICE) -> bool:
+        """Ask a processing task's worker to end its current image early and go on with the next (A1111's skip:
+        the image comes out as far as it got); False when the task is not running. Raise TaskNotFound."""
+        task = await self._tasks.get(task_id)
+        if not caller.sees(task.owner):
+            raise TaskNotFound(TASK_NOT_FOUND_MESSAGE)
+        if task.status is not TaskStatus.PROCESSING or not await self._tasks.request_skip(task_id):
+            return False
+        logger.info("task %s: skipping its current image was requested", task_id)
+        self._signals.cancel_requested()  # the worker reports at once, and learns of it
+        return True
+
     async def cancel(self, task_id: str, request_base_url: str | None, caller: Caller = SERVICE) -> TaskView:
         """Cancel a task: a pending one ends now (failed, error_code cancelled, its callback sent); a processing one
         is asked to stop, which its worker does at its next denoising step. Raise TaskNotFound, or

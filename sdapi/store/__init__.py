@@ -40,6 +40,18 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class RunRequests:
+    """What clients asked of a running task, as its worker learns on each progress report: to cancel it, and how
+    many times to skip its current image (a count, so that no request is lost between two reports)."""
+
+    cancel: bool = False
+    skips: int = 0
+
+
+NO_REQUESTS = RunRequests()
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     """A task as one read finds it: with its callback delivery, its place in the queue order (`seq`, what list
     cursors hold) and, while pending, how many tasks and how much work (megapixel-steps) are ahead of it (running
@@ -153,13 +165,17 @@ class TaskStore(Protocol):
         """Record, under the lease, the image keys the run is about to upload (settle and reap clear them); False
         when the lease is no longer this one (nothing recorded: the run must not upload)."""
 
-    async def report_progress(self, lease: Lease, progress: Progress) -> bool:
-        """Record a running task's progress under its lease; return whether a client asked to cancel it (False
-        too when the lease is no longer this one: renew says that)."""
+    async def report_progress(self, lease: Lease, progress: Progress) -> RunRequests:
+        """Record a running task's progress under its lease; return what clients asked of the run meanwhile
+        (nothing when the lease is no longer this one: renew says that)."""
 
     async def cancel_pending(self, task: Task, cancelled: Task, delivery: Delivery | None) -> bool:
         """End a task that is still pending (`cancelled`, with its delivery in the same transaction); False when
         it is no longer pending (a worker took it, or it ended)."""
+
+    async def request_skip(self, task_id: str) -> bool:
+        """Ask the worker running `task_id` to end its current image early and go on (A1111's skip); False when the
+        task is not running. Workers are notified as for a cancel."""
 
     async def request_cancel(self, task_id: str) -> bool:
         """Ask the worker running a processing task to stop it (it sees this on its next progress report);

@@ -112,6 +112,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "total_steps INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, mime TEXT NOT NULL, "
         "image BYTEA NOT NULL, posted_at DOUBLE PRECISION NOT NULL)",
     ),
+    (
+        # A1111's skip: how many times a client asked the running task to end its current image early.
+        "ALTER TABLE tasks ADD COLUMN skip_requested INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -34,7 +34,7 @@ from sdapi.core.nodes import NodeInfo
 from sdapi.core.tasks import Progress, Task, TaskStatus
 from sdapi.errors import TASK_NOT_FOUND_MESSAGE, TaskNotFound
 from sdapi.previews import Preview
-from sdapi.store import Admission, DeliveryClaim, IdempotencyKey, Lease, TaskRecord
+from sdapi.store import NO_REQUESTS, Admission, DeliveryClaim, IdempotencyKey, Lease, RunRequests, TaskRecord
 
 _encoder = msgspec.json.Encoder()
 _task_decoder = msgspec.json.Decoder(Task)
@@ -382,14 +382,14 @@ class SqlTaskStore:
             )
         return staged == 1
 
-    async def report_progress(self, lease: Lease, progress: Progress) -> bool:
+    async def report_progress(self, lease: Lease, progress: Progress) -> RunRequests:
         async with self._db.session(write=True) as session:
             row = await session.fetchone(
                 "UPDATE tasks SET progress = %s WHERE id = %s AND lease_token = %s AND status = 'processing' "
-                "RETURNING cancel_requested",
+                "RETURNING cancel_requested, skip_requested",
                 (_encoder.encode(progress), lease.task.id, lease.token),
             )
-        return row is not None and bool(row[0])
+        return NO_REQUESTS if row is None else RunRequests(cancel=bool(row[0]), skips=int(row[1]))
 
     async def cancel_pending(self, task: Task, cancelled: Task, delivery: Delivery | None) -> bool:
         async with self._db.session(write=True) as session:
@@ -400,6 +400,16 @@ class SqlTaskStore:
             )
             if written == 1 and delivery is not None:
                 await self._insert_delivery(session, delivery)
+        return written == 1
+
+    async def request_skip(self, task_id: str) -> bool:
+        async with self._db.session(write=True) as session:
+            written = await session.execute(
+                "UPDATE tasks SET skip_requested = skip_requested + 1 WHERE id = %s AND status = 'processing'",
+                (task_id,),
+            )
+            if written == 1 and self._dialect.notify_cancel:
+                await session.execute(self._dialect.notify_cancel)
         return written == 1
 
     async def request_cancel(self, task_id: str) -> bool:

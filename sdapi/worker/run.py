@@ -16,7 +16,7 @@ from PIL import Image
 from sdapi.background.wakeup import Signals, Wakeup
 from sdapi.core import tasks
 from sdapi.core.tasks import Progress
-from sdapi.errors import SdapiError, TaskCancelled
+from sdapi.errors import SdapiError, SkipCurrentImage, TaskCancelled
 from sdapi.previews.board import PreviewBoard
 from sdapi.previews.drawing import draw_current
 from sdapi.previews.encoding import encode_preview
@@ -59,13 +59,17 @@ class TaskRun:
         self._drawn: tuple[int, int, Image.Image] | None = None
         self._preview_wakeup = Wakeup()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # A1111's skips: how many clients asked for (as the store counts them), and how many the run has made.
+        self._skips_requested = 0
+        self._skips_made = 0
 
     @property
     def task_id(self) -> str:
         return self.lease.task.id
 
     def on_step(self, step: int, total_steps: int, images_done: int) -> None:
-        """On the generation thread, after each denoising step: record it; stop here if cancelled."""
+        """On the generation thread, after each denoising step: record it; stop here if cancelled; draw the preview
+        when one is due; ask the engine to end the current image if a skip was asked for (SkipCurrentImage)."""
         self.progress = msgspec.structs.replace(
             self.progress, step=step, total_steps=total_steps, images_done=images_done
         )
@@ -73,6 +77,9 @@ class TaskRun:
             raise TaskCancelled(tasks.CANCELLED_MESSAGE)
         if self._preview_every and step % self._preview_every == 0:
             self._draw_preview(step, total_steps)
+        if self._skips_made < self._skips_requested:
+            self._skips_made = self._skips_requested
+            raise SkipCurrentImage()
 
     def _draw_preview(self, step: int, total_steps: int) -> None:
         """On the generation thread: draw this step's preview and hand it to the event loop (which encodes it)."""
@@ -121,18 +128,20 @@ class TaskRun:
         """Report the progress once more and say whether a cancel was asked for (False while the store is down:
         the run's outcome stands)."""
         try:
-            return await self._tasks.report_progress(self.lease, self.progress)
+            return (await self._tasks.report_progress(self.lease, self.progress)).cancel
         except SdapiError:
             return False
 
     async def _report_progress(self) -> None:
         """Write the run's progress about once a second (or at once when nudged) and learn from the answer whether
-        a client asked to cancel; the generation thread then stops at its next step."""
+        a client asked to cancel (the generation thread then stops at its next step) or to skip the current image."""
         while True:
             await self._wakeup.sleep(PROGRESS_SECONDS)
             try:
-                if await self._tasks.report_progress(self.lease, self.progress):
+                requests = await self._tasks.report_progress(self.lease, self.progress)
+                if requests.cancel:
                     self.cancel.set()
+                self._skips_requested = max(self._skips_requested, requests.skips)
                 self._signals.task_changed(self.task_id)
             except SdapiError as error:  # progress is best effort; the lease keeper owns the task's fate
                 logger.error("task %s: reporting progress failed: %s", self.task_id, error.message)

@@ -23,7 +23,7 @@ from sdapi.core.nodes import NodeInfo, Role
 from sdapi.core.params import HiresParams
 from sdapi.core.tasks import Progress, Task, TaskStatus
 from sdapi.errors import TaskNotFound, TaskStoreError
-from sdapi.store import IdempotencyKey, Lease, Stores
+from sdapi.store import IdempotencyKey, Lease, RunRequests, Stores
 from sdapi.store.postgres import open_postgres
 from sdapi.store.sqlite import open_sqlite
 from tests.fakes import MemoryDatabase, memory_stores
@@ -495,13 +495,19 @@ def test_progress_reports_carry_cancel_requests_to_the_lease_holder(open_stores)
             lease = await worker_node.tasks.claim("w", 30)
             assert lease is not None and lease.task.started_at is not None and lease.task.progress is None
             progress = Progress(step=3, total_steps=10, images_done=0, num_images=1)
-            assert not await worker_node.tasks.report_progress(lease, progress)
+            assert await worker_node.tasks.report_progress(lease, progress) == RunRequests()
             assert (await api_node.tasks.get(task.id)).progress == progress
+            # A1111's skip: counted, so two skips between reports are two.
+            assert await api_node.tasks.request_skip(task.id) and await api_node.tasks.request_skip(task.id)
+            assert await worker_node.tasks.report_progress(lease, progress) == RunRequests(skips=2)
             assert await api_node.tasks.request_cancel(task.id)
-            assert await worker_node.tasks.report_progress(lease, progress)  # the worker learns of it
-            assert not await worker_node.tasks.report_progress(Lease(lease.task, "stale"), progress)  # only the holder
+            # The worker learns of it.
+            assert await worker_node.tasks.report_progress(lease, progress) == RunRequests(cancel=True, skips=2)
+            stale = await worker_node.tasks.report_progress(Lease(lease.task, "stale"), progress)
+            assert stale == RunRequests()  # only the holder
             assert await worker_node.tasks.settle(lease, tasks.cancel(lease.task))
             assert not await api_node.tasks.request_cancel(task.id)  # ended
+            assert not await api_node.tasks.request_skip(task.id)
 
     run(scenario)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import msgspec
 from litestar import Request
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from PIL import Image
 
 from sdapi.api.auth import caller_of
 from sdapi.api.dialects.common import (
@@ -34,7 +32,7 @@ from sdapi.api.dialects.common import (
 )
 from sdapi.core.request import GenerationRequest
 from sdapi.core.tasks import TaskStatus
-from sdapi.previews import Preview
+from sdapi.previews.encoding import reencoded_base64
 
 # OpenAI's token counts: sdapi counts no tokens; the fields are there for clients that read them.
 NO_USAGE = {
@@ -43,7 +41,6 @@ NO_USAGE = {
     "output_tokens": 0,
     "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
 }
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 def with_partial_images(request: Request[Any, Any, Any], native: GenerationRequest, partials: int) -> GenerationRequest:
@@ -79,7 +76,7 @@ async def streamed(
                 async for _event, latest, preview in service.events(task.id, base_url, caller):
                     view = latest
                     if preview is not None and sent < partials:
-                        data = await asyncio.to_thread(_reencoded, preview, body.output_format)
+                        data = await asyncio.to_thread(reencoded_base64, preview, body.output_format)
                         yield _message(
                             f"{event_prefix}.partial_image",
                             {
@@ -126,11 +123,3 @@ def _error(message: str, code: Any) -> ServerSentEventMessage:
     code_name = None if code is None else getattr(code, "value", str(code))
     error = {"message": message, "type": "server_error", "param": None, "code": code_name}
     return ServerSentEventMessage(event="error", data=msgspec.json.encode({"type": "error", "error": error}).decode())
-
-
-def _reencoded(preview: Preview, output_format: str) -> str:
-    """The preview's picture as base64 in the request's output format."""
-    with Image.open(io.BytesIO(preview.data)) as picture:
-        buffer = io.BytesIO()
-        picture.convert("RGB").save(buffer, format=_PIL_FORMATS[output_format])
-    return base64.b64encode(buffer.getvalue()).decode("ascii")

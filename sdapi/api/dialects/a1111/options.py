@@ -1,5 +1,5 @@
 """What AUTOMATIC1111 clients read about the service: samplers, schedule types, models, LoRAs, scripts, and the
-options (read-only here: set in config.yaml)."""
+options (set in config.yaml, but for the live previews' and the images' format: sdapi.api.dialects.a1111.settings)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from litestar import Request, get, post
 
 from sdapi.api.dialects.a1111.errors import a1111_errors
 from sdapi.api.dialects.a1111.models import Checkpoint, served_checkpoints
+from sdapi.api.dialects.a1111.settings import WRITABLE, options_of_caller, write_caller_options
 from sdapi.api.dialects.a1111.translate import SAMPLER_ALIASES, SAMPLERS, SCHEDULE_TYPES
 from sdapi.api.dialects.common import (
     status_of,
@@ -74,13 +75,14 @@ async def embeddings(request: Request[Any, Any, Any]) -> dict[str, dict[str, Any
     return listing
 
 
-@get("/options", summary="AUTOMATIC1111: 读取设置（当前模型等）", responses=a1111_errors(503))
+@get("/options", summary="AUTOMATIC1111: 读取设置（当前模型、实时预览等）", responses=a1111_errors(503))
 async def read_options(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return options_of((await served_checkpoints(request))[0])
+    return options_of((await served_checkpoints(request))[0]) | options_of_caller(request).values
 
 
 def options_of(model: Checkpoint) -> dict[str, Any]:
-    """The settings A1111 clients read: fixed here, set in config.yaml."""
+    """The settings A1111 clients read that are fixed here (set in config.yaml); the writable ones
+    (sdapi.api.dialects.a1111.settings) are laid over them per API key."""
     return {
         "sd_model_checkpoint": model.title,
         "sd_checkpoint_hash": model.sha256,
@@ -95,8 +97,10 @@ def options_of(model: Checkpoint) -> dict[str, Any]:
     "/options",
     status_code=200,
     responses=a1111_errors(413, 422, 503),
-    summary="AUTOMATIC1111: 写入设置（只读：仅接受与当前值相同的设置）",
-    description="设置在 config.yaml 中修改。可发送 sd_model_checkpoint（默认模型）和 GET /options 中的当前值；"
+    summary="AUTOMATIC1111: 写入设置（实时预览与图片格式可写；其余只读，仅接受与当前值相同的设置）",
+    description="可写（按 API Key 保存在本节点内存中）：live_previews_enable、show_progress_every_n_steps、"
+    "show_progress_type、live_preview_content、live_previews_image_format、samples_format。"
+    "其余设置在 config.yaml 中修改：可发送 sd_model_checkpoint（默认模型）和 GET /options 中的当前值，"
     "其他设置返回 422 并列出名称。要为一个请求选择其他模型，请在请求的 override_settings.sd_model_checkpoint 中指定。",
 )
 async def write_options(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -105,7 +109,9 @@ async def write_options(data: dict[str, Any], request: Request[Any, Any, Any]) -
     refused = [
         key
         for key, value in data.items()
-        if not (key == "sd_model_checkpoint" and model.named_by(value)) and current.get(key) != value
+        if key not in WRITABLE
+        and not (key == "sd_model_checkpoint" and model.named_by(value))
+        and current.get(key) != value
     ]
     if refused:
         raise InvalidParameter(
@@ -113,6 +119,7 @@ async def write_options(data: dict[str, Any], request: Request[Any, Any, Any]) -
             f"设置只读（在 config.yaml 中修改）：{', '.join(refused)}。"
             "为单个请求选择模型：override_settings.sd_model_checkpoint",
         )
+    write_caller_options(request, {key: value for key, value in data.items() if key in WRITABLE})
     return {}
 
 

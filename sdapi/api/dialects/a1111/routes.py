@@ -29,6 +29,7 @@ from sdapi.api.dialects.a1111.options import (
     sd_models,
     write_options,
 )
+from sdapi.api.dialects.a1111.settings import options_of_caller
 from sdapi.api.dialects.a1111.translate import translate
 from sdapi.api.dialects.common import (
     DialectTaskFailed,
@@ -44,6 +45,7 @@ from sdapi.api.dialects.common import (
 from sdapi.api.errors import INTERNAL_ERROR_DETAIL, log_unexpected
 from sdapi.config import Config
 from sdapi.core.callers import callers_by_key
+from sdapi.core.request import GenerationRequest
 from sdapi.core.tasks import TaskStatus
 from sdapi.errors import (
     ErrorCode,
@@ -52,6 +54,7 @@ from sdapi.errors import (
 )
 from sdapi.media.images import open_image
 from sdapi.media.provenance import parse_infotext, read_embedded
+from sdapi.previews.encoding import reencoded_base64
 from sdapi.service.tasks import MAX_PAGE, TaskView
 
 
@@ -64,7 +67,7 @@ async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_
     }
     translated = translate(body, models, image_to_image, config_of(request).limits, neural)
     model = checkpoint_of(body, models)
-    view = await submit_and_wait(request, translated.native, dialect="a1111")
+    view = await submit_and_wait(request, _with_caller_options(request, body, translated.native), dialect="a1111")
     task = view.task
     if task.error_code is ErrorCode.CANCELLED:  # interrupted (POST /interrupt): A1111 answers without failing
         return answer(translated, view, [], [], model, interrupted=True)
@@ -80,6 +83,18 @@ async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_
     return answer(translated, view, images, infotexts, model)
 
 
+def _with_caller_options(request: Request[Any, Any, Any], body: dict[str, Any], native: GenerationRequest) -> Any:
+    """`native` with the caller's writable options (sdapi.api.dialects.a1111.settings): its live previews' period,
+    and its samples_format where the request's override_settings does not name one."""
+    options = options_of_caller(request)
+    changes: dict[str, Any] = {"preview_every_steps": options.preview_every_steps()}
+    settings = body.get("override_settings")
+    if not (isinstance(settings, dict) and "samples_format" in settings):
+        chosen = options.values["samples_format"]
+        changes["output_format"] = "jpg" if chosen == "jpeg" else chosen
+    return msgspec.structs.replace(native, **changes)
+
+
 @post("/txt2img", status_code=200, summary="AUTOMATIC1111: txt2img（文生图）", responses=GENERATION_ERRORS)
 async def txt2img(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
     return await generate(request, data, image_to_image=False)
@@ -90,8 +105,8 @@ async def img2img(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict
     return await generate(request, data, image_to_image=True)
 
 
-@get("/progress", summary="AUTOMATIC1111: 调用者正在运行的任务的进度与剩余时间", responses=a1111_errors(503))
-async def progress(request: Request[Any, Any, Any]) -> dict[str, Any]:
+@get("/progress", summary="AUTOMATIC1111: 调用者正在运行的任务的进度、剩余时间与实时预览", responses=a1111_errors(503))
+async def progress(request: Request[Any, Any, Any], skip_current_image: bool = False) -> dict[str, Any]:
     view = await _running_task(request)
     state = {
         "skipped": False,
@@ -107,7 +122,13 @@ async def progress(request: Request[Any, Any, Any]) -> dict[str, Any]:
     if view is None:
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
     task = view.task
-    fraction = task.progress.step / task.progress.total_steps if task.progress and task.progress.total_steps else 0.0
+    options = options_of_caller(request)
+    preview = await service_of(request).latest_preview(view) if options.values["live_previews_enable"] else None
+    step = task.progress.step if task.progress else 0
+    total = task.progress.total_steps if task.progress else task.params.num_inference_steps
+    if preview is not None and preview.step > step:  # a preview is posted at once; progress about once a second
+        step, total = preview.step, preview.total_steps
+    fraction = step / total if total else 0.0
     elapsed = (datetime.now(UTC) - (task.started_at or task.created_at)).total_seconds()
     eta = elapsed / fraction * (1 - fraction) if fraction > 0 else 0.0
     state |= {
@@ -115,14 +136,19 @@ async def progress(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "job_count": task.params.num_images,
         "job_timestamp": (task.started_at or task.created_at).astimezone(UTC).strftime("%Y%m%d%H%M%S"),
         "job_no": task.progress.images_done if task.progress else 0,
-        "sampling_step": task.progress.step if task.progress else 0,
-        "sampling_steps": task.progress.total_steps if task.progress else task.params.num_inference_steps,
+        "sampling_step": step,
+        "sampling_steps": total,
     }
+    current_image = None
+    if preview is not None and not skip_current_image:
+        # base64 without a data: prefix, in live_previews_image_format, as A1111 sends it
+        chosen = options.values["live_previews_image_format"]
+        current_image = await asyncio.to_thread(reencoded_base64, preview, chosen)
     return {
         "progress": round(fraction, 4),
         "eta_relative": round(eta, 2),
         "state": state,
-        "current_image": None,
+        "current_image": current_image,
         "textinfo": None,
         "current_task": task.id,
     }
@@ -152,6 +178,19 @@ async def interrupt(request: Request[Any, Any, Any]) -> dict[str, Any]:
     for view in running:
         await cancel_quietly(service_of(request), view.task.id, base_url, caller)
     return {"interrupted": [view.task.id for view in running]}
+
+
+@post(
+    "/skip",
+    status_code=200,
+    summary="AUTOMATIC1111: 跳过调用者正在运行的任务的当前图片（该图片按已完成的步数输出，之后继续下一张）",
+    responses=a1111_errors(503),
+)
+async def skip(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    service, caller = service_of(request), caller_of(request)
+    skipped = [view.task.id for view in await _running_tasks(request)]
+    skipped = [task_id for task_id in skipped if await service.skip_current_image(task_id, caller)]
+    return {"skipped": skipped}
 
 
 class PngInfoRequest(msgspec.Struct):
@@ -270,6 +309,7 @@ def a1111_router(config: Config) -> Router:
             write_options,
             progress,
             interrupt,
+            skip,
             png_info,
             scripts,
         ],

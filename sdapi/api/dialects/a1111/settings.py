@@ -1,0 +1,124 @@
+"""The A1111 options a client may change through POST /sdapi/v1/options: live previews and the images' format. A1111
+keeps one set of options per server; sdapi keeps one per API key (clients of one service do not change each
+other's), in this API node's memory until it restarts: a client that sets them talks to the node it set them on, as
+A1111's own clients talk to one server. Every other option stays read-only (set in config.yaml).
+
+What each one does here, and where sdapi differs from A1111:
+- live_previews_enable: whether this key's A1111 tasks draw live previews (GET /sdapi/v1/progress current_image).
+- show_progress_every_n_steps: the previews' period in steps; -1 (A1111: only after each batch) and 0 draw none
+  while sampling.
+- show_progress_type: A1111's "Full", "Approx NN", "Approx cheap" and "TAESD" are all accepted and read back. sdapi
+  draws every preview one way: the configured tiny decoder (previews.decoder, TAESD) where one is set, else its
+  latent-to-RGB map, which is A1111's "Approx cheap" (so "TAESD" is exactly that when previews.decoder is set, and
+  "Full" and "Approx NN", which sdapi does not run, get the nearest of the two).
+- live_preview_content: "Prompt", "Negative prompt" and "Combined" are accepted; the preview is always the guided
+  prediction, A1111's "Combined".
+- live_previews_image_format: png, jpeg or webp, the format of /progress's current_image.
+- samples_format: png, jpg (jpeg) or webp, the images' format when a request's override_settings does not say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Request
+
+from sdapi.api.auth import caller_of
+from sdapi.api.dialects.common import config_of
+from sdapi.errors import InvalidParameter
+
+PREVIEW_TYPES = ("Full", "Approx NN", "Approx cheap", "TAESD")
+PREVIEW_CONTENTS = ("Prompt", "Negative prompt", "Combined")
+PREVIEW_FORMATS = ("png", "jpeg", "webp")
+SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    raise InvalidParameter(name, f"{name} 必须是 true 或 false")
+
+
+def _period(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or not -1 <= value <= 1000:
+        raise InvalidParameter(name, f"{name} 必须是 -1 到 1000 的整数（-1 与 0：采样中不显示预览）")
+    return int(value)
+
+
+def _choice(choices: tuple[str, ...]) -> Any:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise InvalidParameter(name, f"{name} 无效：{value!r}。可选：{', '.join(choices)}")
+        return str(value)
+
+    return check
+
+
+# The writable options, each with its check.
+WRITABLE = {
+    "live_previews_enable": _flag,
+    "show_progress_every_n_steps": _period,
+    "show_progress_type": _choice(PREVIEW_TYPES),
+    "live_preview_content": _choice(PREVIEW_CONTENTS),
+    "live_previews_image_format": _choice(PREVIEW_FORMATS),
+    "samples_format": _choice(SAMPLES_FORMATS),
+}
+
+
+@dataclass
+class ClientOptions:
+    """One API key's writable options (A1111's defaults, the period from previews.every_steps)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def preview_every_steps(self) -> int:
+        """The preview period this key's A1111 tasks ask for (0: none)."""
+        if not self.values["live_previews_enable"]:
+            return 0
+        return max(int(self.values["show_progress_every_n_steps"]), 0)
+
+
+class OptionsBook:
+    """Every API key's writable options on this node."""
+
+    def __init__(self, every_steps: int) -> None:
+        self._defaults: dict[str, Any] = {
+            "live_previews_enable": every_steps > 0,
+            "show_progress_every_n_steps": every_steps,
+            "show_progress_type": "Approx cheap",
+            "live_preview_content": "Combined",
+            "live_previews_image_format": "png",
+            "samples_format": "png",
+        }
+        self._by_key: dict[str, ClientOptions] = {}
+
+    def of(self, key_name: str) -> ClientOptions:
+        found = self._by_key.get(key_name)
+        if found is None:
+            found = self._by_key[key_name] = ClientOptions(dict(self._defaults))
+        return found
+
+    def write(self, key_name: str, changes: dict[str, Any]) -> None:
+        """Check every writable option in `changes` first, then write them all (or none)."""
+        checked = {name: WRITABLE[name](name, value) for name, value in changes.items()}
+        self.of(key_name).values.update(checked)
+
+
+def options_of_caller(request: Request[Any, Any, Any]) -> ClientOptions:
+    """The calling key's writable options on this node."""
+    return _book(request).of(caller_of(request).name)
+
+
+def write_caller_options(request: Request[Any, Any, Any], changes: dict[str, Any]) -> None:
+    _book(request).write(caller_of(request).name, changes)
+
+
+def _book(request: Request[Any, Any, Any]) -> OptionsBook:
+    state = request.app.state
+    book = state.get("a1111_options")
+    if book is None:
+        book = state["a1111_options"] = OptionsBook(config_of(request).previews.every_steps)
+    return book
