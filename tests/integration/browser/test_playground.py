@@ -213,16 +213,22 @@ def test_no_request_of_a_page_load_fails_and_the_header_fits_a_phone(browser, se
     context.close()
 
 
-def test_cancel_a_long_task(page):
+def test_a_long_task_forms_in_place_and_can_be_cancelled(page):
     page.get_by_label("提示词", exact=True).fill("a very long one")
     page.get_by_label("宽度").fill("512")
     page.get_by_label("高度").fill("512")
     page.get_by_label("采样步数").fill("150")
     page.get_by_role("button", name="生成").click()
     expect(page.locator("#status")).to_contain_text(re.compile("生成中|排队中"), timeout=30_000)
+    # The live preview (issue 46): the picture forming, from GET /api/v1/tasks/{id}?preview=1.
+    preview = page.get_by_role("img", name="实时预览")
+    expect(preview).to_be_visible(timeout=30_000)
+    assert (preview.get_attribute("src") or "").startswith("data:image/jpeg;base64,")
+    assert page.evaluate("document.getElementById('live-preview').naturalWidth") == 256
     page.get_by_role("button", name="取消").click()
     expect(page.locator("#status")).to_have_text("已取消", timeout=30_000)
     expect(page.get_by_role("button", name="生成")).to_be_enabled()
+    expect(preview).to_be_hidden()
 
 
 def test_api_errors_are_shown_in_the_apis_words(page):
