@@ -74,8 +74,11 @@ test: check
 test-fast: install-dev
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "$(FAST_TIERS)"
 
+# The service's overhead on the tiny model, then what live previews cost on the default model and on SD 1.5's
+# architecture (random weights, built under data/bench: about 4 GiB).
 bench: install-dev model
 	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.previews --workdir data/bench
 
 bench-loras: install-dev
 	$(BIN)/python -m bench.loras

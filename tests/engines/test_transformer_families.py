@@ -18,6 +18,8 @@ from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
 from sdapi.errors import InvalidParameter
 from sdapi.families.detection import detect_folder
+from sdapi.previews.drawing import draw_current
+from sdapi.previews.latent_rgb import map_of
 from tests.fixtures.models import TRANSFORMER_TINY_VARIANTS
 from tests.support.factories import make_params
 from tests.support.services import mean_abs_diff
@@ -234,3 +236,35 @@ def test_sd3_without_its_t5_encoder(tiny_transformer_models):
     lighter = without.generate(Run(params)).images[0]
     assert lighter.size == (SIDE, SIDE)
     assert mean_abs_diff(_pixels(lighter), _pixels(full.generate(Run(params)).images[0])) > 1.0
+
+
+def test_live_previews_are_drawn_from_the_unpacked_latents(engine):
+    """sdapi.previews on a family whose pipelines pack their latents (FLUX.1, FLUX.2) or not (SD 3.x, Z-Image): a
+    preview of the picture's size at every step, drawn from the family's latent grid, which is the pipeline's own
+    packing undone. (A tiny model's random VAE is far from linear, so how much a preview looks like the final image
+    is measured on the trained default model: tests/integration/previews.)"""
+    _, _, loaded = engine
+    drawn: list[Image.Image] = []
+
+    def on_step(step: int, total: int, images_done: int) -> None:
+        picture = draw_current(256)
+        assert picture is not None
+        drawn.append(picture)
+
+    loaded.generate(Run(_params(loaded, seed=5, num_inference_steps=4), on_step=on_step))
+    assert len(drawn) == 4 and all(picture.size == (SIDE, SIDE) for picture in drawn)
+    assert len({picture.tobytes() for picture in drawn}) > 1  # the picture moves as the steps go
+    pipeline = loaded._pipelines().text_to_image
+    family = loaded.family.family
+    channels = map_of(pipeline).channels  # the grid the map was fitted on: what spatial_latents must give back
+    if family.name == "flux":  # 2x2 cells of the 8x grid packed into tokens
+        grid = torch.randn(1, channels, SIDE // 8, SIDE // 8)
+        packed = pipeline._pack_latents(grid, 1, channels, SIDE // 8, SIDE // 8)
+        assert torch.equal(family.spatial_latents(pipeline, packed, (SIDE, SIDE)), grid)
+    elif family.name == "flux2-klein":  # the patchified 16x grid's cells as tokens
+        grid = torch.randn(1, channels, SIDE // 16, SIDE // 16)
+        packed = pipeline._pack_latents(grid)
+        assert torch.equal(family.spatial_latents(pipeline, packed, (SIDE, SIDE)), grid)
+    else:
+        grid = torch.randn(1, channels, SIDE // 8, SIDE // 8)
+        assert family.spatial_latents(pipeline, grid, (SIDE, SIDE)) is grid
