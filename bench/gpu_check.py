@@ -39,7 +39,17 @@ from typing import Any
 # A step is not started with less than this left of the budget: the files still get written.
 RESERVE_SECONDS = 5.0
 # The kinds of step, in the order they run (--steps picks some).
-STEP_KINDS = ("environment", "contract", "eager", "compile", "onnx", "service", "batching", "transformers")
+STEP_KINDS = (
+    "environment",
+    "contract",
+    "eager",
+    "compile",
+    "onnx",
+    "service",
+    "batching",
+    "previews",
+    "transformers",
+)
 # queue.batch_max settings the batching step compares, with 32 concurrent requests each.
 BATCHING_SETTINGS = (1, 4, 8)
 BATCHING_REQUESTS = 32
@@ -476,6 +486,16 @@ def out_of_memory(engine: Any, model: Model) -> dict[str, Any]:
     return {"out_of_memory_code": code, "memory_freed_after": bool(freed)}
 
 
+def previews(run: Run, model: Model) -> dict[str, Any]:
+    """What live previews cost (issue 46): seconds per step with previews off, every 5 steps and every step, side by
+    side on one engine (bench.previews, drawn and encoded on the generation thread: an upper bound)."""
+    from bench.previews import cadence_figures
+
+    engine = torch_engine(run, model)
+    figures = cadence_figures(engine, model.steps, 2 if run.tiny else 3, model.side)
+    return {key: value if not isinstance(value, float) else round(value, 4) for key, value in figures.items()}
+
+
 def transformer_family(run: Run, architecture: Any, work: Path) -> dict[str, Any]:
     """One transformer architecture measured (bench/transformer_families.py), then freed for the next."""
     import gc
@@ -591,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         run.step("onnx", f"{name}: onnx runtime", lambda model=model: measure_onnx(run, model, work))
         run.step("service", f"{name}: service queue of 20", lambda model=model: through_the_service(run, model, work))
         run.step("batching", f"{name}: batching", lambda model=model: batching(run, model, work))
+        run.step("previews", f"{name}: live previews", lambda model=model: previews(run, model))
     from bench.transformer_families import ARCHITECTURES
 
     for architecture in ARCHITECTURES:

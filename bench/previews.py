@@ -31,8 +31,8 @@ NOTIFY_LIMIT = 8000
 CADENCES = {"off": 0, "default (every 5)": 5, "every step": 1}
 
 
-def run_once(engine: TorchEngine, every: int, steps: int, sizes: list[int]) -> float:
-    """Seconds per step of one 512x512 task, drawing and encoding a preview every `every` steps (0: none)."""
+def run_once(engine: TorchEngine, every: int, steps: int, sizes: list[int], side: int = 512) -> float:
+    """Seconds per step of one side x side task, drawing and encoding a preview every `every` steps (0: none)."""
 
     def on_step(step: int, total: int, images_done: int) -> None:
         if every and step % every == 0:
@@ -40,7 +40,7 @@ def run_once(engine: TorchEngine, every: int, steps: int, sizes: list[int]) -> f
             assert picture is not None
             sizes.append(len(encode_preview(picture, step, total, "jpeg", 70).data))
 
-    params = make_params(prompt="a lake and green mountains", width=512, height=512, num_inference_steps=steps)
+    params = make_params(prompt="a lake and green mountains", width=side, height=side, num_inference_steps=steps)
     started = time.perf_counter()
     engine.generate(Run(params, on_step=on_step))
     return (time.perf_counter() - started) / steps
@@ -49,28 +49,41 @@ def run_once(engine: TorchEngine, every: int, steps: int, sizes: list[int]) -> f
 def measure(name: str, model: Path, steps: int, rounds: int) -> list[dict[str, Any]]:
     engine = TorchEngine(ModelConfig(path=str(model), device="cpu", dtype="float32"))
     engine.load()
+    figures = cadence_figures(engine, steps, rounds, 512)
+    print(
+        f"{name}: map fitted in {figures['fit_s']:.2f}s (rms {figures['fit_rms']:.3f} of [-1, 1]); 256x256 JPEG "
+        f"previews {figures['preview_kb']:.1f} kB, {figures['preview_base64_kb']:.1f} kB as base64 (NOTIFY's "
+        f"limit: {NOTIFY_LIMIT / 1000:.1f} kB)"
+    )
+    return [
+        {"model": name, "previews": label, "step_s": figures["step_s"][label], "cost": figures["cost"][label]}
+        for label in CADENCES
+    ]
+
+
+def cadence_figures(engine: TorchEngine, steps: int, rounds: int, side: int) -> dict[str, Any]:
+    """The fit's time and error, seconds per step at each cadence (medians, interleaved rounds), the cost against
+    previews off, and the encoded preview size: what this bench and the GPU check record."""
     pipeline = engine._pipelines().text_to_image
     began = time.perf_counter()
     fitted = map_of(pipeline)
     fit_seconds = time.perf_counter() - began
-    run_once(engine, 0, 2, [])  # warm-up
+    run_once(engine, 0, 2, [], side)  # warm-up
     times: dict[str, list[float]] = {label: [] for label in CADENCES}
     sizes: list[int] = []
     for _ in range(rounds):  # interleaved, so drift on a shared machine spreads over every cadence alike
         for label, every in CADENCES.items():
-            times[label].append(run_once(engine, every, steps, sizes))
-    base = statistics.median(times["off"])
-    rows = []
-    for label in CADENCES:
-        step = statistics.median(times[label])
-        rows.append({"model": name, "previews": label, "step_s": step, "cost": step / base - 1})
+            times[label].append(run_once(engine, every, steps, sizes, side))
+    step_s = {label: statistics.median(times[label]) for label in CADENCES}
     encoded = statistics.median(sizes)
-    print(
-        f"{name}: map fitted in {fit_seconds:.2f}s (rms {fitted.rms_error:.3f} of [-1, 1]); 256x256 JPEG previews "
-        f"{encoded / 1000:.1f} kB, {len(base64.b64encode(bytes(int(encoded)))) / 1000:.1f} kB as base64 "
-        f"(NOTIFY's limit: {NOTIFY_LIMIT / 1000:.1f} kB)"
-    )
-    return rows
+    return {
+        "fit_s": fit_seconds,
+        "fit_rms": fitted.rms_error,
+        "step_s": step_s,
+        "cost": {label: step_s[label] / step_s["off"] - 1 for label in CADENCES},
+        "preview_kb": encoded / 1000,
+        "preview_base64_kb": len(base64.b64encode(bytes(int(encoded)))) / 1000,
+    }
 
 
 def main() -> None:

@@ -154,6 +154,30 @@ def _make_tiny_model(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _preview_map(arguments: argparse.Namespace) -> int:
+    """Fit a model's latent-to-RGB preview map as the service does on its first preview, and print it."""
+    import json
+
+    from sdapi.config import ModelConfig
+    from sdapi.engines.torch_engine import TorchEngine
+    from sdapi.observability.logs import mute_import_warnings
+    from sdapi.previews.latent_rgb import map_of
+
+    mute_import_warnings()
+    engine = TorchEngine(ModelConfig(path=arguments.model, device="cpu", dtype="float32"))
+    engine.load()
+    fitted = map_of(engine._pipelines().text_to_image)
+    document = {
+        "family": engine.family.family.name if engine.family is not None else None,
+        "channels": fitted.channels,
+        "matrix": [[round(value, 6) for value in row] for row in fitted.matrix.tolist()],
+        "bias": [round(value, 6) for value in fitted.bias.tolist()],
+        "rms_error": round(fitted.rms_error, 4),
+    }
+    print(json.dumps(document, indent=2))
+    return 0
+
+
 def _install_default_model(arguments: argparse.Namespace) -> int:
     from sdapi.models.default_model import SHIPPED_MODEL, ManifestMismatch, install_default_model
 
@@ -306,6 +330,13 @@ def parser() -> argparse.ArgumentParser:
         help="architecture (default: sd15; the -inpaint ones have an inpainting checkpoint's 9-channel UNet)",
     )
     tiny.set_defaults(run=_make_tiny_model)
+
+    preview_map = commands.add_parser(
+        "preview-map",
+        help="fit a model's latent-to-RGB live-preview map from its VAE (as the service does) and print it as JSON",
+    )
+    preview_map.add_argument("model", help="a model folder or single file, as config.yaml's model.path")
+    preview_map.set_defaults(run=_preview_map)
 
     default = commands.add_parser(
         "install-default-model",

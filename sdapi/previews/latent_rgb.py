@@ -6,8 +6,9 @@ goes through the model's own VAE into the latent space its denoiser works in (th
 Family.latents_of_pixels), each picture is averaged down to the latent grid, and least squares gives the matrix and
 the bias. It is fitted once per VAE, the first time a model of it draws a preview, and kept while the VAE is in
 memory: the map then fits the model at hand (a fine-tuned VAE, the trained default model's own, a test's random
-one), not only its family's reference VAE. `scripts/fit_preview_map.py` runs the same fit on a model folder and
-prints the map and how well it fits.
+one), not only its family's reference VAE; and the reference VAEs, which cannot be downloaded where sdapi is built
+and tested, are not needed to ship it. `sdapi preview-map MODEL` runs the same fit on a model and prints the map and
+how well it fits.
 """
 
 from __future__ import annotations

@@ -307,7 +307,8 @@ class SqlTaskStore:
             order_params = (*loaded, affinity_max_wait)
         async with self._db.session(write=True) as session:
             row = await session.fetchone(
-                f"UPDATE tasks SET status = 'processing', attempts = attempts + 1, updated_at = {now}, "
+                f"UPDATE tasks SET status = 'processing', attempts = attempts + 1, skip_requested = 0, "
+                f"updated_at = {now}, "
                 f"lease_token = %s, lease_expires_at = {now} + %s, worker_id = %s, progress = NULL, "
                 f"started_at = {now}, cancel_requested = FALSE "
                 f"WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending'{skipping} ORDER BY {order} LIMIT 1"
@@ -335,7 +336,8 @@ class SqlTaskStore:
             marks = ", ".join(["%s"] * len(chosen))
             # One token for the batch's companions is safe: a lease is the (task id, token) pair.
             rows = await session.fetchall(
-                f"UPDATE tasks SET status = 'processing', attempts = attempts + 1, updated_at = {now}, "
+                f"UPDATE tasks SET status = 'processing', attempts = attempts + 1, skip_requested = 0, "
+                f"updated_at = {now}, "
                 f"lease_token = %s, lease_expires_at = {now} + %s, worker_id = %s, progress = NULL, "
                 f"started_at = {now}, cancel_requested = FALSE "
                 f"WHERE seq IN ({marks}) AND status = 'pending' RETURNING {_TASK_COLUMNS}, lease_token, seq",

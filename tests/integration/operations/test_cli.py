@@ -167,3 +167,20 @@ asyncio.run(main())
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "LOADED []" in result.stdout
+
+
+def test_preview_map_fits_and_prints_a_models_latent_to_rgb_map():
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sdapi", "preview-map", str(REPO_ROOT / "models" / "scenes-sd")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["family"] == "sd1" and document["channels"] == 4
+    assert len(document["matrix"]) == 4 and all(len(row) == 3 for row in document["matrix"])
+    assert len(document["bias"]) == 3 and 0 < document["rms_error"] < 0.5

@@ -47,7 +47,12 @@ def test_the_gpu_check_runs_every_step_on_a_cpu(tmp_path):
     assert contract["batch_members_match_their_own_runs"] is True
     # What the budget left out runs now, on its own budget: every kind of step has run once.
     rest = _check(
-        tmp_path, "rest", "--budget-seconds", "300", "--steps", "eager,compile,onnx,service,batching,transformers"
+        tmp_path,
+        "rest",
+        "--budget-seconds",
+        "300",
+        "--steps",
+        "eager,compile,onnx,service,batching,previews,transformers",
     )
     ran |= set(rest["results"])
     steps = ("torch eager", "torch compile", "LoRA after compile", "onnx runtime", "service queue of 20", "batching")
@@ -58,6 +63,8 @@ def test_the_gpu_check_runs_every_step_on_a_cpu(tmp_path):
     batching = rest["results"]["tiny: batching"]
     assert {"batch_max_1", "batch_max_4", "batch_max_8"} <= set(batching), batching
     assert all(batching[f"batch_max_{n}"]["images_per_second"] > 0 for n in (1, 4, 8))
+    previews = rest["results"]["tiny: live previews"]
+    assert set(previews["step_s"]) == {"off", "default (every 5)", "every step"} and previews["preview_kb"] > 0
     # The transformer families' steps (the real architectures on a lent GPU; their tiny models here).
     for variant in ("sd3", "flux", "flux-dev", "z-image"):
         figures = rest["results"][f"tiny {variant}: images"]
