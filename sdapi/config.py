@@ -303,7 +303,10 @@ class PreviewsConfig(_Section, frozen=True):
     every_steps: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 5
     # The longest side of a preview, in pixels (a smaller picture keeps its own size).
     max_side: Annotated[int, msgspec.Meta(ge=16, le=1024)] = 256
+    # How previews are encoded (the dialects that name a format re-encode them: A1111's live_previews_image_format,
+    # OpenAI's output_format).
     format: Literal["jpeg", "webp"] = "jpeg"
+    # The encoder's quality (1-100): 70 keeps a 256-pixel preview near 8 kB.
     quality: Annotated[int, msgspec.Meta(ge=1, le=100)] = 70
     # A diffusers AutoencoderTiny folder (TAESD, TAESDXL, TAESD3, TAEF1: one made for the model's latents) that
     # draws previews instead of the latent-to-RGB map: sharper, and worth it on a GPU. null: the map.
