@@ -13,6 +13,7 @@ Nothing is computed there; x0 is worked out only when a preview is due, from wha
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -29,6 +30,9 @@ class StepWatch:
         self._result: Any = None
         original = scheduler.step
 
+        # wraps: pipelines read step()'s signature to decide whether to pass `generator` and `eta`
+        # (prepare_extra_step_kwargs); inspect.signature follows __wrapped__ to the scheduler's own.
+        @functools.wraps(original)
         def step(model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             result = original(model_output, timestep, sample, *args, **kwargs)
             self._model_output, self._timestep, self._sample, self._result = model_output, timestep, sample, result

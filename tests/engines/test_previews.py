@@ -132,3 +132,18 @@ def test_a_skip_ends_the_current_call_early_and_the_next_one_runs_in_full(tiny_m
     assert steps == [1, 2, *range(per_call + 1, 2 * per_call + 1)], steps
     assert not np.array_equal(np.asarray(skipped[0]), np.asarray(plain[0]))
     assert np.array_equal(np.asarray(skipped[1]), np.asarray(plain[1]))
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    ["EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "LCMScheduler", "DDIMScheduler"],
+)
+def test_watching_the_scheduler_changes_no_pixel(sd15, scheduler):
+    """The step watch wraps the scheduler's step(); pipelines read its signature to decide whether to pass the
+    request's generators (and eta): wrapped, it must still say it takes them, or an ancestral sampler would draw
+    its noise from torch's global generator and the seed rule would break."""
+    params = make_params(width=SIZE, height=SIZE, num_inference_steps=4, num_images=2, seed=31, scheduler=scheduler)
+    plain = sd15.generate(Run(params)).images  # no step callback: no watch
+    watched = sd15.generate(Run(params, on_step=lambda *_: None)).images
+    for a, b in zip(plain, watched, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
