@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -247,6 +248,23 @@ def wait_for_task(
             return body
         time.sleep(0.05)
     raise TimeoutError(f"task {task_id} still {body.get('status')} after {timeout}s")
+
+
+def task_events(
+    client: httpx.Client, task_id: str, timeout: float | httpx.Timeout = 120.0
+) -> list[tuple[str | None, dict[str, Any]]]:
+    """The task's SSE stream read to its end: (event name, decoded data) for each event."""
+    events: list[tuple[str | None, dict[str, Any]]] = []
+    with client.stream("GET", f"/api/v1/tasks/{task_id}/events", timeout=timeout) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line.removeprefix("data: "))))
+    return events
 
 
 def generate(client: httpx.Client, **body: Any) -> dict[str, Any]:

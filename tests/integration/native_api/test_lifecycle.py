@@ -22,6 +22,7 @@ from tests.support.services import (
     gradient_image,
     in_process,
     submit,
+    task_events,
     wait_for_task,
 )
 from tests.support.waiting import eventually
@@ -285,16 +286,7 @@ def test_wait_returns_as_soon_as_the_task_ends_or_when_the_time_is_up(service):
 def test_the_event_stream_reports_status_and_progress_then_ends(service):
     with service.client() as client:
         task_id = submit(client, **{**LONG, "num_inference_steps": 60})
-        events = []
-        with client.stream("GET", f"/api/v1/tasks/{task_id}/events", timeout=120) as response:
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/event-stream")
-            event = None
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    event = line.removeprefix("event: ")
-                elif line.startswith("data: "):
-                    events.append((event, json.loads(line.removeprefix("data: "))))
+        events = task_events(client, task_id)
         names = [name for name, _ in events]
         assert names[0] == "status" and names[-1] == "done" and "progress" in names, names
         steps = [data["step"] for name, data in events if name == "progress"]

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.services import REPO_ROOT, fetch_image, submit, wait_for_task
+from tests.support.services import REPO_ROOT, fetch_image, submit, task_events, wait_for_task
 from tests.support.waiting import eventually
 
 MODEL = REPO_ROOT / "models" / "scenes-sd"
@@ -23,19 +22,6 @@ TASK = {"prompt": "a lake and green mountains at noon", "width": 512, "height": 
 @pytest.fixture(scope="module")
 def trained(make_service):
     return make_service("previews", model_path=MODEL)
-
-
-def stream_events(client, task_id: str) -> list[tuple[str, dict[str, Any]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    with client.stream("GET", f"/api/v1/tasks/{task_id}/events", timeout=300) as response:
-        assert response.status_code == 200
-        event = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                event = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((event, json.loads(line.removeprefix("data: "))))
-    return events
 
 
 def decoded(data_url: str) -> Image.Image:
@@ -54,7 +40,7 @@ def difference(preview: Image.Image, final: Image.Image) -> float:
 def test_a_20_step_task_streams_previews_that_come_closer_to_the_final_image(trained):
     with trained.client() as client:
         task_id = submit(client, **TASK, seed=7)
-        events = stream_events(client, task_id)
+        events = task_events(client, task_id, timeout=300)
         names = [name for name, _ in events]
         assert names[0] == "status" and names[-1] == "done", names
         previews = [data for name, data in events if name == "preview"]
@@ -99,6 +85,6 @@ def test_the_task_read_carries_the_latest_preview_while_it_runs_and_none_after(t
 def test_previews_off_for_a_request_sends_none(trained):
     with trained.client() as client:
         task_id = submit(client, **{**TASK, "width": 256, "height": 256, "preview_every_steps": 0}, seed=5)
-        names = [name for name, _ in stream_events(client, task_id)]
+        names = [name for name, _ in task_events(client, task_id, timeout=300)]
         assert "preview" not in names and names[-1] == "done", names
         assert client.post("/api/v1/generate", json={"prompt": "x", "preview_every_steps": -1}).status_code == 422
