@@ -94,6 +94,7 @@ async def streamed(
         finally:
             if view is None or not view.task.status.is_terminal:  # timed out, or the client left: stop the task
                 await cancel_quietly(service, task.id, base_url, caller)
+        assert view is not None  # the stream's first event is the task as it was read
         if view.task.status is not TaskStatus.COMPLETED:
             yield _error(view.task.error_message or "生成失败", view.task.error_code)
             return
