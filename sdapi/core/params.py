@@ -376,10 +376,6 @@ def _hires(
     second_steps = hires.steps or steps
     if second_steps > limits.max_inference_steps:
         raise InvalidParameter("hires", f"hires.steps 无效：{second_steps}。范围 1-{limits.max_inference_steps}")
-    if int(second_steps * hires.strength) < 1:
-        raise InvalidParameter(
-            "hires", f"hires.strength（{hires.strength}）× steps（{second_steps}）不足一步：第二遍没有可运行的步数"
-        )
     return HiresParams(
         width=final_width,
         height=final_height,

@@ -50,6 +50,20 @@ def upscale_pixels(
     return upscaled if upscaled.size == size else upscaled.resize(size, Image.Resampling.LANCZOS)
 
 
+def _as_picture(pipeline: Any, upscaled: Any, size: tuple[int, int]) -> Image.Image:
+    """The upscaled first pass as the final picture: decoded by the VAE when it was upscaled in latents."""
+    if isinstance(upscaled, Image.Image):
+        return upscaled.convert("RGB")
+    vae = pipeline.vae
+    parameter = next(iter(vae.parameters()), None) if hasattr(vae, "parameters") else None  # ONNX Runtime's: none
+    latents = upscaled.to(parameter.dtype if parameter is not None else torch.float32) / vae.config.scaling_factor
+    with torch.inference_mode():
+        output = vae.decode(latents)
+    decoded = output[0] if isinstance(output, tuple) else output.sample
+    picture: Image.Image = pipeline.image_processor.postprocess(decoded, output_type="pil")[0]
+    return picture if picture.size == size else picture.resize(size, Image.Resampling.LANCZOS)
+
+
 def make_hires_images(
     text_to_image: Any,
     image_to_image: Any,
@@ -63,8 +77,10 @@ def make_hires_images(
     hires = params.hires
     assert hires is not None
     first_steps = params.num_inference_steps
-    # The image-to-image pass runs int(steps * strength) steps (at least one), as its scheduler will count them.
-    second_steps = max(int(hires.steps * hires.strength), 1)
+    # The image-to-image pass runs int(steps * strength) steps, as its scheduler will count them; none at all when
+    # that is under one (A1111's denoising_strength 0: the upscaled first pass is the picture, as image-to-image
+    # returns its input at such a strength).
+    second_steps = int(hires.steps * hires.strength)
     per_image = first_steps + second_steps
     total = per_image * params.num_images
     final_size = (hires.width, hires.height)
@@ -101,6 +117,9 @@ def make_hires_images(
             width=hires.width,
             height=hires.height,
         )
+        if second_steps < 1:
+            images.append(_as_picture(image_to_image, upscaled, final_size))
+            continue
         image_to_image.scheduler = make_scheduler(second, scheduler_config)
         arguments = {"image": upscaled, "strength": hires.strength} | image_size(image_to_image, second)
         second_report = report(index * per_image + first_steps)

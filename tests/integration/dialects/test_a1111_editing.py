@@ -137,3 +137,58 @@ def test_extra_single_image_upscales_and_lanczos_is_pillows(api):
     assert [image.size for image in batch.images] == [(96, 64), (64, 64)]
     with pytest.raises(RuntimeError, match="gfpgan_visibility"):
         api.extra_single_image(image=picture, gfpgan_visibility=0.5)
+
+
+# -- payloads A1111's clients send (issue 47, item 8) ---------------------------------------------------------------
+
+
+def test_booleans_where_a1111_has_numbers_are_read_as_0_and_1(api):
+    """Clients send `"inpainting_mask_invert": false` (A1111's pydantic reads it as 0): a plain image-to-image."""
+    from tests.support.services import data_url
+
+    body = {
+        "init_images": [data_url(gradient_image(64, 64))],
+        "prompt": "a harbour",
+        "denoising_strength": 0.5,
+        "inpainting_mask_invert": False,
+        "inpainting_fill": False,
+        "steps": 4,
+        "seed": 5,
+    }
+    answer = api.session.post(f"{api.baseurl}/img2img", json=body)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["images"]) == 1
+    inverted = api.session.post(f"{api.baseurl}/img2img", json={**body, "inpainting_mask_invert": True})
+    assert inverted.status_code == 200, inverted.text  # 1 without a mask: nothing to invert, still served
+
+
+def test_enable_hr_at_denoising_strength_0_answers_the_upscaled_picture(api):
+    first = api.txt2img(prompt="a lighthouse", width=64, height=64, **SMALL)
+    upscaled = api.txt2img(
+        prompt="a lighthouse",
+        width=64,
+        height=64,
+        enable_hr=True,
+        hr_scale=2,
+        hr_upscaler="Lanczos",
+        denoising_strength=0,
+        **SMALL,
+    )
+    assert upscaled.image.size == (128, 128)
+    expected = first.image.convert("RGB").resize((128, 128), Image.Resampling.LANCZOS)
+    assert np.array_equal(_pixels(upscaled.image), _pixels(expected))
+
+
+def test_the_options_and_lists_clients_read_are_answered(api):
+    options = api.get_options()
+    assert options["send_seed"] is True and options["sd_hypernetwork"] == "None"
+    api.set_options({"send_seed": False})  # clients toggle it around a call, then restore it
+    assert api.get_options()["send_seed"] is False
+    api.set_options({"send_seed": True})
+    assert api.get_options()["send_seed"] is True
+    flags = api.get_cmd_flags()
+    assert flags["api"] is True and flags["nowebui"] is True
+    assert "a1111-upscalers" in flags["esrgan_models_path"]  # the configured upscalers.dir
+    assert api.get_hypernetworks() == [] and api.get_face_restorers() == []
+    assert api.get_prompt_styles() == []
+    assert [model["name"] for model in api.get_realesrgan_models()] == ["tiny-esrgan-4x"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sdapi.core.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from tests.support.services import fetch_image, fetch_pixels, generate
@@ -77,6 +78,23 @@ def test_the_list_shows_built_in_and_installed_upscalers(hires_client):
     assert entries["broken"]["error"] and entries["broken"]["scale"] is None
 
 
+@pytest.mark.parametrize("upscaler", ["lanczos", "latent"])
+def test_a_second_pass_of_no_step_is_the_upscaled_first_pass(hires_client, upscaler):
+    """strength x steps under one step (A1111's denoising_strength 0): the picture is the first pass upscaled, as
+    image-to-image returns its input at such a strength."""
+    plain = fetch_image(generate(hires_client, **BODY)["result_url"]).convert("RGB")
+    result = _run(hires_client, upscaler=upscaler, scale=2, strength=0.1)  # 4 steps x 0.1: none
+    upscaled = fetch_image(result["result_url"]).convert("RGB")
+    assert upscaled.size == (192, 128)
+    assert result["progress"]["total_steps"] == result["progress"]["step"] <= 5  # the first pass's steps alone
+    expected = plain.resize((192, 128), Image.Resampling.LANCZOS)
+    difference = np.abs(np.asarray(upscaled, dtype=float) - np.asarray(expected, dtype=float)).mean()
+    if upscaler == "lanczos":
+        assert difference == 0.0
+    else:  # the latents upscaled, then decoded: near the picture upscaled, not equal to it
+        assert 0.0 < difference < 40.0, difference
+
+
 @pytest.mark.parametrize(
     "body, words",
     [
@@ -84,7 +102,6 @@ def test_the_list_shows_built_in_and_installed_upscalers(hires_client):
         ({"hires": {"upscaler": "broken"}}, "upscaler"),
         ({"hires": {"upscaler": "ESRGAN_4x"}}, "lanczos"),
         ({"hires": {"width": 100}}, "8"),
-        ({"hires": {"strength": 0.1, "steps": 4}}, "strength"),
         ({"hires": {}, "init_image": "data:image/png;base64,"}, "init_image"),
     ],
 )

@@ -12,6 +12,7 @@ from sdapi.api.dialects.a1111.models import Checkpoint, served_checkpoints
 from sdapi.api.dialects.a1111.settings import WRITABLE, options_of_caller, write_caller_options
 from sdapi.api.dialects.a1111.translate import SAMPLER_ALIASES, SAMPLERS, SCHEDULE_TYPES
 from sdapi.api.dialects.common import (
+    config_of,
     status_of,
 )
 from sdapi.errors import (
@@ -81,8 +82,9 @@ async def read_options(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 def options_of(model: Checkpoint) -> dict[str, Any]:
-    """The settings A1111 clients read that are fixed here (set in config.yaml); the writable ones
-    (sdapi.api.dialects.a1111.settings) are laid over them per API key."""
+    """The settings A1111 clients read that are fixed here (set in config.yaml), with A1111's values for what sdapi
+    does as A1111 does by default; the writable ones (sdapi.api.dialects.a1111.settings) are laid over them per API
+    key."""
     return {
         "sd_model_checkpoint": model.title,
         "sd_checkpoint_hash": model.sha256,
@@ -90,6 +92,18 @@ def options_of(model: Checkpoint) -> dict[str, Any]:
         "CLIP_stop_at_last_layers": 1,
         "eta_noise_seed_delta": 0,
         "sd_vae": "Automatic",
+        "sd_hypernetwork": "None",
+        "face_restoration": False,
+        "face_restoration_model": None,
+        "enable_pnginfo": True,  # the generation record is embedded (output.embed_parameters)
+        "samples_save": False,  # sdapi stores every image, but not in A1111's outputs folder
+        "grid_save": False,
+        "return_grid": False,
+        "jpeg_quality": 95,
+        "img_max_size_mp": 200,
+        "upscaler_for_img2img": None,
+        "sd_checkpoint_cache": 0,
+        "sd_vae_checkpoint_cache": 0,
     }
 
 
@@ -121,6 +135,57 @@ async def write_options(data: dict[str, Any], request: Request[Any, Any, Any]) -
         )
     write_caller_options(request, {key: value for key, value in data.items() if key in WRITABLE})
     return {}
+
+
+@get("/cmd-flags", summary="AUTOMATIC1111: 启动参数（sdapi 的对应设置）", responses=a1111_errors())
+async def cmd_flags(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """A1111's command-line flags that sdapi has an answer to, from its config (clients read the folders and
+    whether the API is on); every other flag is absent."""
+    config = config_of(request)
+    return {
+        "api": True,
+        "nowebui": True,
+        "api_auth": None,  # sdapi's keys are not shown
+        "listen": config.server.host not in ("127.0.0.1", "localhost"),
+        "port": config.server.port,
+        "lora_dir": str(config.loras_path),
+        "embeddings_dir": str(config.embeddings_path),
+        "esrgan_models_path": str(config.upscalers_path),
+        "controlnet_dir": str(config.controlnet_path),
+        "ckpt_dir": None,
+        "hypernetwork_dir": None,
+        "no_half": config.model.dtype == "float32",
+        "medvram": False,
+        "lowvram": False,
+    }
+
+
+@get("/hypernetworks", summary="AUTOMATIC1111: 超网络列表（sdapi 不提供超网络：空）", responses=a1111_errors())
+async def hypernetworks() -> list[dict[str, Any]]:
+    return []
+
+
+@get("/face-restorers", summary="AUTOMATIC1111: 面部修复模型（sdapi 不提供：空）", responses=a1111_errors())
+async def face_restorers() -> list[dict[str, Any]]:
+    return []
+
+
+@get(
+    "/realesrgan-models",
+    summary="AUTOMATIC1111: Real-ESRGAN 模型（upscalers.dir 中的神经网络放大模型）",
+    responses=a1111_errors(),
+)
+async def realesrgan_models(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": entry.name, "path": None, "scale": entry.scale}
+        for entry in status_of(request).listed("upscalers")
+        if entry.kind == "neural" and entry.error is None
+    ]
+
+
+@get("/prompt-styles", summary="AUTOMATIC1111: 提示词样式（sdapi 尚无样式：空）", responses=a1111_errors())
+async def prompt_styles() -> list[dict[str, Any]]:
+    return []
 
 
 @get("/scripts", summary="AUTOMATIC1111: 脚本列表（sdapi 没有脚本）", responses=a1111_errors())

@@ -20,9 +20,14 @@ from sdapi.api.dialects.a1111.errors import GENERATION_ERRORS, a1111_errors
 from sdapi.api.dialects.a1111.extras import extra_batch_images, extra_single_image, latent_upscale_modes, upscalers
 from sdapi.api.dialects.a1111.models import checkpoint_of, served_checkpoints
 from sdapi.api.dialects.a1111.options import (
+    cmd_flags,
     embeddings,
+    face_restorers,
+    hypernetworks,
     loras,
+    prompt_styles,
     read_options,
+    realesrgan_models,
     samplers,
     schedulers,
     scripts,
@@ -312,6 +317,11 @@ def a1111_router(config: Config) -> Router:
             skip,
             png_info,
             scripts,
+            cmd_flags,
+            hypernetworks,
+            face_restorers,
+            realesrgan_models,
+            prompt_styles,
         ],
         guards=[api_key_guard(callers_by_key(config.api), config.api.key_header, basic=True)],
         tags=["automatic1111"],

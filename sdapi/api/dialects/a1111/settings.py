@@ -15,6 +15,7 @@ What each one does here, and where sdapi differs from A1111:
   prediction, A1111's "Combined".
 - live_previews_image_format: png, jpeg or webp, the format of /progress's current_image.
 - samples_format: png, jpg (jpeg) or webp, the images' format when a request's override_settings does not say.
+- send_seed, send_size: A1111's UI switches, stored and read back (clients toggle and restore them).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ WRITABLE = {
     "live_preview_content": _choice(PREVIEW_CONTENTS),
     "live_previews_image_format": _choice(PREVIEW_FORMATS),
     "samples_format": _choice(SAMPLES_FORMATS),
+    # A1111's UI switches (send the seed and the size to the other tabs): clients read, toggle and restore them;
+    # they change nothing here.
+    "send_seed": _flag,
+    "send_size": _flag,
 }
 
 
@@ -92,6 +97,8 @@ class OptionsBook:
             "live_preview_content": "Combined",
             "live_previews_image_format": "png",
             "samples_format": "png",
+            "send_seed": True,
+            "send_size": True,
         }
         self._by_key: dict[str, ClientOptions] = {}
 

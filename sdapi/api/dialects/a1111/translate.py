@@ -162,6 +162,14 @@ class A1111Generation(msgspec.Struct, kw_only=True):
     hr_negative_prompt: str = ""
 
 
+# A1111Generation's number fields (ints and floats): where a JSON boolean means 0 or 1.
+_NUMBER_FIELDS = frozenset(
+    field.name
+    for field in msgspec.structs.fields(A1111Generation)
+    if any(kind in str(field.type) for kind in ("int", "float")) and "bool" not in str(field.type)
+)
+
+
 @dataclass(frozen=True)
 class Translated:
     """A decoded A1111 request: the native request, and what the answer echoes."""
@@ -350,6 +358,14 @@ def _hires(fields: A1111Generation, neural: dict[str, float | None]) -> dict[str
     return {key: value for key, value in hires.items() if value is not None}
 
 
+def _booleans_as_numbers(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with JSON booleans read as 0 and 1 where A1111's schema has a number: its pydantic models take them
+    (several clients send `"inpainting_mask_invert": false`), msgspec does not."""
+    return {
+        key: int(value) if isinstance(value, bool) and key in _NUMBER_FIELDS else value for key, value in body.items()
+    }
+
+
 def translate(
     body: dict[str, Any],
     models: list[Checkpoint],
@@ -360,7 +376,7 @@ def translate(
     """`neural`: the installed neural upscalers (name -> scale) hr_upscaler names may map to."""
     try:
         # strict=False: A1111's own server (pydantic) reads "20" as 20, and some clients send numbers as strings.
-        fields = msgspec.convert(body, A1111Generation, strict=False)
+        fields = msgspec.convert(_booleans_as_numbers(body), A1111Generation, strict=False)
     except msgspec.ValidationError as error:
         raise InvalidParameter("body", str(error)) from None
     check_options(body, models)
