@@ -135,6 +135,14 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     ip_adapters: tuple[IpAdapterSpec, ...] = ()
     # Live previews every this many steps (0: none); None: the config's previews.every_steps.
     preview_every_steps: int | None = None
+    # CLIP layers counted from the end whose output conditions the run, A1111's numbering: 1 the last (no skip),
+    # 2 the penultimate (diffusers' clip_skip=1).
+    clip_skip: int = 1
+
+    @property
+    def diffusers_clip_skip(self) -> int | None:
+        """diffusers' clip_skip for this run (None: the last layer, its default)."""
+        return self.clip_skip - 1 if self.clip_skip > 1 else None
 
     @property
     def is_image_to_image(self) -> bool:
@@ -334,6 +342,7 @@ def resolve_params(
         controlnets=controlnets,
         ip_adapters=ip_adapters,
         preview_every_steps=request.preview_every_steps,
+        clip_skip=request.clip_skip or 1,
     )
 
 

@@ -313,6 +313,18 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             "配置 loras.defaults 中的 LoRA 总会加上；同名时以请求的权重为准"
         ),
     ] = None
+    clip_skip: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                le=12,
+                description="CLIP 跳过层数（1-12，AUTOMATIC1111 的编号）：1 使用最后一层（默认），2 使用倒数第二层"
+                "（许多动漫类模型要求 2）。只用于 SD 1.x、2.x、SDXL 与 SD 3.x",
+            ),
+        ]
+        | None
+    ) = None
     preview_every_steps: (
         Annotated[
             int,

@@ -14,6 +14,7 @@ from sdapi.engines import Run, StepCallback
 from sdapi.engines.primitives import (
     Pipelines,
     batch_step_reporter,
+    clip_skip_argument,
     cpu_generators,
     image_size,
     no_denoising,
@@ -79,6 +80,8 @@ def make_batch_images(pipelines: Pipelines, members: list[Run]) -> list[list[Ima
     else:
         arguments = _encoded_prompts(pipeline, first, members)
     seeds = [seed for member in members for seed in member.params.image_seeds()]
+    if family.batches_prompt_lists:
+        arguments |= clip_skip_argument(first)
     arguments |= {
         "num_inference_steps": first.num_inference_steps,
         "guidance_scale": first.guidance_scale,
@@ -117,6 +120,7 @@ def _encoded_prompts(pipeline: Any, first: GenerationParams, members: list[Run])
             num_images_per_prompt=member.params.num_images,
             do_classifier_free_guidance=guided,
             negative_prompt=member.params.negative_prompt,
+            **clip_skip_argument(first),
         )
         for member in members
     ]

@@ -86,6 +86,7 @@ def run_batches(
             "num_images_per_prompt": len(seeds),
             "generator": cpu_generators(seeds),
             "output_type": "pil",
+            **clip_skip_argument(params),
             **arguments,
         }
         batch_arguments |= family.size_arguments(size)
@@ -101,6 +102,12 @@ def run_batches(
         images.extend(pipeline(**batch_arguments).images)
     report_gpu_memory()
     return images
+
+
+def clip_skip_argument(params: GenerationParams) -> dict[str, Any]:
+    """The pipeline call's clip_skip for `params` (nothing at the default: every pipeline takes that)."""
+    skip = params.diffusers_clip_skip
+    return {} if skip is None else {"clip_skip": skip}
 
 
 def batch_step_reporter(members: list[Run], left: set[int], watch: StepWatch, size: tuple[int, int]) -> Any:

@@ -32,6 +32,7 @@ _SHARED: dict[str, Any] = {
     "controlnet": None,
     "onnx_pipelines": ("", "", ""),
     "onnx_parts": (),
+    "clip_skip": False,  # SD 3.x's CLIP encoders take it (its module says so); T5 and Qwen do not
 }
 
 

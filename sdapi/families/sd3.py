@@ -10,6 +10,7 @@ from sdapi.families.flow import one_unit_controlnet, transformer_family
 
 SD3 = transformer_family(
     name="sd3",
+    clip_skip=True,  # its two CLIP encoders skip layers as SD's does (diffusers' clip_skip)
     label="SD 3.x",
     addon_group="sd3",
     addon_group_label="SD 3.x",

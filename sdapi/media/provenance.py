@@ -57,6 +57,7 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     ip_adapters: list[dict[str, Any]] = []  # {model, sha256, weight} of each image prompt
     device: str = ""  # where the run ran: cpu, cuda, cuda:N
     family: str = ""  # the model's family for people: "SD 1.x", "FLUX.1"...
+    clip_skip: int = 1  # A1111's numbering: 1 the last CLIP layer
 
 
 def image_record(
@@ -95,6 +96,7 @@ def image_record(
         ip_adapters=[msgspec.structs.asdict(prompt) for prompt in params.ip_adapters],
         device=device,
         family=family,
+        clip_skip=params.clip_skip,
     )
 
 
@@ -124,6 +126,8 @@ def infotext(record: ImageRecord) -> str:
     pairs.append(("Model", record.model.source.rstrip("/").rsplit("/", 1)[-1]))
     if record.family:
         pairs.append(("Model family", record.family))
+    if record.clip_skip > 1:
+        pairs.append(("Clip skip", record.clip_skip))
     if record.scheduler in FLOW_SCHEDULER_CLASSES:  # A1111's sampler name does not say it ran on flow matching
         pairs.append(("Flow scheduler", record.scheduler))
     if record.strength is not None:

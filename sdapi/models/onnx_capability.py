@@ -21,6 +21,8 @@ from sdapi.models.export_manifest import (
     read_manifest,
 )
 
+ONNX_NO_CLIP_SKIP = "ONNX 导出的文本编码器只输出最后一层：clip_skip 大于 1 时请使用 torch 引擎"
+
 
 def refuse_what_no_export_serves(params: GenerationParams, hint: str = "") -> None:
     """Raise InvalidParameter (its message ending in `hint`) for what no export serves, whatever it holds."""
@@ -30,6 +32,8 @@ def refuse_what_no_export_serves(params: GenerationParams, hint: str = "") -> No
         raise InvalidParameter("hires", ONNX_NO_HIRES + hint)
     if params.controlnets or params.ip_adapters:
         raise InvalidParameter("controlnets", ONNX_NO_CONTROL + hint)
+    if params.clip_skip > 1:  # the exported text encoder gives its last layer only
+        raise InvalidParameter("clip_skip", ONNX_NO_CLIP_SKIP + hint)
 
 
 class OnnxCapability(msgspec.Struct, frozen=True):

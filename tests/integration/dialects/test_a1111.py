@@ -256,3 +256,24 @@ def test_both_dialects_are_in_the_docs_under_their_own_tags(service):
     assert paths["/sdapi/v1/progress"]["get"]["tags"] == ["automatic1111"]
     assert paths["/v1/images/generations"]["post"]["tags"] == ["openai"]
     assert {"BasicAuth": []} in paths["/sdapi/v1/img2img"]["post"]["security"]
+
+
+def test_clip_skip_through_override_settings_and_the_option(api):
+    """Issue 47, item 2: CLIP_stop_at_last_layers (A1111's clip skip) per request and as the key's option; "Clip
+    skip: 2" in the infotext as A1111 writes it. (That 2 is diffusers' clip_skip=1: tests/engines/test_clip_skip.py.)"""
+    plain = api.txt2img(prompt="a harbour", seed=8, **SMALL)
+    skipped = api.txt2img(prompt="a harbour", seed=8, override_settings={"CLIP_stop_at_last_layers": 2}, **SMALL)
+    assert skipped.info["clip_skip"] == 2 and "Clip skip: 2" in skipped.info["infotexts"][0]
+    assert "Clip skip" not in plain.info["infotexts"][0]
+    assert not np.array_equal(_pixels(plain.image), _pixels(skipped.image))
+    api.set_options({"CLIP_stop_at_last_layers": 2})
+    try:
+        assert api.get_options()["CLIP_stop_at_last_layers"] == 2
+        by_option = api.txt2img(prompt="a harbour", seed=8, **SMALL)
+        assert np.array_equal(_pixels(by_option.image), _pixels(skipped.image))
+    finally:
+        api.set_options({"CLIP_stop_at_last_layers": 1})
+    refused = api.session.post(
+        f"{api.baseurl}/txt2img", json={"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 13}}
+    )
+    assert refused.status_code == 422 and "CLIP_stop_at_last_layers" in refused.text

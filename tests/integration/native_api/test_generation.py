@@ -182,3 +182,17 @@ def test_scheduler_options_change_the_schedule_and_unknown_ones_are_refused(clie
     assert unknown.json()["detail"].startswith("DDIMScheduler 不接受 scheduler_options：use_karras_sigmas。可用：")
     bad_value = client.post("/api/v1/generate", json={**base, "scheduler_options": {"timestep_spacing": "sideways"}})
     assert bad_value.status_code == 400 and "timestep_spacing" in bad_value.json()["detail"]
+
+
+def test_clip_skip_changes_the_picture_and_is_recorded(client):
+    """Issue 47, item 2: clip_skip in A1111's numbering (1: the last layer), recorded as A1111 writes it."""
+    plain = generate(client, prompt="a lighthouse", seed=6)
+    skipped = generate(client, prompt="a lighthouse", seed=6, clip_skip=2)
+    assert skipped["status"] == "completed"
+    assert not np.array_equal(_pixels(plain), _pixels(skipped))
+    infotext, record = read_embedded(httpx.get(skipped["result_url"]).content)
+    assert infotext is not None and "Clip skip: 2" in infotext
+    assert record is not None and json.loads(record)["clip_skip"] == 2
+    for bad in (0, 13):
+        response = client.post("/api/v1/generate", json={"prompt": "x", "clip_skip": bad})
+        assert response.status_code == 422 and "clip_skip" in response.text

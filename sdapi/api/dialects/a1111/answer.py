@@ -63,7 +63,7 @@ def answer(
         "infotexts": infotexts,
         "styles": [],
         "job_timestamp": started.astimezone(UTC).strftime("%Y%m%d%H%M%S"),
-        "clip_skip": 1,
+        "clip_skip": params.clip_skip,
         "is_using_inpainting_conditioning": False,
         "version": f"sdapi {__version__}",
         # sdapi's additions: the task behind this answer, and whether POST /interrupt stopped it.

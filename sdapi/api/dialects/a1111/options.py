@@ -89,7 +89,6 @@ def options_of(model: Checkpoint) -> dict[str, Any]:
         "sd_model_checkpoint": model.title,
         "sd_checkpoint_hash": model.sha256,
         "samples_format": "png",
-        "CLIP_stop_at_last_layers": 1,
         "eta_noise_seed_delta": 0,
         "sd_vae": "Automatic",
         "sd_hypernetwork": "None",

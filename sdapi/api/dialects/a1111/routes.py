@@ -90,13 +90,17 @@ async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_
 
 def _with_caller_options(request: Request[Any, Any, Any], body: dict[str, Any], native: GenerationRequest) -> Any:
     """`native` with the caller's writable options (sdapi.api.dialects.a1111.settings): its live previews' period,
-    and its samples_format where the request's override_settings does not name one."""
+    and its samples_format and clip skip where the request's override_settings does not name them."""
     options = options_of_caller(request)
     changes: dict[str, Any] = {"preview_every_steps": options.preview_every_steps()}
     settings = body.get("override_settings")
-    if not (isinstance(settings, dict) and "samples_format" in settings):
+    overridden = settings if isinstance(settings, dict) else {}
+    if "samples_format" not in overridden:
         chosen = options.values["samples_format"]
         changes["output_format"] = "jpg" if chosen == "jpeg" else chosen
+    if "CLIP_stop_at_last_layers" not in overridden:
+        skip = int(options.values["CLIP_stop_at_last_layers"])
+        changes["clip_skip"] = skip if skip > 1 else None
     return msgspec.structs.replace(native, **changes)
 
 

@@ -15,6 +15,8 @@ What each one does here, and where sdapi differs from A1111:
   prediction, A1111's "Combined".
 - live_previews_image_format: png, jpeg or webp, the format of /progress's current_image.
 - samples_format: png, jpg (jpeg) or webp, the images' format when a request's override_settings does not say.
+- CLIP_stop_at_last_layers: clip skip (1-12, A1111's numbering, the native clip_skip) for this key's tasks whose
+  override_settings do not name one.
 - send_seed, send_size: A1111's UI switches, stored and read back (clients toggle and restore them).
 """
 
@@ -49,6 +51,12 @@ def _period(name: str, value: Any) -> int:
     return int(value)
 
 
+def _clip_skip(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or not 1 <= value <= 12:
+        raise InvalidParameter(name, f"{name} 必须是 1 到 12 的整数（1：最后一层，2：倒数第二层）")
+    return int(value)
+
+
 def _choice(choices: tuple[str, ...]) -> Any:
     def check(name: str, value: Any) -> str:
         if value not in choices:
@@ -66,6 +74,7 @@ WRITABLE = {
     "live_preview_content": _choice(PREVIEW_CONTENTS),
     "live_previews_image_format": _choice(PREVIEW_FORMATS),
     "samples_format": _choice(SAMPLES_FORMATS),
+    "CLIP_stop_at_last_layers": _clip_skip,
     # A1111's UI switches (send the seed and the size to the other tabs): clients read, toggle and restore them;
     # they change nothing here.
     "send_seed": _flag,
@@ -99,6 +108,7 @@ class OptionsBook:
             "samples_format": "png",
             "send_seed": True,
             "send_size": True,
+            "CLIP_stop_at_last_layers": 1,
         }
         self._by_key: dict[str, ClientOptions] = {}
 

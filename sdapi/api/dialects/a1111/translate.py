@@ -90,11 +90,18 @@ _HARMLESS = {
 }
 # override_settings that may be sent with these values (the model sdapi serves is checked separately).
 _NEUTRAL_SETTINGS: dict[str, tuple[Any, ...]] = {
-    "CLIP_stop_at_last_layers": (1,),
+    "CLIP_stop_at_last_layers": tuple(range(1, 13)),  # clip skip, A1111's numbering (clip_skip below)
     "eta_noise_seed_delta": (0,),
     "samples_format": ("png", "jpg", "jpeg", "webp"),  # the images' format (samples_format below)
     "sd_vae": ("Automatic", "None", None),
 }
+
+
+def clip_skip(body: dict[str, Any]) -> int | None:
+    """The request's override_settings.CLIP_stop_at_last_layers (A1111's clip skip, the native numbering), or None."""
+    settings = body.get("override_settings")
+    value = settings.get("CLIP_stop_at_last_layers") if isinstance(settings, dict) else None
+    return None if value is None else int(value)
 
 
 def samples_format(body: dict[str, Any]) -> str:
@@ -407,6 +414,7 @@ def translate(
         "guidance_scale": fields.cfg_scale,
         "num_images": count,
         "output_format": samples_format(body),  # check_options let only png, jpg, jpeg or webp through
+        "clip_skip": clip_skip(body),  # check_options let only 1-12 through
         "loras": [msgspec.to_builtins(lora) for lora in loras] or None,
         "model": checkpoint_of(body, models).served,
     }
