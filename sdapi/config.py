@@ -316,6 +316,13 @@ class PreviewsConfig(_Section, frozen=True):
     keep_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
 
 
+class StylesConfig(_Section, frozen=True):
+    # An AUTOMATIC1111 styles.csv (name,prompt,negative_prompt; {prompt} marks where the request's prompt goes),
+    # applied by name through the native `styles` field and A1111's `styles`, listed by /sdapi/v1/prompt-styles;
+    # read again when it changes. null: data_dir/styles.csv (no file: no styles).
+    file: str | None = None
+
+
 class LorasConfig(_Section, frozen=True):
     # Folder of .safetensors LoRA/LoHa/LoKr files; null: data_dir/loras.
     dir: str | None = None
@@ -379,6 +386,7 @@ class Config(_Section, frozen=True):
     store: StoreConfig = StoreConfig()
     output: OutputConfig = OutputConfig()
     previews: PreviewsConfig = PreviewsConfig()
+    styles: StylesConfig = StylesConfig()
     retention: RetentionConfig = RetentionConfig()
     compat: CompatConfig = CompatConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -408,6 +416,10 @@ class Config(_Section, frozen=True):
     @property
     def tensorrt_cache_path(self) -> Path:
         return self.data_path / "tensorrt-cache"
+
+    @property
+    def styles_path(self) -> Path:
+        return Path(self.styles.file) if self.styles.file else self.data_path / "styles.csv"
 
     @property
     def loras_path(self) -> Path:

@@ -313,6 +313,13 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             "配置 loras.defaults 中的 LoRA 总会加上；同名时以请求的权重为准"
         ),
     ] = None
+    styles: Annotated[
+        list[str] | None,
+        msgspec.Meta(
+            description="提示词样式名称列表（styles.file 中的 AUTOMATIC1111 styles.csv），按顺序套用到 prompt 与 "
+            "negative_prompt：含 {prompt} 的样式把提示词放在该处，否则接在后面"
+        ),
+    ] = None
     clip_skip: (
         Annotated[
             int,

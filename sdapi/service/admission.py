@@ -1,7 +1,8 @@
 """The one pipeline that checks a generation request before it becomes a task, in one named order; each step is
 owned by one module and raises InvalidParameter (a 400) naming the field:
 
-1. schema: the msgspec Struct the route or dialect decoded (sdapi.core.request), before this runs;
+1. schema: the msgspec Struct the route or dialect decoded (sdapi.core.request), before this runs; then the named
+   prompt styles are applied (sdapi.core.styles);
 2. limits: the init image's size and pixels, from its header before decoding (sdapi.media.images);
 3. model: the requested model exists and is served (sdapi.service.catalog);
 4. LoRAs: each exists, is of the model's family and fits it (sdapi.loras.library); the embeddings the prompts
@@ -20,6 +21,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import msgspec
+
 from sdapi.addons import AddonRegistry
 from sdapi.callbacks.ssrf import CallbackPolicy, Resolver, resolve_target
 from sdapi.config import Config
@@ -27,6 +30,7 @@ from sdapi.controlnets.library import ControlNetLibrary
 from sdapi.controlnets.preprocess import check_preprocessor
 from sdapi.core.params import ControlUnitSpec, GenerationParams, InitImageInfo, IpAdapterSpec, resolve_params
 from sdapi.core.request import GenerationRequest
+from sdapi.core.styles import StyleBook
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.errors import InvalidParameter
 from sdapi.families import FAMILIES, ModelFamily
@@ -80,8 +84,14 @@ class RequestChecks:
         self._ip_adapters = addons.of(IpAdapterLibrary)
         self._resolver = resolver
         self._callback_policy = CallbackPolicy.from_config(config.callbacks)
+        self.styles = StyleBook(config.styles_path)
 
     async def check(self, request: GenerationRequest) -> Admitted:
+        if request.styles:  # the styled prompts are the request's from here on (and what the task records)
+            prompt, negative = await asyncio.to_thread(
+                self.styles.apply, request.styles, request.prompt, request.negative_prompt
+            )
+            request = msgspec.structs.replace(request, prompt=prompt, negative_prompt=negative, styles=None)
         init_info: InitImageInfo | None = None
         parts: dict[str, bytes] = {}
         if request.init_image is not None:

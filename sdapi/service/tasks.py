@@ -23,6 +23,7 @@ from sdapi.core.callers import SERVICE, Caller
 from sdapi.core.deliveries import Delivery, delivery_for, redelivery
 from sdapi.core.request import GenerationRequest
 from sdapi.core.results import public_base_url, result_urls
+from sdapi.core.styles import Style
 from sdapi.core.tasks import Task, TaskStatus, create
 from sdapi.errors import (
     TASK_NOT_FOUND_MESSAGE,
@@ -285,6 +286,10 @@ class TaskService:
                     shown = preview.step
                     yield "preview", view, preview
             yield "done", view, None
+
+    async def styles(self) -> list[Style]:
+        """The prompt styles requests may name (styles.file)."""
+        return await asyncio.to_thread(self._checks.styles.listed)
 
     async def latest_preview(self, view: TaskView) -> Preview | None:
         """The latest live preview of a running task (sdapi.previews), or None: not running, none drawn yet, or

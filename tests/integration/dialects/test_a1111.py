@@ -19,6 +19,7 @@ from tests.support.services import API_KEY, gradient_image
 
 OTHER_KEY = "sk-a1111-other"
 SMALL = {"width": 64, "height": 64, "steps": 3}
+STYLES_CSV = 'name,prompt,negative_prompt\nInk,"ink drawing of {prompt}, monochrome",colour\nSharp,highly detailed,\n'
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,15 @@ def service(make_service, tmp_path_factory, tiny_model):
     loras = tmp_path_factory.mktemp("a1111-loras")
     write_adapter(loras / "ink_style.safetensors", model_modules(tiny_model), "lora", seed=3, scale=1.0)
     keys = [{"key": API_KEY, "name": "main"}, {"key": OTHER_KEY, "name": "other"}]
+    styles = tmp_path_factory.mktemp("a1111-styles") / "styles.csv"
+    styles.write_text(STYLES_CSV, encoding="utf-8")
     return make_service(
-        "a1111", api={"keys": keys}, loras={"dir": str(loras)}, model={"dtype": "float32"}, queue={"max_pending": 2}
+        "a1111",
+        api={"keys": keys},
+        loras={"dir": str(loras)},
+        model={"dtype": "float32"},
+        queue={"max_pending": 2},
+        styles={"file": str(styles)},
     )
 
 
@@ -277,3 +285,25 @@ def test_clip_skip_through_override_settings_and_the_option(api):
         f"{api.baseurl}/txt2img", json={"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 13}}
     )
     assert refused.status_code == 422 and "CLIP_stop_at_last_layers" in refused.text
+
+
+def test_styles_from_the_styles_file_land_in_the_prompt_the_infotext_and_the_list(api, service):
+    """Issue 47, item 5: A1111's styles.csv at styles.file, listed by /prompt-styles and applied by `styles` (A1111's
+    and the native field alike)."""
+    assert api.get_prompt_styles() == [
+        {"name": "Ink", "prompt": "ink drawing of {prompt}, monochrome", "negative_prompt": "colour"},
+        {"name": "Sharp", "prompt": "highly detailed", "negative_prompt": ""},
+    ]
+    styled = api.txt2img(prompt="a harbour", seed=4, styles=["Ink", "Sharp"], **SMALL)
+    infotext = styled.info["infotexts"][0]
+    assert infotext.startswith("ink drawing of a harbour, monochrome, highly detailed\nNegative prompt: colour\n")
+    assert styled.info["styles"] == ["Ink", "Sharp"]
+    written = api.txt2img(
+        prompt="ink drawing of a harbour, monochrome, highly detailed", negative_prompt="colour", seed=4, **SMALL
+    )
+    assert np.array_equal(_pixels(styled.image), _pixels(written.image))  # the same prompts as written out
+    refused = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "styles": ["Watercolour"]})
+    assert refused.status_code == 422 and "Watercolour" in refused.text and "Ink" in refused.text
+    with service.client() as client:
+        native = client.post("/api/v1/generate", json={"prompt": "x", "styles": ["Nope"]})
+        assert native.status_code == 400 and "Sharp" in native.json()["detail"]

@@ -61,7 +61,7 @@ def answer(
         else {},
         "index_of_first_image": 0,
         "infotexts": infotexts,
-        "styles": [],
+        "styles": fields.styles or [],
         "job_timestamp": started.astimezone(UTC).strftime("%Y%m%d%H%M%S"),
         "clip_skip": params.clip_skip,
         "is_using_inpainting_conditioning": False,

@@ -13,6 +13,7 @@ from sdapi.api.dialects.a1111.settings import WRITABLE, options_of_caller, write
 from sdapi.api.dialects.a1111.translate import SAMPLER_ALIASES, SAMPLERS, SCHEDULE_TYPES
 from sdapi.api.dialects.common import (
     config_of,
+    service_of,
     status_of,
 )
 from sdapi.errors import (
@@ -182,9 +183,12 @@ async def realesrgan_models(request: Request[Any, Any, Any]) -> list[dict[str, A
     ]
 
 
-@get("/prompt-styles", summary="AUTOMATIC1111: 提示词样式（sdapi 尚无样式：空）", responses=a1111_errors())
-async def prompt_styles() -> list[dict[str, Any]]:
-    return []
+@get("/prompt-styles", summary="AUTOMATIC1111: 提示词样式（styles.file 中的 styles.csv）", responses=a1111_errors())
+async def prompt_styles(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+        for style in await service_of(request).styles()
+    ]
 
 
 @get("/scripts", summary="AUTOMATIC1111: 脚本列表（sdapi 没有脚本）", responses=a1111_errors())

@@ -55,7 +55,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "subseed_strength": (0, None),
     "seed_resize_from_h": (0, -1, None),
     "seed_resize_from_w": (0, -1, None),
-    "styles": ([], None),
     "script_name": (None, ""),
     # Diffusers' ancestral samplers add their full noise (A1111's eta 1); DDIM runs deterministic (eta 0).
     "eta": (None, 0, 1),
@@ -167,6 +166,7 @@ class A1111Generation(msgspec.Struct, kw_only=True):
     hr_resize_y: int = 0
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    styles: list[str] | None = None
 
 
 # A1111Generation's number fields (ints and floats): where a JSON boolean means 0 or 1.
@@ -415,6 +415,7 @@ def translate(
         "num_images": count,
         "output_format": samples_format(body),  # check_options let only png, jpg, jpeg or webp through
         "clip_skip": clip_skip(body),  # check_options let only 1-12 through
+        "styles": fields.styles or None,
         "loras": [msgspec.to_builtins(lora) for lora in loras] or None,
         "model": checkpoint_of(body, models).served,
     }
