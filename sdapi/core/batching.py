@@ -51,6 +51,8 @@ def batch_key(params: GenerationParams) -> str | None:
     """The key tasks that can share a batch have in common, or None when this task always runs alone."""
     if params.hires is not None or params.inpaint is not None or params.controlnets or params.ip_adapters:
         return None
+    if params.shapes_noise:  # its starting noise is drawn per task (sdapi.engines.noise)
+        return None
     return hashlib.sha256(_encoder.encode(_shared(params))).hexdigest()[:32]
 
 

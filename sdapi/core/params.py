@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -138,6 +138,17 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     # CLIP layers counted from the end whose output conditions the run, A1111's numbering: 1 the last (no skip),
     # 2 the penultimate (diffusers' clip_skip=1).
     clip_skip: int = 1
+    # A1111's variation seeds (sdapi.engines.noise): image k's starting noise moves from seed + k's towards
+    # variation_seed + k's by variation_strength (0: the seed's picture, 1: the variation seed's); with
+    # seed_resize_from (width, height), the seed's noise is drawn at that size and centred.
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None
+
+    @property
+    def shapes_noise(self) -> bool:
+        """Whether the run draws its starting noise itself (variation seeds, seed resize)."""
+        return (self.variation_seed is not None and self.variation_strength > 0) or self.seed_resize_from is not None
 
     @property
     def diffusers_clip_skip(self) -> int | None:
@@ -343,7 +354,36 @@ def resolve_params(
         ip_adapters=ip_adapters,
         preview_every_steps=request.preview_every_steps,
         clip_skip=request.clip_skip or 1,
+        **_variation(request, width, height, init_image is not None, rng),
     )
+
+
+def _variation(
+    request: GenerationRequest, width: int, height: int, image_to_image: bool, rng: random.Random | None
+) -> dict[str, Any]:
+    """The variation-seed fields of the params: a variation without a seed gets a random one (A1111's subseed -1);
+    seed_resize_from equal to the size, or not given, is none."""
+    strength = request.variation_strength or 0.0
+    resize = None
+    if request.seed_resize_from_width or request.seed_resize_from_height:
+        resize = (request.seed_resize_from_width or width, request.seed_resize_from_height or height)
+        largest = max(width, height) * 4
+        for value in resize:
+            if value % 8 or not 8 <= value <= largest:
+                raise InvalidParameter(
+                    "seed_resize_from", f"seed_resize_from 无效：{value}。必须是8的倍数，范围 8-{largest}"
+                )
+        if resize == (width, height):
+            resize = None
+    if not strength and resize is None:
+        return {}
+    if image_to_image:
+        message = "variation_seed / seed_resize_from 只用于文生图（不能与 init_image 同用）"
+        raise InvalidParameter("variation_seed", message)
+    seed = request.variation_seed
+    if strength and seed is None:
+        seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    return {"variation_seed": seed, "variation_strength": strength, "seed_resize_from": resize}
 
 
 def model_run_defaults(defaults: DefaultsConfig, model_defaults: tuple[int, float]) -> tuple[int, float]:

@@ -320,6 +320,41 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             "negative_prompt：含 {prompt} 的样式把提示词放在该处，否则接在后面"
         ),
     ] = None
+    variation_seed: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=MAX_SEED,
+                description="变体种子（AUTOMATIC1111 的 subseed）：第 k 张图片的初始噪声由 seed+k 的噪声按 "
+                "variation_strength 球面插值向 variation_seed+k 的噪声；不指定而 variation_strength>0 时随机选取",
+            ),
+        ]
+        | None
+    ) = None
+    variation_strength: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0.0,
+                le=1.0,
+                description="变体强度（0-1）：0 即 seed 的图片，1 即 variation_seed 的图片。只用于文生图",
+            ),
+        ]
+        | None
+    ) = None
+    seed_resize_from_width: (
+        Annotated[
+            int, msgspec.Meta(gt=0, description="按此宽度生成种子的噪声并居中放入（A1111 的 seed_resize_from_w）")
+        ]
+        | None
+    ) = None
+    seed_resize_from_height: (
+        Annotated[
+            int, msgspec.Meta(gt=0, description="按此高度生成种子的噪声并居中放入（A1111 的 seed_resize_from_h）")
+        ]
+        | None
+    ) = None
     clip_skip: (
         Annotated[
             int,

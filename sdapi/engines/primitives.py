@@ -20,6 +20,7 @@ from PIL import Image
 from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import CANCELLED_MESSAGE
 from sdapi.engines import Run, StepCallback
+from sdapi.engines.noise import variation_latents
 from sdapi.errors import SkipCurrentImage, TaskCancelled
 from sdapi.families import family_of_pipeline
 from sdapi.observability import metrics
@@ -79,16 +80,19 @@ def run_batches(
     batches = chunk(params.image_seeds(), batch_size)
     family = family_of_pipeline(pipeline).family
     for index, seeds in enumerate(batches):
+        generators = cpu_generators(seeds)
         batch_arguments: dict[str, Any] = {
             **family.prompt_arguments(params.prompt, params.negative_prompt),
             "num_inference_steps": params.num_inference_steps,
             "guidance_scale": params.guidance_scale,
             "num_images_per_prompt": len(seeds),
-            "generator": cpu_generators(seeds),
+            "generator": generators,
             "output_type": "pil",
             **clip_skip_argument(params),
             **arguments,
         }
+        if params.shapes_noise and "image" not in arguments:  # text-to-image (a second pass starts from its image)
+            batch_arguments["latents"] = variation_latents(params, seeds, generators, _latent_shape(pipeline, size))
         batch_arguments |= family.size_arguments(size)
         if on_step is not None:
             watch = watch_scheduler(pipeline)
@@ -102,6 +106,12 @@ def run_batches(
         images.extend(pipeline(**batch_arguments).images)
     report_gpu_memory()
     return images
+
+
+def _latent_shape(pipeline: Any, size: tuple[int, int]) -> tuple[int, int, int]:
+    """(channels, h, w) of a UNet pipeline's starting latents for a picture of `size` (width, height)."""
+    factor = pipeline.vae_scale_factor
+    return (pipeline.unet.config.in_channels, size[1] // factor, size[0] // factor)
 
 
 def clip_skip_argument(params: GenerationParams) -> dict[str, Any]:

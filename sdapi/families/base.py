@@ -137,6 +137,9 @@ class Family:
     image_prompts: bool = True
     # Single files of it diffusers can load (with `single_file_config` naming a diffusers folder for the rest).
     single_files: bool = True
+    # Whether its runs can start from noise sdapi draws (variation seeds, seed resize): a UNet's latent grid (not an
+    # inpainting checkpoint's, whose every run is a repaint).
+    variation_seeds: bool = True
     # Whether its pipelines take clip_skip (a CLIP text encoder whose earlier layers may condition the run).
     clip_skip: bool = True
     # Live previews (sdapi.previews) read the latents between steps as a (batch, channels, h, w) grid, in the space
@@ -252,6 +255,8 @@ class ModelFamily:
         distilled model takes, a negative prompt it cannot use, sides off its multiple, a second pass it cannot
         make, add-on kinds it does not run."""
         family, label = self.family, self.family.label
+        if params.shapes_noise and (not family.variation_seeds or self.inpainting):
+            raise InvalidParameter("variation_seed", f"{label} 不支持变体种子（variation_seed / seed_resize_from）")
         if params.clip_skip > 1 and not family.clip_skip:
             raise InvalidParameter("clip_skip", f"{label} 不使用 CLIP 的中间层：clip_skip 只能为 1")
         if self.guidance == "distilled" and params.guidance_scale > DISTILLED_MAX_GUIDANCE:

@@ -58,6 +58,10 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     device: str = ""  # where the run ran: cpu, cuda, cuda:N
     family: str = ""  # the model's family for people: "SD 1.x", "FLUX.1"...
     clip_skip: int = 1  # A1111's numbering: 1 the last CLIP layer
+    # A1111's variation seed (this image's: the task's + index) and its strength; the seed-resize size.
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None
 
 
 def image_record(
@@ -97,6 +101,9 @@ def image_record(
         device=device,
         family=family,
         clip_skip=params.clip_skip,
+        variation_seed=None if params.variation_seed is None else params.variation_seed + index,
+        variation_strength=params.variation_strength,
+        seed_resize_from=params.seed_resize_from,
     )
 
 
@@ -126,6 +133,11 @@ def infotext(record: ImageRecord) -> str:
     pairs.append(("Model", record.model.source.rstrip("/").rsplit("/", 1)[-1]))
     if record.family:
         pairs.append(("Model family", record.family))
+    if record.variation_seed is not None and record.variation_strength > 0:
+        pairs.append(("Variation seed", record.variation_seed))
+        pairs.append(("Variation seed strength", record.variation_strength))
+    if record.seed_resize_from is not None:
+        pairs.append(("Seed resize from", f"{record.seed_resize_from[0]}x{record.seed_resize_from[1]}"))
     if record.clip_skip > 1:
         pairs.append(("Clip skip", record.clip_skip))
     if record.scheduler in FLOW_SCHEDULER_CLASSES:  # A1111's sampler name does not say it ran on flow matching

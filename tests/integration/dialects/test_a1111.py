@@ -307,3 +307,21 @@ def test_styles_from_the_styles_file_land_in_the_prompt_the_infotext_and_the_lis
     with service.client() as client:
         native = client.post("/api/v1/generate", json={"prompt": "x", "styles": ["Nope"]})
         assert native.status_code == 400 and "Sharp" in native.json()["detail"]
+
+
+def test_variation_seeds_as_a1111_clients_send_them(api):
+    """Issue 47, item 4: subseed and subseed_strength (the "variations" buttons): strength 1 is the subseed's
+    picture, strength 0 the seed's (with a sampler that adds no noise per step: an ancestral one's later noise stays
+    the seed's, as in A1111); A1111's infotext names them; seed_resize_from_w/h is read."""
+    small = {**SMALL, "sampler_name": "Euler"}
+    seed_picture = api.txt2img(prompt="a harbour", seed=21, **small)
+    subseed_picture = api.txt2img(prompt="a harbour", seed=77, **small)
+    full = api.txt2img(prompt="a harbour", seed=21, subseed=77, subseed_strength=1.0, **small)
+    assert np.array_equal(_pixels(full.image), _pixels(subseed_picture.image))
+    assert full.info["subseed"] == 77 and full.info["subseed_strength"] == 1.0
+    assert "Variation seed: 77, Variation seed strength: 1.0" in full.info["infotexts"][0]
+    none = api.txt2img(prompt="a harbour", seed=21, subseed=77, subseed_strength=0, **small)
+    assert np.array_equal(_pixels(none.image), _pixels(seed_picture.image))
+    resized = api.txt2img(prompt="a harbour", seed=21, seed_resize_from_w=32, seed_resize_from_h=32, **small)
+    assert "Seed resize from: 32x32" in resized.info["infotexts"][0]
+    assert not np.array_equal(_pixels(resized.image), _pixels(seed_picture.image))

@@ -196,3 +196,20 @@ def test_clip_skip_changes_the_picture_and_is_recorded(client):
     for bad in (0, 13):
         response = client.post("/api/v1/generate", json={"prompt": "x", "clip_skip": bad})
         assert response.status_code == 422 and "clip_skip" in response.text
+
+
+def test_variation_seeds_on_the_native_api(client):
+    """Issue 47, item 4: variation_seed and variation_strength; text-to-image only."""
+    plain = generate(client, prompt="a lighthouse", seed=30)
+    other = generate(client, prompt="a lighthouse", seed=31)
+    varied = generate(client, prompt="a lighthouse", seed=30, variation_seed=31, variation_strength=1.0)
+    assert np.array_equal(_pixels(varied), _pixels(other))
+    random_variation = generate(client, prompt="a lighthouse", seed=30, variation_strength=0.3)
+    assert not np.array_equal(_pixels(random_variation), _pixels(plain))
+    _, record = read_embedded(httpx.get(random_variation["result_url"]).content)
+    assert record is not None and json.loads(record)["variation_seed"] is not None  # drawn, and recorded
+    refused = client.post(
+        "/api/v1/generate",
+        json={"prompt": "x", "init_image": data_url(gradient_image(64, 64)), "variation_strength": 0.5},
+    )
+    assert refused.status_code == 400 and "variation_seed" in refused.json()["detail"]

@@ -37,9 +37,11 @@ def answer(
         "all_negative_prompts": [fields.negative_prompt] * len(seeds),
         "seed": params.seed,
         "all_seeds": seeds,
-        "subseed": params.seed,
-        "all_subseeds": seeds,
-        "subseed_strength": 0,
+        "subseed": params.variation_seed if params.variation_seed is not None else -1,
+        "all_subseeds": [params.variation_seed + k for k in range(len(seeds))]
+        if params.variation_seed is not None
+        else [-1] * len(seeds),
+        "subseed_strength": params.variation_strength,
         "width": params.width,
         "height": params.height,
         "sampler_name": sampler,
@@ -53,8 +55,8 @@ def answer(
         "sd_model_hash": model.sha256[:10] if model.sha256 else None,
         "sd_vae_name": None,
         "sd_vae_hash": None,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": params.seed_resize_from[0] if params.seed_resize_from else -1,
+        "seed_resize_from_h": params.seed_resize_from[1] if params.seed_resize_from else -1,
         "denoising_strength": params.strength,
         "extra_generation_params": {"Lora": [f"{lora.name}:{lora.weight:g}" for lora in params.loras]}
         if params.loras

@@ -52,9 +52,6 @@ SCHEDULE_TYPES = {"automatic": False, "karras": True}
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "restore_faces": (False, None),
     "tiling": (False, None),
-    "subseed_strength": (0, None),
-    "seed_resize_from_h": (0, -1, None),
-    "seed_resize_from_w": (0, -1, None),
     "script_name": (None, ""),
     # Diffusers' ancestral samplers add their full noise (A1111's eta 1); DDIM runs deterministic (eta 0).
     "eta": (None, 0, 1),
@@ -74,7 +71,6 @@ _HARMLESS = {
     "do_not_save_samples",
     "do_not_save_grid",
     "override_settings_restore_afterwards",
-    "subseed",
     "firstphase_width",
     "firstphase_height",
     "hr_checkpoint_name",
@@ -167,6 +163,11 @@ class A1111Generation(msgspec.Struct, kw_only=True):
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     styles: list[str] | None = None
+    # Variation seeds: A1111's subseed (-1: random), its strength, and the seed-resize size (0 or -1: none).
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = -1
 
 
 # A1111Generation's number fields (ints and floats): where a JSON boolean means 0 or 1.
@@ -416,6 +417,10 @@ def translate(
         "output_format": samples_format(body),  # check_options let only png, jpg, jpeg or webp through
         "clip_skip": clip_skip(body),  # check_options let only 1-12 through
         "styles": fields.styles or None,
+        "variation_seed": None if fields.subseed == -1 else fields.subseed,
+        "variation_strength": fields.subseed_strength or None,
+        "seed_resize_from_width": fields.seed_resize_from_w if fields.seed_resize_from_w > 0 else None,
+        "seed_resize_from_height": fields.seed_resize_from_h if fields.seed_resize_from_h > 0 else None,
         "loras": [msgspec.to_builtins(lora) for lora in loras] or None,
         "model": checkpoint_of(body, models).served,
     }
