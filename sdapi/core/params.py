@@ -144,6 +144,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     variation_seed: int | None = None
     variation_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    # Seamless tiling along "xy", "x" or "y" (sdapi.engines.tiling); None: none.
+    tiling: str | None = None
 
     @property
     def shapes_noise(self) -> bool:
@@ -355,6 +357,7 @@ def resolve_params(
         preview_every_steps=request.preview_every_steps,
         clip_skip=request.clip_skip or 1,
         **_variation(request, width, height, init_image is not None, rng),
+        tiling={True: "xy", False: None, None: None, "x": "x", "y": "y"}[request.tiling],
     )
 
 

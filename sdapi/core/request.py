@@ -355,6 +355,13 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         ]
         | None
     ) = None
+    tiling: Annotated[
+        bool | Literal["x", "y"] | None,
+        msgspec.Meta(
+            description='无缝平铺：true 两个方向，"x" 只左右，"y" 只上下（UNet 与 VAE 的卷积循环填充，'
+            "图片的对边相接无接缝）。只用于 SD 1.x、2.x 与 SDXL"
+        ),
+    ] = None
     clip_skip: (
         Annotated[
             int,

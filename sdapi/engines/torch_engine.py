@@ -37,6 +37,7 @@ from sdapi.engines.primitives import Pipelines
 from sdapi.engines.recipes import make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.engines.shared_encoders import SHARED_TEXT_ENCODERS
+from sdapi.engines.tiling import tiling_applied
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.families import ModelFamily, family_of_pipeline
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
@@ -173,9 +174,11 @@ class TorchEngine:
         if self._repaints(runs[0].params):  # its runs are repaints (as_edit): one task at a time
             return one_at_a_time(self, runs)
         first = runs[0].params
-        with engine_errors(first), torch.inference_mode(), self._loras_applied(first.loras):  # one set: the batch key's
+        # One LoRA set and one tiling: the batch key's.
+        with engine_errors(first), torch.inference_mode(), self._loras_applied(first.loras):
             embedded = [replace(run, params=self._embeddings.apply(run.params)) for run in runs]
-            batches = make_batch_images(self._pipelines(), embedded)
+            with tiling_applied(self._tileable(), first.tiling):
+                batches = make_batch_images(self._pipelines(), embedded)
         return [
             None if images is None else RunResult(images, self._facts(run.params))
             for run, images in zip(runs, batches, strict=True)
@@ -203,7 +206,8 @@ class TorchEngine:
         """The run's images, each add-on kind it names applied for this run alone (sdapi.core.addons: applied
         contexts that leave nothing behind that a later run could see), in the order they build on each other:
         LoRAs merge into the modules, embeddings become tokens the prompts name, image prompts' adapters load into
-        the UNet, and ControlNet units attach to a pipeline made from it."""
+        the UNet, ControlNet units attach to a pipeline made from it, and the UNet's and VAE's convolutions wrap
+        around for seamless tiling."""
         assert self._embeddings is not None and self.family is not None  # set by load()
         params, init_image = run.params, run.init_image
         prompts = [prompt for prompt in params.ip_adapters if prompt.weight > 0]
@@ -227,7 +231,14 @@ class TorchEngine:
                     conditioning.image_prompts,
                 )
             )
+            # Last: the convolutions as the adapters left them.
+            applied.enter_context(tiling_applied(self._tileable(), params.tiling))
             return make_images(self._pipelines(), params, init_image, run.on_step, self._neural_upscale, control)
+
+    def _tileable(self) -> list[Any]:
+        """The modules seamless tiling changes: the UNet and the VAE (every pipeline of the model shares them)."""
+        parts = (getattr(self._text_to_image, part, None) for part in ("unet", "vae"))
+        return [part for part in parts if part is not None]
 
     def _repaints(self, params: GenerationParams) -> bool:
         """Whether a run that is no inpainting request runs as a repaint of the whole picture: every run of an

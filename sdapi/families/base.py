@@ -140,6 +140,8 @@ class Family:
     # Whether its runs can start from noise sdapi draws (variation seeds, seed resize): a UNet's latent grid (not an
     # inpainting checkpoint's, whose every run is a repaint).
     variation_seeds: bool = True
+    # Whether seamless tiling can run (convolutions that wrap around: a UNet's; a transformer's are not).
+    tiling: bool = True
     # Whether its pipelines take clip_skip (a CLIP text encoder whose earlier layers may condition the run).
     clip_skip: bool = True
     # Live previews (sdapi.previews) read the latents between steps as a (batch, channels, h, w) grid, in the space
@@ -257,6 +259,8 @@ class ModelFamily:
         family, label = self.family, self.family.label
         if params.shapes_noise and (not family.variation_seeds or self.inpainting):
             raise InvalidParameter("variation_seed", f"{label} 不支持变体种子（variation_seed / seed_resize_from）")
+        if params.tiling is not None and not family.tiling:
+            raise InvalidParameter("tiling", f"{label} 不支持无缝平铺（tiling）：它的去噪模型没有卷积")
         if params.clip_skip > 1 and not family.clip_skip:
             raise InvalidParameter("clip_skip", f"{label} 不使用 CLIP 的中间层：clip_skip 只能为 1")
         if self.guidance == "distilled" and params.guidance_scale > DISTILLED_MAX_GUIDANCE:

@@ -62,6 +62,7 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     variation_seed: int | None = None
     variation_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    tiling: str | None = None  # "xy", "x" or "y"
 
 
 def image_record(
@@ -104,6 +105,7 @@ def image_record(
         variation_seed=None if params.variation_seed is None else params.variation_seed + index,
         variation_strength=params.variation_strength,
         seed_resize_from=params.seed_resize_from,
+        tiling=params.tiling,
     )
 
 
@@ -140,6 +142,8 @@ def infotext(record: ImageRecord) -> str:
         pairs.append(("Seed resize from", f"{record.seed_resize_from[0]}x{record.seed_resize_from[1]}"))
     if record.clip_skip > 1:
         pairs.append(("Clip skip", record.clip_skip))
+    if record.tiling is not None:  # A1111 writes "Tiling: True"; one axis alone is sdapi's addition
+        pairs.append(("Tiling", "True" if record.tiling == "xy" else record.tiling))
     if record.scheduler in FLOW_SCHEDULER_CLASSES:  # A1111's sampler name does not say it ran on flow matching
         pairs.append(("Flow scheduler", record.scheduler))
     if record.strength is not None:

@@ -51,7 +51,6 @@ SCHEDULE_TYPES = {"automatic": False, "karras": True}
 # what its clients send). Any other value is refused with a 422 naming the option.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "restore_faces": (False, None),
-    "tiling": (False, None),
     "script_name": (None, ""),
     # Diffusers' ancestral samplers add their full noise (A1111's eta 1); DDIM runs deterministic (eta 0).
     "eta": (None, 0, 1),
@@ -168,6 +167,7 @@ class A1111Generation(msgspec.Struct, kw_only=True):
     subseed_strength: float = 0.0
     seed_resize_from_w: int = -1
     seed_resize_from_h: int = -1
+    tiling: bool = False
 
 
 # A1111Generation's number fields (ints and floats): where a JSON boolean means 0 or 1.
@@ -417,6 +417,7 @@ def translate(
         "output_format": samples_format(body),  # check_options let only png, jpg, jpeg or webp through
         "clip_skip": clip_skip(body),  # check_options let only 1-12 through
         "styles": fields.styles or None,
+        "tiling": True if fields.tiling else None,
         "variation_seed": None if fields.subseed == -1 else fields.subseed,
         "variation_strength": fields.subseed_strength or None,
         "seed_resize_from_width": fields.seed_resize_from_w if fields.seed_resize_from_w > 0 else None,
