@@ -151,6 +151,9 @@ class DefaultsConfig(_Section, frozen=True):
     strength: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.75  # image-to-image's, when a request gives none
     # None keeps the scheduler the model was saved with.
     scheduler: str | None = None
+    # How native requests' prompts are read on SD 1.x, 2.x and SDXL when they do not say (`prompt_syntax`): a1111
+    # (weights, BREAK, prompts past 75 tokens in chunks: sdapi.prompts) or plain (as written, cut at 77 tokens).
+    prompt_syntax: Literal["a1111", "plain"] = "a1111"
 
 
 class LimitsConfig(_Section, frozen=True):

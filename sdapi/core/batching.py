@@ -16,6 +16,7 @@ import hashlib
 import msgspec
 
 from sdapi.core.params import GenerationParams
+from sdapi.prompts.a1111_syntax import uses_syntax
 
 _encoder = msgspec.json.Encoder(order="sorted")
 
@@ -47,12 +48,22 @@ def _shared(params: GenerationParams) -> dict[str, object]:
     return shared
 
 
+# A prompt this long may run past one 75-token chunk (about four characters a token in English).
+_MAYBE_LONG = 150
+
+
+def _weighted(text: str | None) -> bool:
+    return bool(text) and (uses_syntax(text or "") or len(text or "") > _MAYBE_LONG)
+
+
 def batch_key(params: GenerationParams) -> str | None:
     """The key tasks that can share a batch have in common, or None when this task always runs alone."""
     if params.hires is not None or params.inpaint is not None or params.controlnets or params.ip_adapters:
         return None
     if params.shapes_noise:  # its starting noise is drawn per task (sdapi.engines.noise)
         return None
+    if params.prompt_syntax == "a1111" and any(_weighted(text) for text in (params.prompt, params.negative_prompt)):
+        return None  # encoded on its own (sdapi.prompts), perhaps in more chunks than its companions' prompts
     return hashlib.sha256(_encoder.encode(_shared(params))).hexdigest()[:32]
 
 

@@ -146,6 +146,9 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     seed_resize_from: tuple[int, int] | None = None
     # Seamless tiling along "xy", "x" or "y" (sdapi.engines.tiling); None: none.
     tiling: str | None = None
+    # How the prompts are read on the CLIP families: "a1111" (weights, long prompts, BREAK: sdapi.prompts) or
+    # "plain" (as written, cut at 77 tokens; tasks from before have it).
+    prompt_syntax: str = "plain"
 
     @property
     def shapes_noise(self) -> bool:
@@ -358,6 +361,7 @@ def resolve_params(
         clip_skip=request.clip_skip or 1,
         **_variation(request, width, height, init_image is not None, rng),
         tiling={True: "xy", False: None, None: None, "x": "x", "y": "y"}[request.tiling],
+        prompt_syntax=request.prompt_syntax or defaults.prompt_syntax,
     )
 
 

@@ -355,6 +355,14 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         ]
         | None
     ) = None
+    prompt_syntax: Annotated[
+        Literal["a1111", "plain"] | None,
+        msgspec.Meta(
+            description="提示词语法：a1111（默认，按 AUTOMATIC1111 读取：(词)、(词:1.3)、[词] 权重，"
+            "\\( 转义，BREAK 分块，超过 75 个 token 的提示词分块编码而不截断；用于 SD 1.x、2.x、SDXL）"
+            "或 plain（按原文，超出 77 个 token 截断）；不指定时按配置 defaults.prompt_syntax"
+        ),
+    ] = None
     tiling: Annotated[
         bool | Literal["x", "y"] | None,
         msgspec.Meta(

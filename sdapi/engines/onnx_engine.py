@@ -31,11 +31,15 @@ from sdapi.families import Family, family_named
 from sdapi.loras.merging import adapter_targets, target_shapes
 from sdapi.models.export_manifest import ExportManifest, read_manifest
 from sdapi.models.onnx_capability import OnnxCapability, read_capability, refuse_what_no_export_serves
+from sdapi.prompts.weighted_encoding import chunk_count, run_needs_weighting
 
 logger = logging.getLogger(__name__)
 
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+ONNX_NO_LONG_PROMPTS = (
+    "ONNX 导出的 UNet 只接受一个 77 token 的分块：超过 75 个 token 或带 BREAK 的提示词请使用 torch 引擎"
+)
 
 
 def cuda_provider_problem() -> str | None:
@@ -258,6 +262,11 @@ class OnnxEngine:
         self.capability.check(params)
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
+        pipeline = self._text_to_image
+        if pipeline is not None and run_needs_weighting(pipeline, params) and chunk_count(pipeline, params) > 1:
+            # The traced UNet takes one 77-token chunk: weights fit in it, a longer prompt does not (a router sends
+            # such runs to torch).
+            raise InvalidParameter("prompt", ONNX_NO_LONG_PROMPTS)
 
     def _pipelines(self) -> Pipelines:
         return Pipelines(

@@ -22,11 +22,12 @@ from sdapi.core.tasks import CANCELLED_MESSAGE
 from sdapi.engines import Run, StepCallback
 from sdapi.engines.noise import variation_latents
 from sdapi.errors import SkipCurrentImage, TaskCancelled
-from sdapi.families import family_of_pipeline
+from sdapi.families import Family, family_of_pipeline
 from sdapi.observability import metrics
 from sdapi.previews.denoised import StepWatch, watch_scheduler
 from sdapi.previews.drawing import drawable
 from sdapi.previews.pictures import preview_picture
+from sdapi.prompts.weighted_encoding import prompt_embeddings, run_needs_weighting
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def run_batches(
     for index, seeds in enumerate(batches):
         generators = cpu_generators(seeds)
         batch_arguments: dict[str, Any] = {
-            **family.prompt_arguments(params.prompt, params.negative_prompt),
+            **prompt_arguments(pipeline, family, params),
             "num_inference_steps": params.num_inference_steps,
             "guidance_scale": params.guidance_scale,
             "num_images_per_prompt": len(seeds),
@@ -106,6 +107,14 @@ def run_batches(
         images.extend(pipeline(**batch_arguments).images)
     report_gpu_memory()
     return images
+
+
+def prompt_arguments(pipeline: Any, family: Family, params: GenerationParams) -> dict[str, Any]:
+    """The pipeline call's prompts: A1111's syntax encoded (sdapi.prompts) where the run reads it and the prompts use
+    it (or run past one chunk), else the prompt strings for the pipeline to encode itself."""
+    if family.weighted_prompts and run_needs_weighting(pipeline, params):
+        return prompt_embeddings(pipeline, params.prompt, params.negative_prompt, params.diffusers_clip_skip)
+    return family.prompt_arguments(params.prompt, params.negative_prompt)
 
 
 def _latent_shape(pipeline: Any, size: tuple[int, int]) -> tuple[int, int, int]:

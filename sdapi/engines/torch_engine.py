@@ -42,6 +42,7 @@ from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.families import ModelFamily, family_of_pipeline
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
+from sdapi.prompts.weighted_encoding import run_needs_weighting
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ class TorchEngine:
             raise GenerationFailed("模型尚未加载完成", ErrorCode.MODEL_NOT_LOADED)
         assert self._embeddings is not None and self.family is not None  # set by load()
         if self._repaints(runs[0].params):  # its runs are repaints (as_edit): one task at a time
+            return one_at_a_time(self, runs)
+        if self.family.family.weighted_prompts and any(
+            run_needs_weighting(self._text_to_image, run.params) for run in runs
+        ):  # encoded on their own (sdapi.prompts), perhaps in more chunks than the others: one task at a time
             return one_at_a_time(self, runs)
         first = runs[0].params
         # One LoRA set and one tiling: the batch key's.

@@ -150,6 +150,7 @@ def _native(
         "inpaint_area": body.inpaint_area,
         "loras": body.loras,
         "model": model,
+        "prompt_syntax": "plain",  # OpenAI's prompts are plain text
     }
     try:
         return msgspec.convert({k: v for k, v in fields.items() if v is not None}, GenerationRequest)

@@ -114,7 +114,11 @@ async def img2img(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict
     return await generate(request, data, image_to_image=True)
 
 
-@get("/progress", summary="AUTOMATIC1111: 调用者正在运行的任务的进度、剩余时间与实时预览", responses=a1111_errors(503))
+@get(
+    "/progress",
+    summary="AUTOMATIC1111: 调用者正在运行的任务的进度、剩余时间与实时预览",
+    responses=a1111_errors(422, 503),
+)
 async def progress(request: Request[Any, Any, Any], skip_current_image: bool = False) -> dict[str, Any]:
     view = await _running_task(request)
     state = {

@@ -418,6 +418,7 @@ def translate(
         "clip_skip": clip_skip(body),  # check_options let only 1-12 through
         "styles": fields.styles or None,
         "tiling": True if fields.tiling else None,
+        "prompt_syntax": "a1111",  # always, as A1111 reads its prompts
         "variation_seed": None if fields.subseed == -1 else fields.subseed,
         "variation_strength": fields.subseed_strength or None,
         "seed_resize_from_width": fields.seed_resize_from_w if fields.seed_resize_from_w > 0 else None,
