@@ -20,6 +20,7 @@ from PIL import Image
 from sdapi.core.params import GenerationParams
 from sdapi.core.tasks import CANCELLED_MESSAGE
 from sdapi.engines import Run, StepCallback
+from sdapi.engines.conditioning import conditioning_switch, tensor_inputs
 from sdapi.engines.noise import variation_latents
 from sdapi.errors import SkipCurrentImage, TaskCancelled
 from sdapi.families import Family, family_of_pipeline
@@ -27,7 +28,7 @@ from sdapi.observability import metrics
 from sdapi.previews.denoised import StepWatch, watch_scheduler
 from sdapi.previews.drawing import drawable
 from sdapi.previews.pictures import preview_picture
-from sdapi.prompts.weighted_encoding import prompt_embeddings, run_needs_weighting
+from sdapi.prompts.weighted_encoding import run_needs_weighting, scheduled_embeddings
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,11 @@ def run_batches(
     images: list[Image.Image] = []
     batches = chunk(params.image_seeds(), batch_size)
     family = family_of_pipeline(pipeline).family
+    conditioning = prompt_conditioning(pipeline, family, params)
     for index, seeds in enumerate(batches):
         generators = cpu_generators(seeds)
         batch_arguments: dict[str, Any] = {
-            **prompt_arguments(pipeline, family, params),
+            **conditioning[0][1],
             "num_inference_steps": params.num_inference_steps,
             "guidance_scale": params.guidance_scale,
             "num_images_per_prompt": len(seeds),
@@ -95,11 +97,15 @@ def run_batches(
         if params.shapes_noise and "image" not in arguments:  # text-to-image (a second pass starts from its image)
             batch_arguments["latents"] = variation_latents(params, seeds, generators, _latent_shape(pipeline, size))
         batch_arguments |= family.size_arguments(size)
+        callbacks = []
+        if len(conditioning) > 1:  # prompt editing or alternation: the conditioning changes between steps
+            callbacks.append(conditioning_switch(conditioning, len(seeds)))
+            batch_arguments["callback_on_step_end_tensor_inputs"] = tensor_inputs(pipeline)
         if on_step is not None:
             watch = watch_scheduler(pipeline)
-            batch_arguments["callback_on_step_end"] = _step_reporter(
-                on_step, index, len(batches), len(images), watch, size
-            )
+            callbacks.append(_step_reporter(on_step, index, len(batches), len(images), watch, size))
+        if callbacks:
+            batch_arguments["callback_on_step_end"] = _chained(callbacks)
         # Some pipelines also draw from torch's global generator (SD 3.x's ControlNet pipeline samples its control
         # image's latents without the request's): seeded from the batch's first seed, the same seed still gives
         # the same pixels.
@@ -109,12 +115,26 @@ def run_batches(
     return images
 
 
-def prompt_arguments(pipeline: Any, family: Family, params: GenerationParams) -> dict[str, Any]:
-    """The pipeline call's prompts: A1111's syntax encoded (sdapi.prompts) where the run reads it and the prompts use
-    it (or run past one chunk), else the prompt strings for the pipeline to encode itself."""
+def prompt_conditioning(pipeline: Any, family: Family, params: GenerationParams) -> list[tuple[int, dict[str, Any]]]:
+    """The pipeline call's prompt arguments, per stretch of steps [(end_at_step, arguments)]: A1111's syntax encoded
+    (sdapi.prompts) where the run reads it and the prompts use it (or run past one chunk), with one entry per
+    stretch for prompt editing and alternation; else one entry, the prompt strings for the pipeline to encode."""
     if family.weighted_prompts and run_needs_weighting(pipeline, params):
-        return prompt_embeddings(pipeline, params.prompt, params.negative_prompt, params.diffusers_clip_skip)
-    return family.prompt_arguments(params.prompt, params.negative_prompt)
+        return scheduled_embeddings(
+            pipeline, params.prompt, params.negative_prompt, params.diffusers_clip_skip, params.num_inference_steps
+        )
+    return [(params.num_inference_steps, family.prompt_arguments(params.prompt, params.negative_prompt))]
+
+
+def _chained(callbacks: list[Any]) -> Any:
+    """One callback_on_step_end running diffusers step callbacks in order, each on what the one before returned."""
+
+    def chained(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        for callback in callbacks:
+            callback_kwargs = callback(pipeline, step, timestep, callback_kwargs)
+        return callback_kwargs
+
+    return chained
 
 
 def _latent_shape(pipeline: Any, size: tuple[int, int]) -> tuple[int, int, int]:

@@ -13,7 +13,6 @@ from typing import Any
 from sdapi.core.params import GenerationParams
 from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
 from sdapi.errors import InvalidParameter
-from sdapi.prompts.a1111_syntax import scheduled_syntax
 
 # How a model uses guidance_scale: classifier-free guidance with a negative prompt ("cfg"); a guidance value the
 # transformer embeds, one pass a step (FLUX.1 [dev]: "embedded"); or none at all, distilled to few steps without it
@@ -263,12 +262,6 @@ class ModelFamily:
         family, label = self.family, self.family.label
         if params.shapes_noise and (not family.variation_seeds or self.inpainting):
             raise InvalidParameter("variation_seed", f"{label} 不支持变体种子（variation_seed / seed_resize_from）")
-        if params.prompt_syntax == "a1111" and family.weighted_prompts:
-            for field, text in (("prompt", params.prompt), ("negative_prompt", params.negative_prompt)):
-                scheduled = scheduled_syntax(text or "")
-                if scheduled is not None:
-                    message = f"提示词编辑与交替（{scheduled}）尚不支持：请改写提示词，"
-                    raise InvalidParameter(field, message + "或设 prompt_syntax: plain 按原文使用")
         if params.tiling is not None and not family.tiling:
             raise InvalidParameter("tiling", f"{label} 不支持无缝平铺（tiling）：它的去噪模型没有卷积")
         if params.clip_skip > 1 and not family.clip_skip:

@@ -6,9 +6,8 @@
 - `BREAK` (a word of its own, capitals) ends the current 75-token chunk: what follows starts a new one.
 
 The result is a list of (text, weight) pieces, neighbours of equal weight merged, with BREAK_MARK pieces where a
-chunk must end. Prompt editing (`[from:to:when]`) and alternation (`[a|b]`) are schedules over the steps, which
-sdapi does not run yet: `scheduled_syntax` finds them, so that a request using them is refused rather than read
-as something else.
+chunk must end. Prompt editing (`[from:to:when]`) and alternation (`[a|b]`) are schedules over the steps,
+resolved into one text per stretch of steps before this runs (sdapi.prompts.schedules).
 """
 
 from __future__ import annotations
@@ -35,8 +34,6 @@ _TOKEN = re.compile(
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _ESCAPES = {"\\(": "(", "\\)": ")", "\\[": "[", "\\]": "]", "\\\\": "\\"}
-# [a:b:0.5], [a:0.5], [a::0.5], [a|b]: a square bracket holding a colon or a bar that is not escaped.
-_SCHEDULED = re.compile(r"(?<!\\)\[(?:[^\[\]\\]|\\.)*?(?<!\\)[:|](?:[^\[\]\\]|\\.)*?(?<!\\)\]")
 
 
 def parse(text: str) -> list[tuple[str, float]]:
@@ -92,9 +89,3 @@ def parse(text: str) -> list[tuple[str, float]]:
 def uses_syntax(text: str) -> bool:
     """Whether `text` holds anything the parser reads differently from plain text (brackets, escapes, BREAK)."""
     return any(character in text for character in "()[]\\") or _BREAK.search(text) is not None
-
-
-def scheduled_syntax(text: str) -> str | None:
-    """The first prompt-editing or alternation construct in `text` (`[a:b:0.5]`, `[a|b]`), or None."""
-    found = _SCHEDULED.search(text)
-    return None if found is None else found.group(0)

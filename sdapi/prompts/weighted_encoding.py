@@ -8,7 +8,9 @@
   "Original" emphasis); the chunks are concatenated, so no token is cut at 77;
 - SDXL: both text encoders the same way, side by side; the pooled embedding is the second encoder's of the first
   chunk;
-- the prompt and the negative prompt get as many chunks each: the shorter is extended with the empty prompt's.
+- the prompt and the negative prompt get as many chunks each: the shorter is extended with the empty prompt's;
+- prompt editing and alternation (sdapi.prompts.schedules) give one set of embeddings per stretch of steps, all with
+  as many chunks, which the run switches between (sdapi.engines.conditioning).
 
 A prompt of at most 75 tokens without weights is what diffusers' own encoding gives, token for token: such prompts
 keep the pipeline's encoding (`needs_weighting` says which need this one).
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 
 from sdapi.prompts.a1111_syntax import BREAK_MARK, parse, uses_syntax
+from sdapi.prompts.schedules import prompt_schedule, text_at
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
@@ -151,11 +154,15 @@ def encode(pipeline: Any, text: str, clip_skip: int | None, chunk_count: int | N
     return Encoded(torch.cat(per_encoder, dim=-1) if sdxl else per_encoder[0], pooled)
 
 
-def prompt_embeddings(pipeline: Any, prompt: str, negative_prompt: str | None, clip_skip: int | None) -> dict[str, Any]:
+def prompt_embeddings(
+    pipeline: Any, prompt: str, negative_prompt: str | None, clip_skip: int | None, chunk_count: int | None = None
+) -> dict[str, Any]:
     """The pipeline call's embedding arguments for a prompt and a negative prompt of A1111's syntax, with as many
-    chunks each. SDXL without a negative prompt leaves it to the pipeline (zeros, as its config asks)."""
+    chunks each (`chunk_count` at least). SDXL without a negative prompt leaves it to the pipeline (zeros, as its
+    config asks)."""
     with torch.inference_mode():
         count = max(len(chunks(pipeline, pipeline.tokenizer, text)) for text in (prompt, negative_prompt or ""))
+        count = max(count, chunk_count or 0)
         positive = encode(pipeline, prompt, clip_skip, count)
         arguments: dict[str, Any] = {"prompt_embeds": positive.embeds}
         sdxl = positive.pooled is not None
@@ -168,3 +175,21 @@ def prompt_embeddings(pipeline: Any, prompt: str, negative_prompt: str | None, c
             if sdxl:
                 arguments["negative_pooled_prompt_embeds"] = negative.pooled
     return arguments
+
+
+def scheduled_embeddings(
+    pipeline: Any, prompt: str, negative_prompt: str | None, clip_skip: int | None, steps: int
+) -> list[tuple[int, dict[str, Any]]]:
+    """[(end_at_step, the pipeline call's embedding arguments)] for prompts with A1111's prompt editing or
+    alternation (sdapi.prompts.schedules), every entry with as many chunks; one entry for prompts without."""
+    positive = prompt_schedule(prompt, steps)
+    negative = prompt_schedule(negative_prompt or "", steps)
+    ends = sorted({end for end, _ in positive} | {end for end, _ in negative})
+    pairs = [(end, positive[text_at(positive, end)][1], negative[text_at(negative, end)][1]) for end in ends]
+    texts = [text for _, text, _ in pairs] + [text for _, _, text in pairs]
+    count = max(len(chunks(pipeline, pipeline.tokenizer, text)) for text in texts)
+    keep_empty_negative = negative_prompt if negative_prompt else None
+    return [
+        (end, prompt_embeddings(pipeline, text, negative_text or keep_empty_negative, clip_skip, count))
+        for end, text, negative_text in pairs
+    ]

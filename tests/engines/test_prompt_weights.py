@@ -104,6 +104,9 @@ def test_sdxl_encodes_both_encoders_and_pools_the_first_chunk(tiny_sdxl):
     assert "negative_prompt_embeds" not in embeds  # zeros, as the pipeline's config asks
     picture = _picture(engine, f"{HEAD}, a (red:1.3) ball")
     assert picture.shape == (64, 64, 3)
+    # Prompt editing switches the pooled embedding too (SDXL's add_text_embeds).
+    edited = _picture(engine, "a [red:blue:0.5] ball", num_inference_steps=4)
+    assert not np.array_equal(edited, _picture(engine, "a red ball", num_inference_steps=4))
 
 
 def test_weighted_prompts_run_outside_cross_request_batches():
@@ -130,3 +133,50 @@ def test_an_onnx_export_takes_weights_in_one_chunk_and_leaves_longer_prompts_to_
     with pytest.raises(InvalidParameter) as refused:  # more than one chunk: the router sends it to torch
         engine.check(make_params(**{**FIELDS, "prompt": f"{HEAD}, a red ball"}))
     assert refused.value.field == "prompt"
+
+
+def test_prompt_editing_switches_the_conditioning_halfway(sd15):
+    """[red:blue:0.5] on 8 steps conditions steps 0-4 on "a red ball" and 5-7 on "a blue ball" (A1111 counts the
+    switch step in the first stretch): the same picture as a hand-built run of diffusers' pipeline whose step
+    callback puts in the blue embeddings after step 4; different from either prompt alone."""
+    fields = {**FIELDS, "num_inference_steps": 8}
+    edited = _picture(sd15, "a [red:blue:0.5] ball", **fields)
+    red, blue = _picture(sd15, "a red ball", **fields), _picture(sd15, "a blue ball", **fields)
+    assert not np.array_equal(edited, red) and not np.array_equal(edited, blue)
+    pipeline = sd15._text_to_image
+    from sdapi.engines.schedulers import make_scheduler
+
+    params = make_params(**fields, prompt="a red ball")
+    pipeline.scheduler = make_scheduler(params, sd15._scheduler_config)
+
+    def encoded(text: str) -> torch.Tensor:
+        ids = pipeline.tokenizer(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        return pipeline.text_encoder(ids)[0]
+
+    negative = encoded("")
+    switched = torch.cat([negative, encoded("a blue ball")])
+
+    def reference_switch(pipe, step, timestep, callback_kwargs):
+        if step == 4:  # after step 4: steps 5-7 take the blue prompt
+            callback_kwargs["prompt_embeds"] = switched
+        return callback_kwargs
+
+    with torch.inference_mode():
+        reference = pipeline(
+            prompt_embeds=encoded("a red ball"),
+            negative_prompt_embeds=negative,
+            num_inference_steps=8,
+            guidance_scale=params.guidance_scale,
+            width=64,
+            height=64,
+            generator=[torch.Generator("cpu").manual_seed(params.seed)],
+            callback_on_step_end=reference_switch,
+            callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+        ).images[0]
+    assert np.array_equal(edited, np.asarray(reference))
+
+
+def test_alternation_differs_from_each_option(sd15):
+    alternating = _picture(sd15, "a [red|blue] ball")
+    assert not np.array_equal(alternating, _picture(sd15, "a red ball"))
+    assert not np.array_equal(alternating, _picture(sd15, "a blue ball"))

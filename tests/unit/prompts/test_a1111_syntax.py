@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdapi.prompts.a1111_syntax import BREAK_MARK, parse, scheduled_syntax, uses_syntax
+from sdapi.prompts.a1111_syntax import BREAK_MARK, parse, uses_syntax
 
 
 def _approx(pieces):
@@ -51,11 +51,7 @@ def test_break_ends_a_chunk_and_only_as_a_word_in_capitals():
     assert parse("breakfast, BREAKING news, break") == [("breakfast, BREAKING news, break", 1.0)]
 
 
-def test_what_counts_as_syntax_and_what_is_a_schedule():
+def test_what_counts_as_syntax():
     assert not uses_syntax("a plain prompt, with commas: and colons")
     assert uses_syntax("a (weighted) prompt") and uses_syntax("one BREAK two") and uses_syntax("a \\( b")
-    assert scheduled_syntax("a [cat:dog:0.5] b") == "[cat:dog:0.5]"
-    assert scheduled_syntax("[to:10]") == "[to:10]" and scheduled_syntax("[from::0.3]") == "[from::0.3]"
-    assert scheduled_syntax("[cat|dog|bird]") == "[cat|dog|bird]"
-    assert scheduled_syntax("[blurry], (a:1.2)") is None
-    assert scheduled_syntax("\\[a:b\\]") is None  # escaped: text
+    assert uses_syntax("a [cat:dog:0.5] b") and uses_syntax("[cat|dog]")
