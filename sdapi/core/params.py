@@ -27,6 +27,7 @@ from sdapi.core.schedulers import (
     OPTION_SPECS,
     SCHEDULER_OPTIONS,
     SIGMA_SPACINGS,
+    STEP_OPTIONS,
     SchedulerOptionValue,
 )
 from sdapi.errors import InvalidParameter
@@ -144,6 +145,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     variation_seed: int | None = None
     variation_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    # Settings of each denoising step (sdapi.core.schedulers.STEP_OPTIONS: DDIM's eta, Euler's churn).
+    step_options: dict[str, float] = msgspec.field(default_factory=dict)
     # Seamless tiling along "xy", "x" or "y" (sdapi.engines.tiling); None: none.
     tiling: str | None = None
     # How the prompts are read on the CLIP families: "a1111" (weights, long prompts, BREAK: sdapi.prompts) or
@@ -206,6 +209,21 @@ def check_karras(scheduler: str, use_karras_sigmas: bool) -> None:
             "use_karras_sigmas",
             f"{scheduler} 不支持 use_karras_sigmas。支持的采样方法：{', '.join(sorted(KARRAS_SCHEDULERS))}",
         )
+
+
+def check_step_options(scheduler: str, options: dict[str, float]) -> None:
+    """Raise InvalidParameter naming the step_options `scheduler` does not take (sdapi.core.schedulers.STEP_OPTIONS)
+    or a value out of its range."""
+    allowed = STEP_OPTIONS.get(scheduler, {})
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        available = ", ".join(sorted(allowed)) or "（无）"
+        message = f"{scheduler} 不接受 step_options：{', '.join(unknown)}。可用：{available}"
+        raise InvalidParameter("step_options", message)
+    for name, value in sorted(options.items()):
+        low, high = allowed[name]
+        if not low <= value <= high:
+            raise InvalidParameter("step_options", f"step_options.{name} 无效：{value}。范围 {low:g}-{high:g}")
 
 
 def check_scheduler_options(
@@ -306,6 +324,7 @@ def resolve_params(
     if checked is not None:
         check_karras(checked, use_karras_sigmas)
         check_scheduler_options(checked, options, steps)
+        check_step_options(checked, dict(request.step_options or {}))
     inpaint = _inpaint(request, init_image)
     if init_image is None:
         width = request.width or defaults.width or native_size[0]
@@ -362,6 +381,7 @@ def resolve_params(
         **_variation(request, width, height, init_image is not None, rng),
         tiling={True: "xy", False: None, None: None, "x": "x", "y": "y"}[request.tiling],
         prompt_syntax=request.prompt_syntax or defaults.prompt_syntax,
+        step_options=dict(request.step_options or {}),
     )
 
 

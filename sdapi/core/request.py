@@ -213,6 +213,13 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             "只能设置所选采样方法接受的项，否则返回 400 并列出可用项"
         ),
     ] = None
+    step_options: Annotated[
+        dict[str, float] | None,
+        msgspec.Meta(
+            description="每一步的设置：DDIMScheduler 的 eta（0-1，0 为确定性）；EulerDiscreteScheduler 的 s_churn、"
+            "s_tmin、s_tmax、s_noise（k-diffusion 的随机扰动）。所选采样方法不接受的项返回 400"
+        ),
+    ] = None
     use_karras_sigmas: Annotated[
         bool | None,
         msgspec.Meta(

@@ -87,6 +87,18 @@ SCHEDULER_OPTIONS: dict[str, frozenset[str]] = {
     "TCDScheduler": _LCM,  # TCD takes exactly LCM's settings
     FLOW_MATCH_EULER: _SIGMAS | {"shift", "stochastic_sampling"},
 }
+# Settings of each denoising step (diffusers' step() arguments, not the scheduler's constructor's), by the scheduler
+# classes that take them: DDIM's eta (0: deterministic, 1: DDPM's full noise; the pipeline passes it) and Euler's
+# stochastic churn (k-diffusion's s_churn, s_tmin, s_tmax, s_noise). Each with its range.
+STEP_OPTIONS: dict[str, dict[str, tuple[float, float]]] = {
+    "DDIMScheduler": {"eta": (0.0, 1.0)},
+    "EulerDiscreteScheduler": {
+        "s_churn": (0.0, 100.0),
+        "s_tmin": (0.0, 1000.0),
+        "s_tmax": (0.0, float("inf")),
+        "s_noise": (0.0, 2.0),
+    },
+}
 # The schedulers that can space their sigmas the Karras way (AUTOMATIC1111's "Karras" schedule type).
 KARRAS_SCHEDULERS: frozenset[str] = frozenset(
     name for name, options in SCHEDULER_OPTIONS.items() if "use_karras_sigmas" in options

@@ -92,6 +92,7 @@ def run_batches(
             "generator": generators,
             "output_type": "pil",
             **clip_skip_argument(params),
+            **({"eta": params.step_options["eta"]} if "eta" in params.step_options else {}),
             **arguments,
         }
         if params.shapes_noise and "image" not in arguments:  # text-to-image (a second pass starts from its image)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import diffusers
 
-from sdapi.core.params import GenerationParams, check_karras, check_scheduler_options
+from sdapi.core.params import GenerationParams, check_karras, check_scheduler_options, check_step_options
 from sdapi.core.schedulers import ACCEPTED_SCHEDULERS, FLOW_MATCH_EULER, FLOW_OPTIONS, scheduler_that_runs
 from sdapi.errors import InvalidParameter
 
@@ -32,6 +33,7 @@ def make_scheduler(params: GenerationParams, base_config: Any) -> Any:
         raise ValueError(f"unknown scheduler {name!r}")
     check_karras(name, params.use_karras_sigmas)
     check_scheduler_options(name, params.scheduler_options, params.num_inference_steps)
+    check_step_options(name, params.step_options)
     options: dict[str, Any] = dict(params.scheduler_options)
     if base_config.get("_class_name") == FLOW_MATCH_EULER and name in FLOW_OPTIONS:
         # A multistep solver on the model's flow sigmas, shifted as its own scheduler shifts them.
@@ -47,4 +49,8 @@ def make_scheduler(params: GenerationParams, base_config: Any) -> Any:
     except (ValueError, TypeError, NotImplementedError, KeyError) as error:
         given = ", ".join(f"{key}={value!r}" for key, value in params.scheduler_options.items())
         raise InvalidParameter("scheduler_options", f"{name} 的 scheduler_options 无效（{given}）：{error}") from None
+    churn = {key: value for key, value in params.step_options.items() if key != "eta"}  # eta: the pipeline's own
+    if churn:
+        # functools.partial keeps step()'s signature readable: pipelines still pass the request's generators.
+        scheduler.step = functools.partial(scheduler.step, **churn)
     return scheduler

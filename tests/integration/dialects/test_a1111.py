@@ -348,3 +348,30 @@ def test_prompts_read_as_a1111_reads_them(api, service):
         native = client.post("/api/v1/generate", json=body)
         as_text = client.post("/api/v1/generate", json={**body, "prompt_syntax": "plain"})
         assert native.status_code == as_text.status_code == 200
+
+
+def test_eta_and_churn_as_a1111_clients_send_them(api, service):
+    """Issue 47, item 9: eta honoured on DDIM, s_churn on Euler; where A1111 would use them and diffusers cannot,
+    refused by name; the native API's step_options the same way."""
+    ddim = {**SMALL, "sampler_name": "DDIM"}  # (webuiapi sends eta=1 unless told otherwise, as A1111's UI does)
+    deterministic = api.txt2img(prompt="a harbour", seed=3, eta=0, **ddim)
+    assert np.array_equal(
+        _pixels(api.txt2img(prompt="a harbour", seed=3, eta=0, **ddim).image), _pixels(deterministic.image)
+    )
+    noisy = api.txt2img(prompt="a harbour", seed=3, eta=1, **ddim)
+    assert not np.array_equal(_pixels(noisy.image), _pixels(deterministic.image))
+    euler = {**SMALL, "sampler_name": "Euler"}
+    churned = api.txt2img(prompt="a harbour", seed=3, s_churn=30, **euler)
+    assert not np.array_equal(_pixels(churned.image), _pixels(api.txt2img(prompt="a harbour", seed=3, **euler).image))
+    for body, named in (
+        ({"sampler_name": "Euler a", "eta": 0.5}, "eta"),
+        ({"sampler_name": "Heun", "s_churn": 5}, "s_churn"),
+    ):
+        refused = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x", **SMALL, **body})
+        assert refused.status_code == 422 and named in refused.text, refused.text
+    with service.client() as client:
+        body = {"prompt": "x", "width": 64, "height": 64, "num_inference_steps": 3}
+        ok = client.post("/api/v1/generate", json={**body, "scheduler": "DDIMScheduler", "step_options": {"eta": 0.5}})
+        assert ok.status_code == 200
+        bad = client.post("/api/v1/generate", json={**body, "scheduler": "PNDMScheduler", "step_options": {"eta": 0.5}})
+        assert bad.status_code == 400 and "step_options" in bad.json()["detail"]

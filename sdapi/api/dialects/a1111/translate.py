@@ -52,12 +52,6 @@ SCHEDULE_TYPES = {"automatic": False, "karras": True}
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "restore_faces": (False, None),
     "script_name": (None, ""),
-    # Diffusers' ancestral samplers add their full noise (A1111's eta 1); DDIM runs deterministic (eta 0).
-    "eta": (None, 0, 1),
-    "s_churn": (0, None),
-    "s_tmax": (0, None),
-    "s_tmin": (0, None),
-    "s_noise": (1, None),
     "initial_noise_multiplier": (1, None),
     "refiner_checkpoint": (None, ""),
     "refiner_switch_at": (None, 0),
@@ -168,6 +162,12 @@ class A1111Generation(msgspec.Struct, kw_only=True):
     seed_resize_from_w: int = -1
     seed_resize_from_h: int = -1
     tiling: bool = False
+    # Sampler settings (step_options below): DDIM's eta, the ancestral samplers' eta, Euler's churn.
+    eta: float | None = None
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float | None = None
+    s_noise: float = 1.0
 
 
 # A1111Generation's number fields (ints and floats): where a JSON boolean means 0 or 1.
@@ -241,6 +241,34 @@ def _sampler(fields: A1111Generation) -> tuple[str | None, bool]:
         if base.lower() in (sampler.lower(), *SAMPLER_ALIASES.get(sampler, ())) or base == scheduler:
             return scheduler, karras
     raise InvalidParameter("sampler_name", f"sampler_name 不支持：{name!r}。可选：{', '.join(SAMPLERS)}")
+
+
+# What each sampler's eta means in A1111 and in diffusers: DDIM takes it; the ancestral samplers run diffusers' fixed
+# full noise, A1111's eta 1.
+_ANCESTRAL = ("EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
+# A1111's k-diffusion samplers that churn (s_churn and the rest); diffusers' Euler alone takes those settings.
+_CHURNING = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler")
+
+
+def _step_options(fields: A1111Generation, scheduler: str | None) -> dict[str, float]:
+    """The native step_options of A1111's eta and s_* for the sampler that runs: honoured where diffusers' scheduler
+    takes them, accepted where A1111 ignores them too, refused by name where A1111 would use them and diffusers
+    cannot."""
+    options: dict[str, float] = {}
+    if fields.eta is not None:
+        if scheduler == "DDIMScheduler":
+            options["eta"] = fields.eta
+        elif scheduler in _ANCESTRAL and fields.eta != 1:
+            raise InvalidParameter("eta", "祖先采样器（Euler a、DPM2 a）的 eta 只能为 1（diffusers 的完整噪声）")
+    churn = {"s_churn": fields.s_churn, "s_tmin": fields.s_tmin, "s_noise": fields.s_noise}
+    if fields.s_tmax:  # 0 and null: A1111's "no upper bound"
+        churn["s_tmax"] = fields.s_tmax
+    churns = fields.s_churn > 0
+    if scheduler == "EulerDiscreteScheduler" and churns:
+        options |= churn
+    elif scheduler in _CHURNING and churns:
+        raise InvalidParameter("s_churn", "s_churn 只用于 Euler（diffusers 的 Heun、DPM2 不接受随机扰动）")
+    return options
 
 
 def _schedule_type(fields: A1111Generation) -> bool:
@@ -419,6 +447,7 @@ def translate(
         "styles": fields.styles or None,
         "tiling": True if fields.tiling else None,
         "prompt_syntax": "a1111",  # always, as A1111 reads its prompts
+        "step_options": _step_options(fields, scheduler) or None,
         "variation_seed": None if fields.subseed == -1 else fields.subseed,
         "variation_strength": fields.subseed_strength or None,
         "seed_resize_from_width": fields.seed_resize_from_w if fields.seed_resize_from_w > 0 else None,
