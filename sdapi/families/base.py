@@ -143,6 +143,10 @@ class Family:
     # Whether A1111's prompt syntax is encoded for it (weights on CLIP token embeddings, 75-token chunks:
     # sdapi.prompts); the other families read their prompts as written.
     weighted_prompts: bool = True
+    # How its pipelines read a text encoder's output: the last layer after its final norm (SD 1.x/2.x), or the
+    # penultimate layer as it is (SDXL's two encoders); and the encoder whose pooled output conditions it, if any.
+    penultimate_text_layer: bool = False
+    pooled_text_encoder: str | None = None
     # Whether seamless tiling can run (convolutions that wrap around: a UNet's; a transformer's are not).
     tiling: bool = True
     # Whether its pipelines take clip_skip (a CLIP text encoder whose earlier layers may condition the run).

@@ -27,6 +27,8 @@ SDXL = Family(
     kohya_aliases={"text_encoder": "lora_te1_"},
     sgm_unet_names=True,
     size_conditioning=True,
+    penultimate_text_layer=True,
+    pooled_text_encoder="text_encoder_2",
     embedding_widths=(768, 1280),
     onnx_parts=("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder"),
 )

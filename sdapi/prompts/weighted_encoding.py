@@ -6,8 +6,8 @@
 - each chunk goes through the text encoder on its own (clip skip as diffusers counts it), its token embeddings are
   multiplied by their weights, and the chunk is rescaled so that its mean is what it was before (A1111's
   "Original" emphasis); the chunks are concatenated, so no token is cut at 77;
-- SDXL: both text encoders the same way, side by side; the pooled embedding is the second encoder's of the first
-  chunk;
+- a family with two text encoders (SDXL): both the same way, side by side; the pooled embedding is the pooling
+  encoder's of the first chunk;
 - the prompt and the negative prompt get as many chunks each: the shorter is extended with the empty prompt's;
 - prompt editing and alternation (sdapi.prompts.schedules) give one set of embeddings per stretch of steps, all with
   as many chunks, which the run switches between (sdapi.engines.conditioning).
@@ -108,11 +108,12 @@ def chunk_count(pipeline: Any, params: Any) -> int:
 
 
 def _encode_chunk(encoder: Any, chunk: _Chunk, clip_skip: int | None, penultimate: bool) -> tuple[Any, Any]:
-    """One chunk through one text encoder: its weighted, rescaled token embeddings and its pooled output."""
+    """One chunk through one text encoder: its weighted, rescaled token embeddings and its pooled output.
+    `penultimate`: the family reads the layer before the last, as it is (else the last, after the final norm)."""
     ids = torch.tensor([chunk.tokens], device=encoder.device)
     deeper = penultimate or bool(clip_skip)  # a layer before the last: only a torch encoder gives those
     output = encoder(ids, output_hidden_states=True) if deeper else encoder(ids)
-    if penultimate:  # SDXL's encoders: the penultimate layer by default, without the final norm
+    if penultimate:
         hidden = output.hidden_states[-(clip_skip + 2) if clip_skip else -2]
     elif clip_skip:
         hidden = encoder.text_model.final_layer_norm(output.hidden_states[-(clip_skip + 1)])
@@ -134,45 +135,46 @@ class Encoded:
 
 
 def encode(pipeline: Any, text: str, clip_skip: int | None, chunk_count: int | None = None) -> Encoded:
-    """`text` encoded A1111's way by `pipeline`'s text encoder(s), extended to `chunk_count` chunks with the empty
-    prompt's when it has fewer."""
-    sdxl = getattr(pipeline, "text_encoder_2", None) is not None
-    pairs = [(pipeline.tokenizer, pipeline.text_encoder)]
-    if sdxl:
-        pairs.append((pipeline.tokenizer_2, pipeline.text_encoder_2))
+    """`text` encoded A1111's way by each of `pipeline`'s text encoders (its family names them, first first; their
+    embeddings side by side), extended to `chunk_count` chunks with the empty prompt's when it has fewer."""
+    from sdapi.families import family_of_pipeline  # the families import the engines' helpers; late to avoid a cycle
+
+    family = family_of_pipeline(pipeline).family
     per_encoder = []
     pooled = None
-    for index, (tokenizer, encoder) in enumerate(pairs):
+    for tokenizer_name, encoder_name in zip(family.tokenizers, family.text_encoders, strict=True):
+        tokenizer, encoder = getattr(pipeline, tokenizer_name), getattr(pipeline, encoder_name)
         laid = chunks(pipeline, tokenizer, text)
         if chunk_count is not None and len(laid) < chunk_count:
             empty = chunks(pipeline, tokenizer, "")[0]
             laid += [empty] * (chunk_count - len(laid))
-        encoded = [_encode_chunk(encoder, chunk, clip_skip, penultimate=sdxl) for chunk in laid]
+        encoded = [_encode_chunk(encoder, chunk, clip_skip, family.penultimate_text_layer) for chunk in laid]
         per_encoder.append(torch.cat([embeds for embeds, _ in encoded], dim=1))
-        if sdxl and index == 1:
+        if encoder_name == family.pooled_text_encoder:
             pooled = encoded[0][1]  # the first chunk's, as A1111 takes it
-    return Encoded(torch.cat(per_encoder, dim=-1) if sdxl else per_encoder[0], pooled)
+    return Encoded(torch.cat(per_encoder, dim=-1), pooled)
 
 
 def prompt_embeddings(
     pipeline: Any, prompt: str, negative_prompt: str | None, clip_skip: int | None, chunk_count: int | None = None
 ) -> dict[str, Any]:
     """The pipeline call's embedding arguments for a prompt and a negative prompt of A1111's syntax, with as many
-    chunks each (`chunk_count` at least). SDXL without a negative prompt leaves it to the pipeline (zeros, as its
-    config asks)."""
+    chunks each (`chunk_count` at least). Clip skip applies to the prompt alone, as diffusers applies it (its
+    negative prompt is read from the last layer). A pooled family without a negative prompt leaves it to the
+    pipeline (zeros, as its config asks)."""
     with torch.inference_mode():
         count = max(len(chunks(pipeline, pipeline.tokenizer, text)) for text in (prompt, negative_prompt or ""))
         count = max(count, chunk_count or 0)
         positive = encode(pipeline, prompt, clip_skip, count)
         arguments: dict[str, Any] = {"prompt_embeds": positive.embeds}
-        sdxl = positive.pooled is not None
-        if sdxl:
+        pooled = positive.pooled is not None
+        if pooled:
             arguments["pooled_prompt_embeds"] = positive.pooled
         zeros = bool(getattr(pipeline.config, "force_zeros_for_empty_prompt", False))
-        if negative_prompt or not sdxl or not zeros:
-            negative = encode(pipeline, negative_prompt or "", clip_skip, count)
+        if negative_prompt or not pooled or not zeros:
+            negative = encode(pipeline, negative_prompt or "", None, count)
             arguments["negative_prompt_embeds"] = negative.embeds
-            if sdxl:
+            if pooled:
                 arguments["negative_pooled_prompt_embeds"] = negative.pooled
     return arguments
 
