@@ -366,6 +366,15 @@ class ControlNetConfig(_Section, frozen=True):
     annotators_dir: str | None = None
 
 
+class VaeConfig(_Section, frozen=True):
+    # Folder of VAEs a request may run instead of its model's own (`vae`, A1111's sd_vae): diffusers folders and
+    # single .safetensors files of diffusers' tensor names; a VAE's name is its folder's name or file's stem.
+    # null: data_dir/vae.
+    dir: str | None = None
+    # VAEs kept loaded per worker (least recently used out).
+    cache_size: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
+
+
 class IpAdapterConfig(_Section, frozen=True):
     # Folder of IP-Adapter files, each with an image_encoder/ folder beside it (one level of subfolders too, as
     # the published repositories' models/ and sdxl_models/); null: data_dir/ip-adapter.
@@ -403,6 +412,7 @@ class Config(_Section, frozen=True):
     upscalers: UpscalersConfig = UpscalersConfig()
     controlnet: ControlNetConfig = ControlNetConfig()
     ip_adapter: IpAdapterConfig = IpAdapterConfig()
+    vae: VaeConfig = VaeConfig()
 
     @property
     def data_path(self) -> Path:
@@ -443,6 +453,10 @@ class Config(_Section, frozen=True):
     @property
     def ip_adapter_path(self) -> Path:
         return Path(self.ip_adapter.dir) if self.ip_adapter.dir else self.data_path / "ip-adapter"
+
+    @property
+    def vae_path(self) -> Path:
+        return Path(self.vae.dir) if self.vae.dir else self.data_path / "vae"
 
     @property
     def annotators_path(self) -> Path:

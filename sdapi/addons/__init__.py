@@ -15,6 +15,7 @@ from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.ip_adapters.library import IpAdapterLibrary
 from sdapi.loras.library import LoraLibrary
 from sdapi.upscalers.library import UpscalerLibrary
+from sdapi.vaes.library import VaeLibrary
 
 
 class AddonLibrary(Addon, Protocol):
@@ -32,6 +33,7 @@ LIBRARIES: tuple[type[AddonLibrary], ...] = (
     UpscalerLibrary,
     ControlNetLibrary,
     IpAdapterLibrary,
+    VaeLibrary,
 )
 # What the HTTP surface lists (known before any registry is built: routes are made before the runtime).
 ADDON_KINDS: tuple[AddonKind, ...] = tuple(library.kind for library in LIBRARIES)

@@ -19,6 +19,7 @@ from sdapi.core.request import (
     GenerationRequest,
     LoraSpec,
     PreprocessorOption,
+    VaeSpec,
 )
 from sdapi.core.schedulers import (
     ACCEPTED_SCHEDULERS,
@@ -145,6 +146,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     variation_seed: int | None = None
     variation_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    # The VAE run instead of the model's own (sdapi.vaes); None: the model's.
+    vae: VaeSpec | None = None
     # Settings of each denoising step (sdapi.core.schedulers.STEP_OPTIONS: DDIM's eta, Euler's churn).
     step_options: dict[str, float] = msgspec.field(default_factory=dict)
     # Seamless tiling along "xy", "x" or "y" (sdapi.engines.tiling); None: none.
@@ -287,6 +290,7 @@ def resolve_params(
     schedulers: Sequence[str] = ACCEPTED_SCHEDULERS,
     model_defaults: tuple[int, float] = (30, 7.5),
     side_multiple: int = 8,
+    vae: VaeSpec | None = None,
 ) -> GenerationParams:
     """Apply config defaults (and, for what neither gives, the model's: its `native_size`, and its family's steps
     and guidance_scale in `model_defaults`) to a decoded request for `model`, and check the rules the schema cannot;
@@ -382,6 +386,7 @@ def resolve_params(
         tiling={True: "xy", False: None, None: None, "x": "x", "y": "y"}[request.tiling],
         prompt_syntax=request.prompt_syntax or defaults.prompt_syntax,
         step_options=dict(request.step_options or {}),
+        vae=vae,
     )
 
 

@@ -45,6 +45,13 @@ class EmbeddingSpec(msgspec.Struct, frozen=True):
     sha256: str
 
 
+class VaeSpec(msgspec.Struct, frozen=True):
+    """The VAE (vae.dir) a task runs instead of its model's own, pinned to the content that was checked."""
+
+    name: str
+    sha256: str
+
+
 MaskedContent = Literal["original", "fill", "latent_noise", "latent_nothing"]
 InpaintArea = Literal["whole", "masked"]
 MAX_MASK_BLUR = 64
@@ -318,6 +325,12 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         msgspec.Meta(
             description="本次请求使用的 LoRA/LoHa/LoKr 列表：[{name, weight}]，weight 范围 -2 到 2（默认 1.0）。"
             "配置 loras.defaults 中的 LoRA 总会加上；同名时以请求的权重为准"
+        ),
+    ] = None
+    vae: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="代替模型自带 VAE 的 VAE 名称（vae.dir 中，GET /api/v1/vaes 列出）；须与模型的潜空间通道数一致"
         ),
     ] = None
     styles: Annotated[

@@ -50,7 +50,7 @@ class Run:
 
 
 class AppliedAddon(msgspec.Struct, frozen=True):
-    """An add-on a run applied: its kind (loras, embeddings, controlnets, ip_adapters), name and sha256."""
+    """An add-on a run applied: its kind (loras, embeddings, controlnets, ip_adapters, vaes), name and sha256."""
 
     kind: str
     name: str
@@ -104,6 +104,8 @@ def facts_of(
     addons += [AppliedAddon("embeddings", spec.name, spec.sha256) for spec in params.embeddings]
     addons += [AppliedAddon("controlnets", unit.model, unit.sha256) for unit in params.controlnets if unit.weight > 0]
     addons += [AppliedAddon("ip_adapters", p.model, p.sha256) for p in params.ip_adapters if p.weight > 0]
+    if params.vae is not None:
+        addons.append(AppliedAddon("vaes", params.vae.name, params.vae.sha256))
     return RunFacts(
         engine=engine,
         scheduler=scheduler_that_runs(params.scheduler, str(scheduler_config["_class_name"])),

@@ -23,6 +23,8 @@ from sdapi.ip_adapters.library import IpAdapterLibrary
 from sdapi.ip_adapters.running import IpAdapterFiles
 from sdapi.loras.library import LoraLibrary
 from sdapi.upscalers.library import UpscalerLibrary
+from sdapi.vaes.library import VaeLibrary
+from sdapi.vaes.running import VaeFiles
 
 if TYPE_CHECKING:  # the registry sits above the engines: named for the type checker only
     from sdapi.addons import AddonRegistry
@@ -48,6 +50,7 @@ def build_engine(config: Config, addons: AddonRegistry) -> ModelPool:
     embedding_files = addons.of(EmbeddingLibrary).path_for
     controlnet_files = addons.of(ControlNetLibrary).path_for
     ip_adapter_files = addons.of(IpAdapterLibrary).path_for
+    vae_files = addons.of(VaeLibrary).path_for
     placement = choose_placement(config.model.device, config.model.dtype)  # once, for every model and upscaler
     upscalers = NeuralUpscalers(addons.of(UpscalerLibrary).path_for, placement.device).upscale
 
@@ -61,6 +64,7 @@ def build_engine(config: Config, addons: AddonRegistry) -> ModelPool:
             upscalers,
             controlnet_files,
             ip_adapter_files,
+            vae_files,
         )
 
     return ModelPool(config, make, placement.device)
@@ -75,6 +79,7 @@ def build_model_engine(
     neural_upscale: NeuralUpscale | None = None,
     controlnet_files: ControlNetFiles | None = None,
     ip_adapter_files: IpAdapterFiles | None = None,
+    vae_files: VaeFiles | None = None,
 ) -> Engine:
     """One model's engine: torch alone, or its ONNX export with torch behind it, as its engine and onnx_path say."""
 
@@ -89,6 +94,8 @@ def build_model_engine(
             config.controlnet.cache_size,
             ip_adapter_files,
             placement=placement,
+            vae_files=vae_files,
+            vae_cache_size=config.vae.cache_size,
         )
 
     if model.engine == "torch" or model.onnx_path is None:

@@ -43,6 +43,7 @@ from sdapi.families import ModelFamily, family_of_pipeline
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.prompts.weighted_encoding import run_needs_weighting
+from sdapi.vaes.running import VaeFiles, Vaes
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,12 @@ class TorchEngine:
         ip_adapter_files: IpAdapterFiles | None = None,
         *,
         placement: Placement | None = None,
+        vae_files: VaeFiles | None = None,
+        vae_cache_size: int = 2,
     ) -> None:
+        self._vae_files = vae_files
+        self._vae_cache_size = vae_cache_size
+        self._vaes: Vaes | None = None
         self._ip_adapter_files = ip_adapter_files
         self._ip_adapters: IpAdapters | None = None
         self._model = model
@@ -124,6 +130,8 @@ class TorchEngine:
             self._controlnets = ControlNetModels(
                 self._controlnet_files, self._controlnet_cache_size, self.device, self.dtype
             )
+        if self._vae_files is not None:
+            self._vaes = Vaes(self._vae_files, self._vae_cache_size, self.device, self.dtype)
         # Image-to-image shares the text encoders and tokenizers: embeddings loaded once serve both.
         self._embeddings = PipelineEmbeddings(pipeline, self._embedding_files)
         if self._lora_files is not None:
@@ -211,15 +219,20 @@ class TorchEngine:
         """The run's images, each add-on kind it names applied for this run alone (sdapi.core.addons: applied
         contexts that leave nothing behind that a later run could see), in the order they build on each other:
         LoRAs merge into the modules, embeddings become tokens the prompts name, image prompts' adapters load into
-        the UNet, ControlNet units attach to a pipeline made from it, and the UNet's and VAE's convolutions wrap
-        around for seamless tiling."""
+        the UNet, a VAE of vae.dir replaces the model's own, ControlNet units attach to a pipeline made from it,
+        and the UNet's and VAE's convolutions wrap around for seamless tiling."""
         assert self._embeddings is not None and self.family is not None  # set by load()
         params, init_image = run.params, run.init_image
         prompts = [prompt for prompt in params.ip_adapters if prompt.weight > 0]
         if prompts and self._ip_adapters is None:
             raise GenerationFailed("此引擎未配置 IP-Adapter（ip_adapter.dir）", ErrorCode.INVALID_INPUT)
+        if params.vae is not None and self._vaes is None:
+            raise GenerationFailed("此引擎未配置 VAE（vae.dir）", ErrorCode.INVALID_INPUT)
         with contextlib.ExitStack() as applied:
             applied.enter_context(self._loras_applied(params.loras))
+            if self._vaes is not None:  # first: a ControlNet pipeline made below takes the run's VAE too
+                pipelines = [self._text_to_image, self._image_to_image, self._inpaint]
+                applied.enter_context(self._vaes.applied(pipelines, params.vae))
             params = applied.enter_context(self._embeddings.applied(params))
             if self._repaints(params):
                 params, init_image = as_edit(params, init_image)

@@ -140,6 +140,8 @@ class Family:
     # Whether its runs can start from noise sdapi draws (variation seeds, seed resize): a UNet's latent grid (not an
     # inpainting checkpoint's, whose every run is a repaint).
     variation_seeds: bool = True
+    # Its VAE's latent channels: what a VAE of vae.dir must have to run on its models (sdapi.vaes).
+    latent_channels: int = 4
     # Whether A1111's prompt syntax is encoded for it (weights on CLIP token embeddings, 75-token chunks:
     # sdapi.prompts); the other families read their prompts as written.
     weighted_prompts: bool = True

@@ -101,10 +101,20 @@ def detect_folder(folder: Path) -> ModelFamily:
 
 
 def safetensors_keys(path: Path) -> dict[str, list[int]]:
-    """Tensor names and shapes from a .safetensors header (the first bytes of the file; no tensor is read)."""
+    """Tensor names and shapes from a .safetensors header (the first bytes of the file; no tensor is read). Raise
+    ValueError for a file that is not one: its first 8 bytes must give a header length that fits in the file (a
+    garbage file's would ask for exabytes, and reading them fail with MemoryError)."""
+    size = path.stat().st_size
     with path.open("rb") as file:
-        (length,) = struct.unpack("<Q", file.read(8))
+        start = file.read(8)
+        if len(start) < 8:
+            raise ValueError("不是 safetensors 文件（太短）")
+        (length,) = struct.unpack("<Q", start)
+        if length > size - 8:
+            raise ValueError("不是 safetensors 文件（头部长度超出文件）")
         header = json.loads(file.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("不是 safetensors 文件（头部不是 JSON 对象）")
     return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
 
 

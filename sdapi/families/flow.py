@@ -33,6 +33,7 @@ _SHARED: dict[str, Any] = {
     "onnx_pipelines": ("", "", ""),
     "onnx_parts": (),
     "clip_skip": False,  # SD 3.x's CLIP encoders take it (its module says so); T5 and Qwen do not
+    "latent_channels": 16,  # FLUX.2's own module says 32
     "weighted_prompts": False,  # T5, Qwen: their prompts are read as written
     "tiling": False,  # a transformer denoises: no convolutions to wrap around
     "variation_seeds": False,  # their pipelines draw their own latents (packed tokens on FLUX)

@@ -52,6 +52,7 @@ FLUX2_KLEIN = transformer_family(
     guidance_of=_guidance,
     defaults={"distilled": RunDefaults(4, 1.0), "cfg": RunDefaults(50, 4.0)},
     single_files=False,
+    latent_channels=32,
     spatial_latents_of=_spatial_latents,
     pixel_latents_of=_pixel_latents,
 )

@@ -63,6 +63,7 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     variation_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
     tiling: str | None = None  # "xy", "x" or "y"
+    vae: dict[str, Any] | None = None  # {name, sha256} of a VAE of vae.dir; None: the model's own
 
 
 def image_record(
@@ -106,6 +107,7 @@ def image_record(
         variation_strength=params.variation_strength,
         seed_resize_from=params.seed_resize_from,
         tiling=params.tiling,
+        vae=None if params.vae is None else {"name": params.vae.name, "sha256": params.vae.sha256},
     )
 
 
@@ -140,6 +142,9 @@ def infotext(record: ImageRecord) -> str:
         pairs.append(("Variation seed strength", record.variation_strength))
     if record.seed_resize_from is not None:
         pairs.append(("Seed resize from", f"{record.seed_resize_from[0]}x{record.seed_resize_from[1]}"))
+    if record.vae is not None:  # A1111's names
+        pairs.append(("VAE hash", record.vae["sha256"][:10]))
+        pairs.append(("VAE", record.vae["name"]))
     if record.clip_skip > 1:
         pairs.append(("Clip skip", record.clip_skip))
     if record.tiling is not None:  # A1111 writes "Tiling: True"; one axis alone is sdapi's addition

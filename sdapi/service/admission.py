@@ -7,7 +7,7 @@ owned by one module and raises InvalidParameter (a 400) naming the field:
 3. model: the requested model exists and is served (sdapi.service.catalog);
 4. LoRAs: each exists, is of the model's family and fits it (sdapi.loras.library); the embeddings the prompts
    name fit the model's text encoders (sdapi.embeddings.library); each ControlNet unit's model fits the model, its
-   image decodes and its preprocessor exists (sdapi.controlnets);
+   image decodes and its preprocessor exists (sdapi.controlnets); the VAE has the model's latents (sdapi.vaes);
 5. scheduler and its options, sizes, seeds, defaults (sdapi.core.params, with the family's steps and guidance);
    then what the model's family cannot do: guidance above a distilled model's, a negative prompt it cannot use,
    sides off its multiple, add-on kinds it does not run (sdapi.families.ModelFamily.check);
@@ -29,7 +29,7 @@ from sdapi.config import Config
 from sdapi.controlnets.library import ControlNetLibrary
 from sdapi.controlnets.preprocess import check_preprocessor
 from sdapi.core.params import ControlUnitSpec, GenerationParams, InitImageInfo, IpAdapterSpec, resolve_params
-from sdapi.core.request import GenerationRequest
+from sdapi.core.request import GenerationRequest, VaeSpec
 from sdapi.core.styles import StyleBook
 from sdapi.embeddings.library import EmbeddingLibrary
 from sdapi.errors import InvalidParameter
@@ -40,6 +40,7 @@ from sdapi.media import attachments
 from sdapi.media.images import decode_init_image, decode_mask_image
 from sdapi.service.catalog import ModelCatalog
 from sdapi.upscalers.library import UpscalerLibrary
+from sdapi.vaes.library import VaeLibrary
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class RequestChecks:
         self._upscalers = addons.of(UpscalerLibrary)
         self._controlnets = addons.of(ControlNetLibrary)
         self._ip_adapters = addons.of(IpAdapterLibrary)
+        self._vaes = addons.of(VaeLibrary)
         self._resolver = resolver
         self._callback_policy = CallbackPolicy.from_config(config.callbacks)
         self.styles = StyleBook(config.styles_path)
@@ -132,6 +134,7 @@ class RequestChecks:
             schedulers=family.family.schedulers,
             model_defaults=(defaults.steps, defaults.guidance_scale),
             side_multiple=family.family.side_multiple,
+            vae=await self._vae(request, family),
         )
         family.check(params)
         capability.check(params)
@@ -141,6 +144,13 @@ class RequestChecks:
                 params.callback_url, self._callback_policy, self._resolver, self._config.callbacks.resolve_timeout
             )
         return Admitted(params, attachments.pack(parts))
+
+    async def _vae(self, request: GenerationRequest, family: ModelFamily) -> VaeSpec | None:
+        """The request's VAE pinned by sha256; raise InvalidParameter for one that is unknown or does not fit."""
+        if request.vae is None:
+            return None
+        entry, sha256 = await asyncio.to_thread(self._vaes.resolve, request.vae, family)
+        return VaeSpec(entry.name, sha256)
 
     async def _image_prompts(
         self, request: GenerationRequest, model: str, parts: dict[str, bytes]

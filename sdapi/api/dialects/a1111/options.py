@@ -91,7 +91,6 @@ def options_of(model: Checkpoint) -> dict[str, Any]:
         "sd_checkpoint_hash": model.sha256,
         "samples_format": "png",
         "eta_noise_seed_delta": 0,
-        "sd_vae": "Automatic",
         "sd_hypernetwork": "None",
         "face_restoration": False,
         "face_restoration_model": None,
@@ -158,6 +157,15 @@ async def cmd_flags(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "medvram": False,
         "lowvram": False,
     }
+
+
+@get("/sd-vae", summary="AUTOMATIC1111: VAE 列表（vae.dir 中可用的 VAE）", responses=a1111_errors())
+async def sd_vae(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    return [
+        {"model_name": entry.name, "filename": entry.name}
+        for entry in status_of(request).listed("vaes")
+        if entry.error is None
+    ]
 
 
 @get("/hypernetworks", summary="AUTOMATIC1111: 超网络列表（sdapi 不提供超网络：空）", responses=a1111_errors())

@@ -32,10 +32,11 @@ from sdapi.api.dialects.a1111.options import (
     schedulers,
     scripts,
     sd_models,
+    sd_vae,
     write_options,
 )
 from sdapi.api.dialects.a1111.settings import options_of_caller
-from sdapi.api.dialects.a1111.translate import translate
+from sdapi.api.dialects.a1111.translate import translate, vae_of
 from sdapi.api.dialects.common import (
     DialectTaskFailed,
     base_url_of,
@@ -101,6 +102,8 @@ def _with_caller_options(request: Request[Any, Any, Any], body: dict[str, Any], 
     if "CLIP_stop_at_last_layers" not in overridden:
         skip = int(options.values["CLIP_stop_at_last_layers"])
         changes["clip_skip"] = skip if skip > 1 else None
+    if "sd_vae" not in overridden:
+        changes["vae"] = vae_of({"override_settings": {"sd_vae": options.values["sd_vae"]}})
     return msgspec.structs.replace(native, **changes)
 
 
@@ -330,6 +333,7 @@ def a1111_router(config: Config) -> Router:
             face_restorers,
             realesrgan_models,
             prompt_styles,
+            sd_vae,
         ],
         guards=[api_key_guard(callers_by_key(config.api), config.api.key_header, basic=True)],
         tags=["automatic1111"],

@@ -17,6 +17,8 @@ What each one does here, and where sdapi differs from A1111:
 - samples_format: png, jpg (jpeg) or webp, the images' format when a request's override_settings does not say.
 - CLIP_stop_at_last_layers: clip skip (1-12, A1111's numbering, the native clip_skip) for this key's tasks whose
   override_settings do not name one.
+- sd_vae: the VAE of vae.dir this key's tasks run (by name or file name; "Automatic" and "None": the model's own)
+  where their override_settings do not name one; a name that is not there fails the request with a 422 naming it.
 - send_seed, send_size: A1111's UI switches, stored and read back (clients toggle and restore them).
 """
 
@@ -57,6 +59,12 @@ def _clip_skip(name: str, value: Any) -> int:
     return int(value)
 
 
+def _vae_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidParameter(name, f"{name} 必须是 VAE 名称（GET /sdapi/v1/sd-vae），或 Automatic / None")
+    return value
+
+
 def _choice(choices: tuple[str, ...]) -> Any:
     def check(name: str, value: Any) -> str:
         if value not in choices:
@@ -75,6 +83,7 @@ WRITABLE = {
     "live_previews_image_format": _choice(PREVIEW_FORMATS),
     "samples_format": _choice(SAMPLES_FORMATS),
     "CLIP_stop_at_last_layers": _clip_skip,
+    "sd_vae": _vae_name,
     # A1111's UI switches (send the seed and the size to the other tabs): clients read, toggle and restore them;
     # they change nothing here.
     "send_seed": _flag,
@@ -109,6 +118,7 @@ class OptionsBook:
             "send_seed": True,
             "send_size": True,
             "CLIP_stop_at_last_layers": 1,
+            "sd_vae": "Automatic",
         }
         self._by_key: dict[str, ClientOptions] = {}
 

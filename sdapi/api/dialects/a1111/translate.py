@@ -8,6 +8,7 @@ import base64
 import io
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -81,7 +82,6 @@ _NEUTRAL_SETTINGS: dict[str, tuple[Any, ...]] = {
     "CLIP_stop_at_last_layers": tuple(range(1, 13)),  # clip skip, A1111's numbering (clip_skip below)
     "eta_noise_seed_delta": (0,),
     "samples_format": ("png", "jpg", "jpeg", "webp"),  # the images' format (samples_format below)
-    "sd_vae": ("Automatic", "None", None),
 }
 
 
@@ -90,6 +90,17 @@ def clip_skip(body: dict[str, Any]) -> int | None:
     settings = body.get("override_settings")
     value = settings.get("CLIP_stop_at_last_layers") if isinstance(settings, dict) else None
     return None if value is None else int(value)
+
+
+# sd_vae values meaning the model's own VAE.
+OWN_VAE = ("Automatic", "None", None, "")
+
+
+def vae_of(body: dict[str, Any]) -> str | None:
+    """The request's override_settings.sd_vae as a VAE of vae.dir (a file name's stem too), or None: the model's."""
+    settings = body.get("override_settings")
+    value = settings.get("sd_vae") if isinstance(settings, dict) else None
+    return None if value in OWN_VAE else Path(str(value)).stem
 
 
 def samples_format(body: dict[str, Any]) -> str:
@@ -215,6 +226,8 @@ def check_options(body: dict[str, Any], models: list[Checkpoint]) -> None:
     else:
         for key, value in settings.items():
             if key == "sd_model_checkpoint" and any(model.named_by(value) for model in models):
+                continue
+            if key == "sd_vae" and isinstance(value, str | None):  # a VAE of vae.dir: admission checks the name
                 continue
             if value not in _NEUTRAL_SETTINGS.get(key, ()):
                 refused.append(f"override_settings.{key}")
@@ -448,6 +461,7 @@ def translate(
         "tiling": True if fields.tiling else None,
         "prompt_syntax": "a1111",  # always, as A1111 reads its prompts
         "step_options": _step_options(fields, scheduler) or None,
+        "vae": vae_of(body),
         "variation_seed": None if fields.subseed == -1 else fields.subseed,
         "variation_strength": fields.subseed_strength or None,
         "seed_resize_from_width": fields.seed_resize_from_w if fields.seed_resize_from_w > 0 else None,
