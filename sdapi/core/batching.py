@@ -60,6 +60,8 @@ def batch_key(params: GenerationParams) -> str | None:
     """The key tasks that can share a batch have in common, or None when this task always runs alone."""
     if params.hires is not None or params.inpaint is not None or params.controlnets or params.ip_adapters:
         return None
+    if params.sd_upscale is not None:  # tile by tile
+        return None
     if params.shapes_noise:  # its starting noise is drawn per task (sdapi.engines.noise)
         return None
     if params.prompt_syntax == "a1111" and any(_weighted(text) for text in (params.prompt, params.negative_prompt)):

@@ -79,6 +79,15 @@ class HiresParams(msgspec.Struct, frozen=True, kw_only=True):
         return self.upscaler in LATENT_UPSCALERS
 
 
+class SdUpscaleParams(msgspec.Struct, frozen=True, kw_only=True):
+    """A1111's "SD upscale" of an image-to-image task (sdapi.engines.sd_upscale): the init image upscaled by
+    `scale` with `upscaler`, redrawn in tiles of the task's width x height overlapping by `overlap` pixels."""
+
+    scale: float
+    upscaler: str  # a PIXEL_UPSCALERS name or a neural upscaler's (upscalers.dir)
+    overlap: int
+
+
 class ControlUnitSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A checked ControlNet unit: its model pinned by content, its image kept beside the task (control/<index>)."""
 
@@ -146,6 +155,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     variation_seed: int | None = None
     variation_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    # A1111's SD upscale of an image-to-image task (sdapi.engines.sd_upscale); None: a plain image-to-image.
+    sd_upscale: SdUpscaleParams | None = None
     # The VAE run instead of the model's own (sdapi.vaes); None: the model's.
     vae: VaeSpec | None = None
     # Settings of each denoising step (sdapi.core.schedulers.STEP_OPTIONS: DDIM's eta, Euler's churn).
@@ -387,7 +398,32 @@ def resolve_params(
         prompt_syntax=request.prompt_syntax or defaults.prompt_syntax,
         step_options=dict(request.step_options or {}),
         vae=vae,
+        sd_upscale=_sd_upscale(request, init_image, limits, upscalers),
     )
+
+
+def _sd_upscale(
+    request: GenerationRequest, init_image: InitImageInfo | None, limits: LimitsConfig, upscalers: Collection[str]
+) -> SdUpscaleParams | None:
+    """The SD upscale settings of an image-to-image request; raise InvalidParameter naming `sd_upscale`."""
+    asked = request.sd_upscale
+    if asked is None:
+        return None
+    if init_image is None or request.mask_image is not None or request.outpaint is not None:
+        message = "sd_upscale 只用于图生图（需要 init_image，不能与 mask_image/outpaint 同用）"
+        raise InvalidParameter("sd_upscale", message)
+    width, height = round(init_image.width * asked.scale), round(init_image.height * asked.scale)
+    if width > limits.max_width or height > limits.max_height:
+        raise InvalidParameter(
+            "sd_upscale",
+            f"sd_upscale 放大后的尺寸 {width}x{height} 超出范围（limits.max_width {limits.max_width}、"
+            f"limits.max_height {limits.max_height}）",
+        )
+    known = [*PIXEL_UPSCALERS, *sorted(upscalers)]
+    if asked.upscaler not in known:
+        message = f"sd_upscale.upscaler 不支持：{asked.upscaler!r}。可选：{', '.join(known)}"
+        raise InvalidParameter("sd_upscale", message)
+    return SdUpscaleParams(scale=asked.scale, upscaler=asked.upscaler, overlap=asked.overlap)
 
 
 def _variation(

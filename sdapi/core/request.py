@@ -112,6 +112,16 @@ class HiresRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ) = None
 
 
+class SdUpscaleRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A1111's "SD upscale": upscale the init image, then redraw it tile by tile with image-to-image."""
+
+    scale: Annotated[float, msgspec.Meta(gt=1.0, le=MAX_HIRES_SCALE, description="放大倍数（1-4），默认 2")] = 2.0
+    upscaler: Annotated[
+        str, msgspec.Meta(description="放大方法：lanczos、nearest，或 upscalers.dir 中的神经网络放大模型")
+    ] = "lanczos"
+    overlap: Annotated[int, msgspec.Meta(ge=0, le=256, description="相邻分块重叠的像素数（默认 64）")] = 64
+
+
 ControlMode = Literal["balanced", "prompt", "controlnet"]
 ControlResize = Literal["resize", "crop", "fill"]
 MAX_CONTROL_WEIGHT = 2.0
@@ -325,6 +335,13 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         msgspec.Meta(
             description="本次请求使用的 LoRA/LoHa/LoKr 列表：[{name, weight}]，weight 范围 -2 到 2（默认 1.0）。"
             "配置 loras.defaults 中的 LoRA 总会加上；同名时以请求的权重为准"
+        ),
+    ] = None
+    sd_upscale: Annotated[
+        SdUpscaleRequest | None,
+        msgspec.Meta(
+            description="AUTOMATIC1111 的 SD upscale（图生图）：init_image 按 scale 放大后，按 width×height 分块、"
+            "相邻分块重叠 overlap 像素，逐块以 strength 重绘后融合；输出为放大后的尺寸"
         ),
     ] = None
     vae: Annotated[

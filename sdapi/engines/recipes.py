@@ -1,5 +1,6 @@
-"""Which recipe makes a run's images: unchanged (no denoising step left), the second pass (hires.py), inpainting
-and outpainting (inpainting.py), or plain text- and image-to-image (plain.py). The one place that knows them all."""
+"""Which recipe makes a run's images: unchanged (no denoising step left), A1111's SD upscale (sd_upscale.py), the
+second pass (hires.py), inpainting and outpainting (inpainting.py), or plain text- and image-to-image (plain.py).
+The one place that knows them all."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sdapi.engines.inpainting import make_edited_images
 from sdapi.engines.plain import make_plain_images
 from sdapi.engines.primitives import Pipelines, no_denoising, unchanged
 from sdapi.engines.schedulers import make_scheduler
+from sdapi.engines.sd_upscale import make_sd_upscale_images
 
 
 def make_images(
@@ -33,6 +35,11 @@ def make_images(
     scheduler_config = pipelines.scheduler_config
     if no_denoising(params):
         return unchanged(params, init_image)
+    if params.sd_upscale is not None:
+        assert init_image is not None  # admission asks for one
+        return make_sd_upscale_images(
+            pipelines.image_to_image, scheduler_config, params, init_image, on_step, neural_upscale
+        )
     if params.hires is not None:
         return make_hires_images(
             pipelines.text_to_image,

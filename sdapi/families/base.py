@@ -268,6 +268,8 @@ class ModelFamily:
         family, label = self.family, self.family.label
         if params.shapes_noise and (not family.variation_seeds or self.inpainting):
             raise InvalidParameter("variation_seed", f"{label} 不支持变体种子（variation_seed / seed_resize_from）")
+        if params.sd_upscale is not None and (family.repaints_for_image_to_image or self.inpainting):
+            raise InvalidParameter("sd_upscale", f"{label} 的图生图是整图重绘：不支持 sd_upscale")
         if params.tiling is not None and not family.tiling:
             raise InvalidParameter("tiling", f"{label} 不支持无缝平铺（tiling）：它的去噪模型没有卷积")
         if params.clip_skip > 1 and not family.clip_skip:

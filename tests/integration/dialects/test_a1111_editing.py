@@ -192,3 +192,38 @@ def test_the_options_and_lists_clients_read_are_answered(api):
     assert api.get_hypernetworks() == [] and api.get_face_restorers() == []
     assert api.get_prompt_styles() == []
     assert [model["name"] for model in api.get_realesrgan_models()] == ["tiny-esrgan-4x"]
+
+
+def test_the_sd_upscale_script_answers_a_picture_of_the_asked_scale(api):
+    """Issue 47, item 7: /scripts lists what exists; SD upscale with A1111's script_args ([info,] overlap,
+    upscaler index, scale) upscales and redraws tile by tile; any other script is refused naming the served one."""
+    scripts = api.session.get(f"{api.baseurl}/scripts").json()
+    assert "sd upscale" in scripts["img2img"] and "controlnet" in scripts["txt2img"]
+    picture = gradient_image(64, 64)
+    plain = picture.resize((128, 128), Image.Resampling.LANCZOS)
+    result = api.img2img(
+        images=[picture],
+        prompt="a harbour",
+        width=64,
+        height=64,
+        denoising_strength=0.5,
+        script_name="SD upscale",
+        script_args=["", 16, 1, 2.0],  # overlap 16, upscaler 1 (Lanczos in /upscalers), scale 2
+        **SMALL,
+    )
+    assert result.image.size == (128, 128)
+    assert not np.array_equal(_pixels(result.image), _pixels(plain))  # redrawn, not only resized
+    neural = api.img2img(
+        images=[picture],
+        prompt="x",
+        width=64,
+        height=64,
+        denoising_strength=0.3,
+        script_name="SD upscale",
+        script_args=[8, "tiny-esrgan-4x", 4],
+        **SMALL,
+    )
+    assert neural.image.size == (256, 256)
+    with pytest.raises(RuntimeError) as refused:
+        api.img2img(images=[picture], prompt="x", script_name="Ultimate SD upscale", **SMALL)
+    assert refused.value.args[0] == 422 and "SD upscale" in refused.value.args[1]

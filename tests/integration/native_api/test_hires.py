@@ -120,3 +120,18 @@ def test_bad_settings_are_400s_naming_hires(hires_client, body, words):
 def test_hires_scale_out_of_range_is_a_422(hires_client):
     response = hires_client.post("/api/v1/generate", json={"prompt": "x", "hires": {"scale": 5}})
     assert response.status_code == 422, response.text
+
+
+def test_sd_upscale_on_the_native_api(hires_client):
+    """Issue 47, item 7: sd_upscale redraws an upscaled init image tile by tile; image-to-image only."""
+    from tests.support.services import data_url, gradient_image
+
+    body = {"prompt": "a harbour", "init_image": data_url(gradient_image(96, 64)), "strength": 0.5, "seed": 3}
+    body |= {"num_inference_steps": 4, "width": 64, "height": 64}
+    result = generate(hires_client, **body, sd_upscale={"scale": 2, "upscaler": "lanczos", "overlap": 16})
+    assert result["status"] == "completed", result
+    assert fetch_image(result["result_url"]).size == (192, 128)
+    again = generate(hires_client, **body, sd_upscale={"scale": 2, "upscaler": "lanczos", "overlap": 16})
+    assert np.array_equal(fetch_pixels(result["result_url"]), fetch_pixels(again["result_url"]))  # the seed rule
+    refused = hires_client.post("/api/v1/generate", json={"prompt": "x", "sd_upscale": {"scale": 2}})
+    assert refused.status_code == 400 and "sd_upscale" in refused.json()["detail"]

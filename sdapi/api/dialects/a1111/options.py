@@ -10,7 +10,7 @@ from litestar import Request, get, post
 from sdapi.api.dialects.a1111.errors import a1111_errors
 from sdapi.api.dialects.a1111.models import Checkpoint, served_checkpoints
 from sdapi.api.dialects.a1111.settings import WRITABLE, options_of_caller, write_caller_options
-from sdapi.api.dialects.a1111.translate import SAMPLER_ALIASES, SAMPLERS, SCHEDULE_TYPES
+from sdapi.api.dialects.a1111.translate import SAMPLER_ALIASES, SAMPLERS, SCHEDULE_TYPES, SD_UPSCALE
 from sdapi.api.dialects.common import (
     config_of,
     service_of,
@@ -199,6 +199,7 @@ async def prompt_styles(request: Request[Any, Any, Any]) -> list[dict[str, Any]]
     ]
 
 
-@get("/scripts", summary="AUTOMATIC1111: 脚本列表（sdapi 没有脚本）", responses=a1111_errors())
+@get("/scripts", summary="AUTOMATIC1111: 脚本列表（SD upscale；ControlNet 为常开脚本）", responses=a1111_errors())
 async def scripts() -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": []}
+    # As A1111 with the ControlNet extension answers: every script's name, the always-on ones included.
+    return {"txt2img": ["controlnet"], "img2img": [SD_UPSCALE, "controlnet"]}

@@ -52,7 +52,6 @@ SCHEDULE_TYPES = {"automatic": False, "karras": True}
 # what its clients send). Any other value is refused with a 422 naming the option.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "restore_faces": (False, None),
-    "script_name": (None, ""),
     "initial_noise_multiplier": (1, None),
     "refiner_checkpoint": (None, ""),
     "refiner_switch_at": (None, 0),
@@ -72,7 +71,6 @@ _HARMLESS = {
     "hr_scheduler",
     "hr_additional_modules",
     "image_cfg_scale",  # only instruct-pix2pix models read it
-    "script_args",
     "comments",
     "force_task_id",
     "infotext",
@@ -173,6 +171,9 @@ class A1111Generation(msgspec.Struct, kw_only=True):
     seed_resize_from_w: int = -1
     seed_resize_from_h: int = -1
     tiling: bool = False
+    # Scripts: "SD upscale" is served (with its script_args in A1111's order).
+    script_name: str | None = None
+    script_args: list[Any] | None = None
     # Sampler settings (step_options below): DDIM's eta, the ancestral samplers' eta, Euler's churn.
     eta: float | None = None
     s_churn: float = 0.0
@@ -282,6 +283,44 @@ def _step_options(fields: A1111Generation, scheduler: str | None) -> dict[str, f
     elif scheduler in _CHURNING and churns:
         raise InvalidParameter("s_churn", "s_churn 只用于 Euler（diffusers 的 Heun、DPM2 不接受随机扰动）")
     return options
+
+
+# The scripts served, by A1111's names (/sdapi/v1/scripts lists them).
+SD_UPSCALE = "sd upscale"
+
+
+def _sd_upscale(
+    fields: A1111Generation, image_to_image: bool, neural: dict[str, float | None]
+) -> dict[str, Any] | None:
+    """The native sd_upscale of A1111's `script_name: "SD upscale"` and its script_args ([info,] overlap, upscaler
+    (an index into /sdapi/v1/upscalers or a name), scale); None without a script; any other script is refused."""
+    name = (fields.script_name or "").strip()
+    if not name:
+        return None
+    if name.lower() != SD_UPSCALE:
+        raise InvalidParameter("script_name", f"脚本不支持：{name!r}。可用：SD upscale（img2img）")
+    if not image_to_image:
+        raise InvalidParameter("script_name", "SD upscale 只用于 img2img")
+    args = list(fields.script_args or [])
+    if len(args) == 4:  # A1111's UI sends its info text first
+        args = args[1:]
+    overlap = args[0] if len(args) > 0 and args[0] is not None else 64
+    upscaler = args[1] if len(args) > 1 and args[1] is not None else 0
+    scale = args[2] if len(args) > 2 and args[2] is not None else 2.0
+    names = [*PIXEL_UPSCALER_NAMES, *neural]
+    if isinstance(upscaler, int) and not isinstance(upscaler, bool):
+        if not 0 <= upscaler < len(names):
+            message = f"SD upscale 的放大模型序号 {upscaler} 超出范围（0-{len(names) - 1}）"
+            raise InvalidParameter("script_args", message)
+        upscaler = names[upscaler]
+    try:
+        return {
+            "overlap": int(overlap),
+            "upscaler": PIXEL_UPSCALER_NAMES.get(str(upscaler), str(upscaler)),
+            "scale": float(scale),
+        }
+    except (TypeError, ValueError):
+        raise InvalidParameter("script_args", "SD upscale 的 script_args：[重叠像素, 放大模型, 倍数]") from None
 
 
 def _schedule_type(fields: A1111Generation) -> bool:
@@ -473,6 +512,7 @@ def translate(
     units, image_prompts = native_units(body.get("alwayson_scripts"), init_image, pixel_side)
     native["controlnets"] = units or None
     native["ip_adapters"] = image_prompts or None
+    native["sd_upscale"] = _sd_upscale(fields, image_to_image, neural or {})
     if image_to_image:
         assert init_image is not None
         native |= {"init_image": init_image, "strength": fields.denoising_strength}
