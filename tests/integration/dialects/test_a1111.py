@@ -339,6 +339,9 @@ def test_prompts_read_as_a1111_reads_them(api, service):
     one = api.txt2img(prompt=f"{head}, a red ball", seed=12, **SMALL)
     two = api.txt2img(prompt=f"{head}, snowy mountains", seed=12, **SMALL)
     assert not np.array_equal(_pixels(one.image), _pixels(two.image))
+    broken = api.txt2img(prompt="a red ball BREAK a blue sky", seed=12, **SMALL)
+    joined = api.txt2img(prompt="a red ball a blue sky", seed=12, **SMALL)
+    assert not np.array_equal(_pixels(broken.image), _pixels(joined.image))  # two chunks, not one
     edited = api.txt2img(prompt="a [red:blue:0.5] ball", seed=12, **SMALL)
     blue = api.txt2img(prompt="a blue ball", seed=12, **SMALL)
     assert not np.array_equal(_pixels(edited.image), _pixels(plain.image))

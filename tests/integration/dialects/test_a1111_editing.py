@@ -227,3 +227,13 @@ def test_the_sd_upscale_script_answers_a_picture_of_the_asked_scale(api):
     with pytest.raises(RuntimeError) as refused:
         api.img2img(images=[picture], prompt="x", script_name="Ultimate SD upscale", **SMALL)
     assert refused.value.args[0] == 422 and "SD upscale" in refused.value.args[1]
+
+
+def test_what_is_not_served_says_so(api):
+    """Issue 47, item 9: no caption or face model ships: interrogate and restore_faces are clear 422s."""
+    from tests.support.services import data_url
+
+    answer = api.session.post(f"{api.baseurl}/interrogate", json={"image": data_url(gradient_image(64, 64))})
+    assert answer.status_code == 422 and "interrogate" in answer.text
+    refused = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "restore_faces": True, **SMALL})
+    assert refused.status_code == 422 and "restore_faces" in refused.text

@@ -168,6 +168,16 @@ async def sd_vae(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     ]
 
 
+@post(
+    "/interrogate",
+    status_code=200,
+    summary="AUTOMATIC1111: 图片反推提示词（sdapi 不提供：422）",
+    responses=a1111_errors(422),
+)
+async def interrogate(data: dict[str, Any]) -> dict[str, Any]:
+    raise InvalidParameter("model", "sdapi 不提供图片反推（interrogate）：没有 CLIP interrogator 或 DeepBooru 模型")
+
+
 @get("/hypernetworks", summary="AUTOMATIC1111: 超网络列表（sdapi 不提供超网络：空）", responses=a1111_errors())
 async def hypernetworks() -> list[dict[str, Any]]:
     return []
