@@ -373,6 +373,11 @@ class VaeConfig(_Section, frozen=True):
     dir: str | None = None
     # VAEs kept loaded per worker (least recently used out).
     cache_size: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
+    # Decode (and encode) in tiles, diffusers' tiled VAE, when a request does not say (`vae_tiling`) and its final
+    # picture has more pixels than this: a large picture's VAE pass then fits in memory, at a small cost in time
+    # and a blend over the tiles' seams. null: never unless asked. Default: 2048 x 2048 (not measured yet: see
+    # docs/benchmarks.md).
+    tiling_above_pixels: Annotated[int, msgspec.Meta(ge=0)] | None = 4194304
 
 
 class IpAdapterConfig(_Section, frozen=True):

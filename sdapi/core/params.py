@@ -157,6 +157,8 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     seed_resize_from: tuple[int, int] | None = None
     # A1111's SD upscale of an image-to-image task (sdapi.engines.sd_upscale); None: a plain image-to-image.
     sd_upscale: SdUpscaleParams | None = None
+    # The VAE decodes (and encodes) in tiles (diffusers' tiled VAE): asked for, or the picture is large.
+    vae_tiling: bool = False
     # The VAE run instead of the model's own (sdapi.vaes); None: the model's.
     vae: VaeSpec | None = None
     # Settings of each denoising step (sdapi.core.schedulers.STEP_OPTIONS: DDIM's eta, Euler's churn).
@@ -302,6 +304,7 @@ def resolve_params(
     model_defaults: tuple[int, float] = (30, 7.5),
     side_multiple: int = 8,
     vae: VaeSpec | None = None,
+    tiling_above: int | None = None,
 ) -> GenerationParams:
     """Apply config defaults (and, for what neither gives, the model's: its `native_size`, and its family's steps
     and guidance_scale in `model_defaults`) to a decoded request for `model`, and check the rules the schema cannot;
@@ -399,7 +402,16 @@ def resolve_params(
         step_options=dict(request.step_options or {}),
         vae=vae,
         sd_upscale=_sd_upscale(request, init_image, limits, upscalers),
+        vae_tiling=request.vae_tiling if request.vae_tiling is not None else _large(width, height, hires, tiling_above),
     )
+
+
+def _large(width: int, height: int, hires: HiresParams | None, above: int | None) -> bool:
+    """Whether a picture is past the pixel count above which the VAE runs in tiles by default."""
+    if above is None:
+        return False
+    final = (hires.width, hires.height) if hires is not None else (width, height)
+    return final[0] * final[1] > above
 
 
 def _sd_upscale(

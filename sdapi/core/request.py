@@ -344,6 +344,13 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             "相邻分块重叠 overlap 像素，逐块以 strength 重绘后融合；输出为放大后的尺寸"
         ),
     ] = None
+    vae_tiling: Annotated[
+        bool | None,
+        msgspec.Meta(
+            description="VAE 分块解码/编码（diffusers 的 tiled VAE）：大图的 VAE 一步放得进内存，接缝处融合；"
+            "不指定时按配置 vae.tiling_above_pixels（最终图片超过该像素数时自动开启）"
+        ),
+    ] = None
     vae: Annotated[
         str | None,
         msgspec.Meta(

@@ -43,7 +43,7 @@ from sdapi.families import ModelFamily, family_of_pipeline
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.prompts.weighted_encoding import run_needs_weighting
-from sdapi.vaes.running import VaeFiles, Vaes
+from sdapi.vaes.running import VaeFiles, Vaes, tiled_vae
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class TorchEngine:
         # One LoRA set and one tiling: the batch key's.
         with engine_errors(first), torch.inference_mode(), self._loras_applied(first.loras):
             embedded = [replace(run, params=self._embeddings.apply(run.params)) for run in runs]
-            with tiling_applied(self._tileable(), first.tiling):
+            with tiling_applied(self._tileable(), first.tiling), tiled_vae(self._text_to_image, first.vae_tiling):
                 batches = make_batch_images(self._pipelines(), embedded)
         return [
             None if images is None else RunResult(images, self._facts(run.params))
@@ -251,6 +251,7 @@ class TorchEngine:
             )
             # Last: the convolutions as the adapters left them.
             applied.enter_context(tiling_applied(self._tileable(), params.tiling))
+            applied.enter_context(tiled_vae(self._text_to_image, params.vae_tiling))
             return make_images(self._pipelines(), params, init_image, run.on_step, self._neural_upscale, control)
 
     def _tileable(self) -> list[Any]:

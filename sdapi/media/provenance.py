@@ -64,6 +64,7 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     seed_resize_from: tuple[int, int] | None = None
     tiling: str | None = None  # "xy", "x" or "y"
     vae: dict[str, Any] | None = None  # {name, sha256} of a VAE of vae.dir; None: the model's own
+    vae_tiling: bool = False
 
 
 def image_record(
@@ -108,6 +109,7 @@ def image_record(
         seed_resize_from=params.seed_resize_from,
         tiling=params.tiling,
         vae=None if params.vae is None else {"name": params.vae.name, "sha256": params.vae.sha256},
+        vae_tiling=params.vae_tiling,
     )
 
 
@@ -145,6 +147,8 @@ def infotext(record: ImageRecord) -> str:
     if record.vae is not None:  # A1111's names
         pairs.append(("VAE hash", record.vae["sha256"][:10]))
         pairs.append(("VAE", record.vae["name"]))
+    if record.vae_tiling:  # the name A1111's tiled VAE extension writes
+        pairs.append(("Tiled VAE", "True"))
     if record.clip_skip > 1:
         pairs.append(("Clip skip", record.clip_skip))
     if record.tiling is not None:  # A1111 writes "Tiling: True"; one axis alone is sdapi's addition

@@ -21,6 +21,7 @@ from sdapi.models.export_manifest import (
     read_manifest,
 )
 
+ONNX_NO_VAE_TILING = "ONNX 导出的 VAE 整图解码：VAE 分块（vae_tiling）请使用 torch 引擎"
 ONNX_NO_VAE = "ONNX 导出带着自己的 VAE：换用 vae.dir 中的 VAE 请使用 torch 引擎"
 ONNX_NO_TILING = "ONNX 导出的卷积填充是固定的：无缝平铺（tiling）请使用 torch 引擎"
 ONNX_NO_CLIP_SKIP = "ONNX 导出的文本编码器只输出最后一层：clip_skip 大于 1 时请使用 torch 引擎"
@@ -34,6 +35,8 @@ def refuse_what_no_export_serves(params: GenerationParams, hint: str = "") -> No
         raise InvalidParameter("hires", ONNX_NO_HIRES + hint)
     if params.controlnets or params.ip_adapters:
         raise InvalidParameter("controlnets", ONNX_NO_CONTROL + hint)
+    if params.vae_tiling:  # the exported VAE decodes the whole picture at once
+        raise InvalidParameter("vae_tiling", ONNX_NO_VAE_TILING + hint)
     if params.vae is not None:  # the export's VAE is its own graph
         raise InvalidParameter("vae", ONNX_NO_VAE + hint)
     if params.tiling is not None:  # the exported graphs' padding is fixed

@@ -135,6 +135,7 @@ class RequestChecks:
             model_defaults=(defaults.steps, defaults.guidance_scale),
             side_multiple=family.family.side_multiple,
             vae=await self._vae(request, family),
+            tiling_above=self._config.vae.tiling_above_pixels,
         )
         family.check(params)
         capability.check(params)

@@ -66,3 +66,18 @@ class Vaes:
         finally:
             for pipeline in swapped:
                 pipeline.vae = own
+
+
+@contextlib.contextmanager
+def tiled_vae(pipeline: Any, tiled: bool) -> Iterator[None]:
+    """While the block runs, `pipeline`'s VAE (every pipeline of the model shares it) decodes and encodes in tiles
+    (diffusers' tiled VAE) when `tiled`; after it, as it was."""
+    vae = pipeline.vae
+    if not tiled or getattr(vae, "use_tiling", False):
+        yield
+        return
+    vae.enable_tiling()
+    try:
+        yield
+    finally:
+        vae.disable_tiling()

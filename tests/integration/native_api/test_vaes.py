@@ -73,3 +73,16 @@ def test_a1111s_sd_vae(service):
         api.set_options({"sd_vae": "Automatic"})
     refused = api.session.post(f"{api.baseurl}/txt2img", json={**fields, "override_settings": {"sd_vae": "nope"}})
     assert refused.status_code == 422 and "nope" in refused.text
+
+
+def test_vae_tiling_over_http_is_recorded(service):
+    """Issue 48, in part: vae_tiling per request, recorded ("Tiled VAE: True" in the infotext)."""
+    with service.client() as client:
+        tiled = generate(client, **BODY, vae_tiling=True)
+        plain = generate(client, **BODY)
+        assert tiled["status"] == plain["status"] == "completed"
+        infotext, record = read_embedded(httpx.get(tiled["result_url"]).content)
+        assert infotext is not None and "Tiled VAE: True" in infotext
+        assert record is not None and '"vae_tiling":true' in record.replace(" ", "")
+        plain_text, _ = read_embedded(httpx.get(plain["result_url"]).content)
+        assert plain_text is not None and "Tiled VAE" not in plain_text

@@ -9,7 +9,7 @@ import pytest
 
 from sdapi.config import DefaultsConfig, LimitsConfig
 from sdapi.core.params import InitImageInfo, check_scheduler_options, output_side, resolve_params
-from sdapi.core.request import GenerationRequest
+from sdapi.core.request import GenerationRequest, HiresRequest
 from sdapi.errors import InvalidParameter
 
 DEFAULTS = DefaultsConfig(
@@ -196,3 +196,18 @@ def test_lcm_options_are_bounded():
     with pytest.raises(InvalidParameter, match="original_inference_steps"):
         resolve(scheduler="LCMScheduler", scheduler_options={"original_inference_steps": 0})
     assert resolve(scheduler="LCMScheduler", scheduler_options={"original_inference_steps": 50}).scheduler_options
+
+
+def test_vae_tiling_is_asked_for_or_comes_with_a_large_picture():
+    def resolved(above, **fields):
+        request = GenerationRequest(prompt="p", **fields)
+        return resolve_params(request, DEFAULTS, LIMITS, None, rng=random.Random(1), tiling_above=above).vae_tiling
+
+    assert resolved(None, width=1024, height=1024) is False  # never unless asked
+    assert resolved(None, vae_tiling=True) is True
+    assert resolved(512 * 512, width=512, height=512) is False  # not past the count
+    assert resolved(512 * 512, width=512, height=520) is True
+    assert resolved(512 * 512, width=1024, height=1024, vae_tiling=False) is False  # the request's word wins
+    hires = HiresRequest(scale=2.0, upscaler="lanczos")
+    assert resolved(512 * 512, width=256, height=256, hires=hires) is False  # its final 512 x 512
+    assert resolved(100 * 100, width=256, height=256, hires=hires) is True
