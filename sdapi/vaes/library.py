@@ -22,6 +22,7 @@ from sdapi.errors import InvalidParameter
 from sdapi.families import ModelFamily
 from sdapi.families.detection import safetensors_keys
 from sdapi.models.digests import sha256_file
+from sdapi.models.folders import scan_models
 from sdapi.models.pinned import pinned_path
 
 logger = logging.getLogger(__name__)
@@ -125,16 +126,7 @@ class VaeLibrary:
 
     def scan(self) -> None:
         """Read every VAE in the folder; an unusable one becomes an entry with an error, never an exception."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        found: dict[str, _Scanned] = {}
-        for path in sorted(self.directory.iterdir()):
-            try:
-                if path.is_dir() and (path / "config.json").is_file():
-                    found[path.name] = _folder(path)
-                elif path.is_file() and path.suffix == ".safetensors" and path.stem not in found:
-                    found[path.stem] = _single_file(path)
-            except OSError as error:
-                logger.warning("VAE %s unreadable: %s", path.name, error)
+        found = scan_models(self.directory, _folder, _single_file, "VAE")
         with self._lock:
             self._files = found
         logger.info("VAE library: %d VAE(s) in %s", len(found), self.directory)
