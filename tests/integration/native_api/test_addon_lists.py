@@ -7,8 +7,9 @@ from sdapi.api.routes import ADDON_CONTROLLERS
 
 
 def test_one_controller_factory_serves_every_kind():
-    assert [kind.name for kind in ADDON_KINDS] == ["loras", "embeddings", "upscalers", "controlnets", "ip-adapters"]
-    assert len(ADDON_CONTROLLERS) == len(LIBRARIES) == 5
+    names = ["loras", "embeddings", "upscalers", "controlnets", "ip-adapters", "vaes"]
+    assert [kind.name for kind in ADDON_KINDS] == names
+    assert len(ADDON_CONTROLLERS) == len(LIBRARIES) == 6
     handlers = {controller.list_entries.fn.__qualname__ for controller in ADDON_CONTROLLERS}
     assert handlers == {"addon_controller.<locals>.list_entries"}
 
