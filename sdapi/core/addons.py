@@ -5,8 +5,9 @@ them all and one controller lists and refreshes every kind. Pure: the protocol a
 On the engine's side each kind that changes a pipeline has an `applied(...)` context in its own package, which
 applies the specs a run names for that run and leaves nothing a later run could see: LoRAs
 (loras.merging.AdapterManager.applied), embeddings (embeddings.loading.PipelineEmbeddings.applied), image prompts
-(ip_adapters.running.IpAdapters.applied) and ControlNet units (controlnets.running.applied); the torch engine
-enters them in that order. Upscalers change no pipeline: the second pass and the extras call them."""
+(ip_adapters.running.IpAdapters.applied), VAEs (vaes.running.Vaes.applied) and ControlNet units
+(controlnets.running.applied); the torch engine enters them in that order. Upscalers change no pipeline: the
+second pass and the extras call them."""
 
 from __future__ import annotations
 

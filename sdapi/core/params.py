@@ -421,8 +421,8 @@ def _sd_upscale(
     asked = request.sd_upscale
     if asked is None:
         return None
-    if init_image is None or request.mask_image is not None or request.outpaint is not None:
-        message = "sd_upscale 只用于图生图（需要 init_image，不能与 mask_image/outpaint 同用）"
+    if init_image is None or request.mask_image is not None or request.outpaint is not None or request.controlnets:
+        message = "sd_upscale 只用于图生图（需要 init_image，不能与 mask_image、outpaint、controlnets 同用）"
         raise InvalidParameter("sd_upscale", message)
     width, height = round(init_image.width * asked.scale), round(init_image.height * asked.scale)
     if width > limits.max_width or height > limits.max_height:

@@ -31,15 +31,15 @@ def make_images(
     pipeline (sdapi.engines.inpainting), rendering a masked-only area at the native size's area. A task with a
     second pass runs it (sdapi.engines.hires), with `neural_upscale` for the neural upscalers. With `control`, its
     pipeline (the run's kind with the ControlNet units attached) makes the images, the second pass's first pass
-    included."""
+    included. A task with sd_upscale is redrawn tile by tile (sdapi.engines.sd_upscale)."""
     scheduler_config = pipelines.scheduler_config
-    if no_denoising(params):
-        return unchanged(params, init_image)
-    if params.sd_upscale is not None:
+    if params.sd_upscale is not None:  # (at a strength of no step: the init image upscaled)
         assert init_image is not None  # admission asks for one
         return make_sd_upscale_images(
             pipelines.image_to_image, scheduler_config, params, init_image, on_step, neural_upscale
         )
+    if no_denoising(params):
+        return unchanged(params, init_image)
     if params.hires is not None:
         return make_hires_images(
             pipelines.text_to_image,

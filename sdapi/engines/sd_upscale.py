@@ -83,6 +83,8 @@ def make_sd_upscale_images(
     source = init_image.convert("RGB")
     size = (round(source.width * plan.scale), round(source.height * plan.scale))
     upscaled = upscale_pixels(source, plan.upscaler, size, neural)
+    if int(params.num_inference_steps * (params.strength or 0.0)) < 1:  # no step to redraw with: as upscaled
+        return [upscaled.copy() for _ in range(params.num_images)]
     boxes = tile_boxes(size, (params.width, params.height), plan.overlap)
     per_tile = max(int(params.num_inference_steps * (params.strength or 0.0)), 1)
     total = per_tile * len(boxes) * params.num_images

@@ -135,3 +135,16 @@ def test_sd_upscale_on_the_native_api(hires_client):
     assert np.array_equal(fetch_pixels(result["result_url"]), fetch_pixels(again["result_url"]))  # the seed rule
     refused = hires_client.post("/api/v1/generate", json={"prompt": "x", "sd_upscale": {"scale": 2}})
     assert refused.status_code == 400 and "sd_upscale" in refused.json()["detail"]
+
+
+def test_sd_upscale_at_a_strength_of_no_step_is_the_upscaled_picture(hires_client):
+    from PIL import Image as PILImage
+
+    from tests.support.services import data_url, gradient_image
+
+    picture = gradient_image(96, 64)
+    body = {"prompt": "x", "init_image": data_url(picture), "strength": 0.1, "num_inference_steps": 4, "seed": 1}
+    result = generate(hires_client, **body, width=64, height=64, sd_upscale={"scale": 2, "upscaler": "lanczos"})
+    assert result["status"] == "completed", result
+    expected = np.asarray(picture.convert("RGB").resize((192, 128), PILImage.Resampling.LANCZOS))
+    assert np.array_equal(fetch_pixels(result["result_url"]), expected)
