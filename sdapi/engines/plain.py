@@ -16,6 +16,7 @@ from sdapi.engines.primitives import (
     batch_step_reporter,
     clip_skip_argument,
     cpu_generators,
+    eta_argument,
     image_size,
     no_denoising,
     report_gpu_memory,
@@ -82,6 +83,7 @@ def make_batch_images(pipelines: Pipelines, members: list[Run]) -> list[list[Ima
     seeds = [seed for member in members for seed in member.params.image_seeds()]
     if family.batches_prompt_lists:
         arguments |= clip_skip_argument(first)
+    arguments |= eta_argument(first)  # (Euler's churn rides on the scheduler make_scheduler built)
     arguments |= {
         "num_inference_steps": first.num_inference_steps,
         "guidance_scale": first.guidance_scale,

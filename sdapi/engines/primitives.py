@@ -92,7 +92,7 @@ def run_batches(
             "generator": generators,
             "output_type": "pil",
             **clip_skip_argument(params),
-            **({"eta": params.step_options["eta"]} if "eta" in params.step_options else {}),
+            **eta_argument(params),
             **arguments,
         }
         if params.shapes_noise and "image" not in arguments:  # text-to-image (a second pass starts from its image)
@@ -148,6 +148,11 @@ def clip_skip_argument(params: GenerationParams) -> dict[str, Any]:
     """The pipeline call's clip_skip for `params` (nothing at the default: every pipeline takes that)."""
     skip = params.diffusers_clip_skip
     return {} if skip is None else {"clip_skip": skip}
+
+
+def eta_argument(params: GenerationParams) -> dict[str, Any]:
+    """The pipeline call's eta (DDIM's: the pipeline hands it to the scheduler's step), when the run sets one."""
+    return {"eta": params.step_options["eta"]} if "eta" in params.step_options else {}
 
 
 def batch_step_reporter(members: list[Run], left: set[int], watch: StepWatch, size: tuple[int, int]) -> Any:

@@ -17,7 +17,7 @@ from sdapi.config import ModelConfig
 from sdapi.controlnets.running import ControlNetFiles, ControlNetModels
 from sdapi.controlnets.running import applied as controls_applied
 from sdapi.core.params import GenerationParams
-from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec
+from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec, VaeSpec
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
 from sdapi.engines import (
     EngineDescription,
@@ -187,10 +187,14 @@ class TorchEngine:
         ):  # encoded on their own (sdapi.prompts), perhaps in more chunks than the others: one task at a time
             return one_at_a_time(self, runs)
         first = runs[0].params
-        # One LoRA set and one tiling: the batch key's.
+        # One LoRA set, one VAE and one tiling: the batch key's.
         with engine_errors(first), torch.inference_mode(), self._loras_applied(first.loras):
             embedded = [replace(run, params=self._embeddings.apply(run.params)) for run in runs]
-            with tiling_applied(self._tileable(), first.tiling), tiled_vae(self._text_to_image, first.vae_tiling):
+            with (
+                self._vae_applied(first.vae),
+                tiling_applied(self._tileable(), first.tiling),
+                tiled_vae(self._text_to_image, first.vae_tiling),
+            ):
                 batches = make_batch_images(self._pipelines(), embedded)
         return [
             None if images is None else RunResult(images, self._facts(run.params))
@@ -226,13 +230,10 @@ class TorchEngine:
         prompts = [prompt for prompt in params.ip_adapters if prompt.weight > 0]
         if prompts and self._ip_adapters is None:
             raise GenerationFailed("此引擎未配置 IP-Adapter（ip_adapter.dir）", ErrorCode.INVALID_INPUT)
-        if params.vae is not None and self._vaes is None:
-            raise GenerationFailed("此引擎未配置 VAE（vae.dir）", ErrorCode.INVALID_INPUT)
         with contextlib.ExitStack() as applied:
             applied.enter_context(self._loras_applied(params.loras))
-            if self._vaes is not None:  # first: a ControlNet pipeline made below takes the run's VAE too
-                pipelines = [self._text_to_image, self._image_to_image, self._inpaint]
-                applied.enter_context(self._vaes.applied(pipelines, params.vae))
+            # Before the ControlNet pipeline below is made: it takes the run's VAE too.
+            applied.enter_context(self._vae_applied(params.vae))
             params = applied.enter_context(self._embeddings.applied(params))
             if self._repaints(params):
                 params, init_image = as_edit(params, init_image)
@@ -253,6 +254,14 @@ class TorchEngine:
             applied.enter_context(tiling_applied(self._tileable(), params.tiling))
             applied.enter_context(tiled_vae(self._text_to_image, params.vae_tiling))
             return make_images(self._pipelines(), params, init_image, run.on_step, self._neural_upscale, control)
+
+    def _vae_applied(self, vae: VaeSpec | None) -> contextlib.AbstractContextManager[None]:
+        """`vae` (vae.dir) in every pipeline of the model for the run (None: the model's own stays)."""
+        if vae is None:
+            return contextlib.nullcontext()
+        if self._vaes is None:
+            raise GenerationFailed("此引擎未配置 VAE（vae.dir）", ErrorCode.INVALID_INPUT)
+        return self._vaes.applied([self._text_to_image, self._image_to_image, self._inpaint], vae)
 
     def _tileable(self) -> list[Any]:
         """The modules seamless tiling changes: the UNet and the VAE (every pipeline of the model shares them)."""

@@ -123,3 +123,25 @@ def test_onnx_members_get_the_pixels_of_their_own_onnx_run(plain_export, tiny_mo
     generated = engine.generate_batch(members)
     assert {g.facts.engine for g in generated} == {"onnx"}
     _assert_same(_alone(engine, members), generated)
+
+
+def test_members_with_a_vae_or_eta_get_their_own_runs_pixels(tiny_model, tmp_path):
+    """What the batch key keeps equal across members but the batch path must still apply: a VAE of vae.dir (swapped
+    in for the batch) and DDIM's eta (handed to the pipeline). Without them the batch made other pictures."""
+    from sdapi.core.request import VaeSpec
+    from tests.support.vae_files import write_vae_folder
+
+    folder = write_vae_folder(tiny_model, tmp_path / "warm-vae", seed=11)
+    engine = TorchEngine(
+        ModelConfig(path=str(tiny_model), device="cpu", dtype="float32"), vae_files=lambda name, sha: folder
+    )
+    engine.load()
+    for shared in (
+        {"vae": VaeSpec("warm-vae", "0" * 64)},
+        {"scheduler": "DDIMScheduler", "step_options": {"eta": 1.0}},
+    ):
+        members = _members(**shared)
+        _assert_same(_alone(engine, members), engine.generate_batch(members))
+        plain = _members(**{key: value for key, value in shared.items() if key == "scheduler"})
+        differs = np.asarray(engine.generate_batch(plain)[0].images[0], dtype=np.float64)
+        assert np.abs(differs - np.asarray(_alone(engine, members)[0][0], dtype=np.float64)).mean() > 1.0
