@@ -282,7 +282,7 @@ class TaskService:
                     yield "progress", view, None
                 elif not changed and (preview is None or preview.step <= shown):
                     yield "keepalive", view, None
-                if preview is not None and preview.step > shown and not view.task.status.is_terminal:
+                if preview is not None and preview.step > shown:  # (a running task's alone: latest_preview)
                     shown = preview.step
                     yield "preview", view, preview
             yield "done", view, None

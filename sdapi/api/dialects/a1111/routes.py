@@ -37,7 +37,7 @@ from sdapi.api.dialects.a1111.options import (
     write_options,
 )
 from sdapi.api.dialects.a1111.settings import options_of_caller
-from sdapi.api.dialects.a1111.translate import translate, vae_of
+from sdapi.api.dialects.a1111.translate import translate, vae_named
 from sdapi.api.dialects.common import (
     DialectTaskFailed,
     base_url_of,
@@ -104,7 +104,7 @@ def _with_caller_options(request: Request[Any, Any, Any], body: dict[str, Any], 
         skip = int(options.values["CLIP_stop_at_last_layers"])
         changes["clip_skip"] = skip if skip > 1 else None
     if "sd_vae" not in overridden:
-        changes["vae"] = vae_of({"override_settings": {"sd_vae": options.values["sd_vae"]}})
+        changes["vae"] = vae_named(options.values["sd_vae"])
     return msgspec.structs.replace(native, **changes)
 
 

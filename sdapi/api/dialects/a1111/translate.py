@@ -94,11 +94,15 @@ def clip_skip(body: dict[str, Any]) -> int | None:
 OWN_VAE = ("Automatic", "None", None, "")
 
 
-def vae_of(body: dict[str, Any]) -> str | None:
-    """The request's override_settings.sd_vae as a VAE of vae.dir (a file name's stem too), or None: the model's."""
-    settings = body.get("override_settings")
-    value = settings.get("sd_vae") if isinstance(settings, dict) else None
+def vae_named(value: object) -> str | None:
+    """An sd_vae value as the name of a VAE of vae.dir (a file name's stem too), or None: the model's own."""
     return None if value in OWN_VAE else Path(str(value)).stem
+
+
+def vae_of(body: dict[str, Any]) -> str | None:
+    """The request's override_settings.sd_vae as a VAE of vae.dir, or None: the model's own."""
+    settings = body.get("override_settings")
+    return vae_named(settings.get("sd_vae") if isinstance(settings, dict) else None)
 
 
 def samples_format(body: dict[str, Any]) -> str:
