@@ -13,6 +13,8 @@ from typing import Any
 from sdapi.core.params import GenerationParams
 from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
 from sdapi.errors import InvalidParameter
+from sdapi.prompts import PromptSyntaxError
+from sdapi.prompts.schedules import check_prompt
 
 # How a model uses guidance_scale: classifier-free guidance with a negative prompt ("cfg"); a guidance value the
 # transformer embeds, one pass a step (FLUX.1 [dev]: "embedded"); or none at all, distilled to few steps without it
@@ -270,6 +272,12 @@ class ModelFamily:
             raise InvalidParameter("variation_seed", f"{label} 不支持变体种子（variation_seed / seed_resize_from）")
         if params.sd_upscale is not None and (family.repaints_for_image_to_image or self.inpainting):
             raise InvalidParameter("sd_upscale", f"{label} 的图生图是整图重绘：不支持 sd_upscale")
+        if params.prompt_syntax == "a1111" and family.weighted_prompts:
+            for field, text in (("prompt", params.prompt), ("negative_prompt", params.negative_prompt)):
+                try:
+                    check_prompt(text or "", params.num_inference_steps)
+                except PromptSyntaxError as problem:
+                    raise InvalidParameter(field, f"{field} 无法按 A1111 语法读取：{problem}") from None
         if params.tiling is not None and not family.tiling:
             raise InvalidParameter("tiling", f"{label} 不支持无缝平铺（tiling）：它的去噪模型没有卷积")
         if params.clip_skip > 1 and not family.clip_skip:

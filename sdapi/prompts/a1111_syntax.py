@@ -12,7 +12,10 @@ resolved into one text per stretch of steps before this runs (sdapi.prompts.sche
 
 from __future__ import annotations
 
+import math
 import re
+
+from sdapi.prompts import PromptSyntaxError
 
 ROUND = 1.1
 SQUARE = 1 / 1.1
@@ -55,7 +58,7 @@ def parse(text: str) -> list[tuple[str, float]]:
         elif token == "[":
             square_open.append(len(pieces))
         elif weight is not None and round_open:
-            multiply(round_open.pop(), float(weight))
+            multiply(round_open.pop(), _weight(token, weight))
         elif token == ")" and round_open:
             multiply(round_open.pop(), ROUND)
         elif token == "]" and square_open:
@@ -84,6 +87,16 @@ def parse(text: str) -> list[tuple[str, float]]:
         else:
             merged.append((text_part, piece_weight))
     return merged
+
+
+def _weight(token: str, written: str) -> float:
+    try:
+        value = float(written)
+    except ValueError:
+        raise PromptSyntaxError(f"权重无效：{token.strip()[:40]}") from None
+    if not math.isfinite(value):
+        raise PromptSyntaxError(f"权重必须是有限的数：{token.strip()[:40]}")
+    return value
 
 
 def uses_syntax(text: str) -> bool:

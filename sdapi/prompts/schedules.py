@@ -15,6 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sdapi.prompts import PromptSyntaxError
+
+# Square brackets nested deeper than this are refused (each level is a call of the parser below).
+MAX_NESTING = 64
 _NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$")
 
 
@@ -36,6 +40,10 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.position = 0
+        self.depth = 0
+        # Each bracket read once, by its position: a bracket that turns out to be text is read again as part of its
+        # parent's text, and without this every level of nesting would double the work.
+        self._read: dict[int, tuple[object, int]] = {}
 
     def parse(self) -> list[object]:
         nodes = self._sequence(stop="")
@@ -64,7 +72,21 @@ class _Parser:
     def _bracket(self) -> object:
         """A `[...]`: a schedule or an alternation where it reads as one, else its characters as text."""
         start = self.position
+        if start in self._read:
+            node, self.position = self._read[start]
+            return node
         self.position += 1
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise PromptSyntaxError(f"方括号嵌套超过 {MAX_NESTING} 层")
+        try:
+            node = self._bracket_body(start)
+        finally:
+            self.depth -= 1
+        self._read[start] = (node, self.position)
+        return node
+
+    def _bracket_body(self, start: int) -> object:
         parts = [self._sequence(stop=":|]")]
         separators: list[str] = []
         while self.position < len(self.text) and self.text[self.position] in ":|":
@@ -127,6 +149,15 @@ def prompt_schedule(text: str, steps: int) -> list[tuple[int, str]]:
     found = {steps}
     _collect(nodes, steps, found)
     return [(step, _text(nodes, step, steps)) for step in sorted(found)]
+
+
+def check_prompt(text: str, steps: int) -> None:
+    """Raise PromptSyntaxError for a prompt A1111's syntax cannot read: brackets nested too deep, a weight that is
+    no finite number (in any of its scheduled texts)."""
+    from sdapi.prompts.a1111_syntax import parse
+
+    for _, scheduled in prompt_schedule(text, steps):
+        parse(scheduled)
 
 
 def text_at(schedule: list[tuple[int, str]], current_step: int) -> int:

@@ -164,3 +164,12 @@ def test_json_nested_deeply_is_422_and_queues_nothing(client, depth):
     (error,) = response.json()["detail"]
     assert error["loc"][:2] in (["body"], ["body", "loras"])
     assert client.get("/health").json()["queue_pending"] == before
+
+
+@pytest.mark.parametrize("prompt", ["[" * 100 + "a", "a (red:1.2.3) ball", "(a:" + "9" * 400 + ")"])
+def test_prompts_a1111_syntax_cannot_read_are_400s_naming_the_prompt(client, prompt):
+    """A1111's syntax (the native default): brackets nested past a bound, a weight that is no finite number."""
+    response = client.post("/api/v1/generate", json={"prompt": prompt})
+    assert response.status_code == 400 and response.json()["detail"].startswith("prompt 无法按 A1111 语法读取")
+    plain = client.post("/api/v1/generate", json={"prompt": prompt, "prompt_syntax": "plain", "num_inference_steps": 1})
+    assert plain.status_code == 200  # read as written, they are only text

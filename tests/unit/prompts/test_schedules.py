@@ -29,3 +29,20 @@ def test_schedules(text, steps, expected):
 def test_each_step_takes_the_first_entry_that_lasts_to_it():
     schedule = [(10, "red"), (20, "blue")]
     assert [text_at(schedule, step) for step in (0, 10, 11, 19)] == [0, 0, 1, 1]
+
+
+def test_hostile_nesting_is_read_in_linear_time_or_refused():
+    """Without memory of what each bracket read, every level of unclosed or emphasis nesting doubled the work (40
+    levels: hours on the event loop)."""
+    import time
+
+    from sdapi.prompts import PromptSyntaxError
+    from sdapi.prompts.schedules import MAX_NESTING, check_prompt
+
+    started = time.monotonic()
+    for text in ("[" * MAX_NESTING + "a", "[" * MAX_NESTING + "a" + "]" * MAX_NESTING, "[x]" * 3000):
+        check_prompt(text, 20)
+    assert time.monotonic() - started < 5.0  # milliseconds on any machine; the doubling took hours
+    for text in ("[" * (MAX_NESTING + 1) + "a", "(a:1.2.3)", "(a:" + "9" * 400 + ")", "[(a:.):b:0.5]"):
+        with pytest.raises(PromptSyntaxError):
+            check_prompt(text, 20)
