@@ -18,7 +18,7 @@ import msgspec
 import yaml
 
 from sdapi.core.model_sources import is_local_path
-from sdapi.core.request import LoraRequest
+from sdapi.core.request import LoraRequest, StepCache
 from sdapi.core.schedulers import ACCEPTED_SCHEDULERS
 from sdapi.errors import ConfigError
 
@@ -154,6 +154,16 @@ class DefaultsConfig(_Section, frozen=True):
     # How native requests' prompts are read on SD 1.x, 2.x and SDXL when they do not say (`prompt_syntax`): a1111
     # (weights, BREAK, prompts past 75 tokens in chunks: sdapi.prompts) or plain (as written, cut at 77 tokens).
     prompt_syntax: Literal["a1111", "plain"] = "a1111"
+    # Speed levers for requests that do not name them (docs/benchmarks.md: what each saves and costs), applied where
+    # the model can run them and left out where it cannot (a request naming one its model cannot run gets a 400).
+    # vae_decoder: full (the model's VAE) or tiny (an AutoencoderTiny: the model's own vae_tiny/, or vae.tiny_dir's
+    # for its family).
+    vae_decoder: Literal["full", "tiny"] = "full"
+    # step_cache: {mode: deepcache, interval, branch} (UNet families) or {mode: first_block | taylorseer, ...}
+    # (FLUX.1, FLUX.2 [klein]); null: none.
+    step_cache: StepCache | None = None
+    # token_merging: tomesd's ratio (UNet families), 0 to 0.75; 0: off.
+    token_merging: Annotated[float, msgspec.Meta(ge=0.0, le=0.75)] = 0.0
 
 
 class LimitsConfig(_Section, frozen=True):
@@ -378,6 +388,10 @@ class VaeConfig(_Section, frozen=True):
     # and a blend over the tiles' seams. null: never unless asked. Default: 2048 x 2048 (not measured yet: see
     # docs/benchmarks.md).
     tiling_above_pixels: Annotated[int, msgspec.Meta(ge=0)] | None = 4194304
+    # Folder of tiny decoders (diffusers' AutoencoderTiny, TAESD's kind) by family: tiny_dir/<family>/ (sd1, sdxl,
+    # sd3, flux, ...) for `vae_decoder: tiny`; a model's own vae_tiny/ folder comes first (the default model ships
+    # one). null: data_dir/vae-tiny.
+    tiny_dir: str | None = None
 
 
 class IpAdapterConfig(_Section, frozen=True):
@@ -464,6 +478,10 @@ class Config(_Section, frozen=True):
         return Path(self.vae.dir) if self.vae.dir else self.data_path / "vae"
 
     @property
+    def tiny_vae_path(self) -> Path:
+        return Path(self.vae.tiny_dir) if self.vae.tiny_dir else self.data_path / "vae-tiny"
+
+    @property
     def annotators_path(self) -> Path:
         folder = self.controlnet.annotators_dir
         return Path(folder) if folder else self.data_path / "annotators"
@@ -525,6 +543,8 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         ("controlnet", "dir"),
         ("controlnet", "annotators_dir"),
         ("ip_adapter", "dir"),
+        ("vae", "dir"),
+        ("vae", "tiny_dir"),
     ):
         section = raw.get(folder_section)
         if isinstance(section, dict) and isinstance(section.get(key), str):

@@ -180,6 +180,14 @@ class SchedulerListResponse(msgspec.Struct):
     ]
 
 
+class SpeedOptions(msgspec.Struct):
+    """The speed levers a model's requests may pull (sdapi.core.speed)."""
+
+    vae_decoder: Annotated[list[str], msgspec.Meta(description="可用的解码器：full，以及有微型解码器时的 tiny")]
+    step_cache: Annotated[list[str], msgspec.Meta(description="可用的 step_cache 模式（空：不支持步间缓存）")]
+    token_merging: Annotated[bool, msgspec.Meta(description="是否可用 token_merging（tomesd）")]
+
+
 class ModelResponse(msgspec.Struct):
     name: Annotated[str, msgspec.Meta(description="模型名称（请求的 model 字段）")]
     family: Annotated[str, msgspec.Meta(description="模型家族：sd1、sd2、sdxl、sd3、flux、flux2-klein、z-image")]
@@ -207,6 +215,10 @@ class ModelResponse(msgspec.Struct):
     default_steps: Annotated[int, msgspec.Meta(description="请求未给出 num_inference_steps 时的步数")] = 30
     default_guidance_scale: Annotated[float, msgspec.Meta(description="请求未给出 guidance_scale 时的值")] = 7.5
     schedulers: Annotated[list[str], msgspec.Meta(description="此模型可用的 scheduler")] = []
+    speed_options: Annotated[
+        SpeedOptions | None,
+        msgspec.Meta(description="此模型可用的提速选项（vae_decoder、step_cache 模式、token_merging）"),
+    ] = None
 
 
 class ModelListResponse(msgspec.Struct):

@@ -19,6 +19,7 @@ from sdapi.core.request import (
     GenerationRequest,
     LoraSpec,
     PreprocessorOption,
+    StepCache,
     VaeSpec,
 )
 from sdapi.core.schedulers import (
@@ -31,6 +32,7 @@ from sdapi.core.schedulers import (
     STEP_OPTIONS,
     SchedulerOptionValue,
 )
+from sdapi.core.speed import EVERYTHING, SpeedSupport, speed_levers
 from sdapi.errors import InvalidParameter
 
 if TYPE_CHECKING:  # the config is read above the core and handed down; the core only names its types
@@ -159,6 +161,11 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     sd_upscale: SdUpscaleParams | None = None
     # The VAE decodes (and encodes) in tiles (diffusers' tiled VAE): asked for, or the picture is large.
     vae_tiling: bool = False
+    # Speed levers (sdapi.core.speed, applied by sdapi.engines.speedups): the decoder ("full": the VAE's; "tiny": an
+    # AutoencoderTiny's), a step cache (None: none), tomesd's token-merging ratio (0: off).
+    vae_decoder: str = "full"
+    step_cache: StepCache | None = None
+    token_merging: float = 0.0
     # The VAE run instead of the model's own (sdapi.vaes); None: the model's.
     vae: VaeSpec | None = None
     # Settings of each denoising step (sdapi.core.schedulers.STEP_OPTIONS: DDIM's eta, Euler's churn).
@@ -305,6 +312,7 @@ def resolve_params(
     side_multiple: int = 8,
     vae: VaeSpec | None = None,
     tiling_above: int | None = None,
+    speed: SpeedSupport = EVERYTHING,
 ) -> GenerationParams:
     """Apply config defaults (and, for what neither gives, the model's: its `native_size`, and its family's steps
     and guidance_scale in `model_defaults`) to a decoded request for `model`, and check the rules the schema cannot;
@@ -370,6 +378,7 @@ def resolve_params(
             raise InvalidParameter("hires", "hires（高分辨率第二遍）只用于文生图，不能与 init_image 同用")
         hires = _hires(request, width, height, steps, limits, upscalers)
     seed = request.seed if request.seed is not None else (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    levers = speed_levers(request, defaults, speed)
     return GenerationParams(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
@@ -403,6 +412,9 @@ def resolve_params(
         vae=vae,
         sd_upscale=_sd_upscale(request, init_image, limits, upscalers),
         vae_tiling=request.vae_tiling if request.vae_tiling is not None else _large(width, height, hires, tiling_above),
+        vae_decoder=levers.vae_decoder,
+        step_cache=levers.step_cache,
+        token_merging=levers.token_merging,
     )
 
 

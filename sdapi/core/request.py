@@ -122,6 +122,53 @@ class SdUpscaleRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     overlap: Annotated[int, msgspec.Meta(ge=0, le=256, description="相邻分块重叠的像素数（默认 64）")] = 64
 
 
+# Step caches (sdapi.engines.speedups): DeepCache reuses a UNet's deep features between steps; first_block and
+# taylorseer are diffusers' caches of a transformer (enable_cache); off turns a configured default off.
+STEP_CACHE_MODES = ("off", "deepcache", "first_block", "taylorseer")
+MAX_CACHE_INTERVAL = 10
+# DeepCache's branches: three per UNet block level (its resnet/attention layers), the shallowest first.
+MAX_CACHE_BRANCH = 11
+
+
+class StepCache(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Reuse work between denoising steps: faster, at a price in detail (docs/benchmarks.md measures it)."""
+
+    mode: Annotated[
+        Literal["off", "deepcache", "first_block", "taylorseer"],
+        msgspec.Meta(
+            description="deepcache（UNet 模型：每 interval 步只完整计算一次，其余步复用深层特征）、"
+            "first_block 或 taylorseer（FLUX 类 Transformer：diffusers 的缓存）、off（关闭配置中的默认值）"
+        ),
+    ]
+    interval: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=2, le=MAX_CACHE_INTERVAL, description="deepcache、taylorseer：每多少步完整计算一次（默认 3 与 5）"
+            ),
+        ]
+        | None
+    ) = None
+    branch: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0, le=MAX_CACHE_BRANCH, description="deepcache：每步仍计算的浅层分支（0 最浅、最快，默认 0）"
+            ),
+        ]
+        | None
+    ) = None
+    threshold: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                gt=0.0, le=1.0, description="first_block：第一个块的残差变化低于此值时复用其余块（默认 0.05）"
+            ),
+        ]
+        | None
+    ) = None
+
+
 ControlMode = Literal["balanced", "prompt", "controlnet"]
 ControlResize = Literal["resize", "crop", "fill"]
 MAX_CONTROL_WEIGHT = 2.0
@@ -351,6 +398,32 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             "不指定时按配置 vae.tiling_above_pixels（最终图片超过该像素数时自动开启）"
         ),
     ] = None
+    vae_decoder: Annotated[
+        Literal["full", "tiny"] | None,
+        msgspec.Meta(
+            description="解码器：full（模型的 VAE）或 tiny（TAESD 式的微型解码器 AutoencoderTiny：快得多，细节略少；"
+            "模型自带 vae_tiny/ 或 vae.tiny_dir 中有其家族的）；不指定时按配置 defaults.vae_decoder"
+        ),
+    ] = None
+    step_cache: Annotated[
+        StepCache | None,
+        msgspec.Meta(
+            description="步间缓存（提速，细节有损）：{mode, interval, branch, threshold}；"
+            "不指定时按配置 defaults.step_cache"
+        ),
+    ] = None
+    token_merging: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0.0,
+                le=0.75,
+                description="Token 合并比例（tomesd，UNet 模型；0 关闭）：自注意力中合并相似的 token，"
+                "1024×1024 以上才明显提速；不指定时按配置 defaults.token_merging",
+            ),
+        ]
+        | None
+    ) = None
     vae: Annotated[
         str | None,
         msgspec.Meta(

@@ -96,6 +96,7 @@ def build_model_engine(
             placement=placement,
             vae_files=vae_files,
             vae_cache_size=config.vae.cache_size,
+            tiny_vae_dir=config.tiny_vae_path,
         )
 
     if model.engine == "torch" or model.onnx_path is None:

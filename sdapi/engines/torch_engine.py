@@ -37,13 +37,15 @@ from sdapi.engines.primitives import Pipelines
 from sdapi.engines.recipes import make_images
 from sdapi.engines.schedulers import check_scheduler
 from sdapi.engines.shared_encoders import SHARED_TEXT_ENCODERS
+from sdapi.engines.speedups import speedups_applied
 from sdapi.engines.tiling import tiling_applied
 from sdapi.errors import ErrorCode, GenerationFailed, InvalidParameter
 from sdapi.families import ModelFamily, family_of_pipeline
 from sdapi.ip_adapters.running import IpAdapterFiles, IpAdapters
 from sdapi.loras.merging import AdapterManager, adapter_targets, target_shapes
 from sdapi.prompts.weighted_encoding import run_needs_weighting
-from sdapi.vaes.running import VaeFiles, Vaes, tiled_vae
+from sdapi.vaes.running import VaeFiles, Vaes
+from sdapi.vaes.tiny import load_tiny_decoder, tiny_decoder_folder
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,11 @@ class TorchEngine:
         placement: Placement | None = None,
         vae_files: VaeFiles | None = None,
         vae_cache_size: int = 2,
+        tiny_vae_dir: Path | None = None,
     ) -> None:
+        self._tiny_vae_dir = tiny_vae_dir
+        self._tiny_decoder: Any = None  # loaded on the first run that asks for it (sdapi.vaes.tiny)
+        self._tiny_folder: Path | None = None
         self._vae_files = vae_files
         self._vae_cache_size = vae_cache_size
         self._vaes: Vaes | None = None
@@ -134,6 +140,7 @@ class TorchEngine:
             self._vaes = Vaes(self._vae_files, self._vae_cache_size, self.device, self.dtype)
         # Image-to-image shares the text encoders and tokenizers: embeddings loaded once serve both.
         self._embeddings = PipelineEmbeddings(pipeline, self._embedding_files)
+        self._tiny_folder = tiny_decoder_folder(model.path, family, self._tiny_vae_dir)
         if self._lora_files is not None:
             targets = adapter_targets(self.family.family, self.family.family.adapter_modules(pipeline))
             self.adapters = AdapterManager(targets, self._lora_files, self._lora_cache_size)
@@ -168,6 +175,24 @@ class TorchEngine:
             raise InvalidParameter("ip_adapters", "此引擎未配置 IP-Adapter（ip_adapter.dir）")
         if self._scheduler_config is not None:
             check_scheduler(params, self._scheduler_config)
+        self._check_speedups(params)
+
+    def _check_speedups(self, params: GenerationParams) -> None:
+        """The speed levers admission let through (sdapi.core.speed) run on this model: checked again here, where
+        the model's files are (a worker's tiny decoder folder may differ from the API node's)."""
+        if self.family is None:
+            return
+        family = self.family.family
+        if params.vae_decoder == "tiny" and self._tiny_folder is None:
+            raise InvalidParameter(
+                "vae_decoder", f"此模型（{family.label}）没有微型解码器（vae_tiny/ 或 vae.tiny_dir）"
+            )
+        if params.step_cache is not None and params.step_cache.mode not in family.step_caches:
+            raise InvalidParameter(
+                "step_cache", f"此模型（{family.label}）不能使用 step_cache 模式 {params.step_cache.mode}"
+            )
+        if params.token_merging > 0 and not family.token_merging:
+            raise InvalidParameter("token_merging", f"此模型（{family.label}）不能使用 token_merging")
 
     def generate(self, run: Run) -> RunResult:
         if not self.loaded:
@@ -193,7 +218,7 @@ class TorchEngine:
             with (
                 self._vae_applied(first.vae),
                 tiling_applied(self._tileable(), first.tiling),
-                tiled_vae(self._text_to_image, first.vae_tiling),
+                self._speedups_applied(first),
             ):
                 batches = make_batch_images(self._pipelines(), embedded)
         return [
@@ -252,7 +277,7 @@ class TorchEngine:
             )
             # Last: the convolutions as the adapters left them.
             applied.enter_context(tiling_applied(self._tileable(), params.tiling))
-            applied.enter_context(tiled_vae(self._text_to_image, params.vae_tiling))
+            applied.enter_context(self._speedups_applied(params))
             return make_images(self._pipelines(), params, init_image, run.on_step, self._neural_upscale, control)
 
     def _vae_applied(self, vae: VaeSpec | None) -> contextlib.AbstractContextManager[None]:
@@ -262,6 +287,17 @@ class TorchEngine:
         if self._vaes is None:
             raise GenerationFailed("此引擎未配置 VAE（vae.dir）", ErrorCode.INVALID_INPUT)
         return self._vaes.applied([self._text_to_image, self._image_to_image, self._inpaint], vae)
+
+    def _speedups_applied(self, params: GenerationParams) -> contextlib.AbstractContextManager[None]:
+        """The run's speed levers (a step cache, token merging, the tiny decoder or a tiled VAE) for the run."""
+        self._check_speedups(params)
+        return speedups_applied(self._text_to_image, params, self._tiny() if params.vae_decoder == "tiny" else None)
+
+    def _tiny(self) -> Any:
+        """The model's tiny decoder, loaded once (a few MB)."""
+        if self._tiny_decoder is None and self._tiny_folder is not None:
+            self._tiny_decoder = load_tiny_decoder(self._tiny_folder, self.device, self.dtype)
+        return self._tiny_decoder
 
     def _tileable(self) -> list[Any]:
         """The modules seamless tiling changes: the UNet and the VAE (every pipeline of the model shares them)."""

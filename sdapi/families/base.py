@@ -155,6 +155,16 @@ class Family:
     tiling: bool = True
     # Whether its pipelines take clip_skip (a CLIP text encoder whose earlier layers may condition the run).
     clip_skip: bool = True
+    # Speed levers (sdapi.engines.speedups): the step caches its denoiser can run (DeepCache on a UNet; diffusers'
+    # caches, enable_cache, on a transformer that has them), whether token merging can (tomesd: a UNet's attention
+    # over latent pixels), and whether a tiny decoder (AutoencoderTiny) can stand in for its VAE's decoder (its
+    # pipelines hand the VAE latents it can take back to the denoiser's space: latents / scale + shift).
+    step_caches: tuple[str, ...] = ("deepcache",)
+    # Whether a step cache also runs on its edits (image-to-image, inpainting, a second pass): diffusers' caches need
+    # the pipeline to set a cache context, and only FLUX's text-to-image pipelines do (diffusers 0.38).
+    step_cache_edits: bool = True
+    token_merging: bool = True
+    tiny_decoder: bool = True
     # Live previews (sdapi.previews) read the latents between steps as a (batch, channels, h, w) grid, in the space
     # the denoiser works in: how its pipelines' latents become that grid (None: they are one already; FLUX packs
     # them into tokens), and how pixels in [-1, 1] are encoded into it (None: the VAE's mean, shifted and scaled as
@@ -278,6 +288,11 @@ class ModelFamily:
                     check_prompt(text or "", params.num_inference_steps)
                 except PromptSyntaxError as problem:
                     raise InvalidParameter(field, f"{field} 无法按 A1111 语法读取：{problem}") from None
+        edits = params.is_image_to_image or params.inpaint is not None or params.hires is not None or self.inpainting
+        if params.step_cache is not None and not family.step_cache_edits and edits:
+            raise InvalidParameter(
+                "step_cache", f"{label} 的 step_cache 只用于文生图（不能与 init_image、局部重绘模型或 hires 同用）"
+            )
         if params.tiling is not None and not family.tiling:
             raise InvalidParameter("tiling", f"{label} 不支持无缝平铺（tiling）：它的去噪模型没有卷积")
         if params.clip_skip > 1 and not family.clip_skip:

@@ -36,8 +36,16 @@ _SHARED: dict[str, Any] = {
     "latent_channels": 16,  # FLUX.2's own module says 32
     "weighted_prompts": False,  # T5, Qwen: their prompts are read as written
     "tiling": False,  # a transformer denoises: no convolutions to wrap around
+    "step_caches": (),  # diffusers' caches (enable_cache) where its transformer class has them: FLUX.1's, FLUX.2's
+    "token_merging": False,  # tomesd patches a UNet's transformer blocks
     "variation_seeds": False,  # their pipelines draw their own latents (packed tokens on FLUX)
 }
+
+
+# diffusers' caches their transformers' CacheMixin runs, as sdapi.engines.speedups names them.
+FLUX_CACHES = ("first_block", "taylorseer")
+# ...which need the pipeline to set a cache context: only their text-to-image pipelines do (diffusers 0.38).
+FLUX_CACHE_FIELDS = {"step_caches": FLUX_CACHES, "step_cache_edits": False}
 
 
 def transformer_family(**own: Any) -> Family:

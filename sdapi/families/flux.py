@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdapi.families.base import RunDefaults
-from sdapi.families.flow import one_unit_controlnet, transformer_family
+from sdapi.families.flow import FLUX_CACHE_FIELDS, one_unit_controlnet, transformer_family
 
 
 def _spatial_latents(pipeline: Any, latents: Any, size: tuple[int, int]) -> Any:
@@ -26,6 +26,7 @@ def _guidance(transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:
 FLUX = transformer_family(
     name="flux",
     label="FLUX.1",
+    **FLUX_CACHE_FIELDS,
     addon_group="flux",
     addon_group_label="FLUX.1",
     text_to_image="FluxPipeline",

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdapi.families.base import RunDefaults
-from sdapi.families.flow import transformer_family
+from sdapi.families.flow import FLUX_CACHE_FIELDS, transformer_family
 
 
 def _spatial_latents(pipeline: Any, latents: Any, size: tuple[int, int]) -> Any:
@@ -37,6 +37,10 @@ def _guidance(transformer: Mapping[str, Any], index: Mapping[str, Any]) -> str:
 FLUX2_KLEIN = transformer_family(
     name="flux2-klein",
     label="FLUX.2 [klein]",
+    **FLUX_CACHE_FIELDS,
+    # Its pipelines un-normalise the latents with the VAE's batch-norm statistics and unpack them before the VAE:
+    # a tiny decoder would need that space, and none is published for it.
+    tiny_decoder=False,
     addon_group="flux2-klein",
     addon_group_label="FLUX.2 [klein]",
     text_to_image="Flux2KleinPipeline",

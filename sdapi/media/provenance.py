@@ -65,6 +65,11 @@ class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
     tiling: str | None = None  # "xy", "x" or "y"
     vae: dict[str, Any] | None = None  # {name, sha256} of a VAE of vae.dir; None: the model's own
     vae_tiling: bool = False
+    # Speed levers (sdapi.core.speed): the decoder, the step cache ({mode, interval, branch, threshold}), tomesd's
+    # ratio.
+    vae_decoder: str = "full"
+    step_cache: dict[str, Any] | None = None
+    token_merging: float = 0.0
 
 
 def image_record(
@@ -110,7 +115,14 @@ def image_record(
         tiling=params.tiling,
         vae=None if params.vae is None else {"name": params.vae.name, "sha256": params.vae.sha256},
         vae_tiling=params.vae_tiling,
+        vae_decoder=params.vae_decoder,
+        step_cache=None if params.step_cache is None else _set_fields(params.step_cache),
+        token_merging=params.token_merging,
     )
+
+
+def _set_fields(struct: Any) -> dict[str, Any]:
+    return {name: value for name, value in msgspec.structs.asdict(struct).items() if value is not None}
 
 
 _CONTROL_RESIZE = {"resize": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
@@ -149,6 +161,13 @@ def infotext(record: ImageRecord) -> str:
         pairs.append(("VAE", record.vae["name"]))
     if record.vae_tiling:  # the name A1111's tiled VAE extension writes
         pairs.append(("Tiled VAE", "True"))
+    if record.vae_decoder == "tiny":  # A1111 writes its decode method when it is not Full
+        pairs.append(("VAE Decoder", "TAESD"))
+    if record.token_merging > 0:  # A1111's name
+        pairs.append(("Token merging ratio", record.token_merging))
+    if record.step_cache is not None:  # sdapi's: "deepcache interval 3 branch 0"
+        settings = " ".join(f"{name} {value}" for name, value in record.step_cache.items() if name != "mode")
+        pairs.append(("Step cache", f"{record.step_cache['mode']} {settings}".strip()))
     if record.clip_skip > 1:
         pairs.append(("Clip skip", record.clip_skip))
     if record.tiling is not None:  # A1111 writes "Tiling: True"; one axis alone is sdapi's addition

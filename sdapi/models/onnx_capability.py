@@ -21,6 +21,9 @@ from sdapi.models.export_manifest import (
     read_manifest,
 )
 
+ONNX_NO_SPEEDUPS = (
+    "ONNX 导出是固定的计算图：微型解码器（vae_decoder）、步间缓存（step_cache）与 token_merging 请使用 torch 引擎"
+)
 ONNX_NO_VAE_TILING = "ONNX 导出的 VAE 整图解码：VAE 分块（vae_tiling）请使用 torch 引擎"
 ONNX_NO_VAE = "ONNX 导出带着自己的 VAE：换用 vae.dir 中的 VAE 请使用 torch 引擎"
 ONNX_NO_TILING = "ONNX 导出的卷积填充是固定的：无缝平铺（tiling）请使用 torch 引擎"
@@ -35,6 +38,11 @@ def refuse_what_no_export_serves(params: GenerationParams, hint: str = "") -> No
         raise InvalidParameter("hires", ONNX_NO_HIRES + hint)
     if params.controlnets or params.ip_adapters:
         raise InvalidParameter("controlnets", ONNX_NO_CONTROL + hint)
+    if params.vae_decoder != "full" or params.step_cache is not None or params.token_merging > 0:
+        field = (
+            "vae_decoder" if params.vae_decoder != "full" else "step_cache" if params.step_cache else "token_merging"
+        )
+        raise InvalidParameter(field, ONNX_NO_SPEEDUPS + hint)
     if params.vae_tiling:  # the exported VAE decodes the whole picture at once
         raise InvalidParameter("vae_tiling", ONNX_NO_VAE_TILING + hint)
     if params.vae is not None:  # the export's VAE is its own graph

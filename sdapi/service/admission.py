@@ -136,6 +136,7 @@ class RequestChecks:
             side_multiple=family.family.side_multiple,
             vae=await self._vae(request, family),
             tiling_above=self._config.vae.tiling_above_pixels,
+            speed=self._catalog.speed(model),
         )
         family.check(params)
         capability.check(params)

@@ -15,13 +15,15 @@ import msgspec
 from sdapi.config import Config, ModelEntry
 from sdapi.core.model_sources import describe_source
 from sdapi.core.params import GenerationParams, model_run_defaults
+from sdapi.core.speed import SpeedSupport
 from sdapi.errors import InvalidParameter, ModelLoadFailed
 from sdapi.families import SD1, TEXT_ENCODER_PARTS, ModelFamily
 from sdapi.families.detection import UnsupportedModel, detect_family
 from sdapi.loras.targets import disk_targets
 from sdapi.models.configs import read_config
 from sdapi.models.digests import model_weights_sha256
-from sdapi.models.onnx_capability import OnnxCapability, read_capability
+from sdapi.models.onnx_capability import ONNX_NO_SPEEDUPS, OnnxCapability, read_capability
+from sdapi.vaes.tiny import tiny_decoder_folder
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class ModelView(msgspec.Struct, frozen=True):
     default_steps: int = 30  # what a request without num_inference_steps gets (its family's, or defaults:)
     default_guidance_scale: float = 7.5
     schedulers: list[str] = []  # the schedulers its requests may name
+    # The speed levers its requests may pull (sdapi.core.speed): {vae_decoder: [full, tiny?], step_cache: [modes],
+    # token_merging: bool}.
+    speed_options: dict[str, object] = {}
 
 
 class Capability(msgspec.Struct, frozen=True):
@@ -121,12 +126,26 @@ class ModelCatalog:
         # Read once here, not per request: every submit naming an embedding, ControlNet or IP-Adapter asks.
         self._text_widths = {name: _text_widths(entry.path) for name, entry in self._entries.items()}
         self._unet_text_widths = {name: _unet_text_width(entry.path) for name, entry in self._entries.items()}
+        self._speed = {name: self._speed_support(entry) for name, entry in self._entries.items()}
         self._hashes: dict[str, str | None] = {}
         self._lock = threading.Lock()
 
     def capability(self, name: str) -> Capability:
         """What model `name`'s files say its engine can serve (read at start-up)."""
         return self._capabilities[name]
+
+    def speed(self, name: str) -> SpeedSupport:
+        """The speed levers model `name` can run, from its family, its engine and its files (read at start-up)."""
+        return self._speed[name]
+
+    def _speed_support(self, entry: ModelEntry) -> SpeedSupport:
+        family = self._families[entry.name].family
+        if self._capabilities[entry.name].onnx_only is not None:
+            return SpeedSupport(label=family.label, none_because=ONNX_NO_SPEEDUPS)
+        tiny = tiny_decoder_folder(entry.path, family, self._config.tiny_vae_path) is not None
+        return SpeedSupport(
+            label=family.label, tiny_decoder=tiny, step_caches=family.step_caches, token_merging=family.token_merging
+        )
 
     def lora_targets(self, name: str) -> dict[str, tuple[int, ...]] | None:
         """The modules LoRA files may target in model `name`, from its files (None: not readable this way). Reads
@@ -211,6 +230,7 @@ class ModelCatalog:
                     default_steps=steps,
                     default_guidance_scale=guidance,
                     schedulers=list(family.family.schedulers),
+                    speed_options=self._speed[name].as_listing(),
                 )
             )
         return views

@@ -36,7 +36,7 @@ from sdapi.api.dialects.a1111.options import (
     sd_vae,
     write_options,
 )
-from sdapi.api.dialects.a1111.settings import options_of_caller
+from sdapi.api.dialects.a1111.settings import VAE_DECODE_METHODS, options_of_caller
 from sdapi.api.dialects.a1111.translate import translate, vae_named
 from sdapi.api.dialects.common import (
     DialectTaskFailed,
@@ -92,7 +92,8 @@ async def generate(request: Request[Any, Any, Any], body: dict[str, Any], image_
 
 def _with_caller_options(request: Request[Any, Any, Any], body: dict[str, Any], native: GenerationRequest) -> Any:
     """`native` with the caller's writable options (sdapi.api.dialects.a1111.settings): its live previews' period,
-    and its samples_format and clip skip where the request's override_settings does not name them."""
+    and its samples_format, clip skip, VAE, decode method and token merging where the request's override_settings
+    does not name them."""
     options = options_of_caller(request)
     changes: dict[str, Any] = {"preview_every_steps": options.preview_every_steps()}
     settings = body.get("override_settings")
@@ -105,6 +106,10 @@ def _with_caller_options(request: Request[Any, Any, Any], body: dict[str, Any], 
         changes["clip_skip"] = skip if skip > 1 else None
     if "sd_vae" not in overridden:
         changes["vae"] = vae_named(options.values["sd_vae"])
+    if "sd_vae_decode_method" not in overridden and options.values["sd_vae_decode_method"] != "Full":
+        changes["vae_decoder"] = VAE_DECODE_METHODS[options.values["sd_vae_decode_method"]]
+    if "token_merging_ratio" not in overridden and options.values["token_merging_ratio"] > 0:
+        changes["token_merging"] = float(options.values["token_merging_ratio"])
     return msgspec.structs.replace(native, **changes)
 
 

@@ -19,6 +19,11 @@ What each one does here, and where sdapi differs from A1111:
   override_settings do not name one.
 - sd_vae: the VAE of vae.dir this key's tasks run (by name or file name; "Automatic" and "None": the model's own)
   where their override_settings do not name one; a name that is not there fails the request with a 422 naming it.
+- sd_vae_decode_method: "Full" (the model's VAE) or "TAESD" (its tiny decoder, the native vae_decoder: tiny; a model
+  without one fails the request with a 400) for this key's tasks whose override_settings do not name one. A1111's
+  sd_vae_encode_method is not served: image-to-image always encodes with the model's VAE.
+- token_merging_ratio: tomesd's ratio (0 to 0.75 here; A1111 allows 0.9) for this key's tasks, the native
+  token_merging; 0: the config's default.
 - send_seed, send_size: A1111's UI switches, stored and read back (clients toggle and restore them).
 """
 
@@ -37,6 +42,9 @@ PREVIEW_TYPES = ("Full", "Approx NN", "Approx cheap", "TAESD")
 PREVIEW_CONTENTS = ("Prompt", "Negative prompt", "Combined")
 PREVIEW_FORMATS = ("png", "jpeg", "webp")
 SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
+# A1111's VAE decode methods, as the native vae_decoder.
+VAE_DECODE_METHODS = {"Full": "full", "TAESD": "tiny"}
+MAX_TOKEN_MERGING = 0.75  # tomesd's most with its 2x2 strides (sdapi.core.request's token_merging)
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -65,6 +73,12 @@ def _vae_name(name: str, value: Any) -> str:
     return value
 
 
+def _ratio(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_TOKEN_MERGING:
+        raise InvalidParameter(name, f"{name} 必须是 0 到 {MAX_TOKEN_MERGING} 的数")
+    return float(value)
+
+
 def _choice(choices: tuple[str, ...]) -> Any:
     def check(name: str, value: Any) -> str:
         if value not in choices:
@@ -84,6 +98,8 @@ WRITABLE = {
     "samples_format": _choice(SAMPLES_FORMATS),
     "CLIP_stop_at_last_layers": _clip_skip,
     "sd_vae": _vae_name,
+    "sd_vae_decode_method": _choice(tuple(VAE_DECODE_METHODS)),
+    "token_merging_ratio": _ratio,
     # A1111's UI switches (send the seed and the size to the other tabs): clients read, toggle and restore them;
     # they change nothing here.
     "send_seed": _flag,
@@ -119,6 +135,8 @@ class OptionsBook:
             "send_size": True,
             "CLIP_stop_at_last_layers": 1,
             "sd_vae": "Automatic",
+            "sd_vae_decode_method": "Full",
+            "token_merging_ratio": 0.0,
         }
         self._by_key: dict[str, ClientOptions] = {}
 

@@ -16,6 +16,7 @@ from PIL import ImageOps
 
 from sdapi.api.dialects.a1111.controlnet import native_units
 from sdapi.api.dialects.a1111.models import Checkpoint, checkpoint_of
+from sdapi.api.dialects.a1111.settings import MAX_TOKEN_MERGING, VAE_DECODE_METHODS
 from sdapi.api.dialects.fields import decoded
 from sdapi.config import LimitsConfig
 from sdapi.core.params import MIN_SIDE
@@ -80,6 +81,7 @@ _NEUTRAL_SETTINGS: dict[str, tuple[Any, ...]] = {
     "CLIP_stop_at_last_layers": tuple(range(1, 13)),  # clip skip, A1111's numbering (clip_skip below)
     "eta_noise_seed_delta": (0,),
     "samples_format": ("png", "jpg", "jpeg", "webp"),  # the images' format (samples_format below)
+    "sd_vae_decode_method": tuple(VAE_DECODE_METHODS),  # the native vae_decoder (speed_levers below)
 }
 
 
@@ -103,6 +105,18 @@ def vae_of(body: dict[str, Any]) -> str | None:
     """The request's override_settings.sd_vae as a VAE of vae.dir, or None: the model's own."""
     settings = body.get("override_settings")
     return vae_named(settings.get("sd_vae") if isinstance(settings, dict) else None)
+
+
+def speed_levers(body: dict[str, Any]) -> dict[str, Any]:
+    """The request's override_settings sd_vae_decode_method and token_merging_ratio (check_options let only known
+    values through) as the native vae_decoder and token_merging; what it does not name is left out (None)."""
+    settings = body.get("override_settings")
+    settings = settings if isinstance(settings, dict) else {}
+    method, ratio = settings.get("sd_vae_decode_method"), settings.get("token_merging_ratio")
+    return {
+        "vae_decoder": None if method is None else VAE_DECODE_METHODS[method],
+        "token_merging": None if ratio is None else float(ratio),
+    }
 
 
 def samples_format(body: dict[str, Any]) -> str:
@@ -234,12 +248,18 @@ def check_options(body: dict[str, Any], models: list[Checkpoint]) -> None:
                 continue
             if key == "sd_vae" and isinstance(value, str | None):  # a VAE of vae.dir: admission checks the name
                 continue
+            if key == "token_merging_ratio" and _is_ratio(value):  # the native token_merging (speed_levers below)
+                continue
             if value not in _NEUTRAL_SETTINGS.get(key, ()):
                 refused.append(f"override_settings.{key}")
     if refused:
         raise InvalidParameter(
             refused[0], f"不支持的选项：{', '.join(refused)}。sdapi 不实现这些功能，请去掉它们或使用默认值"
         )
+
+
+def _is_ratio(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_MERGING
 
 
 def _script_off(value: object) -> bool:
@@ -505,6 +525,7 @@ def translate(
         "prompt_syntax": "a1111",  # always, as A1111 reads its prompts
         "step_options": _step_options(fields, scheduler) or None,
         "vae": vae_of(body),
+        **speed_levers(body),
         "variation_seed": None if fields.subseed == -1 else fields.subseed,
         "variation_strength": fields.subseed_strength or None,
         "seed_resize_from_width": fields.seed_resize_from_w if fields.seed_resize_from_w > 0 else None,

@@ -1,0 +1,125 @@
+"""Speed levers a run may pull (issue 48): a tiny decoder, a step cache, token merging. Each is a request field and
+a config default (`defaults.*`); this module decides what a run gets: the request's word where it gives one,
+refused with a 400 when the model cannot run it, else the default where the model can run it (a default the model
+cannot run is left out, so one config serves every model). The engine applies them (sdapi.engines.speedups).
+
+VAE tiling is a lever too, but it is decided by the picture's size (sdapi.core.params) and runs everywhere torch
+does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sdapi.core.request import GenerationRequest, StepCache
+from sdapi.errors import InvalidParameter
+
+if TYPE_CHECKING:
+    from sdapi.config import DefaultsConfig
+
+# What a mode takes, with its default: every other field of StepCache is refused for it.
+STEP_CACHE_FIELDS: dict[str, dict[str, float]] = {
+    "deepcache": {"interval": 3, "branch": 0},
+    "first_block": {"threshold": 0.05},
+    "taylorseer": {"interval": 5},
+}
+
+
+@dataclass(frozen=True)
+class SpeedSupport:
+    """Which levers a model can run (GET /api/v1/models shows it as `speed_options`)."""
+
+    label: str = ""  # the family, for people: "SD 1.x"
+    tiny_decoder: bool = True  # a tiny decoder was found for it (its own vae_tiny/, or vae.tiny_dir's)
+    step_caches: tuple[str, ...] = tuple(STEP_CACHE_FIELDS)
+    token_merging: bool = True
+    # Why none of them runs at all (an ONNX-only model); None: each as above.
+    none_because: str | None = None
+
+    def as_listing(self) -> dict[str, object]:
+        """The levers as GET /api/v1/models lists them."""
+        if self.none_because is not None:
+            return {"vae_decoder": ["full"], "step_cache": [], "token_merging": False}
+        decoders = ["full", "tiny"] if self.tiny_decoder else ["full"]
+        return {"vae_decoder": decoders, "step_cache": list(self.step_caches), "token_merging": self.token_merging}
+
+
+EVERYTHING = SpeedSupport()
+
+
+@dataclass(frozen=True)
+class Levers:
+    """The levers one run gets (GenerationParams' fields of the same names)."""
+
+    vae_decoder: str
+    step_cache: StepCache | None
+    token_merging: float
+
+
+def speed_levers(request: GenerationRequest, defaults: DefaultsConfig, support: SpeedSupport) -> Levers:
+    """The levers a run gets; raise InvalidParameter for one the request names and the model cannot run."""
+    return Levers(
+        vae_decoder=_decoder(request.vae_decoder, defaults.vae_decoder, support),
+        step_cache=_step_cache(request.step_cache, defaults.step_cache, support),
+        token_merging=_token_merging(request.token_merging, defaults.token_merging, support),
+    )
+
+
+def _refuse(field: str, support: SpeedSupport, why: str) -> InvalidParameter:
+    return InvalidParameter(field, support.none_because or f"此模型（{support.label}）{why}")
+
+
+def _decoder(asked: str | None, default: str, support: SpeedSupport) -> str:
+    can = support.tiny_decoder and support.none_because is None
+    if asked == "tiny" and not can:
+        raise _refuse(
+            "vae_decoder",
+            support,
+            "没有微型解码器：vae_decoder: tiny 需要模型目录中的 vae_tiny/ 或 vae.tiny_dir 中其家族的文件夹",
+        )
+    if asked is not None:
+        return asked
+    return default if can else "full"
+
+
+def _step_cache(asked: StepCache | None, default: StepCache | None, support: SpeedSupport) -> StepCache | None:
+    modes = support.step_caches if support.none_because is None else ()
+    if asked is not None:
+        if asked.mode == "off":
+            return None
+        if asked.mode not in modes:
+            can = f"可用：{', '.join(modes)}" if modes else "不支持步间缓存"
+            raise _refuse("step_cache", support, f"不能使用 step_cache 模式 {asked.mode}（{can}）")
+        return filled(asked)
+    if default is None or default.mode not in modes:
+        return None
+    return filled(default)
+
+
+def filled(cache: StepCache) -> StepCache:
+    """`cache` with its mode's defaults filled in; raise InvalidParameter for a field its mode does not take."""
+    takes = STEP_CACHE_FIELDS[cache.mode]
+    values: dict[str, float] = {}
+    for name in ("interval", "branch", "threshold"):
+        value = getattr(cache, name)
+        if value is not None and name not in takes:
+            raise InvalidParameter(
+                "step_cache", f"step_cache 模式 {cache.mode} 不接受 {name}（接受：{', '.join(takes)}）"
+            )
+        if name in takes:
+            values[name] = value if value is not None else takes[name]
+    return StepCache(
+        mode=cache.mode,
+        interval=int(values["interval"]) if "interval" in values else None,
+        branch=int(values["branch"]) if "branch" in values else None,
+        threshold=float(values["threshold"]) if "threshold" in values else None,
+    )
+
+
+def _token_merging(asked: float | None, default: float, support: SpeedSupport) -> float:
+    can = support.token_merging and support.none_because is None
+    if asked and not can:
+        raise _refuse("token_merging", support, "不能使用 token_merging（tomesd 只作用于 UNet 的自注意力）")
+    if asked is not None:
+        return asked
+    return default if can else 0.0
