@@ -51,6 +51,8 @@ def step_cache_applied(pipeline: Any, cache: StepCache) -> contextlib.AbstractCo
 
 @contextlib.contextmanager
 def _deepcache(unet: Any, interval: int, branch: int) -> Iterator[None]:
+    # Forwards another context put on the UNet's modules (seamless tiling's convolutions) are theirs to take off.
+    others = {id(module) for module in unet.modules() if "forward" in module.__dict__}
     helper = CallCountingDeepCache(unet)
     helper.set_params(cache_interval=interval, cache_branch_id=branch)
     helper.enable()
@@ -58,14 +60,11 @@ def _deepcache(unet: Any, interval: int, branch: int) -> Iterator[None]:
         yield
     finally:
         helper.disable()
-        _drop_instance_forwards(unet)
-
-
-def _drop_instance_forwards(unet: Any) -> None:
-    """DeepCache's unwrap puts each module's bound `forward` back as an instance attribute; dropping them leaves
-    the modules exactly as they were (their class's forward)."""
-    for module in unet.modules():
-        module.__dict__.pop("forward", None)
+        # DeepCache's unwrap puts each module's bound `forward` back as an instance attribute: dropped, the modules
+        # are exactly as they were (their class's forward).
+        for module in unet.modules():
+            if id(module) not in others:
+                module.__dict__.pop("forward", None)
 
 
 class CallCountingDeepCache(DeepCacheSDHelper):  # type: ignore[misc]

@@ -88,6 +88,16 @@ def test_deepcache_counts_each_denoising_loop_on_its_own(sd15):
     _untouched(sd15)
 
 
+def test_deepcache_and_seamless_tiling_each_take_off_their_own(sd15):
+    tiled = _pictures(sd15, tiling="xy")[0]
+    both = _pictures(sd15, tiling="xy", step_cache=DEEPCACHE)[0]
+    assert not np.array_equal(both, tiled)
+    assert np.array_equal(_pictures(sd15, tiling="xy")[0], tiled)
+    _untouched(sd15)
+    convs = [module for module in sd15._text_to_image.unet.modules() if isinstance(module, torch.nn.Conv2d)]
+    assert all("forward" not in conv.__dict__ for conv in convs)
+
+
 def test_levers_together_with_a_second_pass_and_several_images(sd15):
     """A second pass runs on latents of another shape (a new loop for DeepCache); several images are each one loop."""
     from sdapi.core.params import HiresParams
