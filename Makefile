@@ -10,7 +10,7 @@ SHIPPED_MODEL := models/scenes-sd
 ONNX_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
 # `make image`: the CPU container image, sdapi:cpu, built by podman (deploy/image/build.sh).
-.PHONY: image install install-dev model run test test-fast check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence bench-batching bench-families bench-tracing train-default-model
+.PHONY: image install install-dev model run test test-fast check format bench bench-loras bench-engines bench-scale bench-affinity bench-models bench-soak bench-adherence bench-batching bench-families bench-tracing bench-speed train-default-model train-tiny-decoder
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -108,6 +108,11 @@ bench-affinity: install-dev
 bench-tracing: install-dev
 	$(BIN)/python -m bench.tracing
 
+# The speed levers (issue 48): seconds per image with each alone and combined, and their quality cost, on the default
+# model and SD 1.5's architecture (random weights, built under data/bench as bench-engines does). About an hour.
+bench-speed: install-dev model
+	$(BIN)/python -m bench.speed --workdir data/bench
+
 # CPU seconds per step of every family's tiny model (docs/benchmarks.md).
 bench-families: install-dev
 	$(BIN)/python -m bench.families
@@ -124,6 +129,11 @@ bench-soak: install-dev
 # data/embeddings/sdapi-orange-ball.safetensors. Stages are kept in data/train-scenes: rerun to resume.
 train-default-model: install
 	$(BIN)/python -m training.train_scenes --workdir data/train-scenes --out $(SHIPPED_MODEL)
+
+# Distils the default model's VAE decoder into its tiny decoder (models/scenes-sd/vae_tiny, added to the manifest):
+# about 10 minutes on two cores.
+train-tiny-decoder: install
+	$(BIN)/python -m training.train_tiny_decoder --model $(SHIPPED_MODEL)
 
 # 100 held-out prompts x 4 seeds on the shipped default model, scored from the pixels.
 bench-adherence: install-dev

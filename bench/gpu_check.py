@@ -48,6 +48,7 @@ STEP_KINDS = (
     "service",
     "batching",
     "previews",
+    "speed",
     "transformers",
 )
 # queue.batch_max settings the batching step compares, with 32 concurrent requests each.
@@ -496,6 +497,23 @@ def previews(run: Run, model: Model) -> dict[str, Any]:
     return {key: value if not isinstance(value, float) else round(value, 4) for key, value in figures.items()}
 
 
+def speed_levers(run: Run, model: Model, work: Path) -> dict[str, Any]:
+    """What the speed levers save (issue 48): seconds per image with each alone and combined, side by side on one
+    engine (bench.speed's options; the tiny decoder is TAESD's architecture with random weights: time only)."""
+    from bench.speed import OPTIONS, build_taesd_random, time_options
+    from sdapi.config import ModelConfig
+    from sdapi.engines.torch_engine import TorchEngine
+
+    dtype = "float16" if run.device == "cuda" else "float32"
+    tiny_dir = build_taesd_random(work / "vae-tiny")
+    engine = TorchEngine(ModelConfig(path=str(model.path), device=run.device, dtype=dtype), tiny_vae_dir=tiny_dir)
+    engine.load()
+    if engine.family is None or "deepcache" not in engine.family.family.step_caches:
+        return {"skipped": "no UNet"}
+    rows = time_options(engine, model.side, model.steps, 1 if run.tiny else 3, OPTIONS, quality=False)
+    return {row["option"]: round(row["s_per_image"], 4) for row in rows}
+
+
 def transformer_family(run: Run, architecture: Any, work: Path) -> dict[str, Any]:
     """One transformer architecture measured (bench/transformer_families.py), then freed for the next."""
     import gc
@@ -612,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         run.step("service", f"{name}: service queue of 20", lambda model=model: through_the_service(run, model, work))
         run.step("batching", f"{name}: batching", lambda model=model: batching(run, model, work))
         run.step("previews", f"{name}: live previews", lambda model=model: previews(run, model))
+        run.step("speed", f"{name}: speed levers", lambda model=model: speed_levers(run, model, work))
     from bench.transformer_families import ARCHITECTURES
 
     for architecture in ARCHITECTURES:

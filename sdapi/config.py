@@ -385,8 +385,8 @@ class VaeConfig(_Section, frozen=True):
     cache_size: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
     # Decode (and encode) in tiles, diffusers' tiled VAE, when a request does not say (`vae_tiling`) and its final
     # picture has more pixels than this: a large picture's VAE pass then fits in memory, at a small cost in time
-    # and a blend over the tiles' seams. null: never unless asked. Default: 2048 x 2048 (not measured yet: see
-    # docs/benchmarks.md).
+    # and a blend over the tiles' seams (4-7 of 255: docs/benchmarks.md). null: never unless asked. Default: 2048
+    # x 2048, where a whole decode of SD 1.5's VAE holds activations of 2 GiB each.
     tiling_above_pixels: Annotated[int, msgspec.Meta(ge=0)] | None = 4194304
     # Folder of tiny decoders (diffusers' AutoencoderTiny, TAESD's kind) by family: tiny_dir/<family>/ (sd1, sdxl,
     # sd3, flux, ...) for `vae_decoder: tiny`; a model's own vae_tiny/ folder comes first (the default model ships

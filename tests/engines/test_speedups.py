@@ -180,3 +180,15 @@ def test_flux_caches_are_for_text_to_image_alone(flux):
     with pytest.raises(InvalidParameter, match="只用于文生图") as refused:
         flux.family.check(make_params(init_image=InitImageInfo(SIZE, SIZE, "png"), strength=0.5, **cache))
     assert refused.value.field == "step_cache"
+
+
+def test_sdxl_runs_deepcache_and_token_merging_and_they_leave_nothing(tiny_sdxl):
+    """SDXL's first level has no attention: tomesd merges at the first that has (max_downsample 2 there)."""
+    engine = TorchEngine(ModelConfig(path=str(tiny_sdxl), device="cpu", dtype="float32"))
+    engine.load()
+    before = _pictures(engine)[0]
+    for lever in ({"step_cache": DEEPCACHE}, {"token_merging": 0.5}):
+        pulled = _pictures(engine, **lever)[0]
+        assert pulled.shape == before.shape and not np.array_equal(pulled, before), lever
+    assert np.array_equal(_pictures(engine)[0], before)
+    _untouched(engine)
