@@ -191,6 +191,12 @@ class TorchEngine:
             raise InvalidParameter(
                 "step_cache", f"此模型（{family.label}）不能使用 step_cache 模式 {params.step_cache.mode}"
             )
+        cache = params.step_cache
+        if cache is not None and cache.mode == "deepcache" and (cache.branch or 0) >= self._deepcache_branches():
+            raise InvalidParameter(
+                "step_cache",
+                f"step_cache.branch 无效：{cache.branch}。此模型的 UNet 有 0 到 {self._deepcache_branches() - 1}",
+            )
         if params.token_merging > 0 and not family.token_merging:
             raise InvalidParameter("token_merging", f"此模型（{family.label}）不能使用 token_merging")
 
@@ -287,6 +293,10 @@ class TorchEngine:
         if self._vaes is None:
             raise GenerationFailed("此引擎未配置 VAE（vae.dir）", ErrorCode.INVALID_INPUT)
         return self._vaes.applied([self._text_to_image, self._image_to_image, self._inpaint], vae)
+
+    def _deepcache_branches(self) -> int:
+        """DeepCache's branches of this model's UNet: three per level (sdapi.core.request.MAX_CACHE_BRANCH)."""
+        return 3 * len(self._text_to_image.unet.down_blocks)
 
     def _speedups_applied(self, params: GenerationParams) -> contextlib.AbstractContextManager[None]:
         """The run's speed levers (a step cache, token merging, the tiny decoder or a tiled VAE) for the run."""

@@ -128,6 +128,10 @@ def test_cross_request_batch_members_keep_their_pixels(sd15):
 def test_the_engine_refuses_what_the_model_cannot_run(sd15, tiny_model):
     with pytest.raises(InvalidParameter, match="first_block"):
         sd15.check(make_params(step_cache=StepCache(mode="first_block", threshold=0.05)))
+    levels = len(sd15._text_to_image.unet.down_blocks)
+    sd15.check(make_params(step_cache=StepCache(mode="deepcache", interval=3, branch=3 * levels - 1)))
+    with pytest.raises(InvalidParameter, match="branch"):
+        sd15.check(make_params(step_cache=StepCache(mode="deepcache", interval=3, branch=3 * levels)))
     bare = TorchEngine(ModelConfig(path=str(tiny_model), device="cpu", dtype="float32"))
     bare.load()
     with pytest.raises(InvalidParameter) as refused:
