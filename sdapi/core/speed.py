@@ -33,6 +33,8 @@ class SpeedSupport:
     tiny_decoder: bool = True  # a tiny decoder was found for it (its own vae_tiny/, or vae.tiny_dir's)
     step_caches: tuple[str, ...] = tuple(STEP_CACHE_FIELDS)
     token_merging: bool = True
+    # DeepCache's branches its UNet has (three per level), where its files say; None: not known before loading.
+    deepcache_branches: int | None = None
     # Why none of them runs at all (an ONNX-only model); None: each as above.
     none_because: str | None = None
 
@@ -90,7 +92,13 @@ def _step_cache(asked: StepCache | None, default: StepCache | None, support: Spe
         if asked.mode not in modes:
             can = f"可用：{', '.join(modes)}" if modes else "不支持步间缓存"
             raise _refuse("step_cache", support, f"不能使用 step_cache 模式 {asked.mode}（{can}）")
-        return filled(asked)
+        chosen = filled(asked)
+        branches = support.deepcache_branches
+        if chosen.mode == "deepcache" and branches is not None and (chosen.branch or 0) >= branches:
+            raise InvalidParameter(
+                "step_cache", f"step_cache.branch 无效：{chosen.branch}。此模型的 UNet 有 0 到 {branches - 1}"
+            )
+        return chosen
     if default is None or default.mode not in modes:
         return None
     return filled(default)

@@ -101,6 +101,15 @@ def _unet_text_width(source: str) -> int | None:
     return width if isinstance(width, int) else None
 
 
+def _unet_levels(source: str) -> int | None:
+    """How many levels a folder model's UNet has (its down blocks), or None."""
+    if describe_source(source) != "folder":
+        return None
+    config = read_config(Path(source) / "unet" / "config.json")
+    blocks = config.get("down_block_types") if config else None
+    return len(blocks) if isinstance(blocks, list) else None
+
+
 def _text_widths(source: str) -> tuple[int, ...] | None:
     if describe_source(source) != "folder":
         return None
@@ -143,8 +152,13 @@ class ModelCatalog:
         if self._capabilities[entry.name].onnx_only is not None:
             return SpeedSupport(label=family.label, none_because=ONNX_NO_SPEEDUPS)
         tiny = tiny_decoder_folder(entry.path, family, self._config.tiny_vae_path) is not None
+        levels = _unet_levels(entry.path)
         return SpeedSupport(
-            label=family.label, tiny_decoder=tiny, step_caches=family.step_caches, token_merging=family.token_merging
+            label=family.label,
+            tiny_decoder=tiny,
+            step_caches=family.step_caches,
+            token_merging=family.token_merging,
+            deepcache_branches=None if levels is None else 3 * levels,
         )
 
     def lora_targets(self, name: str) -> dict[str, tuple[int, ...]] | None:

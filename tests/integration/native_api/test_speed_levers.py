@@ -87,6 +87,7 @@ def test_step_caching_and_token_merging_are_recorded_and_leave_nothing(service):
         ({"model": "bare", "vae_decoder": "tiny"}, "vae_decoder", "微型解码器"),
         ({"step_cache": {"mode": "first_block"}}, "step_cache", "first_block"),
         ({"step_cache": {"mode": "deepcache", "threshold": 0.1}}, "step_cache", "threshold"),
+        ({"model": "bare", "step_cache": {"mode": "deepcache", "branch": 9}}, "step_cache", "0 到 8"),  # 3 levels
     ],
 )
 def test_a_lever_the_model_cannot_run_is_a_400_naming_it(service, body, field, words):

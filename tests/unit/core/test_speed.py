@@ -79,3 +79,10 @@ def test_the_listing_says_what_runs():
         "token_merging": False,
     }
     assert ONNX.as_listing() == {"vae_decoder": ["full"], "step_cache": [], "token_merging": False}
+
+
+def test_a_deepcache_branch_past_the_unet_is_refused_when_its_files_tell():
+    four_levels = SpeedSupport(label="SD 1.x", step_caches=("deepcache",), deepcache_branches=12)
+    assert levers(four_levels, step_cache=StepCache(mode="deepcache", branch=11)).step_cache.branch == 11
+    with pytest.raises(InvalidParameter, match="0 到 11"):
+        levers(four_levels, step_cache=StepCache(mode="deepcache", branch=12))
