@@ -21,6 +21,22 @@ def test_defaults_and_relative_paths_resolve_against_the_config_folder(tmp_path)
     assert config.database_path.parent == config.images_path.parent
 
 
+def test_the_vae_folders_resolve_against_the_config_folder_too(tmp_path):
+    path = tmp_path / "conf" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text("api:\n  keys: [k]\nmodel:\n  path: ./m\nvae:\n  dir: ./vaes\n  tiny_dir: ./tiny\n")
+    config = load_config(path, environ={})
+    assert config.vae_path == tmp_path / "conf" / "vaes"
+    assert config.tiny_vae_path == tmp_path / "conf" / "tiny"
+    assert load_config_default_tiny(tmp_path) == tmp_path / "data" / "vae-tiny"
+
+
+def load_config_default_tiny(folder):
+    path = folder / "plain.yaml"
+    path.write_text("api:\n  keys: [k]\nmodel:\n  path: ./m\n")
+    return load_config(path, environ={}).tiny_vae_path
+
+
 def test_models_list_the_default_and_share_the_model_settings(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(
