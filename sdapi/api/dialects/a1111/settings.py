@@ -20,8 +20,8 @@ What each one does here, and where sdapi differs from A1111:
 - sd_vae: the VAE of vae.dir this key's tasks run (by name or file name; "Automatic" and "None": the model's own)
   where their override_settings do not name one; a name that is not there fails the request with a 422 naming it.
 - sd_vae_decode_method: "Full" (the model's VAE) or "TAESD" (its tiny decoder, the native vae_decoder: tiny; a model
-  without one fails the request with a 400) for this key's tasks whose override_settings do not name one. A1111's
-  sd_vae_encode_method is not served: image-to-image always encodes with the model's VAE.
+  without one fails the request with a 422 naming vae_decoder) for this key's tasks whose override_settings do not
+  name one. A1111's sd_vae_encode_method is not served: image-to-image always encodes with the model's VAE.
 - token_merging_ratio: tomesd's ratio (0 to 0.75 here; A1111 allows 0.9) for this key's tasks, the native
   token_merging; 0: the config's default.
 - send_seed, send_size: A1111's UI switches, stored and read back (clients toggle and restore them).
@@ -73,8 +73,13 @@ def _vae_name(name: str, value: Any) -> str:
     return value
 
 
+def is_merging_ratio(value: object) -> bool:
+    """Whether `value` is a token_merging_ratio sdapi runs (a number, not a boolean, 0 to MAX_TOKEN_MERGING)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_MERGING
+
+
 def _ratio(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_TOKEN_MERGING:
+    if not is_merging_ratio(value):
         raise InvalidParameter(name, f"{name} 必须是 0 到 {MAX_TOKEN_MERGING} 的数")
     return float(value)
 

@@ -16,7 +16,7 @@ from PIL import ImageOps
 
 from sdapi.api.dialects.a1111.controlnet import native_units
 from sdapi.api.dialects.a1111.models import Checkpoint, checkpoint_of
-from sdapi.api.dialects.a1111.settings import MAX_TOKEN_MERGING, VAE_DECODE_METHODS
+from sdapi.api.dialects.a1111.settings import VAE_DECODE_METHODS, is_merging_ratio
 from sdapi.api.dialects.fields import decoded
 from sdapi.config import LimitsConfig
 from sdapi.core.params import MIN_SIDE
@@ -248,7 +248,9 @@ def check_options(body: dict[str, Any], models: list[Checkpoint]) -> None:
                 continue
             if key == "sd_vae" and isinstance(value, str | None):  # a VAE of vae.dir: admission checks the name
                 continue
-            if key == "token_merging_ratio" and _is_ratio(value):  # the native token_merging (speed_levers below)
+            if key == "token_merging_ratio" and is_merging_ratio(
+                value
+            ):  # the native token_merging (speed_levers below)
                 continue
             if value not in _NEUTRAL_SETTINGS.get(key, ()):
                 refused.append(f"override_settings.{key}")
@@ -256,10 +258,6 @@ def check_options(body: dict[str, Any], models: list[Checkpoint]) -> None:
         raise InvalidParameter(
             refused[0], f"不支持的选项：{', '.join(refused)}。sdapi 不实现这些功能，请去掉它们或使用默认值"
         )
-
-
-def _is_ratio(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_MERGING
 
 
 def _script_off(value: object) -> bool:
