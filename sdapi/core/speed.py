@@ -61,7 +61,7 @@ class Levers:
 def speed_levers(request: GenerationRequest, defaults: DefaultsConfig, support: SpeedSupport) -> Levers:
     """The levers a run gets; raise InvalidParameter for one the request names and the model cannot run."""
     return Levers(
-        vae_decoder=_decoder(request.vae_decoder, defaults.vae_decoder, support),
+        vae_decoder=_decoder(request.vae_decoder, defaults.vae_decoder, support, request.vae is not None),
         step_cache=_step_cache(request.step_cache, defaults.step_cache, support),
         token_merging=_token_merging(request.token_merging, defaults.token_merging, support),
     )
@@ -71,8 +71,14 @@ def _refuse(field: str, support: SpeedSupport, why: str) -> InvalidParameter:
     return InvalidParameter(field, support.none_because or f"此模型（{support.label}）{why}")
 
 
-def _decoder(asked: str | None, default: str, support: SpeedSupport) -> str:
-    can = support.tiny_decoder and support.none_because is None
+def _decoder(asked: str | None, default: str, support: SpeedSupport, own_vae: bool) -> str:
+    """The decoder: a request naming a VAE (vae.dir) decodes with it, so the tiny one is refused beside it (asked)
+    or left out (a default)."""
+    if asked == "tiny" and own_vae:
+        raise InvalidParameter(
+            "vae_decoder", "vae_decoder: tiny 与 vae 不能同用：所选 VAE 用于解码，微型解码器代替的正是它"
+        )
+    can = support.tiny_decoder and support.none_because is None and not own_vae
     if asked == "tiny" and not can:
         raise _refuse(
             "vae_decoder",

@@ -86,3 +86,11 @@ def test_a_deepcache_branch_past_the_unet_is_refused_when_its_files_tell():
     assert levers(four_levels, step_cache=StepCache(mode="deepcache", branch=11)).step_cache.branch == 11
     with pytest.raises(InvalidParameter, match="0 到 11"):
         levers(four_levels, step_cache=StepCache(mode="deepcache", branch=12))
+
+
+def test_a_named_vae_decodes_so_the_tiny_decoder_is_refused_beside_it_or_left_out():
+    with pytest.raises(InvalidParameter, match="vae") as refused:
+        levers(vae_decoder="tiny", vae="warm-vae")
+    assert refused.value.field == "vae_decoder"
+    assert levers(defaults=DefaultsConfig(vae_decoder="tiny"), vae="warm-vae").vae_decoder == "full"
+    assert levers(defaults=DefaultsConfig(vae_decoder="tiny")).vae_decoder == "tiny"
