@@ -45,6 +45,41 @@ class SpeedSupport:
         decoders = ["full", "tiny"] if self.tiny_decoder else ["full"]
         return {"vae_decoder": decoders, "step_cache": list(self.step_caches), "token_merging": self.token_merging}
 
+    @property
+    def runs_tiny_decoder(self) -> bool:
+        return self.tiny_decoder and self.none_because is None
+
+    @property
+    def runs_token_merging(self) -> bool:
+        return self.token_merging and self.none_because is None
+
+    def check(self, vae_decoder: str, step_cache: StepCache | None, token_merging: float) -> None:
+        """Raise InvalidParameter for a lever this model cannot run (admission on a request's own values, the
+        engine again on a task's, where the model's files are)."""
+        if vae_decoder == "tiny" and not self.runs_tiny_decoder:
+            raise self._refusal(
+                "vae_decoder",
+                "没有微型解码器：vae_decoder: tiny 需要模型目录中的 vae_tiny/ 或 vae.tiny_dir 中其家族的文件夹",
+            )
+        if step_cache is not None and step_cache.mode != "off":
+            self._check_step_cache(step_cache)
+        if token_merging > 0 and not self.runs_token_merging:
+            raise self._refusal("token_merging", "不能使用 token_merging（tomesd 只作用于 UNet 的自注意力）")
+
+    def _check_step_cache(self, cache: StepCache) -> None:
+        modes = self.step_caches if self.none_because is None else ()
+        if cache.mode not in modes:
+            can = f"可用：{', '.join(modes)}" if modes else "不支持步间缓存"
+            raise self._refusal("step_cache", f"不能使用 step_cache 模式 {cache.mode}（{can}）")
+        branches = self.deepcache_branches
+        if cache.mode == "deepcache" and branches is not None and (cache.branch or 0) >= branches:
+            raise InvalidParameter(
+                "step_cache", f"step_cache.branch 无效：{cache.branch}。此模型的 UNet 有 0 到 {branches - 1}"
+            )
+
+    def _refusal(self, field: str, why: str) -> InvalidParameter:
+        return InvalidParameter(field, self.none_because or f"此模型（{self.label}）{why}")
+
 
 EVERYTHING = SpeedSupport()
 
@@ -60,51 +95,33 @@ class Levers:
 
 def speed_levers(request: GenerationRequest, defaults: DefaultsConfig, support: SpeedSupport) -> Levers:
     """The levers a run gets; raise InvalidParameter for one the request names and the model cannot run."""
+    own_vae = request.vae is not None
+    if request.vae_decoder == "tiny" and own_vae:
+        # The VAE it names decodes: the tiny decoder would replace exactly its decoding.
+        raise InvalidParameter(
+            "vae_decoder", "vae_decoder: tiny 与 vae 不能同用：所选 VAE 用于解码，微型解码器代替的正是它"
+        )
+    support.check(request.vae_decoder or "full", request.step_cache, request.token_merging or 0.0)
     return Levers(
-        vae_decoder=_decoder(request.vae_decoder, defaults.vae_decoder, support, request.vae is not None),
+        vae_decoder=_decoder(request.vae_decoder, defaults.vae_decoder, support, own_vae),
         step_cache=_step_cache(request.step_cache, defaults.step_cache, support),
         token_merging=_token_merging(request.token_merging, defaults.token_merging, support),
     )
 
 
-def _refuse(field: str, support: SpeedSupport, why: str) -> InvalidParameter:
-    return InvalidParameter(field, support.none_because or f"此模型（{support.label}）{why}")
-
-
 def _decoder(asked: str | None, default: str, support: SpeedSupport, own_vae: bool) -> str:
-    """The decoder: a request naming a VAE (vae.dir) decodes with it, so the tiny one is refused beside it (asked)
-    or left out (a default)."""
-    if asked == "tiny" and own_vae:
-        raise InvalidParameter(
-            "vae_decoder", "vae_decoder: tiny 与 vae 不能同用：所选 VAE 用于解码，微型解码器代替的正是它"
-        )
-    can = support.tiny_decoder and support.none_because is None and not own_vae
-    if asked == "tiny" and not can:
-        raise _refuse(
-            "vae_decoder",
-            support,
-            "没有微型解码器：vae_decoder: tiny 需要模型目录中的 vae_tiny/ 或 vae.tiny_dir 中其家族的文件夹",
-        )
+    """The request's decoder, else the default where the model runs it (not beside a VAE the request names)."""
     if asked is not None:
         return asked
-    return default if can else "full"
+    return default if support.runs_tiny_decoder and not own_vae else "full"
 
 
 def _step_cache(asked: StepCache | None, default: StepCache | None, support: SpeedSupport) -> StepCache | None:
-    modes = support.step_caches if support.none_because is None else ()
+    """The request's step cache (its mode's defaults filled in; "off": none), else the default where the model runs
+    its mode."""
     if asked is not None:
-        if asked.mode == "off":
-            return None
-        if asked.mode not in modes:
-            can = f"可用：{', '.join(modes)}" if modes else "不支持步间缓存"
-            raise _refuse("step_cache", support, f"不能使用 step_cache 模式 {asked.mode}（{can}）")
-        chosen = filled(asked)
-        branches = support.deepcache_branches
-        if chosen.mode == "deepcache" and branches is not None and (chosen.branch or 0) >= branches:
-            raise InvalidParameter(
-                "step_cache", f"step_cache.branch 无效：{chosen.branch}。此模型的 UNet 有 0 到 {branches - 1}"
-            )
-        return chosen
+        return None if asked.mode == "off" else filled(asked)
+    modes = support.step_caches if support.none_because is None else ()
     if default is None or default.mode not in modes:
         return None
     return filled(default)
@@ -131,9 +148,6 @@ def filled(cache: StepCache) -> StepCache:
 
 
 def _token_merging(asked: float | None, default: float, support: SpeedSupport) -> float:
-    can = support.token_merging and support.none_because is None
-    if asked and not can:
-        raise _refuse("token_merging", support, "不能使用 token_merging（tomesd 只作用于 UNet 的自注意力）")
     if asked is not None:
         return asked
-    return default if can else 0.0
+    return default if support.runs_token_merging else 0.0

@@ -18,6 +18,7 @@ from sdapi.controlnets.running import ControlNetFiles, ControlNetModels
 from sdapi.controlnets.running import applied as controls_applied
 from sdapi.core.params import GenerationParams
 from sdapi.core.request import PIXEL_UPSCALERS, LoraSpec, VaeSpec
+from sdapi.core.speed import SpeedSupport
 from sdapi.embeddings.loading import EmbeddingFiles, PipelineEmbeddings
 from sdapi.engines import (
     EngineDescription,
@@ -75,6 +76,7 @@ class TorchEngine:
         self._tiny_vae_dir = tiny_vae_dir
         self._tiny_decoder: Any = None  # loaded on the first run that asks for it (sdapi.vaes.tiny)
         self._tiny_folder: Path | None = None
+        self._speed: SpeedSupport | None = None  # the levers this model runs, known once loaded
         self._vae_files = vae_files
         self._vae_cache_size = vae_cache_size
         self._vaes: Vaes | None = None
@@ -141,6 +143,15 @@ class TorchEngine:
         # Image-to-image shares the text encoders and tokenizers: embeddings loaded once serve both.
         self._embeddings = PipelineEmbeddings(pipeline, self._embedding_files)
         self._tiny_folder = tiny_decoder_folder(model.path, family, self._tiny_vae_dir)
+        unet = getattr(pipeline, "unet", None)
+        self._speed = SpeedSupport(
+            label=family.label,
+            tiny_decoder=self._tiny_folder is not None,
+            step_caches=family.step_caches,
+            token_merging=family.token_merging,
+            # DeepCache's three branches per level of the UNet (sdapi.core.request.MAX_CACHE_BRANCH)
+            deepcache_branches=None if unet is None else 3 * len(unet.down_blocks),
+        )
         if self._lora_files is not None:
             targets = adapter_targets(self.family.family, self.family.family.adapter_modules(pipeline))
             self.adapters = AdapterManager(targets, self._lora_files, self._lora_cache_size)
@@ -180,25 +191,8 @@ class TorchEngine:
     def _check_speedups(self, params: GenerationParams) -> None:
         """The speed levers admission let through (sdapi.core.speed) run on this model: checked again here, where
         the model's files are (a worker's tiny decoder folder may differ from the API node's)."""
-        if self.family is None:
-            return
-        family = self.family.family
-        if params.vae_decoder == "tiny" and self._tiny_folder is None:
-            raise InvalidParameter(
-                "vae_decoder", f"此模型（{family.label}）没有微型解码器（vae_tiny/ 或 vae.tiny_dir）"
-            )
-        if params.step_cache is not None and params.step_cache.mode not in family.step_caches:
-            raise InvalidParameter(
-                "step_cache", f"此模型（{family.label}）不能使用 step_cache 模式 {params.step_cache.mode}"
-            )
-        cache = params.step_cache
-        if cache is not None and cache.mode == "deepcache" and (cache.branch or 0) >= self._deepcache_branches():
-            raise InvalidParameter(
-                "step_cache",
-                f"step_cache.branch 无效：{cache.branch}。此模型的 UNet 有 0 到 {self._deepcache_branches() - 1}",
-            )
-        if params.token_merging > 0 and not family.token_merging:
-            raise InvalidParameter("token_merging", f"此模型（{family.label}）不能使用 token_merging")
+        if self._speed is not None:
+            self._speed.check(params.vae_decoder, params.step_cache, params.token_merging)
 
     def generate(self, run: Run) -> RunResult:
         if not self.loaded:
@@ -293,10 +287,6 @@ class TorchEngine:
         if self._vaes is None:
             raise GenerationFailed("此引擎未配置 VAE（vae.dir）", ErrorCode.INVALID_INPUT)
         return self._vaes.applied([self._text_to_image, self._image_to_image, self._inpaint], vae)
-
-    def _deepcache_branches(self) -> int:
-        """DeepCache's branches of this model's UNet: three per level (sdapi.core.request.MAX_CACHE_BRANCH)."""
-        return 3 * len(self._text_to_image.unet.down_blocks)
 
     def _speedups_applied(self, params: GenerationParams) -> contextlib.AbstractContextManager[None]:
         """The run's speed levers (a step cache, token merging, the tiny decoder or a tiled VAE) for the run."""

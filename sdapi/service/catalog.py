@@ -93,20 +93,19 @@ def _capability(entry: ModelEntry) -> Capability:
     return Capability(own_scheduler=_own_scheduler(folder) if folder else None)
 
 
-def _unet_text_width(source: str) -> int | None:
-    if describe_source(source) != "folder":
-        return None
-    config = read_config(Path(source) / "unet" / "config.json")
-    width = config.get("cross_attention_dim") if config else None
+def _unet_config(source: str) -> dict[str, object] | None:
+    """A folder model's unet/config.json, or None (a single file, a hub id, a transformer model)."""
+    return read_config(Path(source) / "unet" / "config.json") if describe_source(source) == "folder" else None
+
+
+def _unet_text_width(unet: dict[str, object] | None) -> int | None:
+    width = unet.get("cross_attention_dim") if unet else None
     return width if isinstance(width, int) else None
 
 
-def _unet_levels(source: str) -> int | None:
-    """How many levels a folder model's UNet has (its down blocks), or None."""
-    if describe_source(source) != "folder":
-        return None
-    config = read_config(Path(source) / "unet" / "config.json")
-    blocks = config.get("down_block_types") if config else None
+def _unet_levels(unet: dict[str, object] | None) -> int | None:
+    """How many levels the UNet has (its down blocks), or None."""
+    blocks = unet.get("down_block_types") if unet else None
     return len(blocks) if isinstance(blocks, list) else None
 
 
@@ -134,7 +133,9 @@ class ModelCatalog:
         self._capabilities = {name: _capability(entry) for name, entry in self._entries.items()}
         # Read once here, not per request: every submit naming an embedding, ControlNet or IP-Adapter asks.
         self._text_widths = {name: _text_widths(entry.path) for name, entry in self._entries.items()}
-        self._unet_text_widths = {name: _unet_text_width(entry.path) for name, entry in self._entries.items()}
+        unets = {name: _unet_config(entry.path) for name, entry in self._entries.items()}
+        self._unet_text_widths = {name: _unet_text_width(unet) for name, unet in unets.items()}
+        self._unet_levels = {name: _unet_levels(unet) for name, unet in unets.items()}
         self._speed = {name: self._speed_support(entry) for name, entry in self._entries.items()}
         self._hashes: dict[str, str | None] = {}
         self._lock = threading.Lock()
@@ -152,7 +153,7 @@ class ModelCatalog:
         if self._capabilities[entry.name].onnx_only is not None:
             return SpeedSupport(label=family.label, none_because=ONNX_NO_SPEEDUPS)
         tiny = tiny_decoder_folder(entry.path, family, self._config.tiny_vae_path) is not None
-        levels = _unet_levels(entry.path)
+        levels = self._unet_levels[entry.name]
         return SpeedSupport(
             label=family.label,
             tiny_decoder=tiny,
