@@ -34,6 +34,7 @@ from sdapi.engines import Run
 from sdapi.engines.torch_engine import TorchEngine
 from tests.support.factories import make_params
 from training import scene_stats
+from training.train_tiny_decoder import drop_unread_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "models" / "scenes-sd"
@@ -70,6 +71,7 @@ def build_taesd_random(target: Path) -> Path:
 
         torch.manual_seed(0)
         AutoencoderTiny().save_pretrained(str(folder))
+        drop_unread_config(folder / "config.json")
     return target
 
 

@@ -147,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"held-out mean absolute difference to the VAE's pictures: {error} of 255")
     target = arguments.model / "vae_tiny"
     tiny.save_pretrained(str(target))
-    _drop_unread_config(target / "config.json")
+    drop_unread_config(target / "config.json")
     seconds = round(time.monotonic() - began, 1)
     _record(arguments.model, target, argv, curve, error, seconds)
     _log(f"saved {target} ({seconds} s)")
     return 0
 
 
-def _drop_unread_config(config_path: Path) -> None:
+def drop_unread_config(config_path: Path) -> None:
     """diffusers 0.38 saves AutoencoderTiny's registered `block_out_channels` too, then warns on every load that it
     does not read it: left out."""
     config = json.loads(config_path.read_text(encoding="utf-8"))
